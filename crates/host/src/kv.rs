@@ -1,0 +1,632 @@
+//! Key-value backends behind `spin:key-value` and `wasi:keyvalue`.
+//!
+//! Every operation a guest can ask for is one [`Op`]; a backend executes ops atomically, one at a time as far as
+//! any observer can tell. Semantics follow Spin's SQLite store (`crates/key-value-spin/src/store.rs`):
+//! - `increment` treats an absent key as 0 and stores the result as 8 little-endian bytes;
+//! - `swap` compares against the value the CAS handle read (`current`); when it read nothing (absent key, or
+//!   `current` never called) Spin performs an unconditional upsert. [`CasMode::Strict`] instead only creates an
+//!   absent key (what Redis's WATCH/MULTI gives); the SQLite backend always behaves like Spin.
+//!
+//! Unlike Spin, a non-counter value under `increment` is an error, not a host panic.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+
+use anyhow::{Context as _, Result};
+use futures::future::BoxFuture;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+/// One key-value operation, addressed to a store label (`default`, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Get {
+        key: String,
+    },
+    Exists {
+        key: String,
+    },
+    Keys,
+    GetMany {
+        keys: Vec<String>,
+    },
+    Set {
+        key: String,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: String,
+    },
+    SetMany {
+        entries: Vec<(String, Vec<u8>)>,
+    },
+    DeleteMany {
+        keys: Vec<String>,
+    },
+    Increment {
+        key: String,
+        delta: i64,
+    },
+    /// Compare-and-swap: write `value` if the stored value still equals `expected`.
+    Swap {
+        key: String,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+    },
+}
+
+impl Op {
+    /// Whether the op changes the store (and so goes through the writer).
+    pub fn is_write(&self) -> bool {
+        !matches!(
+            self,
+            Op::Get { .. } | Op::Exists { .. } | Op::Keys | Op::GetMany { .. }
+        )
+    }
+}
+
+/// The result of an [`Op`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    Value(Option<Vec<u8>>),
+    Bool(bool),
+    Keys(Vec<String>),
+    Values(Vec<(String, Option<Vec<u8>>)>),
+    Done,
+    Counter(i64),
+    /// `Swap` outcome: `true` when written, `false` when the value had changed.
+    Swapped(bool),
+}
+
+/// How `swap` treats a CAS handle that read no value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CasMode {
+    /// Spin's SQLite behaviour: unconditional upsert.
+    SpinUpsert,
+    /// Create only if still absent.
+    Strict,
+}
+
+/// A key-value backend shared by every component instance of the host.
+pub trait Backend: Send + Sync + 'static {
+    /// Runs one op against the store `store`.
+    fn exec(&self, store: &str, op: Op) -> BoxFuture<'static, Result<Output, String>>;
+    /// A short human description for the start-up banner.
+    fn describe(&self) -> String;
+}
+
+/// A cheap, clonable handle to the configured backend, counting operations.
+#[derive(Clone)]
+pub struct Kv {
+    backend: Arc<dyn Backend>,
+    ops: Arc<AtomicU64>,
+}
+
+impl Kv {
+    pub fn new(backend: impl Backend) -> Self {
+        Self {
+            backend: Arc::new(backend),
+            ops: Arc::default(),
+        }
+    }
+
+    pub async fn exec(&self, store: &str, op: Op) -> Result<Output, String> {
+        self.ops.fetch_add(1, Ordering::Relaxed);
+        self.backend.exec(store, op).await
+    }
+
+    /// Number of operations executed since start.
+    pub fn op_count(&self) -> u64 {
+        self.ops.load(Ordering::Relaxed)
+    }
+
+    pub fn describe(&self) -> String {
+        self.backend.describe()
+    }
+
+    /// Convenience for hosts and tests: read one key.
+    pub async fn get(&self, store: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+        match self
+            .exec(
+                store,
+                Op::Get {
+                    key: key.to_owned(),
+                },
+            )
+            .await?
+        {
+            Output::Value(v) => Ok(v),
+            other => Err(format!("unexpected output {other:?}")),
+        }
+    }
+
+    /// Convenience for hosts and tests: write one key.
+    pub async fn set(&self, store: &str, key: &str, value: &[u8]) -> Result<(), String> {
+        self.exec(
+            store,
+            Op::Set {
+                key: key.to_owned(),
+                value: value.to_vec(),
+            },
+        )
+        .await
+        .map(drop)
+    }
+}
+
+fn decode_counter(value: Option<&[u8]>) -> Result<i64, String> {
+    match value {
+        None => Ok(0),
+        Some(bytes) => <[u8; 8]>::try_from(bytes)
+            .map(i64::from_le_bytes)
+            .map_err(|_| format!("value is not a counter ({} bytes, expected 8)", bytes.len())),
+    }
+}
+
+fn add_counter(current: i64, delta: i64) -> Result<i64, String> {
+    current
+        .checked_add(delta)
+        .ok_or_else(|| "counter overflow".to_owned())
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// In memory
+
+/// An in-memory store: for tests and throw-away runs.
+pub struct MemoryBackend {
+    data: Mutex<BTreeMap<(String, String), Vec<u8>>>,
+    cas_mode: CasMode,
+}
+
+impl MemoryBackend {
+    pub fn new(cas_mode: CasMode) -> Self {
+        Self {
+            data: Mutex::default(),
+            cas_mode,
+        }
+    }
+
+    fn apply(&self, store: &str, op: Op) -> Result<Output, String> {
+        let mut data = self.data.lock().map_err(|_| "store poisoned".to_owned())?;
+        let k = |key: &str| (store.to_owned(), key.to_owned());
+        Ok(match op {
+            Op::Get { key } => Output::Value(data.get(&k(&key)).cloned()),
+            Op::Exists { key } => Output::Bool(data.contains_key(&k(&key))),
+            Op::Keys => Output::Keys(
+                data.keys()
+                    .filter(|(s, _)| s == store)
+                    .map(|(_, key)| key.clone())
+                    .collect(),
+            ),
+            Op::GetMany { keys } => Output::Values(
+                keys.into_iter()
+                    .filter_map(|key| data.get(&k(&key)).cloned().map(|v| (key, Some(v))))
+                    .collect(),
+            ),
+            Op::Set { key, value } => {
+                data.insert(k(&key), value);
+                Output::Done
+            }
+            Op::Delete { key } => {
+                data.remove(&k(&key));
+                Output::Done
+            }
+            Op::SetMany { entries } => {
+                for (key, value) in entries {
+                    data.insert(k(&key), value);
+                }
+                Output::Done
+            }
+            Op::DeleteMany { keys } => {
+                for key in keys {
+                    data.remove(&k(&key));
+                }
+                Output::Done
+            }
+            Op::Increment { key, delta } => {
+                let next = add_counter(
+                    decode_counter(data.get(&k(&key)).map(Vec::as_slice))?,
+                    delta,
+                )?;
+                data.insert(k(&key), next.to_le_bytes().to_vec());
+                Output::Counter(next)
+            }
+            Op::Swap {
+                key,
+                expected,
+                value,
+            } => {
+                let current = data.get(&k(&key));
+                let ok = match (&expected, current) {
+                    (Some(expected), Some(current)) => expected == current,
+                    (Some(_), None) => false,
+                    (None, None) => true,
+                    (None, Some(_)) => self.cas_mode == CasMode::SpinUpsert,
+                };
+                if ok {
+                    data.insert(k(&key), value);
+                }
+                Output::Swapped(ok)
+            }
+        })
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn exec(&self, store: &str, op: Op) -> BoxFuture<'static, Result<Output, String>> {
+        let result = self.apply(store, op);
+        Box::pin(async move { result })
+    }
+
+    fn describe(&self) -> String {
+        format!("in-memory ({:?} CAS)", self.cas_mode)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// SQLite
+
+const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS spin_key_value (
+    store TEXT NOT NULL,
+    key   TEXT NOT NULL,
+    value BLOB NOT NULL,
+
+    PRIMARY KEY (store, key)
+)";
+const SELECT: &str = "SELECT value FROM spin_key_value WHERE store=$1 AND key=$2";
+const UPSERT: &str = "INSERT INTO spin_key_value (store, key, value) VALUES ($1, $2, $3)
+    ON CONFLICT(store, key) DO UPDATE SET value=$3";
+const DELETE: &str = "DELETE FROM spin_key_value WHERE store=$1 AND key=$2";
+// `?N` parameters are positional; `$N` ones would be numbered in order of appearance.
+const UPDATE_IF: &str = "UPDATE spin_key_value SET value=?4 WHERE store=?1 AND key=?2 AND value=?3";
+
+/// Most writes one transaction (one fsync) may carry.
+const GROUP_COMMIT_MAX: usize = 512;
+
+type WriteJob = (String, Op, oneshot::Sender<Result<Output, String>>);
+
+/// SQLite in Spin's table layout (`spin_key_value(store, key, value)`), so one data file serves both runtimes.
+///
+/// Durability: WAL with `synchronous=FULL`, so every acknowledged write has been committed and synced. Writes go
+/// to one writer thread that commits whatever is queued as one transaction (group commit): concurrent writers share
+/// a sync instead of paying one each. Reads use their own connections and never wait for the writer.
+pub struct SqliteBackend {
+    path: PathBuf,
+    writer: Mutex<mpsc::Sender<WriteJob>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+}
+
+impl SqliteBackend {
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute(CREATE_TABLE, [])?;
+        let (tx, rx) = mpsc::channel::<WriteJob>();
+        std::thread::Builder::new()
+            .name("kv-sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx))?;
+        Ok(Self {
+            path: path.to_owned(),
+            writer: Mutex::new(tx),
+            readers: Arc::default(),
+        })
+    }
+}
+
+fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+fn read(conn: &Connection, store: &str, op: Op) -> rusqlite::Result<Output> {
+    Ok(match op {
+        Op::Get { key } => Output::Value(
+            conn.prepare_cached(SELECT)?
+                .query_row(params![store, key], |r| r.get(0))
+                .optional()?,
+        ),
+        Op::Exists { key } => {
+            Output::Bool(conn.prepare_cached(SELECT)?.exists(params![store, key])?)
+        }
+        Op::Keys => Output::Keys(
+            conn.prepare_cached("SELECT key FROM spin_key_value WHERE store=$1")?
+                .query_map(params![store], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?,
+        ),
+        Op::GetMany { keys } => {
+            // One snapshot for the whole batch, so the values are mutually consistent.
+            let mut stmt = conn.prepare_cached(SELECT)?;
+            let mut found = Vec::with_capacity(keys.len());
+            conn.execute_batch("BEGIN")?;
+            let result = keys.into_iter().try_for_each(|key| {
+                if let Some(v) = stmt
+                    .query_row(params![store, key], |r| r.get::<_, Vec<u8>>(0))
+                    .optional()?
+                {
+                    found.push((key, Some(v)));
+                }
+                Ok::<_, rusqlite::Error>(())
+            });
+            conn.execute_batch("COMMIT")?;
+            result?;
+            Output::Values(found)
+        }
+        write => unreachable!("write op {write:?} sent to a reader"),
+    })
+}
+
+/// Applies one write inside the writer's open transaction. `Err(Ok(msg))` is the op's own failure (nothing
+/// written); `Err(Err(e))` is an SQLite failure that aborts the batch.
+fn write(
+    conn: &Connection,
+    store: &str,
+    op: Op,
+) -> Result<Result<Output, String>, rusqlite::Error> {
+    Ok(Ok(match op {
+        Op::Set { key, value } => {
+            conn.prepare_cached(UPSERT)?
+                .execute(params![store, key, value])?;
+            Output::Done
+        }
+        Op::Delete { key } => {
+            conn.prepare_cached(DELETE)?.execute(params![store, key])?;
+            Output::Done
+        }
+        Op::SetMany { entries } => {
+            let mut stmt = conn.prepare_cached(UPSERT)?;
+            for (key, value) in entries {
+                stmt.execute(params![store, key, value])?;
+            }
+            Output::Done
+        }
+        Op::DeleteMany { keys } => {
+            let mut stmt = conn.prepare_cached(DELETE)?;
+            for key in keys {
+                stmt.execute(params![store, key])?;
+            }
+            Output::Done
+        }
+        Op::Increment { key, delta } => {
+            let current: Option<Vec<u8>> = conn
+                .prepare_cached(SELECT)?
+                .query_row(params![store, key], |r| r.get(0))
+                .optional()?;
+            let next = match decode_counter(current.as_deref()).and_then(|c| add_counter(c, delta))
+            {
+                Ok(next) => next,
+                Err(msg) => return Ok(Err(msg)),
+            };
+            conn.prepare_cached(UPSERT)?
+                .execute(params![store, key, next.to_le_bytes()])?;
+            Output::Counter(next)
+        }
+        Op::Swap {
+            key,
+            expected,
+            value,
+        } => {
+            let changed = match expected {
+                Some(expected) => conn
+                    .prepare_cached(UPDATE_IF)?
+                    .execute(params![store, key, expected, value])?,
+                // Spin's SQLite store: a CAS that read nothing upserts unconditionally.
+                None => conn
+                    .prepare_cached(UPSERT)?
+                    .execute(params![store, key, value])?,
+            };
+            Output::Swapped(changed == 1)
+        }
+        read_op => unreachable!("read op {read_op:?} sent to the writer"),
+    }))
+}
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteJob>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < GROUP_COMMIT_MAX {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let outcome = (|| -> rusqlite::Result<Vec<Result<Output, String>>> {
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            let mut results = Vec::with_capacity(batch.len());
+            for (store, op, _) in &batch {
+                match write(&conn, store, op.clone()) {
+                    Ok(r) => results.push(r),
+                    Err(e) => {
+                        let _ = conn.execute_batch("ROLLBACK");
+                        return Err(e);
+                    }
+                }
+            }
+            if let Err(e) = conn.execute_batch("COMMIT") {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+            Ok(results)
+        })();
+        match outcome {
+            Ok(results) => {
+                for ((_, _, reply), result) in batch.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                eprintln!("kv: sqlite write batch failed: {e}");
+                for (_, _, reply) in batch {
+                    let _ = reply.send(Err(format!("storage error: {e}")));
+                }
+            }
+        }
+    }
+}
+
+impl Backend for SqliteBackend {
+    fn exec(&self, store: &str, op: Op) -> BoxFuture<'static, Result<Output, String>> {
+        let store = store.to_owned();
+        if op.is_write() {
+            let (tx, rx) = oneshot::channel();
+            let sent = self
+                .writer
+                .lock()
+                .map_err(|_| ())
+                .and_then(|w| w.send((store, op, tx)).map_err(|_| ()));
+            return Box::pin(async move {
+                sent.map_err(|()| "storage writer stopped".to_owned())?;
+                rx.await.map_err(|_| "storage writer stopped".to_owned())?
+            });
+        }
+        let readers = self.readers.clone();
+        let path = self.path.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let pooled = readers.lock().ok().and_then(|mut r| r.pop());
+                let conn = match pooled {
+                    Some(c) => c,
+                    None => open_reader(&path).map_err(|e| format!("storage error: {e}"))?,
+                };
+                let result = read(&conn, &store, op).map_err(|e| format!("storage error: {e}"));
+                if let Ok(mut r) = readers.lock() {
+                    r.push(conn);
+                }
+                result
+            })
+            .await
+            .map_err(|e| format!("storage task failed: {e}"))?
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("SQLite at {}", self.path.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn swap(kv: &Kv, key: &str, expected: Option<&[u8]>, value: &[u8]) -> bool {
+        let op = Op::Swap {
+            key: key.into(),
+            expected: expected.map(<[u8]>::to_vec),
+            value: value.to_vec(),
+        };
+        matches!(kv.exec("default", op).await, Ok(Output::Swapped(true)))
+    }
+
+    async fn semantics(kv: Kv, cas_mode: CasMode) {
+        assert_eq!(kv.get("default", "a").await, Ok(None));
+        kv.set("default", "a", b"1").await.expect("set");
+        assert_eq!(kv.get("default", "a").await, Ok(Some(b"1".to_vec())));
+        assert_eq!(
+            kv.get("other", "a").await,
+            Ok(None),
+            "stores are separate namespaces"
+        );
+        assert!(swap(&kv, "a", Some(b"1"), b"2").await);
+        assert!(
+            !swap(&kv, "a", Some(b"1"), b"3").await,
+            "stale CAS must fail"
+        );
+        assert_eq!(kv.get("default", "a").await, Ok(Some(b"2".to_vec())));
+        assert!(
+            swap(&kv, "fresh", None, b"x").await,
+            "CAS on absent key creates it"
+        );
+        assert_eq!(
+            swap(&kv, "fresh", None, b"y").await,
+            cas_mode == CasMode::SpinUpsert
+        );
+        let inc = |d| {
+            kv.exec(
+                "default",
+                Op::Increment {
+                    key: "n".into(),
+                    delta: d,
+                },
+            )
+        };
+        assert_eq!(inc(5).await, Ok(Output::Counter(5)));
+        assert_eq!(inc(-7).await, Ok(Output::Counter(-2)));
+        assert_eq!(
+            kv.get("default", "n").await,
+            Ok(Some((-2i64).to_le_bytes().to_vec()))
+        );
+        assert!(
+            kv.exec(
+                "default",
+                Op::Increment {
+                    key: "a".into(),
+                    delta: 1
+                }
+            )
+            .await
+            .is_err()
+        );
+        assert_eq!(
+            kv.get("default", "a").await,
+            Ok(Some(b"2".to_vec())),
+            "failed increment writes nothing"
+        );
+        let got = kv
+            .exec(
+                "default",
+                Op::GetMany {
+                    keys: vec!["a".into(), "missing".into()],
+                },
+            )
+            .await;
+        assert_eq!(
+            got,
+            Ok(Output::Values(vec![("a".into(), Some(b"2".to_vec()))]))
+        );
+        kv.exec(
+            "default",
+            Op::DeleteMany {
+                keys: vec!["a".into(), "fresh".into()],
+            },
+        )
+        .await
+        .expect("delete");
+        assert_eq!(
+            kv.exec("default", Op::Keys).await,
+            Ok(Output::Keys(vec!["n".into()]))
+        );
+    }
+
+    #[tokio::test]
+    async fn memory_backend_has_spin_semantics() {
+        semantics(
+            Kv::new(MemoryBackend::new(CasMode::SpinUpsert)),
+            CasMode::SpinUpsert,
+        )
+        .await;
+        semantics(
+            Kv::new(MemoryBackend::new(CasMode::Strict)),
+            CasMode::Strict,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn sqlite_backend_has_spin_semantics() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kv = Kv::new(SqliteBackend::open(&dir.path().join("kv.db")).expect("open"));
+        semantics(kv, CasMode::SpinUpsert).await;
+    }
+}

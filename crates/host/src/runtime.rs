@@ -1,0 +1,310 @@
+//! The wasmtime side: one engine (pooling allocator, epoch interruption, compiled-module cache), one pre-instantiated
+//! component per Spin component, and instance reuse the way Spin 4 does it for WASIp3 components (wasmtime-wasi-http's
+//! `ProxyHandler`: up to N requests per instance, up to M at a time, dropped after an idle timeout).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreContextMut,
+    StoreLimits, StoreLimitsBuilder,
+};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::handler::{
+    HandlerState, Instance, ProxyHandler, ProxyPre, ShouldAccept, ViewFn, WorkerExpiration,
+    WorkerState, WorkerStatus,
+};
+use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
+use wasmtime_wasi_http::p3::{WasiHttpCtxView, WasiHttpView};
+
+use crate::bindings::{self, ComponentEnv, SpinCtx, SpinView};
+use crate::kv::Kv;
+
+/// Epoch tick: the granularity of the request time limit and of guest yields.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Limits applied to every instance.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub request_timeout: Duration,
+    pub memory_bytes: usize,
+    pub max_instance_reuse_count: usize,
+    pub max_instance_concurrent_reuse_count: usize,
+    pub idle_instance_timeout: Duration,
+}
+
+/// Store data of one component instance.
+pub struct InstanceState {
+    wasi: WasiCtx,
+    http: wasmtime_wasi_http::WasiHttpCtx,
+    hooks: DenyOutbound,
+    spin: SpinCtx,
+    limits: StoreLimits,
+}
+
+/// Outbound HTTP is denied, as Spin does for components without `allowed_outbound_hosts`.
+pub struct DenyOutbound;
+
+impl wasmtime_wasi_http::p3::WasiHttpHooks for DenyOutbound {
+    fn send_request(
+        &mut self,
+        _request: http::Request<UnsyncBoxBody<Bytes, ErrorCode>>,
+        _options: Option<wasmtime_wasi_http::p3::RequestOptions>,
+        _io: Box<dyn Future<Output = Result<(), ErrorCode>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = Result<
+                    (
+                        http::Response<UnsyncBoxBody<Bytes, ErrorCode>>,
+                        Box<dyn Future<Output = Result<(), ErrorCode>> + Send>,
+                    ),
+                    wasmtime_wasi::TrappableError<ErrorCode>,
+                >,
+            > + Send,
+    > {
+        Box::new(async { Err(ErrorCode::HttpRequestDenied.into()) })
+    }
+}
+
+impl WasiView for InstanceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.spin.table,
+        }
+    }
+}
+
+impl WasiHttpView for InstanceState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.spin.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+impl SpinView for InstanceState {
+    fn spin(&mut self) -> &mut SpinCtx {
+        &mut self.spin
+    }
+}
+
+/// Builds the engine. `cache_dir` enables wasmtime's on-disk compiled-module cache.
+pub fn engine(limits: &Limits, cache_dir: Option<&Path>) -> Result<Engine> {
+    let mut config = Config::new();
+    config.wasm_component_model_async(true);
+    config.epoch_interruption(true);
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(1000);
+    pool.total_core_instances(2000);
+    pool.total_memories(1000);
+    pool.total_tables(2000);
+    pool.total_stacks(1000);
+    pool.max_memory_size(limits.memory_bytes);
+    pool.max_core_instances_per_component(64);
+    pool.max_memories_per_component(16);
+    pool.max_tables_per_component(64);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    if let Some(dir) = cache_dir {
+        let mut cache = wasmtime::CacheConfig::new();
+        cache.with_directory(dir);
+        config.cache(Some(wasmtime::Cache::new(cache)?));
+    }
+    let engine = Engine::new(&config)?;
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("epoch-ticker".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })?;
+    Ok(engine)
+}
+
+/// Everything needed to serve one component: its pre-instance and environment.
+pub struct ComponentRuntime {
+    pub id: String,
+    pub handler: ProxyHandler<ComponentHandler>,
+}
+
+/// Compiles a component file (through the module cache when the engine has one).
+pub fn compile(engine: &Engine, wasm: &Path) -> Result<Component> {
+    if !wasm.exists() {
+        anyhow::bail!(
+            "{} does not exist: build the components first (`cargo xtask build`)",
+            wasm.display()
+        );
+    }
+    Component::from_file(engine, wasm)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("compiling {}", wasm.display()))
+}
+
+/// Links and pre-instantiates one component.
+pub fn load_component(
+    engine: &Engine,
+    id: &str,
+    component: &Component,
+    allowed_stores: Vec<String>,
+    variables: BTreeMap<String, String>,
+    kv: Kv,
+    limits: Limits,
+) -> Result<ComponentRuntime> {
+    let mut linker = Linker::<InstanceState>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi::p3::add_to_linker(&mut linker)?;
+    wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
+    bindings::add_to_linker(&mut linker)?;
+    let pre = linker
+        .instantiate_pre(component)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("component `{id}` imports something the host does not provide"))?;
+    let pre = wasmtime_wasi_http::p3::bindings::ServicePre::new(pre)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("component `{id}` does not export wasi:http/handler@0.3.0"))?;
+    let env = Arc::new(ComponentEnv {
+        id: id.to_owned(),
+        allowed_stores,
+        variables,
+    });
+    let state = ComponentHandler {
+        engine: engine.clone(),
+        pre: ProxyPre::P3(pre),
+        env,
+        kv,
+        limits,
+    };
+    Ok(ComponentRuntime {
+        id: id.to_owned(),
+        handler: ProxyHandler::new(state),
+    })
+}
+
+/// [`HandlerState`] for one component.
+pub struct ComponentHandler {
+    engine: Engine,
+    pre: ProxyPre<InstanceState>,
+    env: Arc<ComponentEnv>,
+    kv: Kv,
+    limits: Limits,
+}
+
+impl HandlerState for ComponentHandler {
+    type StoreData = InstanceState;
+    type WorkerExpiration = Expiration;
+    type WorkerState = Worker;
+
+    async fn instantiate(&self) -> wasmtime::Result<Instance<InstanceState, Expiration, Worker>> {
+        let state = InstanceState {
+            wasi: WasiCtx::builder().inherit_stdout().inherit_stderr().build(),
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            hooks: DenyOutbound,
+            spin: SpinCtx {
+                table: ResourceTable::new(),
+                env: self.env.clone(),
+                kv: self.kv.clone(),
+            },
+            limits: StoreLimitsBuilder::new()
+                .memory_size(self.limits.memory_bytes)
+                .trap_on_grow_failure(false)
+                .build(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        // Guests run concurrently on one store: yield at every tick instead of trapping, and let `Expiration`
+        // end an instance whose request ran out of time.
+        store.epoch_deadline_async_yield_and_update(1);
+        store.set_epoch_deadline(1);
+        let proxy = self.pre.instantiate_async(&mut store).await?;
+        Ok(Instance {
+            store,
+            proxy,
+            view: ViewFn::P3(<InstanceState as WasiHttpView>::http),
+            expiration: Expiration {
+                request_timeout: self.limits.request_timeout,
+                idle_timeout: self.limits.idle_instance_timeout,
+                sleep: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
+            },
+            state: Worker {
+                limits: self.limits.clone(),
+                component: self.env.id.clone(),
+            },
+        })
+    }
+}
+
+/// Ends an instance when it has been idle too long, or when its newest request has outlived the time limit.
+pub struct Expiration {
+    request_timeout: Duration,
+    idle_timeout: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl WorkerExpiration for Expiration {
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        state: WorkerStatus,
+        start: Instant,
+    ) -> Poll<()> {
+        let limit = match state {
+            WorkerStatus::Idle => self.idle_timeout,
+            WorkerStatus::Requests | WorkerStatus::PostReturn => self.request_timeout,
+        };
+        let deadline = tokio::time::Instant::from_std(start + limit);
+        if self.sleep.deadline() != deadline {
+            self.sleep.as_mut().reset(deadline);
+        }
+        self.sleep.as_mut().poll(cx)
+    }
+}
+
+/// Per-instance reuse policy.
+pub struct Worker {
+    limits: Limits,
+    component: String,
+}
+
+impl WorkerState for Worker {
+    type StoreData = InstanceState;
+    type RequestId = ();
+
+    fn should_accept_request(&self, concurrent_count: usize, total_count: usize) -> ShouldAccept {
+        if total_count >= self.limits.max_instance_reuse_count {
+            ShouldAccept::Never
+        } else if concurrent_count >= self.limits.max_instance_concurrent_reuse_count {
+            ShouldAccept::No
+        } else {
+            ShouldAccept::Yes
+        }
+    }
+
+    fn on_request_start(
+        &self,
+        _store: StoreContextMut<'_, InstanceState>,
+        _id: (),
+        _task: wasmtime::component::GuestTaskId,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
+        Box::pin(tokio::time::sleep(self.limits.request_timeout))
+    }
+
+    fn drop(&self, store: Store<InstanceState>, result: Result<(), wasmtime::Error>) {
+        if let Err(e) = result {
+            eprintln!("component `{}`: instance ended: {e:?}", self.component);
+        }
+        drop(store);
+    }
+}

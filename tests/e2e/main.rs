@@ -1,0 +1,3 @@
+//! End-to-end tests of the app in spin.toml, one module per component.
+
+mod console;

@@ -1,0 +1,216 @@
+//! `cargo xtask <command>`: the project's build and run tasks, in Rust so they work wherever cargo does.
+//!
+//! - `build`: make sure the `wasm32-wasip2` target is installed, then build every component of spin.toml and every
+//!   test fixture in release, in one cargo invocation.
+//! - `up [host args...]`: build, generate development secrets on first run, serve spin.toml on 127.0.0.1:3000.
+//! - `test [cargo test args...]`: build, then `cargo test --workspace`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let task = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    let root = root();
+    match task.as_str() {
+        "build" => build(&root),
+        "up" => {
+            build(&root)?;
+            up(&root, &rest)
+        }
+        "test" => {
+            build(&root)?;
+            run(Command::new(cargo())
+                .current_dir(&root)
+                .args(["test", "--workspace"])
+                .args(&rest))
+        }
+        _ => {
+            eprintln!("usage: cargo xtask <build | up [host args] | test [cargo test args]>");
+            bail!("unknown task {task:?}")
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn ensure_target() -> Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
+    match installed {
+        Ok(out)
+            if String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l.trim() == WASM_TARGET) =>
+        {
+            Ok(())
+        }
+        Ok(_) => run(Command::new("rustup").args(["target", "add", WASM_TARGET])),
+        Err(_) => {
+            eprintln!("xtask: rustup not found; assuming the {WASM_TARGET} target is installed");
+            Ok(())
+        }
+    }
+}
+
+/// Wasm packages to build: spin.toml's components plus the host's test fixtures.
+fn wasm_packages(root: &Path) -> Result<Vec<String>> {
+    let mut packages: Vec<String> = manifest_components(&root.join("spin.toml"))?;
+    let fixtures = root.join("tests/fixtures");
+    if let Ok(entries) = std::fs::read_dir(&fixtures) {
+        for entry in entries.flatten() {
+            if entry.path().join("Cargo.toml").exists() {
+                packages.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    packages.sort();
+    packages.dedup();
+    Ok(packages)
+}
+
+fn manifest_components(path: &Path) -> Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let doc: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    Ok(doc
+        .get("component")
+        .and_then(|c| c.as_table())
+        .map(|t| t.keys().cloned().collect())
+        .unwrap_or_default())
+}
+
+fn build(root: &Path) -> Result<()> {
+    ensure_target()?;
+    let mut cmd = Command::new(cargo());
+    cmd.current_dir(root)
+        .args(["build", "--target", WASM_TARGET, "--release"]);
+    for package in wasm_packages(root)? {
+        cmd.args(["-p", &package]);
+    }
+    run(&mut cmd)
+}
+
+/// Required application variables get random development values, generated once and kept in
+/// `.spin/dev-variables.toml`, so a fresh clone needs no set-up. Values already in the environment win.
+fn dev_variables(root: &Path) -> Result<BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(root.join("spin.toml"))?;
+    let doc: toml::Table = toml::from_str(&text)?;
+    let required: Vec<String> = doc
+        .get("variables")
+        .and_then(|v| v.as_table())
+        .map(|vars| {
+            vars.iter()
+                .filter(|(_, v)| v.get("required").and_then(|r| r.as_bool()).unwrap_or(false))
+                .map(|(k, _)| k.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    let path = root.join(".spin/dev-variables.toml");
+    let mut stored: BTreeMap<String, String> = match std::fs::read_to_string(&path) {
+        Ok(text) => toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?,
+        Err(_) => BTreeMap::new(),
+    };
+    let mut created = Vec::new();
+    for name in required {
+        if std::env::var(format!("SPIN_VARIABLE_{}", name.to_ascii_uppercase())).is_ok()
+            || stored.contains_key(&name)
+        {
+            continue;
+        }
+        let value = random_secret(&name)?;
+        created.push((name.clone(), value.clone()));
+        stored.insert(name, value);
+    }
+    if !created.is_empty() {
+        std::fs::create_dir_all(root.join(".spin"))?;
+        std::fs::write(&path, toml::to_string(&stored)?)?;
+        eprintln!(
+            "xtask: generated development secrets (kept in {}, shown once):",
+            path.display()
+        );
+        for (name, value) in &created {
+            eprintln!("  {name} = {value}");
+        }
+    }
+    Ok(stored)
+}
+
+fn random_secret(name: &str) -> Result<String> {
+    let mut buf = [0u8; 24];
+    let mut f = std::fs::File::open("/dev/urandom").context("opening /dev/urandom")?;
+    std::io::Read::read_exact(&mut f, &mut buf)?;
+    let hex: String = buf.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(if name == "gateway_secret" {
+        format!("whsec_{}", base64(&buf))
+    } else {
+        hex
+    })
+}
+
+fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn up(root: &Path, host_args: &[String]) -> Result<()> {
+    let vars = dev_variables(root)?;
+    let mut cmd = Command::new(cargo());
+    cmd.current_dir(root).args([
+        "run",
+        "--quiet",
+        "-p",
+        "scenefin-host",
+        "--",
+        "up",
+        "--from",
+        "spin.toml",
+    ]);
+    cmd.args(host_args);
+    for (name, value) in vars {
+        let key = format!("SPIN_VARIABLE_{}", name.to_ascii_uppercase());
+        if std::env::var(&key).is_err() {
+            cmd.env(key, value);
+        }
+    }
+    run(&mut cmd)
+}

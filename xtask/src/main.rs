@@ -4,6 +4,7 @@
 //!   test fixture in release, in one cargo invocation.
 //! - `up [host args...]`: build, generate development secrets on first run, serve spin.toml on 127.0.0.1:3000.
 //! - `test [cargo test args...]`: build, then `cargo test --workspace`.
+//! - `check-invariants`: the architecture invariants a machine can check (see ARCHITECTURE.md).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,17 @@ use anyhow::{Context as _, Result, bail};
 
 const WASM_TARGET: &str = "wasm32-wasip2";
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match xtask() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn xtask() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let task = args.next().unwrap_or_default();
     let rest: Vec<String> = args.collect();
@@ -24,6 +35,7 @@ fn main() -> Result<()> {
             build(&root)?;
             up(&root, &rest)
         }
+        "check-invariants" => check_invariants(&root),
         "test" => {
             build(&root)?;
             run(Command::new(cargo())
@@ -32,7 +44,9 @@ fn main() -> Result<()> {
                 .args(&rest))
         }
         _ => {
-            eprintln!("usage: cargo xtask <build | up [host args] | test [cargo test args]>");
+            eprintln!(
+                "usage: cargo xtask <build | up [host args] | test [cargo test args] | check-invariants>"
+            );
             bail!("unknown task {task:?}")
         }
     }
@@ -213,4 +227,94 @@ fn up(root: &Path, host_args: &[String]) -> Result<()> {
         }
     }
     run(&mut cmd)
+}
+
+/// Checks what ARCHITECTURE.md promises and a machine can check:
+/// - no crate outside `crates/guest` and `components/*` (and the fixtures) depends on spin-sdk;
+/// - only `keys.rs` files build KV keys with `format!`;
+/// - no component lists the store (`get_keys`) on a request path.
+fn check_invariants(root: &Path) -> Result<()> {
+    let mut problems = Vec::new();
+
+    let out = Command::new(cargo())
+        .current_dir(root)
+        .args([
+            "tree",
+            "-e",
+            "normal",
+            "-i",
+            "spin-sdk",
+            "--prefix",
+            "none",
+            "--workspace",
+        ])
+        .output()
+        .context("running cargo tree")?;
+    let tree = String::from_utf8_lossy(&out.stdout);
+    for line in tree.lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let allowed = name == "spin-sdk"
+            || name == "scenefin-guest"
+            || line.contains("/components/")
+            || line.contains("/tests/fixtures/");
+        if !allowed && line.contains("(/") {
+            problems.push(format!(
+                "{name} depends on spin-sdk (only scenefin-guest and components may)"
+            ));
+        }
+    }
+
+    let mut files = Vec::new();
+    for dir in ["crates", "components"] {
+        collect_rs(&root.join(dir), &mut files);
+    }
+    let owners = [
+        "cust", "util", "prop", "campus", "cpn", "ref", "ledger", "idem", "ops",
+    ];
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let rel = file
+            .strip_prefix(root)
+            .unwrap_or(file)
+            .display()
+            .to_string();
+        if !rel.ends_with("keys.rs") {
+            for owner in owners {
+                if text.contains(&format!("format!(\"{owner}:")) {
+                    problems.push(format!("{rel}: builds a `{owner}:` key outside keys.rs"));
+                }
+            }
+        }
+        if rel.starts_with("components/") && text.contains("get_keys") {
+            problems.push(format!(
+                "{rel}: lists the store (get_keys) on a request path"
+            ));
+        }
+    }
+
+    if problems.is_empty() {
+        println!("check-invariants: ok ({} source files)", files.len());
+        Ok(())
+    } else {
+        for p in &problems {
+            eprintln!("invariant broken: {p}");
+        }
+        bail!("{} architecture invariant(s) broken", problems.len())
+    }
+}
+
+fn collect_rs(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if path.file_name().is_some_and(|n| n != "target") {
+                collect_rs(&path, out);
+            }
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
 }

@@ -87,8 +87,24 @@ fn parse_duration(s: &str) -> Result<Duration> {
     })
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("scenefin-host: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(up()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("scenefin-host: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn up() -> Result<()> {
     let Command::Up(up) = Cli::parse().command;
     if up.max_instance_reuse_count == 0 || up.max_instance_concurrent_reuse_count == 0 {
         bail!("instance reuse counts must be at least 1");

@@ -116,8 +116,9 @@ pub fn engine(limits: &Limits, cache_dir: Option<&Path>) -> Result<Engine> {
     pool.max_tables_per_component(64);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     if let Some(dir) = cache_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut cache = wasmtime::CacheConfig::new();
-        cache.with_directory(dir);
+        cache.with_directory(std::path::absolute(dir)?);
         config.cache(Some(wasmtime::Cache::new(cache)?));
     }
     let engine = Engine::new(&config)?;
@@ -302,8 +303,12 @@ impl WorkerState for Worker {
     }
 
     fn drop(&self, store: Store<InstanceState>, result: Result<(), wasmtime::Error>) {
-        if let Err(e) = result {
-            eprintln!("component `{}`: instance ended: {e:?}", self.component);
+        // "worker panicked" is also what an idle worker reports when the runtime drops it at shutdown; a real
+        // panic has already been reported by the panic hook.
+        if let Err(e) = result.as_ref().map_err(ToString::to_string)
+            && e != "worker panicked"
+        {
+            eprintln!("component `{}`: instance ended: {e}", self.component);
         }
         drop(store);
     }

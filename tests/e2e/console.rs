@@ -10,10 +10,7 @@ async fn landing_page_is_served_at_the_root() {
 
     // Assert
     assert_eq!(res.status(), 200);
-    let content_type = res.headers()["content-type"]
-        .to_str()
-        .expect("ascii")
-        .to_owned();
+    let content_type = res.headers()["content-type"].to_str().expect("ascii").to_owned();
     assert!(content_type.starts_with("text/html"), "{content_type}");
     let body = res.text().await.expect("body");
     assert!(body.contains("<h1>scenefin</h1>"));

@@ -1,3 +1,4 @@
 //! End-to-end tests of the app in spin.toml, one module per component.
 
 mod console;
+mod customers;

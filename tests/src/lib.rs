@@ -1,18 +1,28 @@
 //! `TestApp`: boots scenefin-host in-process on a free loopback port with the real spin.toml and the real
-//! `target/wasm32-wasip2/release/*.wasm`, an in-memory store (strict CAS off: Spin's semantics) and a temp state
-//! directory, and offers small request helpers.
+//! `target/wasm32-wasip2/release/*.wasm`, an in-memory store with Spin's CAS semantics, the test clock enabled and
+//! known secrets, and offers small request helpers. Build the components first (`cargo xtask build`).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use scenefin_core::auth::{IdentityAssertion, Provider, sign_assertion};
+use scenefin_core::clock::Timestamp;
 use scenefin_host::{CasMode, HostConfig, KvKind, RunningHost};
+use serde_json::Value;
+
+/// Secrets the test app runs with.
+pub const OPERATOR_TOKEN: &str = "test-operator-token";
+/// Signs identity assertions in tests.
+pub const IDENTITY_SECRET: &str = "test-identity-secret";
+/// Signs session tokens.
+pub const SESSION_SECRET: &str = "test-session-secret";
+/// Gateway webhook secret (`whsec_` + base64 of "test-gateway-key").
+pub const GATEWAY_SECRET: &str = "whsec_dGVzdC1nYXRld2F5LWtleQ==";
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
 /// A running app and an HTTP client for it.
@@ -20,7 +30,17 @@ pub struct TestApp {
     pub host: RunningHost,
     pub client: reqwest::Client,
     pub base: String,
+    /// The instant requests carry in `X-Scenefin-Now`.
+    pub now: Timestamp,
     _state: tempfile::TempDir,
+}
+
+/// A response: status and JSON body (or `Value::Null`).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Value,
 }
 
 impl TestApp {
@@ -34,22 +54,68 @@ impl TestApp {
         config.cache_dir = Some(workspace().join("target/scenefin-test-cache"));
         config.access_log = false;
         config.limits.request_timeout = Duration::from_secs(10);
+        config.env = HashMap::from([
+            ("SPIN_VARIABLE_OPERATOR_TOKEN".into(), OPERATOR_TOKEN.into()),
+            ("SPIN_VARIABLE_IDENTITY_SECRET".into(), IDENTITY_SECRET.into()),
+            ("SPIN_VARIABLE_SESSION_SECRET".into(), SESSION_SECRET.into()),
+            ("SPIN_VARIABLE_GATEWAY_SECRET".into(), GATEWAY_SECRET.into()),
+            ("SPIN_VARIABLE_TEST_CLOCK_ENABLED".into(), "true".into()),
+        ]);
         let host = scenefin_host::start(config).await?;
         let base = format!("http://{}", host.addr);
-        Ok(Self {
-            host,
-            client: reqwest::Client::new(),
-            base,
-            _state: state,
-        })
+        let now = Timestamp::parse_rfc3339("2026-11-23T10:00:00+08:00").map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(Self { host, client: reqwest::Client::new(), base, now, _state: state })
+    }
+
+    /// Sends a request with the test clock; `bearer` adds `Authorization: Bearer`.
+    pub async fn send(&self, method: &str, path: &str, body: Option<&Value>, bearer: Option<&str>) -> Reply {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req =
+            self.client.request(method, format!("{}{path}", self.base)).header("x-scenefin-now", self.now.to_rfc3339());
+        if let Some(token) = bearer {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let res = req.send().await.expect("request failed");
+        let status = res.status().as_u16();
+        let content_type =
+            res.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        let text = res.text().await.expect("body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply { status, content_type, body }
     }
 
     /// `GET path`.
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .expect("request failed")
+        self.client.get(format!("{}{path}", self.base)).send().await.expect("request failed")
+    }
+
+    /// A signed identity assertion issued now.
+    pub fn assertion(&self, provider: Provider, subject: &str, phone: Option<&str>) -> String {
+        let a = IdentityAssertion {
+            provider,
+            subject: subject.into(),
+            phone: phone.map(Into::into),
+            card_fingerprint: None,
+            iat: self.now.unix_secs(),
+        };
+        sign_assertion(IDENTITY_SECRET.as_bytes(), &a)
+    }
+
+    /// Logs in and returns the session reply body.
+    pub async fn login(
+        &self,
+        provider: Provider,
+        subject: &str,
+        phone: Option<&str>,
+        channel_code: Option<&str>,
+    ) -> Reply {
+        let mut body = serde_json::json!({ "assertion": self.assertion(provider, subject, phone) });
+        if let Some(code) = channel_code {
+            body["channel_code"] = code.into();
+        }
+        self.send("POST", "/api/sessions", Some(&body), None).await
     }
 }

@@ -38,25 +38,17 @@ fn xtask() -> Result<()> {
         "check-invariants" => check_invariants(&root),
         "test" => {
             build(&root)?;
-            run(Command::new(cargo())
-                .current_dir(&root)
-                .args(["test", "--workspace"])
-                .args(&rest))
+            run(Command::new(cargo()).current_dir(&root).args(["test", "--workspace"]).args(&rest))
         }
         _ => {
-            eprintln!(
-                "usage: cargo xtask <build | up [host args] | test [cargo test args] | check-invariants>"
-            );
+            eprintln!("usage: cargo xtask <build | up [host args] | test [cargo test args] | check-invariants>");
             bail!("unknown task {task:?}")
         }
     }
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
 fn cargo() -> String {
@@ -72,17 +64,9 @@ fn run(cmd: &mut Command) -> Result<()> {
 }
 
 fn ensure_target() -> Result<()> {
-    let installed = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output();
+    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
     match installed {
-        Ok(out)
-            if String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .any(|l| l.trim() == WASM_TARGET) =>
-        {
-            Ok(())
-        }
+        Ok(out) if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == WASM_TARGET) => Ok(()),
         Ok(_) => run(Command::new("rustup").args(["target", "add", WASM_TARGET])),
         Err(_) => {
             eprintln!("xtask: rustup not found; assuming the {WASM_TARGET} target is installed");
@@ -108,22 +92,15 @@ fn wasm_packages(root: &Path) -> Result<Vec<String>> {
 }
 
 fn manifest_components(path: &Path) -> Result<Vec<String>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let doc: toml::Table =
-        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    Ok(doc
-        .get("component")
-        .and_then(|c| c.as_table())
-        .map(|t| t.keys().cloned().collect())
-        .unwrap_or_default())
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let doc: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    Ok(doc.get("component").and_then(|c| c.as_table()).map(|t| t.keys().cloned().collect()).unwrap_or_default())
 }
 
 fn build(root: &Path) -> Result<()> {
     ensure_target()?;
     let mut cmd = Command::new(cargo());
-    cmd.current_dir(root)
-        .args(["build", "--target", WASM_TARGET, "--release"]);
+    cmd.current_dir(root).args(["build", "--target", WASM_TARGET, "--release"]);
     for package in wasm_packages(root)? {
         cmd.args(["-p", &package]);
     }
@@ -152,9 +129,7 @@ fn dev_variables(root: &Path) -> Result<BTreeMap<String, String>> {
     };
     let mut created = Vec::new();
     for name in required {
-        if std::env::var(format!("SPIN_VARIABLE_{}", name.to_ascii_uppercase())).is_ok()
-            || stored.contains_key(&name)
-        {
+        if std::env::var(format!("SPIN_VARIABLE_{}", name.to_ascii_uppercase())).is_ok() || stored.contains_key(&name) {
             continue;
         }
         let value = random_secret(&name)?;
@@ -164,10 +139,7 @@ fn dev_variables(root: &Path) -> Result<BTreeMap<String, String>> {
     if !created.is_empty() {
         std::fs::create_dir_all(root.join(".spin"))?;
         std::fs::write(&path, toml::to_string(&stored)?)?;
-        eprintln!(
-            "xtask: generated development secrets (kept in {}, shown once):",
-            path.display()
-        );
+        eprintln!("xtask: generated development secrets (kept in {}, shown once):", path.display());
         for (name, value) in &created {
             eprintln!("  {name} = {value}");
         }
@@ -180,21 +152,14 @@ fn random_secret(name: &str) -> Result<String> {
     let mut f = std::fs::File::open("/dev/urandom").context("opening /dev/urandom")?;
     std::io::Read::read_exact(&mut f, &mut buf)?;
     let hex: String = buf.iter().map(|b| format!("{b:02x}")).collect();
-    Ok(if name == "gateway_secret" {
-        format!("whsec_{}", base64(&buf))
-    } else {
-        hex
-    })
+    Ok(if name == "gateway_secret" { format!("whsec_{}", base64(&buf)) } else { hex })
 }
 
 fn base64(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in data.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
         for i in 0..4 {
             if i <= chunk.len() {
                 out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
@@ -209,16 +174,7 @@ fn base64(data: &[u8]) -> String {
 fn up(root: &Path, host_args: &[String]) -> Result<()> {
     let vars = dev_variables(root)?;
     let mut cmd = Command::new(cargo());
-    cmd.current_dir(root).args([
-        "run",
-        "--quiet",
-        "-p",
-        "scenefin-host",
-        "--",
-        "up",
-        "--from",
-        "spin.toml",
-    ]);
+    cmd.current_dir(root).args(["run", "--quiet", "-p", "scenefin-host", "--", "up", "--from", "spin.toml"]);
     cmd.args(host_args);
     for (name, value) in vars {
         let key = format!("SPIN_VARIABLE_{}", name.to_ascii_uppercase());
@@ -238,16 +194,7 @@ fn check_invariants(root: &Path) -> Result<()> {
 
     let out = Command::new(cargo())
         .current_dir(root)
-        .args([
-            "tree",
-            "-e",
-            "normal",
-            "-i",
-            "spin-sdk",
-            "--prefix",
-            "none",
-            "--workspace",
-        ])
+        .args(["tree", "-e", "normal", "-i", "spin-sdk", "--prefix", "none", "--workspace"])
         .output()
         .context("running cargo tree")?;
     let tree = String::from_utf8_lossy(&out.stdout);
@@ -258,9 +205,7 @@ fn check_invariants(root: &Path) -> Result<()> {
             || line.contains("/components/")
             || line.contains("/tests/fixtures/");
         if !allowed && line.contains("(/") {
-            problems.push(format!(
-                "{name} depends on spin-sdk (only scenefin-guest and components may)"
-            ));
+            problems.push(format!("{name} depends on spin-sdk (only scenefin-guest and components may)"));
         }
     }
 
@@ -268,16 +213,10 @@ fn check_invariants(root: &Path) -> Result<()> {
     for dir in ["crates", "components"] {
         collect_rs(&root.join(dir), &mut files);
     }
-    let owners = [
-        "cust", "util", "prop", "campus", "cpn", "ref", "ledger", "idem", "ops",
-    ];
+    let owners = ["cust", "util", "prop", "campus", "cpn", "ref", "ledger", "idem", "ops"];
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap_or_default();
-        let rel = file
-            .strip_prefix(root)
-            .unwrap_or(file)
-            .display()
-            .to_string();
+        let rel = file.strip_prefix(root).unwrap_or(file).display().to_string();
         if !rel.ends_with("keys.rs") {
             for owner in owners {
                 if text.contains(&format!("format!(\"{owner}:")) {
@@ -286,9 +225,7 @@ fn check_invariants(root: &Path) -> Result<()> {
             }
         }
         if rel.starts_with("components/") && text.contains("get_keys") {
-            problems.push(format!(
-                "{rel}: lists the store (get_keys) on a request path"
-            ));
+            problems.push(format!("{rel}: lists the store (get_keys) on a request path"));
         }
     }
 

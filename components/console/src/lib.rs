@@ -8,27 +8,17 @@ use spin_sdk::http_service;
 
 const INDEX_HTML: &str = include_str!("../assets/index.html");
 
-fn page(
-    status: StatusCode,
-    content_type: &'static str,
-    body: impl Into<Bytes>,
-) -> http::Response<FullBody<Bytes>> {
+fn page(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> http::Response<FullBody<Bytes>> {
     let mut res = http::Response::new(FullBody::new(body.into()));
     *res.status_mut() = status;
-    res.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     res
 }
 
 #[http_service]
 async fn handle(req: Request) -> impl IntoResponse {
-    let path = req
-        .headers()
-        .get("spin-path-info")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("/");
+    let path = req.headers().get("spin-path-info").and_then(|v| v.to_str().ok()).unwrap_or("/");
     match (req.method(), path) {
         (&Method::GET | &Method::HEAD, "" | "/" | "/index.html") => {
             page(StatusCode::OK, "text/html; charset=utf-8", INDEX_HTML)

@@ -1,8 +1,24 @@
-//! scenefin-guest: what components share on the Spin side of the contract in `wit/world.wit`.
+//! scenefin-guest: the one shared crate that touches spin-sdk and the WIT contract on the component side.
+//!
+//! - [`SpinStore`]: `scenefin_core::kv::Store` over `wasi:keyvalue` (store, atomics, batch) on the `default` store;
+//! - request helpers: the route (method and path segments), the body with a size limit, headers, the test clock;
+//! - responses: JSON and RFC 9457 problem+json, with internal causes logged, never shown;
+//! - variables.
 //!
 //! spin-sdk 7 covers `spin:key-value`, `spin:variables` and `wasi:http`; it vendors `wasi:keyvalue` but exposes no
-//! Rust API for it, so the atomics (increment, compare-and-swap) and batch operations are generated here from the
-//! project's own WIT files, with spin-sdk's wit-bindgen runtime.
+//! Rust API for it, so those bindings are generated here from the project's `wit/`.
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+use scenefin_core::clock::{Clock, SystemClock, Timestamp};
+use scenefin_core::kv::{Key, Store, StoreError};
+use scenefin_core::problem::{ApiError, ErrorKind, Problem, problem_json};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use spin_sdk::http::FullBody;
+use spin_sdk::http::body::IncomingBodyExt;
+
+pub use spin_sdk::http::Request;
 
 /// Generated bindings for `wasi:keyvalue@0.2.0-draft2` (`store`, `atomics`, `batch`).
 #[allow(missing_docs, clippy::all)]
@@ -15,4 +31,287 @@ pub mod wasi_keyvalue {
     });
 
     pub use wasi::keyvalue::{atomics, batch, store};
+}
+
+use wasi_keyvalue::{atomics, batch, store};
+
+/// The response type every handler returns.
+pub type Response = http::Response<FullBody<Bytes>>;
+
+/// The `default` store through `wasi:keyvalue`.
+pub struct SpinStore {
+    bucket: store::Bucket,
+}
+
+fn backend(e: store::Error) -> StoreError {
+    StoreError::Backend(match e {
+        store::Error::NoSuchStore => "no such store".to_owned(),
+        store::Error::AccessDenied => "access to the store denied".to_owned(),
+        store::Error::Other(msg) => msg,
+    })
+}
+
+impl SpinStore {
+    /// Opens the `default` store.
+    pub fn open_default() -> Result<Self, StoreError> {
+        store::open("default").map(|bucket| Self { bucket }).map_err(backend)
+    }
+}
+
+impl Store for SpinStore {
+    async fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
+        self.bucket.get(key.as_str()).map_err(backend)
+    }
+
+    async fn set(&self, key: &Key, value: &[u8]) -> Result<(), StoreError> {
+        self.bucket.set(key.as_str(), value).map_err(backend)
+    }
+
+    async fn delete(&self, key: &Key) -> Result<(), StoreError> {
+        self.bucket.delete(key.as_str()).map_err(backend)
+    }
+
+    async fn increment(&self, key: &Key, delta: i64) -> Result<i64, StoreError> {
+        atomics::increment(&self.bucket, key.as_str(), delta).map_err(backend)
+    }
+
+    async fn cas(&self, key: &Key, expected: Option<&[u8]>, new: &[u8]) -> Result<bool, StoreError> {
+        let cas = atomics::Cas::new(&self.bucket, key.as_str()).map_err(backend)?;
+        let current = cas.current().map_err(backend)?;
+        if current.as_deref() != expected {
+            return Ok(false);
+        }
+        match atomics::swap(cas, new) {
+            Ok(()) => Ok(true),
+            Err(atomics::CasError::CasFailed(_)) => Ok(false),
+            Err(atomics::CasError::StoreError(e)) => Err(backend(e)),
+        }
+    }
+
+    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let names: Vec<String> = keys.iter().map(|k| k.as_str().to_owned()).collect();
+        let found = batch::get_many(&self.bucket, &names).map_err(backend)?;
+        let mut map: std::collections::HashMap<String, Option<Vec<u8>>> = found.into_iter().collect();
+        Ok(names.iter().map(|k| map.remove(k).flatten()).collect())
+    }
+}
+
+/// A Spin variable, `None` when undefined or empty.
+pub async fn variable(name: &str) -> Option<String> {
+    spin_sdk::variables::get(name).await.ok().filter(|v| !v.is_empty())
+}
+
+/// A required Spin variable; its absence is a deployment error (500, logged).
+pub async fn required_variable(name: &str) -> Result<String, ApiError> {
+    variable(name).await.ok_or_else(|| ApiError::internal(format!("variable `{name}` is not set")))
+}
+
+/// The request's method and path segments (of the full path, so one component can serve several routes).
+pub struct Route {
+    /// Method, upper-case.
+    pub method: http::Method,
+    segments: Vec<String>,
+    /// The query string, if any.
+    pub query: Option<String>,
+}
+
+impl Route {
+    /// Reads the route of `req`.
+    pub fn of(req: &Request) -> Route {
+        let segments = req.uri().path().split('/').filter(|s| !s.is_empty()).map(percent_decode).collect();
+        Route { method: req.method().clone(), segments, query: req.uri().query().map(str::to_owned) }
+    }
+
+    /// Path segments, for matching: `match route.segments().as_slice() { ["api", "me"] => ... }`.
+    pub fn segments(&self) -> Vec<&str> {
+        self.segments.iter().map(String::as_str).collect()
+    }
+
+    /// A query parameter.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        self.query.as_deref()?.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k) == name).then(|| percent_decode(&v.replace('+', " ")))
+        })
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push(h * 16 + l);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// A request header as a string.
+pub fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Reads the whole body, refusing more than `limit` bytes (413).
+pub async fn body(req: Request, limit: usize) -> Result<Bytes, ApiError> {
+    if let Some(len) = header(&req, "content-length").and_then(|v| v.parse::<usize>().ok())
+        && len > limit
+    {
+        return Err(too_large(len, limit));
+    }
+    let bytes = req.into_body().bytes().await.map_err(|e| {
+        ApiError::new(ErrorKind::Invalid, "bad_request_body", format!("could not read the body: {e:?}"))
+    })?;
+    if bytes.len() > limit {
+        return Err(too_large(bytes.len(), limit));
+    }
+    Ok(bytes)
+}
+
+fn too_large(len: usize, limit: usize) -> ApiError {
+    ApiError::new(
+        ErrorKind::PayloadTooLarge,
+        "payload_too_large",
+        format!("request body is {len} bytes; the limit is {limit}"),
+    )
+}
+
+/// Decodes a JSON body with a size limit into a DTO (see `scenefin_core::json::decode`).
+pub fn json<T: DeserializeOwned>(body: &[u8], limit: usize) -> Result<T, ApiError> {
+    scenefin_core::json::decode(body, limit)
+}
+
+/// The time rules use for this request: `X-Scenefin-Now` when `test_clock_enabled` is `true`, else the system clock.
+pub fn now(req: &Request, test_clock_enabled: bool) -> Result<Timestamp, ApiError> {
+    match header(req, "x-scenefin-now") {
+        Some(value) if test_clock_enabled => {
+            Timestamp::parse_rfc3339(value).map_err(|e| ApiError::validation("X-Scenefin-Now", e.to_string()))
+        }
+        _ => Ok(SystemClock.now()),
+    }
+}
+
+/// A JSON response.
+pub fn json_response(status: u16, value: &impl Serialize) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => raw_response(status, "application/json", body),
+        Err(e) => problem(&ApiError::internal(format!("encoding response: {e}"))),
+    }
+}
+
+/// A response with the given content type and body.
+pub fn raw_response(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response {
+    let mut res = http::Response::new(FullBody::new(body.into()));
+    *res.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if let Ok(v) = HeaderValue::from_str(content_type) {
+        res.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+/// Renders a problem as RFC 9457 problem+json. Internal problems are logged with their cause and shown as
+/// "internal error".
+pub fn problem(p: &(impl Problem + ?Sized)) -> Response {
+    if p.kind() == ErrorKind::Internal {
+        eprintln!("internal error ({}): {p}", p.code());
+    }
+    let body = problem_json(p);
+    let mut res = raw_response(p.kind().status(), "application/problem+json", body.to_string());
+    if p.kind() == ErrorKind::Unauthenticated
+        && let Ok(v) = HeaderValue::from_str("Bearer")
+    {
+        res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    res
+}
+
+/// Turns any `Result<T, impl Problem>` into `Result<T, Response>`, so handlers can use `?` and return problems.
+pub trait OrProblem<T> {
+    /// The value, or the error rendered as problem+json.
+    fn or_problem(self) -> Result<T, Response>;
+}
+
+impl<T, E: Problem> OrProblem<T> for Result<T, E> {
+    fn or_problem(self) -> Result<T, Response> {
+        self.map_err(|e| problem(&e))
+    }
+}
+
+/// Checks the operator bearer token against variable `operator_token` (constant-time).
+pub async fn require_operator(req: &Request) -> Result<(), Response> {
+    let expected = required_variable("operator_token").await.or_problem()?;
+    scenefin_core::auth::verify_operator(&expected, header(req, "authorization")).or_problem()
+}
+
+/// Whether variable `test_clock_enabled` is `true`.
+pub async fn test_clock_enabled() -> bool {
+    variable("test_clock_enabled").await.is_some_and(|v| v == "true")
+}
+
+/// The time for this request (see [`now`]), honouring `test_clock_enabled`.
+pub async fn request_time(req: &Request) -> Result<Timestamp, Response> {
+    now(req, test_clock_enabled().await).or_problem()
+}
+
+/// Lifecycle thresholds from variables (`lifecycle_*`), defaulting to the brief's values.
+pub async fn lifecycle_rules() -> scenefin_core::customers::LifecycleRules {
+    let mut rules = scenefin_core::customers::LifecycleRules::default();
+    async fn num<T: std::str::FromStr>(name: &str) -> Option<T> {
+        variable(name).await.and_then(|v| v.parse().ok())
+    }
+    if let Some(v) = num("lifecycle_engaged_min_payments").await {
+        rules.engaged_min_payments = v;
+    }
+    if let Some(v) = num("lifecycle_engaged_window_days").await {
+        rules.engaged_window_days = v;
+    }
+    if let Some(v) = num("lifecycle_high_value_min_fen").await {
+        rules.high_value_min_fen = v;
+    }
+    if let Some(v) = num("lifecycle_high_value_window_days").await {
+        rules.high_value_window_days = v;
+    }
+    if let Some(v) = num("lifecycle_high_value_min_scenarios").await {
+        rules.high_value_min_scenarios = v;
+    }
+    if let Some(v) = num("lifecycle_dormant_after_days").await {
+        rules.dormant_after_days = v;
+    }
+    rules
+}
+
+/// `404 not_found` for a path no route matches.
+pub fn no_route() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding_handles_escapes_and_garbage() {
+        assert_eq!(percent_decode("a%20b"), "a b");
+        assert_eq!(percent_decode("%E4%B8%AD"), "中");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
 }

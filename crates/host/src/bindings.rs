@@ -67,9 +67,7 @@ pub trait SpinView: Send + 'static {
     fn spin(&mut self) -> &mut SpinCtx;
 }
 
-pub fn add_to_linker<T: SpinView>(
-    linker: &mut wasmtime::component::Linker<T>,
-) -> wasmtime::Result<()> {
+pub fn add_to_linker<T: SpinView>(linker: &mut wasmtime::component::Linker<T>) -> wasmtime::Result<()> {
     Host_::add_to_linker::<T, Spin>(linker, T::spin)
 }
 
@@ -141,12 +139,10 @@ impl<T> spin_kv::HostStoreWithStore<T> for Spin {
         this: Resource<OpenStore>,
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, spin_kv::Error>> {
-        Ok(
-            match run(accessor, &this, store_label, Op::Get { key }).await? {
-                Ok(Output::Value(v)) => Ok(v),
-                other => Err(spin_err(unexpected(other))),
-            },
-        )
+        Ok(match run(accessor, &this, store_label, Op::Get { key }).await? {
+            Ok(Output::Value(v)) => Ok(v),
+            other => Err(spin_err(unexpected(other))),
+        })
     }
 
     async fn set(
@@ -155,10 +151,7 @@ impl<T> spin_kv::HostStoreWithStore<T> for Spin {
         key: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), spin_kv::Error>> {
-        Ok(
-            done(run(accessor, &this, store_label, Op::Set { key, value }).await?)
-                .map_err(spin_err),
-        )
+        Ok(done(run(accessor, &this, store_label, Op::Set { key, value }).await?).map_err(spin_err))
     }
 
     async fn delete(
@@ -174,32 +167,23 @@ impl<T> spin_kv::HostStoreWithStore<T> for Spin {
         this: Resource<OpenStore>,
         key: String,
     ) -> wasmtime::Result<Result<bool, spin_kv::Error>> {
-        Ok(
-            match run(accessor, &this, store_label, Op::Exists { key }).await? {
-                Ok(Output::Bool(b)) => Ok(b),
-                other => Err(spin_err(unexpected(other))),
-            },
-        )
+        Ok(match run(accessor, &this, store_label, Op::Exists { key }).await? {
+            Ok(Output::Bool(b)) => Ok(b),
+            other => Err(spin_err(unexpected(other))),
+        })
     }
 
     async fn get_keys(
         accessor: &Accessor<T, Self>,
         this: Resource<OpenStore>,
-    ) -> wasmtime::Result<(
-        StreamReader<String>,
-        FutureReader<Result<(), spin_kv::Error>>,
-    )> {
+    ) -> wasmtime::Result<(StreamReader<String>, FutureReader<Result<(), spin_kv::Error>>)> {
         let (keys, outcome) = match run(accessor, &this, store_label, Op::Keys).await? {
             Ok(Output::Keys(keys)) => (keys, Ok(())),
             other => (Vec::new(), Err(spin_err(unexpected(other)))),
         };
         accessor.with(|mut access| {
             let stream = StreamReader::new(&mut access, keys)?;
-            let future =
-                FutureReader::new(
-                    &mut access,
-                    async move { wasmtime::Result::<_>::Ok(outcome) },
-                )?;
+            let future = FutureReader::new(&mut access, async move { wasmtime::Result::<_>::Ok(outcome) })?;
             Ok((stream, future))
         })
     }
@@ -224,19 +208,14 @@ fn unexpected(result: Result<Output, String>) -> String {
 impl spin_vars::Host for &mut SpinCtx {}
 
 impl<T> spin_vars::HostWithStore<T> for Spin {
-    async fn get(
-        accessor: &Accessor<T, Self>,
-        name: String,
-    ) -> wasmtime::Result<Result<String, spin_vars::Error>> {
+    async fn get(accessor: &Accessor<T, Self>, name: String) -> wasmtime::Result<Result<String, spin_vars::Error>> {
         if crate::manifest::check_variable_name(&name).is_err() {
             return Ok(Err(spin_vars::Error::InvalidName(name)));
         }
         accessor.with(|mut access| {
             Ok(match access.get().env.variables.get(&name) {
                 Some(value) => Ok(value.clone()),
-                None => Err(spin_vars::Error::Undefined(format!(
-                    "no variable for {name:?}"
-                ))),
+                None => Err(spin_vars::Error::Undefined(format!("no variable for {name:?}"))),
             })
         })
     }
@@ -253,11 +232,7 @@ fn wasi_err(msg: String) -> wasi_kv::Error {
 
 impl SpinCtx {
     /// The op as a future that does not borrow `self` (the instance state is not `Sync`).
-    fn exec(
-        &self,
-        label: &str,
-        op: Op,
-    ) -> impl Future<Output = Result<Output, String>> + Send + 'static {
+    fn exec(&self, label: &str, op: Op) -> impl Future<Output = Result<Output, String>> + Send + 'static {
         let (kv, label) = (self.kv.clone(), label.to_owned());
         async move { kv.exec(&label, op).await }
     }
@@ -268,10 +243,7 @@ impl SpinCtx {
 }
 
 impl wasi_kv::Host for &mut SpinCtx {
-    async fn open(
-        &mut self,
-        identifier: String,
-    ) -> wasmtime::Result<Result<Resource<OpenStore>, wasi_kv::Error>> {
+    async fn open(&mut self, identifier: String) -> wasmtime::Result<Result<Resource<OpenStore>, wasi_kv::Error>> {
         Ok(match open_check(&self.env, &identifier) {
             Err(OpenError::Denied) => Err(wasi_kv::Error::AccessDenied),
             Err(OpenError::NoSuchStore) => Err(wasi_kv::Error::NoSuchStore),
@@ -286,12 +258,10 @@ impl wasi_kv::HostBucket for &mut SpinCtx {
         this: Resource<OpenStore>,
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, wasi_kv::Error>> {
-        Ok(
-            match self.exec(&self.bucket(&this)?, Op::Get { key }).await {
-                Ok(Output::Value(v)) => Ok(v),
-                other => Err(wasi_err(unexpected(other))),
-            },
-        )
+        Ok(match self.exec(&self.bucket(&this)?, Op::Get { key }).await {
+            Ok(Output::Value(v)) => Ok(v),
+            other => Err(wasi_err(unexpected(other))),
+        })
     }
 
     async fn set(
@@ -300,18 +270,10 @@ impl wasi_kv::HostBucket for &mut SpinCtx {
         key: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), wasi_kv::Error>> {
-        Ok(done(
-            self.exec(&self.bucket(&this)?, Op::Set { key, value })
-                .await,
-        )
-        .map_err(wasi_err))
+        Ok(done(self.exec(&self.bucket(&this)?, Op::Set { key, value }).await).map_err(wasi_err))
     }
 
-    async fn delete(
-        &mut self,
-        this: Resource<OpenStore>,
-        key: String,
-    ) -> wasmtime::Result<Result<(), wasi_kv::Error>> {
+    async fn delete(&mut self, this: Resource<OpenStore>, key: String) -> wasmtime::Result<Result<(), wasi_kv::Error>> {
         Ok(done(self.exec(&self.bucket(&this)?, Op::Delete { key }).await).map_err(wasi_err))
     }
 
@@ -320,12 +282,10 @@ impl wasi_kv::HostBucket for &mut SpinCtx {
         this: Resource<OpenStore>,
         key: String,
     ) -> wasmtime::Result<Result<bool, wasi_kv::Error>> {
-        Ok(
-            match self.exec(&self.bucket(&this)?, Op::Exists { key }).await {
-                Ok(Output::Bool(b)) => Ok(b),
-                other => Err(wasi_err(unexpected(other))),
-            },
-        )
+        Ok(match self.exec(&self.bucket(&this)?, Op::Exists { key }).await {
+            Ok(Output::Bool(b)) => Ok(b),
+            other => Err(wasi_err(unexpected(other))),
+        })
     }
 
     async fn list_keys(
@@ -334,9 +294,7 @@ impl wasi_kv::HostBucket for &mut SpinCtx {
         cursor: Option<String>,
     ) -> wasmtime::Result<Result<wasi_kv::KeyResponse, wasi_kv::Error>> {
         if cursor.is_some() {
-            return Ok(Err(wasi_err(
-                "list-keys does not support cursors".to_owned(),
-            )));
+            return Ok(Err(wasi_err("list-keys does not support cursors".to_owned())));
         }
         Ok(match self.exec(&self.bucket(&this)?, Op::Keys).await {
             Ok(Output::Keys(keys)) => Ok(wasi_kv::KeyResponse { keys, cursor: None }),
@@ -357,11 +315,7 @@ impl atomics::HostCas for &mut SpinCtx {
         key: String,
     ) -> wasmtime::Result<Result<Resource<CasHandle>, wasi_kv::Error>> {
         let label = self.bucket(&bucket)?;
-        Ok(Ok(self.table.push(CasHandle {
-            label,
-            key,
-            read: None,
-        })?))
+        Ok(Ok(self.table.push(CasHandle { label, key, read: None })?))
     }
 
     async fn current(
@@ -391,15 +345,10 @@ impl atomics::Host for &mut SpinCtx {
         key: String,
         delta: i64,
     ) -> wasmtime::Result<Result<i64, wasi_kv::Error>> {
-        Ok(
-            match self
-                .exec(&self.bucket(&bucket)?, Op::Increment { key, delta })
-                .await
-            {
-                Ok(Output::Counter(n)) => Ok(n),
-                other => Err(wasi_err(unexpected(other))),
-            },
-        )
+        Ok(match self.exec(&self.bucket(&bucket)?, Op::Increment { key, delta }).await {
+            Ok(Output::Counter(n)) => Ok(n),
+            other => Err(wasi_err(unexpected(other))),
+        })
     }
 
     async fn swap(
@@ -408,25 +357,15 @@ impl atomics::Host for &mut SpinCtx {
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), atomics::CasError>> {
         let handle = self.table.delete(cas)?;
-        let op = Op::Swap {
-            key: handle.key.clone(),
-            expected: handle.read,
-            value,
-        };
+        let op = Op::Swap { key: handle.key.clone(), expected: handle.read, value };
         match self.exec(&handle.label, op).await {
             Ok(Output::Swapped(true)) => Ok(Ok(())),
             // As Spin does, hand back a fresh handle on the same key; the guest calls `current` again to retry.
             Ok(Output::Swapped(false)) => {
-                let fresh = self.table.push(CasHandle {
-                    label: handle.label,
-                    key: handle.key,
-                    read: None,
-                })?;
+                let fresh = self.table.push(CasHandle { label: handle.label, key: handle.key, read: None })?;
                 Ok(Err(atomics::CasError::CasFailed(fresh)))
             }
-            other => Ok(Err(atomics::CasError::StoreError(wasi_err(unexpected(
-                other,
-            ))))),
+            other => Ok(Err(atomics::CasError::StoreError(wasi_err(unexpected(other))))),
         }
     }
 }
@@ -437,15 +376,10 @@ impl batch::Host for &mut SpinCtx {
         bucket: Resource<OpenStore>,
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<Vec<(String, Option<Vec<u8>>)>, wasi_kv::Error>> {
-        Ok(
-            match self
-                .exec(&self.bucket(&bucket)?, Op::GetMany { keys })
-                .await
-            {
-                Ok(Output::Values(values)) => Ok(values),
-                other => Err(wasi_err(unexpected(other))),
-            },
-        )
+        Ok(match self.exec(&self.bucket(&bucket)?, Op::GetMany { keys }).await {
+            Ok(Output::Values(values)) => Ok(values),
+            other => Err(wasi_err(unexpected(other))),
+        })
     }
 
     async fn set_many(
@@ -453,16 +387,7 @@ impl batch::Host for &mut SpinCtx {
         bucket: Resource<OpenStore>,
         key_values: Vec<(String, Vec<u8>)>,
     ) -> wasmtime::Result<Result<(), wasi_kv::Error>> {
-        Ok(done(
-            self.exec(
-                &self.bucket(&bucket)?,
-                Op::SetMany {
-                    entries: key_values,
-                },
-            )
-            .await,
-        )
-        .map_err(wasi_err))
+        Ok(done(self.exec(&self.bucket(&bucket)?, Op::SetMany { entries: key_values }).await).map_err(wasi_err))
     }
 
     async fn delete_many(
@@ -470,10 +395,6 @@ impl batch::Host for &mut SpinCtx {
         bucket: Resource<OpenStore>,
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<(), wasi_kv::Error>> {
-        Ok(done(
-            self.exec(&self.bucket(&bucket)?, Op::DeleteMany { keys })
-                .await,
-        )
-        .map_err(wasi_err))
+        Ok(done(self.exec(&self.bucket(&bucket)?, Op::DeleteMany { keys }).await).map_err(wasi_err))
     }
 }

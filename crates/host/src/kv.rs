@@ -60,10 +60,7 @@ pub enum Op {
 impl Op {
     /// Whether the op changes the store (and so goes through the writer).
     pub fn is_write(&self) -> bool {
-        !matches!(
-            self,
-            Op::Get { .. } | Op::Exists { .. } | Op::Keys | Op::GetMany { .. }
-        )
+        !matches!(self, Op::Get { .. } | Op::Exists { .. } | Op::Keys | Op::GetMany { .. })
     }
 }
 
@@ -106,10 +103,7 @@ pub struct Kv {
 
 impl Kv {
     pub fn new(backend: impl Backend) -> Self {
-        Self {
-            backend: Arc::new(backend),
-            ops: Arc::default(),
-        }
+        Self { backend: Arc::new(backend), ops: Arc::default() }
     }
 
     pub async fn exec(&self, store: &str, op: Op) -> Result<Output, String> {
@@ -128,15 +122,7 @@ impl Kv {
 
     /// Convenience for hosts and tests: read one key.
     pub async fn get(&self, store: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
-        match self
-            .exec(
-                store,
-                Op::Get {
-                    key: key.to_owned(),
-                },
-            )
-            .await?
-        {
+        match self.exec(store, Op::Get { key: key.to_owned() }).await? {
             Output::Value(v) => Ok(v),
             other => Err(format!("unexpected output {other:?}")),
         }
@@ -144,15 +130,7 @@ impl Kv {
 
     /// Convenience for hosts and tests: write one key.
     pub async fn set(&self, store: &str, key: &str, value: &[u8]) -> Result<(), String> {
-        self.exec(
-            store,
-            Op::Set {
-                key: key.to_owned(),
-                value: value.to_vec(),
-            },
-        )
-        .await
-        .map(drop)
+        self.exec(store, Op::Set { key: key.to_owned(), value: value.to_vec() }).await.map(drop)
     }
 }
 
@@ -166,9 +144,7 @@ fn decode_counter(value: Option<&[u8]>) -> Result<i64, String> {
 }
 
 fn add_counter(current: i64, delta: i64) -> Result<i64, String> {
-    current
-        .checked_add(delta)
-        .ok_or_else(|| "counter overflow".to_owned())
+    current.checked_add(delta).ok_or_else(|| "counter overflow".to_owned())
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -182,10 +158,7 @@ pub struct MemoryBackend {
 
 impl MemoryBackend {
     pub fn new(cas_mode: CasMode) -> Self {
-        Self {
-            data: Mutex::default(),
-            cas_mode,
-        }
+        Self { data: Mutex::default(), cas_mode }
     }
 
     fn apply(&self, store: &str, op: Op) -> Result<Output, String> {
@@ -194,16 +167,9 @@ impl MemoryBackend {
         Ok(match op {
             Op::Get { key } => Output::Value(data.get(&k(&key)).cloned()),
             Op::Exists { key } => Output::Bool(data.contains_key(&k(&key))),
-            Op::Keys => Output::Keys(
-                data.keys()
-                    .filter(|(s, _)| s == store)
-                    .map(|(_, key)| key.clone())
-                    .collect(),
-            ),
+            Op::Keys => Output::Keys(data.keys().filter(|(s, _)| s == store).map(|(_, key)| key.clone()).collect()),
             Op::GetMany { keys } => Output::Values(
-                keys.into_iter()
-                    .filter_map(|key| data.get(&k(&key)).cloned().map(|v| (key, Some(v))))
-                    .collect(),
+                keys.into_iter().filter_map(|key| data.get(&k(&key)).cloned().map(|v| (key, Some(v)))).collect(),
             ),
             Op::Set { key, value } => {
                 data.insert(k(&key), value);
@@ -226,18 +192,11 @@ impl MemoryBackend {
                 Output::Done
             }
             Op::Increment { key, delta } => {
-                let next = add_counter(
-                    decode_counter(data.get(&k(&key)).map(Vec::as_slice))?,
-                    delta,
-                )?;
+                let next = add_counter(decode_counter(data.get(&k(&key)).map(Vec::as_slice))?, delta)?;
                 data.insert(k(&key), next.to_le_bytes().to_vec());
                 Output::Counter(next)
             }
-            Op::Swap {
-                key,
-                expected,
-                value,
-            } => {
+            Op::Swap { key, expected, value } => {
                 let current = data.get(&k(&key));
                 let ok = match (&expected, current) {
                     (Some(expected), Some(current)) => expected == current,
@@ -309,23 +268,15 @@ impl SqliteBackend {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute(CREATE_TABLE, [])?;
         let (tx, rx) = mpsc::channel::<WriteJob>();
-        std::thread::Builder::new()
-            .name("kv-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx))?;
-        Ok(Self {
-            path: path.to_owned(),
-            writer: Mutex::new(tx),
-            readers: Arc::default(),
-        })
+        std::thread::Builder::new().name("kv-sqlite-writer".into()).spawn(move || writer_loop(conn, rx))?;
+        Ok(Self { path: path.to_owned(), writer: Mutex::new(tx), readers: Arc::default() })
     }
 }
 
 fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_URI,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
     )?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(conn)
@@ -333,14 +284,10 @@ fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
 
 fn read(conn: &Connection, store: &str, op: Op) -> rusqlite::Result<Output> {
     Ok(match op {
-        Op::Get { key } => Output::Value(
-            conn.prepare_cached(SELECT)?
-                .query_row(params![store, key], |r| r.get(0))
-                .optional()?,
-        ),
-        Op::Exists { key } => {
-            Output::Bool(conn.prepare_cached(SELECT)?.exists(params![store, key])?)
+        Op::Get { key } => {
+            Output::Value(conn.prepare_cached(SELECT)?.query_row(params![store, key], |r| r.get(0)).optional()?)
         }
+        Op::Exists { key } => Output::Bool(conn.prepare_cached(SELECT)?.exists(params![store, key])?),
         Op::Keys => Output::Keys(
             conn.prepare_cached("SELECT key FROM spin_key_value WHERE store=$1")?
                 .query_map(params![store], |r| r.get(0))?
@@ -352,10 +299,7 @@ fn read(conn: &Connection, store: &str, op: Op) -> rusqlite::Result<Output> {
             let mut found = Vec::with_capacity(keys.len());
             conn.execute_batch("BEGIN")?;
             let result = keys.into_iter().try_for_each(|key| {
-                if let Some(v) = stmt
-                    .query_row(params![store, key], |r| r.get::<_, Vec<u8>>(0))
-                    .optional()?
-                {
+                if let Some(v) = stmt.query_row(params![store, key], |r| r.get::<_, Vec<u8>>(0)).optional()? {
                     found.push((key, Some(v)));
                 }
                 Ok::<_, rusqlite::Error>(())
@@ -370,15 +314,10 @@ fn read(conn: &Connection, store: &str, op: Op) -> rusqlite::Result<Output> {
 
 /// Applies one write inside the writer's open transaction. `Err(Ok(msg))` is the op's own failure (nothing
 /// written); `Err(Err(e))` is an SQLite failure that aborts the batch.
-fn write(
-    conn: &Connection,
-    store: &str,
-    op: Op,
-) -> Result<Result<Output, String>, rusqlite::Error> {
+fn write(conn: &Connection, store: &str, op: Op) -> Result<Result<Output, String>, rusqlite::Error> {
     Ok(Ok(match op {
         Op::Set { key, value } => {
-            conn.prepare_cached(UPSERT)?
-                .execute(params![store, key, value])?;
+            conn.prepare_cached(UPSERT)?.execute(params![store, key, value])?;
             Output::Done
         }
         Op::Delete { key } => {
@@ -400,32 +339,20 @@ fn write(
             Output::Done
         }
         Op::Increment { key, delta } => {
-            let current: Option<Vec<u8>> = conn
-                .prepare_cached(SELECT)?
-                .query_row(params![store, key], |r| r.get(0))
-                .optional()?;
-            let next = match decode_counter(current.as_deref()).and_then(|c| add_counter(c, delta))
-            {
+            let current: Option<Vec<u8>> =
+                conn.prepare_cached(SELECT)?.query_row(params![store, key], |r| r.get(0)).optional()?;
+            let next = match decode_counter(current.as_deref()).and_then(|c| add_counter(c, delta)) {
                 Ok(next) => next,
                 Err(msg) => return Ok(Err(msg)),
             };
-            conn.prepare_cached(UPSERT)?
-                .execute(params![store, key, next.to_le_bytes()])?;
+            conn.prepare_cached(UPSERT)?.execute(params![store, key, next.to_le_bytes()])?;
             Output::Counter(next)
         }
-        Op::Swap {
-            key,
-            expected,
-            value,
-        } => {
+        Op::Swap { key, expected, value } => {
             let changed = match expected {
-                Some(expected) => conn
-                    .prepare_cached(UPDATE_IF)?
-                    .execute(params![store, key, expected, value])?,
+                Some(expected) => conn.prepare_cached(UPDATE_IF)?.execute(params![store, key, expected, value])?,
                 // Spin's SQLite store: a CAS that read nothing upserts unconditionally.
-                None => conn
-                    .prepare_cached(UPSERT)?
-                    .execute(params![store, key, value])?,
+                None => conn.prepare_cached(UPSERT)?.execute(params![store, key, value])?,
             };
             Output::Swapped(changed == 1)
         }
@@ -481,11 +408,7 @@ impl Backend for SqliteBackend {
         let store = store.to_owned();
         if op.is_write() {
             let (tx, rx) = oneshot::channel();
-            let sent = self
-                .writer
-                .lock()
-                .map_err(|_| ())
-                .and_then(|w| w.send((store, op, tx)).map_err(|_| ()));
+            let sent = self.writer.lock().map_err(|_| ()).and_then(|w| w.send((store, op, tx)).map_err(|_| ()));
             return Box::pin(async move {
                 sent.map_err(|()| "storage writer stopped".to_owned())?;
                 rx.await.map_err(|_| "storage writer stopped".to_owned())?
@@ -521,11 +444,7 @@ mod tests {
     use super::*;
 
     async fn swap(kv: &Kv, key: &str, expected: Option<&[u8]>, value: &[u8]) -> bool {
-        let op = Op::Swap {
-            key: key.into(),
-            expected: expected.map(<[u8]>::to_vec),
-            value: value.to_vec(),
-        };
+        let op = Op::Swap { key: key.into(), expected: expected.map(<[u8]>::to_vec), value: value.to_vec() };
         matches!(kv.exec("default", op).await, Ok(Output::Swapped(true)))
     }
 
@@ -533,94 +452,28 @@ mod tests {
         assert_eq!(kv.get("default", "a").await, Ok(None));
         kv.set("default", "a", b"1").await.expect("set");
         assert_eq!(kv.get("default", "a").await, Ok(Some(b"1".to_vec())));
-        assert_eq!(
-            kv.get("other", "a").await,
-            Ok(None),
-            "stores are separate namespaces"
-        );
+        assert_eq!(kv.get("other", "a").await, Ok(None), "stores are separate namespaces");
         assert!(swap(&kv, "a", Some(b"1"), b"2").await);
-        assert!(
-            !swap(&kv, "a", Some(b"1"), b"3").await,
-            "stale CAS must fail"
-        );
+        assert!(!swap(&kv, "a", Some(b"1"), b"3").await, "stale CAS must fail");
         assert_eq!(kv.get("default", "a").await, Ok(Some(b"2".to_vec())));
-        assert!(
-            swap(&kv, "fresh", None, b"x").await,
-            "CAS on absent key creates it"
-        );
-        assert_eq!(
-            swap(&kv, "fresh", None, b"y").await,
-            cas_mode == CasMode::SpinUpsert
-        );
-        let inc = |d| {
-            kv.exec(
-                "default",
-                Op::Increment {
-                    key: "n".into(),
-                    delta: d,
-                },
-            )
-        };
+        assert!(swap(&kv, "fresh", None, b"x").await, "CAS on absent key creates it");
+        assert_eq!(swap(&kv, "fresh", None, b"y").await, cas_mode == CasMode::SpinUpsert);
+        let inc = |d| kv.exec("default", Op::Increment { key: "n".into(), delta: d });
         assert_eq!(inc(5).await, Ok(Output::Counter(5)));
         assert_eq!(inc(-7).await, Ok(Output::Counter(-2)));
-        assert_eq!(
-            kv.get("default", "n").await,
-            Ok(Some((-2i64).to_le_bytes().to_vec()))
-        );
-        assert!(
-            kv.exec(
-                "default",
-                Op::Increment {
-                    key: "a".into(),
-                    delta: 1
-                }
-            )
-            .await
-            .is_err()
-        );
-        assert_eq!(
-            kv.get("default", "a").await,
-            Ok(Some(b"2".to_vec())),
-            "failed increment writes nothing"
-        );
-        let got = kv
-            .exec(
-                "default",
-                Op::GetMany {
-                    keys: vec!["a".into(), "missing".into()],
-                },
-            )
-            .await;
-        assert_eq!(
-            got,
-            Ok(Output::Values(vec![("a".into(), Some(b"2".to_vec()))]))
-        );
-        kv.exec(
-            "default",
-            Op::DeleteMany {
-                keys: vec!["a".into(), "fresh".into()],
-            },
-        )
-        .await
-        .expect("delete");
-        assert_eq!(
-            kv.exec("default", Op::Keys).await,
-            Ok(Output::Keys(vec!["n".into()]))
-        );
+        assert_eq!(kv.get("default", "n").await, Ok(Some((-2i64).to_le_bytes().to_vec())));
+        assert!(kv.exec("default", Op::Increment { key: "a".into(), delta: 1 }).await.is_err());
+        assert_eq!(kv.get("default", "a").await, Ok(Some(b"2".to_vec())), "failed increment writes nothing");
+        let got = kv.exec("default", Op::GetMany { keys: vec!["a".into(), "missing".into()] }).await;
+        assert_eq!(got, Ok(Output::Values(vec![("a".into(), Some(b"2".to_vec()))])));
+        kv.exec("default", Op::DeleteMany { keys: vec!["a".into(), "fresh".into()] }).await.expect("delete");
+        assert_eq!(kv.exec("default", Op::Keys).await, Ok(Output::Keys(vec!["n".into()])));
     }
 
     #[tokio::test]
     async fn memory_backend_has_spin_semantics() {
-        semantics(
-            Kv::new(MemoryBackend::new(CasMode::SpinUpsert)),
-            CasMode::SpinUpsert,
-        )
-        .await;
-        semantics(
-            Kv::new(MemoryBackend::new(CasMode::Strict)),
-            CasMode::Strict,
-        )
-        .await;
+        semantics(Kv::new(MemoryBackend::new(CasMode::SpinUpsert)), CasMode::SpinUpsert).await;
+        semantics(Kv::new(MemoryBackend::new(CasMode::Strict)), CasMode::Strict).await;
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -54,10 +54,7 @@ impl HostConfig {
     /// Spin's defaults, reading `manifest`, with state under `.spin/` beside it.
     pub fn new(manifest: impl Into<PathBuf>) -> Self {
         let manifest = manifest.into();
-        let state_dir = manifest
-            .parent()
-            .map(|d| d.join(".spin"))
-            .unwrap_or_else(|| PathBuf::from(".spin"));
+        let state_dir = manifest.parent().map(|d| d.join(".spin")).unwrap_or_else(|| PathBuf::from(".spin"));
         Self {
             manifest,
             listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
@@ -114,27 +111,15 @@ impl RunningHost {
 pub async fn start(config: HostConfig) -> Result<RunningHost> {
     let started = Instant::now();
     let manifest = manifest::Manifest::load(&config.manifest)?;
-    let manifest_dir = config
-        .manifest
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_default();
+    let manifest_dir = config.manifest.parent().map(PathBuf::from).unwrap_or_default();
 
-    let routed: Vec<&str> = manifest
-        .trigger
-        .http
-        .iter()
-        .map(|t| t.component.as_str())
-        .collect();
+    let routed: Vec<&str> = manifest.trigger.http.iter().map(|t| t.component.as_str()).collect();
     let mut served: Vec<String> = if config.components.is_empty() {
         routed.iter().map(|s| (*s).to_owned()).collect()
     } else {
         for id in &config.components {
             if !manifest.component.contains_key(id) {
-                bail!(
-                    "--component {id}: no such component in {}",
-                    config.manifest.display()
-                );
+                bail!("--component {id}: no such component in {}", config.manifest.display());
             }
         }
         config.components.clone()
@@ -145,45 +130,32 @@ pub async fn start(config: HostConfig) -> Result<RunningHost> {
     let app_vars = variables::resolve_application(&manifest, &config.env)?;
 
     let kv = match config.kv {
-        KvKind::Sqlite => Kv::new(kv::SqliteBackend::open(
-            &config.state_dir.join("sqlite_key_value.db"),
-        )?),
+        KvKind::Sqlite => Kv::new(kv::SqliteBackend::open(&config.state_dir.join("sqlite_key_value.db"))?),
         KvKind::Memory(mode) => Kv::new(kv::MemoryBackend::new(mode)),
     };
     for id in &served {
         for label in &manifest.component[id].key_value_stores {
             if !bindings::PROVIDED_STORES.contains(&label.as_str()) {
-                bail!(
-                    "component `{id}` uses key-value store `{label}`, which this host does not provide"
-                );
+                bail!("component `{id}` uses key-value store `{label}`, which this host does not provide");
             }
         }
     }
 
-    let cache_dir = config.module_cache.then(|| {
-        config
-            .cache_dir
-            .clone()
-            .unwrap_or_else(|| config.state_dir.join("cache"))
-    });
+    let cache_dir =
+        config.module_cache.then(|| config.cache_dir.clone().unwrap_or_else(|| config.state_dir.join("cache")));
     let engine = runtime::engine(&config.limits, cache_dir.as_deref())?;
 
     // Compile each distinct file once, in parallel; several components may share one.
     let mut sources: HashMap<PathBuf, Vec<String>> = HashMap::new();
     for id in &served {
-        let wasm = manifest
-            .source_path(&manifest_dir, id)
-            .context("component without source")?;
+        let wasm = manifest.source_path(&manifest_dir, id).context("component without source")?;
         sources.entry(wasm).or_default().push(id.clone());
     }
     let jobs: Vec<_> = sources
         .into_iter()
         .map(|(wasm, ids)| {
             let engine = engine.clone();
-            (
-                ids,
-                tokio::task::spawn_blocking(move || runtime::compile(&engine, &wasm)),
-            )
+            (ids, tokio::task::spawn_blocking(move || runtime::compile(&engine, &wasm)))
         })
         .collect();
     let mut components = HashMap::new();
@@ -192,30 +164,21 @@ pub async fn start(config: HostConfig) -> Result<RunningHost> {
         for id in ids {
             let stores = manifest.component[&id].key_value_stores.clone();
             let vars = variables::resolve_component(&manifest, &id, &app_vars)?;
-            let loaded = runtime::load_component(
-                &engine,
-                &id,
-                &compiled,
-                stores,
-                vars,
-                kv.clone(),
-                config.limits.clone(),
-            )?;
+            let loaded =
+                runtime::load_component(&engine, &id, &compiled, stores, vars, kv.clone(), config.limits.clone())?;
             components.insert(loaded.id.clone(), loaded.handler);
         }
     }
 
-    let router =
-        routes::Router::build(manifest.trigger.http.iter().filter_map(|t| match &t.route {
-            manifest::Route::Pattern(route) if components.contains_key(&t.component) => {
-                Some((route.as_str(), t.component.as_str()))
-            }
-            _ => None,
-        }))?;
+    let router = routes::Router::build(manifest.trigger.http.iter().filter_map(|t| match &t.route {
+        manifest::Route::Pattern(route) if components.contains_key(&t.component) => {
+            Some((route.as_str(), t.component.as_str()))
+        }
+        _ => None,
+    }))?;
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let (shutdown, rx) = watch::channel(false);
     let app = Arc::new(server::App {
@@ -226,12 +189,5 @@ pub async fn start(config: HostConfig) -> Result<RunningHost> {
         access_log: config.access_log,
     });
     let task = tokio::spawn(server::serve(listener, app, rx));
-    Ok(RunningHost {
-        addr,
-        kv,
-        components: served,
-        startup: started.elapsed(),
-        shutdown,
-        task,
-    })
+    Ok(RunningHost { addr, kv, components: served, startup: started.elapsed(), shutdown, task })
 }

@@ -9,11 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use scenefin_host::{CasMode, HostConfig, KvKind};
 
 #[derive(Parser)]
-#[command(
-    name = "scenefin-host",
-    version,
-    about = "Runs a Spin 4 app (spin.toml) on wasmtime"
-)]
+#[command(name = "scenefin-host", version, about = "Runs a Spin 4 app (spin.toml) on wasmtime")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -153,11 +149,10 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return ctrl_c.await.unwrap_or(()),
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return ctrl_c.await.unwrap_or(()),
+        };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -75,20 +75,15 @@ pub struct Component {
 impl Manifest {
     /// Reads and validates `spin.toml`.
     pub fn load(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let manifest: Manifest =
-            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let manifest: Manifest = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         manifest.validate()?;
         Ok(manifest)
     }
 
     fn validate(&self) -> Result<()> {
         if self.spin_manifest_version != 2 {
-            bail!(
-                "spin_manifest_version must be 2 (found {})",
-                self.spin_manifest_version
-            );
+            bail!("spin_manifest_version must be 2 (found {})", self.spin_manifest_version);
         }
         for name in self.variables.keys() {
             check_variable_name(name).with_context(|| format!("application variable `{name}`"))?;
@@ -110,16 +105,12 @@ impl Manifest {
                 );
             }
             if let Route::Private { private: false } = trigger.route {
-                bail!(
-                    "route must be a string pattern or '{{ private = true }}': '{}'",
-                    trigger.component
-                );
+                bail!("route must be a string pattern or '{{ private = true }}': '{}'", trigger.component);
             }
         }
         for (id, component) in &self.component {
             for name in component.variables.keys() {
-                check_variable_name(name)
-                    .with_context(|| format!("variable `{name}` of component `{id}`"))?;
+                check_variable_name(name).with_context(|| format!("variable `{name}` of component `{id}`"))?;
             }
         }
         Ok(())
@@ -141,8 +132,6 @@ pub fn check_variable_name(name: &str) -> Result<()> {
     if valid {
         Ok(())
     } else {
-        bail!(
-            "invalid variable name `{name}`: use lowercase letters, digits and single underscores"
-        )
+        bail!("invalid variable name `{name}`: use lowercase letters, digits and single underscores")
     }
 }

@@ -33,17 +33,11 @@ impl RouteMatch {
             ("spin-matched-route".to_owned(), self.route.clone()),
             ("spin-base-path".to_owned(), "/".to_owned()),
             ("spin-raw-component-route".to_owned(), self.route.clone()),
-            (
-                "spin-component-route".to_owned(),
-                self.route_or_prefix().to_owned(),
-            ),
+            ("spin-component-route".to_owned(), self.route_or_prefix().to_owned()),
             ("spin-client-addr".to_owned(), client.to_string()),
         ];
         for (name, value) in &self.captures {
-            headers.push((
-                format!("spin-path-match-{}", name.to_ascii_lowercase()),
-                value.clone(),
-            ));
+            headers.push((format!("spin-path-match-{}", name.to_ascii_lowercase()), value.clone()));
         }
         headers
     }
@@ -55,11 +49,7 @@ pub struct Router {
 
 /// Spin strips one trailing slash and makes the route absolute.
 fn sanitize(route: &str) -> String {
-    let route = if route.starts_with('/') {
-        route.to_owned()
-    } else {
-        format!("/{route}")
-    };
+    let route = if route.starts_with('/') { route.to_owned() } else { format!("/{route}") };
     route.strip_suffix('/').map(str::to_owned).unwrap_or(route)
 }
 
@@ -77,11 +67,7 @@ impl Router {
                 Some(prefix) => format!("{prefix}/*"),
                 None => route.clone(),
             };
-            let written = if route.is_empty() {
-                "/".to_owned()
-            } else {
-                route.clone()
-            };
+            let written = if route.is_empty() { "/".to_owned() } else { route.clone() };
             inner
                 .add(spec.as_str(), (component.clone(), written))
                 .map_err(|e| anyhow!("route {route} of component {component}: {e}"))?;
@@ -105,17 +91,10 @@ impl Router {
             None => String::new(),
         };
         let named: HashMap<&str, &str> = captures.iter().collect();
-        let mut captures: Vec<(String, String)> = named
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
+        let mut captures: Vec<(String, String)> =
+            named.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
         captures.sort();
-        Some(RouteMatch {
-            component,
-            route,
-            path_info,
-            captures,
-        })
+        Some(RouteMatch { component, route, path_info, captures })
     }
 }
 
@@ -156,26 +135,11 @@ mod tests {
     #[test]
     fn most_specific_route_wins() {
         let r = router();
-        assert_eq!(
-            r.route("/api/utility/billers").map(|m| m.component),
-            Some("billers-exact".into())
-        );
-        assert_eq!(
-            r.route("/api/utility/bills/1").map(|m| m.component),
-            Some("utility".into())
-        );
-        assert_eq!(
-            r.route("/api/users/42/profile").map(|m| m.component),
-            Some("profile".into())
-        );
-        assert_eq!(
-            r.route("/api/users/42/orders").map(|m| m.component),
-            Some("users".into())
-        );
-        assert_eq!(
-            r.route("/elsewhere").map(|m| m.component),
-            Some("console".into())
-        );
+        assert_eq!(r.route("/api/utility/billers").map(|m| m.component), Some("billers-exact".into()));
+        assert_eq!(r.route("/api/utility/bills/1").map(|m| m.component), Some("utility".into()));
+        assert_eq!(r.route("/api/users/42/profile").map(|m| m.component), Some("profile".into()));
+        assert_eq!(r.route("/api/users/42/orders").map(|m| m.component), Some("users".into()));
+        assert_eq!(r.route("/elsewhere").map(|m| m.component), Some("console".into()));
     }
 
     #[test]

@@ -14,13 +14,12 @@ use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
-    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreContextMut,
-    StoreLimits, StoreLimitsBuilder,
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreContextMut, StoreLimits,
+    StoreLimitsBuilder,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::handler::{
-    HandlerState, Instance, ProxyHandler, ProxyPre, ShouldAccept, ViewFn, WorkerExpiration,
-    WorkerState, WorkerStatus,
+    HandlerState, Instance, ProxyHandler, ProxyPre, ShouldAccept, ViewFn, WorkerExpiration, WorkerState, WorkerStatus,
 };
 use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::p3::{WasiHttpCtxView, WasiHttpView};
@@ -76,20 +75,13 @@ impl wasmtime_wasi_http::p3::WasiHttpHooks for DenyOutbound {
 
 impl WasiView for InstanceState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.spin.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.spin.table }
     }
 }
 
 impl WasiHttpView for InstanceState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.spin.table,
-            hooks: &mut self.hooks,
-        }
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.spin.table, hooks: &mut self.hooks }
     }
 }
 
@@ -123,15 +115,13 @@ pub fn engine(limits: &Limits, cache_dir: Option<&Path>) -> Result<Engine> {
     }
     let engine = Engine::new(&config)?;
     let weak = engine.weak();
-    std::thread::Builder::new()
-        .name("epoch-ticker".into())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
-            }
-        })?;
+    std::thread::Builder::new().name("epoch-ticker".into()).spawn(move || {
+        while let Some(engine) = weak.upgrade() {
+            engine.increment_epoch();
+            drop(engine);
+            std::thread::sleep(EPOCH_TICK);
+        }
+    })?;
     Ok(engine)
 }
 
@@ -144,10 +134,7 @@ pub struct ComponentRuntime {
 /// Compiles a component file (through the module cache when the engine has one).
 pub fn compile(engine: &Engine, wasm: &Path) -> Result<Component> {
     if !wasm.exists() {
-        anyhow::bail!(
-            "{} does not exist: build the components first (`cargo xtask build`)",
-            wasm.display()
-        );
+        anyhow::bail!("{} does not exist: build the components first (`cargo xtask build`)", wasm.display());
     }
     Component::from_file(engine, wasm)
         .map_err(anyhow::Error::from)
@@ -176,22 +163,9 @@ pub fn load_component(
     let pre = wasmtime_wasi_http::p3::bindings::ServicePre::new(pre)
         .map_err(anyhow::Error::from)
         .with_context(|| format!("component `{id}` does not export wasi:http/handler@0.3.0"))?;
-    let env = Arc::new(ComponentEnv {
-        id: id.to_owned(),
-        allowed_stores,
-        variables,
-    });
-    let state = ComponentHandler {
-        engine: engine.clone(),
-        pre: ProxyPre::P3(pre),
-        env,
-        kv,
-        limits,
-    };
-    Ok(ComponentRuntime {
-        id: id.to_owned(),
-        handler: ProxyHandler::new(state),
-    })
+    let env = Arc::new(ComponentEnv { id: id.to_owned(), allowed_stores, variables });
+    let state = ComponentHandler { engine: engine.clone(), pre: ProxyPre::P3(pre), env, kv, limits };
+    Ok(ComponentRuntime { id: id.to_owned(), handler: ProxyHandler::new(state) })
 }
 
 /// [`HandlerState`] for one component.
@@ -213,15 +187,8 @@ impl HandlerState for ComponentHandler {
             wasi: WasiCtx::builder().inherit_stdout().inherit_stderr().build(),
             http: wasmtime_wasi_http::WasiHttpCtx::new(),
             hooks: DenyOutbound,
-            spin: SpinCtx {
-                table: ResourceTable::new(),
-                env: self.env.clone(),
-                kv: self.kv.clone(),
-            },
-            limits: StoreLimitsBuilder::new()
-                .memory_size(self.limits.memory_bytes)
-                .trap_on_grow_failure(false)
-                .build(),
+            spin: SpinCtx { table: ResourceTable::new(), env: self.env.clone(), kv: self.kv.clone() },
+            limits: StoreLimitsBuilder::new().memory_size(self.limits.memory_bytes).trap_on_grow_failure(false).build(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -239,10 +206,7 @@ impl HandlerState for ComponentHandler {
                 idle_timeout: self.limits.idle_instance_timeout,
                 sleep: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
             },
-            state: Worker {
-                limits: self.limits.clone(),
-                component: self.env.id.clone(),
-            },
+            state: Worker { limits: self.limits.clone(), component: self.env.id.clone() },
         })
     }
 }
@@ -255,12 +219,7 @@ pub struct Expiration {
 }
 
 impl WorkerExpiration for Expiration {
-    fn poll(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        state: WorkerStatus,
-        start: Instant,
-    ) -> Poll<()> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>, state: WorkerStatus, start: Instant) -> Poll<()> {
         let limit = match state {
             WorkerStatus::Idle => self.idle_timeout,
             WorkerStatus::Requests | WorkerStatus::PostReturn => self.request_timeout,

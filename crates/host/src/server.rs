@@ -42,17 +42,12 @@ fn problem(status: StatusCode, code: &str, detail: &str) -> Response<Body> {
     });
     let mut response = Response::new(full(Bytes::from(body.to_string())));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
     response
 }
 
 fn full(bytes: Bytes) -> Body {
-    Full::new(bytes)
-        .map_err(|never: Infallible| match never {})
-        .boxed_unsync()
+    Full::new(bytes).map_err(|never: Infallible| match never {}).boxed_unsync()
 }
 
 /// Serves until `shutdown` flips to true, then lets in-flight connections finish.
@@ -116,31 +111,13 @@ async fn handle(app: &App, req: Request<Incoming>, client: SocketAddr) -> Respon
     response
 }
 
-async fn dispatch(
-    app: &App,
-    req: Request<Incoming>,
-    client: SocketAddr,
-) -> (Option<String>, Response<Body>) {
+async fn dispatch(app: &App, req: Request<Incoming>, client: SocketAddr) -> (Option<String>, Response<Body>) {
     let Some(matched) = app.router.route(req.uri().path()) else {
-        return (
-            None,
-            problem(
-                StatusCode::NOT_FOUND,
-                "route_not_found",
-                "no component serves this path",
-            ),
-        );
+        return (None, problem(StatusCode::NOT_FOUND, "route_not_found", "no component serves this path"));
     };
     let component = Some(matched.component.clone());
     let Some(handler) = app.components.get(&matched.component) else {
-        return (
-            component,
-            problem(
-                StatusCode::NOT_FOUND,
-                "route_not_found",
-                "component not served by this host",
-            ),
-        );
+        return (component, problem(StatusCode::NOT_FOUND, "route_not_found", "component not served by this host"));
     };
     let too_large = || {
         problem(
@@ -149,10 +126,7 @@ async fn dispatch(
             &format!("request body exceeds {} bytes", app.max_body_bytes),
         )
     };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > app.max_body_bytes as u64) {
         return (component, too_large());
     }
@@ -162,93 +136,44 @@ async fn dispatch(
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => return (component, too_large()),
         Err(e) => {
-            return (
-                component,
-                problem(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request_body",
-                    &format!("reading body: {e}"),
-                ),
-            );
+            return (component, problem(StatusCode::BAD_REQUEST, "bad_request_body", &format!("reading body: {e}")));
         }
     };
 
-    let host = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost")
-        .to_owned();
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
+    let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost").to_owned();
+    let path_and_query = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
     let full_url = format!("http://{host}{path_and_query}");
     match http::Uri::try_from(full_url.as_str()) {
         Ok(uri) => parts.uri = uri,
         Err(_) => {
-            return (
-                component,
-                problem(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    "invalid Host header",
-                ),
-            );
+            return (component, problem(StatusCode::BAD_REQUEST, "bad_request", "invalid Host header"));
         }
     }
     // Clients must not be able to forge the routing facts a component relies on.
-    let forged: Vec<_> = parts
-        .headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("spin-"))
-        .cloned()
-        .collect();
+    let forged: Vec<_> = parts.headers.keys().filter(|k| k.as_str().starts_with("spin-")).cloned().collect();
     for name in forged {
         parts.headers.remove(name);
     }
     for (name, value) in matched.spin_headers(&full_url, client) {
-        if let (Ok(name), Ok(value)) = (
-            header::HeaderName::try_from(name),
-            HeaderValue::try_from(value),
-        ) {
+        if let (Ok(name), Ok(value)) = (header::HeaderName::try_from(name), HeaderValue::try_from(value)) {
             parts.headers.insert(name, value);
         }
     }
-    let request = Request::from_parts(
-        parts,
-        Full::new(body)
-            .map_err(|never: Infallible| match never {})
-            .boxed_unsync(),
-    );
+    let request =
+        Request::from_parts(parts, Full::new(body).map_err(|never: Infallible| match never {}).boxed_unsync());
 
     let started = Instant::now();
     match handler.handle((), request).await {
-        Ok(response) => (
-            component,
-            response.map(|b| b.map_err(Into::into).boxed_unsync()),
-        ),
+        Ok(response) => (component, response.map(|b| b.map_err(Into::into).boxed_unsync())),
         // A guest stuck in a loop is ended from outside its event loop, which drops the request rather than
         // expiring it: past the time limit, any failure is the limit's doing.
         Err(e) if e.is::<ExpirationError>() || started.elapsed() >= app.request_timeout => (
             component,
-            problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "component_timeout",
-                "the component did not respond in time",
-            ),
+            problem(StatusCode::INTERNAL_SERVER_ERROR, "component_timeout", "the component did not respond in time"),
         ),
         Err(e) => {
             eprintln!("component `{}` failed: {e:?}", matched.component);
-            (
-                component,
-                problem(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "component_failed",
-                    "internal error",
-                ),
-            )
+            (component, problem(StatusCode::INTERNAL_SERVER_ERROR, "component_failed", "internal error"))
         }
     }
 }

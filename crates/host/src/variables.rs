@@ -11,10 +11,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::manifest::{Manifest, check_variable_name};
 
 /// Resolves application variables: environment override first (`SPIN_VARIABLE_` + upper-case name), then default.
-pub fn resolve_application(
-    manifest: &Manifest,
-    env: &HashMap<String, String>,
-) -> Result<BTreeMap<String, String>> {
+pub fn resolve_application(manifest: &Manifest, env: &HashMap<String, String>) -> Result<BTreeMap<String, String>> {
     let mut resolved = BTreeMap::new();
     let mut missing = Vec::new();
     for (name, var) in &manifest.variables {
@@ -39,14 +36,10 @@ pub fn expand(template: &str, app: &BTreeMap<String, String>) -> Result<String> 
     while let Some(start) = rest.find("{{") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let end = after
-            .find("}}")
-            .with_context(|| format!("unclosed `{{{{` in template {template:?}"))?;
+        let end = after.find("}}").with_context(|| format!("unclosed `{{{{` in template {template:?}"))?;
         let name = after[..end].trim();
         check_variable_name(name)?;
-        let value = app
-            .get(name)
-            .with_context(|| format!("template {template:?} uses undefined variable `{name}`"))?;
+        let value = app.get(name).with_context(|| format!("template {template:?} uses undefined variable `{name}`"))?;
         out.push_str(value);
         rest = &after[end + 2..];
     }
@@ -60,15 +53,12 @@ pub fn resolve_component(
     id: &str,
     app: &BTreeMap<String, String>,
 ) -> Result<BTreeMap<String, String>> {
-    let Some(component) = manifest.component.get(id) else {
-        bail!("no component `{id}`")
-    };
+    let Some(component) = manifest.component.get(id) else { bail!("no component `{id}`") };
     component
         .variables
         .iter()
         .map(|(name, template)| {
-            let value = expand(template, app)
-                .with_context(|| format!("variable `{name}` of component `{id}`"))?;
+            let value = expand(template, app).with_context(|| format!("variable `{name}` of component `{id}`"))?;
             Ok((name.clone(), value))
         })
         .collect()
@@ -81,10 +71,7 @@ mod tests {
     #[test]
     fn templates_expand_application_variables() {
         let app = BTreeMap::from([("region".to_owned(), "eu".to_owned())]);
-        assert_eq!(
-            expand("{{ region }}.db/{{region}}", &app).expect("expand"),
-            "eu.db/eu"
-        );
+        assert_eq!(expand("{{ region }}.db/{{region}}", &app).expect("expand"), "eu.db/eu");
         assert_eq!(expand("plain", &app).expect("expand"), "plain");
         assert!(expand("{{ nope }}", &app).is_err());
         assert!(expand("{{ region ", &app).is_err());

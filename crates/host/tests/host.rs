@@ -16,11 +16,7 @@ fn workspace() -> PathBuf {
 
 fn fixtures_manifest() -> PathBuf {
     let wasm = workspace().join("target/wasm32-wasip2/release/host_fixture.wasm");
-    assert!(
-        wasm.exists(),
-        "{} is missing: run `cargo xtask build` before the tests",
-        wasm.display()
-    );
+    assert!(wasm.exists(), "{} is missing: run `cargo xtask build` before the tests", wasm.display());
     workspace().join("tests/fixtures/spin.toml")
 }
 
@@ -46,21 +42,11 @@ impl App {
     async fn start(config: HostConfig) -> App {
         let host = scenefin_host::start(config).await.expect("host starts");
         let base = format!("http://{}", host.addr);
-        App {
-            host,
-            base,
-            http: reqwest::Client::new(),
-        }
+        App { host, base, http: reqwest::Client::new() }
     }
 
     async fn send(&self, method: reqwest::Method, path: &str, body: Vec<u8>) -> (u16, String) {
-        let res = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .body(body)
-            .send()
-            .await
-            .expect("request");
+        let res = self.http.request(method, format!("{}{path}", self.base)).body(body).send().await.expect("request");
         let status = res.status().as_u16();
         (status, res.text().await.expect("body"))
     }
@@ -104,16 +90,8 @@ async fn routes_follow_spin_precedence_and_carry_spin_headers() {
     assert_eq!(h["spin-component-route"], "/fx");
     assert_eq!(h["spin-raw-component-route"], "/fx/...");
     assert_eq!(h["spin-base-path"], "/");
-    assert_eq!(
-        h["spin-full-url"],
-        format!("{}/fx/exact/echo/?q=1", app.base)
-    );
-    assert!(
-        h["spin-client-addr"]
-            .as_str()
-            .expect("addr")
-            .starts_with("127.0.0.1:")
-    );
+    assert_eq!(h["spin-full-url"], format!("{}/fx/exact/echo/?q=1", app.base));
+    assert!(h["spin-client-addr"].as_str().expect("addr").starts_with("127.0.0.1:"));
     assert_eq!(wild["uri"], format!("{}/fx/exact/echo/?q=1", app.base));
 
     // `:name` segments are captured into spin-path-match-<name>.
@@ -138,44 +116,24 @@ async fn kv_persists_across_requests_and_restarts_in_spins_sqlite_layout() {
 
     let app = App::start(cfg.clone()).await;
     assert_eq!(app.get("/fx/kv/greeting").await.0, 404);
-    assert_eq!(
-        app.send(reqwest::Method::PUT, "/fx/kv/greeting", b"ni hao".to_vec())
-            .await,
-        (200, "stored".into())
-    );
+    assert_eq!(app.send(reqwest::Method::PUT, "/fx/kv/greeting", b"ni hao".to_vec()).await, (200, "stored".into()));
     assert_eq!(app.get("/fx/kv/greeting").await, (200, "ni hao".into()));
     // Another component sharing the store sees the same data.
-    assert_eq!(
-        app.get("/users/1/kv/greeting").await,
-        (200, "ni hao".into())
-    );
+    assert_eq!(app.get("/users/1/kv/greeting").await, (200, "ni hao".into()));
     assert_eq!(app.post("/fx/incr/visits?by=3").await, (200, "3".into()));
     app.host.shutdown().await;
 
     let app = App::start(cfg.clone()).await;
-    assert_eq!(
-        app.get("/fx/kv/greeting").await,
-        (200, "ni hao".into()),
-        "value survives a restart"
-    );
+    assert_eq!(app.get("/fx/kv/greeting").await, (200, "ni hao".into()), "value survives a restart");
     assert_eq!(app.post("/fx/incr/visits").await, (200, "4".into()));
-    assert_eq!(
-        app.send(reqwest::Method::DELETE, "/fx/kv/greeting", Vec::new())
-            .await
-            .0,
-        200
-    );
+    assert_eq!(app.send(reqwest::Method::DELETE, "/fx/kv/greeting", Vec::new()).await.0, 200);
     assert_eq!(app.get("/fx/kv/greeting").await.0, 404);
     app.host.shutdown().await;
 
     // The file is Spin's: table spin_key_value(store, key, value) keyed by (store, key), counters as 8-byte LE.
     let db = rusqlite::Connection::open(state.path().join("sqlite_key_value.db")).expect("open db");
     let sql: String = db
-        .query_row(
-            "SELECT sql FROM sqlite_master WHERE type='table' AND name='spin_key_value'",
-            [],
-            |r| r.get(0),
-        )
+        .query_row("SELECT sql FROM sqlite_master WHERE type='table' AND name='spin_key_value'", [], |r| r.get(0))
         .expect("table exists");
     let normalized: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
     assert_eq!(
@@ -183,11 +141,7 @@ async fn kv_persists_across_requests_and_restarts_in_spins_sqlite_layout() {
         "CREATE TABLE spin_key_value ( store TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (store, key) )"
     );
     let visits: Vec<u8> = db
-        .query_row(
-            "SELECT value FROM spin_key_value WHERE store='default' AND key='visits'",
-            [],
-            |r| r.get(0),
-        )
+        .query_row("SELECT value FROM spin_key_value WHERE store='default' AND key='visits'", [], |r| r.get(0))
         .expect("row");
     assert_eq!(visits, 4i64.to_le_bytes());
 }
@@ -200,16 +154,9 @@ async fn a_component_opens_only_the_stores_its_manifest_lists() {
     assert_eq!(app.get("/fx/open/default").await, (200, "ok".into()));
     let (status, body) = app.get("/nostore/open/default").await;
     assert_eq!(status, 403);
-    assert_eq!(
-        body.matches("AccessDenied").count(),
-        2,
-        "both APIs deny: {body}"
-    );
+    assert_eq!(body.matches("AccessDenied").count(), 2, "both APIs deny: {body}");
     let (status, body) = app.get("/fx/open/secrets").await;
-    assert_eq!(
-        status, 403,
-        "a store not listed is denied even if it might exist: {body}"
-    );
+    assert_eq!(status, 403, "a store not listed is denied even if it might exist: {body}");
     app.host.shutdown().await;
 }
 
@@ -231,10 +178,7 @@ async fn concurrent_posts(app: &App, path: &str, n: usize) -> Vec<(u16, String)>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_cas_increments_end_at_exactly_fifty() {
-    for (kv, reuse) in [
-        (KvKind::Sqlite, 128),
-        (KvKind::Memory(CasMode::SpinUpsert), 1),
-    ] {
+    for (kv, reuse) in [(KvKind::Sqlite, 128), (KvKind::Memory(CasMode::SpinUpsert), 1)] {
         let state = tempfile::tempdir().expect("tempdir");
         let mut cfg = config(state.path());
         cfg.kv = kv;
@@ -242,17 +186,12 @@ async fn fifty_concurrent_cas_increments_end_at_exactly_fifty() {
         cfg.limits.max_instance_concurrent_reuse_count = reuse.min(16);
         let app = App::start(cfg).await;
         // Seed the key so every CAS compares against a read value (the absent-key case is an upsert in Spin).
-        app.send(reqwest::Method::PUT, "/fx/kv/hits", b"0".to_vec())
-            .await;
+        app.send(reqwest::Method::PUT, "/fx/kv/hits", b"0".to_vec()).await;
 
         let results = concurrent_posts(&app, "/fx/cas/hits", 50).await;
 
         assert!(results.iter().all(|(s, _)| *s == 200), "{results:?}");
-        assert_eq!(
-            app.get("/fx/kv/hits").await,
-            (200, "50".into()),
-            "{kv:?} reuse {reuse}"
-        );
+        assert_eq!(app.get("/fx/kv/hits").await, (200, "50".into()), "{kv:?} reuse {reuse}");
         app.host.shutdown().await;
     }
 }
@@ -268,24 +207,13 @@ async fn atomic_increments_are_exact_and_stored_as_spin_counters() {
     assert_eq!(app.post("/fx/incr/n?by=-2").await, (200, "3".into()));
     let results = concurrent_posts(&app, "/fx/incr/n", 50).await;
     assert!(results.iter().all(|(s, _)| *s == 200), "{results:?}");
-    let mut seen: Vec<i64> = results
-        .iter()
-        .map(|(_, b)| b.parse().expect("number"))
-        .collect();
+    let mut seen: Vec<i64> = results.iter().map(|(_, b)| b.parse().expect("number")).collect();
     seen.sort();
-    assert_eq!(
-        seen,
-        (4..=53).collect::<Vec<_>>(),
-        "every increment saw a distinct value"
-    );
-    assert_eq!(
-        app.host.kv.get("default", "n").await,
-        Ok(Some(53i64.to_le_bytes().to_vec()))
-    );
+    assert_eq!(seen, (4..=53).collect::<Vec<_>>(), "every increment saw a distinct value");
+    assert_eq!(app.host.kv.get("default", "n").await, Ok(Some(53i64.to_le_bytes().to_vec())));
 
     // A non-counter value is refused without being changed.
-    app.send(reqwest::Method::PUT, "/fx/kv/text", b"abc".to_vec())
-        .await;
+    app.send(reqwest::Method::PUT, "/fx/kv/text", b"abc".to_vec()).await;
     assert_eq!(app.post("/fx/incr/text").await.0, 500);
     assert_eq!(app.get("/fx/kv/text").await, (200, "abc".into()));
 
@@ -297,10 +225,7 @@ async fn atomic_increments_are_exact_and_stored_as_spin_counters() {
 async fn variables_resolve_from_environment_then_defaults() {
     let state = tempfile::tempdir().expect("tempdir");
     let app = App::start(config(state.path())).await;
-    assert_eq!(
-        app.get("/fx/var/greeting").await,
-        (200, "hello, world".into())
-    );
+    assert_eq!(app.get("/fx/var/greeting").await, (200, "hello, world".into()));
     assert_eq!(app.get("/fx/var/token").await, (200, "t0ken".into()));
     let (status, body) = app.get("/fx/var/nonexistent").await;
     assert_eq!(status, 404);
@@ -309,35 +234,20 @@ async fn variables_resolve_from_environment_then_defaults() {
     assert_eq!(status, 404);
     assert!(body.contains("InvalidName"), "{body}");
     // Component variables are per component: this one declares none.
-    assert!(
-        app.get("/users/1/var/greeting")
-            .await
-            .1
-            .contains("Undefined")
-    );
+    assert!(app.get("/users/1/var/greeting").await.1.contains("Undefined"));
     app.host.shutdown().await;
 
     let mut cfg = config(state.path());
-    cfg.env
-        .insert("SPIN_VARIABLE_GREETING".into(), "ni hao".into());
+    cfg.env.insert("SPIN_VARIABLE_GREETING".into(), "ni hao".into());
     let app = App::start(cfg).await;
-    assert_eq!(
-        app.get("/fx/var/greeting").await,
-        (200, "ni hao, world".into())
-    );
+    assert_eq!(app.get("/fx/var/greeting").await, (200, "ni hao, world".into()));
     app.host.shutdown().await;
 
     let mut cfg = config(state.path());
     cfg.env.clear();
-    let err = scenefin_host::start(cfg)
-        .await
-        .err()
-        .expect("a missing required variable stops the start");
+    let err = scenefin_host::start(cfg).await.err().expect("a missing required variable stops the start");
     let msg = format!("{err:#}");
-    assert!(
-        msg.contains("`token`") && msg.contains("SPIN_VARIABLE_TOKEN"),
-        "{msg}"
-    );
+    assert!(msg.contains("`token`") && msg.contains("SPIN_VARIABLE_TOKEN"), "{msg}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,12 +257,7 @@ async fn trapping_and_looping_components_get_500s_and_the_host_keeps_serving() {
     cfg.limits.request_timeout = Duration::from_millis(1500);
     let app = App::start(cfg).await;
 
-    let trap = app
-        .http
-        .get(format!("{}/fx/trap", app.base))
-        .send()
-        .await
-        .expect("request");
+    let trap = app.http.get(format!("{}/fx/trap", app.base)).send().await.expect("request");
     assert_eq!(trap.status(), 500);
     assert_eq!(trap.headers()["content-type"], "application/problem+json");
     let problem: serde_json::Value = trap.json().await.expect("json");
@@ -371,10 +276,7 @@ async fn trapping_and_looping_components_get_500s_and_the_host_keeps_serving() {
     };
     // While one instance spins, other components and other instances keep answering.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        app.echo("/users/7/echo").await["headers"]["spin-path-match-id"],
-        "7"
-    );
+    assert_eq!(app.echo("/users/7/echo").await["headers"]["spin-path-match-id"], "7");
     assert_eq!(app.get("/fx/kv/absent").await.0, 404);
 
     let (status, body, took) = looping.await.expect("task");
@@ -383,10 +285,7 @@ async fn trapping_and_looping_components_get_500s_and_the_host_keeps_serving() {
     assert!(took < Duration::from_secs(10), "timed out after {took:?}");
 
     assert_eq!(app.echo("/fx/echo").await["method"], "GET");
-    assert_eq!(
-        app.get("/fx/alloc/8").await,
-        (200, (8usize << 20).to_string())
-    );
+    assert_eq!(app.get("/fx/alloc/8").await, (200, (8usize << 20).to_string()));
     app.host.shutdown().await;
 }
 
@@ -410,21 +309,14 @@ async fn bodies_over_the_limit_get_413_problem_json() {
     cfg.max_body_bytes = 1024;
     let app = App::start(cfg).await;
 
-    assert_eq!(
-        app.send(reqwest::Method::POST, "/fx/body", vec![b'x'; 1024])
-            .await,
-        (200, "1024".into())
-    );
-    let (status, body) = app
-        .send(reqwest::Method::POST, "/fx/body", vec![b'x'; 1025])
-        .await;
+    assert_eq!(app.send(reqwest::Method::POST, "/fx/body", vec![b'x'; 1024]).await, (200, "1024".into()));
+    let (status, body) = app.send(reqwest::Method::POST, "/fx/body", vec![b'x'; 1025]).await;
     assert_eq!(status, 413);
     let problem: serde_json::Value = serde_json::from_str(&body).expect("problem json");
     assert_eq!(problem["code"], "payload_too_large");
 
     // Without a content-length the limit applies while streaming.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        (0..4).map(|_| Ok(vec![b'y'; 400])).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..4).map(|_| Ok(vec![b'y'; 400])).collect();
     let res = app
         .http
         .post(format!("{}/fx/body", app.base))
@@ -449,10 +341,7 @@ async fn a_component_subset_serves_only_its_routes() {
     cfg.components = vec!["fixture-param".into()];
     let app = App::start(cfg).await;
 
-    assert_eq!(
-        app.echo("/users/3/echo").await["headers"]["spin-path-match-id"],
-        "3"
-    );
+    assert_eq!(app.echo("/users/3/echo").await["headers"]["spin-path-match-id"], "3");
     let (status, body) = app.get("/fx/echo").await;
     assert_eq!(status, 404);
     assert!(body.contains("route_not_found"), "{body}");
@@ -475,10 +364,7 @@ impl Drop for Proc {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
 }
 
 fn spawn_cli(state: &Path, port: u16, env: &[(&str, &str)]) -> Child {
@@ -514,44 +400,18 @@ async fn wait_ready(base: &str) -> reqwest::Client {
 async fn the_cli_serves_with_env_overrides_and_stops_cleanly_on_sigterm() {
     let state = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let mut proc = Proc(spawn_cli(
-        state.path(),
-        port,
-        &[
-            ("SPIN_VARIABLE_TOKEN", "from-env"),
-            ("SPIN_VARIABLE_GREETING", "hi"),
-        ],
-    ));
+    let mut proc =
+        Proc(spawn_cli(state.path(), port, &[("SPIN_VARIABLE_TOKEN", "from-env"), ("SPIN_VARIABLE_GREETING", "hi")]));
     let base = format!("http://127.0.0.1:{port}");
     let http = wait_ready(&base).await;
 
-    let body = http
-        .get(format!("{base}/fx/var/greeting"))
-        .send()
-        .await
-        .expect("req")
-        .text()
-        .await
-        .expect("body");
+    let body = http.get(format!("{base}/fx/var/greeting")).send().await.expect("req").text().await.expect("body");
     assert_eq!(body, "hi, world");
-    let body = http
-        .get(format!("{base}/fx/var/token"))
-        .send()
-        .await
-        .expect("req")
-        .text()
-        .await
-        .expect("body");
+    let body = http.get(format!("{base}/fx/var/token")).send().await.expect("req").text().await.expect("body");
     assert_eq!(body, "from-env");
 
     let pid = proc.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
         if let Some(status) = proc.0.try_wait().expect("wait") {
@@ -569,13 +429,8 @@ async fn the_cli_serves_with_env_overrides_and_stops_cleanly_on_sigterm() {
 fn the_cli_refuses_to_start_without_a_required_variable() {
     let state = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let out = spawn_cli(state.path(), port, &[])
-        .wait_with_output()
-        .expect("output");
+    let out = spawn_cli(state.path(), port, &[]).wait_with_output().expect("output");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("required variables are not set") && stderr.contains("SPIN_VARIABLE_TOKEN"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("required variables are not set") && stderr.contains("SPIN_VARIABLE_TOKEN"), "{stderr}");
 }

@@ -1,0 +1,159 @@
+use scenefin_core::auth::{IdentityAssertion, Provider, sign_assertion};
+use scenefin_core::events::{FunnelStep, funnel_count};
+use scenefin_core::kv::MemStore;
+use scenefin_core::kv::interleave::join_all;
+
+use super::*;
+use crate::channels::{NewChannel, create};
+
+const IDENTITY: &[u8] = b"identity-secret";
+const SESSION: &[u8] = b"session-secret";
+
+fn secrets() -> Secrets<'static> {
+    Secrets { identity_secret: IDENTITY, session_secret: SESSION }
+}
+
+fn now() -> Timestamp {
+    Timestamp::parse_rfc3339("2026-11-23T10:00:00+08:00").expect("time")
+}
+
+fn assertion(provider: Provider, subject: &str, phone: Option<&str>) -> String {
+    let a = IdentityAssertion {
+        provider,
+        subject: subject.into(),
+        phone: phone.map(Into::into),
+        card_fingerprint: None,
+        iat: now().unix_secs(),
+    };
+    sign_assertion(IDENTITY, &a)
+}
+
+fn login_with(store: &MemStore, assertion: String, channel_code: Option<&str>) -> Result<Session, CustomerError> {
+    let input = Login { assertion, channel_code: channel_code.map(Into::into), referral_code: None };
+    pollster::block_on(login(store, &secrets(), &LifecycleRules::default(), input, now()))
+}
+
+#[test]
+fn the_same_subject_is_always_the_same_customer() {
+    let store = MemStore::default();
+    let first = login_with(&store, assertion(Provider::Wechat, "wx_union_1", None), None).expect("login");
+    let second = login_with(&store, assertion(Provider::Wechat, "wx_union_1", None), None).expect("login");
+    assert!(first.is_new);
+    assert!(!second.is_new);
+    assert_eq!(first.customer_id, second.customer_id);
+    let other = login_with(&store, assertion(Provider::Wechat, "wx_union_2", None), None).expect("login");
+    assert_ne!(other.customer_id, first.customer_id);
+}
+
+#[test]
+fn a_verified_phone_links_identities_across_providers() {
+    let store = MemStore::default();
+    let wechat = login_with(&store, assertion(Provider::Wechat, "wx_1", Some("13812345678")), None).expect("login");
+    let app = login_with(&store, assertion(Provider::App, "app_77", Some("13812345678")), None).expect("login");
+    assert_eq!(app.customer_id, wechat.customer_id);
+    assert!(!app.is_new);
+    let c = pollster::block_on(customers::lookup(&store, &app.customer_id)).expect("read").expect("exists");
+    assert_eq!(c.identities.len(), 2);
+    assert_eq!(c.phone_masked.as_deref(), Some("138****5678"));
+    assert_eq!(c.journal.iter().map(|j| j.via.as_str()).collect::<Vec<_>>(), vec!["registered", "phone"]);
+}
+
+#[test]
+fn a_provider_links_at_most_three_identities() {
+    let store = MemStore::default();
+    for i in 0..3 {
+        login_with(&store, assertion(Provider::App, &format!("app_{i}"), Some("13900000000")), None).expect("login");
+    }
+    let fourth = login_with(&store, assertion(Provider::App, "app_3", Some("13900000000")), None);
+    assert_eq!(fourth, Err(CustomerError::IdentityLimit { provider: "app".into(), limit: 3 }));
+}
+
+#[test]
+fn placeholder_subjects_and_bad_phones_are_refused_without_writes() {
+    let store = MemStore::default();
+    for subject in ["", "null", "Undefined", "anonymous", "0000000"] {
+        let r = login_with(&store, assertion(Provider::Wechat, subject, None), None);
+        assert!(matches!(r, Err(CustomerError::BlockedSubject(_))), "{subject:?}: {r:?}");
+    }
+    let r = login_with(&store, assertion(Provider::Phone, "p1", Some("12345")), None);
+    assert_eq!(r, Err(CustomerError::InvalidPhone));
+    assert!(store.keys().is_empty());
+}
+
+#[test]
+fn forged_and_expired_assertions_are_unauthenticated() {
+    let store = MemStore::default();
+    let mut forged = assertion(Provider::Wechat, "wx_1", None);
+    forged.push('x');
+    let r = login_with(&store, forged, None).expect_err("forged");
+    assert_eq!(scenefin_core::Problem::kind(&r), scenefin_core::ErrorKind::Unauthenticated);
+    let old = IdentityAssertion {
+        provider: Provider::Wechat,
+        subject: "wx_1".into(),
+        phone: None,
+        card_fingerprint: None,
+        iat: now().unix_secs() - 301,
+    };
+    let r = login_with(&store, sign_assertion(IDENTITY, &old), None).expect_err("expired");
+    assert_eq!(scenefin_core::Problem::code(&r), "assertion_expired");
+    assert!(store.keys().is_empty());
+}
+
+#[test]
+fn concurrent_first_logins_converge_on_one_customer() {
+    let store = MemStore::default();
+    let (secrets, rules) = (secrets(), LifecycleRules::default());
+    let tasks = (0..6)
+        .map(|_| {
+            let input = Login {
+                assertion: assertion(Provider::Wechat, "wx_race", None),
+                channel_code: None,
+                referral_code: None,
+            };
+            login(&store, &secrets, &rules, input, now())
+        })
+        .collect();
+    let sessions: Vec<Session> = pollster::block_on(join_all(tasks)).into_iter().map(|r| r.expect("login")).collect();
+    assert!(sessions.windows(2).all(|w| w[0].customer_id == w[1].customer_id));
+    assert_eq!(sessions.iter().filter(|s| s.is_new).count(), 1);
+    let registered = pollster::block_on(funnel_count(&store, now().shanghai_day(), FunnelStep::Registered, "all"));
+    assert_eq!(registered, Ok(1));
+}
+
+#[test]
+fn a_channel_code_sets_first_touch_once_and_last_touch_every_time() {
+    let store = MemStore::default();
+    for code in ["BR01", "POSTER9"] {
+        let input = NewChannel {
+            code: Some(code.into()),
+            channel: "branch".into(),
+            campaign_id: Some("spring".into()),
+            ..Default::default()
+        };
+        pollster::block_on(create(&store, input, "GEN", now())).expect("channel");
+    }
+    let s = login_with(&store, assertion(Provider::Wechat, "wx_t", None), Some("BR01")).expect("login");
+    login_with(&store, assertion(Provider::Wechat, "wx_t", None), Some("POSTER9")).expect("login");
+    let c = pollster::block_on(customers::lookup(&store, &s.customer_id)).expect("read").expect("exists");
+    assert_eq!(c.first_touch.map(|t| t.code), Some("BR01".into()));
+    assert_eq!(c.last_touch.map(|t| t.code), Some("POSTER9".into()));
+    let by_code = pollster::block_on(funnel_count(&store, now().shanghai_day(), FunnelStep::Registered, "ch:BR01"));
+    assert_eq!(by_code, Ok(1));
+    assert!(matches!(
+        login_with(&store, assertion(Provider::Wechat, "wx_t", None), Some("NOPE")),
+        Err(CustomerError::UnknownChannel(_))
+    ));
+}
+
+#[test]
+fn sessions_authenticate_their_customer_only_until_expiry() {
+    let store = MemStore::default();
+    let s = login_with(&store, assertion(Provider::Wechat, "wx_s", None), None).expect("login");
+    let header = format!("Bearer {}", s.token);
+    let c = pollster::block_on(authenticate(&store, SESSION, Some(&header), now())).expect("auth");
+    assert_eq!(c.id, s.customer_id);
+    let later = now().plus_secs(SESSION_TTL_SECS);
+    assert!(pollster::block_on(authenticate(&store, SESSION, Some(&header), later)).is_err());
+    assert!(pollster::block_on(authenticate(&store, b"other", Some(&header), now())).is_err());
+    assert!(pollster::block_on(authenticate(&store, SESSION, None, now())).is_err());
+}

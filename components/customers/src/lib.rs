@@ -1,0 +1,54 @@
+//! The customers component: One ID, sessions, channel codes, operator tags (HTTP adapter over customers-domain).
+//!
+//! | Method | Path | Who | What |
+//! |---|---|---|---|
+//! | POST | `/api/sessions` | anyone with a signed identity assertion | log in / register, get a session token |
+//! | GET | `/api/me` | customer | own profile |
+//! | POST | `/api/channels` | operator | create a channel code |
+//! | GET | `/api/channels/{code}` | public | resolve a code (counts a visit) |
+//! | GET | `/api/ops/customers/{id}` | operator | a customer's full profile |
+//! | POST | `/api/ops/customers/{id}/tags` | operator | add an operator tag |
+//! | DELETE | `/api/ops/customers/{id}/tags/{tag}` | operator | remove an operator tag |
+//! | POST | `/api/ops/customers/{id}/events` | operator | record an offline activity (branch payment, backfill) |
+
+mod dto;
+mod handlers;
+
+use http::Method;
+use scenefin_guest::{Request, Response, Route, no_route, problem};
+use spin_sdk::http_service;
+
+#[http_service]
+async fn handle(req: Request) -> Response {
+    let route = Route::of(&req);
+    let segments = route.segments();
+    let result = match (&route.method, segments.as_slice()) {
+        (&Method::POST, ["api", "sessions"]) => handlers::login(req).await,
+        (&Method::GET, ["api", "me"]) => handlers::me(req).await,
+        (&Method::POST, ["api", "channels"]) => handlers::create_channel(req).await,
+        (&Method::GET, ["api", "channels", code]) => handlers::resolve_channel(&req, code).await,
+        (&Method::GET, ["api", "ops", "customers", id]) => handlers::ops_customer(&req, id).await,
+        (&Method::POST, ["api", "ops", "customers", id, "tags"]) => handlers::add_tag(req, id).await,
+        (&Method::DELETE, ["api", "ops", "customers", id, "tags", tag]) => handlers::remove_tag(&req, id, tag).await,
+        (&Method::POST, ["api", "ops", "customers", id, "events"]) => handlers::record_event(req, id).await,
+        (_, ["api", "sessions" | "me" | "channels", ..] | ["api", "ops", "customers", ..]) if known_path(&segments) => {
+            Err(problem(&scenefin_core::ApiError::method_not_allowed()))
+        }
+        _ => Err(problem(&no_route())),
+    };
+    result.unwrap_or_else(|response| response)
+}
+
+fn known_path(segments: &[&str]) -> bool {
+    matches!(
+        segments,
+        ["api", "sessions"]
+            | ["api", "me"]
+            | ["api", "channels"]
+            | ["api", "channels", _]
+            | ["api", "ops", "customers", _]
+            | ["api", "ops", "customers", _, "tags"]
+            | ["api", "ops", "customers", _, "tags", _]
+            | ["api", "ops", "customers", _, "events"]
+    )
+}

@@ -1,0 +1,440 @@
+//! Customer events: the one way a scenario reports what a customer did.
+//!
+//! [`record`] applies an event to the customer's profile — automatic tags, activity, payments, lifecycle stage —
+//! in one compare-and-swap of the profile document, which also remembers the event id: an event applied twice
+//! changes the profile once. It then moves the funnel counters (`ops:funnel:{day}:{step}:{dimension}`), each behind
+//! a per-event claim, so a retried event never counts twice. (A crash between a claim and its increment loses that
+//! one count: counters are analytics, and an undercount by one is the safe side.)
+//!
+//! Funnel steps: `visited` (a channel code resolved), `registered`, `activated` (first payment, top-up or
+//! redemption), `retained` (activity on a day at least [`RETAINED_AFTER_DAYS`] after registration). Dimensions: `all`,
+//! `ch:{channel code}`, `cp:{campaign}`, `sc:{scenario}`; registration, activation and retention are attributed to
+//! the customer's first touch.
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Timestamp;
+use crate::customers::{
+    self, APPLIED_EVENTS_KEPT, Customer, LifecycleRules, PAYMENTS_KEPT, Payment, Stage, Touch, Transition,
+};
+use crate::ids::hash_key_part;
+use crate::kv::{self, Step, Store, StoreError, claim_once};
+use crate::problem::{ErrorKind, Problem};
+
+/// Activity this many days after registration counts as retention.
+pub const RETAINED_AFTER_DAYS: i64 = 7;
+
+/// What a customer did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// Became a customer.
+    Registered,
+    /// Bound a household account, room or card.
+    BoundAccount,
+    /// Paid a bill or fee.
+    Paid,
+    /// Topped up stored value.
+    ToppedUp,
+    /// Claimed a coupon.
+    Claimed,
+    /// Redeemed a coupon.
+    Redeemed,
+    /// Referred someone.
+    Referred,
+    /// Had a payment refunded.
+    Refunded,
+}
+
+impl EventKind {
+    fn activates(self) -> bool {
+        matches!(self, EventKind::Paid | EventKind::ToppedUp | EventKind::Redeemed)
+    }
+
+    fn is_payment(self) -> bool {
+        matches!(self, EventKind::Paid | EventKind::ToppedUp)
+    }
+}
+
+/// An event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Unique id, deterministic for the fact it reports (e.g. `paid:{order_id}`), so a retry reuses it.
+    pub id: String,
+    /// The customer.
+    pub customer_id: String,
+    /// What happened.
+    pub kind: EventKind,
+    /// Scenario: `customers`, `utility`, `property`, `campus`, `coupons`, `referrals`.
+    pub scenario: String,
+    /// When.
+    pub at: Timestamp,
+    /// Amount in fen, for payments, top-ups and refunds.
+    #[serde(default)]
+    pub amount_fen: Option<i64>,
+    /// Paid with the bank's own card.
+    #[serde(default)]
+    pub bank_card: bool,
+    /// Extra automatic tags the scenario knows apply (e.g. `campus_student`).
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// Why an event was not recorded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    /// No such customer.
+    #[error("customer {0} does not exist")]
+    UnknownCustomer(String),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Problem for EventError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            EventError::UnknownCustomer(_) => ErrorKind::NotFound,
+            EventError::Store(e) => e.kind(),
+        }
+    }
+    fn code(&self) -> &'static str {
+        match self {
+            EventError::UnknownCustomer(_) => "customer_not_found",
+            EventError::Store(e) => e.code(),
+        }
+    }
+}
+
+/// The outcome of [`record`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// False when the event had been applied before.
+    pub first_time: bool,
+    /// The stage after the event.
+    pub stage: Stage,
+    /// The stage change, if the event caused one.
+    pub transition: Option<(Stage, Stage)>,
+}
+
+/// Funnel steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FunnelStep {
+    /// A channel code was resolved.
+    Visited,
+    /// A customer registered.
+    Registered,
+    /// A customer activated.
+    Activated,
+    /// A customer came back.
+    Retained,
+}
+
+impl FunnelStep {
+    /// The wire and key name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FunnelStep::Visited => "visited",
+            FunnelStep::Registered => "registered",
+            FunnelStep::Activated => "activated",
+            FunnelStep::Retained => "retained",
+        }
+    }
+}
+
+/// Keys owned here (`ops:` is core's).
+pub mod keys {
+    use crate::kv::Key;
+
+    /// `ops:funnel:{yyyymmdd}:{step}:{dimension}` — a counter.
+    pub fn funnel(day: u32, step: &str, dimension: &str) -> Key {
+        Key::new(&["ops", "funnel", &day.to_string(), step, dimension])
+    }
+
+    /// `cust:event:{hash(event id)}:fx:{n}` — the claim for the n-th counter effect of an event.
+    pub fn effect_claim(event_hash: &str, n: usize) -> Key {
+        Key::new(&["cust", "event", event_hash, "fx", &n.to_string()])
+    }
+}
+
+/// The funnel dimensions a touch (plus the event's scenario) contributes to.
+pub fn dimensions(touch: Option<&Touch>, scenario: Option<&str>) -> Vec<String> {
+    let mut dims = vec!["all".to_owned()];
+    if let Some(t) = touch {
+        dims.push(format!("ch:{}", t.code));
+        if let Some(c) = &t.campaign_id {
+            dims.push(format!("cp:{c}"));
+        }
+    }
+    let scenario = scenario.or(touch.and_then(|t| t.scenario.as_deref()));
+    if let Some(s) = scenario {
+        dims.push(format!("sc:{s}"));
+    }
+    dims
+}
+
+/// Applies an event to the profile (pure): returns the new profile and the funnel steps it reached.
+pub fn apply(customer: &Customer, event: &Event, rules: &LifecycleRules) -> (Customer, Vec<FunnelStep>) {
+    let mut c = customer.clone();
+    let mut steps = Vec::new();
+    if event.kind == EventKind::Registered {
+        steps.push(FunnelStep::Registered);
+    }
+    let activity = !matches!(event.kind, EventKind::Registered);
+    if activity {
+        c.last_activity_at = Some(c.last_activity_at.map_or(event.at, |t| t.max(event.at)));
+    }
+    if event.kind.activates() && c.activated_at.is_none() {
+        c.activated_at = Some(event.at);
+        steps.push(FunnelStep::Activated);
+    }
+    if activity
+        && !c.retained
+        && event.at.shanghai_day_number() - c.created_at.shanghai_day_number() >= RETAINED_AFTER_DAYS
+    {
+        c.retained = true;
+        steps.push(FunnelStep::Retained);
+    }
+    if event.kind.is_payment() {
+        c.payments.push(Payment {
+            at: event.at,
+            amount_fen: event.amount_fen.unwrap_or(0),
+            bank_card: event.bank_card,
+            scenario: event.scenario.clone(),
+        });
+        let horizon = event.at.plus_days(-rules.high_value_window_days.max(rules.engaged_window_days));
+        c.payments.retain(|p| p.at > horizon);
+        let excess = c.payments.len().saturating_sub(PAYMENTS_KEPT);
+        c.payments.drain(..excess);
+    }
+    for tag in auto_tags(event) {
+        c.tags.auto.insert(tag);
+    }
+    let stage = c.stage_at(event.at, rules);
+    if stage != c.stage {
+        c.stage = stage;
+        c.history.push(Transition { stage, at: event.at });
+    }
+    c.applied_events.push(event.id.clone());
+    let excess = c.applied_events.len().saturating_sub(APPLIED_EVENTS_KEPT);
+    c.applied_events.drain(..excess);
+    (c, steps)
+}
+
+fn auto_tags(event: &Event) -> Vec<String> {
+    let mut tags: Vec<String> = event.tags.clone();
+    let scenario = event.scenario.as_str();
+    let derived = match (event.kind, scenario) {
+        (EventKind::Paid, "utility") => Some("utility_payer"),
+        (EventKind::Paid | EventKind::BoundAccount, "property") => Some("property_owner"),
+        (EventKind::Redeemed | EventKind::Claimed, _) => Some("coupon_user"),
+        (EventKind::Referred, _) => Some("referrer"),
+        (EventKind::ToppedUp, "campus") => Some("campus_card_user"),
+        _ => None,
+    };
+    tags.extend(derived.map(str::to_owned));
+    if event.bank_card && event.kind.is_payment() {
+        tags.push("bank_cardholder".to_owned());
+    }
+    tags.retain(|t| !t.is_empty() && t.len() <= 32 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+    tags
+}
+
+/// Records an event: profile first (exactly once), then the funnel counters (each at most once).
+pub async fn record(store: &impl Store, event: &Event, rules: &LifecycleRules) -> Result<Applied, EventError> {
+    let key = customers::keys::customer(&event.customer_id);
+    if !customers::valid_id(&event.customer_id) {
+        return Err(EventError::UnknownCustomer(event.customer_id.clone()));
+    }
+    let (applied, touch, steps) = kv::update_json(store, &key, |current: Option<&Customer>| {
+        let Some(current) = current else { return Err(EventError::UnknownCustomer(event.customer_id.clone())) };
+        let before = current.stage;
+        if current.applied_events.contains(&event.id) {
+            // Already applied: redo only the (claimed) counter effects, in case they were interrupted.
+            let steps = replay_steps(current, event);
+            let applied = Applied { first_time: false, stage: current.stage, transition: None };
+            return Ok(Step::Keep((applied, current.first_touch.clone(), steps)));
+        }
+        let (next, steps) = apply(current, event, rules);
+        let transition = (next.stage != before).then_some((before, next.stage));
+        let applied = Applied { first_time: true, stage: next.stage, transition };
+        let touch = next.first_touch.clone();
+        Ok(Step::Write(next, (applied, touch, steps)))
+    })
+    .await?;
+    count(store, event, touch.as_ref(), &steps).await?;
+    Ok(applied)
+}
+
+/// The steps an already-applied event reached, reconstructed from the profile.
+fn replay_steps(c: &Customer, event: &Event) -> Vec<FunnelStep> {
+    let mut steps = Vec::new();
+    if event.kind == EventKind::Registered {
+        steps.push(FunnelStep::Registered);
+    }
+    if c.activated_at == Some(event.at) && event.kind.activates() {
+        steps.push(FunnelStep::Activated);
+    }
+    steps
+}
+
+async fn count(
+    store: &impl Store,
+    event: &Event,
+    touch: Option<&Touch>,
+    steps: &[FunnelStep],
+) -> Result<(), StoreError> {
+    let event_hash = hash_key_part(&event.id);
+    let day = event.at.shanghai_day();
+    let mut n = 0;
+    for step in steps {
+        for dim in dimensions(touch, Some(&event.scenario)) {
+            n += 1;
+            if claim_once(store, &keys::effect_claim(&event_hash, n)).await? {
+                store.increment(&keys::funnel(day, step.as_str(), &dim), 1).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Counts a `visited` step for a resolved channel code (anonymous, so every resolution counts).
+pub async fn count_visit(store: &impl Store, touch: &Touch) -> Result<(), StoreError> {
+    let day = touch.at.shanghai_day();
+    for dim in dimensions(Some(touch), None) {
+        store.increment(&keys::funnel(day, FunnelStep::Visited.as_str(), &dim), 1).await?;
+    }
+    Ok(())
+}
+
+/// Reads one funnel counter.
+pub async fn funnel_count(store: &impl Store, day: u32, step: FunnelStep, dimension: &str) -> Result<i64, StoreError> {
+    kv::read_counter(store, &keys::funnel(day, step.as_str(), dimension)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::{MemStore, put_json};
+
+    fn at(day: i64) -> Timestamp {
+        Timestamp::parse_rfc3339("2026-11-23T10:00:00+08:00").expect("time").plus_days(day)
+    }
+
+    fn touch() -> Touch {
+        Touch {
+            code: "BR001".into(),
+            channel: "branch".into(),
+            branch_id: Some("b1".into()),
+            staff_id: None,
+            campaign_id: Some("spring".into()),
+            scenario: Some("utility".into()),
+            at: at(0),
+        }
+    }
+
+    fn customer(store: &MemStore) {
+        let mut c = Customer::new("c1", at(0));
+        c.first_touch = Some(touch());
+        pollster::block_on(put_json(store, &customers::keys::customer("c1"), &c)).expect("seed");
+    }
+
+    fn event(id: &str, kind: EventKind, day: i64) -> Event {
+        Event {
+            id: id.into(),
+            customer_id: "c1".into(),
+            kind,
+            scenario: "utility".into(),
+            at: at(day),
+            amount_fen: Some(12_300),
+            bank_card: true,
+            tags: vec![],
+        }
+    }
+
+    fn funnel(store: &MemStore, step: FunnelStep, dim: &str, day: i64) -> i64 {
+        pollster::block_on(funnel_count(store, at(day).shanghai_day(), step, dim)).expect("count")
+    }
+
+    #[test]
+    fn an_event_applied_twice_counts_once() {
+        let store = MemStore::default();
+        customer(&store);
+        let rules = LifecycleRules::default();
+        let e = event("paid:o1", EventKind::Paid, 0);
+
+        let first = pollster::block_on(record(&store, &e, &rules)).expect("record");
+        let second = pollster::block_on(record(&store, &e, &rules)).expect("record");
+
+        assert_eq!(
+            first,
+            Applied { first_time: true, stage: Stage::Activated, transition: Some((Stage::New, Stage::Activated)) }
+        );
+        assert!(!second.first_time);
+        let c = pollster::block_on(customers::lookup(&store, "c1")).expect("read").expect("exists");
+        assert_eq!(c.payments.len(), 1);
+        assert!(c.tags.auto.contains("utility_payer") && c.tags.auto.contains("bank_cardholder"));
+        assert_eq!(funnel(&store, FunnelStep::Activated, "all", 0), 1);
+        assert_eq!(funnel(&store, FunnelStep::Activated, "ch:BR001", 0), 1);
+        assert_eq!(funnel(&store, FunnelStep::Activated, "cp:spring", 0), 1);
+        assert_eq!(funnel(&store, FunnelStep::Activated, "sc:utility", 0), 1);
+    }
+
+    #[test]
+    fn concurrent_duplicates_apply_once() {
+        let store = MemStore::default();
+        customer(&store);
+        let rules = LifecycleRules::default();
+        let e = event("paid:o2", EventKind::Paid, 0);
+        let results =
+            pollster::block_on(crate::kv::interleave::join_all((0..5).map(|_| record(&store, &e, &rules)).collect()));
+        assert_eq!(results.iter().filter(|r| matches!(r, Ok(a) if a.first_time)).count(), 1, "{results:?}");
+        assert_eq!(funnel(&store, FunnelStep::Activated, "all", 0), 1);
+    }
+
+    #[test]
+    fn a_crash_mid_event_is_completed_by_the_retry_without_double_counting() {
+        let store = MemStore::default();
+        customer(&store);
+        let rules = LifecycleRules::default();
+        let e = event("paid:o3", EventKind::Paid, 0);
+        // Writes: 1 profile CAS, then (claim, increment) per dimension. Fail the 4th: the second claim.
+        store.fail_write(4);
+        assert!(pollster::block_on(record(&store, &e, &rules)).is_err());
+        let retry = pollster::block_on(record(&store, &e, &rules)).expect("retry");
+        assert!(!retry.first_time);
+        for dim in ["all", "ch:BR001", "cp:spring", "sc:utility"] {
+            assert_eq!(funnel(&store, FunnelStep::Activated, dim, 0), 1, "{dim}");
+        }
+    }
+
+    #[test]
+    fn retention_and_lifecycle_move_with_events() {
+        let store = MemStore::default();
+        customer(&store);
+        let rules = LifecycleRules::default();
+        for (i, day) in [0, 1, 8].into_iter().enumerate() {
+            pollster::block_on(record(&store, &event(&format!("paid:r{i}"), EventKind::Paid, day), &rules))
+                .expect("record");
+        }
+        let c = pollster::block_on(customers::lookup(&store, "c1")).expect("read").expect("exists");
+        assert!(c.retained);
+        assert_eq!(funnel(&store, FunnelStep::Retained, "all", 8), 1);
+        assert_eq!(c.stage, Stage::Engaged);
+        assert_eq!(
+            c.history.iter().map(|t| t.stage).collect::<Vec<_>>(),
+            vec![Stage::New, Stage::Activated, Stage::Engaged]
+        );
+    }
+
+    #[test]
+    fn events_for_unknown_customers_are_refused() {
+        let store = MemStore::default();
+        let e = Event { customer_id: "nobody".into(), ..event("paid:x", EventKind::Paid, 0) };
+        assert_eq!(
+            pollster::block_on(record(&store, &e, &LifecycleRules::default())),
+            Err(EventError::UnknownCustomer("nobody".into()))
+        );
+        assert!(store.keys().iter().all(|k| !k.starts_with("cust:customer")), "nothing written");
+    }
+}

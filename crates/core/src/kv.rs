@@ -1,0 +1,545 @@
+//! The key-value store as domain code sees it: the [`Store`] trait, validated [`Key`]s, JSON documents updated
+//! with compare-and-swap, counters, and an in-memory [`MemStore`] for tests (feature `mem`).
+//!
+//! Semantics are Spin's (see `crates/host/src/kv.rs`), including its weak spot: a CAS against an absent key is an
+//! unconditional upsert in Spin's SQLite store. So nothing here creates a document with a CAS on absence; a
+//! document is created by the single winner of an atomic `increment` claim (see [`update_json`]).
+//!
+//! Values are JSON documents with a `"v"` schema version, except counters, which are 8-byte little-endian `i64`
+//! written only by `increment` (Spin's store reads them that way and fails on anything else).
+
+use std::future::Future;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::problem::{ErrorKind, Problem};
+
+/// Longest key accepted (Spin documents 256 bytes; keep a margin for suffixes).
+pub const MAX_KEY_BYTES: usize = 250;
+
+/// How many times a CAS loop re-reads and retries before giving up with [`StoreError::Contention`].
+pub const CAS_RETRIES: u32 = 64;
+
+/// A store failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The backend failed (I/O, access denied...).
+    #[error("key-value store failure: {0}")]
+    Backend(String),
+    /// A CAS loop kept losing to concurrent writers.
+    #[error("too much concurrent activity on {key}; retry the request")]
+    Contention {
+        /// The contended key.
+        key: String,
+    },
+    /// A stored value does not decode: a bug or a schema mismatch.
+    #[error("stored value at {key} is unreadable: {detail}")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// What failed.
+        detail: String,
+    },
+    /// Fault injection in tests: the write was refused.
+    #[error("injected fault at write {0}")]
+    Injected(u64),
+}
+
+impl Problem for StoreError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::Contention { .. } => ErrorKind::Unavailable,
+            _ => ErrorKind::Internal,
+        }
+    }
+    fn code(&self) -> &'static str {
+        match self {
+            StoreError::Contention { .. } => "contention",
+            _ => "internal_error",
+        }
+    }
+}
+
+/// A validated key: printable ASCII without spaces, at most [`MAX_KEY_BYTES`].
+///
+/// Keys are built only by each owner's `keys` module from validated parts, so user input never shapes a key
+/// beyond the part it is allowed to fill.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key(String);
+
+impl Key {
+    /// Joins parts with `:`. Panics on an invalid key: keys come from validated parts, so a bad one is a bug.
+    pub fn new(parts: &[&str]) -> Key {
+        let key = parts.join(":");
+        assert!(key.len() <= MAX_KEY_BYTES, "key too long ({} bytes): {key}", key.len());
+        assert!(
+            key.bytes().all(|b| b.is_ascii_graphic()) && parts.iter().all(|p| !p.is_empty()),
+            "invalid key {key:?}"
+        );
+        Key(key)
+    }
+
+    /// This key with more parts appended.
+    pub fn child(&self, parts: &[&str]) -> Key {
+        let mut all = vec![self.0.as_str()];
+        all.extend_from_slice(parts);
+        Key::new(&all)
+    }
+
+    /// The key as stored.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A key-value store with Spin's semantics. Async without `Send`: guests are single-threaded.
+#[allow(async_fn_in_trait)]
+pub trait Store {
+    /// The value at `key`, if any.
+    async fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Sets `key` to `value` unconditionally.
+    async fn set(&self, key: &Key, value: &[u8]) -> Result<(), StoreError>;
+    /// Deletes `key` (absent is fine).
+    async fn delete(&self, key: &Key) -> Result<(), StoreError>;
+    /// Adds `delta` to the counter at `key` (absent = 0) and returns the new value, atomically.
+    async fn increment(&self, key: &Key, delta: i64) -> Result<i64, StoreError>;
+    /// Writes `new` if the value is still `expected`; `Ok(false)` if it changed. With `expected == None` this is
+    /// Spin's weak upsert: do not rely on it to create documents (see the module docs).
+    async fn cas(&self, key: &Key, expected: Option<&[u8]>, new: &[u8]) -> Result<bool, StoreError>;
+    /// Several values at once (one round trip where the backend allows), in the order of `keys`.
+    async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
+}
+
+/// Reads and decodes a JSON document.
+pub async fn get_json<T: DeserializeOwned>(store: &impl Store, key: &Key) -> Result<Option<T>, StoreError> {
+    match store.get(key).await? {
+        None => Ok(None),
+        Some(bytes) => decode(key, &bytes).map(Some),
+    }
+}
+
+fn decode<T: DeserializeOwned>(key: &Key, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt { key: key.to_string(), detail: e.to_string() })
+}
+
+fn encode<T: Serialize>(key: &Key, value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Corrupt { key: key.to_string(), detail: e.to_string() })
+}
+
+/// Writes a JSON document unconditionally: for write-once documents whose content is determined by their key
+/// (so a repeated write writes the same thing).
+pub async fn put_json<T: Serialize>(store: &impl Store, key: &Key, value: &T) -> Result<(), StoreError> {
+    store.set(key, &encode(key, value)?).await
+}
+
+/// Reads a counter written by `increment` (absent = 0).
+pub async fn read_counter(store: &impl Store, key: &Key) -> Result<i64, StoreError> {
+    match store.get(key).await? {
+        None => Ok(0),
+        Some(bytes) => decode_counter(key, &bytes),
+    }
+}
+
+/// Decodes an `increment` counter value.
+pub fn decode_counter(key: &Key, bytes: &[u8]) -> Result<i64, StoreError> {
+    <[u8; 8]>::try_from(bytes)
+        .map(i64::from_le_bytes)
+        .map_err(|_| StoreError::Corrupt { key: key.to_string(), detail: format!("counter of {} bytes", bytes.len()) })
+}
+
+/// What an [`update_json`] step decided.
+pub enum Step<T, R> {
+    /// Write this document and return `R`.
+    Write(T, R),
+    /// Leave the document as it is and return `R`.
+    Keep(R),
+}
+
+/// Read-modify-write of a JSON document with compare-and-swap and bounded retries.
+///
+/// `decide` sees the current document (`None` when absent) and returns a [`Step`] or a business error. It may run
+/// several times, so it must be a pure function of its input.
+///
+/// Creating an absent document: the writer that wins an atomic claim (`increment` on `<key>:init`) writes it;
+/// others wait for it to appear and then CAS on top. Spin's CAS would upsert over a concurrent creator. Documents
+/// whose first content is fixed by their key are better created with [`put_json`].
+pub async fn update_json<T, R, E>(
+    store: &impl Store,
+    key: &Key,
+    mut decide: impl FnMut(Option<&T>) -> Result<Step<T, R>, E>,
+) -> Result<R, E>
+where
+    T: Serialize + DeserializeOwned,
+    E: From<StoreError>,
+{
+    for _ in 0..CAS_RETRIES {
+        let current = store.get(key).await?;
+        let doc: Option<T> = current.as_deref().map(|bytes| decode(key, bytes)).transpose()?;
+        let (next, result) = match decide(doc.as_ref())? {
+            Step::Keep(result) => return Ok(result),
+            Step::Write(next, result) => (next, result),
+        };
+        let bytes = encode(key, &next)?;
+        match current {
+            Some(current) => {
+                if store.cas(key, Some(&current), &bytes).await? {
+                    return Ok(result);
+                }
+            }
+            None => {
+                let claim = store.increment(&key.child(&["init"]), 1).await?;
+                if claim == 1 {
+                    store.set(key, &bytes).await?;
+                    return Ok(result);
+                }
+                // Another writer is creating it: wait for its write, then retry against it. If it never comes
+                // (its writer crashed between claim and write) the key reports contention rather than risk
+                // overwriting a live creator; see ARCHITECTURE.md.
+                if !wait_for(store, key).await? {
+                    break;
+                }
+            }
+        }
+    }
+    Err(StoreError::Contention { key: key.to_string() }.into())
+}
+
+async fn wait_for(store: &impl Store, key: &Key) -> Result<bool, StoreError> {
+    for _ in 0..CAS_RETRIES {
+        if store.get(key).await?.is_some() {
+            return Ok(true);
+        }
+        yield_now().await;
+    }
+    Ok(false)
+}
+
+/// Yields once to the executor, so a concurrent task can make progress.
+pub fn yield_now() -> impl Future<Output = ()> {
+    let mut yielded = false;
+    std::future::poll_fn(move |cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+}
+
+/// Claims `key` once: `true` for exactly one caller ever (per key), via an atomic increment.
+pub async fn claim_once(store: &impl Store, key: &Key) -> Result<bool, StoreError> {
+    Ok(store.increment(key, 1).await? == 1)
+}
+
+#[cfg(any(test, feature = "mem"))]
+pub use mem::{CasMode, MemStore};
+
+#[cfg(any(test, feature = "mem"))]
+mod mem {
+    //! An in-memory [`Store`] with Spin's semantics, switchable CAS-on-absent behaviour and fault injection.
+
+    use std::cell::{Cell, RefCell};
+    use std::collections::BTreeMap;
+
+    use super::{Key, Store, StoreError, yield_now};
+
+    /// How `cas` with `expected == None` behaves.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum CasMode {
+        /// Spin's SQLite store: check absence, yield, then upsert unconditionally (so a racer can be overwritten).
+        SpinUpsert,
+        /// Create only if still absent (Redis WATCH/MULTI).
+        Strict,
+    }
+
+    /// An in-memory store for tests. Every operation yields once first, as a host call would, so futures polled
+    /// together interleave between operations.
+    pub struct MemStore {
+        data: RefCell<BTreeMap<String, Vec<u8>>>,
+        mode: CasMode,
+        writes: Cell<u64>,
+        fail_write: Cell<Option<u64>>,
+    }
+
+    impl Default for MemStore {
+        fn default() -> Self {
+            Self::new(CasMode::SpinUpsert)
+        }
+    }
+
+    impl MemStore {
+        /// An empty store.
+        pub fn new(mode: CasMode) -> Self {
+            Self { data: RefCell::default(), mode, writes: Cell::new(0), fail_write: Cell::new(None) }
+        }
+
+        /// Makes the `n`th write from now on (1-based) fail without effect.
+        pub fn fail_write(&self, n: u64) {
+            self.fail_write.set(Some(self.writes.get() + n));
+        }
+
+        /// Writes attempted so far.
+        pub fn writes(&self) -> u64 {
+            self.writes.get()
+        }
+
+        /// Raw value, for assertions.
+        pub fn raw(&self, key: &str) -> Option<Vec<u8>> {
+            self.data.borrow().get(key).cloned()
+        }
+
+        /// Writes a raw value behind the store's back, as a concurrent writer would (no write counted).
+        pub fn put_raw(&self, key: &str, value: &[u8]) {
+            self.data.borrow_mut().insert(key.to_owned(), value.to_vec());
+        }
+
+        /// All keys, for assertions.
+        pub fn keys(&self) -> Vec<String> {
+            self.data.borrow().keys().cloned().collect()
+        }
+
+        fn write(&self) -> Result<(), StoreError> {
+            let n = self.writes.get() + 1;
+            self.writes.set(n);
+            if self.fail_write.get() == Some(n) {
+                return Err(StoreError::Injected(n));
+            }
+            Ok(())
+        }
+    }
+
+    impl Store for MemStore {
+        async fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
+            yield_now().await;
+            Ok(self.data.borrow().get(key.as_str()).cloned())
+        }
+
+        async fn set(&self, key: &Key, value: &[u8]) -> Result<(), StoreError> {
+            yield_now().await;
+            self.write()?;
+            self.data.borrow_mut().insert(key.as_str().to_owned(), value.to_vec());
+            Ok(())
+        }
+
+        async fn delete(&self, key: &Key) -> Result<(), StoreError> {
+            yield_now().await;
+            self.write()?;
+            self.data.borrow_mut().remove(key.as_str());
+            Ok(())
+        }
+
+        async fn increment(&self, key: &Key, delta: i64) -> Result<i64, StoreError> {
+            yield_now().await;
+            self.write()?;
+            let mut data = self.data.borrow_mut();
+            let current = match data.get(key.as_str()) {
+                None => 0,
+                Some(bytes) => super::decode_counter(key, bytes)?,
+            };
+            let next = current.checked_add(delta).ok_or_else(|| StoreError::Backend("counter overflow".into()))?;
+            data.insert(key.as_str().to_owned(), next.to_le_bytes().to_vec());
+            Ok(next)
+        }
+
+        async fn cas(&self, key: &Key, expected: Option<&[u8]>, new: &[u8]) -> Result<bool, StoreError> {
+            yield_now().await;
+            self.write()?;
+            match expected {
+                Some(expected) => {
+                    let mut data = self.data.borrow_mut();
+                    if data.get(key.as_str()).map(Vec::as_slice) == Some(expected) {
+                        data.insert(key.as_str().to_owned(), new.to_vec());
+                        Ok(true)
+                    } else {
+                        Ok(false)
+                    }
+                }
+                None => {
+                    if self.data.borrow().contains_key(key.as_str()) {
+                        return Ok(false);
+                    }
+                    if self.mode == CasMode::SpinUpsert {
+                        // Spin checks (`current`) and writes (`swap`) in two host calls.
+                        yield_now().await;
+                    } else if self.data.borrow().contains_key(key.as_str()) {
+                        return Ok(false);
+                    }
+                    self.data.borrow_mut().insert(key.as_str().to_owned(), new.to_vec());
+                    Ok(true)
+                }
+            }
+        }
+
+        async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+            yield_now().await;
+            let data = self.data.borrow();
+            Ok(keys.iter().map(|k| data.get(k.as_str()).cloned()).collect())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    struct Doc {
+        v: u32,
+        n: i64,
+    }
+
+    fn add(delta: i64) -> impl FnMut(Option<&Doc>) -> Result<Step<Doc, i64>, StoreError> {
+        move |doc| {
+            let n = doc.map_or(0, |d| d.n) + delta;
+            Ok(Step::Write(Doc { v: 1, n }, n))
+        }
+    }
+
+    #[test]
+    fn keys_join_parts_and_refuse_bad_input() {
+        assert_eq!(Key::new(&["cust", "customer", "c_1"]).as_str(), "cust:customer:c_1");
+        assert_eq!(Key::new(&["a"]).child(&["b", "c"]).as_str(), "a:b:c");
+        assert!(std::panic::catch_unwind(|| Key::new(&["a b"])).is_err());
+        assert!(std::panic::catch_unwind(|| Key::new(&["a", ""])).is_err());
+        assert!(std::panic::catch_unwind(|| Key::new(&[&"x".repeat(MAX_KEY_BYTES + 1)])).is_err());
+    }
+
+    #[test]
+    fn update_creates_then_updates_a_document() {
+        let store = MemStore::default();
+        let key = Key::new(&["t", "doc"]);
+        assert_eq!(pollster::block_on(update_json(&store, &key, add(2))), Ok(2));
+        assert_eq!(pollster::block_on(update_json(&store, &key, add(3))), Ok(5));
+        assert_eq!(pollster::block_on(get_json::<Doc>(&store, &key)), Ok(Some(Doc { v: 1, n: 5 })));
+    }
+
+    #[test]
+    fn concurrent_creators_and_updaters_lose_nothing_under_spin_semantics() {
+        // Arrange: interleave many updaters step by step on one thread (as one guest instance would).
+        let store = MemStore::new(CasMode::SpinUpsert);
+        let key = Key::new(&["t", "hot"]);
+        let tasks: Vec<_> = (0..20).map(|_| update_json(&store, &key, add(1))).collect();
+
+        // Act
+        let results = pollster::block_on(interleave::join_all(tasks));
+
+        // Assert
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert_eq!(pollster::block_on(get_json::<Doc>(&store, &key)).expect("read").map(|d| d.n), Some(20));
+    }
+
+    #[test]
+    fn a_naive_cas_on_absent_key_loses_updates_in_spin_mode() {
+        // This is why update_json creates through an increment claim.
+        let store = MemStore::new(CasMode::SpinUpsert);
+        let key = Key::new(&["t", "naive"]);
+        let a = store.cas(&key, None, b"a");
+        let b = store.cas(&key, None, b"b");
+        let (ra, rb) = pollster::block_on(interleave::join2(a, b));
+        assert_eq!((ra, rb), (Ok(true), Ok(true)), "both creators believe they won");
+        let strict = MemStore::new(CasMode::Strict);
+        let (ra, rb) =
+            pollster::block_on(interleave::join2(strict.cas(&key, None, b"a"), strict.cas(&key, None, b"b")));
+        assert_eq!((ra, rb), (Ok(true), Ok(false)));
+    }
+
+    #[test]
+    fn counters_read_back_what_increment_wrote() {
+        let store = MemStore::default();
+        let key = Key::new(&["t", "ctr"]);
+        assert_eq!(pollster::block_on(read_counter(&store, &key)), Ok(0));
+        assert_eq!(pollster::block_on(store.increment(&key, 7)), Ok(7));
+        assert_eq!(pollster::block_on(read_counter(&store, &key)), Ok(7));
+        assert_eq!(store.raw("t:ctr"), Some(7i64.to_le_bytes().to_vec()));
+        assert!(pollster::block_on(claim_once(&store, &Key::new(&["t", "claim"]))).expect("claim"));
+        assert!(!pollster::block_on(claim_once(&store, &Key::new(&["t", "claim"]))).expect("claim"));
+    }
+
+    #[test]
+    fn an_injected_write_failure_writes_nothing() {
+        let store = MemStore::default();
+        let key = Key::new(&["t", "f"]);
+        store.fail_write(1);
+        assert_eq!(pollster::block_on(store.set(&key, b"x")), Err(StoreError::Injected(1)));
+        assert_eq!(store.raw("t:f"), None);
+        assert_eq!(pollster::block_on(store.set(&key, b"y")), Ok(()));
+    }
+
+    #[test]
+    fn contention_is_reported_after_bounded_retries() {
+        // A decide function that keeps changing the document under itself never wins.
+        let store = MemStore::default();
+        let key = Key::new(&["t", "busy"]);
+        pollster::block_on(put_json(&store, &key, &Doc { v: 1, n: 0 })).expect("seed");
+        let mut i = 0;
+        let result: Result<(), StoreError> = pollster::block_on(update_json(&store, &key, |_: Option<&Doc>| {
+            i += 1;
+            // Simulate a concurrent writer changing the document between read and CAS.
+            store.put_raw(key.as_str(), &serde_json::to_vec(&Doc { v: 1, n: i }).expect("encode"));
+            Ok(Step::Write(Doc { v: 1, n: -1 }, ()))
+        }));
+        assert_eq!(result, Err(StoreError::Contention { key: "t:busy".into() }));
+    }
+}
+
+/// Drives several futures on one thread, interleaving them at every await: how concurrent requests to one guest
+/// instance behave. For tests of CAS loops and claims against [`MemStore`].
+#[cfg(any(test, feature = "mem"))]
+pub mod interleave {
+    use std::future::Future;
+
+    /// Polls all futures round-robin on one thread until all are done, returning outputs in order.
+    pub async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+        let mut futures: Vec<_> = futures.into_iter().map(Box::pin).map(Some).collect();
+        let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+        std::future::poll_fn(|cx| {
+            let mut pending = false;
+            for (slot, out) in futures.iter_mut().zip(outputs.iter_mut()) {
+                if let Some(fut) = slot {
+                    match fut.as_mut().poll(cx) {
+                        std::task::Poll::Ready(v) => {
+                            *out = Some(v);
+                            *slot = None;
+                        }
+                        std::task::Poll::Pending => pending = true,
+                    }
+                }
+            }
+            if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+        })
+        .await;
+        outputs.into_iter().flatten().collect()
+    }
+
+    /// Polls two futures together until both are done.
+    pub async fn join2<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
+        let mut a = Box::pin(a);
+        let mut b = Box::pin(b);
+        let (mut ra, mut rb) = (None, None);
+        std::future::poll_fn(|cx| {
+            if ra.is_none()
+                && let std::task::Poll::Ready(v) = a.as_mut().poll(cx)
+            {
+                ra = Some(v);
+            }
+            if rb.is_none()
+                && let std::task::Poll::Ready(v) = b.as_mut().poll(cx)
+            {
+                rb = Some(v);
+            }
+            if ra.is_some() && rb.is_some() { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+        })
+        .await;
+        (ra.expect("a done"), rb.expect("b done"))
+    }
+}

@@ -1,0 +1,20 @@
+//! scenefin-core: the pure domain library every component shares.
+//!
+//! It knows nothing of Spin or HTTP: storage is the [`kv::Store`] trait, time is a [`clock::Clock`], errors are
+//! [`problem::Problem`]s. Scenario components get money, ids, auth, idempotency and customer events from here, so
+//! they write almost no plumbing of their own.
+//!
+//! API boundary: every `pub` item here is shared by all scenarios; adding one is a design change.
+
+pub mod auth;
+pub mod clock;
+pub mod customers;
+pub mod events;
+pub mod idempotency;
+pub mod ids;
+pub mod json;
+pub mod kv;
+pub mod money;
+pub mod problem;
+
+pub use problem::{ApiError, ErrorKind, Problem};

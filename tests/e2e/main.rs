@@ -2,3 +2,4 @@
 
 mod console;
 mod customers;
+mod utility_payments;

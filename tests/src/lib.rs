@@ -20,6 +20,9 @@ pub const SESSION_SECRET: &str = "test-session-secret";
 /// Gateway webhook secret (`whsec_` + base64 of "test-gateway-key").
 pub const GATEWAY_SECRET: &str = "whsec_dGVzdC1nYXRld2F5LWtleQ==";
 
+/// The BIN of the bank's own cards in tests.
+pub const BANK_BIN: &str = "622588";
+
 /// The workspace root.
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
@@ -34,6 +37,8 @@ pub struct TestApp {
     pub now: Timestamp,
     _state: tempfile::TempDir,
 }
+
+static NONCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// A response: status and JSON body (or `Value::Null`).
 #[derive(Debug)]
@@ -60,6 +65,7 @@ impl TestApp {
             ("SPIN_VARIABLE_SESSION_SECRET".into(), SESSION_SECRET.into()),
             ("SPIN_VARIABLE_GATEWAY_SECRET".into(), GATEWAY_SECRET.into()),
             ("SPIN_VARIABLE_TEST_CLOCK_ENABLED".into(), "true".into()),
+            ("SPIN_VARIABLE_BANK_CARD_BINS".into(), BANK_BIN.into()),
         ]);
         let host = scenefin_host::start(config).await?;
         let base = format!("http://{}", host.addr);
@@ -85,6 +91,75 @@ impl TestApp {
         let text = res.text().await.expect("body");
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
         Reply { status, content_type, body }
+    }
+
+    /// Sends raw bytes with extra headers (signed partner and gateway calls).
+    pub async fn send_raw(&self, method: &str, path: &str, body: Vec<u8>, headers: &[(String, String)]) -> Reply {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .header("x-scenefin-now", self.now.to_rfc3339())
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let res = req.send().await.expect("request failed");
+        let status = res.status().as_u16();
+        let content_type =
+            res.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        let text = res.text().await.expect("body");
+        Reply { status, content_type, body: serde_json::from_str(&text).unwrap_or(Value::Null) }
+    }
+
+    /// Headers of a partner request signed with `secret` (nonce unique per call).
+    pub fn partner_headers(
+        &self,
+        partner_id: &str,
+        secret: &str,
+        method: &str,
+        path_and_query: &str,
+        body: &[u8],
+    ) -> Vec<(String, String)> {
+        let ts = self.now.unix_secs().to_string();
+        let nonce = format!("n{:016x}", NONCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let canonical = scenefin_core::auth::partner_canonical(method, path_and_query, &ts, &nonce, body);
+        let signature = scenefin_core::auth::sign_partner(secret, &canonical);
+        vec![
+            ("x-partner-id".into(), partner_id.into()),
+            ("x-timestamp".into(), ts),
+            ("x-nonce".into(), nonce),
+            ("x-signature".into(), signature),
+        ]
+    }
+
+    /// A signed partner call.
+    pub async fn partner(
+        &self,
+        partner_id: &str,
+        secret: &str,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Reply {
+        let bytes = body.map(|b| serde_json::to_vec(b).expect("json")).unwrap_or_default();
+        let headers = self.partner_headers(partner_id, secret, method, path, &bytes);
+        self.send_raw(method, path, bytes, &headers).await
+    }
+
+    /// A gateway notification, signed as the gateway signs it.
+    pub async fn notify(&self, path: &str, event: &Value) -> Reply {
+        let body = serde_json::to_vec(event).expect("json");
+        let id = format!("msg_{}", event["event_id"].as_str().unwrap_or("x"));
+        let ts = self.now.unix_secs();
+        let sig = scenefin_core::auth::sign_webhook(GATEWAY_SECRET, &id, ts, &body).expect("sign");
+        let headers = vec![
+            ("webhook-id".into(), id),
+            ("webhook-timestamp".into(), ts.to_string()),
+            ("webhook-signature".into(), sig),
+            ("content-type".into(), "application/json".into()),
+        ];
+        self.send_raw("POST", path, body, &headers).await
     }
 
     /// `GET path`.

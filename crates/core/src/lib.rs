@@ -14,7 +14,11 @@ pub mod idempotency;
 pub mod ids;
 pub mod json;
 pub mod kv;
+pub mod ledger;
+pub mod limits;
 pub mod money;
+pub mod orders;
+pub mod partners;
 pub mod problem;
 
 pub use problem::{ApiError, ErrorKind, Problem};

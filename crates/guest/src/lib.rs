@@ -117,7 +117,7 @@ pub struct Route {
 
 impl Route {
     /// Reads the route of `req`.
-    pub fn of(req: &Request) -> Route {
+    pub fn of<B>(req: &http::Request<B>) -> Route {
         let segments = req.uri().path().split('/').filter(|s| !s.is_empty()).map(percent_decode).collect();
         Route { method: req.method().clone(), segments, query: req.uri().query().map(str::to_owned) }
     }
@@ -165,8 +165,31 @@ fn hex(b: u8) -> Option<u8> {
 }
 
 /// A request header as a string.
-pub fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
+pub fn header<'a, B>(req: &'a http::Request<B>, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// A request's head: method, URI and headers, without the body.
+pub type Head = http::Request<()>;
+
+/// Reads the body (at most `limit` bytes) and keeps the head for headers.
+pub async fn split(req: Request, limit: usize) -> Result<(Head, Bytes), Response> {
+    let (parts, incoming) = req.into_parts();
+    let head = http::Request::from_parts(parts, ());
+    if let Some(len) = header(&head, "content-length").and_then(|v| v.parse::<usize>().ok())
+        && len > limit
+    {
+        return Err(problem(&too_large(len, limit)));
+    }
+    let bytes = incoming
+        .bytes()
+        .await
+        .map_err(|e| ApiError::new(ErrorKind::Invalid, "bad_request_body", format!("could not read the body: {e:?}")))
+        .or_problem()?;
+    if bytes.len() > limit {
+        return Err(problem(&too_large(bytes.len(), limit)));
+    }
+    Ok((head, bytes))
 }
 
 /// Reads the whole body, refusing more than `limit` bytes (413).
@@ -199,7 +222,7 @@ pub fn json<T: DeserializeOwned>(body: &[u8], limit: usize) -> Result<T, ApiErro
 }
 
 /// The time rules use for this request: `X-Scenefin-Now` when `test_clock_enabled` is `true`, else the system clock.
-pub fn now(req: &Request, test_clock_enabled: bool) -> Result<Timestamp, ApiError> {
+pub fn now<B>(req: &http::Request<B>, test_clock_enabled: bool) -> Result<Timestamp, ApiError> {
     match header(req, "x-scenefin-now") {
         Some(value) if test_clock_enabled => {
             Timestamp::parse_rfc3339(value).map_err(|e| ApiError::validation("X-Scenefin-Now", e.to_string()))
@@ -256,9 +279,99 @@ impl<T, E: Problem> OrProblem<T> for Result<T, E> {
 }
 
 /// Checks the operator bearer token against variable `operator_token` (constant-time).
-pub async fn require_operator(req: &Request) -> Result<(), Response> {
+pub async fn require_operator<B>(req: &http::Request<B>) -> Result<(), Response> {
     let expected = required_variable("operator_token").await.or_problem()?;
     scenefin_core::auth::verify_operator(&expected, header(req, "authorization")).or_problem()
+}
+
+/// The customer a session token (`Authorization: Bearer`) belongs to, checked against `session_secret`.
+pub async fn require_customer<B>(req: &http::Request<B>, now: Timestamp) -> Result<String, Response> {
+    let secret = required_variable("session_secret").await.or_problem()?;
+    let token = scenefin_core::auth::bearer(header(req, "authorization"))
+        .ok_or(scenefin_core::auth::AuthError::MissingCredentials("Authorization: Bearer <session token>"))
+        .or_problem()?;
+    let claims = scenefin_core::auth::verify_session(secret.as_bytes(), token, now.unix_secs()).or_problem()?;
+    Ok(claims.customer_id)
+}
+
+/// Whether the request carries the operator token (without failing when it does not).
+pub async fn is_operator<B>(req: &http::Request<B>) -> bool {
+    match variable("operator_token").await {
+        Some(expected) => scenefin_core::auth::verify_operator(&expected, header(req, "authorization")).is_ok(),
+        None => false,
+    }
+}
+
+/// The signed-request headers of a partner call.
+pub fn partner_headers<B>(req: &http::Request<B>) -> scenefin_core::partners::SignedHeaders<'_> {
+    scenefin_core::partners::SignedHeaders {
+        partner_id: header(req, "x-partner-id"),
+        timestamp: header(req, "x-timestamp"),
+        nonce: header(req, "x-nonce"),
+        signature: header(req, "x-signature"),
+    }
+}
+
+/// The path and query, as partners sign it.
+pub fn path_and_query<B>(req: &http::Request<B>) -> String {
+    req.uri().path_and_query().map_or_else(|| req.uri().path().to_owned(), |pq| pq.as_str().to_owned())
+}
+
+/// Verifies a payment gateway notification (Standard Webhooks, secret in variable `gateway_secret`).
+pub async fn verify_gateway<B>(req: &http::Request<B>, body: &[u8], now: Timestamp) -> Result<(), Response> {
+    let secret = required_variable("gateway_secret").await.or_problem()?;
+    let missing = |h: &'static str| scenefin_core::auth::AuthError::MissingCredentials(h);
+    let id = header(req, "webhook-id").ok_or(missing("webhook-id")).or_problem()?;
+    let timestamp = header(req, "webhook-timestamp").ok_or(missing("webhook-timestamp")).or_problem()?;
+    let signature = header(req, "webhook-signature").ok_or(missing("webhook-signature")).or_problem()?;
+    scenefin_core::auth::verify_webhook(&secret, id, timestamp, signature, body, now.unix_secs()).or_problem()
+}
+
+/// The bank's own card BINs (variable `bank_card_bins`).
+pub async fn bank_card_bins() -> Vec<String> {
+    scenefin_core::orders::parse_bins(&variable("bank_card_bins").await.unwrap_or_default())
+}
+
+/// Runs `op` under the request's `Idempotency-Key` (Stripe semantics) and returns its (possibly replayed) response.
+pub async fn idempotent<B, F, Fut>(
+    store: &SpinStore,
+    req: &http::Request<B>,
+    component: &str,
+    principal: &str,
+    body: &[u8],
+    now: Timestamp,
+    op: F,
+) -> Result<Response, Response>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
+    let key = header(req, "idempotency-key");
+    let mut fingerprint = format!("{} {}\n", req.method(), req.uri().path()).into_bytes();
+    fingerprint.extend_from_slice(body);
+    let recorded = scenefin_core::idempotency::run(store, now, component, principal, key, &fingerprint, || async {
+        let res = op().await;
+        let status = res.status().as_u16();
+        let content_type = res
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+            .to_owned();
+        let body = http_body_util_collect(res).await;
+        scenefin_core::idempotency::Recorded { status, content_type, body }
+    })
+    .await
+    .or_problem()?;
+    Ok(raw_response(recorded.status, &recorded.content_type, recorded.body))
+}
+
+async fn http_body_util_collect(res: Response) -> String {
+    use http_body_util::BodyExt;
+    match res.into_body().collect().await {
+        Ok(c) => String::from_utf8_lossy(&c.to_bytes()).into_owned(),
+        Err(never) => match never {},
+    }
 }
 
 /// Whether variable `test_clock_enabled` is `true`.
@@ -267,7 +380,7 @@ pub async fn test_clock_enabled() -> bool {
 }
 
 /// The time for this request (see [`now`]), honouring `test_clock_enabled`.
-pub async fn request_time(req: &Request) -> Result<Timestamp, Response> {
+pub async fn request_time<B>(req: &http::Request<B>) -> Result<Timestamp, Response> {
     now(req, test_clock_enabled().await).or_problem()
 }
 

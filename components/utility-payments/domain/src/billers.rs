@@ -1,0 +1,264 @@
+//! The biller registry: who can be paid, how their account numbers look, how exact a payment must be, where the
+//! money settles, and the cardholder discount the bank funds for them.
+
+use scenefin_core::clock::Timestamp;
+use scenefin_core::ids::Id;
+use scenefin_core::kv::{self, Step, Store, claim_once, get_json, put_json};
+use scenefin_core::limits;
+use scenefin_core::partners::{self, Credentials};
+use serde::{Deserialize, Serialize};
+
+use crate::{OWNER, UtilityError, keys};
+
+/// Categories of billers.
+pub const CATEGORIES: &[&str] = &["water", "electricity", "gas", "heating"];
+
+/// How exact a payment must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Exactness {
+    /// Pay exactly the selected bills.
+    Exact,
+    /// Pay at least what is due (the rest is credit).
+    ExactUp,
+    /// Pay up to what is due (partial payment).
+    ExactDown,
+    /// Any amount (prepaid meters).
+    Adhoc,
+}
+
+/// Characters allowed in account numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Charset {
+    /// `0-9`.
+    Digits,
+    /// `0-9A-Za-z`.
+    Alphanumeric,
+}
+
+/// The shape of a valid account number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountRule {
+    /// Shortest.
+    pub min_len: usize,
+    /// Longest.
+    pub max_len: usize,
+    /// Allowed characters.
+    pub charset: Charset,
+}
+
+impl AccountRule {
+    /// Checks an account number against the rule.
+    pub fn check<'a>(&self, account_no: &'a str) -> Result<&'a str, UtilityError> {
+        let chars_ok = match self.charset {
+            Charset::Digits => account_no.bytes().all(|b| b.is_ascii_digit()),
+            Charset::Alphanumeric => account_no.bytes().all(|b| b.is_ascii_alphanumeric()),
+        };
+        if chars_ok && (self.min_len..=self.max_len).contains(&account_no.len()) {
+            Ok(account_no)
+        } else {
+            let what = match self.charset {
+                Charset::Digits => "digits",
+                Charset::Alphanumeric => "letters and digits",
+            };
+            Err(UtilityError::BadAccountNumber(format!("{} to {} {what}", self.min_len, self.max_len)))
+        }
+    }
+}
+
+/// The cardholder discount.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Discount {
+    /// Rate in basis points.
+    pub percent_bp: u32,
+    /// Cap per payment.
+    pub cap_fen: i64,
+    /// The funding budget's id.
+    pub budget_id: String,
+    /// The budget's total.
+    pub budget_fen: i64,
+}
+
+/// A biller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Biller {
+    /// Schema version.
+    pub v: u32,
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Category.
+    pub category: String,
+    /// City.
+    pub city: String,
+    /// Account number rule.
+    pub account_rule: AccountRule,
+    /// Amount exactness.
+    pub exactness: Exactness,
+    /// The biller's bank account money settles to.
+    pub settlement_account: String,
+    /// Cardholder discount, if any.
+    #[serde(default)]
+    pub discount: Option<Discount>,
+    /// The biller's partner id.
+    pub partner_id: String,
+    /// Created.
+    pub created_at: Timestamp,
+}
+
+impl Biller {
+    /// The ledger account the biller's money is owed on.
+    pub fn ledger_account(&self) -> String {
+        format!("biller:{}:settlement", self.id)
+    }
+}
+
+/// What an operator registers.
+#[derive(Debug, Clone)]
+pub struct NewBiller {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Category.
+    pub category: String,
+    /// City.
+    pub city: String,
+    /// Account rule.
+    pub account_rule: AccountRule,
+    /// Exactness.
+    pub exactness: Exactness,
+    /// Settlement bank account.
+    pub settlement_account: String,
+    /// Discount.
+    pub discount: Option<Discount>,
+}
+
+fn text(field: &str, value: &str, max: usize) -> Result<String, UtilityError> {
+    let v = value.trim();
+    if v.is_empty() || v.chars().count() > max || v.chars().any(char::is_control) {
+        return Err(UtilityError::invalid(field, format!("1 to {max} characters")));
+    }
+    Ok(v.to_owned())
+}
+
+/// Validates a registration (pure).
+pub fn validate(input: &NewBiller) -> Result<(), UtilityError> {
+    Id::parse(&input.id).map_err(|_| UtilityError::invalid("id", "1 to 64 of [A-Za-z0-9_-]"))?;
+    text("name", &input.name, 64)?;
+    text("city", &input.city, 32)?;
+    if !CATEGORIES.contains(&input.category.as_str()) {
+        return Err(UtilityError::invalid("category", format!("one of {}", CATEGORIES.join(", "))));
+    }
+    let r = input.account_rule;
+    if r.min_len == 0 || r.min_len > r.max_len || r.max_len > 32 {
+        return Err(UtilityError::invalid("account_rule", "need 1 <= min_len <= max_len <= 32"));
+    }
+    let s = &input.settlement_account;
+    if s.is_empty() || s.len() > 34 || !s.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(UtilityError::invalid("settlement_account", "1 to 34 letters and digits"));
+    }
+    if let Some(d) = &input.discount {
+        if d.percent_bp == 0 || d.percent_bp > 5_000 {
+            return Err(UtilityError::invalid("discount.percent_bp", "1 to 5000"));
+        }
+        if d.cap_fen <= 0 || d.cap_fen > 100_000 {
+            return Err(UtilityError::invalid("discount.cap_fen", "1 to 100000"));
+        }
+        if d.budget_fen <= 0 || d.budget_fen > 10_000_000_000 {
+            return Err(UtilityError::invalid("discount.budget_fen", "1 to 10000000000"));
+        }
+        Id::parse(&d.budget_id).map_err(|_| UtilityError::invalid("discount.budget_id", "1 to 64 of [A-Za-z0-9_-]"))?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Index {
+    v: u32,
+    ids: Vec<String>,
+}
+
+/// Registers a biller, configures its discount budget and onboards it as a partner (credentials returned once).
+pub async fn register(
+    store: &impl Store,
+    input: NewBiller,
+    now: Timestamp,
+) -> Result<(Biller, Credentials), UtilityError> {
+    validate(&input)?;
+    if !claim_once(store, &keys::biller_claim(&input.id)).await? {
+        return Err(UtilityError::BillerExists(input.id));
+    }
+    let creds = partners::onboard(store, OWNER, "biller", &input.id, now).await?;
+    if let Some(d) = &input.discount {
+        limits::configure(store, &keys::budget(&d.budget_id), d.budget_fen).await?;
+    }
+    let biller = Biller {
+        v: 1,
+        id: input.id,
+        name: input.name.trim().to_owned(),
+        category: input.category,
+        city: input.city.trim().to_owned(),
+        account_rule: input.account_rule,
+        exactness: input.exactness,
+        settlement_account: input.settlement_account,
+        discount: input.discount,
+        partner_id: creds.partner_id.clone(),
+        created_at: now,
+    };
+    put_json(store, &keys::biller(&biller.id), &biller).await?;
+    kv::update_json(store, &keys::biller_index(), |idx: Option<&Index>| {
+        let mut idx = idx.cloned().unwrap_or(Index { v: 1, ids: Vec::new() });
+        if idx.ids.contains(&biller.id) {
+            return Ok::<_, UtilityError>(Step::Keep(()));
+        }
+        idx.ids.push(biller.id.clone());
+        Ok(Step::Write(idx, ()))
+    })
+    .await?;
+    Ok((biller, creds))
+}
+
+/// A biller by id.
+pub async fn get(store: &impl Store, id: &str) -> Result<Biller, UtilityError> {
+    if Id::parse(id).is_err() {
+        return Err(UtilityError::UnknownBiller);
+    }
+    get_json(store, &keys::biller(id)).await?.ok_or(UtilityError::UnknownBiller)
+}
+
+/// Billers, optionally filtered by category and city.
+pub async fn list(store: &impl Store, category: Option<&str>, city: Option<&str>) -> Result<Vec<Biller>, UtilityError> {
+    let idx: Index = get_json(store, &keys::biller_index()).await?.unwrap_or_default();
+    let keys: Vec<_> = idx.ids.iter().map(|id| keys::biller(id)).collect();
+    let mut out = Vec::new();
+    for bytes in store.get_many(&keys).await?.into_iter().flatten() {
+        let biller: Biller = serde_json::from_slice(&bytes)
+            .map_err(|e| scenefin_core::kv::StoreError::Corrupt { key: "util:biller".into(), detail: e.to_string() })?;
+        if category.is_none_or(|c| c == biller.category) && city.is_none_or(|c| c == biller.city) {
+            out.push(biller);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_rules_check_length_and_charset() {
+        let digits = AccountRule { min_len: 6, max_len: 10, charset: Charset::Digits };
+        assert!(digits.check("123456").is_ok());
+        assert!(digits.check("12345").is_err());
+        assert!(digits.check("12345678901").is_err());
+        assert!(digits.check("12345a").is_err());
+        let alnum = AccountRule { min_len: 2, max_len: 4, charset: Charset::Alphanumeric };
+        assert!(alnum.check("aB3").is_ok());
+        assert!(alnum.check("a-3").is_err());
+    }
+}

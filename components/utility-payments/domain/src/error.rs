@@ -1,0 +1,121 @@
+//! Errors of utility payments, by business outcome.
+
+use scenefin_core::kv::StoreError;
+use scenefin_core::limits::LimitError;
+use scenefin_core::orders::OrderError;
+use scenefin_core::partners::PartnerError;
+use scenefin_core::problem::{ErrorKind, Problem};
+
+/// Everything a utility operation can refuse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UtilityError {
+    /// Input failed validation.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// Field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// No such biller.
+    #[error("no such biller")]
+    UnknownBiller,
+    /// The biller id is taken.
+    #[error("biller {0} already exists")]
+    BillerExists(String),
+    /// The account number fits the biller's rule but the biller has no such account.
+    #[error("the biller has no account with this number")]
+    NoSuchAccount,
+    /// The account number does not fit the biller's rule.
+    #[error("account number does not fit {0}")]
+    BadAccountNumber(String),
+    /// A bill in the request is not open (paid, or not this account's).
+    #[error("bill {0} is not open for this account")]
+    BillNotOpen(String),
+    /// The amount breaks the biller's exactness rule.
+    #[error("{0}")]
+    AmountRule(String),
+    /// Nothing is due and the biller takes no ad-hoc payments.
+    #[error("nothing is due on this account")]
+    NothingDue,
+    /// Too many bound accounts.
+    #[error("at most {0} accounts can be bound")]
+    TooManyAccounts(usize),
+    /// Not bound by this customer.
+    #[error("this account is not bound")]
+    NotBound,
+    /// Partner authentication or scope.
+    #[error(transparent)]
+    Partner(#[from] PartnerError),
+    /// Order flow.
+    #[error(transparent)]
+    Order(#[from] OrderError),
+    /// Budget.
+    #[error(transparent)]
+    Limit(#[from] LimitError),
+    /// Storage.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<scenefin_core::events::EventError> for UtilityError {
+    fn from(e: scenefin_core::events::EventError) -> Self {
+        match e {
+            scenefin_core::events::EventError::UnknownCustomer(_) => {
+                UtilityError::invalid("customer", "unknown customer")
+            }
+            scenefin_core::events::EventError::Store(e) => UtilityError::Store(e),
+        }
+    }
+}
+
+impl UtilityError {
+    /// A validation error on `field`.
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        UtilityError::Invalid { field: field.to_owned(), message: message.into() }
+    }
+}
+
+impl Problem for UtilityError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            UtilityError::Invalid { .. } | UtilityError::BadAccountNumber(_) => ErrorKind::Invalid,
+            UtilityError::UnknownBiller | UtilityError::NoSuchAccount | UtilityError::NotBound => ErrorKind::NotFound,
+            UtilityError::BillerExists(_) | UtilityError::BillNotOpen(_) => ErrorKind::Conflict,
+            UtilityError::AmountRule(_) | UtilityError::NothingDue | UtilityError::TooManyAccounts(_) => {
+                ErrorKind::Unprocessable
+            }
+            UtilityError::Partner(e) => e.kind(),
+            UtilityError::Order(e) => e.kind(),
+            UtilityError::Limit(e) => e.kind(),
+            UtilityError::Store(e) => e.kind(),
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            UtilityError::Invalid { .. } => "validation_failed",
+            UtilityError::UnknownBiller => "biller_not_found",
+            UtilityError::BillerExists(_) => "biller_exists",
+            UtilityError::NoSuchAccount => "no_such_account",
+            UtilityError::BadAccountNumber(_) => "invalid_account_number",
+            UtilityError::BillNotOpen(_) => "bill_not_open",
+            UtilityError::AmountRule(_) => "amount_not_allowed",
+            UtilityError::NothingDue => "nothing_due",
+            UtilityError::TooManyAccounts(_) => "too_many_accounts",
+            UtilityError::NotBound => "account_not_bound",
+            UtilityError::Partner(e) => e.code(),
+            UtilityError::Order(e) => e.code(),
+            UtilityError::Limit(e) => e.code(),
+            UtilityError::Store(e) => e.code(),
+        }
+    }
+
+    fn field(&self) -> Option<&str> {
+        match self {
+            UtilityError::Invalid { field, .. } => Some(field),
+            UtilityError::BadAccountNumber(_) => Some("account_no"),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Utility's part in the shared payment flow (`scenefin_core::orders`): what a paid order settles, what a refund
+//! reopens, and the per-biller day index and counters the reports read. Every effect is idempotent by order id.
+
+use scenefin_core::clock::Timestamp;
+use scenefin_core::customers::LifecycleRules;
+use scenefin_core::kv::{self, Step, Store, claim_once};
+use scenefin_core::orders::{self, Fulfilment, GatewayEvent, Order, OrderError};
+use serde::{Deserialize, Serialize};
+
+use crate::bills::{Bill, BillStatus};
+use crate::pricing::Payload;
+use crate::{OWNER, UtilityError, billers, keys};
+
+/// An entry of a biller's settlement day.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DayEntry {
+    /// Order.
+    pub order_id: String,
+    /// `pay` or `refund`.
+    pub kind: String,
+}
+
+/// The settlement entries of a biller's day.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Day {
+    /// Schema version.
+    pub v: u32,
+    /// Entries in order of arrival.
+    pub entries: Vec<DayEntry>,
+}
+
+/// Utility's fulfilment.
+pub struct Utility<'a, S: Store> {
+    /// The store.
+    pub store: &'a S,
+}
+
+fn payload(order: &Order) -> Result<Payload, OrderError> {
+    serde_json::from_value(order.payload.clone()).map_err(|e| OrderError::Scenario(format!("order payload: {e}")))
+}
+
+fn scenario_err(e: UtilityError) -> OrderError {
+    match e {
+        UtilityError::Store(e) => OrderError::Store(e),
+        UtilityError::Order(e) => e,
+        other => OrderError::Scenario(other.to_string()),
+    }
+}
+
+impl<S: Store> Utility<'_, S> {
+    async fn index_day(&self, biller_id: &str, order_id: &str, kind: &str, at: Timestamp) -> Result<(), OrderError> {
+        let entry = DayEntry { order_id: order_id.to_owned(), kind: kind.to_owned() };
+        kv::update_json(self.store, &keys::settlement_day(biller_id, at.shanghai_day()), |day: Option<&Day>| {
+            let mut day = day.cloned().unwrap_or(Day { v: 1, entries: Vec::new() });
+            if day.entries.contains(&entry) {
+                return Ok::<_, OrderError>(Step::Keep(()));
+            }
+            day.entries.push(entry.clone());
+            Ok(Step::Write(day, ()))
+        })
+        .await
+    }
+
+    async fn count_once(
+        &self,
+        order_id: &str,
+        effect: &str,
+        biller_id: &str,
+        counter: &str,
+        delta: i64,
+    ) -> Result<(), OrderError> {
+        if claim_once(self.store, &keys::order_effect(order_id, effect)).await? {
+            self.store.increment(&keys::stat(biller_id, counter), delta).await?;
+        }
+        Ok(())
+    }
+}
+
+impl<S: Store> Fulfilment for Utility<'_, S> {
+    fn owner(&self) -> &'static str {
+        OWNER
+    }
+
+    async fn fulfil(&self, order: &Order, at: Timestamp) -> Result<(), OrderError> {
+        let p = payload(order)?;
+        for bill_id in &p.bill_ids {
+            kv::update_json(self.store, &keys::bill(&p.biller_id, bill_id), |bill: Option<&Bill>| {
+                let Some(bill) = bill else { return Ok::<_, OrderError>(Step::Keep(())) };
+                let mut next = bill.clone();
+                match (&bill.status, bill.paid_by.as_deref()) {
+                    (BillStatus::Paid, Some(by)) if by == order.id => return Ok(Step::Keep(())),
+                    (BillStatus::Paid, _) => {
+                        // Paid twice (two orders raced for it): keep the money trail for the biller to settle.
+                        if bill.duplicate_payments.contains(&order.id) {
+                            return Ok(Step::Keep(()));
+                        }
+                        next.duplicate_payments.push(order.id.clone());
+                    }
+                    (BillStatus::Open, _) => {
+                        next.status = BillStatus::Paid;
+                        next.paid_by = Some(order.id.clone());
+                    }
+                }
+                next.updated_at = at;
+                Ok(Step::Write(next, ()))
+            })
+            .await?;
+        }
+        self.index_day(&p.biller_id, &order.id, "pay", at).await?;
+        self.count_once(&order.id, "paid", &p.biller_id, "orders_paid", 1).await?;
+        self.count_once(&order.id, "bills", &p.biller_id, "bills_paid", i64::try_from(p.bill_ids.len()).unwrap_or(0))
+            .await?;
+        if order.payment.as_ref().is_some_and(|pay| pay.bank_card) {
+            self.count_once(&order.id, "bank_card", &p.biller_id, "orders_paid_bank_card", 1).await?;
+        }
+        Ok(())
+    }
+
+    async fn reverse(&self, order: &Order, at: Timestamp) -> Result<(), OrderError> {
+        let p = payload(order)?;
+        for bill_id in &p.bill_ids {
+            kv::update_json(self.store, &keys::bill(&p.biller_id, bill_id), |bill: Option<&Bill>| {
+                let Some(bill) = bill else { return Ok::<_, OrderError>(Step::Keep(())) };
+                let mut next = bill.clone();
+                if bill.paid_by.as_deref() == Some(&order.id) {
+                    // Another payment of the same bill still stands: it becomes the one that paid it.
+                    if next.duplicate_payments.is_empty() {
+                        next.status = BillStatus::Open;
+                        next.paid_by = None;
+                    } else {
+                        next.paid_by = Some(next.duplicate_payments.remove(0));
+                    }
+                } else if bill.duplicate_payments.contains(&order.id) {
+                    next.duplicate_payments.retain(|o| o != &order.id);
+                } else {
+                    return Ok(Step::Keep(()));
+                }
+                next.updated_at = at;
+                Ok(Step::Write(next, ()))
+            })
+            .await?;
+        }
+        self.index_day(&p.biller_id, &order.id, "refund", at).await?;
+        self.count_once(&order.id, "refunded", &p.biller_id, "orders_refunded", 1).await?;
+        Ok(())
+    }
+}
+
+/// Places the order for a quote after checking its bills are still open.
+pub async fn place(
+    store: &impl Store,
+    customer_id: &str,
+    quote_id: &str,
+    now: Timestamp,
+) -> Result<Order, UtilityError> {
+    let quote: Option<orders::Quote> = if scenefin_core::ids::Id::parse(quote_id).is_ok() {
+        kv::get_json(store, &orders::keys::quote(OWNER, quote_id)).await?
+    } else {
+        None
+    };
+    let quote = quote.filter(|q| q.customer_id == customer_id).ok_or(OrderError::QuoteNotFound)?;
+    let p: Payload = serde_json::from_value(quote.payload.clone())
+        .map_err(|e| scenario_err(UtilityError::invalid("quote", e.to_string())))?;
+    let biller = billers::get(store, &p.biller_id).await?;
+    let existing = kv::get_json::<Order>(store, &orders::keys::order(OWNER, &orders::order_id_for(quote_id))).await?;
+    if existing.is_none() {
+        for bill_id in &p.bill_ids {
+            let bill: Option<Bill> = kv::get_json(store, &keys::bill(&biller.id, bill_id)).await?;
+            if !bill.is_some_and(|b| b.status == BillStatus::Open) {
+                return Err(UtilityError::BillNotOpen(bill_id.clone()));
+            }
+        }
+    }
+    Ok(orders::place_order(store, OWNER, customer_id, quote_id, &biller.ledger_account(), now).await?)
+}
+
+/// Applies a verified gateway notification.
+pub async fn notify(
+    store: &impl Store,
+    event: &GatewayEvent,
+    bank_bins: &[String],
+    rules: &LifecycleRules,
+    now: Timestamp,
+) -> Result<Order, UtilityError> {
+    Ok(orders::apply_notification(store, &Utility { store }, event, bank_bins, rules, now).await?)
+}
+
+/// Refunds a paid order.
+pub async fn refund(
+    store: &impl Store,
+    order_id: &str,
+    by: &str,
+    rules: &LifecycleRules,
+    now: Timestamp,
+) -> Result<Order, UtilityError> {
+    Ok(orders::refund(store, &Utility { store }, order_id, by, rules, now).await?)
+}
+
+/// The biller an order pays (for partner scope checks).
+pub fn biller_of(order: &Order) -> Option<String> {
+    order.payload.get("biller_id").and_then(|v| v.as_str()).map(str::to_owned)
+}

@@ -1,0 +1,297 @@
+//! Pricing a utility payment: which amount the biller's exactness rule allows, and the cardholder discount
+//! (a rate of the amount, capped per payment, only with one of the bank's own cards, and only while its budget
+//! can fund it — reserved for the life of the quote).
+
+use scenefin_core::clock::Timestamp;
+use scenefin_core::ids::new_id;
+use scenefin_core::kv::Store;
+use scenefin_core::limits::{self, Reserved};
+use scenefin_core::money::{Bp, Fen};
+use scenefin_core::orders::{self, Funding, PayWith, QUOTE_TTL_SECS, Quote, QuoteLine};
+use serde::{Deserialize, Serialize};
+
+use crate::billers::{Biller, Discount, Exactness};
+use crate::bills::{self, Bill};
+use crate::{OWNER, SCENARIO, UtilityError, keys};
+
+/// Largest single payment (50,000 yuan).
+pub const MAX_PAYMENT_FEN: i64 = 5_000_000;
+
+/// What the customer asks to pay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuoteRequest {
+    /// Biller.
+    pub biller_id: String,
+    /// Account number.
+    pub account_no: String,
+    /// Bills to pay (exact billers).
+    pub bill_ids: Option<Vec<String>>,
+    /// Amount to pay (exact_up, exact_down, adhoc billers).
+    pub amount_fen: Option<i64>,
+    /// Instrument.
+    pub pay_with: PayWith,
+    /// Card BIN, when paying by card.
+    pub card_bin: Option<String>,
+    /// A wallet coupon.
+    pub coupon_id: Option<String>,
+}
+
+/// What the quote pays for (stored in the quote and order).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payload {
+    /// Biller.
+    pub biller_id: String,
+    /// Account number.
+    pub account_no: String,
+    /// Bills settled by the payment.
+    pub bill_ids: Vec<String>,
+    /// The amount before discounts.
+    pub base_fen: i64,
+}
+
+/// The base amount and the bills it settles, by the biller's exactness rule (pure).
+pub fn base_amount(
+    exactness: Exactness,
+    open: &[Bill],
+    bill_ids: Option<&[String]>,
+    amount_fen: Option<i64>,
+) -> Result<(i64, Vec<String>), UtilityError> {
+    let due: i64 = open.iter().map(|b| b.amount_fen).sum();
+    let all_ids = || open.iter().map(|b| b.bill_id.clone()).collect::<Vec<_>>();
+    let positive = |a: i64| {
+        if a <= 0 || a > MAX_PAYMENT_FEN {
+            Err(UtilityError::invalid("amount_fen", format!("1 to {MAX_PAYMENT_FEN}")))
+        } else {
+            Ok(a)
+        }
+    };
+    match exactness {
+        Exactness::Exact => {
+            if amount_fen.is_some() {
+                return Err(UtilityError::AmountRule(
+                    "this biller takes exact bills: send bill_ids, not amount_fen".into(),
+                ));
+            }
+            let ids = bill_ids.ok_or_else(|| UtilityError::invalid("bill_ids", "required for this biller"))?;
+            if ids.is_empty() {
+                return Err(UtilityError::invalid("bill_ids", "at least one bill"));
+            }
+            let mut total = 0;
+            for (i, id) in ids.iter().enumerate() {
+                if ids[..i].contains(id) {
+                    return Err(UtilityError::invalid("bill_ids", format!("{id} appears twice")));
+                }
+                let bill = open
+                    .iter()
+                    .find(|b| &b.bill_id == id)
+                    .ok_or_else(|| UtilityError::BillNotOpen(id.chars().take(64).collect()))?;
+                total += bill.amount_fen;
+            }
+            Ok((positive(total)?, ids.to_vec()))
+        }
+        Exactness::ExactUp | Exactness::ExactDown => {
+            if bill_ids.is_some() {
+                return Err(UtilityError::AmountRule(
+                    "this biller takes an amount against everything due: send amount_fen".into(),
+                ));
+            }
+            let amount =
+                positive(amount_fen.ok_or_else(|| UtilityError::invalid("amount_fen", "required for this biller"))?)?;
+            if due == 0 {
+                return Err(UtilityError::NothingDue);
+            }
+            if exactness == Exactness::ExactUp && amount < due {
+                return Err(UtilityError::AmountRule(format!("at least {due} fen is due; pay that or more")));
+            }
+            if exactness == Exactness::ExactDown && amount > due {
+                return Err(UtilityError::AmountRule(format!("only {due} fen is due; pay up to that")));
+            }
+            // The bills are settled only by a payment that covers them all.
+            let settles = if amount >= due { all_ids() } else { Vec::new() };
+            Ok((amount, settles))
+        }
+        Exactness::Adhoc => {
+            if bill_ids.is_some() {
+                return Err(UtilityError::AmountRule("this biller takes any amount: send amount_fen".into()));
+            }
+            let amount =
+                positive(amount_fen.ok_or_else(|| UtilityError::invalid("amount_fen", "required for this biller"))?)?;
+            let settles = if due > 0 && amount >= due { all_ids() } else { Vec::new() };
+            Ok((amount, settles))
+        }
+    }
+}
+
+/// The cardholder discount for `base_fen` (pure): rate applied (truncated), capped, never the whole amount.
+pub fn discount_fen(discount: &Discount, base_fen: i64) -> i64 {
+    let Some(bp) = Bp::new(discount.percent_bp) else { return 0 };
+    let raw = Fen(base_fen).apply_bp(bp).unwrap_or(Fen::ZERO);
+    raw.capped_at(Fen(discount.cap_fen)).0.min(base_fen - 1).max(0)
+}
+
+/// Whether the card is one of the bank's (pure).
+pub fn is_bank_card(pay_with: PayWith, card_bin: Option<&str>, bank_bins: &[String]) -> bool {
+    pay_with == PayWith::BankCard && card_bin.is_some_and(|bin| bank_bins.iter().any(|b| bin.starts_with(b.as_str())))
+}
+
+/// Prices a payment and stores the quote (discount reserved against its budget for the life of the quote).
+pub async fn quote(
+    store: &impl Store,
+    customer_id: &str,
+    biller: &Biller,
+    req: QuoteRequest,
+    bank_bins: &[String],
+    now: Timestamp,
+) -> Result<Quote, UtilityError> {
+    if req.coupon_id.is_some() {
+        return Err(UtilityError::invalid("coupon_id", "coupons cannot be used for utility payments yet"));
+    }
+    if let Some(bin) = &req.card_bin
+        && !((6..=8).contains(&bin.len()) && bin.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(UtilityError::invalid("card_bin", "6 to 8 digits"));
+    }
+    if req.pay_with == PayWith::BankCard && req.card_bin.is_none() {
+        return Err(UtilityError::invalid("card_bin", "required when paying by bank card"));
+    }
+    let open = match bills::open_bills(store, biller, &req.account_no).await {
+        Ok(open) => open,
+        // Ad-hoc billers (prepaid meters) take payments for accounts without bills.
+        Err(UtilityError::NoSuchAccount) if biller.exactness == Exactness::Adhoc => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    let (base_fen, bill_ids) = base_amount(biller.exactness, &open, req.bill_ids.as_deref(), req.amount_fen)?;
+    let id = new_id("q", now.unix_ms())
+        .map_err(|e| UtilityError::Store(scenefin_core::kv::StoreError::Backend(e.to_string())))?;
+    let expires_at = now.plus_secs(QUOTE_TTL_SECS);
+    let mut lines = vec![QuoteLine {
+        kind: "base".into(),
+        description: format!("{} account {}", biller.name, req.account_no),
+        amount_fen: base_fen,
+        funded_by: None,
+    }];
+    if let Some(discount) = &biller.discount
+        && is_bank_card(req.pay_with, req.card_bin.as_deref(), bank_bins)
+    {
+        let amount = discount_fen(discount, base_fen);
+        let budget = keys::budget(&discount.budget_id);
+        if amount > 0 && limits::reserve(store, &budget, &id, amount, expires_at, now).await? == Reserved::Granted {
+            lines.push(QuoteLine {
+                kind: "cardholder_discount".into(),
+                description: format!("{}% off with the bank's card", f64_free_percent(discount.percent_bp)),
+                amount_fen: -amount,
+                funded_by: Some(Funding { budget: budget.as_str().to_owned(), reservation_id: id.clone() }),
+            });
+        }
+    }
+    let total_fen = lines.iter().map(|l| l.amount_fen).sum();
+    let payload = Payload { biller_id: biller.id.clone(), account_no: req.account_no.clone(), bill_ids, base_fen };
+    let quote = Quote {
+        v: 1,
+        id,
+        customer_id: customer_id.to_owned(),
+        scenario: SCENARIO.into(),
+        lines,
+        total_fen,
+        pay_with: req.pay_with,
+        card_bin: req.card_bin,
+        created_at: now,
+        expires_at,
+        payload: serde_json::to_value(&payload).map_err(|e| UtilityError::invalid("quote", e.to_string()))?,
+    };
+    orders::save_quote(store, OWNER, &quote).await?;
+    Ok(quote)
+}
+
+/// `250` bp → `"2.5"`, without floats.
+fn f64_free_percent(bp: u32) -> String {
+    let (whole, frac) = (bp / 100, bp % 100);
+    match frac {
+        0 => whole.to_string(),
+        f if f % 10 == 0 => format!("{whole}.{}", f / 10),
+        f => format!("{whole}.{f:02}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bills::BillStatus;
+
+    fn bill(id: &str, amount: i64) -> Bill {
+        Bill {
+            v: 1,
+            bill_id: id.into(),
+            biller_id: "w".into(),
+            account_no: "123456".into(),
+            period: "2026-10".into(),
+            amount_fen: amount,
+            due_date: "2026-11-30".into(),
+            status: BillStatus::Open,
+            paid_by: None,
+            duplicate_payments: vec![],
+            updated_at: Timestamp::from_unix_secs(0),
+        }
+    }
+
+    fn ids(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn exact_billers_take_exactly_the_selected_open_bills() {
+        let open = [bill("b1", 3000), bill("b2", 4500)];
+        assert_eq!(base_amount(Exactness::Exact, &open, Some(&ids(&["b2"])), None).expect("ok"), (4500, ids(&["b2"])));
+        assert_eq!(base_amount(Exactness::Exact, &open, Some(&ids(&["b1", "b2"])), None).expect("ok").0, 7500);
+        assert!(matches!(
+            base_amount(Exactness::Exact, &open, Some(&ids(&["b3"])), None),
+            Err(UtilityError::BillNotOpen(_))
+        ));
+        assert!(base_amount(Exactness::Exact, &open, Some(&ids(&["b1", "b1"])), None).is_err());
+        assert!(matches!(base_amount(Exactness::Exact, &open, None, Some(7500)), Err(UtilityError::AmountRule(_))));
+        assert!(base_amount(Exactness::Exact, &open, Some(&[]), None).is_err());
+    }
+
+    #[test]
+    fn exact_up_and_down_bound_the_amount_by_what_is_due() {
+        let open = [bill("b1", 3000), bill("b2", 4500)];
+        assert_eq!(base_amount(Exactness::ExactUp, &open, None, Some(7500)).expect("ok"), (7500, ids(&["b1", "b2"])));
+        assert_eq!(base_amount(Exactness::ExactUp, &open, None, Some(10_000)).expect("ok").0, 10_000);
+        assert!(matches!(base_amount(Exactness::ExactUp, &open, None, Some(7499)), Err(UtilityError::AmountRule(_))));
+        assert_eq!(base_amount(Exactness::ExactDown, &open, None, Some(1000)).expect("ok"), (1000, vec![]));
+        assert_eq!(base_amount(Exactness::ExactDown, &open, None, Some(7500)).expect("ok").1, ids(&["b1", "b2"]));
+        assert!(matches!(base_amount(Exactness::ExactDown, &open, None, Some(7501)), Err(UtilityError::AmountRule(_))));
+        assert!(matches!(base_amount(Exactness::ExactDown, &[], None, Some(100)), Err(UtilityError::NothingDue)));
+        assert!(base_amount(Exactness::ExactUp, &open, None, Some(0)).is_err());
+        assert!(base_amount(Exactness::ExactUp, &open, None, Some(MAX_PAYMENT_FEN + 1)).is_err());
+    }
+
+    #[test]
+    fn adhoc_billers_take_any_positive_amount() {
+        assert_eq!(base_amount(Exactness::Adhoc, &[], None, Some(5000)).expect("ok"), (5000, vec![]));
+        assert!(base_amount(Exactness::Adhoc, &[], None, Some(-1)).is_err());
+        assert!(base_amount(Exactness::Adhoc, &[], Some(&ids(&["b1"])), Some(5)).is_err());
+    }
+
+    #[test]
+    fn discounts_are_truncated_capped_and_never_the_whole_amount() {
+        let d = Discount { percent_bp: 250, cap_fen: 1000, budget_id: "b".into(), budget_fen: 1 };
+        assert_eq!(discount_fen(&d, 999), 24);
+        assert_eq!(discount_fen(&d, 100_000), 1000, "capped");
+        assert_eq!(discount_fen(&d, 1), 0);
+        let all = Discount { percent_bp: 5000, cap_fen: 100_000, ..d };
+        assert_eq!(discount_fen(&all, 2), 1);
+        assert_eq!(f64_free_percent(250), "2.5");
+        assert_eq!(f64_free_percent(500), "5");
+        assert_eq!(f64_free_percent(125), "1.25");
+    }
+
+    #[test]
+    fn only_the_banks_cards_get_the_discount() {
+        let bins = vec!["622588".to_owned()];
+        assert!(is_bank_card(PayWith::BankCard, Some("62258812"), &bins));
+        assert!(!is_bank_card(PayWith::BankCard, Some("62258912"), &bins));
+        assert!(!is_bank_card(PayWith::Other, Some("62258812"), &bins));
+        assert!(!is_bank_card(PayWith::BankCard, None, &bins));
+    }
+}

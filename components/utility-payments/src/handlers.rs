@@ -1,0 +1,250 @@
+//! Handlers: authenticate, decode (size-limited), call one domain function, encode.
+
+use scenefin_core::json::DEFAULT_LIMIT_BYTES;
+use scenefin_core::orders::{GatewayEvent, OrderState, PayWith};
+use scenefin_core::partners;
+use scenefin_guest::{
+    OrProblem, Request, Response, Route, SpinStore, bank_card_bins, body, idempotent, is_operator, json, json_response,
+    lifecycle_rules, partner_headers, path_and_query, request_time, require_customer, require_operator, split,
+};
+use serde_json::json;
+use utility_payments_domain::{OWNER, UtilityError, accounts, billers, bills, payments, pricing, reports};
+
+use crate::dto::{
+    BillView, BillerBody, BillerView, BillsBody, BindBody, OrderBody, OrderView, PaymentParams, PlacedView, QuoteBody,
+    lines, quote_view,
+};
+
+type Handled = Result<Response, Response>;
+
+/// Upload bodies are larger than ordinary JSON (up to 1,000 bills).
+const UPLOAD_LIMIT_BYTES: usize = 512 * 1024;
+
+fn store() -> Result<SpinStore, Response> {
+    SpinStore::open_default().or_problem()
+}
+
+/// The operator, or the biller `biller_id` itself through a signed request.
+async fn operator_or_biller<B>(
+    req: &http::Request<B>,
+    store: &SpinStore,
+    biller_id: &str,
+    body: &[u8],
+) -> Result<String, Response> {
+    if is_operator(req).await {
+        return Ok("operator".into());
+    }
+    let now = request_time(req).await?;
+    let method = req.method().as_str().to_owned();
+    let partner = partners::authenticate(store, OWNER, &method, &path_and_query(req), partner_headers(req), body, now)
+        .await
+        .or_problem()?;
+    partner.require(biller_id).or_problem()?;
+    Ok(partner.partner_id)
+}
+
+pub async fn register_biller(req: Request) -> Handled {
+    require_operator(&req).await?;
+    let now = request_time(&req).await?;
+    let input: BillerBody =
+        json(&body(req, DEFAULT_LIMIT_BYTES).await.or_problem()?, DEFAULT_LIMIT_BYTES).or_problem()?;
+    let (biller, creds) = billers::register(&store()?, input.into(), now).await.or_problem()?;
+    Ok(json_response(
+        201,
+        &json!({ "biller": BillerView::from(&biller), "partner_id": creds.partner_id, "partner_secret": creds.partner_secret }),
+    ))
+}
+
+pub async fn list_billers(route: &Route) -> Handled {
+    let (category, city) = (route.query_param("category"), route.query_param("city"));
+    let list = billers::list(&store()?, category.as_deref(), city.as_deref()).await.or_problem()?;
+    let items: Vec<BillerView> = list.iter().map(BillerView::from).collect();
+    Ok(json_response(200, &json!({ "items": items, "next": null })))
+}
+
+pub async fn upload_bills(req: Request, biller_id: &str) -> Handled {
+    let store = store()?;
+    let now = request_time(&req).await?;
+    let (head, bytes) = split(req, UPLOAD_LIMIT_BYTES).await?;
+    let method = head.method().as_str().to_owned();
+    let partner =
+        partners::authenticate(&store, OWNER, &method, &path_and_query(&head), partner_headers(&head), &bytes, now)
+            .await
+            .or_problem()?;
+    partner.require(biller_id).or_problem()?;
+    let input: BillsBody = json(&bytes, UPLOAD_LIMIT_BYTES).or_problem()?;
+    let biller = billers::get(&store, biller_id).await.or_problem()?;
+    let result = bills::upload(&store, &biller, &input.bills, now).await.or_problem()?;
+    Ok(json_response(200, &result))
+}
+
+pub async fn settlement(req: Request, route: &Route, biller_id: &str) -> Handled {
+    let store = store()?;
+    operator_or_biller(&req, &store, biller_id, b"").await?;
+    let now = request_time(&req).await?;
+    let day = match route.query_param("date") {
+        Some(date) => reports::parse_date(&date).or_problem()?,
+        None => now.shanghai_day(),
+    };
+    Ok(json_response(200, &reports::settlement(&store, biller_id, day).await.or_problem()?))
+}
+
+pub async fn stats(req: Request, biller_id: &str) -> Handled {
+    let store = store()?;
+    operator_or_biller(&req, &store, biller_id, b"").await?;
+    Ok(json_response(200, &reports::stats(&store, biller_id).await.or_problem()?))
+}
+
+pub async fn bind(req: Request) -> Handled {
+    let now = request_time(&req).await?;
+    let customer = require_customer(&req, now).await?;
+    let input: BindBody =
+        json(&body(req, DEFAULT_LIMIT_BYTES).await.or_problem()?, DEFAULT_LIMIT_BYTES).or_problem()?;
+    let rules = lifecycle_rules().await;
+    let bound = accounts::bind(&store()?, &customer, &input.biller_id, &input.account_no, input.alias, &rules, now)
+        .await
+        .or_problem()?;
+    Ok(json_response(201, &bound))
+}
+
+pub async fn accounts(req: &Request) -> Handled {
+    let now = request_time(req).await?;
+    let customer = require_customer(req, now).await?;
+    let items = accounts::list(&store()?, &customer).await.or_problem()?;
+    Ok(json_response(200, &json!({ "items": items, "next": null })))
+}
+
+pub async fn unbind(req: &Request, biller_id: &str, account_no: &str) -> Handled {
+    let now = request_time(req).await?;
+    let customer = require_customer(req, now).await?;
+    accounts::unbind(&store()?, &customer, biller_id, account_no).await.or_problem()?;
+    Ok(json_response(200, &json!({ "unbound": true })))
+}
+
+pub async fn bills(req: &Request, route: &Route) -> Handled {
+    let now = request_time(req).await?;
+    require_customer(req, now).await?;
+    let biller_id =
+        route.query_param("biller_id").ok_or(UtilityError::invalid("biller_id", "required")).or_problem()?;
+    let account_no =
+        route.query_param("account_no").ok_or(UtilityError::invalid("account_no", "required")).or_problem()?;
+    let store = store()?;
+    let biller = billers::get(&store, &biller_id).await.or_problem()?;
+    let account = bills::account(&store, &biller, &account_no).await.or_problem()?;
+    let open = bills::open_bills(&store, &biller, &account_no).await.or_problem()?;
+    let items: Vec<BillView> = open.iter().map(BillView::from).collect();
+    let due: i64 = open.iter().map(|b| b.amount_fen).sum();
+    Ok(json_response(
+        200,
+        &json!({
+            "biller_id": biller.id,
+            "account_no": account.account_no,
+            "holder_masked": scenefin_core::customers::mask(&account.holder_name),
+            "exactness": biller.exactness,
+            "items": items,
+            "outstanding_fen": due,
+            "next": null,
+        }),
+    ))
+}
+
+pub async fn quote(req: Request) -> Handled {
+    let now = request_time(&req).await?;
+    let customer = require_customer(&req, now).await?;
+    let input: QuoteBody =
+        json(&body(req, DEFAULT_LIMIT_BYTES).await.or_problem()?, DEFAULT_LIMIT_BYTES).or_problem()?;
+    let store = store()?;
+    let biller = billers::get(&store, &input.biller_id).await.or_problem()?;
+    let request = pricing::QuoteRequest {
+        biller_id: input.biller_id,
+        account_no: input.account_no,
+        bill_ids: input.bill_ids,
+        amount_fen: input.amount_fen,
+        pay_with: input.pay_with,
+        card_bin: input.card_bin,
+        coupon_id: input.coupon_id,
+    };
+    let quote = pricing::quote(&store, &customer, &biller, request, &bank_card_bins().await, now).await.or_problem()?;
+    let quote_lines = lines(&quote.lines);
+    Ok(json_response(201, &quote_view(&quote, &quote_lines)))
+}
+
+pub async fn place_order(req: Request) -> Handled {
+    let now = request_time(&req).await?;
+    let customer = require_customer(&req, now).await?;
+    let store = store()?;
+    let (head, bytes) = split(req, DEFAULT_LIMIT_BYTES).await?;
+    idempotent(&store, &head, OWNER, &customer, &bytes, now, || async {
+        let input: OrderBody = match json(&bytes, DEFAULT_LIMIT_BYTES) {
+            Ok(input) => input,
+            Err(e) => return scenefin_guest::problem(&e),
+        };
+        match payments::place(&store, &customer, &input.quote_id, now).await {
+            Ok(order) => {
+                let bank_card_only =
+                    order.pay_with == PayWith::BankCard && order.lines.iter().any(|l| l.funded_by.is_some());
+                let payment = PaymentParams {
+                    order_id: &order.id,
+                    amount_fen: order.total_fen,
+                    currency: "CNY",
+                    description: order.lines.first().map(|l| l.description.clone()).unwrap_or_default(),
+                    expires_at: order.expires_at,
+                    bank_card_only,
+                };
+                json_response(201, &PlacedView { order: OrderView::from(&order), payment })
+            }
+            Err(e) => scenefin_guest::problem(&e),
+        }
+    })
+    .await
+}
+
+pub async fn orders(req: &Request, route: &Route) -> Handled {
+    let now = request_time(req).await?;
+    let customer = require_customer(req, now).await?;
+    let limit = route.query_param("limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(20).clamp(1, 100);
+    let cursor = route.query_param("cursor");
+    let (items, next) =
+        scenefin_core::orders::list_orders(&store()?, OWNER, &customer, cursor.as_deref(), limit).await.or_problem()?;
+    let views: Vec<OrderView> = items.iter().map(OrderView::from).collect();
+    Ok(json_response(200, &json!({ "items": views, "next": next })))
+}
+
+pub async fn order(req: &Request, id: &str) -> Handled {
+    let now = request_time(req).await?;
+    let customer = require_customer(req, now).await?;
+    let order = scenefin_core::orders::get_order(&store()?, OWNER, id, now).await.or_problem()?;
+    if order.customer_id != customer {
+        return Err(scenefin_guest::problem(&scenefin_core::orders::OrderError::OrderNotFound));
+    }
+    Ok(json_response(200, &OrderView::from(&order)))
+}
+
+pub async fn refund(req: Request, id: &str) -> Handled {
+    let now = request_time(&req).await?;
+    let store = store()?;
+    let (head, bytes) = split(req, DEFAULT_LIMIT_BYTES).await?;
+    let order = scenefin_core::orders::get_order(&store, OWNER, id, now).await.or_problem()?;
+    let biller_id = payments::biller_of(&order).unwrap_or_default();
+    let by = operator_or_biller(&head, &store, &biller_id, &bytes).await?;
+    let rules = lifecycle_rules().await;
+    idempotent(&store, &head, OWNER, &by, &bytes, now, || async {
+        match payments::refund(&store, id, &by, &rules, now).await {
+            Ok(order) => json_response(200, &OrderView::from(&order)),
+            Err(e) => scenefin_guest::problem(&e),
+        }
+    })
+    .await
+}
+
+pub async fn notify(req: Request) -> Handled {
+    let now = request_time(&req).await?;
+    let (head, bytes) = split(req, DEFAULT_LIMIT_BYTES).await?;
+    scenefin_guest::verify_gateway(&head, &bytes, now).await?;
+    let event: GatewayEvent = json(&bytes, 16 * 1024).or_problem()?;
+    let order = payments::notify(&store()?, &event, &bank_card_bins().await, &lifecycle_rules().await, now)
+        .await
+        .or_problem()?;
+    let fulfilled = order.state != OrderState::Paid || order.fulfilled;
+    Ok(json_response(200, &json!({ "order_id": order.id, "state": order.state, "fulfilled": fulfilled })))
+}

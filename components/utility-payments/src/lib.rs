@@ -1,0 +1,55 @@
+//! The utility-payments component: billers, bills, household accounts, quote → order → notify, refunds and
+//! reports (HTTP adapter over utility-payments-domain and scenefin-core's payment flow).
+//!
+//! | Method | Path | Who |
+//! |---|---|---|
+//! | POST | `/api/utility/billers` | operator |
+//! | GET | `/api/utility/billers?category=&city=` | public |
+//! | PUT | `/api/utility/billers/{id}/bills` | the biller (signed) |
+//! | GET | `/api/utility/billers/{id}/settlement?date=YYYY-MM-DD` | the biller (signed) or operator |
+//! | GET | `/api/utility/billers/{id}/stats` | the biller (signed) or operator |
+//! | POST, GET | `/api/utility/accounts` | customer |
+//! | DELETE | `/api/utility/accounts/{biller_id}/{account_no}` | customer |
+//! | GET | `/api/utility/bills?biller_id=&account_no=` | customer |
+//! | POST | `/api/utility/quotes` | customer |
+//! | POST | `/api/utility/orders` (Idempotency-Key) | customer |
+//! | GET | `/api/utility/orders?cursor=&limit=`, `/api/utility/orders/{id}` | customer |
+//! | POST | `/api/utility/payments/notify` | payment gateway (Standard Webhooks) |
+//! | POST | `/api/utility/orders/{id}/refund` (Idempotency-Key) | operator or the biller (signed) |
+
+mod dto;
+mod handlers;
+
+use http::Method;
+use scenefin_guest::{Request, Response, Route, no_route, problem};
+use spin_sdk::http_service;
+
+#[http_service]
+async fn handle(req: Request) -> Response {
+    let route = Route::of(&req);
+    let segments = route.segments();
+    let result = match (&route.method, segments.as_slice()) {
+        (&Method::POST, ["api", "utility", "billers"]) => handlers::register_biller(req).await,
+        (&Method::GET, ["api", "utility", "billers"]) => handlers::list_billers(&route).await,
+        (&Method::PUT, ["api", "utility", "billers", id, "bills"]) => handlers::upload_bills(req, id).await,
+        (&Method::GET, ["api", "utility", "billers", id, "settlement"]) => handlers::settlement(req, &route, id).await,
+        (&Method::GET, ["api", "utility", "billers", id, "stats"]) => handlers::stats(req, id).await,
+        (&Method::POST, ["api", "utility", "accounts"]) => handlers::bind(req).await,
+        (&Method::GET, ["api", "utility", "accounts"]) => handlers::accounts(&req).await,
+        (&Method::DELETE, ["api", "utility", "accounts", biller, account]) => {
+            handlers::unbind(&req, biller, account).await
+        }
+        (&Method::GET, ["api", "utility", "bills"]) => handlers::bills(&req, &route).await,
+        (&Method::POST, ["api", "utility", "quotes"]) => handlers::quote(req).await,
+        (&Method::POST, ["api", "utility", "orders"]) => handlers::place_order(req).await,
+        (&Method::GET, ["api", "utility", "orders"]) => handlers::orders(&req, &route).await,
+        (&Method::GET, ["api", "utility", "orders", id]) => handlers::order(&req, id).await,
+        (&Method::POST, ["api", "utility", "orders", id, "refund"]) => handlers::refund(req, id).await,
+        (&Method::POST, ["api", "utility", "payments", "notify"]) => handlers::notify(req).await,
+        (_, ["api", "utility", "billers" | "accounts" | "bills" | "quotes" | "orders" | "payments", ..]) => {
+            Err(problem(&scenefin_core::ApiError::method_not_allowed()))
+        }
+        _ => Err(problem(&no_route())),
+    };
+    result.unwrap_or_else(|response| response)
+}

@@ -1,0 +1,908 @@
+//! Budgets that concurrent requests reserve from, then commit or release, never over-spent; and capped counters
+//! for per-subject and per-day limits.
+//!
+//! A budget lives under a base key its owner chooses (e.g. `util:budget:discount_w1`); this module owns everything
+//! under it:
+//! - `{base}`: the configuration `{v, total_fen}` ([`configure`]).
+//! - `{base}:ctr:reserved_fen`: fen reserved or committed; `{base}:ctr:committed_fen`: fen committed. Atomic
+//!   counters, changed only by `increment`.
+//! - `{base}:resv:{id}`: a reservation `{amount_fen, state, expires_at, counters_pending}`. States: `reserving` →
+//!   `reserved` | `rejected`; `reserved` → `committed` | `released`; `committed` → `released` (a refund).
+//! - `{base}:open:{hour}:{shard}`: ids of granted reservations by the hour they expire (Unix hours, 16 shards by
+//!   hashed id), so [`sweep_expired`] finds abandoned ones without listing the store.
+//! - `{base}:fx:{id}:{effect}`: one-shot claims making each counter change of a reservation happen at most once.
+//!
+//! Hundreds of concurrent quotes reserve from one budget, so the budget is an atomic counter rather than a CAS'd
+//! document: a reserver adds its amount and, if the sum passes the total, subtracts it again at once.
+//!
+//! Invariant: the amounts of granted reservations (`reserved` or `committed`) never sum to more than the total,
+//! under any concurrency, retry or crash, and `reserved_fen` is never below that sum. Every imprecision goes the
+//! other way, under-use:
+//! - while an over-total addition is being undone, a concurrent reserver may be refused although room remains;
+//! - a reserver that dies between adding its amount and recording the grant leaves the amount counted, and its
+//!   retry adds it again (a store *error* in that window is undone; only a crash leaks);
+//! - a counter change whose claim was taken by a caller that died before making it stays unmade. State changes
+//!   record the counter changes they owe (`counters_pending`) in the same CAS, and any later call touching the
+//!   reservation makes the outstanding ones, so only that claim-to-increment instant can lose one.
+//!
+//! Lowering the total below what is reserved is allowed: nothing more is granted until enough is released.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Timestamp;
+use crate::kv::{Key, MAX_KEY_BYTES, Step, Store, StoreError, claim_once, decode_counter};
+use crate::ledger::{SHARDS, decode_doc, get_all, shard_of, update_doc, valid_name};
+use crate::problem::{ErrorKind, Problem};
+
+/// Largest budget or reservation: 10^15 fen.
+const MAX_FEN: i64 = 1_000_000_000_000_000;
+/// How many hours back [`reserve`] sweeps when it finds the budget exhausted. Older abandoned reservations are
+/// freed by a periodic [`sweep_expired`] with a wider window.
+const RESERVE_SWEEP_HOURS: u32 = 6;
+/// The longest suffix this module appends to a base key after the reservation id (`:fx:` … `:uncommit`).
+const ID_KEY_OVERHEAD: usize = 13;
+/// The longest suffix without an id (`:open:{hour}:{shard}` with a 20-character hour).
+const BASE_KEY_OVERHEAD: usize = 28;
+
+/// The answer to [`reserve`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reserved {
+    /// The amount is held for the caller until it commits, releases or the reservation expires.
+    Granted,
+    /// Not enough budget left: a normal outcome (the caller goes without, e.g. gives no discount).
+    Exhausted,
+}
+
+/// A budget's counters, as [`status`] reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BudgetStatus {
+    /// The configured total (0 when never configured).
+    pub total_fen: i64,
+    /// Reserved or committed.
+    pub reserved_fen: i64,
+    /// Committed.
+    pub committed_fen: i64,
+    /// What can still be reserved: total minus reserved, never negative.
+    pub available_fen: i64,
+}
+
+/// Why a budget or counter operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    /// Malformed input: a bug in the caller.
+    #[error("invalid budget request: {0}")]
+    Invalid(String),
+    /// The reservation is not in a state that allows the operation (unknown, released, rejected...).
+    #[error("reservation {id} is not active")]
+    NotReserved {
+        /// The reservation id.
+        id: String,
+    },
+    /// The reservation is still being decided by a `reserve` call; retry shortly.
+    #[error("reservation {id} is still being decided; retry shortly")]
+    Pending {
+        /// The reservation id.
+        id: String,
+    },
+    /// The reservation id was already used with a different amount.
+    #[error("reservation {id} already exists with a different amount")]
+    Conflict {
+        /// The reservation id.
+        id: String,
+    },
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Problem for LimitError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            LimitError::Invalid(_) => ErrorKind::Invalid,
+            LimitError::NotReserved { .. } | LimitError::Conflict { .. } => ErrorKind::Conflict,
+            LimitError::Pending { .. } => ErrorKind::Unavailable,
+            LimitError::Store(e) => e.kind(),
+        }
+    }
+    fn code(&self) -> &'static str {
+        match self {
+            LimitError::Invalid(_) => "validation_failed",
+            LimitError::NotReserved { .. } => "reservation_not_active",
+            LimitError::Pending { .. } => "reservation_in_progress",
+            LimitError::Conflict { .. } => "reservation_conflict",
+            LimitError::Store(e) => e.code(),
+        }
+    }
+}
+
+/// Sets the budget's total (raising or lowering it).
+pub async fn configure(store: &impl Store, base: &Key, total_fen: i64) -> Result<(), LimitError> {
+    check_base(base)?;
+    if !(0..=MAX_FEN).contains(&total_fen) {
+        return Err(LimitError::Invalid(format!("total must be 0 to {MAX_FEN} fen")));
+    }
+    update_doc(store, base, |doc: Option<&Config>| {
+        if doc.is_some_and(|d| d.total_fen == total_fen) {
+            return Ok(Step::Keep(()));
+        }
+        Ok::<_, LimitError>(Step::Write(Config { v: 1, total_fen }, ()))
+    })
+    .await
+}
+
+/// Reserves `amount_fen` from the budget under `reservation_id` until `expires_at`, unless that would take the
+/// reservations past the total. An unconfigured budget has a total of 0.
+///
+/// Idempotent per id: a retry returns the recorded outcome (`Granted` while reserved or committed, `Exhausted`
+/// once rejected or released) and never holds the amount twice; a retry with another amount is a
+/// [`LimitError::Conflict`]. When the budget looks exhausted, expired reservations of the last hours are swept
+/// once and the reservation tried again.
+pub async fn reserve(
+    store: &impl Store,
+    base: &Key,
+    reservation_id: &str,
+    amount_fen: i64,
+    expires_at: Timestamp,
+    now: Timestamp,
+) -> Result<Reserved, LimitError> {
+    check_id(base, reservation_id)?;
+    if !(1..=MAX_FEN).contains(&amount_fen) {
+        return Err(LimitError::Invalid(format!("amount must be 1 to {MAX_FEN} fen")));
+    }
+    if expires_at <= now {
+        return Err(LimitError::Invalid("expires_at must be in the future".into()));
+    }
+
+    // 1. The reservation document, created once as `reserving`: every attempt, first or retry, meets the same one.
+    let key = resv_key(base, reservation_id);
+    let doc = update_doc(store, &key, |doc: Option<&Resv>| match doc {
+        None => {
+            let fresh = Resv {
+                v: 1,
+                id: reservation_id.to_owned(),
+                amount_fen,
+                state: State::Reserving,
+                expires_at,
+                counters_pending: Vec::new(),
+            };
+            Ok(Step::Write(fresh.clone(), fresh))
+        }
+        Some(doc) if doc.amount_fen != amount_fen => Err(LimitError::Conflict { id: reservation_id.to_owned() }),
+        Some(doc) => Ok(Step::Keep(doc.clone())),
+    })
+    .await?;
+    if doc.state != State::Reserving {
+        complete(store, base, &doc).await?;
+        return Ok(outcome(doc.state));
+    }
+
+    // 2. Take the amount from the budget.
+    let mut taken = take_budget(store, base, amount_fen).await?;
+    // Abandoned reservations may be holding the budget: free the expired ones and try once more. Best effort:
+    // if the sweep fails the answer is simply `Exhausted`.
+    if !taken && sweep_expired(store, base, now, RESERVE_SWEEP_HOURS).await.is_ok() {
+        taken = take_budget(store, base, amount_fen).await?;
+    }
+
+    // 3. Index a grant for the sweep before recording it, so every `reserved` document is findable. From here on
+    //    an error gives the amount back, unless our grant may have been recorded.
+    if taken && let Err(e) = index_open(store, base, reservation_id, doc.expires_at).await {
+        let _ = store.increment(&reserved_key(base), -amount_fen).await;
+        return Err(e);
+    }
+
+    // 4. Record the outcome. Concurrent attempts (retries racing the first call) each took their own amount;
+    //    the one whose CAS lands owns its take, the others give theirs back.
+    let target = if taken { State::Reserved } else { State::Rejected };
+    let recorded = update_doc(store, &key, |doc: Option<&Resv>| match doc {
+        Some(doc) if doc.state == State::Reserving => {
+            Ok(Step::Write(Resv { state: target, ..doc.clone() }, (target, true)))
+        }
+        Some(doc) => Ok(Step::Keep((doc.state, false))),
+        None => Err(vanished(&key)),
+    })
+    .await;
+    match recorded {
+        Ok((state, ours)) => {
+            if taken && !ours {
+                store.increment(&reserved_key(base), -amount_fen).await?;
+            }
+            Ok(outcome(state))
+        }
+        Err(e) => {
+            // Still `reserving` means our CAS did not land, so our take is ours to give back. Otherwise it may
+            // have landed: keep the amount counted (under-use rather than over-use).
+            let current = store.get(&key).await.ok().flatten();
+            let still_reserving = decode_doc::<Resv>(&key, current.as_deref())
+                .ok()
+                .flatten()
+                .is_some_and(|d| d.state == State::Reserving);
+            if taken && still_reserving {
+                let _ = store.increment(&reserved_key(base), -amount_fen).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Turns a reservation into spending: `reserved` → `committed`. Idempotent. Allowed after `expires_at` as long as
+/// the reservation was not swept (keep it alive with [`extend`] while an order awaits payment); a released,
+/// rejected or unknown reservation is [`LimitError::NotReserved`].
+pub async fn commit(store: &impl Store, base: &Key, reservation_id: &str, now: Timestamp) -> Result<(), LimitError> {
+    let _ = now; // Part of the contract for symmetry with `release`; committing is not time-bound.
+    check_id(base, reservation_id)?;
+    transition(store, base, reservation_id, |doc| match doc.state {
+        State::Reserved => Ok(Some(doc.moved(State::Committed, &[Effect::Commit]))),
+        State::Committed => Ok(None),
+        State::Reserving => Err(LimitError::Pending { id: doc.id.clone() }),
+        State::Rejected | State::Released => Err(LimitError::NotReserved { id: doc.id.clone() }),
+    })
+    .await
+    .map(drop)
+}
+
+/// Moves a reservation's expiry (typically later, while its order awaits payment). A committed reservation no
+/// longer expires, so extending it is a no-op.
+pub async fn extend(
+    store: &impl Store,
+    base: &Key,
+    reservation_id: &str,
+    new_expires_at: Timestamp,
+) -> Result<(), LimitError> {
+    check_id(base, reservation_id)?;
+    let key = resv_key(base, reservation_id);
+    let current: Option<Resv> = decode_doc(&key, store.get(&key).await?.as_deref())?;
+    if current.is_some_and(|d| d.state == State::Reserved && d.expires_at != new_expires_at) {
+        // Indexed under the new hour first; the old entry is harmless, as the sweep re-reads the document.
+        index_open(store, base, reservation_id, new_expires_at).await?;
+    }
+    transition(store, base, reservation_id, |doc| match doc.state {
+        State::Reserved if doc.expires_at == new_expires_at => Ok(None),
+        State::Reserved => Ok(Some(Resv { expires_at: new_expires_at, ..doc.clone() })),
+        State::Committed => Ok(None),
+        State::Reserving => Err(LimitError::Pending { id: doc.id.clone() }),
+        State::Rejected | State::Released => Err(LimitError::NotReserved { id: doc.id.clone() }),
+    })
+    .await
+    .map(drop)
+}
+
+/// Gives a reservation's amount back: `reserved` → `released`. Idempotent, and a no-op for a rejected
+/// reservation (it holds nothing). A committed reservation is refunded with [`uncommit`] instead.
+pub async fn release(store: &impl Store, base: &Key, reservation_id: &str, now: Timestamp) -> Result<(), LimitError> {
+    let _ = now; // Part of the contract; releasing early or late is the same.
+    check_id(base, reservation_id)?;
+    transition(store, base, reservation_id, |doc| match doc.state {
+        State::Reserved => Ok(Some(doc.moved(State::Released, &[Effect::Release]))),
+        State::Released | State::Rejected => Ok(None),
+        State::Reserving => Err(LimitError::Pending { id: doc.id.clone() }),
+        State::Committed => Err(LimitError::NotReserved { id: doc.id.clone() }),
+    })
+    .await
+    .map(drop)
+}
+
+/// Refunds a committed reservation: `committed` → `released`, taking the amount off both counters, once.
+/// Idempotent; a reservation that was never committed is [`LimitError::NotReserved`].
+pub async fn uncommit(store: &impl Store, base: &Key, reservation_id: &str) -> Result<(), LimitError> {
+    check_id(base, reservation_id)?;
+    transition(store, base, reservation_id, |doc| match doc.state {
+        State::Committed => Ok(Some(doc.moved(State::Released, &[Effect::Uncommit, Effect::Release]))),
+        State::Released => Ok(None),
+        State::Reserving => Err(LimitError::Pending { id: doc.id.clone() }),
+        State::Reserved | State::Rejected => Err(LimitError::NotReserved { id: doc.id.clone() }),
+    })
+    .await
+    .map(drop)
+}
+
+/// Releases reservations still `reserved` after their expiry, looking at the index hours from `max_hours_back`
+/// hours ago up to the current one. Returns how many this call released.
+///
+/// Safe against a concurrent commit or extend: each release is a CAS that re-checks state and expiry.
+pub async fn sweep_expired(
+    store: &impl Store,
+    base: &Key,
+    now: Timestamp,
+    max_hours_back: u32,
+) -> Result<usize, LimitError> {
+    check_base(base)?;
+    let current = now.unix_secs().div_euclid(3600);
+    let hours = current - i64::from(max_hours_back)..=current;
+    let index_keys: Vec<Key> = hours.flat_map(|hour| SHARDS.iter().map(move |s| open_key(base, hour, s))).collect();
+    let mut ids = BTreeSet::new();
+    for (key, raw) in index_keys.iter().zip(get_all(store, &index_keys).await?) {
+        if let Some(doc) = decode_doc::<IdSet>(key, raw.as_deref())? {
+            ids.extend(doc.ids);
+        }
+    }
+    let ids: Vec<String> = ids.into_iter().filter(|id| check_id(base, id).is_ok()).collect();
+    let keys: Vec<Key> = ids.iter().map(|id| resv_key(base, id)).collect();
+
+    let mut released = 0;
+    for (key, raw) in keys.iter().zip(get_all(store, &keys).await?) {
+        let Some(doc) = decode_doc::<Resv>(key, raw.as_deref())? else { continue };
+        if doc.state == State::Reserved && doc.expires_at <= now {
+            let (_, changed) = transition(store, base, &doc.id, |doc| match doc.state {
+                State::Reserved if doc.expires_at <= now => Ok(Some(doc.moved(State::Released, &[Effect::Release]))),
+                _ => Ok(None),
+            })
+            .await?;
+            released += usize::from(changed);
+        } else if !doc.counters_pending.is_empty() {
+            complete(store, base, &doc).await?;
+        }
+    }
+    Ok(released)
+}
+
+/// The budget's total and counters (one round trip).
+pub async fn status(store: &impl Store, base: &Key) -> Result<BudgetStatus, LimitError> {
+    check_base(base)?;
+    let (total_fen, reserved_fen, committed_fen) = read_budget(store, base).await?;
+    let available_fen = total_fen.saturating_sub(reserved_fen).max(0);
+    Ok(BudgetStatus { total_fen, reserved_fen, committed_fen, available_fen })
+}
+
+/// Adds `amount` to a capped counter (per-subject or per-day limits) if the result stays within `cap`: `true` when
+/// taken, `false` (and nothing taken) when it would pass the cap.
+///
+/// Like budgets: an over-cap addition is undone at once, and a concurrent taker may be refused in that instant,
+/// but the cap is never exceeded.
+pub async fn take(store: &impl Store, counter: &Key, cap: i64, amount: i64) -> Result<bool, LimitError> {
+    if amount <= 0 || cap < 0 {
+        return Err(LimitError::Invalid("amount must be positive and cap not negative".into()));
+    }
+    if store.increment(counter, amount).await? <= cap {
+        return Ok(true);
+    }
+    store.increment(counter, -amount).await?;
+    Ok(false)
+}
+
+/// Returns `amount` taken from a capped counter with [`take`] (e.g. when the action it allowed was undone). Give
+/// back only what was taken: the counter cannot tell.
+pub async fn give_back(store: &impl Store, counter: &Key, amount: i64) -> Result<(), LimitError> {
+    if amount <= 0 {
+        return Err(LimitError::Invalid("amount must be positive".into()));
+    }
+    store.increment(counter, -amount).await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+
+/// `{base}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Config {
+    v: u32,
+    total_fen: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum State {
+    Reserving,
+    Reserved,
+    Rejected,
+    Committed,
+    Released,
+}
+
+/// A counter change a state transition owes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Effect {
+    /// `committed_fen += amount`.
+    Commit,
+    /// `committed_fen -= amount`.
+    Uncommit,
+    /// `reserved_fen -= amount`.
+    Release,
+}
+
+impl Effect {
+    fn name(self) -> &'static str {
+        match self {
+            Effect::Commit => "commit",
+            Effect::Uncommit => "uncommit",
+            Effect::Release => "release",
+        }
+    }
+}
+
+/// `{base}:resv:{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Resv {
+    v: u32,
+    id: String,
+    amount_fen: i64,
+    state: State,
+    expires_at: Timestamp,
+    /// Counter changes owed by the last transition and not yet confirmed made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    counters_pending: Vec<Effect>,
+}
+
+impl Resv {
+    fn moved(&self, state: State, effects: &[Effect]) -> Resv {
+        let mut next = Resv { state, ..self.clone() };
+        next.counters_pending.extend_from_slice(effects);
+        next
+    }
+}
+
+/// `{base}:open:{hour}:{shard}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct IdSet {
+    v: u32,
+    ids: BTreeSet<String>,
+}
+
+fn check_base(base: &Key) -> Result<(), LimitError> {
+    if base.as_str().len() + BASE_KEY_OVERHEAD > MAX_KEY_BYTES {
+        return Err(LimitError::Invalid(format!("budget key {base} is too long")));
+    }
+    Ok(())
+}
+
+fn check_id(base: &Key, id: &str) -> Result<(), LimitError> {
+    check_base(base)?;
+    if !valid_name(id) || base.as_str().len() + id.len() + ID_KEY_OVERHEAD > MAX_KEY_BYTES {
+        return Err(LimitError::Invalid(
+            "reservation id must be 1 to 120 characters of A-Z a-z 0-9 _ : - and fit the budget's keys".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn reserved_key(base: &Key) -> Key {
+    base.child(&["ctr", "reserved_fen"])
+}
+
+fn committed_key(base: &Key) -> Key {
+    base.child(&["ctr", "committed_fen"])
+}
+
+fn resv_key(base: &Key, id: &str) -> Key {
+    base.child(&["resv", id])
+}
+
+fn open_key(base: &Key, hour: i64, shard: &str) -> Key {
+    base.child(&["open", &hour.to_string(), shard])
+}
+
+fn effect_key(base: &Key, id: &str, effect: Effect) -> Key {
+    // The effect is the last part and never contains `:`, so no id can make two of these keys collide.
+    base.child(&["fx", id, effect.name()])
+}
+
+fn outcome(state: State) -> Reserved {
+    match state {
+        State::Reserved | State::Committed => Reserved::Granted,
+        State::Reserving | State::Rejected | State::Released => Reserved::Exhausted,
+    }
+}
+
+fn vanished(key: &Key) -> LimitError {
+    LimitError::Store(StoreError::Corrupt { key: key.to_string(), detail: "reservation vanished".into() })
+}
+
+/// Total, reserved and committed, in one round trip.
+async fn read_budget(store: &impl Store, base: &Key) -> Result<(i64, i64, i64), LimitError> {
+    let keys = [base.clone(), reserved_key(base), committed_key(base)];
+    let values = get_all(store, &keys).await?;
+    let counter = |i: usize| match values.get(i).and_then(Option::as_deref) {
+        None => Ok(0),
+        Some(bytes) => decode_counter(&keys[i], bytes),
+    };
+    let config: Option<Config> = decode_doc(base, values.first().and_then(Option::as_deref))?;
+    Ok((config.map_or(0, |c| c.total_fen), counter(1)?, counter(2)?))
+}
+
+/// Adds `amount` to the reserved counter if it stays within the total; `false` (nothing taken) otherwise.
+async fn take_budget(store: &impl Store, base: &Key, amount: i64) -> Result<bool, LimitError> {
+    let (total, reserved, _) = read_budget(store, base).await?;
+    // Refuse on the read when already full: no transient over-addition that could refuse someone else.
+    if reserved.saturating_add(amount) > total {
+        return Ok(false);
+    }
+    let counter = reserved_key(base);
+    if store.increment(&counter, amount).await? <= total {
+        return Ok(true);
+    }
+    // Over the total: undo at once. Until this lands a concurrent reserver may be refused (under-use), and if it
+    // fails the amount stays counted (under-use again); nobody is ever granted past the total.
+    store.increment(&counter, -amount).await?;
+    Ok(false)
+}
+
+/// Lists a granted reservation under the hour it expires.
+async fn index_open(store: &impl Store, base: &Key, id: &str, expires_at: Timestamp) -> Result<(), LimitError> {
+    let key = open_key(base, expires_at.unix_secs().div_euclid(3600), shard_of(id));
+    update_doc(store, &key, |doc: Option<&IdSet>| {
+        if doc.is_some_and(|d| d.ids.contains(id)) {
+            return Ok(Step::Keep(()));
+        }
+        let mut next = doc.cloned().unwrap_or(IdSet { v: 1, ids: BTreeSet::new() });
+        next.ids.insert(id.to_owned());
+        Ok::<_, LimitError>(Step::Write(next, ()))
+    })
+    .await
+}
+
+/// Applies `step` to a reservation with CAS (`None` = leave it), then makes the counter changes it owes, including
+/// any left over from an earlier call. Returns the document and whether this call changed it.
+async fn transition(
+    store: &impl Store,
+    base: &Key,
+    id: &str,
+    step: impl Fn(&Resv) -> Result<Option<Resv>, LimitError>,
+) -> Result<(Resv, bool), LimitError> {
+    let key = resv_key(base, id);
+    let (doc, changed) = update_doc(store, &key, |doc: Option<&Resv>| match doc {
+        None => Err(LimitError::NotReserved { id: id.to_owned() }),
+        Some(doc) => Ok(match step(doc)? {
+            Some(next) => Step::Write(next.clone(), (next, true)),
+            None => Step::Keep((doc.clone(), false)),
+        }),
+    })
+    .await?;
+    complete(store, base, &doc).await?;
+    Ok((doc, changed))
+}
+
+/// Makes the counter changes a reservation owes, each at most once (behind its own claim), then clears them.
+async fn complete(store: &impl Store, base: &Key, doc: &Resv) -> Result<(), LimitError> {
+    if doc.counters_pending.is_empty() {
+        return Ok(());
+    }
+    for &effect in &doc.counters_pending {
+        // Claim first: a crash between claim and increment loses the change, which for every effect errs towards
+        // under-use (reserved stays high) or an understated committed figure, never towards over-use.
+        if claim_once(store, &effect_key(base, &doc.id, effect)).await? {
+            let (counter, delta) = match effect {
+                Effect::Commit => (committed_key(base), doc.amount_fen),
+                Effect::Uncommit => (committed_key(base), -doc.amount_fen),
+                Effect::Release => (reserved_key(base), -doc.amount_fen),
+            };
+            store.increment(&counter, delta).await?;
+        }
+    }
+    let done = &doc.counters_pending;
+    update_doc(store, &resv_key(base, &doc.id), |current: Option<&Resv>| match current {
+        Some(current) if current.counters_pending.iter().any(|e| done.contains(e)) => {
+            let counters_pending = current.counters_pending.iter().filter(|e| !done.contains(e)).copied().collect();
+            Ok(Step::Write(Resv { counters_pending, ..current.clone() }, ()))
+        }
+        _ => Ok::<_, LimitError>(Step::Keep(())),
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+    use crate::kv::{MemStore, interleave, read_counter};
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_unix_secs(1_763_870_400 + secs) // 2025-11-23T12:00:00+08:00, on the hour
+    }
+
+    fn budget() -> Key {
+        Key::new(&["test", "budget", "discount_w1"])
+    }
+
+    fn configured(total: i64) -> MemStore {
+        let store = MemStore::default();
+        pollster::block_on(configure(&store, &budget(), total)).expect("configure");
+        store
+    }
+
+    fn reserve_at(store: &MemStore, id: &str, fen: i64, now: i64) -> Result<Reserved, LimitError> {
+        pollster::block_on(reserve(store, &budget(), id, fen, t(now + 900), t(now)))
+    }
+
+    fn status_of(store: &MemStore) -> BudgetStatus {
+        pollster::block_on(status(store, &budget())).expect("status")
+    }
+
+    /// Polls a future `polls` times with a no-op waker and drops it: a guest dying mid-request.
+    fn poll_then_drop<F: Future>(fut: F, polls: usize) -> Option<F::Output> {
+        let mut fut = std::pin::pin!(fut);
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..polls {
+            if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+                return Some(out);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn two_hundred_concurrent_reserves_grant_exactly_what_the_budget_holds() {
+        let store = configured(5000);
+        let base = budget();
+        let ids: Vec<String> = (0..200).map(|i| format!("quote:q_{i}")).collect();
+
+        let results = pollster::block_on(interleave::join_all(
+            ids.iter().map(|id| reserve(&store, &base, id, 100, t(900), t(0))).collect(),
+        ));
+
+        let granted = results.iter().filter(|r| **r == Ok(Reserved::Granted)).count();
+        let exhausted = results.iter().filter(|r| **r == Ok(Reserved::Exhausted)).count();
+        assert_eq!((granted, exhausted), (50, 150), "{results:?}");
+        let expected = BudgetStatus { total_fen: 5000, reserved_fen: 5000, committed_fen: 0, available_fen: 0 };
+        assert_eq!(status_of(&store), expected);
+    }
+
+    #[test]
+    fn concurrent_attempts_of_one_reservation_hold_its_amount_once() {
+        let store = configured(1000);
+        let base = budget();
+
+        let attempts = (0..10).map(|_| reserve(&store, &base, "quote:q_1", 100, t(900), t(0))).collect();
+        let results = pollster::block_on(interleave::join_all(attempts));
+
+        assert!(results.iter().all(|r| *r == Ok(Reserved::Granted)), "{results:?}");
+        assert_eq!(status_of(&store).reserved_fen, 100);
+    }
+
+    #[test]
+    fn a_retried_reserve_returns_the_recorded_outcome_without_reserving_twice() {
+        let store = configured(100);
+        assert_eq!(reserve_at(&store, "q_1", 100, 0), Ok(Reserved::Granted));
+        assert_eq!(reserve_at(&store, "q_1", 100, 5), Ok(Reserved::Granted));
+        assert_eq!(reserve_at(&store, "q_2", 100, 5), Ok(Reserved::Exhausted));
+        assert_eq!(status_of(&store).reserved_fen, 100);
+
+        let err = reserve_at(&store, "q_1", 50, 5).expect_err("other amount");
+        assert_eq!(err, LimitError::Conflict { id: "q_1".into() });
+        assert_eq!((err.kind(), err.code()), (ErrorKind::Conflict, "reservation_conflict"));
+
+        // Outcomes are final per id: freeing the budget does not turn q_2 into a grant, a new id gets it.
+        pollster::block_on(release(&store, &budget(), "q_1", t(10))).expect("release");
+        assert_eq!(reserve_at(&store, "q_2", 100, 10), Ok(Reserved::Exhausted));
+        assert_eq!(reserve_at(&store, "q_1", 100, 10), Ok(Reserved::Exhausted), "released holds nothing");
+        assert_eq!(reserve_at(&store, "q_3", 100, 10), Ok(Reserved::Granted));
+        assert_eq!(status_of(&store).reserved_fen, 100);
+    }
+
+    #[test]
+    fn commit_release_and_uncommit_follow_the_state_machine() {
+        let store = configured(1000);
+        let b = &budget();
+        reserve_at(&store, "a", 300, 0).expect("a");
+        reserve_at(&store, "b", 200, 0).expect("b");
+
+        // Commit, twice.
+        pollster::block_on(commit(&store, b, "a", t(1))).expect("commit");
+        pollster::block_on(commit(&store, b, "a", t(2))).expect("commit again");
+        let expected = BudgetStatus { total_fen: 1000, reserved_fen: 500, committed_fen: 300, available_fen: 500 };
+        assert_eq!(status_of(&store), expected);
+        // A committed reservation is refunded, not released.
+        let err = pollster::block_on(release(&store, b, "a", t(3))).expect_err("release committed");
+        assert_eq!((err.kind(), err.code()), (ErrorKind::Conflict, "reservation_not_active"));
+        // Refund, twice.
+        pollster::block_on(uncommit(&store, b, "a")).expect("uncommit");
+        pollster::block_on(uncommit(&store, b, "a")).expect("uncommit again");
+        let expected = BudgetStatus { total_fen: 1000, reserved_fen: 200, committed_fen: 0, available_fen: 800 };
+        assert_eq!(status_of(&store), expected);
+        assert_eq!(
+            pollster::block_on(commit(&store, b, "a", t(4))),
+            Err(LimitError::NotReserved { id: "a".into() }),
+            "refunded stays refunded"
+        );
+
+        // Release, twice; then it cannot be committed or refunded.
+        pollster::block_on(release(&store, b, "b", t(5))).expect("release");
+        pollster::block_on(release(&store, b, "b", t(6))).expect("release again");
+        assert_eq!(pollster::block_on(commit(&store, b, "b", t(7))), Err(LimitError::NotReserved { id: "b".into() }));
+        assert_eq!(status_of(&store).reserved_fen, 0);
+
+        // Unknown reservations, and refunding what was never committed.
+        assert_eq!(pollster::block_on(commit(&store, b, "zz", t(8))), Err(LimitError::NotReserved { id: "zz".into() }));
+        assert_eq!(pollster::block_on(uncommit(&store, b, "zz")), Err(LimitError::NotReserved { id: "zz".into() }));
+        reserve_at(&store, "c", 100, 10).expect("c");
+        assert_eq!(pollster::block_on(uncommit(&store, b, "c")), Err(LimitError::NotReserved { id: "c".into() }));
+        assert_eq!(
+            pollster::block_on(extend(&store, b, "b", t(5000))),
+            Err(LimitError::NotReserved { id: "b".into() })
+        );
+        let expected = BudgetStatus { total_fen: 1000, reserved_fen: 100, committed_fen: 0, available_fen: 900 };
+        assert_eq!(status_of(&store), expected);
+    }
+
+    #[test]
+    fn expired_reservations_are_swept_so_a_later_reserve_succeeds() {
+        let store = configured(100);
+        assert_eq!(reserve_at(&store, "abandoned", 100, 0), Ok(Reserved::Granted)); // expires at t(900)
+        assert_eq!(reserve_at(&store, "early", 100, 60), Ok(Reserved::Exhausted), "not expired yet");
+
+        assert_eq!(reserve_at(&store, "later", 100, 4000), Ok(Reserved::Granted));
+
+        assert_eq!(status_of(&store).reserved_fen, 100);
+        let swept = pollster::block_on(commit(&store, &budget(), "abandoned", t(4001)));
+        assert_eq!(swept, Err(LimitError::NotReserved { id: "abandoned".into() }));
+    }
+
+    #[test]
+    fn an_extended_reservation_survives_the_sweep_and_can_be_committed_late() {
+        let store = configured(100);
+        let b = &budget();
+        assert_eq!(reserve_at(&store, "order_1", 100, 0), Ok(Reserved::Granted));
+        pollster::block_on(extend(&store, b, "order_1", t(20_000))).expect("extend");
+
+        assert_eq!(pollster::block_on(sweep_expired(&store, b, t(4000), 24)), Ok(0));
+        assert_eq!(reserve_at(&store, "other", 100, 4000), Ok(Reserved::Exhausted));
+        // Past even the extended expiry, an unswept reservation still commits.
+        pollster::block_on(commit(&store, b, "order_1", t(25_000))).expect("late commit");
+        assert_eq!(pollster::block_on(sweep_expired(&store, b, t(30_000), 24)), Ok(0), "committed never expires");
+        assert_eq!(status_of(&store).committed_fen, 100);
+    }
+
+    #[test]
+    fn the_sweep_releases_each_expired_reservation_once() {
+        let store = configured(1000);
+        let b = &budget();
+        for i in 0..5 {
+            reserve_at(&store, &format!("q_{i}"), 100, i * 1000).expect("reserve");
+        }
+        // At t(4000) the reservations made at 0..=3000 (expiring by 3900) have expired; the one made at 4000 not.
+        let sweeps = (0..3).map(|_| sweep_expired(&store, b, t(4000), 2)).collect();
+        let released: Vec<usize> =
+            pollster::block_on(interleave::join_all(sweeps)).into_iter().map(|r| r.expect("sweep")).collect();
+        assert_eq!(released.iter().sum::<usize>(), 4, "{released:?}");
+        assert_eq!(status_of(&store).reserved_fen, 100);
+    }
+
+    fn setup_with_one_reservation(total: i64) -> MemStore {
+        let store = configured(total);
+        assert_eq!(reserve_at(&store, "q_1", 100, 0), Ok(Reserved::Granted));
+        store
+    }
+
+    #[test]
+    fn a_failed_write_at_any_point_of_reserve_never_over_reserves_and_retries_complete() {
+        for (total, expected, reserved) in [(200, Reserved::Granted, 200), (100, Reserved::Exhausted, 100)] {
+            let probe = setup_with_one_reservation(total);
+            let before = probe.writes();
+            assert_eq!(reserve_at(&probe, "q_2", 100, 0), Ok(expected));
+            let writes = probe.writes() - before;
+
+            for n in 1..=writes {
+                let store = setup_with_one_reservation(total);
+                store.fail_write(n);
+                let mut result = reserve_at(&store, "q_2", 100, 0);
+                let mut retries = 0;
+                while result.is_err() {
+                    assert!(status_of(&store).reserved_fen <= total, "write {n}: over-reserved after an error");
+                    retries += 1;
+                    assert!(retries < 3, "write {n}: {result:?}");
+                    result = reserve_at(&store, "q_2", 100, 0);
+                }
+                assert_eq!(result, Ok(expected), "write {n}");
+                // A store error is undone, so the counters are exact after the retry.
+                assert_eq!(status_of(&store).reserved_fen, reserved, "write {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_crash_at_any_point_of_reserve_never_over_reserves() {
+        let mut polls = 1;
+        loop {
+            let store = setup_with_one_reservation(1000);
+            let done = poll_then_drop(reserve(&store, &budget(), "q_2", 100, t(900), t(0)), polls).is_some();
+
+            assert_eq!(reserve_at(&store, "q_2", 100, 0), Ok(Reserved::Granted), "crash after {polls} polls");
+
+            // A crash after taking and before recording leaks the first take (under-use), never more.
+            let reserved = status_of(&store).reserved_fen;
+            assert!(reserved == 200 || reserved == 300, "crash after {polls} polls: {reserved}");
+            if done {
+                assert_eq!(reserved, 200);
+                break;
+            }
+            polls += 1;
+        }
+        assert!(polls > 5, "swept {polls} crash points");
+    }
+
+    #[test]
+    fn a_reservation_being_decided_cannot_be_committed_yet() {
+        let store = configured(1000);
+        let b = &budget();
+        // A reserve that died right after creating its document.
+        let polls = (1..50)
+            .find(|&polls| {
+                let probe = configured(1000);
+                let _ = poll_then_drop(reserve(&probe, b, "q_1", 100, t(900), t(0)), polls);
+                probe.raw("test:budget:discount_w1:resv:q_1").is_some_and(|raw| raw.first() == Some(&b'{'))
+            })
+            .expect("a crash point after the document");
+        assert!(poll_then_drop(reserve(&store, b, "q_1", 100, t(900), t(0)), polls).is_none());
+
+        let err = pollster::block_on(commit(&store, b, "q_1", t(1))).expect_err("pending");
+        assert_eq!((err.kind(), err.code()), (ErrorKind::Unavailable, "reservation_in_progress"));
+        assert_eq!(pollster::block_on(release(&store, b, "q_1", t(1))), Err(LimitError::Pending { id: "q_1".into() }));
+
+        assert_eq!(reserve_at(&store, "q_1", 100, 1), Ok(Reserved::Granted));
+        pollster::block_on(commit(&store, b, "q_1", t(2))).expect("commit");
+        assert_eq!(status_of(&store).committed_fen, 100);
+    }
+
+    #[test]
+    fn owed_counter_changes_are_made_by_the_next_call() {
+        let store = configured(1000);
+        let b = &budget();
+        reserve_at(&store, "q_1", 100, 0).expect("reserve");
+        // The release's state change lands, then its counter change fails.
+        let writes_of_release = {
+            let probe = configured(1000);
+            reserve_at(&probe, "q_1", 100, 0).expect("reserve");
+            let before = probe.writes();
+            pollster::block_on(release(&probe, b, "q_1", t(1))).expect("release");
+            probe.writes() - before
+        };
+        assert_eq!(writes_of_release, 4, "cas, claim, increment, clear");
+        store.fail_write(2);
+        assert!(pollster::block_on(release(&store, b, "q_1", t(1))).is_err());
+        assert_eq!(status_of(&store).reserved_fen, 100, "claim failed: nothing changed yet");
+
+        pollster::block_on(release(&store, b, "q_1", t(2))).expect("retry");
+
+        assert_eq!(status_of(&store).reserved_fen, 0);
+        let doc: Resv =
+            serde_json::from_slice(&store.raw("test:budget:discount_w1:resv:q_1").expect("doc")).expect("json");
+        assert!(doc.counters_pending.is_empty());
+    }
+
+    #[test]
+    fn capped_counters_never_pass_their_cap() {
+        let store = MemStore::default();
+        let counter = Key::new(&["test", "cap", "c_1", "20251123"]);
+        let takes = (0..30).map(|_| take(&store, &counter, 10, 1)).collect();
+
+        let results = pollster::block_on(interleave::join_all(takes));
+
+        assert_eq!(results.iter().filter(|r| **r == Ok(true)).count(), 10, "{results:?}");
+        assert_eq!(pollster::block_on(read_counter(&store, &counter)), Ok(10));
+        pollster::block_on(give_back(&store, &counter, 1)).expect("give back");
+        assert_eq!(pollster::block_on(take(&store, &counter, 10, 1)), Ok(true));
+        assert_eq!(pollster::block_on(take(&store, &counter, 10, 1)), Ok(false));
+        assert_eq!(pollster::block_on(read_counter(&store, &counter)), Ok(10));
+        assert!(matches!(pollster::block_on(take(&store, &counter, 10, 0)), Err(LimitError::Invalid(_))));
+    }
+
+    #[test]
+    fn malformed_requests_are_refused_before_touching_the_store() {
+        let store = MemStore::default();
+        let b = &budget();
+        let bad = [
+            pollster::block_on(reserve(&store, b, "q", 0, t(900), t(0))),
+            pollster::block_on(reserve(&store, b, "q", 100, t(0), t(0))),
+            pollster::block_on(reserve(&store, b, "q 1", 100, t(900), t(0))),
+            pollster::block_on(reserve(&store, b, &"q".repeat(121), 100, t(900), t(0))),
+        ];
+        for result in bad {
+            let err = result.expect_err("invalid");
+            assert_eq!((err.kind(), err.code()), (ErrorKind::Invalid, "validation_failed"));
+        }
+        let long_base = Key::new(&[&"b".repeat(200)]);
+        assert!(matches!(
+            pollster::block_on(reserve(&store, &long_base, &"q".repeat(40), 1, t(900), t(0))),
+            Err(LimitError::Invalid(_))
+        ));
+        assert!(matches!(pollster::block_on(configure(&store, b, -1)), Err(LimitError::Invalid(_))));
+        assert!(store.keys().is_empty());
+        // An unconfigured budget holds nothing.
+        assert_eq!(reserve_at(&store, "q", 1, 0), Ok(Reserved::Exhausted));
+    }
+}

@@ -1,0 +1,855 @@
+//! The payment flow every paying scenario shares: quote → order → gateway notification → fulfilment → refund.
+//!
+//! - A [`Quote`] is priced by the scenario (line items, discounts already reserved against their budgets) and lives
+//!   15 minutes. Placing an order from it is idempotent: the order id is derived from the quote id.
+//! - An [`Order`] moves `pending_payment` → `paid` | `failed` | `expired`, `failed` → `paid` (a retried payment),
+//!   and `paid` → `refunded` ([`transition`]; anything else is refused).
+//! - A gateway notification is applied through the order's state machine, not through a separate "seen events"
+//!   record, so a duplicated, reordered or retried notification can never be lost or applied twice: the first
+//!   success moves the order to `paid` (recording the event id); fulfilment then runs every time a notification
+//!   finds a paid order not yet `fulfilled`, and each of its effects is idempotent by order id (ledger posting
+//!   `pay:{order}`, budget commit by reservation id, customer event `paid:{order}`, the scenario's own effects).
+//! - Expiry is evaluated when an order is touched (no background job) and releases its reservations.
+//! - A refund reverses the ledger (`refund:{order}`), gives the budget back and lets the scenario reopen what it
+//!   settled; it completes lazily in the same way (`refund_done`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Timestamp;
+use crate::customers::LifecycleRules;
+use crate::events::{self, Event, EventError, EventKind};
+use crate::ids::hash_key_part;
+use crate::kv::{self, Key, Step, Store, StoreError, get_json, put_json};
+use crate::ledger::{self, LedgerError, Line, Posting};
+use crate::limits::{self, LimitError};
+use crate::problem::{ErrorKind, Problem};
+
+/// How long a quote is valid.
+pub const QUOTE_TTL_SECS: i64 = 15 * 60;
+/// How long an order waits for payment.
+pub const PAYMENT_WINDOW_SECS: i64 = 30 * 60;
+/// Reservations of a placed order are kept this long past its expiry, for late notifications.
+pub const RESERVATION_GRACE_SECS: i64 = 24 * 3600;
+/// The gateway's clearing account (money received, not yet settled).
+pub const GATEWAY_CLEARING: &str = "gateway:clearing";
+/// The bank's marketing expense account (discounts and bonuses it funds).
+pub const BANK_MARKETING: &str = "bank:marketing";
+/// Orders kept in a customer's history index.
+pub const HISTORY_KEPT: usize = 1000;
+
+/// How the customer will pay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PayWith {
+    /// The bank's own card (discounts may apply).
+    BankCard,
+    /// Anything else.
+    Other,
+}
+
+/// A priced line. Discounts are negative.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuoteLine {
+    /// `base`, `late_fee`, `cardholder_discount`, `prepay_incentive`, `coupon`, `fee`...
+    pub kind: String,
+    /// Human description.
+    pub description: String,
+    /// Amount in fen (negative for discounts).
+    pub amount_fen: i64,
+    /// The budget reservation funding this line, for discounts the bank pays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub funded_by: Option<Funding>,
+}
+
+/// A budget reservation behind a discount line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Funding {
+    /// The budget's base key.
+    pub budget: String,
+    /// Reservation id.
+    pub reservation_id: String,
+}
+
+/// A quote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quote {
+    /// Schema version.
+    pub v: u32,
+    /// Id.
+    pub id: String,
+    /// Customer.
+    pub customer_id: String,
+    /// Scenario (`utility`, ...).
+    pub scenario: String,
+    /// Lines.
+    pub lines: Vec<QuoteLine>,
+    /// What the customer pays.
+    pub total_fen: i64,
+    /// How they pay.
+    pub pay_with: PayWith,
+    /// Card BIN given at quote time (bank card payments).
+    #[serde(default)]
+    pub card_bin: Option<String>,
+    /// Created.
+    pub created_at: Timestamp,
+    /// Expires.
+    pub expires_at: Timestamp,
+    /// The scenario's own data (biller, account, bill ids...).
+    pub payload: serde_json::Value,
+}
+
+impl Quote {
+    /// Checks the quote's arithmetic (pure): the total is the sum of lines and positive.
+    pub fn check(&self) -> Result<(), OrderError> {
+        let sum = self.lines.iter().try_fold(0i64, |acc, l| acc.checked_add(l.amount_fen));
+        match sum {
+            Some(sum) if sum == self.total_fen && sum > 0 => Ok(()),
+            _ => Err(OrderError::Invalid("quote lines do not add up to a positive total".into())),
+        }
+    }
+
+    /// What the bank funds: the sum of funded discounts (positive).
+    pub fn funded_fen(&self) -> i64 {
+        self.lines.iter().filter(|l| l.funded_by.is_some()).map(|l| -l.amount_fen).sum()
+    }
+}
+
+/// Order state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderState {
+    /// Waiting for the gateway.
+    PendingPayment,
+    /// Paid.
+    Paid,
+    /// The payment failed.
+    Failed,
+    /// Not paid in time.
+    Expired,
+    /// Paid, then refunded.
+    Refunded,
+}
+
+/// The legal moves of the order state machine.
+pub fn transition(from: OrderState, to: OrderState) -> Result<(), OrderError> {
+    use OrderState::*;
+    match (from, to) {
+        (PendingPayment, Paid | Failed | Expired) | (Failed, Paid | Expired) | (Paid, Refunded) => Ok(()),
+        _ => Err(OrderError::IllegalTransition { from, to }),
+    }
+}
+
+/// The payment a notification reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRecord {
+    /// Gateway event id.
+    pub event_id: String,
+    /// Amount paid.
+    pub paid_fen: i64,
+    /// When.
+    pub paid_at: Timestamp,
+    /// `bank_card` or `wallet`.
+    pub instrument: String,
+    /// Card BIN, if any.
+    #[serde(default)]
+    pub bin: Option<String>,
+    /// Paid with one of the bank's own cards.
+    pub bank_card: bool,
+}
+
+/// A state change, for the order's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateChange {
+    /// New state.
+    pub state: OrderState,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// An order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    /// Schema version.
+    pub v: u32,
+    /// Id (derived from the quote id).
+    pub id: String,
+    /// The quote.
+    pub quote_id: String,
+    /// Customer.
+    pub customer_id: String,
+    /// Scenario.
+    pub scenario: String,
+    /// Lines, as quoted.
+    pub lines: Vec<QuoteLine>,
+    /// What the customer pays.
+    pub total_fen: i64,
+    /// How they pay.
+    pub pay_with: PayWith,
+    /// State.
+    pub state: OrderState,
+    /// Created.
+    pub created_at: Timestamp,
+    /// Payment deadline.
+    pub expires_at: Timestamp,
+    /// The payment, once paid.
+    #[serde(default)]
+    pub payment: Option<PaymentRecord>,
+    /// All fulfilment effects done.
+    #[serde(default)]
+    pub fulfilled: bool,
+    /// Refunded by whom.
+    #[serde(default)]
+    pub refunded_by: Option<String>,
+    /// All refund effects done.
+    #[serde(default)]
+    pub refund_done: bool,
+    /// The settlement account the gross goes to (`biller:{id}:settlement`...).
+    pub settlement_account: String,
+    /// The scenario's data.
+    pub payload: serde_json::Value,
+    /// State history.
+    pub history: Vec<StateChange>,
+}
+
+impl Order {
+    /// The ledger posting of the payment: gateway clearing receives what the customer paid, the bank's marketing
+    /// account funds the discounts, the settlement account is owed the gross.
+    pub fn payment_posting(&self, at: Timestamp) -> Posting {
+        let funded: i64 = self.lines.iter().filter(|l| l.funded_by.is_some()).map(|l| -l.amount_fen).sum();
+        let mut lines = vec![Line { account: GATEWAY_CLEARING.into(), amount_fen: self.total_fen }];
+        if funded > 0 {
+            lines.push(Line { account: BANK_MARKETING.into(), amount_fen: funded });
+        }
+        lines.push(Line { account: self.settlement_account.clone(), amount_fen: -(self.total_fen + funded) });
+        Posting {
+            v: 1,
+            id: format!("pay:{}", self.id),
+            at,
+            memo: format!("{} order {}", self.scenario, self.id),
+            lines,
+        }
+    }
+
+    /// The reversal of [`Order::payment_posting`].
+    pub fn refund_posting(&self, at: Timestamp) -> Posting {
+        let pay = self.payment_posting(at);
+        let lines = pay.lines.into_iter().map(|l| Line { account: l.account, amount_fen: -l.amount_fen }).collect();
+        Posting {
+            v: 1,
+            id: format!("refund:{}", self.id),
+            at,
+            memo: format!("refund of {} order {}", self.scenario, self.id),
+            lines,
+        }
+    }
+
+    fn reservations(&self) -> impl Iterator<Item = &Funding> {
+        self.lines.iter().filter_map(|l| l.funded_by.as_ref())
+    }
+
+    fn moved(&self, to: OrderState, at: Timestamp) -> Result<Order, OrderError> {
+        transition(self.state, to)?;
+        let mut next = self.clone();
+        next.state = to;
+        next.history.push(StateChange { state: to, at });
+        Ok(next)
+    }
+}
+
+/// Errors of the payment flow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OrderError {
+    /// No such quote (or not the caller's).
+    #[error("no such quote")]
+    QuoteNotFound,
+    /// The quote expired.
+    #[error("the quote expired at {0}; ask for a new one")]
+    QuoteExpired(String),
+    /// No such order (or not the caller's).
+    #[error("no such order")]
+    OrderNotFound,
+    /// A move the state machine does not allow.
+    #[error("an order cannot go from {from:?} to {to:?}")]
+    IllegalTransition {
+        /// From.
+        from: OrderState,
+        /// To.
+        to: OrderState,
+    },
+    /// The order cannot take this payment (expired or refunded).
+    #[error("order is {0:?} and cannot be paid; the payment must be returned")]
+    NotPayable(OrderState),
+    /// The gateway reported a different amount.
+    #[error("paid {paid_fen} fen but the order is for {total_fen} fen")]
+    AmountMismatch {
+        /// Reported.
+        paid_fen: i64,
+        /// Expected.
+        total_fen: i64,
+    },
+    /// A bank-card discount was paid with another instrument.
+    #[error("this order's discount requires one of the bank's cards")]
+    InstrumentMismatch,
+    /// Malformed data.
+    #[error("{0}")]
+    Invalid(String),
+    /// Ledger failure.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// Budget failure.
+    #[error(transparent)]
+    Limit(#[from] LimitError),
+    /// Storage failure.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The scenario's own fulfilment failed.
+    #[error("{0}")]
+    Scenario(String),
+}
+
+impl From<EventError> for OrderError {
+    fn from(e: EventError) -> Self {
+        match e {
+            EventError::UnknownCustomer(id) => OrderError::Invalid(format!("unknown customer {id}")),
+            EventError::Store(e) => OrderError::Store(e),
+        }
+    }
+}
+
+impl Problem for OrderError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            OrderError::QuoteNotFound | OrderError::OrderNotFound => ErrorKind::NotFound,
+            OrderError::QuoteExpired(_) | OrderError::IllegalTransition { .. } | OrderError::NotPayable(_) => {
+                ErrorKind::Conflict
+            }
+            OrderError::AmountMismatch { .. } | OrderError::InstrumentMismatch => ErrorKind::Unprocessable,
+            OrderError::Invalid(_) => ErrorKind::Invalid,
+            OrderError::Ledger(e) => e.kind(),
+            OrderError::Limit(e) => e.kind(),
+            OrderError::Store(e) => e.kind(),
+            OrderError::Scenario(_) => ErrorKind::Internal,
+        }
+    }
+    fn code(&self) -> &'static str {
+        match self {
+            OrderError::QuoteNotFound => "quote_not_found",
+            OrderError::QuoteExpired(_) => "quote_expired",
+            OrderError::OrderNotFound => "order_not_found",
+            OrderError::IllegalTransition { .. } => "illegal_transition",
+            OrderError::NotPayable(_) => "order_not_payable",
+            OrderError::AmountMismatch { .. } => "amount_mismatch",
+            OrderError::InstrumentMismatch => "instrument_mismatch",
+            OrderError::Invalid(_) => "validation_failed",
+            OrderError::Ledger(e) => e.code(),
+            OrderError::Limit(e) => e.code(),
+            OrderError::Store(e) => e.code(),
+            OrderError::Scenario(_) => "internal_error",
+        }
+    }
+}
+
+/// A scenario's part in the flow. Every method must be idempotent by order id.
+#[allow(async_fn_in_trait)]
+pub trait Fulfilment {
+    /// Key prefix owner (`util`, `prop`, `campus`).
+    fn owner(&self) -> &'static str;
+    /// Applies the scenario's effects of a paid order (settle bills, credit a balance...).
+    async fn fulfil(&self, order: &Order, at: Timestamp) -> Result<(), OrderError>;
+    /// Undoes them on refund (reopen bills...).
+    async fn reverse(&self, order: &Order, at: Timestamp) -> Result<(), OrderError>;
+}
+
+/// Keys of the flow, under the scenario's owner prefix.
+pub mod keys {
+    use crate::kv::Key;
+
+    /// `{owner}:quote:{id}`.
+    pub fn quote(owner: &str, id: &str) -> Key {
+        Key::new(&[owner, "quote", id])
+    }
+
+    /// `{owner}:order:{id}`.
+    pub fn order(owner: &str, id: &str) -> Key {
+        Key::new(&[owner, "order", id])
+    }
+
+    /// `{owner}:cust:{customer}:orders` — the customer's order ids, newest last.
+    pub fn history(owner: &str, customer_id: &str) -> Key {
+        Key::new(&[owner, "cust", customer_id, "orders"])
+    }
+}
+
+/// Stores a priced quote (its id is fresh, so the write is unconditional).
+pub async fn save_quote(store: &impl Store, owner: &str, quote: &Quote) -> Result<(), OrderError> {
+    quote.check()?;
+    put_json(store, &keys::quote(owner, &quote.id), quote).await?;
+    Ok(())
+}
+
+/// The order id of a quote: derived, so concurrent or repeated orders of one quote converge.
+pub fn order_id_for(quote_id: &str) -> String {
+    format!("o_{}", &hash_key_part(quote_id)[..24])
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct History {
+    v: u32,
+    orders: Vec<String>,
+}
+
+/// Places the order for a quote (idempotent per quote).
+pub async fn place_order(
+    store: &impl Store,
+    owner: &str,
+    customer_id: &str,
+    quote_id: &str,
+    settlement_account: &str,
+    now: Timestamp,
+) -> Result<Order, OrderError> {
+    if crate::ids::Id::parse(quote_id).is_err() {
+        return Err(OrderError::QuoteNotFound);
+    }
+    let quote: Quote = get_json(store, &keys::quote(owner, quote_id)).await?.ok_or(OrderError::QuoteNotFound)?;
+    if quote.customer_id != customer_id {
+        return Err(OrderError::QuoteNotFound);
+    }
+    let id = order_id_for(quote_id);
+    if let Some(existing) = get_json::<Order>(store, &keys::order(owner, &id)).await? {
+        return Ok(existing);
+    }
+    if now > quote.expires_at {
+        return Err(OrderError::QuoteExpired(quote.expires_at.to_rfc3339()));
+    }
+    let expires_at = now.plus_secs(PAYMENT_WINDOW_SECS);
+    // Keep the discounts reserved while the order can still be paid.
+    for funding in quote.lines.iter().filter_map(|l| l.funded_by.as_ref()) {
+        limits::extend(
+            store,
+            &budget_key(&funding.budget),
+            &funding.reservation_id,
+            expires_at.plus_secs(RESERVATION_GRACE_SECS),
+        )
+        .await?;
+    }
+    let order = Order {
+        v: 1,
+        id: id.clone(),
+        quote_id: quote.id.clone(),
+        customer_id: customer_id.to_owned(),
+        scenario: quote.scenario.clone(),
+        lines: quote.lines.clone(),
+        total_fen: quote.total_fen,
+        pay_with: quote.pay_with,
+        state: OrderState::PendingPayment,
+        created_at: now,
+        expires_at,
+        payment: None,
+        fulfilled: false,
+        refunded_by: None,
+        refund_done: false,
+        settlement_account: settlement_account.to_owned(),
+        payload: quote.payload.clone(),
+        history: vec![StateChange { state: OrderState::PendingPayment, at: now }],
+    };
+    let placed = kv::update_json(store, &keys::order(owner, &id), |current: Option<&Order>| match current {
+        Some(existing) => Ok::<_, OrderError>(Step::Keep(existing.clone())),
+        None => Ok(Step::Write(order.clone(), order.clone())),
+    })
+    .await?;
+    kv::update_json(store, &keys::history(owner, customer_id), |h: Option<&History>| {
+        let mut h = h.cloned().unwrap_or(History { v: 1, orders: Vec::new() });
+        if h.orders.contains(&id) {
+            return Ok::<_, OrderError>(Step::Keep(()));
+        }
+        h.orders.push(id.clone());
+        let excess = h.orders.len().saturating_sub(HISTORY_KEPT);
+        h.orders.drain(..excess);
+        Ok(Step::Write(h, ()))
+    })
+    .await?;
+    Ok(placed)
+}
+
+/// Parses a stored budget base key string back into a [`Key`].
+fn budget_key(budget: &str) -> Key {
+    let parts: Vec<&str> = budget.split(':').collect();
+    Key::new(&parts)
+}
+
+/// Reads an order, applying expiry if its payment window has passed.
+pub async fn get_order(store: &impl Store, owner: &str, id: &str, now: Timestamp) -> Result<Order, OrderError> {
+    if crate::ids::Id::parse(id).is_err() {
+        return Err(OrderError::OrderNotFound);
+    }
+    let order: Order = get_json(store, &keys::order(owner, id)).await?.ok_or(OrderError::OrderNotFound)?;
+    if matches!(order.state, OrderState::PendingPayment | OrderState::Failed) && now > order.expires_at {
+        return expire(store, owner, id, now).await;
+    }
+    Ok(order)
+}
+
+async fn expire(store: &impl Store, owner: &str, id: &str, now: Timestamp) -> Result<Order, OrderError> {
+    let order = kv::update_json(store, &keys::order(owner, id), |current: Option<&Order>| {
+        let Some(current) = current else { return Err(OrderError::OrderNotFound) };
+        if !matches!(current.state, OrderState::PendingPayment | OrderState::Failed) || now <= current.expires_at {
+            return Ok(Step::Keep(current.clone()));
+        }
+        let next = current.moved(OrderState::Expired, now)?;
+        Ok(Step::Write(next.clone(), next))
+    })
+    .await?;
+    if order.state == OrderState::Expired {
+        release_all(store, &order, now).await?;
+    }
+    Ok(order)
+}
+
+async fn release_all(store: &impl Store, order: &Order, now: Timestamp) -> Result<(), OrderError> {
+    for funding in order.reservations() {
+        limits::release(store, &budget_key(&funding.budget), &funding.reservation_id, now).await?;
+    }
+    Ok(())
+}
+
+/// A customer's orders, newest first, `limit` at a time after `cursor` (an order id from a previous page).
+pub async fn list_orders(
+    store: &impl Store,
+    owner: &str,
+    customer_id: &str,
+    cursor: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<Order>, Option<String>), OrderError> {
+    let history: History = get_json(store, &keys::history(owner, customer_id)).await?.unwrap_or_default();
+    let ids: Vec<&String> = history.orders.iter().rev().collect();
+    let start = match cursor {
+        Some(c) => ids.iter().position(|id| id.as_str() == c).map_or(ids.len(), |i| i + 1),
+        None => 0,
+    };
+    let page: Vec<&String> = ids.iter().skip(start).take(limit).copied().collect();
+    let keys: Vec<Key> = page.iter().map(|id| keys::order(owner, id)).collect();
+    let mut orders = Vec::with_capacity(page.len());
+    for bytes in store.get_many(&keys).await?.into_iter().flatten() {
+        orders.push(
+            serde_json::from_slice(&bytes)
+                .map_err(|e| StoreError::Corrupt { key: "order".into(), detail: e.to_string() })?,
+        );
+    }
+    let next = (start + page.len() < ids.len()).then(|| page.last().map(|s| (*s).clone())).flatten();
+    Ok((orders, next))
+}
+
+/// A gateway notification body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayEvent {
+    /// Unique event id.
+    pub event_id: String,
+    /// Our order id.
+    pub order_id: String,
+    /// `succeeded` or `failed`.
+    pub status: GatewayStatus,
+    /// Amount paid.
+    pub paid_fen: i64,
+    /// When.
+    pub paid_at: Timestamp,
+    /// Instrument.
+    pub instrument: Instrument,
+}
+
+/// Payment outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GatewayStatus {
+    /// Paid.
+    Succeeded,
+    /// Not paid.
+    Failed,
+}
+
+/// Payment instrument.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instrument {
+    /// `bank_card` or `wallet`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Card BIN.
+    #[serde(default)]
+    pub bin: Option<String>,
+    /// Card fingerprint.
+    #[serde(default)]
+    pub card_fingerprint: Option<String>,
+}
+
+impl Instrument {
+    /// Whether this is one of the bank's own cards (BIN in `bank_bins`).
+    pub fn is_bank_card(&self, bank_bins: &[String]) -> bool {
+        self.kind == "bank_card"
+            && self.bin.as_deref().is_some_and(|bin| bank_bins.iter().any(|b| bin.starts_with(b.as_str())))
+    }
+}
+
+/// Parses `bank_card_bins` (comma-separated 6–8 digit BINs).
+pub fn parse_bins(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|b| (6..=8).contains(&b.len()) && b.bytes().all(|c| c.is_ascii_digit()))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Applies a (verified) gateway notification. Safe to call any number of times, in any order.
+pub async fn apply_notification(
+    store: &impl Store,
+    scenario: &impl Fulfilment,
+    event: &GatewayEvent,
+    bank_bins: &[String],
+    rules: &LifecycleRules,
+    now: Timestamp,
+) -> Result<Order, OrderError> {
+    let owner = scenario.owner();
+    let order = get_order(store, owner, &event.order_id, now).await?;
+    match event.status {
+        GatewayStatus::Failed => {
+            let order = kv::update_json(store, &keys::order(owner, &order.id), |current: Option<&Order>| {
+                let Some(current) = current else { return Err(OrderError::OrderNotFound) };
+                // A failure after success, or a repeated failure, changes nothing.
+                if current.state != OrderState::PendingPayment {
+                    return Ok(Step::Keep(current.clone()));
+                }
+                let next = current.moved(OrderState::Failed, now)?;
+                Ok(Step::Write(next.clone(), next))
+            })
+            .await?;
+            Ok(order)
+        }
+        GatewayStatus::Succeeded => {
+            if event.paid_fen != order.total_fen {
+                return Err(OrderError::AmountMismatch { paid_fen: event.paid_fen, total_fen: order.total_fen });
+            }
+            let bank_card = event.instrument.is_bank_card(bank_bins);
+            if order.pay_with == PayWith::BankCard && order.lines.iter().any(|l| l.funded_by.is_some()) && !bank_card {
+                return Err(OrderError::InstrumentMismatch);
+            }
+            let payment = PaymentRecord {
+                event_id: event.event_id.clone(),
+                paid_fen: event.paid_fen,
+                paid_at: event.paid_at,
+                instrument: event.instrument.kind.clone(),
+                bin: event.instrument.bin.clone(),
+                bank_card,
+            };
+            let paid = kv::update_json(store, &keys::order(owner, &order.id), |current: Option<&Order>| {
+                let Some(current) = current else { return Err(OrderError::OrderNotFound) };
+                match current.state {
+                    OrderState::Paid | OrderState::Refunded => Ok(Step::Keep(current.clone())),
+                    OrderState::Expired => Err(OrderError::NotPayable(OrderState::Expired)),
+                    OrderState::PendingPayment | OrderState::Failed => {
+                        let mut next = current.moved(OrderState::Paid, now)?;
+                        next.payment = Some(payment.clone());
+                        Ok(Step::Write(next.clone(), next))
+                    }
+                }
+            })
+            .await?;
+            if paid.state == OrderState::Paid && !paid.fulfilled {
+                fulfil(store, scenario, &paid, rules, now).await
+            } else {
+                Ok(paid)
+            }
+        }
+    }
+}
+
+async fn fulfil(
+    store: &impl Store,
+    scenario: &impl Fulfilment,
+    order: &Order,
+    rules: &LifecycleRules,
+    now: Timestamp,
+) -> Result<Order, OrderError> {
+    let paid_at = order.payment.as_ref().map_or(now, |p| p.paid_at);
+    scenario.fulfil(order, paid_at).await?;
+    ledger::post(store, &order.payment_posting(paid_at)).await?;
+    for funding in order.reservations() {
+        limits::commit(store, &budget_key(&funding.budget), &funding.reservation_id, now).await?;
+    }
+    let bank_card = order.payment.as_ref().is_some_and(|p| p.bank_card);
+    let event = Event {
+        id: format!("paid:{}", order.id),
+        customer_id: order.customer_id.clone(),
+        kind: EventKind::Paid,
+        scenario: order.scenario.clone(),
+        at: paid_at,
+        amount_fen: Some(order.total_fen),
+        bank_card,
+        tags: vec![],
+    };
+    events::record(store, &event, rules).await?;
+    let owner = scenario.owner();
+    let done = kv::update_json(store, &keys::order(owner, &order.id), |current: Option<&Order>| {
+        let Some(current) = current else { return Err(OrderError::OrderNotFound) };
+        if current.fulfilled {
+            return Ok(Step::Keep(current.clone()));
+        }
+        let mut next = current.clone();
+        next.fulfilled = true;
+        Ok(Step::Write(next.clone(), next))
+    })
+    .await?;
+    Ok(done)
+}
+
+/// Refunds a paid order (idempotent; completes an interrupted refund).
+pub async fn refund(
+    store: &impl Store,
+    scenario: &impl Fulfilment,
+    order_id: &str,
+    by: &str,
+    rules: &LifecycleRules,
+    now: Timestamp,
+) -> Result<Order, OrderError> {
+    let owner = scenario.owner();
+    let order = get_order(store, owner, order_id, now).await?;
+    if order.state == OrderState::Paid && !order.fulfilled {
+        // Finish the payment first, so the refund reverses complete effects.
+        fulfil(store, scenario, &order, rules, now).await?;
+    }
+    let refunded = kv::update_json(store, &keys::order(owner, order_id), |current: Option<&Order>| {
+        let Some(current) = current else { return Err(OrderError::OrderNotFound) };
+        if current.state == OrderState::Refunded {
+            return Ok(Step::Keep(current.clone()));
+        }
+        let mut next = current.moved(OrderState::Refunded, now)?;
+        next.refunded_by = Some(by.to_owned());
+        Ok(Step::Write(next.clone(), next))
+    })
+    .await?;
+    if refunded.refund_done {
+        return Ok(refunded);
+    }
+    scenario.reverse(&refunded, now).await?;
+    ledger::post(store, &refunded.refund_posting(now)).await?;
+    for funding in refunded.reservations() {
+        limits::uncommit(store, &budget_key(&funding.budget), &funding.reservation_id).await?;
+    }
+    let event = Event {
+        id: format!("refunded:{}", refunded.id),
+        customer_id: refunded.customer_id.clone(),
+        kind: EventKind::Refunded,
+        scenario: refunded.scenario.clone(),
+        at: now,
+        amount_fen: Some(refunded.total_fen),
+        bank_card: false,
+        tags: vec![],
+    };
+    events::record(store, &event, rules).await?;
+    let done = kv::update_json(store, &keys::order(owner, order_id), |current: Option<&Order>| {
+        let Some(current) = current else { return Err(OrderError::OrderNotFound) };
+        let mut next = current.clone();
+        next.refund_done = true;
+        Ok(Step::Write(next.clone(), next))
+    })
+    .await?;
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_legal_transitions_are_allowed() {
+        use OrderState::*;
+        let all = [PendingPayment, Paid, Failed, Expired, Refunded];
+        let legal = [
+            (PendingPayment, Paid),
+            (PendingPayment, Failed),
+            (PendingPayment, Expired),
+            (Failed, Paid),
+            (Failed, Expired),
+            (Paid, Refunded),
+        ];
+        for from in all {
+            for to in all {
+                assert_eq!(transition(from, to).is_ok(), legal.contains(&(from, to)), "{from:?} -> {to:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn payment_postings_balance_and_refunds_reverse_them() {
+        let order = Order {
+            v: 1,
+            id: "o_1".into(),
+            quote_id: "q_1".into(),
+            customer_id: "c_1".into(),
+            scenario: "utility".into(),
+            lines: vec![
+                QuoteLine { kind: "base".into(), description: "water".into(), amount_fen: 10_000, funded_by: None },
+                QuoteLine {
+                    kind: "cardholder_discount".into(),
+                    description: "5%".into(),
+                    amount_fen: -500,
+                    funded_by: Some(Funding { budget: "util:budget:w".into(), reservation_id: "q_1".into() }),
+                },
+            ],
+            total_fen: 9_500,
+            pay_with: PayWith::BankCard,
+            state: OrderState::Paid,
+            created_at: Timestamp::from_unix_secs(0),
+            expires_at: Timestamp::from_unix_secs(1800),
+            payment: None,
+            fulfilled: false,
+            refunded_by: None,
+            refund_done: false,
+            settlement_account: "biller:w:settlement".into(),
+            payload: serde_json::Value::Null,
+            history: vec![],
+        };
+        let pay = order.payment_posting(Timestamp::from_unix_secs(10));
+        assert_eq!(pay.lines.iter().map(|l| l.amount_fen).sum::<i64>(), 0);
+        assert_eq!(
+            pay.lines.iter().map(|l| (l.account.as_str(), l.amount_fen)).collect::<Vec<_>>(),
+            vec![("gateway:clearing", 9_500), ("bank:marketing", 500), ("biller:w:settlement", -10_000)]
+        );
+        let refund = order.refund_posting(Timestamp::from_unix_secs(20));
+        assert!(refund.lines.iter().zip(&pay.lines).all(|(r, p)| r.amount_fen == -p.amount_fen));
+    }
+
+    #[test]
+    fn quotes_must_add_up() {
+        let mut q = Quote {
+            v: 1,
+            id: "q".into(),
+            customer_id: "c".into(),
+            scenario: "utility".into(),
+            lines: vec![QuoteLine { kind: "base".into(), description: "x".into(), amount_fen: 100, funded_by: None }],
+            total_fen: 100,
+            pay_with: PayWith::Other,
+            card_bin: None,
+            created_at: Timestamp::from_unix_secs(0),
+            expires_at: Timestamp::from_unix_secs(900),
+            payload: serde_json::Value::Null,
+        };
+        assert!(q.check().is_ok());
+        q.total_fen = 99;
+        assert!(q.check().is_err());
+        q.lines[0].amount_fen = 0;
+        q.total_fen = 0;
+        assert!(q.check().is_err(), "a zero total is not payable");
+    }
+
+    #[test]
+    fn bins_parse_and_match_by_prefix() {
+        let bins = parse_bins(" 622588, 12345, 62258899x, 43678801");
+        assert_eq!(bins, vec!["622588".to_owned(), "43678801".to_owned()]);
+        let card = |bin: &str| Instrument { kind: "bank_card".into(), bin: Some(bin.into()), card_fingerprint: None };
+        assert!(card("6225881234").is_bank_card(&bins));
+        assert!(!card("6225891234").is_bank_card(&bins));
+        assert!(
+            !Instrument { kind: "wallet".into(), bin: Some("622588".into()), card_fingerprint: None }
+                .is_bank_card(&bins)
+        );
+    }
+}

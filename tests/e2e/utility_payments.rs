@@ -1,0 +1,274 @@
+//! Utility payments end to end, as a biller, a mini-program and the gateway would drive them.
+
+use scenefin_core::auth::Provider;
+use scenefin_e2e::{BANK_BIN, OPERATOR_TOKEN, Reply, TestApp};
+use serde_json::{Value, json};
+
+struct Biller {
+    id: String,
+    partner_id: String,
+    secret: String,
+}
+
+async fn register(app: &TestApp, body: Value) -> Biller {
+    let r = app.send("POST", "/api/utility/billers", Some(&body), Some(OPERATOR_TOKEN)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    Biller {
+        id: body["id"].as_str().expect("id").into(),
+        partner_id: r.body["partner_id"].as_str().expect("partner_id").into(),
+        secret: r.body["partner_secret"].as_str().expect("secret").into(),
+    }
+}
+
+fn water(discount_budget_fen: i64) -> Value {
+    json!({
+        "id": "sz_water", "name": "Shenzhen Water", "category": "water", "city": "shenzhen",
+        "account_rule": {"min_len": 8, "max_len": 10, "charset": "digits"},
+        "exactness": "exact", "settlement_account": "6222000011112222",
+        "discount": {"percent_bp": 500, "cap_fen": 1000, "budget_id": "water_card_2026", "budget_fen": discount_budget_fen}
+    })
+}
+
+async fn customer(app: &TestApp, subject: &str) -> String {
+    let s = app.login(Provider::Wechat, subject, None, None).await;
+    s.body["token"].as_str().expect("token").to_owned()
+}
+
+fn event(id: &str, order_id: &str, status: &str, paid_fen: i64, bin: Option<&str>, at: &str) -> Value {
+    let instrument = match bin {
+        Some(bin) => json!({"type": "bank_card", "bin": bin, "card_fingerprint": "fp_1"}),
+        None => json!({"type": "wallet"}),
+    };
+    json!({"event_id": id, "order_id": order_id, "status": status, "paid_fen": paid_fen, "paid_at": at, "instrument": instrument})
+}
+
+async fn order(app: &TestApp, token: &str, quote_id: &str, key: &str) -> Reply {
+    let body = serde_json::to_vec(&json!({ "quote_id": quote_id })).expect("json");
+    let headers = vec![
+        ("authorization".to_owned(), format!("Bearer {token}")),
+        ("idempotency-key".to_owned(), key.to_owned()),
+        ("content-type".to_owned(), "application/json".to_owned()),
+    ];
+    app.send_raw("POST", "/api/utility/orders", body, &headers).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_household_pays_its_water_bill_end_to_end() {
+    let app = TestApp::spawn().await.expect("app");
+    let now = app.now.to_rfc3339();
+
+    // The operator registers the biller; the biller uploads bills with its credentials.
+    let w = register(&app, water(100_000)).await;
+    let upload = json!({"bills": [
+        {"bill_id": "B2026-10-001", "account_no": "1234567890", "period": "2026-10", "amount_fen": 8650, "due_date": "2026-11-30", "holder_name": "张三丰"},
+        {"bill_id": "B2026-11-001", "account_no": "1234567890", "period": "2026-11", "amount_fen": 7320, "due_date": "2026-12-31", "holder_name": "张三丰"}
+    ]});
+    let path = format!("/api/utility/billers/{}/bills", w.id);
+    let up = app.partner(&w.partner_id, &w.secret, "PUT", &path, Some(&upload)).await;
+    assert_eq!((up.status, up.body["created"].as_u64()), (200, Some(2)), "{:?}", up.body);
+    let again = app.partner(&w.partner_id, &w.secret, "PUT", &path, Some(&upload)).await;
+    assert_eq!(
+        (again.body["created"].as_u64(), again.body["updated"].as_u64()),
+        (Some(0), Some(2)),
+        "idempotent per bill"
+    );
+    let unsigned = app.send("PUT", &path, Some(&upload), None).await;
+    assert_eq!((unsigned.status, unsigned.body["code"].as_str()), (401, Some("missing_credentials")));
+    let billers = app.send("GET", "/api/utility/billers?category=water&city=shenzhen", None, None).await;
+    assert_eq!(billers.body["items"][0]["id"], "sz_water");
+    assert!(billers.body["items"][0].get("settlement_account").is_none(), "not public");
+
+    // A customer binds the account and sees what is due.
+    let token = customer(&app, "wx_household").await;
+    let bind = app
+        .send(
+            "POST",
+            "/api/utility/accounts",
+            Some(&json!({"biller_id": "sz_water", "account_no": "1234567890", "alias": "home"})),
+            Some(&token),
+        )
+        .await;
+    assert_eq!((bind.status, bind.body["holder_masked"].as_str()), (201, Some("张*丰")), "{:?}", bind.body);
+    let accounts = app.send("GET", "/api/utility/accounts", None, Some(&token)).await;
+    assert_eq!(accounts.body["items"][0]["outstanding_fen"], 15_970);
+    let missing =
+        app.send("GET", "/api/utility/bills?biller_id=sz_water&account_no=9999999999", None, Some(&token)).await;
+    assert_eq!((missing.status, missing.body["code"].as_str()), (404, Some("no_such_account")));
+    let bad = app.send("GET", "/api/utility/bills?biller_id=sz_water&account_no=12ab", None, Some(&token)).await;
+    assert_eq!((bad.status, bad.body["code"].as_str()), (400, Some("invalid_account_number")));
+
+    // Quotes: the bank's card gets 5% off (capped at 10 yuan), another card does not.
+    let q_other = app.send("POST", "/api/utility/quotes", Some(&json!({"biller_id": "sz_water", "account_no": "1234567890", "bill_ids": ["B2026-10-001"], "pay_with": "other"})), Some(&token)).await;
+    assert_eq!((q_other.status, q_other.body["total_fen"].as_i64()), (201, Some(8650)), "{:?}", q_other.body);
+    let q = app.send("POST", "/api/utility/quotes", Some(&json!({"biller_id": "sz_water", "account_no": "1234567890", "bill_ids": ["B2026-10-001"], "pay_with": "bank_card", "card_bin": BANK_BIN})), Some(&token)).await;
+    assert_eq!(q.body["total_fen"], 8650 - 432, "{:?}", q.body);
+    assert_eq!(q.body["lines"][1]["kind"], "cardholder_discount");
+    let inexact = app
+        .send(
+            "POST",
+            "/api/utility/quotes",
+            Some(&json!({"biller_id": "sz_water", "account_no": "1234567890", "amount_fen": 100, "pay_with": "other"})),
+            Some(&token),
+        )
+        .await;
+    assert_eq!((inexact.status, inexact.body["code"].as_str()), (422, Some("amount_not_allowed")));
+
+    // Order, idempotently.
+    let quote_id = q.body["quote_id"].as_str().expect("quote id");
+    let placed = order(&app, &token, quote_id, "order-key-1").await;
+    assert_eq!(placed.status, 201, "{:?}", placed.body);
+    let replay = order(&app, &token, quote_id, "order-key-1").await;
+    assert_eq!(replay.body, placed.body, "replayed byte for byte");
+    let reused = order(&app, &token, q_other.body["quote_id"].as_str().expect("id"), "order-key-1").await;
+    assert_eq!((reused.status, reused.body["code"].as_str()), (409, Some("idempotency_key_reused")));
+    let order_id = placed.body["order"]["order_id"].as_str().expect("order id").to_owned();
+    assert_eq!(placed.body["payment"]["amount_fen"], 8218);
+    assert_eq!(placed.body["payment"]["bank_card_only"], true);
+    // A second order for the same bill, placed while the first is unpaid (say, from another phone).
+    let placed2 = order(&app, &token, q_other.body["quote_id"].as_str().expect("id"), "order-key-2").await;
+    assert_eq!(placed2.status, 201, "{:?}", placed2.body);
+    let order2 = placed2.body["order"]["order_id"].as_str().expect("id").to_owned();
+
+    // The gateway: a forged notification, then the real one five times at once, then a late failure.
+    let paid = event("evt_1", &order_id, "succeeded", 8218, Some("6225881234"), &now);
+    let forged = {
+        let body = serde_json::to_vec(&paid).expect("json");
+        let headers = vec![
+            ("webhook-id".to_owned(), "msg_x".to_owned()),
+            ("webhook-timestamp".to_owned(), app.now.unix_secs().to_string()),
+            ("webhook-signature".to_owned(), "v1,AAAA".to_owned()),
+        ];
+        app.send_raw("POST", "/api/utility/payments/notify", body, &headers).await
+    };
+    assert_eq!((forged.status, forged.body["code"].as_str()), (401, Some("invalid_signature")));
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        tasks.push(app.notify("/api/utility/payments/notify", &paid));
+    }
+    for r in futures_join(tasks).await {
+        assert_eq!((r.status, r.body["state"].as_str()), (200, Some("paid")), "{:?}", r.body);
+    }
+    let late_failure =
+        app.notify("/api/utility/payments/notify", &event("evt_2", &order_id, "failed", 0, None, &now)).await;
+    assert_eq!(late_failure.body["state"], "paid", "a failure after success changes nothing");
+    let wrong_amount = app
+        .notify("/api/utility/payments/notify", &event("evt_3", &order_id, "succeeded", 1, Some("6225881234"), &now))
+        .await;
+    assert_eq!((wrong_amount.status, wrong_amount.body["code"].as_str()), (422, Some("amount_mismatch")));
+
+    // Receipt, settled bill, customer activated.
+    let receipt = app.send("GET", &format!("/api/utility/orders/{order_id}"), None, Some(&token)).await;
+    assert_eq!((receipt.body["state"].as_str(), receipt.body["receipt_no"].as_str()), (Some("paid"), Some("evt_1")));
+    let due = app.send("GET", "/api/utility/bills?biller_id=sz_water&account_no=1234567890", None, Some(&token)).await;
+    assert_eq!(due.body["items"].as_array().map(Vec::len), Some(1), "only November is still due");
+    let me = app.send("GET", "/api/me", None, Some(&token)).await;
+    assert_eq!(me.body["lifecycle"]["stage"], "activated");
+    let history = app.send("GET", "/api/utility/orders", None, Some(&token)).await;
+    let listed: Vec<&str> =
+        history.body["items"].as_array().expect("items").iter().filter_map(|o| o["order_id"].as_str()).collect();
+    assert_eq!(listed, [order2.as_str(), order_id.as_str()], "newest first");
+    let stranger = customer(&app, "wx_stranger").await;
+    assert_eq!(app.send("GET", &format!("/api/utility/orders/{order_id}"), None, Some(&stranger)).await.status, 404);
+
+    // A failed payment, then a successful retry, on the second order: the bill was already paid, so the biller
+    // sees a duplicate payment to settle.
+    assert_eq!(
+        app.notify("/api/utility/payments/notify", &event("evt_4", &order2, "failed", 0, None, &now)).await.body["state"],
+        "failed"
+    );
+    let retry =
+        app.notify("/api/utility/payments/notify", &event("evt_5", &order2, "succeeded", 8650, None, &now)).await;
+    assert_eq!(retry.body["state"], "paid", "{:?}", retry.body);
+
+    // The biller refunds the first order; the bill reopens.
+    let refund_path = format!("/api/utility/orders/{order_id}/refund");
+    let mut headers = app.partner_headers(&w.partner_id, &w.secret, "POST", &refund_path, b"");
+    headers.push(("idempotency-key".into(), "refund-1".into()));
+    let refunded = app.send_raw("POST", &refund_path, Vec::new(), &headers).await;
+    assert_eq!((refunded.status, refunded.body["state"].as_str()), (200, Some("refunded")), "{:?}", refunded.body);
+    let due = app.send("GET", "/api/utility/bills?biller_id=sz_water&account_no=1234567890", None, Some(&token)).await;
+    assert_eq!(
+        due.body["items"].as_array().map(Vec::len),
+        Some(1),
+        "October was paid twice (two orders) and refunded once"
+    );
+
+    // Settlement equals the ledger; the books balance.
+    let day = &now[..10];
+    let statement = app
+        .send("GET", &format!("/api/utility/billers/sz_water/settlement?date={day}"), None, Some(OPERATOR_TOKEN))
+        .await;
+    assert_eq!(statement.status, 200, "{:?}", statement.body);
+    assert_eq!(statement.body["reconciled"], true, "{:?}", statement.body);
+    assert_eq!(statement.body["total_gross_fen"], statement.body["ledger_total_fen"]);
+    assert_eq!(statement.body["total_gross_fen"], 8650, "two payments of 86.50, one refunded");
+    assert_eq!(statement.body["lines"].as_array().map(Vec::len), Some(3));
+    let by_partner = app
+        .partner(&w.partner_id, &w.secret, "GET", &format!("/api/utility/billers/sz_water/settlement?date={day}"), None)
+        .await;
+    assert_eq!(by_partner.body["total_gross_fen"], 8650);
+    let check = app.send("GET", "/api/ops/ledger/check", None, Some(OPERATOR_TOKEN)).await;
+    assert_eq!((check.status, check.body["balanced"].as_bool()), (200, Some(true)), "{:?}", check.body);
+    let stats = app.send("GET", "/api/utility/billers/sz_water/stats", None, Some(OPERATOR_TOKEN)).await;
+    assert_eq!(
+        (
+            stats.body["accounts_bound"].as_i64(),
+            stats.body["orders_paid"].as_i64(),
+            stats.body["orders_paid_bank_card"].as_i64()
+        ),
+        (Some(1), Some(2), Some(1))
+    );
+    app.host.shutdown().await;
+}
+
+async fn futures_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut out = Vec::new();
+    let handles: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    for h in handles {
+        out.push(h.await);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_payments_get_exactly_fifty_discounts() {
+    let app = std::sync::Arc::new(TestApp::spawn().await.expect("app"));
+    let now = app.now.to_rfc3339();
+    let prepaid = json!({
+        "id": "sz_power", "name": "Shenzhen Power", "category": "electricity", "city": "shenzhen",
+        "account_rule": {"min_len": 6, "max_len": 12, "charset": "digits"},
+        "exactness": "adhoc", "settlement_account": "6222000033334444",
+        "discount": {"percent_bp": 1000, "cap_fen": 1000, "budget_id": "power_card_2026", "budget_fen": 50_000}
+    });
+    register(&app, prepaid).await;
+    let token = customer(&app, "wx_rush").await;
+
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let (app, token, now) = (app.clone(), token.clone(), now.clone());
+        tasks.push(tokio::spawn(async move {
+            let quote = json!({"biller_id": "sz_power", "account_no": format!("{:08}", 10_000_000 + i), "amount_fen": 10_000, "pay_with": "bank_card", "card_bin": BANK_BIN});
+            let q = app.send("POST", "/api/utility/quotes", Some(&quote), Some(&token)).await;
+            assert_eq!(q.status, 201, "{:?}", q.body);
+            let placed = order(&app, &token, q.body["quote_id"].as_str().expect("id"), &format!("rush-{i}")).await;
+            assert_eq!(placed.status, 201, "{:?}", placed.body);
+            let order_id = placed.body["order"]["order_id"].as_str().expect("id").to_owned();
+            let total = placed.body["order"]["total_fen"].as_i64().expect("total");
+            let paid = app.notify("/api/utility/payments/notify", &event(&format!("rush_{i}"), &order_id, "succeeded", total, Some("62258800"), &now)).await;
+            assert_eq!(paid.body["state"], "paid", "{:?}", paid.body);
+            total
+        }));
+    }
+    let mut discounted = 0;
+    for t in tasks {
+        discounted += usize::from(t.await.expect("task") == 9_000);
+    }
+    assert_eq!(discounted, 50);
+    let check = app.send("GET", "/api/ops/ledger/check", None, Some(OPERATOR_TOKEN)).await;
+    assert_eq!(check.body["balanced"], true, "{:?}", check.body["discrepancies"]);
+    let accounts = check.body["accounts"].as_array().expect("accounts");
+    let stored = |name: &str| accounts.iter().find(|a| a["account"] == name).and_then(|a| a["stored_fen"].as_i64());
+    assert_eq!(stored("bank:marketing"), Some(50_000), "the budget funded exactly 50 discounts");
+    assert_eq!(stored("gateway:clearing"), Some(200 * 10_000 - 50_000));
+    assert_eq!(stored("biller:sz_power:settlement"), Some(-200 * 10_000));
+}

@@ -2,8 +2,8 @@
 //! with compare-and-swap, counters, and an in-memory [`MemStore`] for tests (feature `mem`).
 //!
 //! Semantics are Spin's (see `crates/host/src/kv.rs`), including its weak spot: a CAS against an absent key is an
-//! unconditional upsert in Spin's SQLite store. So nothing here creates a document with a CAS on absence; a
-//! document is created by the single winner of an atomic `increment` claim (see [`update_json`]).
+//! unconditional upsert in Spin's SQLite store. So nothing here creates a document with a CAS on absence:
+//! [`update_json`] first turns the absent key into a zero counter with an atomic `increment`, then CASes from it.
 //!
 //! Values are JSON documents with a `"v"` schema version, except counters, which are 8-byte little-endian `i64`
 //! written only by `increment` (Spin's store reads them that way and fails on anything else).
@@ -119,10 +119,7 @@ pub trait Store {
 
 /// Reads and decodes a JSON document.
 pub async fn get_json<T: DeserializeOwned>(store: &impl Store, key: &Key) -> Result<Option<T>, StoreError> {
-    match store.get(key).await? {
-        None => Ok(None),
-        Some(bytes) => decode(key, &bytes).map(Some),
-    }
+    decode_doc(key, store.get(key).await?.as_deref())
 }
 
 fn decode<T: DeserializeOwned>(key: &Key, bytes: &[u8]) -> Result<T, StoreError> {
@@ -162,14 +159,21 @@ pub enum Step<T, R> {
     Keep(R),
 }
 
-/// Read-modify-write of a JSON document with compare-and-swap and bounded retries.
+/// What a document key holds while being created: the value `increment(key, 0)` leaves on an absent key. It is
+/// never valid JSON, so it cannot be mistaken for a document; readers treat it as absent.
+pub const CREATING: [u8; 8] = [0; 8];
+
+/// Read-modify-write of a JSON document with compare-and-swap and bounded retries; creation survives a crash at
+/// any point.
 ///
 /// `decide` sees the current document (`None` when absent) and returns a [`Step`] or a business error. It may run
 /// several times, so it must be a pure function of its input.
 ///
-/// Creating an absent document: the writer that wins an atomic claim (`increment` on `<key>:init`) writes it;
-/// others wait for it to appear and then CAS on top. Spin's CAS would upsert over a concurrent creator. Documents
-/// whose first content is fixed by their key are better created with [`put_json`].
+/// An absent key is first turned into the 8-byte zero counter [`CREATING`] with `increment(key, 0)`, which the
+/// store does atomically (it creates an absent counter, leaves an existing one alone, and fails without effect on
+/// a JSON value). The document is then written with a CAS from those exact bytes, which only one writer can win.
+/// Nothing is ever CAS'd against absence (Spin would upsert) and nothing is left orphaned: a creator that dies
+/// after the increment leaves `CREATING`, which the next writer reads as absent and CASes from.
 pub async fn update_json<T, R, E>(
     store: &impl Store,
     key: &Key,
@@ -181,44 +185,60 @@ where
 {
     for _ in 0..CAS_RETRIES {
         let current = store.get(key).await?;
-        let doc: Option<T> = current.as_deref().map(|bytes| decode(key, bytes)).transpose()?;
+        let doc: Option<T> = decode_doc(key, current.as_deref())?;
         let (next, result) = match decide(doc.as_ref())? {
             Step::Keep(result) => return Ok(result),
             Step::Write(next, result) => (next, result),
         };
         let bytes = encode(key, &next)?;
-        match current {
-            Some(current) => {
-                if store.cas(key, Some(&current), &bytes).await? {
-                    return Ok(result);
+        let expected = match current {
+            Some(current) => current,
+            None => match store.increment(key, 0).await {
+                Ok(0) => CREATING.to_vec(),
+                Ok(n) => {
+                    let detail = format!("counter {n} where a document belongs");
+                    return Err(StoreError::Corrupt { key: key.to_string(), detail }.into());
                 }
-            }
-            None => {
-                let claim = store.increment(&key.child(&["init"]), 1).await?;
-                if claim == 1 {
-                    store.set(key, &bytes).await?;
-                    return Ok(result);
+                Err(e) => {
+                    // The increment fails on a JSON value: a racer created the document since our read.
+                    if store.get(key).await?.is_some_and(|b| b != CREATING) {
+                        continue;
+                    }
+                    return Err(e.into());
                 }
-                // Another writer is creating it: wait for its write, then retry against it. If it never comes
-                // (its writer crashed between claim and write) the key reports contention rather than risk
-                // overwriting a live creator; see ARCHITECTURE.md.
-                if !wait_for(store, key).await? {
-                    break;
-                }
-            }
+            },
+        };
+        if store.cas(key, Some(&expected), &bytes).await? {
+            return Ok(result);
         }
     }
     Err(StoreError::Contention { key: key.to_string() }.into())
 }
 
-async fn wait_for(store: &impl Store, key: &Key) -> Result<bool, StoreError> {
-    for _ in 0..CAS_RETRIES {
-        if store.get(key).await?.is_some() {
-            return Ok(true);
-        }
-        yield_now().await;
+/// Decodes a JSON document; absent and still-being-created ([`CREATING`]) both read as `None`.
+pub fn decode_doc<T: DeserializeOwned>(key: &Key, bytes: Option<&[u8]>) -> Result<Option<T>, StoreError> {
+    match bytes {
+        None => Ok(None),
+        Some(bytes) if bytes == CREATING => Ok(None),
+        Some(bytes) => decode(key, bytes).map(Some),
     }
-    Ok(false)
+}
+
+/// `get_many` in chunks of 100 keys, values in the order of `keys`.
+pub async fn get_all(store: &impl Store, keys: &[Key]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+    let mut values = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(100) {
+        let got = store.get_many(chunk).await?;
+        if got.len() != chunk.len() {
+            return Err(StoreError::Backend(format!(
+                "get_many returned {} values for {} keys",
+                got.len(),
+                chunk.len()
+            )));
+        }
+        values.extend(got);
+    }
+    Ok(values)
 }
 
 /// Yields once to the executor, so a concurrent task can make progress.

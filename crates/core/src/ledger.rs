@@ -25,18 +25,15 @@
 //! `pending` by a crash must be retried before a thousand more postings land on the same account shard. [`check`]
 //! lists pending postings as `unapplied`.
 //!
-//! Documents are created with a crash-safe variant of [`crate::kv::update_json`], `update_doc`: `update_json`'s
-//! creation claim leaves a key stuck (`contention` forever) when its winner dies between claim and write, which
-//! on a shared index or balance shard would block every later posting.
+//! Documents are created and updated with [`crate::kv::update_json`], whose creation survives a crash at any point.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
 use crate::ids::hash_key_part;
-use crate::kv::{CAS_RETRIES, Key, Step, Store, StoreError};
+use crate::kv::{Key, Step, Store, StoreError, decode_doc, get_all, update_json as update_doc};
 use crate::problem::{ErrorKind, Problem};
 
 /// The schema version callers put in [`Posting::v`].
@@ -53,8 +50,6 @@ const MAX_MEMO_CHARS: usize = 500;
 const RECENT_KEPT: usize = 1000;
 /// How many rejected posting ids a floored account remembers.
 const REJECTED_KEPT: usize = 1000;
-/// Keys per `get_many` round trip.
-const GET_MANY_CHUNK: usize = 100;
 /// The 16 shard names: the possible first characters of [`hash_key_part`].
 pub(crate) const SHARDS: [&str; 16] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "a", "b", "c", "d", "e", "f"];
 /// The shard every line of a floored account goes to.
@@ -609,94 +604,6 @@ async fn registered_accounts(store: &impl Store) -> Result<BTreeSet<String>, Led
         }
     }
     Ok(accounts)
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Crash-safe documents (shared with `limits`; they belong in `kv` when that module is next changed).
-
-/// What a document key holds while being created: the value `increment(key, 0)` leaves on an absent key. It is
-/// never valid JSON, so it cannot be mistaken for a document.
-const CREATING: [u8; 8] = [0; 8];
-
-/// Read-modify-write of a JSON document with compare-and-swap and bounded retries, like
-/// [`crate::kv::update_json`], but creation survives a crash at any point.
-///
-/// An absent key is first turned into the 8-byte zero counter [`CREATING`] with `increment(key, 0)`, which the
-/// store does atomically (it creates an absent counter, leaves an existing one alone, and fails without effect on
-/// a JSON value). The document is then written with a CAS from those exact bytes, which only one writer can win.
-/// Nothing is ever CAS'd against absence (Spin would upsert) and no claim can be orphaned: a creator that dies
-/// after the increment leaves `CREATING`, which the next writer reads as "absent" and CASes from.
-///
-/// `decide` may run several times and must be a pure function of its input. Read such documents with
-/// [`decode_doc`], never `kv::get_json`, which does not know `CREATING`.
-pub(crate) async fn update_doc<T, R, E>(
-    store: &impl Store,
-    key: &Key,
-    mut decide: impl FnMut(Option<&T>) -> Result<Step<T, R>, E>,
-) -> Result<R, E>
-where
-    T: Serialize + DeserializeOwned,
-    E: From<StoreError>,
-{
-    for _ in 0..CAS_RETRIES {
-        let current = store.get(key).await?;
-        let doc: Option<T> = decode_doc(key, current.as_deref())?;
-        let (next, result) = match decide(doc.as_ref())? {
-            Step::Keep(result) => return Ok(result),
-            Step::Write(next, result) => (next, result),
-        };
-        let bytes = serde_json::to_vec(&next)
-            .map_err(|e| StoreError::Corrupt { key: key.to_string(), detail: e.to_string() })?;
-        let expected = match current {
-            Some(current) => current,
-            None => match store.increment(key, 0).await {
-                Ok(0) => CREATING.to_vec(),
-                Ok(n) => {
-                    let detail = format!("counter {n} where a document belongs");
-                    return Err(StoreError::Corrupt { key: key.to_string(), detail }.into());
-                }
-                Err(e) => {
-                    // The increment fails on a JSON value: a racer created the document since our read.
-                    if store.get(key).await?.is_some_and(|b| b != CREATING) {
-                        continue;
-                    }
-                    return Err(e.into());
-                }
-            },
-        };
-        if store.cas(key, Some(&expected), &bytes).await? {
-            return Ok(result);
-        }
-    }
-    Err(StoreError::Contention { key: key.to_string() }.into())
-}
-
-/// Decodes a document written by [`update_doc`]; absent and still-being-created both read as `None`.
-pub(crate) fn decode_doc<T: DeserializeOwned>(key: &Key, bytes: Option<&[u8]>) -> Result<Option<T>, StoreError> {
-    match bytes {
-        None => Ok(None),
-        Some(bytes) if bytes == CREATING => Ok(None),
-        Some(bytes) => serde_json::from_slice(bytes)
-            .map(Some)
-            .map_err(|e| StoreError::Corrupt { key: key.to_string(), detail: e.to_string() }),
-    }
-}
-
-/// `get_many` in chunks of 100 keys, values in the order of `keys`.
-pub(crate) async fn get_all(store: &impl Store, keys: &[Key]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-    let mut values = Vec::with_capacity(keys.len());
-    for chunk in keys.chunks(GET_MANY_CHUNK) {
-        let got = store.get_many(chunk).await?;
-        if got.len() != chunk.len() {
-            return Err(StoreError::Backend(format!(
-                "get_many returned {} values for {} keys",
-                got.len(),
-                chunk.len()
-            )));
-        }
-        values.extend(got);
-    }
-    Ok(values)
 }
 
 #[cfg(test)]

@@ -33,7 +33,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
 use crate::kv::{Key, MAX_KEY_BYTES, Step, Store, StoreError, claim_once, decode_counter};
-use crate::ledger::{SHARDS, decode_doc, get_all, shard_of, update_doc, valid_name};
+use crate::kv::{decode_doc, get_all, update_json as update_doc};
+use crate::ledger::{SHARDS, shard_of, valid_name};
 use crate::problem::{ErrorKind, Problem};
 
 /// Largest budget or reservation: 10^15 fen.

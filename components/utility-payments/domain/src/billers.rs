@@ -236,9 +236,8 @@ pub async fn list(store: &impl Store, category: Option<&str>, city: Option<&str>
     let idx: Index = get_json(store, &keys::biller_index()).await?.unwrap_or_default();
     let keys: Vec<_> = idx.ids.iter().map(|id| keys::biller(id)).collect();
     let mut out = Vec::new();
-    for bytes in store.get_many(&keys).await?.into_iter().flatten() {
-        let biller: Biller = serde_json::from_slice(&bytes)
-            .map_err(|e| scenefin_core::kv::StoreError::Corrupt { key: "util:biller".into(), detail: e.to_string() })?;
+    for (key, bytes) in keys.iter().zip(kv::get_all(store, &keys).await?) {
+        let Some(biller) = kv::decode_doc::<Biller>(key, bytes.as_deref())? else { continue };
         if category.is_none_or(|c| c == biller.category) && city.is_none_or(|c| c == biller.city) {
             out.push(biller);
         }

@@ -2,10 +2,9 @@
 
 use scenefin_core::json::DEFAULT_LIMIT_BYTES;
 use scenefin_core::orders::{GatewayEvent, OrderState, PayWith};
-use scenefin_core::partners;
 use scenefin_guest::{
-    OrProblem, Request, Response, Route, SpinStore, bank_card_bins, body, idempotent, is_operator, json, json_response,
-    lifecycle_rules, partner_headers, path_and_query, request_time, require_customer, require_operator, split,
+    OrProblem, Request, Response, Route, SpinStore, bank_card_bins, body, idempotent, json, json_response,
+    lifecycle_rules, operator_or_partner, request_time, require_customer, require_operator, require_partner, split,
 };
 use serde_json::json;
 use utility_payments_domain::{OWNER, UtilityError, accounts, billers, bills, payments, pricing, reports};
@@ -22,25 +21,6 @@ const UPLOAD_LIMIT_BYTES: usize = 512 * 1024;
 
 fn store() -> Result<SpinStore, Response> {
     SpinStore::open_default().or_problem()
-}
-
-/// The operator, or the biller `biller_id` itself through a signed request.
-async fn operator_or_biller<B>(
-    req: &http::Request<B>,
-    store: &SpinStore,
-    biller_id: &str,
-    body: &[u8],
-) -> Result<String, Response> {
-    if is_operator(req).await {
-        return Ok("operator".into());
-    }
-    let now = request_time(req).await?;
-    let method = req.method().as_str().to_owned();
-    let partner = partners::authenticate(store, OWNER, &method, &path_and_query(req), partner_headers(req), body, now)
-        .await
-        .or_problem()?;
-    partner.require(biller_id).or_problem()?;
-    Ok(partner.partner_id)
 }
 
 pub async fn register_biller(req: Request) -> Handled {
@@ -66,11 +46,7 @@ pub async fn upload_bills(req: Request, biller_id: &str) -> Handled {
     let store = store()?;
     let now = request_time(&req).await?;
     let (head, bytes) = split(req, UPLOAD_LIMIT_BYTES).await?;
-    let method = head.method().as_str().to_owned();
-    let partner =
-        partners::authenticate(&store, OWNER, &method, &path_and_query(&head), partner_headers(&head), &bytes, now)
-            .await
-            .or_problem()?;
+    let partner = require_partner(&head, &store, OWNER, &bytes, now).await?;
     partner.require(biller_id).or_problem()?;
     let input: BillsBody = json(&bytes, UPLOAD_LIMIT_BYTES).or_problem()?;
     let biller = billers::get(&store, biller_id).await.or_problem()?;
@@ -80,8 +56,8 @@ pub async fn upload_bills(req: Request, biller_id: &str) -> Handled {
 
 pub async fn settlement(req: Request, route: &Route, biller_id: &str) -> Handled {
     let store = store()?;
-    operator_or_biller(&req, &store, biller_id, b"").await?;
     let now = request_time(&req).await?;
+    operator_or_partner(&req, &store, OWNER, biller_id, b"", now).await?;
     let day = match route.query_param("date") {
         Some(date) => reports::parse_date(&date).or_problem()?,
         None => now.shanghai_day(),
@@ -91,7 +67,8 @@ pub async fn settlement(req: Request, route: &Route, biller_id: &str) -> Handled
 
 pub async fn stats(req: Request, biller_id: &str) -> Handled {
     let store = store()?;
-    operator_or_biller(&req, &store, biller_id, b"").await?;
+    let now = request_time(&req).await?;
+    operator_or_partner(&req, &store, OWNER, biller_id, b"", now).await?;
     Ok(json_response(200, &reports::stats(&store, biller_id).await.or_problem()?))
 }
 
@@ -226,7 +203,7 @@ pub async fn refund(req: Request, id: &str) -> Handled {
     let (head, bytes) = split(req, DEFAULT_LIMIT_BYTES).await?;
     let order = scenefin_core::orders::get_order(&store, OWNER, id, now).await.or_problem()?;
     let biller_id = payments::biller_of(&order).unwrap_or_default();
-    let by = operator_or_biller(&head, &store, &biller_id, &bytes).await?;
+    let by = operator_or_partner(&head, &store, OWNER, &biller_id, &bytes, now).await?;
     let rules = lifecycle_rules().await;
     idempotent(&store, &head, OWNER, &by, &bytes, now, || async {
         match payments::refund(&store, id, &by, &rules, now).await {

@@ -255,6 +255,14 @@ pub fn yield_now() -> impl Future<Output = ()> {
     })
 }
 
+/// Adds `delta` to `counter` once per `claim` (e.g. per order): at most once, even when retried.
+pub async fn count_once(store: &impl Store, claim: &Key, counter: &Key, delta: i64) -> Result<(), StoreError> {
+    if claim_once(store, claim).await? {
+        store.increment(counter, delta).await?;
+    }
+    Ok(())
+}
+
 /// Claims `key` once: `true` for exactly one caller ever (per key), via an atomic increment.
 pub async fn claim_once(store: &impl Store, key: &Key) -> Result<bool, StoreError> {
     Ok(store.increment(key, 1).await? == 1)

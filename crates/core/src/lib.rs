@@ -20,5 +20,6 @@ pub mod money;
 pub mod orders;
 pub mod partners;
 pub mod problem;
+pub mod settlement;
 
 pub use problem::{ApiError, ErrorKind, Problem};

@@ -215,7 +215,7 @@ impl Order {
     /// The ledger posting of the payment: gateway clearing receives what the customer paid, the bank's marketing
     /// account funds the discounts, the settlement account is owed the gross.
     pub fn payment_posting(&self, at: Timestamp) -> Posting {
-        let funded: i64 = self.lines.iter().filter(|l| l.funded_by.is_some()).map(|l| -l.amount_fen).sum();
+        let funded = self.funded_fen();
         let mut lines = vec![Line { account: GATEWAY_CLEARING.into(), amount_fen: self.total_fen }];
         if funded > 0 {
             lines.push(Line { account: BANK_MARKETING.into(), amount_fen: funded });
@@ -241,6 +241,11 @@ impl Order {
             memo: format!("refund of {} order {}", self.scenario, self.id),
             lines,
         }
+    }
+
+    /// What the bank funds: the sum of funded discounts (positive).
+    pub fn funded_fen(&self) -> i64 {
+        self.lines.iter().filter(|l| l.funded_by.is_some()).map(|l| -l.amount_fen).sum()
     }
 
     fn reservations(&self) -> impl Iterator<Item = &Funding> {
@@ -378,6 +383,86 @@ pub mod keys {
     pub fn history(owner: &str, customer_id: &str) -> Key {
         Key::new(&[owner, "cust", customer_id, "orders"])
     }
+}
+
+/// A cardholder discount: a rate of an amount, capped per payment, funded by a budget.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CardDiscount {
+    /// Rate in basis points.
+    pub percent_bp: u32,
+    /// Cap per payment.
+    pub cap_fen: i64,
+    /// The funding budget's id.
+    pub budget_id: String,
+    /// The budget's total.
+    pub budget_fen: i64,
+}
+
+impl CardDiscount {
+    /// Checks the configuration; `field` prefixes error fields (e.g. `discount`).
+    pub fn validate(&self, field: &str) -> Result<(), (String, &'static str)> {
+        if self.percent_bp == 0 || self.percent_bp > 5_000 {
+            return Err((format!("{field}.percent_bp"), "1 to 5000"));
+        }
+        if self.cap_fen <= 0 || self.cap_fen > 100_000 {
+            return Err((format!("{field}.cap_fen"), "1 to 100000"));
+        }
+        if self.budget_fen <= 0 || self.budget_fen > 10_000_000_000 {
+            return Err((format!("{field}.budget_fen"), "1 to 10000000000"));
+        }
+        if crate::ids::Id::parse(&self.budget_id).is_err() {
+            return Err((format!("{field}.budget_id"), "1 to 64 of [A-Za-z0-9_-]"));
+        }
+        Ok(())
+    }
+
+    /// The discount on `base_fen` (pure): rate applied (truncated toward zero), capped, never the whole amount.
+    pub fn amount_fen(&self, base_fen: i64) -> i64 {
+        let Some(bp) = crate::money::Bp::new(self.percent_bp) else { return 0 };
+        let raw = crate::money::Fen(base_fen).apply_bp(bp).unwrap_or(crate::money::Fen::ZERO);
+        raw.capped_at(crate::money::Fen(self.cap_fen)).0.min(base_fen - 1).max(0)
+    }
+
+    /// Reserves the discount on `base_fen` against `budget` for the quote and returns its (negative) line, or
+    /// `None` when there is nothing to give or the budget is spent (no discount rather than an error).
+    pub async fn reserve_line(
+        &self,
+        store: &impl Store,
+        budget: &Key,
+        quote_id: &str,
+        base_fen: i64,
+        expires_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<Option<QuoteLine>, LimitError> {
+        let amount = self.amount_fen(base_fen);
+        if amount <= 0
+            || limits::reserve(store, budget, quote_id, amount, expires_at, now).await? != limits::Reserved::Granted
+        {
+            return Ok(None);
+        }
+        Ok(Some(QuoteLine {
+            kind: "cardholder_discount".into(),
+            description: format!("{}% off with the bank's card", percent(self.percent_bp)),
+            amount_fen: -amount,
+            funded_by: Some(Funding { budget: budget.as_str().to_owned(), reservation_id: quote_id.to_owned() }),
+        }))
+    }
+}
+
+/// `250` bp → `"2.5"`, without floats.
+pub fn percent(bp: u32) -> String {
+    let (whole, frac) = (bp / 100, bp % 100);
+    match frac {
+        0 => whole.to_string(),
+        f if f % 10 == 0 => format!("{whole}.{}", f / 10),
+        f => format!("{whole}.{f:02}"),
+    }
+}
+
+/// Whether a card BIN given at quote time is one of the bank's (pure).
+pub fn is_bank_bin(pay_with: PayWith, card_bin: Option<&str>, bank_bins: &[String]) -> bool {
+    pay_with == PayWith::BankCard && card_bin.is_some_and(|bin| bank_bins.iter().any(|b| bin.starts_with(b.as_str())))
 }
 
 /// Stores a priced quote (its id is fresh, so the write is unconditional).

@@ -302,6 +302,38 @@ pub async fn is_operator<B>(req: &http::Request<B>) -> bool {
     }
 }
 
+/// The operator, or the partner of `resource_id` itself through a signed request; returns who it was
+/// (`operator` or the partner id).
+pub async fn operator_or_partner<B>(
+    req: &http::Request<B>,
+    store: &SpinStore,
+    owner: &str,
+    resource_id: &str,
+    body: &[u8],
+    now: Timestamp,
+) -> Result<String, Response> {
+    if is_operator(req).await {
+        return Ok("operator".into());
+    }
+    let partner = require_partner(req, store, owner, body, now).await?;
+    partner.require(resource_id).or_problem()?;
+    Ok(partner.partner_id)
+}
+
+/// A signed partner request's partner (signature, timestamp window and nonce checked).
+pub async fn require_partner<B>(
+    req: &http::Request<B>,
+    store: &SpinStore,
+    owner: &str,
+    body: &[u8],
+    now: Timestamp,
+) -> Result<scenefin_core::partners::Partner, Response> {
+    let method = req.method().as_str().to_owned();
+    scenefin_core::partners::authenticate(store, owner, &method, &path_and_query(req), partner_headers(req), body, now)
+        .await
+        .or_problem()
+}
+
 /// The signed-request headers of a partner call.
 pub fn partner_headers<B>(req: &http::Request<B>) -> scenefin_core::partners::SignedHeaders<'_> {
     scenefin_core::partners::SignedHeaders {

@@ -68,19 +68,8 @@ impl AccountRule {
     }
 }
 
-/// The cardholder discount.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Discount {
-    /// Rate in basis points.
-    pub percent_bp: u32,
-    /// Cap per payment.
-    pub cap_fen: i64,
-    /// The funding budget's id.
-    pub budget_id: String,
-    /// The budget's total.
-    pub budget_fen: i64,
-}
+/// The cardholder discount (shared with other paying scenarios).
+pub type Discount = scenefin_core::orders::CardDiscount;
 
 /// A biller.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,16 +152,7 @@ pub fn validate(input: &NewBiller) -> Result<(), UtilityError> {
         return Err(UtilityError::invalid("settlement_account", "1 to 34 letters and digits"));
     }
     if let Some(d) = &input.discount {
-        if d.percent_bp == 0 || d.percent_bp > 5_000 {
-            return Err(UtilityError::invalid("discount.percent_bp", "1 to 5000"));
-        }
-        if d.cap_fen <= 0 || d.cap_fen > 100_000 {
-            return Err(UtilityError::invalid("discount.cap_fen", "1 to 100000"));
-        }
-        if d.budget_fen <= 0 || d.budget_fen > 10_000_000_000 {
-            return Err(UtilityError::invalid("discount.budget_fen", "1 to 10000000000"));
-        }
-        Id::parse(&d.budget_id).map_err(|_| UtilityError::invalid("discount.budget_id", "1 to 64 of [A-Za-z0-9_-]"))?;
+        d.validate("discount").map_err(|(field, message)| UtilityError::invalid(&field, message))?;
     }
     Ok(())
 }

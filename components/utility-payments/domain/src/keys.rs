@@ -43,11 +43,6 @@ pub fn budget(budget_id: &str) -> Key {
     Key::new(&["util", "budget", budget_id])
 }
 
-/// `util:biller:{id}:day:{yyyymmdd}` → settlement entries of a day.
-pub fn settlement_day(biller_id: &str, day: u32) -> Key {
-    biller(biller_id).child(&["day", &day.to_string()])
-}
-
 /// `util:biller:{id}:ctr:{name}` → a stats counter.
 pub fn stat(biller_id: &str, name: &str) -> Key {
     biller(biller_id).child(&["ctr", name])

@@ -3,31 +3,13 @@
 
 use scenefin_core::clock::Timestamp;
 use scenefin_core::customers::LifecycleRules;
-use scenefin_core::kv::{self, Step, Store, claim_once};
+use scenefin_core::kv::{self, Step, Store};
 use scenefin_core::orders::{self, Fulfilment, GatewayEvent, Order, OrderError};
-use serde::{Deserialize, Serialize};
+use scenefin_core::settlement;
 
 use crate::bills::{Bill, BillStatus};
 use crate::pricing::Payload;
 use crate::{OWNER, UtilityError, billers, keys};
-
-/// An entry of a biller's settlement day.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DayEntry {
-    /// Order.
-    pub order_id: String,
-    /// `pay` or `refund`.
-    pub kind: String,
-}
-
-/// The settlement entries of a biller's day.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Day {
-    /// Schema version.
-    pub v: u32,
-    /// Entries in order of arrival.
-    pub entries: Vec<DayEntry>,
-}
 
 /// Utility's fulfilment.
 pub struct Utility<'a, S: Store> {
@@ -48,19 +30,6 @@ fn scenario_err(e: UtilityError) -> OrderError {
 }
 
 impl<S: Store> Utility<'_, S> {
-    async fn index_day(&self, biller_id: &str, order_id: &str, kind: &str, at: Timestamp) -> Result<(), OrderError> {
-        let entry = DayEntry { order_id: order_id.to_owned(), kind: kind.to_owned() };
-        kv::update_json(self.store, &keys::settlement_day(biller_id, at.shanghai_day()), |day: Option<&Day>| {
-            let mut day = day.cloned().unwrap_or(Day { v: 1, entries: Vec::new() });
-            if day.entries.contains(&entry) {
-                return Ok::<_, OrderError>(Step::Keep(()));
-            }
-            day.entries.push(entry.clone());
-            Ok(Step::Write(day, ()))
-        })
-        .await
-    }
-
     async fn count_once(
         &self,
         order_id: &str,
@@ -69,10 +38,8 @@ impl<S: Store> Utility<'_, S> {
         counter: &str,
         delta: i64,
     ) -> Result<(), OrderError> {
-        if claim_once(self.store, &keys::order_effect(order_id, effect)).await? {
-            self.store.increment(&keys::stat(biller_id, counter), delta).await?;
-        }
-        Ok(())
+        Ok(kv::count_once(self.store, &keys::order_effect(order_id, effect), &keys::stat(biller_id, counter), delta)
+            .await?)
     }
 }
 
@@ -106,7 +73,7 @@ impl<S: Store> Fulfilment for Utility<'_, S> {
             })
             .await?;
         }
-        self.index_day(&p.biller_id, &order.id, "pay", at).await?;
+        settlement::record(self.store, OWNER, &p.biller_id, &order.id, "pay", at).await?;
         self.count_once(&order.id, "paid", &p.biller_id, "orders_paid", 1).await?;
         self.count_once(&order.id, "bills", &p.biller_id, "bills_paid", i64::try_from(p.bill_ids.len()).unwrap_or(0))
             .await?;
@@ -140,7 +107,7 @@ impl<S: Store> Fulfilment for Utility<'_, S> {
             })
             .await?;
         }
-        self.index_day(&p.biller_id, &order.id, "refund", at).await?;
+        settlement::record(self.store, OWNER, &p.biller_id, &order.id, "refund", at).await?;
         self.count_once(&order.id, "refunded", &p.biller_id, "orders_refunded", 1).await?;
         Ok(())
     }

@@ -5,12 +5,10 @@
 use scenefin_core::clock::Timestamp;
 use scenefin_core::ids::new_id;
 use scenefin_core::kv::Store;
-use scenefin_core::limits::{self, Reserved};
-use scenefin_core::money::{Bp, Fen};
-use scenefin_core::orders::{self, Funding, PayWith, QUOTE_TTL_SECS, Quote, QuoteLine};
+use scenefin_core::orders::{self, PayWith, QUOTE_TTL_SECS, Quote, QuoteLine};
 use serde::{Deserialize, Serialize};
 
-use crate::billers::{Biller, Discount, Exactness};
+use crate::billers::{Biller, Exactness};
 use crate::bills::{self, Bill};
 use crate::{OWNER, SCENARIO, UtilityError, keys};
 
@@ -122,18 +120,6 @@ pub fn base_amount(
     }
 }
 
-/// The cardholder discount for `base_fen` (pure): rate applied (truncated), capped, never the whole amount.
-pub fn discount_fen(discount: &Discount, base_fen: i64) -> i64 {
-    let Some(bp) = Bp::new(discount.percent_bp) else { return 0 };
-    let raw = Fen(base_fen).apply_bp(bp).unwrap_or(Fen::ZERO);
-    raw.capped_at(Fen(discount.cap_fen)).0.min(base_fen - 1).max(0)
-}
-
-/// Whether the card is one of the bank's (pure).
-pub fn is_bank_card(pay_with: PayWith, card_bin: Option<&str>, bank_bins: &[String]) -> bool {
-    pay_with == PayWith::BankCard && card_bin.is_some_and(|bin| bank_bins.iter().any(|b| bin.starts_with(b.as_str())))
-}
-
 /// Prices a payment and stores the quote (discount reserved against its budget for the life of the quote).
 pub async fn quote(
     store: &impl Store,
@@ -171,18 +157,10 @@ pub async fn quote(
         funded_by: None,
     }];
     if let Some(discount) = &biller.discount
-        && is_bank_card(req.pay_with, req.card_bin.as_deref(), bank_bins)
+        && orders::is_bank_bin(req.pay_with, req.card_bin.as_deref(), bank_bins)
     {
-        let amount = discount_fen(discount, base_fen);
         let budget = keys::budget(&discount.budget_id);
-        if amount > 0 && limits::reserve(store, &budget, &id, amount, expires_at, now).await? == Reserved::Granted {
-            lines.push(QuoteLine {
-                kind: "cardholder_discount".into(),
-                description: format!("{}% off with the bank's card", f64_free_percent(discount.percent_bp)),
-                amount_fen: -amount,
-                funded_by: Some(Funding { budget: budget.as_str().to_owned(), reservation_id: id.clone() }),
-            });
-        }
+        lines.extend(discount.reserve_line(store, &budget, &id, base_fen, expires_at, now).await?);
     }
     let total_fen = lines.iter().map(|l| l.amount_fen).sum();
     let payload = Payload { biller_id: biller.id.clone(), account_no: req.account_no.clone(), bill_ids, base_fen };
@@ -201,16 +179,6 @@ pub async fn quote(
     };
     orders::save_quote(store, OWNER, &quote).await?;
     Ok(quote)
-}
-
-/// `250` bp → `"2.5"`, without floats.
-fn f64_free_percent(bp: u32) -> String {
-    let (whole, frac) = (bp / 100, bp % 100);
-    match frac {
-        0 => whole.to_string(),
-        f if f % 10 == 0 => format!("{whole}.{}", f / 10),
-        f => format!("{whole}.{f:02}"),
-    }
 }
 
 #[cfg(test)]
@@ -275,23 +243,23 @@ mod tests {
 
     #[test]
     fn discounts_are_truncated_capped_and_never_the_whole_amount() {
-        let d = Discount { percent_bp: 250, cap_fen: 1000, budget_id: "b".into(), budget_fen: 1 };
-        assert_eq!(discount_fen(&d, 999), 24);
-        assert_eq!(discount_fen(&d, 100_000), 1000, "capped");
-        assert_eq!(discount_fen(&d, 1), 0);
-        let all = Discount { percent_bp: 5000, cap_fen: 100_000, ..d };
-        assert_eq!(discount_fen(&all, 2), 1);
-        assert_eq!(f64_free_percent(250), "2.5");
-        assert_eq!(f64_free_percent(500), "5");
-        assert_eq!(f64_free_percent(125), "1.25");
+        let d = crate::billers::Discount { percent_bp: 250, cap_fen: 1000, budget_id: "b".into(), budget_fen: 1 };
+        assert_eq!(d.amount_fen(999), 24);
+        assert_eq!(d.amount_fen(100_000), 1000, "capped");
+        assert_eq!(d.amount_fen(1), 0);
+        let all = crate::billers::Discount { percent_bp: 5000, cap_fen: 100_000, ..d };
+        assert_eq!(all.amount_fen(2), 1);
+        assert_eq!(orders::percent(250), "2.5");
+        assert_eq!(orders::percent(500), "5");
+        assert_eq!(orders::percent(125), "1.25");
     }
 
     #[test]
     fn only_the_banks_cards_get_the_discount() {
         let bins = vec!["622588".to_owned()];
-        assert!(is_bank_card(PayWith::BankCard, Some("62258812"), &bins));
-        assert!(!is_bank_card(PayWith::BankCard, Some("62258912"), &bins));
-        assert!(!is_bank_card(PayWith::Other, Some("62258812"), &bins));
-        assert!(!is_bank_card(PayWith::BankCard, None, &bins));
+        assert!(orders::is_bank_bin(PayWith::BankCard, Some("62258812"), &bins));
+        assert!(!orders::is_bank_bin(PayWith::BankCard, Some("62258912"), &bins));
+        assert!(!orders::is_bank_bin(PayWith::Other, Some("62258812"), &bins));
+        assert!(!orders::is_bank_bin(PayWith::BankCard, None, &bins));
     }
 }

@@ -2,4 +2,5 @@
 
 mod console;
 mod customers;
+mod property_fees;
 mod utility_payments;

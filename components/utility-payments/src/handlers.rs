@@ -1,18 +1,15 @@
 //! Handlers: authenticate, decode (size-limited), call one domain function, encode.
 
 use scenefin_core::json::DEFAULT_LIMIT_BYTES;
-use scenefin_core::orders::{GatewayEvent, OrderState, PayWith};
+use scenefin_guest::orders as flow;
 use scenefin_guest::{
-    OrProblem, Request, Response, Route, SpinStore, bank_card_bins, body, idempotent, json, json_response,
-    lifecycle_rules, operator_or_partner, request_time, require_customer, require_operator, require_partner, split,
+    OrProblem, Request, Response, Route, SpinStore, bank_card_bins, body, json, json_response, lifecycle_rules,
+    operator_or_partner, request_time, require_customer, require_operator, require_partner, split,
 };
 use serde_json::json;
 use utility_payments_domain::{OWNER, UtilityError, accounts, billers, bills, payments, pricing, reports};
 
-use crate::dto::{
-    BillView, BillerBody, BillerView, BillsBody, BindBody, OrderBody, OrderView, PaymentParams, PlacedView, QuoteBody,
-    lines, quote_view,
-};
+use crate::dto::{BillView, BillerBody, BillerView, BillsBody, BindBody, QuoteBody};
 
 type Handled = Result<Response, Response>;
 
@@ -142,86 +139,32 @@ pub async fn quote(req: Request) -> Handled {
         coupon_id: input.coupon_id,
     };
     let quote = pricing::quote(&store, &customer, &biller, request, &bank_card_bins().await, now).await.or_problem()?;
-    let quote_lines = lines(&quote.lines);
-    Ok(json_response(201, &quote_view(&quote, &quote_lines)))
+    Ok(flow::quote_response(&quote))
 }
 
 pub async fn place_order(req: Request) -> Handled {
-    let now = request_time(&req).await?;
-    let customer = require_customer(&req, now).await?;
-    let store = store()?;
-    let (head, bytes) = split(req, DEFAULT_LIMIT_BYTES).await?;
-    idempotent(&store, &head, OWNER, &customer, &bytes, now, || async {
-        let input: OrderBody = match json(&bytes, DEFAULT_LIMIT_BYTES) {
-            Ok(input) => input,
-            Err(e) => return scenefin_guest::problem(&e),
-        };
-        match payments::place(&store, &customer, &input.quote_id, now).await {
-            Ok(order) => {
-                let bank_card_only =
-                    order.pay_with == PayWith::BankCard && order.lines.iter().any(|l| l.funded_by.is_some());
-                let payment = PaymentParams {
-                    order_id: &order.id,
-                    amount_fen: order.total_fen,
-                    currency: "CNY",
-                    description: order.lines.first().map(|l| l.description.clone()).unwrap_or_default(),
-                    expires_at: order.expires_at,
-                    bank_card_only,
-                };
-                json_response(201, &PlacedView { order: OrderView::from(&order), payment })
-            }
-            Err(e) => scenefin_guest::problem(&e),
-        }
+    flow::place(req, OWNER, async |store, customer, quote_id, now| {
+        payments::place(store, customer, quote_id, now).await
     })
     .await
 }
 
 pub async fn orders(req: &Request, route: &Route) -> Handled {
-    let now = request_time(req).await?;
-    let customer = require_customer(req, now).await?;
-    let limit = route.query_param("limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(20).clamp(1, 100);
-    let cursor = route.query_param("cursor");
-    let (items, next) =
-        scenefin_core::orders::list_orders(&store()?, OWNER, &customer, cursor.as_deref(), limit).await.or_problem()?;
-    let views: Vec<OrderView> = items.iter().map(OrderView::from).collect();
-    Ok(json_response(200, &json!({ "items": views, "next": next })))
+    flow::list(req, route, OWNER).await
 }
 
 pub async fn order(req: &Request, id: &str) -> Handled {
-    let now = request_time(req).await?;
-    let customer = require_customer(req, now).await?;
-    let order = scenefin_core::orders::get_order(&store()?, OWNER, id, now).await.or_problem()?;
-    if order.customer_id != customer {
-        return Err(scenefin_guest::problem(&scenefin_core::orders::OrderError::OrderNotFound));
-    }
-    Ok(json_response(200, &OrderView::from(&order)))
+    flow::get(req, OWNER, id).await
 }
 
 pub async fn refund(req: Request, id: &str) -> Handled {
-    let now = request_time(&req).await?;
-    let store = store()?;
-    let (head, bytes) = split(req, DEFAULT_LIMIT_BYTES).await?;
-    let order = scenefin_core::orders::get_order(&store, OWNER, id, now).await.or_problem()?;
-    let biller_id = payments::biller_of(&order).unwrap_or_default();
-    let by = operator_or_partner(&head, &store, OWNER, &biller_id, &bytes, now).await?;
-    let rules = lifecycle_rules().await;
-    idempotent(&store, &head, OWNER, &by, &bytes, now, || async {
-        match payments::refund(&store, id, &by, &rules, now).await {
-            Ok(order) => json_response(200, &OrderView::from(&order)),
-            Err(e) => scenefin_guest::problem(&e),
-        }
+    flow::refund(req, OWNER, id, payments::biller_of, async |store, id, by, rules, now| {
+        payments::refund(store, id, by, rules, now).await
     })
     .await
 }
 
 pub async fn notify(req: Request) -> Handled {
-    let now = request_time(&req).await?;
-    let (head, bytes) = split(req, DEFAULT_LIMIT_BYTES).await?;
-    scenefin_guest::verify_gateway(&head, &bytes, now).await?;
-    let event: GatewayEvent = json(&bytes, 16 * 1024).or_problem()?;
-    let order = payments::notify(&store()?, &event, &bank_card_bins().await, &lifecycle_rules().await, now)
+    flow::notify(req, async |store, event, bins, rules, now| payments::notify(store, event, bins, rules, now).await)
         .await
-        .or_problem()?;
-    let fulfilled = order.state != OrderState::Paid || order.fulfilled;
-    Ok(json_response(200, &json!({ "order_id": order.id, "state": order.state, "fulfilled": fulfilled })))
 }

@@ -19,6 +19,7 @@ pub mod limits;
 pub mod money;
 pub mod orders;
 pub mod partners;
+pub mod perks;
 pub mod problem;
 pub mod settlement;
 

@@ -35,6 +35,8 @@ pub mod wasi_keyvalue {
 
 use wasi_keyvalue::{atomics, batch, store};
 
+pub mod orders;
+
 /// The response type every handler returns.
 pub type Response = http::Response<FullBody<Bytes>>;
 

@@ -1,0 +1,178 @@
+//! Property's part in the shared payment flow: a paid order settles its bills, credits the months paid ahead to
+//! the room, counts collection and late-fee income; a refund undoes each. Every effect is idempotent by order id.
+
+use scenefin_core::clock::Timestamp;
+use scenefin_core::customers::LifecycleRules;
+use scenefin_core::kv::{self, Step, Store};
+use scenefin_core::orders::{self, Fulfilment, GatewayEvent, Order, OrderError};
+use scenefin_core::settlement;
+
+use crate::communities::{PrepaidCredit, Room};
+use crate::fees::{BillStatus, FeeBill};
+use crate::pricing::Payload;
+use crate::{OWNER, PropertyError, communities, keys};
+
+/// Property's fulfilment.
+pub struct Property<'a, S: Store> {
+    /// The store.
+    pub store: &'a S,
+}
+
+fn payload(order: &Order) -> Result<Payload, OrderError> {
+    serde_json::from_value(order.payload.clone()).map_err(|e| OrderError::Scenario(format!("order payload: {e}")))
+}
+
+impl<S: Store> Property<'_, S> {
+    async fn once(&self, order_id: &str, effect: &str, counter: kv::Key, delta: i64) -> Result<(), OrderError> {
+        Ok(kv::count_once(self.store, &keys::once(effect, order_id, "x"), &counter, delta).await?)
+    }
+
+    async fn set_bill(&self, p: &Payload, bill_id: &str, order_id: &str, paid: bool) -> Result<(), OrderError> {
+        kv::update_json(self.store, &keys::bill(&p.community_id, bill_id), |bill: Option<&FeeBill>| {
+            let Some(bill) = bill else { return Ok::<_, OrderError>(Step::Keep(())) };
+            let mut next = bill.clone();
+            let mine = bill.paid_by.as_deref() == Some(order_id);
+            match (paid, bill.status) {
+                (true, BillStatus::Open) => {
+                    next.status = BillStatus::Paid;
+                    next.paid_by = Some(order_id.to_owned());
+                }
+                (true, BillStatus::Paid) if mine || bill.duplicate_payments.iter().any(|o| o == order_id) => {
+                    return Ok(Step::Keep(()));
+                }
+                (true, BillStatus::Paid) => next.duplicate_payments.push(order_id.to_owned()),
+                (false, _) if mine => {
+                    if next.duplicate_payments.is_empty() {
+                        next.status = BillStatus::Open;
+                        next.paid_by = None;
+                    } else {
+                        next.paid_by = Some(next.duplicate_payments.remove(0));
+                    }
+                }
+                (false, _) if bill.duplicate_payments.iter().any(|o| o == order_id) => {
+                    next.duplicate_payments.retain(|o| o != order_id);
+                }
+                (false, _) => return Ok(Step::Keep(())),
+            }
+            Ok(Step::Write(next, ()))
+        })
+        .await
+    }
+
+    async fn set_prepaid(&self, p: &Payload, order_id: &str, credit: bool) -> Result<(), OrderError> {
+        let months = p.prepay_months + p.free_months;
+        if months == 0 {
+            return Ok(());
+        }
+        kv::update_json(self.store, &keys::room(&p.community_id, &p.room_id), |room: Option<&Room>| {
+            let Some(room) = room else { return Ok::<_, OrderError>(Step::Keep(())) };
+            let has = room.prepaid.iter().any(|c| c.order_id == order_id);
+            let mut next = room.clone();
+            match (credit, has) {
+                (true, false) => next.prepaid.push(PrepaidCredit { order_id: order_id.to_owned(), months }),
+                (false, true) => next.prepaid.retain(|c| c.order_id != order_id),
+                _ => return Ok(Step::Keep(())),
+            }
+            Ok(Step::Write(next, ()))
+        })
+        .await
+    }
+}
+
+impl<S: Store> Fulfilment for Property<'_, S> {
+    fn owner(&self) -> &'static str {
+        OWNER
+    }
+
+    async fn fulfil(&self, order: &Order, at: Timestamp) -> Result<(), OrderError> {
+        let p = payload(order)?;
+        for bill_id in &p.bill_ids {
+            self.set_bill(&p, bill_id, &order.id, true).await?;
+        }
+        self.set_prepaid(&p, &order.id, true).await?;
+        settlement::record(self.store, OWNER, &p.community_id, &order.id, "pay", at).await?;
+        for (i, (period, amount)) in p.periods.iter().zip(&p.amounts_fen).enumerate() {
+            let effect = format!("paid{i}");
+            self.once(&order.id, &effect, keys::period_stat(&p.community_id, period, "paid_fen"), *amount).await?;
+        }
+        self.once(&order.id, "late", keys::stat(&p.community_id, "late_fee_income_fen"), p.late_fee_fen).await?;
+        self.once(&order.id, "orders", keys::stat(&p.community_id, "orders_paid"), 1).await?;
+        if order.payment.as_ref().is_some_and(|pay| pay.bank_card) {
+            // Penetration counts rooms, once each, not payments.
+            kv::count_once(
+                self.store,
+                &keys::once("bankcard", &p.community_id, &p.room_id),
+                &keys::stat(&p.community_id, "bank_card_rooms"),
+                1,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn reverse(&self, order: &Order, at: Timestamp) -> Result<(), OrderError> {
+        let p = payload(order)?;
+        for bill_id in &p.bill_ids {
+            self.set_bill(&p, bill_id, &order.id, false).await?;
+        }
+        self.set_prepaid(&p, &order.id, false).await?;
+        settlement::record(self.store, OWNER, &p.community_id, &order.id, "refund", at).await?;
+        for (i, (period, amount)) in p.periods.iter().zip(&p.amounts_fen).enumerate() {
+            let effect = format!("unpaid{i}");
+            self.once(&order.id, &effect, keys::period_stat(&p.community_id, period, "paid_fen"), -*amount).await?;
+        }
+        self.once(&order.id, "unlate", keys::stat(&p.community_id, "late_fee_income_fen"), -p.late_fee_fen).await?;
+        self.once(&order.id, "refunds", keys::stat(&p.community_id, "orders_refunded"), 1).await?;
+        Ok(())
+    }
+}
+
+/// Places the order for a quote after checking its bills are still open.
+pub async fn place(
+    store: &impl Store,
+    customer_id: &str,
+    quote_id: &str,
+    now: Timestamp,
+) -> Result<Order, PropertyError> {
+    let quote: Option<orders::Quote> = if scenefin_core::ids::Id::parse(quote_id).is_ok() {
+        kv::get_json(store, &orders::keys::quote(OWNER, quote_id)).await?
+    } else {
+        None
+    };
+    let quote = quote.filter(|q| q.customer_id == customer_id).ok_or(OrderError::QuoteNotFound)?;
+    let p: Payload =
+        serde_json::from_value(quote.payload.clone()).map_err(|e| PropertyError::invalid("quote", e.to_string()))?;
+    let community = communities::get(store, &p.community_id).await?;
+    let existing = kv::get_json::<Order>(store, &orders::keys::order(OWNER, &orders::order_id_for(quote_id))).await?;
+    if existing.is_none() {
+        for bill_id in &p.bill_ids {
+            let bill: Option<FeeBill> = kv::get_json(store, &keys::bill(&community.id, bill_id)).await?;
+            if !bill.is_some_and(|b| b.status == BillStatus::Open) {
+                return Err(PropertyError::BillNotOpen(bill_id.clone()));
+            }
+        }
+    }
+    Ok(orders::place_order(store, OWNER, customer_id, quote_id, &community.ledger_account(), now).await?)
+}
+
+/// Applies a verified gateway notification.
+pub async fn notify(
+    store: &impl Store,
+    event: &GatewayEvent,
+    bank_bins: &[String],
+    rules: &LifecycleRules,
+    now: Timestamp,
+) -> Result<Order, PropertyError> {
+    Ok(orders::apply_notification(store, &Property { store }, event, bank_bins, rules, now).await?)
+}
+
+/// Refunds a paid order.
+pub async fn refund(
+    store: &impl Store,
+    order_id: &str,
+    by: &str,
+    rules: &LifecycleRules,
+    now: Timestamp,
+) -> Result<Order, PropertyError> {
+    Ok(orders::refund(store, &Property { store }, order_id, by, rules, now).await?)
+}

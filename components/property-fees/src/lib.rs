@@ -1,0 +1,52 @@
+//! The property-fees component: communities, rooms, fee bills, owner claims, quote → order → notify, refunds,
+//! perks and reports (HTTP adapter over property-fees-domain and scenefin-core's payment flow).
+//!
+//! | Method | Path | Who |
+//! |---|---|---|
+//! | POST | `/api/property/communities` | operator |
+//! | PUT | `/api/property/communities/{id}/rooms` | the property company (signed) |
+//! | PUT | `/api/property/communities/{id}/bills` | the property company (signed) |
+//! | GET | `/api/property/communities/{id}/perks` | public |
+//! | GET | `/api/property/communities/{id}/stats` | the property company (signed) or operator |
+//! | GET | `/api/property/communities/{id}/settlement?date=YYYY-MM-DD` | the property company (signed) or operator |
+//! | POST, GET | `/api/property/households` | customer |
+//! | POST | `/api/property/quotes` | customer |
+//! | POST | `/api/property/orders` (Idempotency-Key) | customer |
+//! | GET | `/api/property/orders?cursor=&limit=`, `/api/property/orders/{id}` | customer |
+//! | POST | `/api/property/payments/notify` | payment gateway (Standard Webhooks) |
+//! | POST | `/api/property/orders/{id}/refund` (Idempotency-Key) | operator or the property company (signed) |
+
+mod handlers;
+
+use http::Method;
+use scenefin_guest::{Request, Response, Route, no_route, problem};
+use spin_sdk::http_service;
+
+#[http_service]
+async fn handle(req: Request) -> Response {
+    let route = Route::of(&req);
+    let segments = route.segments();
+    let result = match (&route.method, segments.as_slice()) {
+        (&Method::POST, ["api", "property", "communities"]) => handlers::register(req).await,
+        (&Method::PUT, ["api", "property", "communities", id, "rooms"]) => handlers::rooms(req, id).await,
+        (&Method::PUT, ["api", "property", "communities", id, "bills"]) => handlers::bills(req, id).await,
+        (&Method::GET, ["api", "property", "communities", id, "perks"]) => handlers::perks(id).await,
+        (&Method::GET, ["api", "property", "communities", id, "stats"]) => handlers::stats(req, id).await,
+        (&Method::GET, ["api", "property", "communities", id, "settlement"]) => {
+            handlers::settlement(req, &route, id).await
+        }
+        (&Method::POST, ["api", "property", "households"]) => handlers::claim(req).await,
+        (&Method::GET, ["api", "property", "households"]) => handlers::households(&req).await,
+        (&Method::POST, ["api", "property", "quotes"]) => handlers::quote(req).await,
+        (&Method::POST, ["api", "property", "orders"]) => handlers::place_order(req).await,
+        (&Method::GET, ["api", "property", "orders"]) => handlers::orders(&req, &route).await,
+        (&Method::GET, ["api", "property", "orders", id]) => handlers::order(&req, id).await,
+        (&Method::POST, ["api", "property", "orders", id, "refund"]) => handlers::refund(req, id).await,
+        (&Method::POST, ["api", "property", "payments", "notify"]) => handlers::notify(req).await,
+        (_, ["api", "property", "communities" | "households" | "quotes" | "orders" | "payments", ..]) => {
+            Err(problem(&scenefin_core::ApiError::method_not_allowed()))
+        }
+        _ => Err(problem(&no_route())),
+    };
+    result.unwrap_or_else(|response| response)
+}

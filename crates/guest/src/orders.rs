@@ -1,0 +1,198 @@
+//! HTTP handlers of the shared payment flow (`scenefin_core::orders`), parameterised by each scenario's domain
+//! functions: placing an order (idempotent), the customer's orders and receipts, gateway notifications, refunds.
+
+use scenefin_core::clock::Timestamp;
+use scenefin_core::customers::LifecycleRules;
+use scenefin_core::json::DEFAULT_LIMIT_BYTES;
+use scenefin_core::orders::{self, GatewayEvent, Order, OrderError, OrderState, PayWith, QuoteLine, StateChange};
+use scenefin_core::problem::Problem;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::{
+    OrProblem, Request, Response, Route, SpinStore, bank_card_bins, idempotent, json, json_response, lifecycle_rules,
+    operator_or_partner, problem, request_time, require_customer, split, verify_gateway,
+};
+
+type Handled = Result<Response, Response>;
+
+/// A quote or order line on the wire.
+#[derive(Serialize)]
+pub struct LineView<'a> {
+    /// Kind.
+    pub kind: &'a str,
+    /// Description.
+    pub description: &'a str,
+    /// Amount (negative for discounts).
+    pub amount_fen: i64,
+}
+
+/// Lines on the wire.
+pub fn lines(lines: &[QuoteLine]) -> Vec<LineView<'_>> {
+    lines.iter().map(|l| LineView { kind: &l.kind, description: &l.description, amount_fen: l.amount_fen }).collect()
+}
+
+/// A quote on the wire.
+pub fn quote_response(q: &orders::Quote) -> Response {
+    json_response(
+        201,
+        &json!({
+            "quote_id": q.id,
+            "lines": lines(&q.lines),
+            "total_fen": q.total_fen,
+            "pay_with": q.pay_with,
+            "expires_at": q.expires_at,
+        }),
+    )
+}
+
+/// An order (a receipt once paid) on the wire.
+#[derive(Serialize)]
+pub struct OrderView<'a> {
+    /// Id.
+    pub order_id: &'a str,
+    /// State.
+    pub state: OrderState,
+    /// Lines.
+    pub lines: Vec<LineView<'a>>,
+    /// What the customer pays.
+    pub total_fen: i64,
+    /// What the order pays for (scenario details: biller and account, community and room...).
+    pub details: &'a serde_json::Value,
+    /// Created.
+    pub created_at: Timestamp,
+    /// Payment deadline.
+    pub expires_at: Timestamp,
+    /// Paid.
+    pub paid_at: Option<Timestamp>,
+    /// Paid with the bank's card.
+    pub paid_with_bank_card: Option<bool>,
+    /// The gateway's event id.
+    pub receipt_no: Option<&'a str>,
+    /// State history.
+    pub history: &'a [StateChange],
+}
+
+impl<'a> From<&'a Order> for OrderView<'a> {
+    fn from(o: &'a Order) -> Self {
+        OrderView {
+            order_id: &o.id,
+            state: o.state,
+            lines: lines(&o.lines),
+            total_fen: o.total_fen,
+            details: &o.payload,
+            created_at: o.created_at,
+            expires_at: o.expires_at,
+            paid_at: o.payment.as_ref().map(|p| p.paid_at),
+            paid_with_bank_card: o.payment.as_ref().map(|p| p.bank_card),
+            receipt_no: o.payment.as_ref().map(|p| p.event_id.as_str()),
+            history: &o.history,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrderBody {
+    quote_id: String,
+}
+
+/// `POST …/orders {quote_id}` with `Idempotency-Key`: the order and what the payment SDK needs.
+pub async fn place<E: Problem>(
+    req: Request,
+    owner: &str,
+    place: impl AsyncFnOnce(&SpinStore, &str, &str, Timestamp) -> Result<Order, E>,
+) -> Handled {
+    let now = request_time(&req).await?;
+    let customer = require_customer(&req, now).await?;
+    let store = SpinStore::open_default().or_problem()?;
+    let (head, bytes) = split(req, DEFAULT_LIMIT_BYTES).await?;
+    idempotent(&store, &head, owner, &customer, &bytes, now, async || {
+        let input: OrderBody = match json(&bytes, DEFAULT_LIMIT_BYTES) {
+            Ok(input) => input,
+            Err(e) => return problem(&e),
+        };
+        match place(&store, &customer, &input.quote_id, now).await {
+            Ok(order) => {
+                let bank_card_only = order.pay_with == PayWith::BankCard && order.funded_fen() > 0;
+                json_response(
+                    201,
+                    &json!({
+                        "order": OrderView::from(&order),
+                        "payment": {
+                            "order_id": order.id,
+                            "amount_fen": order.total_fen,
+                            "currency": "CNY",
+                            "description": order.lines.first().map(|l| l.description.clone()).unwrap_or_default(),
+                            "expires_at": order.expires_at,
+                            "bank_card_only": bank_card_only,
+                        }
+                    }),
+                )
+            }
+            Err(e) => problem(&e),
+        }
+    })
+    .await
+}
+
+/// `GET …/orders?cursor=&limit=`: the customer's orders, newest first.
+pub async fn list(req: &Request, route: &Route, owner: &str) -> Handled {
+    let now = request_time(req).await?;
+    let customer = require_customer(req, now).await?;
+    let limit = route.query_param("limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(20).clamp(1, 100);
+    let cursor = route.query_param("cursor");
+    let store = SpinStore::open_default().or_problem()?;
+    let (items, next) = orders::list_orders(&store, owner, &customer, cursor.as_deref(), limit).await.or_problem()?;
+    let views: Vec<OrderView> = items.iter().map(OrderView::from).collect();
+    Ok(json_response(200, &json!({ "items": views, "next": next })))
+}
+
+/// `GET …/orders/{id}`: one of the customer's own orders (someone else's is 404).
+pub async fn get(req: &Request, owner: &str, id: &str) -> Handled {
+    let now = request_time(req).await?;
+    let customer = require_customer(req, now).await?;
+    let store = SpinStore::open_default().or_problem()?;
+    let order = orders::get_order(&store, owner, id, now).await.or_problem()?;
+    if order.customer_id != customer {
+        return Err(problem(&OrderError::OrderNotFound));
+    }
+    Ok(json_response(200, &OrderView::from(&order)))
+}
+
+/// `POST …/payments/notify`: a verified gateway notification, applied by the scenario.
+pub async fn notify<E: Problem>(
+    req: Request,
+    apply: impl AsyncFnOnce(&SpinStore, &GatewayEvent, &[String], &LifecycleRules, Timestamp) -> Result<Order, E>,
+) -> Handled {
+    let now = request_time(&req).await?;
+    let (head, bytes) = split(req, 16 * 1024).await?;
+    verify_gateway(&head, &bytes, now).await?;
+    let event: GatewayEvent = json(&bytes, 16 * 1024).or_problem()?;
+    let store = SpinStore::open_default().or_problem()?;
+    let order = apply(&store, &event, &bank_card_bins().await, &lifecycle_rules().await, now).await.or_problem()?;
+    let fulfilled = order.state != OrderState::Paid || order.fulfilled;
+    Ok(json_response(200, &json!({ "order_id": order.id, "state": order.state, "fulfilled": fulfilled })))
+}
+
+/// `POST …/orders/{id}/refund` with `Idempotency-Key`, by the operator or the order's partner (`resource_of`).
+pub async fn refund<E: Problem>(
+    req: Request,
+    owner: &str,
+    id: &str,
+    resource_of: fn(&Order) -> Option<String>,
+    refund: impl AsyncFnOnce(&SpinStore, &str, &str, &LifecycleRules, Timestamp) -> Result<Order, E>,
+) -> Handled {
+    let now = request_time(&req).await?;
+    let store = SpinStore::open_default().or_problem()?;
+    let (head, bytes) = split(req, DEFAULT_LIMIT_BYTES).await?;
+    let order = orders::get_order(&store, owner, id, now).await.or_problem()?;
+    let resource = resource_of(&order).unwrap_or_default();
+    let by = operator_or_partner(&head, &store, owner, &resource, &bytes, now).await?;
+    let rules = lifecycle_rules().await;
+    idempotent(&store, &head, owner, &by, &bytes, now, async || match refund(&store, id, &by, &rules, now).await {
+        Ok(order) => json_response(200, &OrderView::from(&order)),
+        Err(e) => problem(&e),
+    })
+    .await
+}

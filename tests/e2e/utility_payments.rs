@@ -272,3 +272,33 @@ async fn two_hundred_concurrent_payments_get_exactly_fifty_discounts() {
     assert_eq!(stored("gateway:clearing"), Some(200 * 10_000 - 50_000));
     assert_eq!(stored("biller:sz_power:settlement"), Some(-200 * 10_000));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_methods_and_unknown_paths_are_problems_not_panics() {
+    let app = TestApp::spawn().await.expect("app");
+    let r = app.send("DELETE", "/api/utility/billers", None, None).await;
+    assert_eq!((r.status, r.body["code"].as_str()), (405, Some("method_not_allowed")));
+    let r = app.send("GET", "/api/utility/billers/x/nothing-here", None, None).await;
+    assert_eq!((r.status, r.body["code"].as_str()), (404, Some("not_found")));
+    let r = app.send("POST", "/api/utility/quotes", None, None).await;
+    assert_eq!((r.status, r.body["code"].as_str()), (401, Some("missing_credentials")), "auth comes before the body");
+    let token =
+        app.login(Provider::Wechat, "wx_bad_input", None, None).await.body["token"].as_str().expect("token").to_owned();
+    let headers = vec![("authorization".to_owned(), format!("Bearer {token}"))];
+    let r = app.send_raw("POST", "/api/utility/quotes", b"{not json".to_vec(), &headers).await;
+    assert_eq!((r.status, r.body["code"].as_str()), (400, Some("malformed_json")));
+    let r = app
+        .send(
+            "POST",
+            "/api/utility/quotes",
+            Some(&json!({"biller_id": "x", "account_no": "1", "pay_with": "cash"})),
+            Some(&token),
+        )
+        .await;
+    assert_eq!((r.status, r.body["field"].as_str()), (400, Some("pay_with")));
+    let r = app.send("POST", "/api/utility/billers", Some(&json!({"id": "a:b"})), Some(OPERATOR_TOKEN)).await;
+    assert_eq!(r.status, 400);
+    let r = app.send_raw("POST", "/api/utility/payments/notify", b"{}".to_vec(), &[]).await;
+    assert_eq!((r.status, r.body["code"].as_str()), (401, Some("missing_credentials")));
+    app.host.shutdown().await;
+}

@@ -43,10 +43,20 @@ async fn handle(req: Request) -> Response {
         (&Method::GET, ["api", "property", "orders", id]) => handlers::order(&req, id).await,
         (&Method::POST, ["api", "property", "orders", id, "refund"]) => handlers::refund(req, id).await,
         (&Method::POST, ["api", "property", "payments", "notify"]) => handlers::notify(req).await,
-        (_, ["api", "property", "communities" | "households" | "quotes" | "orders" | "payments", ..]) => {
-            Err(problem(&scenefin_core::ApiError::method_not_allowed()))
-        }
+        (_, path) if known_path(path) => Err(problem(&scenefin_core::ApiError::method_not_allowed())),
         _ => Err(problem(&no_route())),
     };
     result.unwrap_or_else(|response| response)
+}
+
+/// Paths this component serves with some method (a wrong method on them is 405, anything else 404).
+fn known_path(path: &[&str]) -> bool {
+    matches!(
+        path,
+        ["api", "property", "communities" | "households" | "quotes" | "orders"]
+            | ["api", "property", "communities", _, "rooms" | "bills" | "perks" | "stats" | "settlement"]
+            | ["api", "property", "orders", _]
+            | ["api", "property", "orders", _, "refund"]
+            | ["api", "property", "payments", "notify"]
+    )
 }

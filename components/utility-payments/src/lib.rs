@@ -46,10 +46,21 @@ async fn handle(req: Request) -> Response {
         (&Method::GET, ["api", "utility", "orders", id]) => handlers::order(&req, id).await,
         (&Method::POST, ["api", "utility", "orders", id, "refund"]) => handlers::refund(req, id).await,
         (&Method::POST, ["api", "utility", "payments", "notify"]) => handlers::notify(req).await,
-        (_, ["api", "utility", "billers" | "accounts" | "bills" | "quotes" | "orders" | "payments", ..]) => {
-            Err(problem(&scenefin_core::ApiError::method_not_allowed()))
-        }
+        (_, path) if known_path(path) => Err(problem(&scenefin_core::ApiError::method_not_allowed())),
         _ => Err(problem(&no_route())),
     };
     result.unwrap_or_else(|response| response)
+}
+
+/// Paths this component serves with some method (a wrong method on them is 405, anything else 404).
+fn known_path(path: &[&str]) -> bool {
+    matches!(
+        path,
+        ["api", "utility", "billers" | "accounts" | "bills" | "quotes" | "orders"]
+            | ["api", "utility", "billers", _, "bills" | "settlement" | "stats"]
+            | ["api", "utility", "accounts", _, _]
+            | ["api", "utility", "orders", _]
+            | ["api", "utility", "orders", _, "refund"]
+            | ["api", "utility", "payments", "notify"]
+    )
 }

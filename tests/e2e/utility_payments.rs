@@ -161,6 +161,12 @@ async fn a_household_pays_its_water_bill_end_to_end() {
     assert_eq!((receipt.body["state"].as_str(), receipt.body["receipt_no"].as_str()), (Some("paid"), Some("evt_1")));
     let due = app.send("GET", "/api/utility/bills?biller_id=sz_water&account_no=1234567890", None, Some(&token)).await;
     assert_eq!(due.body["items"].as_array().map(Vec::len), Some(1), "only November is still due");
+    let reupload = app.partner(&w.partner_id, &w.secret, "PUT", &path, Some(&upload)).await;
+    assert_eq!(
+        reupload.body["rejected"][0]["code"], "bill_paid",
+        "a paid bill is never overwritten: {:?}",
+        reupload.body
+    );
     let me = app.send("GET", "/api/me", None, Some(&token)).await;
     assert_eq!(me.body["lifecycle"]["stage"], "activated");
     let history = app.send("GET", "/api/utility/orders", None, Some(&token)).await;

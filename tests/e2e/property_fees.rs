@@ -5,13 +5,7 @@ use scenefin_e2e::{BANK_BIN, OPERATOR_TOKEN, Reply, TestApp};
 use serde_json::{Value, json};
 
 async fn order(app: &TestApp, token: &str, quote_id: &str, key: &str) -> Reply {
-    let body = serde_json::to_vec(&json!({ "quote_id": quote_id })).expect("json");
-    let headers = vec![
-        ("authorization".to_owned(), format!("Bearer {token}")),
-        ("idempotency-key".to_owned(), key.to_owned()),
-        ("content-type".to_owned(), "application/json".to_owned()),
-    ];
-    app.send_raw("POST", "/api/property/orders", body, &headers).await
+    app.place_order("/api/property/orders", token, quote_id, key).await
 }
 
 fn paid(id: &str, order_id: &str, paid_fen: i64, at: &str) -> Value {

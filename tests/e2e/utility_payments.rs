@@ -43,13 +43,7 @@ fn event(id: &str, order_id: &str, status: &str, paid_fen: i64, bin: Option<&str
 }
 
 async fn order(app: &TestApp, token: &str, quote_id: &str, key: &str) -> Reply {
-    let body = serde_json::to_vec(&json!({ "quote_id": quote_id })).expect("json");
-    let headers = vec![
-        ("authorization".to_owned(), format!("Bearer {token}")),
-        ("idempotency-key".to_owned(), key.to_owned()),
-        ("content-type".to_owned(), "application/json".to_owned()),
-    ];
-    app.send_raw("POST", "/api/utility/orders", body, &headers).await
+    app.place_order("/api/utility/orders", token, quote_id, key).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -147,6 +147,17 @@ impl TestApp {
         self.send_raw(method, path, bytes, &headers).await
     }
 
+    /// `POST {path}` `{quote_id}` as a customer with an `Idempotency-Key` (placing an order).
+    pub async fn place_order(&self, path: &str, token: &str, quote_id: &str, key: &str) -> Reply {
+        let body = serde_json::to_vec(&serde_json::json!({ "quote_id": quote_id })).expect("json");
+        let headers = vec![
+            ("authorization".to_owned(), format!("Bearer {token}")),
+            ("idempotency-key".to_owned(), key.to_owned()),
+            ("content-type".to_owned(), "application/json".to_owned()),
+        ];
+        self.send_raw("POST", path, body, &headers).await
+    }
+
     /// A gateway notification, signed as the gateway signs it.
     pub async fn notify(&self, path: &str, event: &Value) -> Reply {
         let body = serde_json::to_vec(event).expect("json");

@@ -255,6 +255,33 @@ pub fn yield_now() -> impl Future<Output = ()> {
     })
 }
 
+/// An index document: a list of ids (`{"v":1,"ids":[...]}`), the store's substitute for listing keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Index {
+    /// Schema version.
+    pub v: u32,
+    /// Ids, in insertion order.
+    pub ids: Vec<String>,
+}
+
+/// Adds `id` to the index document at `key` (idempotent); returns whether it was new.
+pub async fn add_to_index(store: &impl Store, key: &Key, id: &str) -> Result<bool, StoreError> {
+    update_json(store, key, |idx: Option<&Index>| {
+        let mut idx = idx.cloned().unwrap_or(Index { v: 1, ids: Vec::new() });
+        if idx.ids.iter().any(|x| x == id) {
+            return Ok::<_, StoreError>(Step::Keep(false));
+        }
+        idx.ids.push(id.to_owned());
+        Ok(Step::Write(idx, true))
+    })
+    .await
+}
+
+/// The ids of the index document at `key` (empty when absent).
+pub async fn read_index(store: &impl Store, key: &Key) -> Result<Vec<String>, StoreError> {
+    Ok(get_json::<Index>(store, key).await?.unwrap_or_default().ids)
+}
+
 /// Adds `delta` to `counter` once per `claim` (e.g. per order): at most once, even when retried.
 pub async fn count_once(store: &impl Store, claim: &Key, counter: &Key, delta: i64) -> Result<(), StoreError> {
     if claim_once(store, claim).await? {

@@ -5,7 +5,7 @@ use scenefin_core::clock::Timestamp;
 use scenefin_core::customers::Touch;
 use scenefin_core::events;
 use scenefin_core::ids::Id;
-use scenefin_core::kv::{self, Step, Store, claim_once, get_json, put_json};
+use scenefin_core::kv::{self, Store, claim_once, get_json, put_json};
 use serde::{Deserialize, Serialize};
 
 use crate::CustomerError;
@@ -125,12 +125,6 @@ pub fn generated_code(random: &[u8; 8]) -> String {
     random.iter().map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char).collect()
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Index {
-    v: u32,
-    codes: Vec<String>,
-}
-
 /// Creates a code once: the single winner of the claim writes it; a second create is `channel_code_exists`.
 pub async fn create(
     store: &impl Store,
@@ -145,15 +139,7 @@ pub async fn create(
         return Err(CustomerError::ChannelExists(doc.code));
     }
     put_json(store, &keys::channel(&doc.code), &doc).await?;
-    kv::update_json(store, &keys::channel_index(), |idx: Option<&Index>| {
-        let mut idx = idx.cloned().unwrap_or(Index { v: 1, codes: Vec::new() });
-        if idx.codes.contains(&doc.code) {
-            return Ok::<_, CustomerError>(Step::Keep(()));
-        }
-        idx.codes.push(doc.code.clone());
-        Ok(Step::Write(idx, ()))
-    })
-    .await?;
+    kv::add_to_index(store, &keys::channel_index(), &doc.code).await?;
     Ok(doc)
 }
 

@@ -138,12 +138,6 @@ pub fn validate(c: &NewCommunity) -> Result<(), PropertyError> {
     Ok(())
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Index {
-    v: u32,
-    ids: Vec<String>,
-}
-
 /// Registers a community, configures its discount budget, onboards its property company (credentials once).
 pub async fn register(
     store: &impl Store,
@@ -172,15 +166,7 @@ pub async fn register(
         created_at: now,
     };
     put_json(store, &keys::community(&community.id), &community).await?;
-    kv::update_json(store, &keys::community_index(), |idx: Option<&Index>| {
-        let mut idx = idx.cloned().unwrap_or(Index { v: 1, ids: Vec::new() });
-        if idx.ids.contains(&community.id) {
-            return Ok::<_, PropertyError>(Step::Keep(()));
-        }
-        idx.ids.push(community.id.clone());
-        Ok(Step::Write(idx, ()))
-    })
-    .await?;
+    kv::add_to_index(store, &keys::community_index(), &community.id).await?;
     Ok((community, creds))
 }
 

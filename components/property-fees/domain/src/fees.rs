@@ -118,12 +118,6 @@ impl FeeBill {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct RoomBills {
-    v: u32,
-    ids: Vec<String>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Periods {
     v: u32,
     periods: Vec<String>,
@@ -224,15 +218,7 @@ pub async fn upload(
         if billed_delta != 0 {
             store.increment(&keys::period_stat(&community.id, &b.period, "billed_fen"), billed_delta).await?;
         }
-        kv::update_json(store, &keys::room_bills(&community.id, &b.room_id), |current: Option<&RoomBills>| {
-            let mut rb = current.cloned().unwrap_or(RoomBills { v: 1, ids: Vec::new() });
-            if rb.ids.contains(&b.bill_id) {
-                return Ok::<_, PropertyError>(Step::Keep(()));
-            }
-            rb.ids.push(b.bill_id.clone());
-            Ok(Step::Write(rb, ()))
-        })
-        .await?;
+        kv::add_to_index(store, &keys::room_bills(&community.id, &b.room_id), &b.bill_id).await?;
         kv::update_json(store, &keys::periods(&community.id), |current: Option<&Periods>| {
             let mut p = current.cloned().unwrap_or(Periods { v: 1, periods: Vec::new() });
             if p.periods.contains(&b.period) {
@@ -254,8 +240,8 @@ pub async fn periods(store: &impl Store, community_id: &str) -> Result<Vec<Strin
 
 /// All bills of a room.
 pub async fn room_bills(store: &impl Store, community_id: &str, room_id: &str) -> Result<Vec<FeeBill>, PropertyError> {
-    let ids: RoomBills = get_json(store, &keys::room_bills(community_id, room_id)).await?.unwrap_or_default();
-    let keys: Vec<_> = ids.ids.iter().map(|b| keys::bill(community_id, b)).collect();
+    let ids = kv::read_index(store, &keys::room_bills(community_id, room_id)).await?;
+    let keys: Vec<_> = ids.iter().map(|b| keys::bill(community_id, b)).collect();
     let mut out = Vec::with_capacity(keys.len());
     for (key, bytes) in keys.iter().zip(kv::get_all(store, &keys).await?) {
         out.extend(kv::decode_doc::<FeeBill>(key, bytes.as_deref())?);

@@ -3,7 +3,7 @@
 
 use scenefin_core::clock::Timestamp;
 use scenefin_core::ids::Id;
-use scenefin_core::kv::{self, Step, Store, claim_once, get_json, put_json};
+use scenefin_core::kv::{self, Store, claim_once, get_json, put_json};
 use scenefin_core::limits;
 use scenefin_core::partners::{self, Credentials};
 use serde::{Deserialize, Serialize};
@@ -157,12 +157,6 @@ pub fn validate(input: &NewBiller) -> Result<(), UtilityError> {
     Ok(())
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Index {
-    v: u32,
-    ids: Vec<String>,
-}
-
 /// Registers a biller, configures its discount budget and onboards it as a partner (credentials returned once).
 pub async fn register(
     store: &impl Store,
@@ -191,15 +185,7 @@ pub async fn register(
         created_at: now,
     };
     put_json(store, &keys::biller(&biller.id), &biller).await?;
-    kv::update_json(store, &keys::biller_index(), |idx: Option<&Index>| {
-        let mut idx = idx.cloned().unwrap_or(Index { v: 1, ids: Vec::new() });
-        if idx.ids.contains(&biller.id) {
-            return Ok::<_, UtilityError>(Step::Keep(()));
-        }
-        idx.ids.push(biller.id.clone());
-        Ok(Step::Write(idx, ()))
-    })
-    .await?;
+    kv::add_to_index(store, &keys::biller_index(), &biller.id).await?;
     Ok((biller, creds))
 }
 
@@ -213,8 +199,8 @@ pub async fn get(store: &impl Store, id: &str) -> Result<Biller, UtilityError> {
 
 /// Billers, optionally filtered by category and city.
 pub async fn list(store: &impl Store, category: Option<&str>, city: Option<&str>) -> Result<Vec<Biller>, UtilityError> {
-    let idx: Index = get_json(store, &keys::biller_index()).await?.unwrap_or_default();
-    let keys: Vec<_> = idx.ids.iter().map(|id| keys::biller(id)).collect();
+    let ids = kv::read_index(store, &keys::biller_index()).await?;
+    let keys: Vec<_> = ids.iter().map(|id| keys::biller(id)).collect();
     let mut out = Vec::new();
     for (key, bytes) in keys.iter().zip(kv::get_all(store, &keys).await?) {
         let Some(biller) = kv::decode_doc::<Biller>(key, bytes.as_deref())? else { continue };

@@ -465,6 +465,38 @@ pub fn is_bank_bin(pay_with: PayWith, card_bin: Option<&str>, bank_bins: &[Strin
     pay_with == PayWith::BankCard && card_bin.is_some_and(|bin| bank_bins.iter().any(|b| bin.starts_with(b.as_str())))
 }
 
+/// Checks how a quote request wants to pay (pure): a card BIN is 6 to 8 digits and required with a bank card.
+/// Returns the offending field and why.
+pub fn check_payment_method(pay_with: PayWith, card_bin: Option<&str>) -> Result<(), (&'static str, &'static str)> {
+    if let Some(bin) = card_bin
+        && !((6..=8).contains(&bin.len()) && bin.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(("card_bin", "6 to 8 digits"));
+    }
+    if pay_with == PayWith::BankCard && card_bin.is_none() {
+        return Err(("card_bin", "required when paying by bank card"));
+    }
+    Ok(())
+}
+
+/// The customer's quote `quote_id` (someone else's is `quote_not_found`) and whether it was already ordered.
+pub async fn customer_quote(
+    store: &impl Store,
+    owner: &str,
+    customer_id: &str,
+    quote_id: &str,
+) -> Result<(Quote, bool), OrderError> {
+    if crate::ids::Id::parse(quote_id).is_err() {
+        return Err(OrderError::QuoteNotFound);
+    }
+    let quote: Quote = get_json(store, &keys::quote(owner, quote_id)).await?.ok_or(OrderError::QuoteNotFound)?;
+    if quote.customer_id != customer_id {
+        return Err(OrderError::QuoteNotFound);
+    }
+    let ordered = store.get(&keys::order(owner, &order_id_for(quote_id))).await?.is_some();
+    Ok((quote, ordered))
+}
+
 /// Stores a priced quote (its id is fresh, so the write is unconditional).
 pub async fn save_quote(store: &impl Store, owner: &str, quote: &Quote) -> Result<(), OrderError> {
     quote.check()?;

@@ -134,17 +134,11 @@ pub async fn place(
     quote_id: &str,
     now: Timestamp,
 ) -> Result<Order, PropertyError> {
-    let quote: Option<orders::Quote> = if scenefin_core::ids::Id::parse(quote_id).is_ok() {
-        kv::get_json(store, &orders::keys::quote(OWNER, quote_id)).await?
-    } else {
-        None
-    };
-    let quote = quote.filter(|q| q.customer_id == customer_id).ok_or(OrderError::QuoteNotFound)?;
+    let (quote, ordered) = orders::customer_quote(store, OWNER, customer_id, quote_id).await?;
     let p: Payload =
-        serde_json::from_value(quote.payload.clone()).map_err(|e| PropertyError::invalid("quote", e.to_string()))?;
+        serde_json::from_value(quote.payload).map_err(|e| PropertyError::invalid("quote", e.to_string()))?;
     let community = communities::get(store, &p.community_id).await?;
-    let existing = kv::get_json::<Order>(store, &orders::keys::order(OWNER, &orders::order_id_for(quote_id))).await?;
-    if existing.is_none() {
+    if !ordered {
         for bill_id in &p.bill_ids {
             let bill: Option<FeeBill> = kv::get_json(store, &keys::bill(&community.id, bill_id)).await?;
             if !bill.is_some_and(|b| b.status == BillStatus::Open) {

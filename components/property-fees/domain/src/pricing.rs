@@ -128,14 +128,8 @@ pub async fn quote(
     if req.coupon_id.is_some() {
         return Err(PropertyError::invalid("coupon_id", "coupons cannot be used for property fees yet"));
     }
-    if let Some(bin) = &req.card_bin
-        && !((6..=8).contains(&bin.len()) && bin.bytes().all(|b| b.is_ascii_digit()))
-    {
-        return Err(PropertyError::invalid("card_bin", "6 to 8 digits"));
-    }
-    if req.pay_with == PayWith::BankCard && req.card_bin.is_none() {
-        return Err(PropertyError::invalid("card_bin", "required when paying by bank card"));
-    }
+    orders::check_payment_method(req.pay_with, req.card_bin.as_deref())
+        .map_err(|(field, message)| PropertyError::invalid(field, message))?;
     let (community, room) =
         households::claimed_room(store, customer_id, req.community_id.as_deref(), &req.room_id).await?;
     let open = households::due(store, &community, &room.room_id, now).await?;

@@ -21,14 +21,6 @@ fn payload(order: &Order) -> Result<Payload, OrderError> {
     serde_json::from_value(order.payload.clone()).map_err(|e| OrderError::Scenario(format!("order payload: {e}")))
 }
 
-fn scenario_err(e: UtilityError) -> OrderError {
-    match e {
-        UtilityError::Store(e) => OrderError::Store(e),
-        UtilityError::Order(e) => e,
-        other => OrderError::Scenario(other.to_string()),
-    }
-}
-
 impl<S: Store> Utility<'_, S> {
     async fn count_once(
         &self,
@@ -120,17 +112,11 @@ pub async fn place(
     quote_id: &str,
     now: Timestamp,
 ) -> Result<Order, UtilityError> {
-    let quote: Option<orders::Quote> = if scenefin_core::ids::Id::parse(quote_id).is_ok() {
-        kv::get_json(store, &orders::keys::quote(OWNER, quote_id)).await?
-    } else {
-        None
-    };
-    let quote = quote.filter(|q| q.customer_id == customer_id).ok_or(OrderError::QuoteNotFound)?;
-    let p: Payload = serde_json::from_value(quote.payload.clone())
-        .map_err(|e| scenario_err(UtilityError::invalid("quote", e.to_string())))?;
+    let (quote, ordered) = orders::customer_quote(store, OWNER, customer_id, quote_id).await?;
+    let p: Payload =
+        serde_json::from_value(quote.payload).map_err(|e| UtilityError::invalid("quote", e.to_string()))?;
     let biller = billers::get(store, &p.biller_id).await?;
-    let existing = kv::get_json::<Order>(store, &orders::keys::order(OWNER, &orders::order_id_for(quote_id))).await?;
-    if existing.is_none() {
+    if !ordered {
         for bill_id in &p.bill_ids {
             let bill: Option<Bill> = kv::get_json(store, &keys::bill(&biller.id, bill_id)).await?;
             if !bill.is_some_and(|b| b.status == BillStatus::Open) {

@@ -132,14 +132,8 @@ pub async fn quote(
     if req.coupon_id.is_some() {
         return Err(UtilityError::invalid("coupon_id", "coupons cannot be used for utility payments yet"));
     }
-    if let Some(bin) = &req.card_bin
-        && !((6..=8).contains(&bin.len()) && bin.bytes().all(|b| b.is_ascii_digit()))
-    {
-        return Err(UtilityError::invalid("card_bin", "6 to 8 digits"));
-    }
-    if req.pay_with == PayWith::BankCard && req.card_bin.is_none() {
-        return Err(UtilityError::invalid("card_bin", "required when paying by bank card"));
-    }
+    orders::check_payment_method(req.pay_with, req.card_bin.as_deref())
+        .map_err(|(field, message)| UtilityError::invalid(field, message))?;
     let open = match bills::open_bills(store, biller, &req.account_no).await {
         Ok(open) => open,
         // Ad-hoc billers (prepaid meters) take payments for accounts without bills.

@@ -503,15 +503,8 @@ fn insufficient(account: String, rejection: &Rejection) -> LedgerError {
 
 /// Adds `id` to the set document at `key` (index shards), if not there yet.
 async fn add_to_set(store: &impl Store, key: &Key, id: &str) -> Result<(), LedgerError> {
-    update_doc(store, key, |doc: Option<&IdSet>| {
-        if doc.is_some_and(|d| d.ids.contains(id)) {
-            return Ok(Step::Keep(()));
-        }
-        let mut next = doc.cloned().unwrap_or(IdSet { v: 1, ids: BTreeSet::new() });
-        next.ids.insert(id.to_owned());
-        Ok::<_, LedgerError>(Step::Write(next, ()))
-    })
-    .await
+    crate::kv::add_to_index(store, key, id).await?;
+    Ok(())
 }
 
 /// Applies one account's net amount of posting `id` to a balance shard, once. With `floor`, refuses (and remembers

@@ -524,15 +524,8 @@ async fn take_budget(store: &impl Store, base: &Key, amount: i64) -> Result<bool
 /// Lists a granted reservation under the hour it expires.
 async fn index_open(store: &impl Store, base: &Key, id: &str, expires_at: Timestamp) -> Result<(), LimitError> {
     let key = open_key(base, expires_at.unix_secs().div_euclid(3600), shard_of(id));
-    update_doc(store, &key, |doc: Option<&IdSet>| {
-        if doc.is_some_and(|d| d.ids.contains(id)) {
-            return Ok(Step::Keep(()));
-        }
-        let mut next = doc.cloned().unwrap_or(IdSet { v: 1, ids: BTreeSet::new() });
-        next.ids.insert(id.to_owned());
-        Ok::<_, LimitError>(Step::Write(next, ()))
-    })
-    .await
+    crate::kv::add_to_index(store, &key, id).await?;
+    Ok(())
 }
 
 /// Applies `step` to a reservation with CAS (`None` = leave it), then makes the counter changes it owes, including

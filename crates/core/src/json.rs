@@ -57,6 +57,12 @@ fn strip_position(msg: &str) -> String {
     }
 }
 
+/// A human-readable text field, trimmed: `Some` when it has 1 to `max_chars` characters and no control characters.
+pub fn text(value: &str, max_chars: usize) -> Option<String> {
+    let v = value.trim();
+    (!v.is_empty() && v.chars().count() <= max_chars && !v.chars().any(char::is_control)).then(|| v.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

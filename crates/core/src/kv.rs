@@ -342,6 +342,11 @@ mod mem {
             self.fail_write.set(Some(self.writes.get() + n));
         }
 
+        /// Cancels a failure set with [`MemStore::fail_write`] that has not happened yet.
+        pub fn heal(&self) {
+            self.fail_write.set(None);
+        }
+
         /// Writes attempted so far.
         pub fn writes(&self) -> u64 {
             self.writes.get()

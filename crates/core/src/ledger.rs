@@ -16,8 +16,10 @@
 //! Invariants:
 //! 1. Every stored posting balances (its lines sum to zero), so the balances of all accounts sum to zero.
 //! 2. A line is applied at most once (dedupe in the shard's CAS) and, once `post` has returned `Ok`, exactly once.
-//! 3. A floored account ([`post_with_floor`]) never goes below zero: it lives on shard `0` alone, so its whole
-//!    balance is one document and the floor check is part of the CAS that applies the line.
+//! 3. A stored-value account (name ending in [`STORED_VALUE_SUFFIX`]: money the bank holds for a customer, a
+//!    credit-normal liability) never goes above zero, i.e. never pays out more than it holds. It lives on shard `0`
+//!    alone, so its whole balance is one document and the check is part of the CAS that applies its line. The rule
+//!    follows from the name, so no caller can post to such an account without it.
 //!
 //! `post` is a chain of idempotent steps (record, index, register accounts, apply lines, mark applied), so re-running
 //! it after a failure at any point completes the posting without applying anything twice. That holds only while the
@@ -52,8 +54,11 @@ const RECENT_KEPT: usize = 1000;
 const REJECTED_KEPT: usize = 1000;
 /// The 16 shard names: the possible first characters of [`hash_key_part`].
 pub(crate) const SHARDS: [&str; 16] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "a", "b", "c", "d", "e", "f"];
-/// The shard every line of a floored account goes to.
+/// The shard every line of a stored-value account goes to.
 const FLOOR_SHARD: &str = "0";
+/// Accounts whose name ends with this hold customers' stored value: credited when money comes in, debited when it
+/// is spent, and never debited past zero.
+pub const STORED_VALUE_SUFFIX: &str = ":stored_value";
 
 /// One line of a posting: an amount debited (positive) or credited (negative) to an account.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,12 +136,12 @@ pub enum LedgerError {
         /// The posting id.
         id: String,
     },
-    /// The floored account's balance does not cover the posting.
-    #[error("insufficient funds in {account}: balance {balance_fen} fen, {needed_fen} fen needed")]
+    /// The stored-value account does not hold enough for the posting.
+    #[error("insufficient funds in {account}: it holds {balance_fen} fen, {needed_fen} fen needed")]
     InsufficientFunds {
-        /// The floored account.
+        /// The stored-value account.
         account: String,
-        /// Its balance when the posting was refused.
+        /// What it held when the posting was refused.
         balance_fen: i64,
         /// What the posting would have taken from it.
         needed_fen: i64,
@@ -214,26 +219,18 @@ pub fn validate(posting: &Posting) -> Result<(), LedgerError> {
 ///
 /// Safe to call again with the same posting after any failure: it completes what an earlier call started. A call
 /// with the same id and different lines fails with [`LedgerError::Conflict`].
+///
+/// A posting may debit at most one stored-value account (see [`STORED_VALUE_SUFFIX`]). That line is applied first,
+/// and the posting fails with [`LedgerError::InsufficientFunds`] before any other line is applied if the account
+/// does not hold the amount. The refusal is final for this id: the posting is recorded `rejected` and a retry
+/// returns the same error, so a later attempt needs a new id.
 pub async fn post(store: &impl Store, posting: &Posting) -> Result<PostOutcome, LedgerError> {
-    post_inner(store, posting, None).await
+    post_inner(store, posting).await
 }
 
-/// Like [`post`], but `floored_account` (one of the posting's accounts, e.g. `customer:c_x:stored_value`) may never
-/// go below zero.
-///
-/// The floored line is applied first, and the posting fails with [`LedgerError::InsufficientFunds`] before any
-/// other line is applied if it would take the balance below zero. The refusal is final for this id: the posting is
-/// recorded `rejected` and a retry returns the same error, so a later attempt needs a new id.
-///
-/// Every posting touching a floored account, credits included, must go through this function naming it: the
-/// floor relies on the account living on shard `0` alone. The floor is on [`balance`] as this module reports it
-/// (debits positive).
-pub async fn post_with_floor(
-    store: &impl Store,
-    posting: &Posting,
-    floored_account: &str,
-) -> Result<PostOutcome, LedgerError> {
-    post_inner(store, posting, Some(floored_account)).await
+/// Whether `account` holds customers' stored value (never debited past zero).
+pub fn is_stored_value(account: &str) -> bool {
+    account.ends_with(STORED_VALUE_SUFFIX)
 }
 
 /// The balance of an account (debits positive): the sum of its 16 shards. Unknown accounts have balance 0.
@@ -294,7 +291,7 @@ pub async fn check(store: &impl Store, days: &[u32]) -> Result<CheckReport, Ledg
                 }
             }
             State::Pending => discrepancies.push(format!("unapplied: posting {id} is still pending")),
-            // A rejected posting applied nothing: its floored line was refused before any other line.
+            // A rejected posting applied nothing: its stored-value line was refused before any other line.
             State::Rejected => {}
         }
     }
@@ -426,13 +423,18 @@ fn nets(lines: &[Line]) -> Result<BTreeMap<&str, i64>, LedgerError> {
     Ok(nets)
 }
 
-async fn post_inner(store: &impl Store, posting: &Posting, floored: Option<&str>) -> Result<PostOutcome, LedgerError> {
+async fn post_inner(store: &impl Store, posting: &Posting) -> Result<PostOutcome, LedgerError> {
     validate(posting)?;
-    if let Some(account) = floored
-        && !posting.lines.iter().any(|l| l.account == account)
-    {
-        return Err(LedgerError::Invalid(format!("floored account {account} is not on any line")));
+    // The stored-value account this posting takes money from, if any: the one line that can be refused.
+    let debited: Vec<&str> = nets(&posting.lines)?
+        .into_iter()
+        .filter(|(account, net)| is_stored_value(account) && *net > 0)
+        .map(|(account, _)| account)
+        .collect();
+    if debited.len() > 1 {
+        return Err(LedgerError::Invalid("a posting may debit at most one stored-value account".into()));
     }
+    let floored = debited.first().copied();
     debug_assert_eq!(line_sum(&posting.lines), 0, "a validated posting balances");
 
     // 1. Record the posting write-once. From here on the stored copy is the truth: a retry with another `at` or
@@ -448,9 +450,7 @@ async fn post_inner(store: &impl Store, posting: &Posting, floored: Option<&str>
             };
             Ok(Step::Write(fresh, Recorded::Pending(posting.clone())))
         }
-        Some(doc) if doc.posting.lines != posting.lines || doc.floored.as_deref() != floored => {
-            Err(LedgerError::Conflict { id: posting.id.clone() })
-        }
+        Some(doc) if doc.posting.lines != posting.lines => Err(LedgerError::Conflict { id: posting.id.clone() }),
         Some(doc) => Ok(Step::Keep(match (&doc.state, &doc.rejection, &doc.floored) {
             (State::Applied, _, _) => Recorded::Applied,
             (State::Rejected, Some(rejection), Some(account)) => {
@@ -477,18 +477,17 @@ async fn post_inner(store: &impl Store, posting: &Posting, floored: Option<&str>
         add_to_set(store, &accounts_key(shard_of(account)), account).await?;
     }
 
-    // 4. Apply the lines: the floored one first, so a refusal leaves nothing else applied.
+    // 4. Apply the lines: the debited stored-value account first, so a refusal leaves nothing else applied.
     if let Some(account) = floored
         && let Some(&net) = nets.get(account)
-        && net != 0
         && let Err(rejection) = apply(store, account, FLOOR_SHARD, id, net, true).await?
     {
         mark(store, &key, State::Rejected, Some(rejection.clone())).await?;
         return Err(insufficient(account.to_owned(), &rejection));
     }
-    let shard = shard_of(id);
     for (&account, &net) in nets.iter().filter(|(a, net)| Some(**a) != floored && **net != 0) {
-        // Unfloored lines never refuse.
+        // Every other line only adds to what an account holds, or is on an unbounded account: none can refuse.
+        let shard = if is_stored_value(account) { FLOOR_SHARD } else { shard_of(id) };
         let _applied = apply(store, account, shard, id, net, false).await?;
     }
 
@@ -507,8 +506,9 @@ async fn add_to_set(store: &impl Store, key: &Key, id: &str) -> Result<(), Ledge
     Ok(())
 }
 
-/// Applies one account's net amount of posting `id` to a balance shard, once. With `floor`, refuses (and remembers
-/// the refusal) when the balance would go below zero; the `Err` inside is that refusal.
+/// Applies one account's net amount of posting `id` to a balance shard, once. With `floor` (a stored-value account
+/// being debited), refuses (and remembers the refusal) when the balance would go above zero, i.e. the account would
+/// pay out more than it holds; the `Err` inside is that refusal.
 async fn apply(
     store: &impl Store,
     account: &str,
@@ -531,8 +531,8 @@ async fn apply(
             .balance_fen
             .checked_add(net)
             .ok_or_else(|| LedgerError::Invalid(format!("the balance of {account} would overflow")))?;
-        if floor && net < 0 && balance < 0 {
-            let rejection = Rejection { balance_fen: next.balance_fen, needed_fen: -net };
+        if floor && net > 0 && balance > 0 {
+            let rejection = Rejection { balance_fen: -next.balance_fen, needed_fen: net };
             next.rejected.push(RejectedId { id: id.to_owned(), rejection: rejection.clone() });
             trim_front(&mut next.rejected, REJECTED_KEPT);
             return Ok(Step::Write(next, Err(rejection)));
@@ -706,8 +706,6 @@ mod tests {
         let err = pollster::block_on(post(&store, &pay("pay:o_1", 251))).expect_err("conflict");
         assert_eq!(err, LedgerError::Conflict { id: "pay:o_1".into() });
         assert_eq!((err.kind(), err.code()), (ErrorKind::Conflict, "posting_conflict"));
-        let floored = pollster::block_on(post_with_floor(&store, &pay("pay:o_1", 250), CLEARING));
-        assert_eq!(floored, Err(LedgerError::Conflict { id: "pay:o_1".into() }), "same lines, other floor");
         assert_eq!((bal(&store, CLEARING), bal(&store, MARKETING)), (250, -250));
     }
 
@@ -839,61 +837,71 @@ mod tests {
     }
 
     fn top_up(id: &str, fen: i64) -> Posting {
-        posting(id, &[(WALLET, fen), (CLEARING, -fen)])
+        posting(id, &[(CLEARING, fen), (WALLET, -fen)])
     }
 
     fn spend(id: &str, fen: i64) -> Posting {
-        posting(id, &[(WALLET, -fen), ("biller:w1:settlement", fen)])
+        posting(id, &[(WALLET, fen), ("merchant:m1:settlement", -fen)])
+    }
+
+    /// What the wallet holds (its balance is credit-normal).
+    fn held(store: &MemStore) -> i64 {
+        -bal(store, WALLET)
     }
 
     #[test]
-    fn a_floored_account_refuses_to_go_below_zero_and_applies_nothing() {
+    fn a_stored_value_account_never_pays_out_more_than_it_holds_and_a_refusal_applies_nothing() {
         let store = MemStore::default();
-        pollster::block_on(post_with_floor(&store, &top_up("topup:1", 500), WALLET)).expect("top up");
+        pollster::block_on(post(&store, &top_up("topup:1", 500))).expect("top up");
 
-        let err = pollster::block_on(post_with_floor(&store, &spend("spend:1", 600), WALLET)).expect_err("refused");
+        let err = pollster::block_on(post(&store, &spend("spend:1", 600))).expect_err("refused");
 
         let expected = LedgerError::InsufficientFunds { account: WALLET.into(), balance_fen: 500, needed_fen: 600 };
         assert_eq!(err, expected);
         assert_eq!((err.kind(), err.code()), (ErrorKind::Unprocessable, "insufficient_funds"));
-        assert_eq!((bal(&store, WALLET), bal(&store, "biller:w1:settlement")), (500, 0));
+        assert_eq!((held(&store), bal(&store, "merchant:m1:settlement")), (500, 0));
         // The refusal is final for this id, even once funds arrive.
-        pollster::block_on(post_with_floor(&store, &top_up("topup:2", 500), WALLET)).expect("top up");
-        assert_eq!(pollster::block_on(post_with_floor(&store, &spend("spend:1", 600), WALLET)), Err(expected));
-        assert_eq!(
-            pollster::block_on(post_with_floor(&store, &spend("spend:2", 600), WALLET)),
-            Ok(PostOutcome::Applied)
-        );
-        assert_eq!((bal(&store, WALLET), bal(&store, "biller:w1:settlement")), (400, 600));
+        pollster::block_on(post(&store, &top_up("topup:2", 500))).expect("top up");
+        assert_eq!(pollster::block_on(post(&store, &spend("spend:1", 600))), Err(expected));
+        assert_eq!(pollster::block_on(post(&store, &spend("spend:2", 600))), Ok(PostOutcome::Applied));
+        assert_eq!((held(&store), bal(&store, "merchant:m1:settlement")), (400, -600));
         let report = check_today(&store);
         assert!(report.balanced, "{:?}", report.discrepancies);
         assert_eq!(report.postings, 4);
-        // The wallet lives on shard 0 only.
+        // The wallet lives on shard 0 only, credits included.
         assert!(store.keys().iter().filter(|k| k.starts_with("ledger:acct:customer:")).all(|k| k.ends_with(":0")));
     }
 
     #[test]
-    fn concurrent_spends_never_take_a_floored_account_below_zero() {
+    fn concurrent_spends_never_overdraw_a_stored_value_account() {
         let store = MemStore::default();
-        pollster::block_on(post_with_floor(&store, &top_up("topup:1", 500), WALLET)).expect("top up");
+        pollster::block_on(post(&store, &top_up("topup:1", 500))).expect("top up");
         let spends: Vec<Posting> = (0..20).map(|i| spend(&format!("spend:{i}"), 100)).collect();
 
-        let results = pollster::block_on(interleave::join_all(
-            spends.iter().map(|p| post_with_floor(&store, p, WALLET)).collect(),
-        ));
+        let results = pollster::block_on(interleave::join_all(spends.iter().map(|p| post(&store, p)).collect()));
 
         let ok = results.iter().filter(|r| r.is_ok()).count();
         let refused = results.iter().filter(|r| matches!(r, Err(LedgerError::InsufficientFunds { .. }))).count();
         assert_eq!((ok, refused), (5, 15), "{results:?}");
-        assert_eq!((bal(&store, WALLET), bal(&store, "biller:w1:settlement")), (0, 500));
+        assert_eq!((held(&store), bal(&store, "merchant:m1:settlement")), (0, -500));
         assert!(check_today(&store).balanced);
     }
 
     #[test]
-    fn a_floored_account_must_be_on_the_posting() {
+    fn a_transfer_between_stored_value_accounts_is_checked_on_the_debited_one() {
+        const OTHER: &str = "customer:c_2:stored_value";
         let store = MemStore::default();
-        let err = pollster::block_on(post_with_floor(&store, &pay("pay:1", 5), WALLET)).expect_err("not on it");
-        assert_eq!(err.code(), "validation_failed");
+        pollster::block_on(post(&store, &top_up("topup:1", 300))).expect("top up");
+        let transfer = |id: &str, fen: i64| posting(id, &[(WALLET, fen), (OTHER, -fen)]);
+
+        let err = pollster::block_on(post(&store, &transfer("move:1", 301))).expect_err("more than held");
+        assert_eq!(err.code(), "insufficient_funds");
+        pollster::block_on(post(&store, &transfer("move:2", 300))).expect("moved");
+
+        assert_eq!((held(&store), -bal(&store, OTHER)), (0, 300));
+        let two_debits = posting("bad:1", &[(WALLET, 1), (OTHER, 1), (CLEARING, -2)]);
+        assert_eq!(pollster::block_on(post(&store, &two_debits)).map_err(|e| e.code()), Err("validation_failed"));
+        assert!(check_today(&store).balanced);
     }
 
     #[test]

@@ -363,6 +363,10 @@ pub trait Fulfilment {
     async fn fulfil(&self, order: &Order, at: Timestamp) -> Result<(), OrderError>;
     /// Undoes them on refund (reopen bills...).
     async fn reverse(&self, order: &Order, at: Timestamp) -> Result<(), OrderError>;
+    /// The customer event a paid order reports: `paid` for bills and fees, `topped_up` for stored value.
+    fn event_kind(&self) -> EventKind {
+        EventKind::Paid
+    }
 }
 
 /// Keys of the flow, under the scenario's owner prefix.
@@ -795,7 +799,7 @@ async fn fulfil(
     let event = Event {
         id: format!("paid:{}", order.id),
         customer_id: order.customer_id.clone(),
-        kind: EventKind::Paid,
+        kind: scenario.event_kind(),
         scenario: order.scenario.clone(),
         at: paid_at,
         amount_fen: Some(order.total_fen),

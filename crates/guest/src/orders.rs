@@ -113,27 +113,30 @@ pub async fn place<E: Problem>(
             Err(e) => return problem(&e),
         };
         match place(&store, &customer, &input.quote_id, now).await {
-            Ok(order) => {
-                let bank_card_only = order.pay_with == PayWith::BankCard && order.funded_fen() > 0;
-                json_response(
-                    201,
-                    &json!({
-                        "order": OrderView::from(&order),
-                        "payment": {
-                            "order_id": order.id,
-                            "amount_fen": order.total_fen,
-                            "currency": "CNY",
-                            "description": order.lines.first().map(|l| l.description.clone()).unwrap_or_default(),
-                            "expires_at": order.expires_at,
-                            "bank_card_only": bank_card_only,
-                        }
-                    }),
-                )
-            }
+            Ok(order) => placed_response(&order),
             Err(e) => problem(&e),
         }
     })
     .await
+}
+
+/// `201` with a placed order and the parameters the front end hands to the payment SDK.
+pub fn placed_response(order: &Order) -> Response {
+    let bank_card_only = order.pay_with == PayWith::BankCard && order.funded_fen() > 0;
+    json_response(
+        201,
+        &json!({
+            "order": OrderView::from(order),
+            "payment": {
+                "order_id": order.id,
+                "amount_fen": order.total_fen,
+                "currency": "CNY",
+                "description": order.lines.first().map(|l| l.description.clone()).unwrap_or_default(),
+                "expires_at": order.expires_at,
+                "bank_card_only": bank_card_only,
+            }
+        }),
+    )
 }
 
 /// `GET …/orders?cursor=&limit=`: the customer's orders, newest first.

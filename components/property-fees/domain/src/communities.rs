@@ -94,11 +94,7 @@ pub struct NewCommunity {
 }
 
 pub(crate) fn text(field: &str, value: &str, max: usize) -> Result<String, PropertyError> {
-    let v = value.trim();
-    if v.is_empty() || v.chars().count() > max || v.chars().any(char::is_control) {
-        return Err(PropertyError::invalid(field, format!("1 to {max} characters")));
-    }
-    Ok(v.to_owned())
+    scenefin_core::json::text(value, max).ok_or_else(|| PropertyError::invalid(field, format!("1 to {max} characters")))
 }
 
 pub(crate) fn id(field: &str, value: &str) -> Result<(), PropertyError> {

@@ -128,11 +128,7 @@ pub struct NewBiller {
 }
 
 fn text(field: &str, value: &str, max: usize) -> Result<String, UtilityError> {
-    let v = value.trim();
-    if v.is_empty() || v.chars().count() > max || v.chars().any(char::is_control) {
-        return Err(UtilityError::invalid(field, format!("1 to {max} characters")));
-    }
-    Ok(v.to_owned())
+    scenefin_core::json::text(value, max).ok_or_else(|| UtilityError::invalid(field, format!("1 to {max} characters")))
 }
 
 /// Validates a registration (pure).

@@ -1,0 +1,86 @@
+//! The campus-card component: schools and merchants, batch-issued cards, binding, stored-value top-ups through the
+//! shared payment flow, POS spending by card or one-time pay code, limits, loss and reissue, settlement (HTTP
+//! adapter over campus-card-domain). Routes and rules: README.md.
+//!
+//! | Method | Path | Who |
+//! |---|---|---|
+//! | POST | `/api/campus/schools` | operator |
+//! | GET | `/api/campus/schools/{id}/stats` | the school (signed) or operator |
+//! | POST | `/api/campus/schools/{id}/merchants` | the school (signed) |
+//! | PUT | `/api/campus/schools/{id}/members` | the school (signed) |
+//! | POST | `/api/campus/schools/{id}/cards/{card}/freeze`, `…/unfreeze` | the school (signed) |
+//! | POST | `/api/campus/cards/bind` | customer |
+//! | GET | `/api/campus/cards/me` | customer |
+//! | PUT | `/api/campus/cards/{id}/limits` | customer |
+//! | POST | `/api/campus/cards/{id}/report-lost`, `…/unfreeze`, `…/reissue`, `…/pay-code` | customer |
+//! | GET | `/api/campus/cards/{id}/transactions?cursor=&limit=` | customer |
+//! | POST | `/api/campus/topups` (Idempotency-Key) | customer |
+//! | GET | `/api/campus/orders?cursor=&limit=`, `/api/campus/orders/{id}` | customer |
+//! | POST | `/api/campus/payments/notify` | payment gateway (Standard Webhooks) |
+//! | POST | `/api/campus/spend` | a merchant POS (signed) |
+//! | POST | `/api/campus/spend/{id}/reverse` | the same merchant (signed) |
+//! | GET | `/api/campus/merchants/{id}/settlement?date=YYYY-MM-DD` | the merchant or its school (signed), operator |
+
+mod dto;
+mod handlers;
+
+use http::Method;
+use scenefin_guest::{Request, Response, Route, no_route, problem};
+use spin_sdk::http_service;
+
+#[http_service]
+async fn handle(req: Request) -> Response {
+    let route = Route::of(&req);
+    let segments = route.segments();
+    let result = match (&route.method, segments.as_slice()) {
+        (&Method::POST, ["api", "campus", "schools"]) => handlers::register_school(req).await,
+        (&Method::GET, ["api", "campus", "schools", id, "stats"]) => handlers::school_stats(req, id).await,
+        (&Method::POST, ["api", "campus", "schools", id, "merchants"]) => handlers::add_merchant(req, id).await,
+        (&Method::PUT, ["api", "campus", "schools", id, "members"]) => handlers::upload_members(req, id).await,
+        (&Method::POST, ["api", "campus", "schools", id, "cards", card, action @ ("freeze" | "unfreeze")]) => {
+            handlers::school_card_action(req, id, card, *action == "freeze").await
+        }
+        (&Method::POST, ["api", "campus", "cards", "bind"]) => handlers::bind(req).await,
+        (&Method::GET, ["api", "campus", "cards", "me"]) => handlers::my_cards(&req).await,
+        (&Method::PUT, ["api", "campus", "cards", id, "limits"]) => handlers::set_limits(req, id).await,
+        (
+            &Method::POST,
+            ["api", "campus", "cards", id, action @ ("report-lost" | "unfreeze" | "reissue" | "pay-code")],
+        ) => handlers::holder_action(req, id, action).await,
+        (&Method::GET, ["api", "campus", "cards", id, "transactions"]) => {
+            handlers::transactions(&req, &route, id).await
+        }
+        (&Method::POST, ["api", "campus", "topups"]) => handlers::topup(req).await,
+        (&Method::GET, ["api", "campus", "orders"]) => handlers::orders(&req, &route).await,
+        (&Method::GET, ["api", "campus", "orders", id]) => handlers::order(&req, id).await,
+        (&Method::POST, ["api", "campus", "payments", "notify"]) => handlers::notify(req).await,
+        (&Method::POST, ["api", "campus", "spend"]) => handlers::spend(req).await,
+        (&Method::POST, ["api", "campus", "spend", id, "reverse"]) => handlers::reverse(req, id).await,
+        (&Method::GET, ["api", "campus", "merchants", id, "settlement"]) => handlers::settlement(req, &route, id).await,
+        (_, path) if known_path(path) => Err(problem(&scenefin_core::ApiError::method_not_allowed())),
+        _ => Err(problem(&no_route())),
+    };
+    result.unwrap_or_else(|response| response)
+}
+
+/// Paths this component serves with some method (a wrong method on them is 405, anything else 404).
+fn known_path(path: &[&str]) -> bool {
+    matches!(
+        path,
+        ["api", "campus", "schools" | "topups" | "orders" | "spend"]
+            | ["api", "campus", "schools", _, "stats" | "merchants" | "members"]
+            | ["api", "campus", "schools", _, "cards", _, "freeze" | "unfreeze"]
+            | ["api", "campus", "cards", "bind" | "me"]
+            | [
+                "api",
+                "campus",
+                "cards",
+                _,
+                "limits" | "report-lost" | "unfreeze" | "reissue" | "pay-code" | "transactions"
+            ]
+            | ["api", "campus", "orders", _]
+            | ["api", "campus", "payments", "notify"]
+            | ["api", "campus", "spend", _, "reverse"]
+            | ["api", "campus", "merchants", _, "settlement"]
+    )
+}

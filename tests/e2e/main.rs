@@ -1,5 +1,6 @@
 //! End-to-end tests of the app in spin.toml, one module per component.
 
+mod campus_card;
 mod console;
 mod customers;
 mod property_fees;

@@ -49,12 +49,17 @@ pub struct Reply {
 }
 
 impl TestApp {
-    /// Starts every component of spin.toml.
+    /// Starts every component of spin.toml on an in-memory store (Spin's CAS semantics).
     pub async fn spawn() -> anyhow::Result<Self> {
+        Self::spawn_on(KvKind::Memory(CasMode::SpinUpsert)).await
+    }
+
+    /// Starts every component of spin.toml on the given store (e.g. `KvKind::Sqlite`, as `cargo xtask up` runs).
+    pub async fn spawn_on(kv: KvKind) -> anyhow::Result<Self> {
         let state = tempfile::tempdir()?;
         let mut config = HostConfig::new(workspace().join("spin.toml"));
         config.listen = ([127, 0, 0, 1], 0).into();
-        config.kv = KvKind::Memory(CasMode::SpinUpsert);
+        config.kv = kv;
         config.state_dir = state.path().to_owned();
         config.cache_dir = Some(workspace().join("target/scenefin-test-cache"));
         config.access_log = false;

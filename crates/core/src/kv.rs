@@ -80,6 +80,11 @@ impl Key {
         Key(key)
     }
 
+    /// A key read back from a document that stored it with [`Key::as_str`] (e.g. a budget's base key on an order).
+    pub fn from_stored(stored: &str) -> Key {
+        Key::new(&stored.split(':').collect::<Vec<_>>())
+    }
+
     /// This key with more parts appended.
     pub fn child(&self, parts: &[&str]) -> Key {
         let mut all = vec![self.0.as_str()];

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod clock;
+pub mod coupons;
 pub mod customers;
 pub mod events;
 pub mod idempotency;

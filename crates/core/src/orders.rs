@@ -16,6 +16,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
+use crate::coupons;
 use crate::customers::LifecycleRules;
 use crate::events::{self, Event, EventError, EventKind};
 use crate::ids::hash_key_part;
@@ -68,6 +69,10 @@ pub struct Funding {
     pub budget: String,
     /// Reservation id.
     pub reservation_id: String,
+    /// The wallet coupon the line uses ([`crate::coupons`]): its reservation lives as long as the coupon, and the
+    /// order locks, consumes or unlocks the coupon instead of extending or releasing the reservation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coupon_id: Option<String>,
 }
 
 /// A quote.
@@ -449,7 +454,11 @@ impl CardDiscount {
             kind: "cardholder_discount".into(),
             description: format!("{}% off with the bank's card", percent(self.percent_bp)),
             amount_fen: -amount,
-            funded_by: Some(Funding { budget: budget.as_str().to_owned(), reservation_id: quote_id.to_owned() }),
+            funded_by: Some(Funding {
+                budget: budget.as_str().to_owned(),
+                reservation_id: quote_id.to_owned(),
+                coupon_id: None,
+            }),
         }))
     }
 }
@@ -543,15 +552,13 @@ pub async fn place_order(
         return Err(OrderError::QuoteExpired(quote.expires_at.to_rfc3339()));
     }
     let expires_at = now.plus_secs(PAYMENT_WINDOW_SECS);
-    // Keep the discounts reserved while the order can still be paid.
+    // Keep the discounts reserved (and coupons locked) while the order can still be paid.
     for funding in quote.lines.iter().filter_map(|l| l.funded_by.as_ref()) {
-        limits::extend(
-            store,
-            &budget_key(&funding.budget),
-            &funding.reservation_id,
-            expires_at.plus_secs(RESERVATION_GRACE_SECS),
-        )
-        .await?;
+        let until = expires_at.plus_secs(RESERVATION_GRACE_SECS);
+        match &funding.coupon_id {
+            Some(coupon) => coupons::extend_lock(store, coupon, &quote.id, until).await?,
+            None => limits::extend(store, &budget_key(&funding.budget), &funding.reservation_id, until).await?,
+        }
     }
     let order = Order {
         v: 1,
@@ -592,10 +599,9 @@ pub async fn place_order(
     Ok(placed)
 }
 
-/// Parses a stored budget base key string back into a [`Key`].
+/// A budget's base key, as a funding line stores it.
 fn budget_key(budget: &str) -> Key {
-    let parts: Vec<&str> = budget.split(':').collect();
-    Key::new(&parts)
+    Key::from_stored(budget)
 }
 
 /// Reads an order, applying expiry if its payment window has passed.
@@ -628,7 +634,11 @@ async fn expire(store: &impl Store, owner: &str, id: &str, now: Timestamp) -> Re
 
 async fn release_all(store: &impl Store, order: &Order, now: Timestamp) -> Result<(), OrderError> {
     for funding in order.reservations() {
-        limits::release(store, &budget_key(&funding.budget), &funding.reservation_id, now).await?;
+        match &funding.coupon_id {
+            // The coupon goes back to the wallet, still reserved for its own life.
+            Some(coupon) => coupons::unlock(store, coupon, &order.quote_id).await?,
+            None => limits::release(store, &budget_key(&funding.budget), &funding.reservation_id, now).await?,
+        }
     }
     Ok(())
 }
@@ -794,6 +804,9 @@ async fn fulfil(
     ledger::post(store, &order.payment_posting(paid_at)).await?;
     for funding in order.reservations() {
         limits::commit(store, &budget_key(&funding.budget), &funding.reservation_id, now).await?;
+        if let Some(coupon) = &funding.coupon_id {
+            coupons::consume(store, coupon, &order.quote_id, &order.id, paid_at).await?;
+        }
     }
     let bank_card = order.payment.as_ref().is_some_and(|p| p.bank_card);
     let event = Event {
@@ -912,7 +925,11 @@ mod tests {
                     kind: "cardholder_discount".into(),
                     description: "5%".into(),
                     amount_fen: -500,
-                    funded_by: Some(Funding { budget: "util:budget:w".into(), reservation_id: "q_1".into() }),
+                    funded_by: Some(Funding {
+                        budget: "util:budget:w".into(),
+                        reservation_id: "q_1".into(),
+                        coupon_id: None,
+                    }),
                 },
             ],
             total_fen: 9_500,

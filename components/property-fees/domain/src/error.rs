@@ -55,6 +55,9 @@ pub enum PropertyError {
     /// Budget.
     #[error(transparent)]
     Limit(#[from] LimitError),
+    /// A wallet coupon on the quote.
+    #[error(transparent)]
+    Coupon(#[from] scenefin_core::coupons::CouponUseError),
     /// Storage.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -97,6 +100,7 @@ impl Problem for PropertyError {
             PropertyError::Partner(e) => e.kind(),
             PropertyError::Order(e) => e.kind(),
             PropertyError::Limit(e) => e.kind(),
+            PropertyError::Coupon(e) => e.kind(),
             PropertyError::Store(e) => e.kind(),
         }
     }
@@ -115,6 +119,7 @@ impl Problem for PropertyError {
             PropertyError::Partner(e) => e.code(),
             PropertyError::Order(e) => e.code(),
             PropertyError::Limit(e) => e.code(),
+            PropertyError::Coupon(e) => e.code(),
             PropertyError::Store(e) => e.code(),
         }
     }

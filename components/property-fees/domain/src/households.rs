@@ -128,7 +128,7 @@ pub async fn claim(
         at: now,
         amount_fen: None,
         bank_card: false,
-        tags: vec![],
+        tags: vec![scenefin_core::perks::community_tag(&community.id)],
     };
     events::record(store, &event, rules).await?;
     Ok(claimed)

@@ -3,6 +3,7 @@
 //! bank's cardholders (funded by a bank budget, reserved for the life of the quote).
 
 use scenefin_core::clock::Timestamp;
+use scenefin_core::coupons;
 use scenefin_core::ids::new_id;
 use scenefin_core::kv::{Store, StoreError};
 use scenefin_core::orders::{self, PayWith, QUOTE_TTL_SECS, Quote, QuoteLine};
@@ -125,9 +126,6 @@ pub async fn quote(
     bank_bins: &[String],
     now: Timestamp,
 ) -> Result<Quote, PropertyError> {
-    if req.coupon_id.is_some() {
-        return Err(PropertyError::invalid("coupon_id", "coupons cannot be used for property fees yet"));
-    }
     orders::check_payment_method(req.pay_with, req.card_bin.as_deref())
         .map_err(|(field, message)| PropertyError::invalid(field, message))?;
     let (community, room) =
@@ -162,12 +160,17 @@ pub async fn quote(
     let base_fen: i64 = lines.iter().map(|l| l.amount_fen).sum();
     let id = new_id("q", now.unix_ms()).map_err(|e| PropertyError::Store(StoreError::Backend(e.to_string())))?;
     let expires_at = now.plus_secs(QUOTE_TTL_SECS);
+    // A wallet coupon first, then the owner discount on what is left.
+    if let Some(coupon) = &req.coupon_id {
+        lines
+            .push(coupons::lock_for_quote(store, customer_id, coupon, SCENARIO, base_fen, &id, expires_at, now).await?);
+    }
+    let after_coupon: i64 = lines.iter().map(|l| l.amount_fen).sum();
     if let Some(discount) = &community.owner_discount
         && orders::is_bank_bin(req.pay_with, req.card_bin.as_deref(), bank_bins)
     {
-        lines.extend(
-            discount.reserve_line(store, &keys::budget(&discount.budget_id), &id, base_fen, expires_at, now).await?,
-        );
+        let budget = keys::budget(&discount.budget_id);
+        lines.extend(discount.reserve_line(store, &budget, &id, after_coupon, expires_at, now).await?);
     }
     let total_fen = lines.iter().map(|l| l.amount_fen).sum();
     let payload = Payload {

@@ -53,6 +53,9 @@ pub enum UtilityError {
     /// Budget.
     #[error(transparent)]
     Limit(#[from] LimitError),
+    /// A wallet coupon on the quote.
+    #[error(transparent)]
+    Coupon(#[from] scenefin_core::coupons::CouponUseError),
     /// Storage.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -88,6 +91,7 @@ impl Problem for UtilityError {
             UtilityError::Partner(e) => e.kind(),
             UtilityError::Order(e) => e.kind(),
             UtilityError::Limit(e) => e.kind(),
+            UtilityError::Coupon(e) => e.kind(),
             UtilityError::Store(e) => e.kind(),
         }
     }
@@ -107,6 +111,7 @@ impl Problem for UtilityError {
             UtilityError::Partner(e) => e.code(),
             UtilityError::Order(e) => e.code(),
             UtilityError::Limit(e) => e.code(),
+            UtilityError::Coupon(e) => e.code(),
             UtilityError::Store(e) => e.code(),
         }
     }

@@ -3,6 +3,7 @@
 //! can fund it — reserved for the life of the quote).
 
 use scenefin_core::clock::Timestamp;
+use scenefin_core::coupons;
 use scenefin_core::ids::new_id;
 use scenefin_core::kv::Store;
 use scenefin_core::orders::{self, PayWith, QUOTE_TTL_SECS, Quote, QuoteLine};
@@ -129,9 +130,6 @@ pub async fn quote(
     bank_bins: &[String],
     now: Timestamp,
 ) -> Result<Quote, UtilityError> {
-    if req.coupon_id.is_some() {
-        return Err(UtilityError::invalid("coupon_id", "coupons cannot be used for utility payments yet"));
-    }
     orders::check_payment_method(req.pay_with, req.card_bin.as_deref())
         .map_err(|(field, message)| UtilityError::invalid(field, message))?;
     let open = match bills::open_bills(store, biller, &req.account_no).await {
@@ -150,11 +148,17 @@ pub async fn quote(
         amount_fen: base_fen,
         funded_by: None,
     }];
+    // A wallet coupon first, then the cardholder discount on what is left.
+    if let Some(coupon) = &req.coupon_id {
+        lines
+            .push(coupons::lock_for_quote(store, customer_id, coupon, SCENARIO, base_fen, &id, expires_at, now).await?);
+    }
+    let after_coupon: i64 = lines.iter().map(|l| l.amount_fen).sum();
     if let Some(discount) = &biller.discount
         && orders::is_bank_bin(req.pay_with, req.card_bin.as_deref(), bank_bins)
     {
         let budget = keys::budget(&discount.budget_id);
-        lines.extend(discount.reserve_line(store, &budget, &id, base_fen, expires_at, now).await?);
+        lines.extend(discount.reserve_line(store, &budget, &id, after_coupon, expires_at, now).await?);
     }
     let total_fen = lines.iter().map(|l| l.amount_fen).sum();
     let payload = Payload { biller_id: biller.id.clone(), account_no: req.account_no.clone(), bill_ids, base_fen };

@@ -1,0 +1,60 @@
+//! The merchant-coupons component: district merchants, coupon campaigns, claims into a wallet, check-in streaks,
+//! exactly-once redemption and reversal, campaign statistics (HTTP adapter over merchant-coupons-domain). Routes and
+//! rules: README.md.
+//!
+//! | Method | Path | Who |
+//! |---|---|---|
+//! | POST | `/api/coupons/merchants` | operator |
+//! | POST | `/api/coupons/campaigns` | operator |
+//! | GET | `/api/coupons/campaigns?district=&merchant_id=`, `/api/coupons/campaigns/{id}` | public |
+//! | POST | `/api/coupons/campaigns/{id}/pause`, `…/resume` | operator |
+//! | PUT | `/api/coupons/campaigns/{id}/stock` | operator |
+//! | GET | `/api/coupons/campaigns/{id}/stats` | operator |
+//! | POST | `/api/coupons/campaigns/{id}/claim` (Idempotency-Key) | customer |
+//! | GET | `/api/coupons/wallet?status=` | customer |
+//! | POST, GET | `/api/coupons/checkin` | customer |
+//! | POST | `/api/coupons/redemptions` | the merchant (signed) |
+//! | POST | `/api/coupons/redemptions/{id}/reverse` | the same merchant (signed) |
+
+mod dto;
+mod handlers;
+
+use http::Method;
+use scenefin_guest::{Request, Response, Route, no_route, problem};
+use spin_sdk::http_service;
+
+#[http_service]
+async fn handle(req: Request) -> Response {
+    let route = Route::of(&req);
+    let segments = route.segments();
+    let result = match (&route.method, segments.as_slice()) {
+        (&Method::POST, ["api", "coupons", "merchants"]) => handlers::register_merchant(req).await,
+        (&Method::POST, ["api", "coupons", "campaigns"]) => handlers::create_campaign(req).await,
+        (&Method::GET, ["api", "coupons", "campaigns"]) => handlers::list_campaigns(&req, &route).await,
+        (&Method::GET, ["api", "coupons", "campaigns", id]) => handlers::get_campaign(&req, id).await,
+        (&Method::POST, ["api", "coupons", "campaigns", id, "pause"]) => handlers::pause(req, id, true).await,
+        (&Method::POST, ["api", "coupons", "campaigns", id, "resume"]) => handlers::pause(req, id, false).await,
+        (&Method::PUT, ["api", "coupons", "campaigns", id, "stock"]) => handlers::set_stock(req, id).await,
+        (&Method::GET, ["api", "coupons", "campaigns", id, "stats"]) => handlers::stats(&req, id).await,
+        (&Method::POST, ["api", "coupons", "campaigns", id, "claim"]) => handlers::claim(req, id).await,
+        (&Method::GET, ["api", "coupons", "wallet"]) => handlers::wallet(&req, &route).await,
+        (&Method::POST, ["api", "coupons", "checkin"]) => handlers::check_in(req).await,
+        (&Method::GET, ["api", "coupons", "checkin"]) => handlers::checkin_status(&req).await,
+        (&Method::POST, ["api", "coupons", "redemptions"]) => handlers::redeem(req).await,
+        (&Method::POST, ["api", "coupons", "redemptions", id, "reverse"]) => handlers::reverse(req, id).await,
+        (_, path) if known_path(path) => Err(problem(&scenefin_core::ApiError::method_not_allowed())),
+        _ => Err(problem(&no_route())),
+    };
+    result.unwrap_or_else(|response| response)
+}
+
+/// Paths this component serves with some method (a wrong method on them is 405, anything else 404).
+fn known_path(path: &[&str]) -> bool {
+    matches!(
+        path,
+        ["api", "coupons", "merchants" | "campaigns" | "wallet" | "checkin" | "redemptions"]
+            | ["api", "coupons", "campaigns", _]
+            | ["api", "coupons", "campaigns", _, "pause" | "resume" | "stock" | "stats" | "claim"]
+            | ["api", "coupons", "redemptions", _, "reverse"]
+    )
+}

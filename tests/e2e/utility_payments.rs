@@ -302,3 +302,100 @@ async fn wrong_methods_and_unknown_paths_are_problems_not_panics() {
     assert_eq!((r.status, r.body["code"].as_str()), (401, Some("missing_credentials")));
     app.host.shutdown().await;
 }
+
+/// A merchant-coupons campaign that lets utility quotes use its coupons.
+async fn utility_coupon_campaign(app: &TestApp) {
+    let merchant = json!({"merchant_id": "sz_grid_shop", "name": "Grid Shop", "district": "futian",
+                          "stores": [{"store_id": "s1", "name": "Main"}]});
+    let r = app.send("POST", "/api/coupons/merchants", Some(&merchant), Some(OPERATOR_TOKEN)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let campaign = json!({
+        "id": "bill_day", "title": "¥3 off a utility bill", "kind": "daily", "merchant_ids": ["sz_grid_shop"],
+        "coupon": {"type": "fixed_off", "amount_fen": 300, "min_spend_fen": 5000},
+        "validity": {"days_after_claim": 7},
+        "schedule": {"starts_at": "2026-11-01T00:00:00+08:00", "ends_at": "2026-12-31T00:00:00+08:00"},
+        "stock_total": 10, "budget_fen": 3000, "applies_to": ["utility"]
+    });
+    let r = app.send("POST", "/api/coupons/campaigns", Some(&campaign), Some(OPERATOR_TOKEN)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wallet_coupon_pays_part_of_a_bill_once_and_comes_back_if_the_order_expires() {
+    let app = TestApp::spawn().await.expect("app");
+    let w = register(&app, water(100_000)).await;
+    let upload = json!({"bills": [
+        {"bill_id": "C-1", "account_no": "5555666677", "period": "2026-10", "amount_fen": 8000, "due_date": "2026-11-30", "holder_name": "王五"},
+        {"bill_id": "C-2", "account_no": "5555666677", "period": "2026-11", "amount_fen": 6000, "due_date": "2026-12-30", "holder_name": "王五"}
+    ]});
+    let up = app.partner(&w.partner_id, &w.secret, "PUT", "/api/utility/billers/sz_water/bills", Some(&upload)).await;
+    assert_eq!(up.status, 200, "{:?}", up.body);
+    utility_coupon_campaign(&app).await;
+    let token = customer(&app, "wx_coupon_payer").await;
+    let mut claim = app.client.post(format!("{}/api/coupons/campaigns/bill_day/claim", app.base));
+    claim =
+        claim.bearer_auth(&token).header("idempotency-key", "claim-1").header("x-scenefin-now", app.now.to_rfc3339());
+    let claimed: Value = claim.send().await.expect("claim").json().await.expect("json");
+    let coupon_id = claimed["coupon_id"].as_str().expect("coupon").to_owned();
+    let quote_body = |bill: &str| {
+        json!({"biller_id": "sz_water", "account_no": "5555666677", "bill_ids": [bill], "pay_with": "bank_card",
+               "card_bin": "62258801", "coupon_id": coupon_id})
+    };
+
+    // The coupon comes off first, the cardholder discount (5%) applies to the rest.
+    let q = app.send("POST", "/api/utility/quotes", Some(&quote_body("C-1")), Some(&token)).await;
+    assert_eq!(q.status, 201, "{:?}", q.body);
+    let kinds: Vec<(&str, i64)> = q.body["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .map(|l| (l["kind"].as_str().unwrap_or(""), l["amount_fen"].as_i64().unwrap_or(0)))
+        .collect();
+    assert_eq!(kinds, vec![("base", 8000), ("coupon", -300), ("cardholder_discount", -385)]);
+    assert_eq!(q.body["total_fen"], 7315);
+    // Held by that quote: another quote cannot use it, nor a merchant.
+    let other = app.send("POST", "/api/utility/quotes", Some(&quote_body("C-2")), Some(&token)).await;
+    assert_eq!((other.status, other.body["code"].as_str()), (409, Some("coupon_in_use")), "{:?}", other.body);
+    let stranger = customer(&app, "wx_not_the_owner").await;
+    let stolen = app.send("POST", "/api/utility/quotes", Some(&quote_body("C-1")), Some(&stranger)).await;
+    assert_eq!(stolen.body["code"], "coupon_not_found");
+
+    // The order is never paid: once it expires the coupon is back in the wallet.
+    let quote_id = q.body["quote_id"].as_str().expect("quote").to_owned();
+    let placed = order(&app, &token, &quote_id, "coupon-order-1").await;
+    assert_eq!(placed.status, 201, "{:?}", placed.body);
+    let order_id = placed.body["order"]["order_id"].as_str().expect("order").to_owned();
+    let later = app.now.plus_secs(31 * 60).to_rfc3339();
+    let expired = app
+        .client
+        .get(format!("{}/api/utility/orders/{order_id}", app.base))
+        .bearer_auth(&token)
+        .header("x-scenefin-now", &later)
+        .send()
+        .await
+        .expect("get");
+    let expired: Value = expired.json().await.expect("json");
+    assert_eq!(expired["state"], "expired");
+    let wallet = app.send("GET", "/api/coupons/wallet?status=active", None, Some(&token)).await;
+    assert_eq!(wallet.body["items"][0]["coupon_id"].as_str(), Some(coupon_id.as_str()), "{:?}", wallet.body);
+
+    // Used in a paid order: exactly once, and the budget committed.
+    let q = app.send("POST", "/api/utility/quotes", Some(&quote_body("C-2")), Some(&token)).await;
+    assert_eq!((q.status, q.body["total_fen"].as_i64()), (201, Some(5415)), "{:?}", q.body);
+    let quote_id = q.body["quote_id"].as_str().expect("quote").to_owned();
+    let placed = order(&app, &token, &quote_id, "coupon-order-2").await;
+    let order_id = placed.body["order"]["order_id"].as_str().expect("order").to_owned();
+    let paid = event("evt-coupon-1", &order_id, "succeeded", 5415, Some("62258801"), &app.now.to_rfc3339());
+    for _ in 0..2 {
+        let n = app.notify("/api/utility/payments/notify", &paid).await;
+        assert_eq!(n.status, 200, "{:?}", n.body);
+    }
+    let used = app.send("GET", "/api/coupons/wallet?status=used", None, Some(&token)).await;
+    assert_eq!(used.body["items"].as_array().map(Vec::len), Some(1), "{:?}", used.body);
+    let stats = app.send("GET", "/api/coupons/campaigns/bill_day/stats", None, Some(OPERATOR_TOKEN)).await;
+    assert_eq!((stats.body["budget"]["committed_fen"].as_i64(), stats.body["issued"].as_i64()), (Some(300), Some(1)));
+    let check = app.send("GET", "/api/ops/ledger/check", None, Some(OPERATOR_TOKEN)).await;
+    assert_eq!(check.body["balanced"], true, "{:?}", check.body);
+    let again = app.send("POST", "/api/utility/quotes", Some(&quote_body("C-1")), Some(&token)).await;
+    assert_eq!(again.body["code"], "coupon_in_use", "used coupons are not usable again");
+}

@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use scenefin_core::auth::Provider;
 use scenefin_core::clock::Timestamp;
-use scenefin_e2e::{OPERATOR_TOKEN, Reply, TestApp};
+use scenefin_e2e::{OPERATOR_TOKEN, Reply, TestApp, ledger_account, retryable};
 use scenefin_host::KvKind;
-use scenefin_host::kv::{Op, Output};
 use serde_json::{Value, json};
 
 /// A BIN of one of the bank's own cards (variable `bank_card_bins` is `622588` in tests).
@@ -304,38 +303,14 @@ async fn settlement(app: &TestApp, who: &Partner, merchant_id: &str, day: &str) 
 // ---------------------------------------------------------------------------------------------------------------
 // The ledger and the store
 
-/// The ledger check, which must balance.
-async fn ledger(app: &TestApp) -> Value {
-    let r = app.send("GET", "/api/ops/ledger/check", None, Some(OPERATOR_TOKEN)).await;
-    assert_eq!((r.status, r.body["balanced"].as_bool()), (200, Some(true)), "{:?}", r.body);
-    r.body
-}
-
-/// An account's stored balance in a ledger check (debits positive; 0 when it never moved).
-fn account(report: &Value, name: &str) -> i64 {
-    let accounts = report["accounts"].as_array().expect("accounts");
-    accounts.iter().find(|a| a["account"] == name).and_then(|a| a["stored_fen"].as_i64()).unwrap_or(0)
-}
-
 /// What a card holds, by the ledger (its account is credit-normal).
 fn held(report: &Value, card_id: &str) -> i64 {
-    -account(report, &format!("campus:card:{card_id}:stored_value"))
+    -ledger_account(report, &format!("campus:card:{card_id}:stored_value"))
 }
 
 /// What a merchant is owed, by the ledger.
 fn owed(report: &Value, merchant_id: &str) -> i64 {
-    -account(report, &format!("campus:merchant:{merchant_id}:settlement"))
-}
-
-/// Every key and value of the store, but partners' used nonces and idempotency records (which a refused request
-/// may legitimately leave).
-async fn snapshot(app: &TestApp) -> BTreeMap<String, Vec<u8>> {
-    let Ok(Output::Keys(keys)) = app.host.kv.exec("default", Op::Keys).await else { panic!("listing keys") };
-    let keys: Vec<String> = keys.into_iter().filter(|k| !k.contains(":nonce:") && !k.starts_with("idem:")).collect();
-    let Ok(Output::Values(values)) = app.host.kv.exec("default", Op::GetMany { keys }).await else {
-        panic!("reading keys")
-    };
-    values.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect()
+    -ledger_account(report, &format!("campus:merchant:{merchant_id}:settlement"))
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -492,7 +467,7 @@ async fn a_school_issues_cards_in_batches_and_binding_locks_after_five_wrong_cod
     assert!(me.body["tags"].as_array().expect("tags").iter().any(|t| t == "campus_staff"), "{:?}", me.body);
     let s = stats(&app, "pku").await;
     assert_eq!((s["cards_issued"].as_i64(), s["cards_bound"].as_i64()), (Some(1001), Some(2)), "{s:?}");
-    ledger(&app).await;
+    app.ledger_check().await;
     app.host.shutdown().await;
 }
 
@@ -598,9 +573,9 @@ async fn a_top_up_by_the_banks_card_earns_the_bonus_and_is_credited_once_however
     assert_eq!(topup(&app, &token, "sjtu_thawed", &topup_body(&card, 1000, None)).await.status, 201);
 
     // The books: the gateway holds what was paid, the bank funded the bonus, the card holds both.
-    let report = ledger(&app).await;
+    let report = app.ledger_check().await;
     assert_eq!(held(&report, &card), 30_500);
-    assert_eq!((account(&report, "gateway:clearing"), account(&report, "bank:marketing")), (30_000, 500));
+    assert_eq!((ledger_account(&report, "gateway:clearing"), ledger_account(&report, "bank:marketing")), (30_000, 500));
     app.host.shutdown().await;
 }
 
@@ -779,7 +754,7 @@ async fn merchants_debit_cards_by_id_and_pay_code_within_limits_and_settle_to_th
         .await;
     assert_eq!((by_operator.status, &by_operator.body["total_fen"]), (200, &shop0["total_fen"]));
 
-    let report = ledger(&app).await;
+    let report = app.ledger_check().await;
     assert_eq!((held(&report, &card), held(&report, &last_day), held(&report, &unbound)), (13_050, 900, 0));
     assert_eq!(
         (
@@ -833,7 +808,7 @@ async fn a_reissued_card_takes_the_balance_exactly_once_and_whatever_reaches_the
     assert!(matches!(again.status, 200 | 201), "{:?}", again.body);
     assert_eq!(again.body["card"]["card_id"].as_str(), Some(new.as_str()), "{:?}", again.body);
     assert_eq!(balance(&app, &token, &new).await, 3_800);
-    let report = ledger(&app).await;
+    let report = app.ledger_check().await;
     assert_eq!((held(&report, &old), held(&report, &new)), (0, 3_800));
 
     // The old card is dead.
@@ -849,7 +824,7 @@ async fn a_reissued_card_takes_the_balance_exactly_once_and_whatever_reaches_the
     let reversed = reverse(&app, &canteen, &z1).await;
     assert_eq!((reversed.status, reversed.body["state"].as_str()), (200, Some("reversed")), "{:?}", reversed.body);
     assert_eq!(balance(&app, &token, &new).await, 7_000);
-    let report = ledger(&app).await;
+    let report = app.ledger_check().await;
     assert_eq!((held(&report, &old), held(&report, &new), owed(&report, "zju_canteen")), (0, 7_000, 0));
     let txns = transactions(&app, &token, &new).await;
     assert!(kinds(&txns).contains(&"transfer_in"), "{txns:?}");
@@ -868,25 +843,25 @@ async fn a_reissued_card_takes_the_balance_exactly_once_and_whatever_reaches_the
     assert!(newest.iter().all(|id| *id == newest[0] && id.is_some()), "{newest:?}");
     let newest = newest[0].unwrap_or_default().to_owned();
     assert_eq!(balance(&app, &token, &newest).await, 6_500);
-    let report = ledger(&app).await;
+    let report = app.ledger_check().await;
     assert_eq!((held(&report, &old), held(&report, &new), held(&report, &newest)), (0, 0, 6_500));
     refused(&card_action(&app, &customer(&app, "wx_zju_other").await, &newest, "reissue").await, 404, "card_not_found");
     app.host.shutdown().await;
 }
 
-/// How often a POS retries a spend that met store contention (`503`).
+/// How often a POS retries a spend that met store contention (`503`) or timed out.
 const MAX_ATTEMPTS: usize = 50;
 
-/// A POS's spend with its retry: on `503` it sends the same `pos_txn_id` again, freshly signed.
+/// A POS's spend with its retry: on `503` or a timeout it sends the same `pos_txn_id` again, freshly signed.
 async fn spend_with_retry(app: &TestApp, pos: &Partner, body: &Value) -> Reply {
     for attempt in 0..MAX_ATTEMPTS {
         let r = spend(app, pos, body).await;
-        if r.status != 503 {
+        if !retryable(&r) {
             return r;
         }
         tokio::time::sleep(Duration::from_millis(5 + 5 * attempt as u64)).await;
     }
-    panic!("{body}: still 503 after {MAX_ATTEMPTS} attempts")
+    panic!("{body}: still not through after {MAX_ATTEMPTS} attempts")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -979,7 +954,7 @@ async fn rush(app: TestApp) {
         settled += int_of(&statement, "total_fen");
     }
     assert_eq!(settled, 50_000);
-    let report = ledger(&app).await;
+    let report = app.ledger_check().await;
     assert_eq!(held(&report, &card), 0);
     let owed_total: i64 = merchants.iter().map(|(id, _)| owed(&report, id)).sum();
     assert_eq!(owed_total, 50_000);
@@ -997,7 +972,7 @@ async fn bad_requests_are_stable_problems_and_write_nothing() {
     let token = customer(&app, "wx_nju_n1").await;
     let card = bind_card(&app, &token, "nju", "N1", "424242").await;
     top_up(&app, &token, &card, 1_000, "nju_tu_1").await;
-    let before = snapshot(&app).await;
+    let before = app.snapshot().await;
     assert!(before.contains_key(&format!("campus:card:{card}")), "the snapshot sees the store");
     let customer_json = |token: &str| {
         vec![
@@ -1075,7 +1050,7 @@ async fn bad_requests_are_stable_problems_and_write_nothing() {
     refused(&bad_date, 400, "validation_failed");
 
     // None of it was written.
-    assert_eq!(snapshot(&app).await, before, "refused requests left no trace");
+    assert_eq!(app.snapshot().await, before, "refused requests left no trace");
     assert_eq!(balance(&app, &token, &card).await, 1_000);
 
     // The honest request goes through, once, even replayed with the same nonce.
@@ -1083,6 +1058,6 @@ async fn bad_requests_are_stable_problems_and_write_nothing() {
     assert_eq!((honest.status, honest.body["balance_fen"].as_i64()), (201, Some(900)), "{:?}", honest.body);
     refused(&app.send_raw("POST", "/api/campus/spend", signed, &headers).await, 401, "nonce_replayed");
     assert_eq!(balance(&app, &token, &card).await, 900);
-    ledger(&app).await;
+    app.ledger_check().await;
     app.host.shutdown().await;
 }

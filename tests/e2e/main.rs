@@ -3,5 +3,6 @@
 mod campus_card;
 mod console;
 mod customers;
+mod merchant_coupons;
 mod property_fees;
 mod utility_payments;

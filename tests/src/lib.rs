@@ -2,12 +2,13 @@
 //! `target/wasm32-wasip2/release/*.wasm`, an in-memory store with Spin's CAS semantics, the test clock enabled and
 //! known secrets, and offers small request helpers. Build the components first (`cargo xtask build`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use scenefin_core::auth::{IdentityAssertion, Provider, sign_assertion};
 use scenefin_core::clock::Timestamp;
+use scenefin_host::kv::{Op, Output};
 use scenefin_host::{CasMode, HostConfig, KvKind, RunningHost};
 use serde_json::Value;
 
@@ -48,7 +49,38 @@ pub struct Reply {
     pub body: Value,
 }
 
+/// Whether a client would send the same (idempotent) request again: store contention (`503`) or a component that
+/// ran out of time (`500 component_timeout`, outcome unknown).
+pub fn retryable(r: &Reply) -> bool {
+    r.status == 503 || (r.status == 500 && r.body["code"] == "component_timeout")
+}
+
+/// An account's stored balance in a ledger check report (debits positive; 0 when it never moved).
+pub fn ledger_account(report: &Value, name: &str) -> i64 {
+    let accounts = report["accounts"].as_array().expect("accounts");
+    accounts.iter().find(|a| a["account"] == name).and_then(|a| a["stored_fen"].as_i64()).unwrap_or(0)
+}
+
 impl TestApp {
+    /// `GET /api/ops/ledger/check`, asserted balanced; the report.
+    pub async fn ledger_check(&self) -> Value {
+        let r = self.send("GET", "/api/ops/ledger/check", None, Some(OPERATOR_TOKEN)).await;
+        assert_eq!((r.status, r.body["balanced"].as_bool()), (200, Some(true)), "{:?}", r.body);
+        r.body
+    }
+
+    /// Every key and value of the store, but partners' used nonces and idempotency records (which a refused
+    /// request may legitimately leave): compare two snapshots to prove a request wrote nothing.
+    pub async fn snapshot(&self) -> BTreeMap<String, Vec<u8>> {
+        let Ok(Output::Keys(keys)) = self.host.kv.exec("default", Op::Keys).await else { panic!("listing keys") };
+        let keys: Vec<String> =
+            keys.into_iter().filter(|k| !k.contains(":nonce:") && !k.starts_with("idem:")).collect();
+        let Ok(Output::Values(values)) = self.host.kv.exec("default", Op::GetMany { keys }).await else {
+            panic!("reading keys")
+        };
+        values.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect()
+    }
+
     /// Starts every component of spin.toml on an in-memory store (Spin's CAS semantics).
     pub async fn spawn() -> anyhow::Result<Self> {
         Self::spawn_on(KvKind::Memory(CasMode::SpinUpsert)).await
@@ -63,7 +95,8 @@ impl TestApp {
         config.state_dir = state.path().to_owned();
         config.cache_dir = Some(workspace().join("target/scenefin-test-cache"));
         config.access_log = false;
-        config.limits.request_timeout = Duration::from_secs(10);
+        // Generous: the concurrency tests queue a thousand requests on two cores, next to other tests.
+        config.limits.request_timeout = Duration::from_secs(30);
         config.env = HashMap::from([
             ("SPIN_VARIABLE_OPERATOR_TOKEN".into(), OPERATOR_TOKEN.into()),
             ("SPIN_VARIABLE_IDENTITY_SECRET".into(), IDENTITY_SECRET.into()),

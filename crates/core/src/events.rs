@@ -236,7 +236,12 @@ fn auto_tags(event: &Event) -> Vec<String> {
     if event.bank_card && event.kind.is_payment() {
         tags.push("bank_cardholder".to_owned());
     }
-    tags.retain(|t| !t.is_empty() && t.len() <= 32 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+    // Scenario tags may carry an id (`community:{id}`), so `:` and `-` are allowed here, unlike operator tags.
+    tags.retain(|t| {
+        !t.is_empty()
+            && t.len() <= 80
+            && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'-'))
+    });
     tags
 }
 

@@ -245,7 +245,8 @@ fn auto_tags(event: &Event) -> Vec<String> {
     tags
 }
 
-/// Records an event: profile first (exactly once), then the funnel counters (each at most once).
+/// Records an event: profile first (exactly once), then the funnel counters (each at most once), then the referral
+/// facts of a payment or refund ([`crate::referrals::on_event`], idempotent).
 pub async fn record(store: &impl Store, event: &Event, rules: &LifecycleRules) -> Result<Applied, EventError> {
     let key = customers::keys::customer(&event.customer_id);
     if !customers::valid_id(&event.customer_id) {
@@ -268,6 +269,8 @@ pub async fn record(store: &impl Store, event: &Event, rules: &LifecycleRules) -
     })
     .await?;
     count(store, event, touch.as_ref(), &steps).await?;
+    // A payment may qualify the customer's referral, a refund claw it back (whatever the scenario).
+    crate::referrals::on_event(store, event).await?;
     Ok(applied)
 }
 

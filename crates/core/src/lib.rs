@@ -22,6 +22,7 @@ pub mod orders;
 pub mod partners;
 pub mod perks;
 pub mod problem;
+pub mod referrals;
 pub mod settlement;
 
 pub use problem::{ApiError, ErrorKind, Problem};

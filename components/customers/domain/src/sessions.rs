@@ -17,6 +17,7 @@ use scenefin_core::customers::{self, Customer, Identity, JOURNAL_KEPT, Lifecycle
 use scenefin_core::events::{self, Event, EventKind};
 use scenefin_core::ids::hash_key_part;
 use scenefin_core::kv::{self, Step, Store};
+use scenefin_core::referrals::{self, AttachError};
 use serde::{Deserialize, Serialize};
 
 use crate::channels::{self, ChannelCode};
@@ -224,6 +225,16 @@ pub async fn login(
         tags: vec![],
     };
     let applied = events::record(store, &registered, rules).await?;
+    // Registered with a referral code: attribute the referral (idempotent, so a retried login completes it). An
+    // unknown code or an earlier referral leaves the login alone.
+    if let Some(code) = &customer.referral_code
+        && now.secs_since(customer.created_at) <= referrals::ATTACH_WINDOW_DAYS * 86_400
+    {
+        match referrals::attach(store, &customer, code, true, now).await {
+            Ok(_) | Err(AttachError::UnknownCode | AttachError::AlreadyReferred) => {}
+            Err(AttachError::Store(e)) => return Err(e.into()),
+        }
+    }
     issue(secrets, &target, applied.first_time, now)
 }
 

@@ -1,0 +1,140 @@
+//! The referral-tiers component: referral programs, codes, late attachment, the referrer's page with lazily settled
+//! rewards, program statistics and the leaderboard (HTTP adapter over referral-tiers-domain). Routes and rules:
+//! README.md.
+//!
+//! | Method | Path | Who |
+//! |---|---|---|
+//! | POST | `/api/referrals/programs` | operator |
+//! | GET | `/api/referrals/programs/{id}` | public |
+//! | POST | `/api/referrals/codes` | customer |
+//! | POST | `/api/referrals/attach` | customer |
+//! | GET | `/api/referrals/me?program_id=` | customer |
+//! | GET | `/api/referrals/programs/{id}/stats` | operator |
+//! | GET | `/api/referrals/programs/{id}/leaderboard?limit=` | operator |
+
+use http::Method;
+use referral_tiers_domain::programs::{self, NewProgram};
+use referral_tiers_domain::{ReferralError, codes, reports};
+use scenefin_core::json::DEFAULT_LIMIT_BYTES;
+use scenefin_guest::{
+    OrProblem, Request, Response, Route, SpinStore, body, json, json_response, lifecycle_rules, no_route, problem,
+    request_time, require_customer, require_operator,
+};
+use serde::Deserialize;
+use serde_json::json;
+use spin_sdk::http_service;
+
+type Handled = Result<Response, Response>;
+
+#[http_service]
+async fn handle(req: Request) -> Response {
+    let route = Route::of(&req);
+    let segments = route.segments();
+    let result = match (&route.method, segments.as_slice()) {
+        (&Method::POST, ["api", "referrals", "programs"]) => create_program(req).await,
+        (&Method::GET, ["api", "referrals", "programs", id]) => get_program(id).await,
+        (&Method::POST, ["api", "referrals", "codes"]) => code(req).await,
+        (&Method::POST, ["api", "referrals", "attach"]) => attach(req).await,
+        (&Method::GET, ["api", "referrals", "me"]) => me(&req, &route).await,
+        (&Method::GET, ["api", "referrals", "programs", id, "stats"]) => stats(&req, id).await,
+        (&Method::GET, ["api", "referrals", "programs", id, "leaderboard"]) => leaderboard(&req, &route, id).await,
+        (_, path) if known_path(path) => Err(problem(&scenefin_core::ApiError::method_not_allowed())),
+        _ => Err(problem(&no_route())),
+    };
+    result.unwrap_or_else(|response| response)
+}
+
+/// Paths this component serves with some method (a wrong method on them is 405, anything else 404).
+fn known_path(path: &[&str]) -> bool {
+    matches!(
+        path,
+        ["api", "referrals", "programs" | "codes" | "attach" | "me"]
+            | ["api", "referrals", "programs", _]
+            | ["api", "referrals", "programs", _, "stats" | "leaderboard"]
+    )
+}
+
+fn store() -> Result<SpinStore, Response> {
+    SpinStore::open_default().or_problem()
+}
+
+async fn decode<T: serde::de::DeserializeOwned>(req: Request) -> Result<T, Response> {
+    json(&body(req, DEFAULT_LIMIT_BYTES).await.or_problem()?, DEFAULT_LIMIT_BYTES).or_problem()
+}
+
+async fn create_program(req: Request) -> Handled {
+    require_operator(&req).await?;
+    let now = request_time(&req).await?;
+    let input: NewProgram = decode(req).await?;
+    let program = programs::create(&store()?, input, now).await.or_problem()?;
+    Ok(json_response(201, &program))
+}
+
+async fn get_program(id: &str) -> Handled {
+    Ok(json_response(200, &programs::get(&store()?, id).await.or_problem()?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CodeBody {
+    program_id: String,
+}
+
+async fn code(req: Request) -> Handled {
+    let now = request_time(&req).await?;
+    let customer = require_customer(&req, now).await?;
+    let input: CodeBody = decode(req).await?;
+    let (code, created) = codes::get_or_create(&store()?, &input.program_id, &customer).await.or_problem()?;
+    Ok(json_response(
+        if created { 201 } else { 200 },
+        &json!({ "code": code.code, "program_id": code.program_id, "share_path": format!("/app?ref={}", code.code) }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttachBody {
+    code: String,
+}
+
+async fn attach(req: Request) -> Handled {
+    let now = request_time(&req).await?;
+    let customer = require_customer(&req, now).await?;
+    let input: AttachBody = decode(req).await?;
+    let referral = codes::attach(&store()?, &customer, &input.code, now).await.or_problem()?;
+    Ok(json_response(
+        201,
+        &json!({ "program_id": referral.program_id, "status": referral.status, "attached_at": referral.attached_at }),
+    ))
+}
+
+async fn me(req: &Request, route: &Route) -> Handled {
+    let now = request_time(req).await?;
+    let customer = require_customer(req, now).await?;
+    let program_id =
+        route.query_param("program_id").ok_or(ReferralError::invalid("program_id", "required")).or_problem()?;
+    let rules = lifecycle_rules().await;
+    Ok(json_response(200, &reports::me(&store()?, &program_id, &customer, &rules, now).await.or_problem()?))
+}
+
+async fn stats(req: &Request, id: &str) -> Handled {
+    require_operator(req).await?;
+    let now = request_time(req).await?;
+    let rules = lifecycle_rules().await;
+    Ok(json_response(200, &reports::stats(&store()?, id, &rules, now).await.or_problem()?))
+}
+
+async fn leaderboard(req: &Request, route: &Route, id: &str) -> Handled {
+    require_operator(req).await?;
+    let limit = match route.query_param("limit") {
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=100).contains(n))
+            .ok_or(ReferralError::invalid("limit", "1 to 100"))
+            .or_problem()?,
+        None => 10,
+    };
+    let items = reports::leaderboard(&store()?, id, limit).await.or_problem()?;
+    Ok(json_response(200, &json!({ "items": items, "next": null })))
+}

@@ -9,8 +9,9 @@ use scenefin_core::clock::Timestamp;
 use scenefin_core::json::DEFAULT_LIMIT_BYTES;
 use scenefin_guest::orders as flow;
 use scenefin_guest::{
-    Head, OrProblem, Request, Response, Route, SpinStore, bank_card_bins, body, idempotent, is_operator, json,
+    Head, OrProblem, Request, Response, Route, SpinStore, bank_card_bins, body, decode, idempotent, is_operator, json,
     json_response, lifecycle_rules, problem, request_time, require_customer, require_operator, require_partner, split,
+    store,
 };
 use serde_json::json;
 
@@ -23,14 +24,6 @@ type Handled = Result<Response, Response>;
 
 /// Member uploads are larger than ordinary JSON (up to 1,000 members).
 const UPLOAD_LIMIT_BYTES: usize = 512 * 1024;
-
-fn store() -> Result<SpinStore, Response> {
-    SpinStore::open_default().or_problem()
-}
-
-async fn decode<T: serde::de::DeserializeOwned>(req: Request) -> Result<T, Response> {
-    json(&body(req, DEFAULT_LIMIT_BYTES).await.or_problem()?, DEFAULT_LIMIT_BYTES).or_problem()
-}
 
 /// The school itself (signed), or the operator.
 async fn school_or_operator(head: &Head, store: &SpinStore, school_id: &str, bytes: &[u8], now: Timestamp) -> Handled {

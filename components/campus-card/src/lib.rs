@@ -25,7 +25,7 @@ mod dto;
 mod handlers;
 
 use http::Method;
-use scenefin_guest::{Request, Response, Route, no_route, problem};
+use scenefin_guest::{Request, Response, Route, unmatched};
 use spin_sdk::http_service;
 
 #[http_service]
@@ -57,8 +57,7 @@ async fn handle(req: Request) -> Response {
         (&Method::POST, ["api", "campus", "spend"]) => handlers::spend(req).await,
         (&Method::POST, ["api", "campus", "spend", id, "reverse"]) => handlers::reverse(req, id).await,
         (&Method::GET, ["api", "campus", "merchants", id, "settlement"]) => handlers::settlement(req, &route, id).await,
-        (_, path) if known_path(path) => Err(problem(&scenefin_core::ApiError::method_not_allowed())),
-        _ => Err(problem(&no_route())),
+        (_, path) => unmatched(known_path(path)),
     };
     result.unwrap_or_else(|response| response)
 }

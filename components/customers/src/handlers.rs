@@ -5,17 +5,13 @@ use customers_domain::sessions::{self, Login, Secrets};
 use customers_domain::tags;
 use scenefin_core::json::DEFAULT_LIMIT_BYTES;
 use scenefin_guest::{
-    OrProblem, Request, Response, SpinStore, body, header, json, json_response, lifecycle_rules, request_time,
-    require_operator, required_variable,
+    OrProblem, Request, Response, body, header, json, json_response, lifecycle_rules, request_time, require_operator,
+    required_variable, store,
 };
 
 use crate::dto::{ChannelBody, ChannelView, LoginBody, MeView, OpsView, TagBody};
 
 type Handled = Result<Response, Response>;
-
-fn store() -> Result<SpinStore, Response> {
-    SpinStore::open_default().or_problem()
-}
 
 pub async fn login(req: Request) -> Handled {
     let now = request_time(&req).await?;

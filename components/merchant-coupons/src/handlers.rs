@@ -7,22 +7,14 @@ use merchant_coupons_domain::{OWNER, checkin, claims};
 use scenefin_core::clock::Timestamp;
 use scenefin_core::json::DEFAULT_LIMIT_BYTES;
 use scenefin_guest::{
-    Head, OrProblem, Request, Response, Route, SpinStore, body, idempotent, json, json_response, lifecycle_rules,
-    problem, request_time, require_customer, require_operator, require_partner, split,
+    Head, OrProblem, Request, Response, Route, SpinStore, body, decode, idempotent, json, json_response,
+    lifecycle_rules, problem, request_time, require_customer, require_operator, require_partner, split, store,
 };
 use serde_json::json;
 
 use crate::dto::{CampaignView, CouponView, MerchantView, RedeemBody, RedemptionView, StockBody};
 
 type Handled = Result<Response, Response>;
-
-fn store() -> Result<SpinStore, Response> {
-    SpinStore::open_default().or_problem()
-}
-
-async fn decode<T: serde::de::DeserializeOwned>(req: Request) -> Result<T, Response> {
-    json(&body(req, DEFAULT_LIMIT_BYTES).await.or_problem()?, DEFAULT_LIMIT_BYTES).or_problem()
-}
 
 async fn campaign_view(store: &SpinStore, c: &Campaign, now: Timestamp) -> Result<serde_json::Value, Response> {
     let issued = campaigns::issued(store, &c.id).await.or_problem()?;

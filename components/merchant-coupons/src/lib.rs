@@ -20,7 +20,7 @@ mod dto;
 mod handlers;
 
 use http::Method;
-use scenefin_guest::{Request, Response, Route, no_route, problem};
+use scenefin_guest::{Request, Response, Route, unmatched};
 use spin_sdk::http_service;
 
 #[http_service]
@@ -42,8 +42,7 @@ async fn handle(req: Request) -> Response {
         (&Method::GET, ["api", "coupons", "checkin"]) => handlers::checkin_status(&req).await,
         (&Method::POST, ["api", "coupons", "redemptions"]) => handlers::redeem(req).await,
         (&Method::POST, ["api", "coupons", "redemptions", id, "reverse"]) => handlers::reverse(req, id).await,
-        (_, path) if known_path(path) => Err(problem(&scenefin_core::ApiError::method_not_allowed())),
-        _ => Err(problem(&no_route())),
+        (_, path) => unmatched(known_path(path)),
     };
     result.unwrap_or_else(|response| response)
 }

@@ -8,7 +8,7 @@ use scenefin_core::orders::{CardDiscount, PayWith};
 use scenefin_guest::orders as flow;
 use scenefin_guest::{
     OrProblem, Request, Response, Route, SpinStore, bank_card_bins, body, json, json_response, lifecycle_rules,
-    operator_or_partner, request_time, require_customer, require_operator, require_partner, split,
+    operator_or_partner, request_time, require_customer, require_operator, require_partner, split, store,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -17,10 +17,6 @@ type Handled = Result<Response, Response>;
 
 /// Upload bodies are larger than ordinary JSON (up to 1,000 rooms or bills).
 const UPLOAD_LIMIT_BYTES: usize = 512 * 1024;
-
-fn store() -> Result<SpinStore, Response> {
-    SpinStore::open_default().or_problem()
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

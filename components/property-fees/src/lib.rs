@@ -19,7 +19,7 @@
 mod handlers;
 
 use http::Method;
-use scenefin_guest::{Request, Response, Route, no_route, problem};
+use scenefin_guest::{Request, Response, Route, unmatched};
 use spin_sdk::http_service;
 
 #[http_service]
@@ -43,8 +43,7 @@ async fn handle(req: Request) -> Response {
         (&Method::GET, ["api", "property", "orders", id]) => handlers::order(&req, id).await,
         (&Method::POST, ["api", "property", "orders", id, "refund"]) => handlers::refund(req, id).await,
         (&Method::POST, ["api", "property", "payments", "notify"]) => handlers::notify(req).await,
-        (_, path) if known_path(path) => Err(problem(&scenefin_core::ApiError::method_not_allowed())),
-        _ => Err(problem(&no_route())),
+        (_, path) => unmatched(known_path(path)),
     };
     result.unwrap_or_else(|response| response)
 }

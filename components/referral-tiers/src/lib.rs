@@ -15,10 +15,9 @@
 use http::Method;
 use referral_tiers_domain::programs::{self, NewProgram};
 use referral_tiers_domain::{ReferralError, codes, reports};
-use scenefin_core::json::DEFAULT_LIMIT_BYTES;
 use scenefin_guest::{
-    OrProblem, Request, Response, Route, SpinStore, body, json, json_response, lifecycle_rules, no_route, problem,
-    request_time, require_customer, require_operator,
+    OrProblem, Request, Response, Route, decode, json_response, lifecycle_rules, request_time, require_customer,
+    require_operator, store, unmatched,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -38,8 +37,7 @@ async fn handle(req: Request) -> Response {
         (&Method::GET, ["api", "referrals", "me"]) => me(&req, &route).await,
         (&Method::GET, ["api", "referrals", "programs", id, "stats"]) => stats(&req, id).await,
         (&Method::GET, ["api", "referrals", "programs", id, "leaderboard"]) => leaderboard(&req, &route, id).await,
-        (_, path) if known_path(path) => Err(problem(&scenefin_core::ApiError::method_not_allowed())),
-        _ => Err(problem(&no_route())),
+        (_, path) => unmatched(known_path(path)),
     };
     result.unwrap_or_else(|response| response)
 }
@@ -52,14 +50,6 @@ fn known_path(path: &[&str]) -> bool {
             | ["api", "referrals", "programs", _]
             | ["api", "referrals", "programs", _, "stats" | "leaderboard"]
     )
-}
-
-fn store() -> Result<SpinStore, Response> {
-    SpinStore::open_default().or_problem()
-}
-
-async fn decode<T: serde::de::DeserializeOwned>(req: Request) -> Result<T, Response> {
-    json(&body(req, DEFAULT_LIMIT_BYTES).await.or_problem()?, DEFAULT_LIMIT_BYTES).or_problem()
 }
 
 async fn create_program(req: Request) -> Handled {

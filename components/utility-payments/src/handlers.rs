@@ -3,8 +3,8 @@
 use scenefin_core::json::DEFAULT_LIMIT_BYTES;
 use scenefin_guest::orders as flow;
 use scenefin_guest::{
-    OrProblem, Request, Response, Route, SpinStore, bank_card_bins, body, json, json_response, lifecycle_rules,
-    operator_or_partner, request_time, require_customer, require_operator, require_partner, split,
+    OrProblem, Request, Response, Route, bank_card_bins, body, json, json_response, lifecycle_rules,
+    operator_or_partner, request_time, require_customer, require_operator, require_partner, split, store,
 };
 use serde_json::json;
 use utility_payments_domain::{OWNER, UtilityError, accounts, billers, bills, payments, pricing, reports};
@@ -15,10 +15,6 @@ type Handled = Result<Response, Response>;
 
 /// Upload bodies are larger than ordinary JSON (up to 1,000 bills).
 const UPLOAD_LIMIT_BYTES: usize = 512 * 1024;
-
-fn store() -> Result<SpinStore, Response> {
-    SpinStore::open_default().or_problem()
-}
 
 pub async fn register_biller(req: Request) -> Handled {
     require_operator(&req).await?;

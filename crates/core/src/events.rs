@@ -81,6 +81,22 @@ pub struct Event {
 }
 
 /// Why an event was not recorded.
+impl Event {
+    /// An event with no amount, not by the bank's card, with no extra tags (set those with struct update syntax).
+    pub fn new(id: String, customer_id: &str, kind: EventKind, scenario: &str, at: Timestamp) -> Event {
+        Event {
+            id,
+            customer_id: customer_id.to_owned(),
+            kind,
+            scenario: scenario.to_owned(),
+            at,
+            amount_fen: None,
+            bank_card: false,
+            tags: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EventError {
     /// No such customer.

@@ -11,6 +11,7 @@
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use scenefin_core::clock::{Clock, SystemClock, Timestamp};
+use scenefin_core::json::DEFAULT_LIMIT_BYTES;
 use scenefin_core::kv::{Key, Store, StoreError};
 use scenefin_core::problem::{ApiError, ErrorKind, Problem, problem_json};
 use serde::Serialize;
@@ -448,6 +449,22 @@ pub async fn lifecycle_rules() -> scenefin_core::customers::LifecycleRules {
 /// `404 not_found` for a path no route matches.
 pub fn no_route() -> ApiError {
     ApiError::not_found("no such route")
+}
+
+/// The answer to a request no route of a component's table matched: `405` on a path the component serves with
+/// other methods (`known`), `404` otherwise.
+pub fn unmatched(known: bool) -> Result<Response, Response> {
+    Err(problem(&if known { ApiError::method_not_allowed() } else { no_route() }))
+}
+
+/// The `default` store, or the problem response to send.
+pub fn store() -> Result<SpinStore, Response> {
+    SpinStore::open_default().or_problem()
+}
+
+/// The request's JSON body (at most [`DEFAULT_LIMIT_BYTES`]), decoded, or the problem response to send.
+pub async fn decode<T: DeserializeOwned>(req: Request) -> Result<T, Response> {
+    json(&body(req, DEFAULT_LIMIT_BYTES).await.or_problem()?, DEFAULT_LIMIT_BYTES).or_problem()
 }
 
 #[cfg(test)]

@@ -475,14 +475,14 @@ pub async fn bind(
     add_to_customer(store, customer_id, &card.card_id).await?;
     schools::count_once(store, &school.id, stat::CARDS_BOUND, &card.card_id, 1).await?;
     let event = Event {
-        id: format!("bound:{SCENARIO}:{}", card.card_id),
-        customer_id: customer_id.to_owned(),
-        kind: EventKind::BoundAccount,
-        scenario: SCENARIO.into(),
-        at: card.bound_at.unwrap_or(now),
-        amount_fen: None,
-        bank_card: false,
         tags: vec![card.kind.tag().to_owned()],
+        ..Event::new(
+            format!("bound:{SCENARIO}:{}", card.card_id),
+            customer_id,
+            EventKind::BoundAccount,
+            SCENARIO,
+            card.bound_at.unwrap_or(now),
+        )
     };
     events::record(store, &event, rules).await?;
     Ok((card, bound_now))

@@ -379,14 +379,14 @@ async fn completed_effects(store: &impl Store, record: &Spend, rules: &Lifecycle
     if let Some(customer_id) = &card.customer_id {
         // One `paid` event per card and day: what lifecycle and funnels need, without a profile write per coffee.
         let event = Event {
-            id: format!("paid:{SCENARIO}:{}:{}", card.card_id, record.day),
-            customer_id: customer_id.clone(),
-            kind: EventKind::Paid,
-            scenario: SCENARIO.into(),
-            at,
             amount_fen: Some(record.amount_fen),
-            bank_card: false,
-            tags: vec![],
+            ..Event::new(
+                format!("paid:{SCENARIO}:{}:{}", card.card_id, record.day),
+                customer_id,
+                EventKind::Paid,
+                SCENARIO,
+                at,
+            )
         };
         events::record(store, &event, rules).await?;
     }

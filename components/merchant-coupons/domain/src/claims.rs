@@ -245,14 +245,14 @@ async fn finish(
     let counter = keys::channel_counter(&coupon.campaign_id, &coupon.channel, "issued");
     kv::count_once(store, &keys::effect("issued", &coupon.id), &counter, 1).await?;
     let event = Event {
-        id: format!("claimed:{}", coupon.id),
-        customer_id: coupon.customer_id.clone(),
-        kind: EventKind::Claimed,
-        scenario: SCENARIO.into(),
-        at: coupon.claimed_at.min(now),
-        amount_fen: None,
-        bank_card: false,
         tags: vec!["coupon_user".into()],
+        ..Event::new(
+            format!("claimed:{}", coupon.id),
+            &coupon.customer_id,
+            EventKind::Claimed,
+            SCENARIO,
+            coupon.claimed_at.min(now),
+        )
     };
     events::record(store, &event, rules).await?;
     Ok(coupon)

@@ -262,14 +262,15 @@ async fn completed_effects(store: &impl Store, r: &Redemption, rules: &Lifecycle
     let by_channel = keys::channel_counter(&r.campaign_id, &coupon.channel, "redeemed");
     kv::count_once(store, &once("redeemed_ch"), &by_channel, 1).await?;
     let event = Event {
-        id: format!("redeemed:{}", r.redemption_id),
-        customer_id: coupon.customer_id.clone(),
-        kind: EventKind::Redeemed,
-        scenario: SCENARIO.into(),
-        at: r.created_at,
         amount_fen: Some(r.discount_fen),
-        bank_card: false,
         tags: vec!["coupon_user".into()],
+        ..Event::new(
+            format!("redeemed:{}", r.redemption_id),
+            &coupon.customer_id,
+            EventKind::Redeemed,
+            SCENARIO,
+            r.created_at,
+        )
     };
     events::record(store, &event, rules).await?;
     Ok(())

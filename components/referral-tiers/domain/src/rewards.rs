@@ -244,16 +244,13 @@ pub async fn settle(
         if let Some(updated) = updated {
             *r = updated;
         }
-        let event = Event {
-            id: format!("referred:{}:{}", program.id, g.referee_id),
-            customer_id: referrer_id.to_owned(),
-            kind: EventKind::Referred,
-            scenario: SCENARIO.into(),
-            at: now,
-            amount_fen: None,
-            bank_card: false,
-            tags: vec![],
-        };
+        let event = Event::new(
+            format!("referred:{}:{}", program.id, g.referee_id),
+            referrer_id,
+            EventKind::Referred,
+            SCENARIO,
+            now,
+        );
         events::record(store, &event, rules).await?;
         kv::count_once(
             store,

@@ -150,6 +150,30 @@ impl Problem for ApiError {
     }
 }
 
+/// Gives a scenario's error enum — which has `Invalid { field: String, message: String }` and `Store(StoreError)`
+/// variants — its `invalid(field, message)` constructor and the conversion from event errors (an unknown customer
+/// is a validation error on `customer`).
+#[macro_export]
+macro_rules! scenario_error_basics {
+    ($name:ident) => {
+        impl From<$crate::events::EventError> for $name {
+            fn from(e: $crate::events::EventError) -> Self {
+                match e {
+                    $crate::events::EventError::UnknownCustomer(_) => $name::invalid("customer", "unknown customer"),
+                    $crate::events::EventError::Store(e) => $name::Store(e),
+                }
+            }
+        }
+
+        impl $name {
+            /// A validation error on `field`.
+            pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+                $name::Invalid { field: field.to_owned(), message: message.into() }
+            }
+        }
+    };
+}
+
 /// The RFC 9457 body for a problem. `Internal` problems get a fixed detail: causes belong in logs.
 pub fn problem_json(p: &(impl Problem + ?Sized)) -> serde_json::Value {
     let kind = p.kind();

@@ -1,7 +1,6 @@
 //! Errors of the campus card, by business outcome.
 
 use scenefin_core::clock::Timestamp;
-use scenefin_core::events::EventError;
 use scenefin_core::kv::StoreError;
 use scenefin_core::ledger::LedgerError;
 use scenefin_core::limits::LimitError;
@@ -138,21 +137,7 @@ pub enum CampusError {
     Store(#[from] StoreError),
 }
 
-impl From<EventError> for CampusError {
-    fn from(e: EventError) -> Self {
-        match e {
-            EventError::UnknownCustomer(_) => CampusError::invalid("customer", "unknown customer"),
-            EventError::Store(e) => CampusError::Store(e),
-        }
-    }
-}
-
-impl CampusError {
-    /// A validation error on `field`.
-    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
-        CampusError::Invalid { field: field.to_owned(), message: message.into() }
-    }
-}
+scenefin_core::scenario_error_basics!(CampusError);
 
 impl Problem for CampusError {
     fn kind(&self) -> ErrorKind {

@@ -1,7 +1,6 @@
 //! Errors of merchant coupons, by business outcome.
 
 use scenefin_core::clock::Timestamp;
-use scenefin_core::events::EventError;
 use scenefin_core::kv::StoreError;
 use scenefin_core::ledger::LedgerError;
 use scenefin_core::limits::LimitError;
@@ -121,21 +120,7 @@ pub enum CouponError {
     Store(#[from] StoreError),
 }
 
-impl From<EventError> for CouponError {
-    fn from(e: EventError) -> Self {
-        match e {
-            EventError::UnknownCustomer(_) => CouponError::invalid("customer", "unknown customer"),
-            EventError::Store(e) => CouponError::Store(e),
-        }
-    }
-}
-
-impl CouponError {
-    /// A validation error on `field`.
-    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
-        CouponError::Invalid { field: field.to_owned(), message: message.into() }
-    }
-}
+scenefin_core::scenario_error_basics!(CouponError);
 
 impl Problem for CouponError {
     fn kind(&self) -> ErrorKind {

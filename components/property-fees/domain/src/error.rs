@@ -63,29 +63,13 @@ pub enum PropertyError {
     Store(#[from] StoreError),
 }
 
-impl From<scenefin_core::events::EventError> for PropertyError {
-    fn from(e: scenefin_core::events::EventError) -> Self {
-        match e {
-            scenefin_core::events::EventError::UnknownCustomer(_) => {
-                PropertyError::invalid("customer", "unknown customer")
-            }
-            scenefin_core::events::EventError::Store(e) => PropertyError::Store(e),
-        }
-    }
-}
-
 impl From<scenefin_core::ledger::LedgerError> for PropertyError {
     fn from(e: scenefin_core::ledger::LedgerError) -> Self {
         PropertyError::Order(e.into())
     }
 }
 
-impl PropertyError {
-    /// A validation error on `field`.
-    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
-        PropertyError::Invalid { field: field.to_owned(), message: message.into() }
-    }
-}
+scenefin_core::scenario_error_basics!(PropertyError);
 
 impl Problem for PropertyError {
     fn kind(&self) -> ErrorKind {

@@ -1,6 +1,5 @@
 //! Errors of referral programs.
 
-use scenefin_core::events::EventError;
 use scenefin_core::kv::StoreError;
 use scenefin_core::ledger::LedgerError;
 use scenefin_core::limits::LimitError;
@@ -41,21 +40,7 @@ pub enum ReferralError {
     Store(#[from] StoreError),
 }
 
-impl From<EventError> for ReferralError {
-    fn from(e: EventError) -> Self {
-        match e {
-            EventError::UnknownCustomer(_) => ReferralError::invalid("customer", "unknown customer"),
-            EventError::Store(e) => ReferralError::Store(e),
-        }
-    }
-}
-
-impl ReferralError {
-    /// A validation error on `field`.
-    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
-        ReferralError::Invalid { field: field.to_owned(), message: message.into() }
-    }
-}
+scenefin_core::scenario_error_basics!(ReferralError);
 
 impl Problem for ReferralError {
     fn kind(&self) -> ErrorKind {

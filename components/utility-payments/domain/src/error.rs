@@ -61,23 +61,7 @@ pub enum UtilityError {
     Store(#[from] StoreError),
 }
 
-impl From<scenefin_core::events::EventError> for UtilityError {
-    fn from(e: scenefin_core::events::EventError) -> Self {
-        match e {
-            scenefin_core::events::EventError::UnknownCustomer(_) => {
-                UtilityError::invalid("customer", "unknown customer")
-            }
-            scenefin_core::events::EventError::Store(e) => UtilityError::Store(e),
-        }
-    }
-}
-
-impl UtilityError {
-    /// A validation error on `field`.
-    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
-        UtilityError::Invalid { field: field.to_owned(), message: message.into() }
-    }
-}
+scenefin_core::scenario_error_basics!(UtilityError);
 
 impl Problem for UtilityError {
     fn kind(&self) -> ErrorKind {

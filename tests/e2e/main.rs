@@ -5,4 +5,5 @@ mod console;
 mod customers;
 mod merchant_coupons;
 mod property_fees;
+mod referral_tiers;
 mod utility_payments;

@@ -1,9 +1,12 @@
 //! End-to-end tests of the app in spin.toml, one module per component.
 
+mod browser;
 mod campus_card;
 mod console;
 mod customers;
+mod insights;
 mod merchant_coupons;
+mod openapi;
 mod property_fees;
 mod referral_tiers;
 mod utility_payments;

@@ -88,6 +88,16 @@ impl TestApp {
 
     /// Starts every component of spin.toml on the given store (e.g. `KvKind::Sqlite`, as `cargo xtask up` runs).
     pub async fn spawn_on(kv: KvKind) -> anyhow::Result<Self> {
+        Self::spawn_with(kv, &[]).await
+    }
+
+    /// Starts the app with variable `demo_mode` on (the demo identity provider and gateway simulator).
+    pub async fn spawn_demo() -> anyhow::Result<Self> {
+        Self::spawn_with(KvKind::Memory(CasMode::SpinUpsert), &[("SPIN_VARIABLE_DEMO_MODE", "true")]).await
+    }
+
+    /// Starts the app with extra `SPIN_VARIABLE_*` settings.
+    pub async fn spawn_with(kv: KvKind, extra_env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let state = tempfile::tempdir()?;
         let mut config = HostConfig::new(workspace().join("spin.toml"));
         config.listen = ([127, 0, 0, 1], 0).into();
@@ -105,6 +115,7 @@ impl TestApp {
             ("SPIN_VARIABLE_TEST_CLOCK_ENABLED".into(), "true".into()),
             ("SPIN_VARIABLE_BANK_CARD_BINS".into(), BANK_BIN.into()),
         ]);
+        config.env.extend(extra_env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
         let host = scenefin_host::start(config).await?;
         let base = format!("http://{}", host.addr);
         let now = Timestamp::parse_rfc3339("2026-11-23T10:00:00+08:00").map_err(|e| anyhow::anyhow!("{e}"))?;

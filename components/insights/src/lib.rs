@@ -1,16 +1,27 @@
-//! The insights component (`/api/ops`, operator token): what operators read.
+//! The insights component (`/api/ops`, operator token): what operators read. A thin adapter: the funnel and
+//! lifecycle reports are `scenefin_core::insights` over core's own counters, the channel and campaign reviews are
+//! `insights-domain` over each owner's indexes and counters. Nothing here lists the store. Routes, parameters and
+//! the counters read: README.md.
 //!
 //! | Method | Path | What |
 //! |---|---|---|
+//! | GET | `/api/ops/funnel?from=&to=&channel=\|campaign=\|scenario=` | visited → registered → activated → retained over the days (default: the last 30), step and overall conversion, median time to activate |
+//! | GET | `/api/ops/lifecycle?from=&to=` | customers per stored stage now, stage transitions in the days |
+//! | GET | `/api/ops/channels?from=&to=` | per channel code: visits, registrations, activations; grouped by branch and by staff |
+//! | GET | `/api/ops/campaigns` | every coupon campaign, referral program and scenario budget: issued, redeemed, spent, reserved, left, progress |
 //! | GET | `/api/ops/ledger/check?from=YYYY-MM-DD&to=YYYY-MM-DD` | recomputes every posting of those days (default: the last 31) and compares account balances |
 
 use http::Method;
 use scenefin_core::clock::Timestamp;
+use scenefin_core::insights::{self, DayRange, Dimension};
 use scenefin_core::{ApiError, ledger};
 use scenefin_guest::{
-    OrProblem, Request, Response, Route, SpinStore, json_response, no_route, problem, request_time, require_operator,
+    OrProblem, Request, Response, Route, SpinStore, json_response, problem, request_time, require_operator, store,
+    unmatched,
 };
 use spin_sdk::http_service;
+
+type Handled = Result<Response, Response>;
 
 /// Longest range a check covers.
 const MAX_DAYS: i64 = 366;
@@ -18,12 +29,59 @@ const MAX_DAYS: i64 = 366;
 #[http_service]
 async fn handle(req: Request) -> Response {
     let route = Route::of(&req);
-    let result = match (&route.method, route.segments().as_slice()) {
+    let segments = route.segments();
+    let result = match (&route.method, segments.as_slice()) {
+        (&Method::GET, ["api", "ops", "funnel"]) => funnel(&req, &route).await,
+        (&Method::GET, ["api", "ops", "lifecycle"]) => lifecycle(&req, &route).await,
+        (&Method::GET, ["api", "ops", "channels"]) => channels(&req, &route).await,
+        (&Method::GET, ["api", "ops", "campaigns"]) => campaigns(&req).await,
         (&Method::GET, ["api", "ops", "ledger", "check"]) => ledger_check(&req, &route).await,
-        (_, ["api", "ops", "ledger", "check"]) => Err(problem(&ApiError::method_not_allowed())),
-        _ => Err(problem(&no_route())),
+        (_, path) => unmatched(known_path(path)),
     };
     result.unwrap_or_else(|response| response)
+}
+
+/// Paths this component serves with some method (a wrong method on them is 405, anything else 404).
+fn known_path(path: &[&str]) -> bool {
+    matches!(
+        path,
+        ["api", "ops", "funnel" | "lifecycle" | "channels" | "campaigns"] | ["api", "ops", "ledger", "check"]
+    )
+}
+
+/// The operator's range of days (`from`, `to`), relative to the request's day.
+async fn day_range(req: &Request, route: &Route) -> Result<DayRange, Response> {
+    let now = request_time(req).await?;
+    let (from, to) = (route.query_param("from"), route.query_param("to"));
+    DayRange::parse(from.as_deref(), to.as_deref(), now).or_problem()
+}
+
+async fn funnel(req: &Request, route: &Route) -> Handled {
+    require_operator(req).await?;
+    let range = day_range(req, route).await?;
+    let (channel, campaign, scenario) =
+        (route.query_param("channel"), route.query_param("campaign"), route.query_param("scenario"));
+    let dimension = Dimension::parse(channel.as_deref(), campaign.as_deref(), scenario.as_deref()).or_problem()?;
+    let report = insights::funnel(&store()?, &range, &dimension).await.or_problem()?;
+    Ok(json_response(200, &report))
+}
+
+async fn lifecycle(req: &Request, route: &Route) -> Handled {
+    require_operator(req).await?;
+    let range = day_range(req, route).await?;
+    Ok(json_response(200, &insights::lifecycle(&store()?, &range).await.or_problem()?))
+}
+
+async fn channels(req: &Request, route: &Route) -> Handled {
+    require_operator(req).await?;
+    let range = day_range(req, route).await?;
+    Ok(json_response(200, &insights_domain::channels::review(&store()?, &range).await.or_problem()?))
+}
+
+async fn campaigns(req: &Request) -> Handled {
+    require_operator(req).await?;
+    let now = request_time(req).await?;
+    Ok(json_response(200, &insights_domain::campaigns::review(&store()?, now).await.or_problem()?))
 }
 
 fn day(param: &str, value: &str) -> Result<Timestamp, ApiError> {
@@ -33,7 +91,7 @@ fn day(param: &str, value: &str) -> Result<Timestamp, ApiError> {
         .ok_or_else(|| ApiError::validation(param, "YYYY-MM-DD"))
 }
 
-async fn ledger_check(req: &Request, route: &Route) -> Result<Response, Response> {
+async fn ledger_check(req: &Request, route: &Route) -> Handled {
     require_operator(req).await?;
     let now = request_time(req).await?;
     let to = match route.query_param("to") {

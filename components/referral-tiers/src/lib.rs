@@ -5,6 +5,7 @@
 //! | Method | Path | Who |
 //! |---|---|---|
 //! | POST | `/api/referrals/programs` | operator |
+//! | GET | `/api/referrals/programs` | public |
 //! | GET | `/api/referrals/programs/{id}` | public |
 //! | POST | `/api/referrals/codes` | customer |
 //! | POST | `/api/referrals/attach` | customer |
@@ -31,6 +32,7 @@ async fn handle(req: Request) -> Response {
     let segments = route.segments();
     let result = match (&route.method, segments.as_slice()) {
         (&Method::POST, ["api", "referrals", "programs"]) => create_program(req).await,
+        (&Method::GET, ["api", "referrals", "programs"]) => list_programs(&req).await,
         (&Method::GET, ["api", "referrals", "programs", id]) => get_program(id).await,
         (&Method::POST, ["api", "referrals", "codes"]) => code(req).await,
         (&Method::POST, ["api", "referrals", "attach"]) => attach(req).await,
@@ -58,6 +60,12 @@ async fn create_program(req: Request) -> Handled {
     let input: NewProgram = decode(req).await?;
     let program = programs::create(&store()?, input, now).await.or_problem()?;
     Ok(json_response(201, &program))
+}
+
+async fn list_programs(req: &Request) -> Handled {
+    let now = request_time(req).await?;
+    let items = programs::running(&store()?, now).await.or_problem()?;
+    Ok(json_response(200, &json!({ "items": items, "next": null })))
 }
 
 async fn get_program(id: &str) -> Handled {

@@ -10,6 +10,16 @@
 //! redemption), `retained` (activity on a day at least [`RETAINED_AFTER_DAYS`] after registration). Dimensions: `all`,
 //! `ch:{channel code}`, `cp:{campaign}`, `sc:{scenario}`; registration, activation and retention are attributed to
 //! the customer's first touch.
+//!
+//! Beside the funnel, the same claimed effects keep the operator counters `core::insights` reads:
+//! - `ops:tta:{day}:{bucket}:{dimension}`: time from registration to activation, a histogram of
+//!   [`TTA_BUCKETS`] exponential minute buckets ([`tta_bucket`]) per activation day and funnel dimension, counted
+//!   with the activation (each behind a per-event claim);
+//! - `ops:stage:{stage}`: customers per stored stage, +1 on `new` at registration, −1 on the old and +1 on the new
+//!   stage at each transition; `ops:trans:{day}:{from}:{to}`: transitions per day. These are claimed per entry of
+//!   the profile's stage history (`cust:stagefx:{customer}:{entry}:{n}`), not per event, so whichever event or
+//!   replay meets a transition first applies it, and never twice. Dormancy is evaluated on read and never
+//!   stored, so it never moves these counters.
 
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +33,29 @@ use crate::problem::{ErrorKind, Problem};
 
 /// Activity this many days after registration counts as retention.
 pub const RETAINED_AFTER_DAYS: i64 = 7;
+
+/// Buckets of the time-to-activate histogram: bucket 0 is under a minute, bucket `b` from 1 to 17 is
+/// `[2^(b-1), 2^b)` minutes, bucket 18 is 2^17 minutes (about 91 days) or more.
+pub const TTA_BUCKETS: usize = 19;
+
+/// The time-to-activate bucket of `minutes` (see [`TTA_BUCKETS`]).
+pub fn tta_bucket(minutes: i64) -> usize {
+    if minutes < 1 {
+        return 0;
+    }
+    // floor(log2(minutes)) + 1, at most the last (open) bucket.
+    let bits = 64 - minutes.leading_zeros();
+    usize::try_from(bits).unwrap_or(TTA_BUCKETS).min(TTA_BUCKETS - 1)
+}
+
+/// The minutes a time-to-activate bucket covers: `[from, to)`, `to` `None` for the last, open bucket.
+pub fn tta_bucket_bounds(bucket: usize) -> (i64, Option<i64>) {
+    match bucket {
+        0 => (0, Some(1)),
+        b if b < TTA_BUCKETS - 1 => (1 << (b - 1), Some(1 << b)),
+        _ => (1 << (TTA_BUCKETS - 2), None),
+    }
+}
 
 /// What a customer did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,20 +204,65 @@ pub mod keys {
     pub fn effect_claim(event_hash: &str, n: usize) -> Key {
         Key::new(&["cust", "event", event_hash, "fx", &n.to_string()])
     }
+
+    /// `ops:tta:{yyyymmdd}:{bucket}:{dimension}` — activations that day whose time to activate fell in the bucket
+    /// (a counter).
+    pub fn tta(day: u32, bucket: usize, dimension: &str) -> Key {
+        Key::new(&["ops", "tta", &day.to_string(), &bucket.to_string(), dimension])
+    }
+
+    /// `cust:event:{hash(event id)}:tta:{n}` — the claim for the time-to-activate count of the n-th dimension.
+    pub fn tta_claim(event_hash: &str, n: usize) -> Key {
+        Key::new(&["cust", "event", event_hash, "tta", &n.to_string()])
+    }
+
+    /// `ops:stage:{stage}` — customers whose stored stage it is (a counter).
+    pub fn stage(stage: &str) -> Key {
+        Key::new(&["ops", "stage", stage])
+    }
+
+    /// `ops:trans:{yyyymmdd}:{from}:{to}` — stage transitions that day (a counter).
+    pub fn transitions(day: u32, from: &str, to: &str) -> Key {
+        Key::new(&["ops", "trans", &day.to_string(), from, to])
+    }
+
+    /// `cust:stagefx:{customer}:{entry}:{n}` — the claim for the n-th counter effect of the customer's stage
+    /// history entry `entry`.
+    pub fn stage_claim(customer_id: &str, entry: usize, n: usize) -> Key {
+        Key::new(&["cust", "stagefx", customer_id, &entry.to_string(), &n.to_string()])
+    }
+}
+
+/// The funnel dimension of everything (`all`).
+pub const ALL: &str = "all";
+
+/// The funnel dimension of a channel code: `ch:{code}`.
+pub fn channel_dimension(code: &str) -> String {
+    format!("ch:{code}")
+}
+
+/// The funnel dimension of a campaign: `cp:{campaign}`.
+pub fn campaign_dimension(campaign_id: &str) -> String {
+    format!("cp:{campaign_id}")
+}
+
+/// The funnel dimension of a scenario: `sc:{scenario}`.
+pub fn scenario_dimension(scenario: &str) -> String {
+    format!("sc:{scenario}")
 }
 
 /// The funnel dimensions a touch (plus the event's scenario) contributes to.
 pub fn dimensions(touch: Option<&Touch>, scenario: Option<&str>) -> Vec<String> {
-    let mut dims = vec!["all".to_owned()];
+    let mut dims = vec![ALL.to_owned()];
     if let Some(t) = touch {
-        dims.push(format!("ch:{}", t.code));
+        dims.push(channel_dimension(&t.code));
         if let Some(c) = &t.campaign_id {
-            dims.push(format!("cp:{c}"));
+            dims.push(campaign_dimension(c));
         }
     }
     let scenario = scenario.or(touch.and_then(|t| t.scenario.as_deref()));
     if let Some(s) = scenario {
-        dims.push(format!("sc:{s}"));
+        dims.push(scenario_dimension(s));
     }
     dims
 }
@@ -261,33 +339,64 @@ fn auto_tags(event: &Event) -> Vec<String> {
     tags
 }
 
-/// Records an event: profile first (exactly once), then the funnel counters (each at most once), then the referral
-/// facts of a payment or refund ([`crate::referrals::on_event`], idempotent).
+/// Records an event: profile first (exactly once), then the funnel, time-to-activate and stage counters (each at
+/// most once), then the referral facts of a payment or refund ([`crate::referrals::on_event`], idempotent).
 pub async fn record(store: &impl Store, event: &Event, rules: &LifecycleRules) -> Result<Applied, EventError> {
     let key = customers::keys::customer(&event.customer_id);
     if !customers::valid_id(&event.customer_id) {
         return Err(EventError::UnknownCustomer(event.customer_id.clone()));
     }
-    let (applied, touch, steps) = kv::update_json(store, &key, |current: Option<&Customer>| {
+    let (applied, effects) = kv::update_json(store, &key, |current: Option<&Customer>| {
         let Some(current) = current else { return Err(EventError::UnknownCustomer(event.customer_id.clone())) };
         let before = current.stage;
         if current.applied_events.contains(&event.id) {
             // Already applied: redo only the (claimed) counter effects, in case they were interrupted.
-            let steps = replay_steps(current, event);
+            let effects = Effects::of(current, event, replay_steps(current, event));
             let applied = Applied { first_time: false, stage: current.stage, transition: None };
-            return Ok(Step::Keep((applied, current.first_touch.clone(), steps)));
+            return Ok(Step::Keep((applied, effects)));
         }
         let (next, steps) = apply(current, event, rules);
         let transition = (next.stage != before).then_some((before, next.stage));
         let applied = Applied { first_time: true, stage: next.stage, transition };
-        let touch = next.first_touch.clone();
-        Ok(Step::Write(next, (applied, touch, steps)))
+        let effects = Effects::of(&next, event, steps);
+        Ok(Step::Write(next, (applied, effects)))
     })
     .await?;
-    count(store, event, touch.as_ref(), &steps).await?;
+    count(store, event, &effects).await?;
     // A payment may qualify the customer's referral, a refund claw it back (whatever the scenario).
     crate::referrals::on_event(store, event).await?;
     Ok(applied)
+}
+
+/// The counter effects an event owes, read from the profile it produced (or found, on a replay).
+struct Effects {
+    /// The first touch the funnel attributes to.
+    touch: Option<Touch>,
+    /// Funnel steps reached.
+    steps: Vec<FunnelStep>,
+    /// Whole minutes from registration to activation, when the event activated the customer.
+    tta_minutes: Option<i64>,
+    /// Stage history entries stamped with the event's instant: `(entry, previous stage, stage)`.
+    stages: Vec<(usize, Option<Stage>, Stage)>,
+}
+
+impl Effects {
+    fn of(c: &Customer, event: &Event, steps: Vec<FunnelStep>) -> Effects {
+        let tta_minutes = steps
+            .contains(&FunnelStep::Activated)
+            .then(|| c.activated_at.unwrap_or(event.at).secs_since(c.created_at).max(0) / 60);
+        // Transitions are stamped with the instant of the event that caused them, and registration's `new` with the
+        // registration instant (the `registered` event's), so these are the entries this event may have added.
+        // Others stamped with the same instant are harmless: their effects are claimed per entry.
+        let stages = c
+            .history
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.at == event.at)
+            .map(|(i, t)| (i, i.checked_sub(1).map(|p| c.history[p].stage), t.stage))
+            .collect();
+        Effects { touch: c.first_touch.clone(), steps, tta_minutes, stages }
+    }
 }
 
 /// The steps an already-applied event reached, reconstructed from the profile.
@@ -302,21 +411,37 @@ fn replay_steps(c: &Customer, event: &Event) -> Vec<FunnelStep> {
     steps
 }
 
-async fn count(
-    store: &impl Store,
-    event: &Event,
-    touch: Option<&Touch>,
-    steps: &[FunnelStep],
-) -> Result<(), StoreError> {
+async fn count(store: &impl Store, event: &Event, effects: &Effects) -> Result<(), StoreError> {
     let event_hash = hash_key_part(&event.id);
     let day = event.at.shanghai_day();
+    let dims = dimensions(effects.touch.as_ref(), Some(&event.scenario));
     let mut n = 0;
-    for step in steps {
-        for dim in dimensions(touch, Some(&event.scenario)) {
+    for step in &effects.steps {
+        for dim in &dims {
             n += 1;
             if claim_once(store, &keys::effect_claim(&event_hash, n)).await? {
-                store.increment(&keys::funnel(day, step.as_str(), &dim), 1).await?;
+                store.increment(&keys::funnel(day, step.as_str(), dim), 1).await?;
             }
+        }
+    }
+    if let Some(minutes) = effects.tta_minutes {
+        let bucket = tta_bucket(minutes);
+        for (i, dim) in dims.iter().enumerate() {
+            kv::count_once(store, &keys::tta_claim(&event_hash, i), &keys::tta(day, bucket, dim), 1).await?;
+        }
+    }
+    for &(entry, from, to) in &effects.stages {
+        let mut changes = Vec::with_capacity(3);
+        match from {
+            None => changes.push((keys::stage(to.as_str()), 1)),
+            Some(from) => {
+                changes.push((keys::stage(from.as_str()), -1));
+                changes.push((keys::stage(to.as_str()), 1));
+                changes.push((keys::transitions(day, from.as_str(), to.as_str()), 1));
+            }
+        }
+        for (n, (counter, delta)) in changes.iter().enumerate() {
+            kv::count_once(store, &keys::stage_claim(&event.customer_id, entry, n), counter, *delta).await?;
         }
     }
     Ok(())
@@ -414,6 +539,14 @@ mod tests {
             pollster::block_on(crate::kv::interleave::join_all((0..5).map(|_| record(&store, &e, &rules)).collect()));
         assert_eq!(results.iter().filter(|r| matches!(r, Ok(a) if a.first_time)).count(), 1, "{results:?}");
         assert_eq!(funnel(&store, FunnelStep::Activated, "all", 0), 1);
+        let counter = |key: crate::kv::Key| pollster::block_on(kv::read_counter(&store, &key)).expect("counter");
+        let day = at(0).shanghai_day();
+        // Registered and paid at the same instant: under a minute to activate.
+        assert_eq!(counter(keys::tta(day, 0, "cp:spring")), 1);
+        assert_eq!(counter(keys::transitions(day, "new", "activated")), 1);
+        assert_eq!(counter(keys::stage("activated")), 1);
+        // The profile was created at the payment's instant, so its `new` entry was counted too, then left.
+        assert_eq!(counter(keys::stage("new")), 0);
     }
 
     #[test]

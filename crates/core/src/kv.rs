@@ -287,12 +287,38 @@ pub async fn read_index(store: &impl Store, key: &Key) -> Result<Vec<String>, St
     Ok(get_json::<Index>(store, key).await?.unwrap_or_default().ids)
 }
 
+/// The documents an index lists, in index order: the index, then one batch read (`key_of` turns an id into its
+/// document's key). Ids whose document is absent (a creator that crashed between index and document) are skipped.
+pub async fn read_indexed<T: DeserializeOwned>(
+    store: &impl Store,
+    index: &Key,
+    key_of: impl Fn(&str) -> Key,
+) -> Result<Vec<T>, StoreError> {
+    let keys: Vec<Key> = read_index(store, index).await?.iter().map(|id| key_of(id)).collect();
+    let mut out = Vec::with_capacity(keys.len());
+    for (key, raw) in keys.iter().zip(get_all(store, &keys).await?) {
+        if let Some(doc) = decode_doc(key, raw.as_deref())? {
+            out.push(doc);
+        }
+    }
+    Ok(out)
+}
+
 /// Adds `delta` to `counter` once per `claim` (e.g. per order): at most once, even when retried.
 pub async fn count_once(store: &impl Store, claim: &Key, counter: &Key, delta: i64) -> Result<(), StoreError> {
     if claim_once(store, claim).await? {
         store.increment(counter, delta).await?;
     }
     Ok(())
+}
+
+/// Claims a new resource's id: `false`, without writing, when it is taken already (a refused duplicate leaves the
+/// store as it was); otherwise [`claim_once`].
+pub async fn claim_new(store: &impl Store, key: &Key) -> Result<bool, StoreError> {
+    if store.get(key).await?.is_some() {
+        return Ok(false);
+    }
+    claim_once(store, key).await
 }
 
 /// Claims `key` once: `true` for exactly one caller ever (per key), via an atomic increment.

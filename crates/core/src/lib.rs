@@ -13,6 +13,7 @@ pub mod customers;
 pub mod events;
 pub mod idempotency;
 pub mod ids;
+pub mod insights;
 pub mod json;
 pub mod kv;
 pub mod ledger;

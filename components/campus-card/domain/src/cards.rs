@@ -516,17 +516,8 @@ pub async fn owned(store: &impl Store, customer_id: &str, card_id: &str) -> Resu
 
 /// The customer's current cards (replaced ones are left out).
 pub async fn list(store: &impl Store, customer_id: &str) -> Result<Vec<Card>, CampusError> {
-    let ids = kv::read_index(store, &keys::customer_cards(customer_id)).await?;
-    let keys: Vec<_> = ids.iter().map(|id| keys::card(id)).collect();
-    let mut cards = Vec::with_capacity(ids.len());
-    for (key, raw) in keys.iter().zip(kv::get_all(store, &keys).await?) {
-        if let Some(card) = kv::decode_doc::<Card>(key, raw.as_deref())?
-            && card.status != CardStatus::Replaced
-        {
-            cards.push(card);
-        }
-    }
-    Ok(cards)
+    let cards: Vec<Card> = kv::read_indexed(store, &keys::customer_cards(customer_id), keys::card).await?;
+    Ok(cards.into_iter().filter(|c| c.status != CardStatus::Replaced).collect())
 }
 
 /// A card as its holder sees it.

@@ -8,6 +8,11 @@ pub fn school(id: &str) -> Key {
     Key::new(&["campus", "school", id])
 }
 
+/// `campus:schools` → every school id (index).
+pub fn schools() -> Key {
+    Key::new(&["campus", "schools"])
+}
+
 /// `campus:school:{id}:claim` → creation claim.
 pub fn school_claim(id: &str) -> Key {
     school(id).child(&["claim"])

@@ -4,7 +4,7 @@
 use scenefin_core::clock::Timestamp;
 use scenefin_core::ids::Id;
 use scenefin_core::json::text;
-use scenefin_core::kv::{self, Store, claim_once, get_json, put_json};
+use scenefin_core::kv::{self, Store, get_json, put_json};
 use scenefin_core::limits;
 use scenefin_core::orders::CardDiscount;
 use scenefin_core::partners::{self, Credentials, Partner, PartnerError};
@@ -105,7 +105,7 @@ pub async fn register(
     if let Some(b) = &input.topup_bonus {
         b.validate("topup_bonus").map_err(|(field, message)| CampusError::invalid(&field, message))?;
     }
-    if !claim_once(store, &keys::school_claim(&input.id)).await? {
+    if !kv::claim_new(store, &keys::school_claim(&input.id)).await? {
         return Err(CampusError::SchoolExists(input.id));
     }
     let creds = partners::onboard(store, OWNER, SCHOOL_PARTNER, &input.id, now).await?;
@@ -121,8 +121,16 @@ pub async fn register(
         partner_id: creds.partner_id.clone(),
         created_at: now,
     };
+    // Indexed before it is written, so every school that exists is listed (readers skip an id whose write a crash
+    // prevented).
+    kv::add_to_index(store, &keys::schools(), &school.id).await?;
     put_json(store, &keys::school(&school.id), &school).await?;
     Ok((school, creds))
+}
+
+/// Every school, in the order registered (the index, then one batch read).
+pub async fn all(store: &impl Store) -> Result<Vec<School>, CampusError> {
+    Ok(kv::read_indexed(store, &keys::schools(), keys::school).await?)
 }
 
 /// A school by id.
@@ -160,7 +168,7 @@ pub async fn add_merchant(
 ) -> Result<(Merchant, Credentials), CampusError> {
     id("merchant_id", merchant_id)?;
     let merchant_name = name("name", merchant_name, 64)?;
-    if !claim_once(store, &keys::merchant_claim(merchant_id)).await? {
+    if !kv::claim_new(store, &keys::merchant_claim(merchant_id)).await? {
         return Err(CampusError::MerchantExists(merchant_id.to_owned()));
     }
     let creds = partners::onboard(store, OWNER, MERCHANT_PARTNER, merchant_id, now).await?;

@@ -5,7 +5,7 @@ use scenefin_core::clock::Timestamp;
 use scenefin_core::customers::Touch;
 use scenefin_core::events;
 use scenefin_core::ids::Id;
-use scenefin_core::kv::{self, Store, claim_once, get_json, put_json};
+use scenefin_core::kv::{self, Store, get_json, put_json};
 use serde::{Deserialize, Serialize};
 
 use crate::CustomerError;
@@ -135,7 +135,7 @@ pub async fn create(
     let doc = decide_create(input, generated, now)?;
     // A code is claimed once, ever: a second create reports it, even if the first creator crashed before its
     // write (an operator's code must never change silently; pick another code).
-    if !claim_once(store, &keys::channel_claim(&doc.code)).await? {
+    if !kv::claim_new(store, &keys::channel_claim(&doc.code)).await? {
         return Err(CustomerError::ChannelExists(doc.code));
     }
     put_json(store, &keys::channel(&doc.code), &doc).await?;
@@ -147,6 +147,12 @@ pub async fn create(
 pub async fn find(store: &impl Store, code: &str) -> Result<ChannelCode, CustomerError> {
     let code = parse_code(code).map_err(|_| CustomerError::UnknownChannel(code.chars().take(32).collect()))?;
     get_json(store, &keys::channel(code)).await?.ok_or_else(|| CustomerError::UnknownChannel(code.to_owned()))
+}
+
+/// Every channel code, in the order created (the index, then one batch read; codes indexed but never written are
+/// skipped).
+pub async fn all(store: &impl Store) -> Result<Vec<ChannelCode>, CustomerError> {
+    Ok(kv::read_indexed(store, &keys::channel_index(), keys::channel).await?)
 }
 
 /// Resolves a code for a visitor and counts the visit.
@@ -183,6 +189,7 @@ mod tests {
         assert_eq!(again, Err(CustomerError::ChannelExists("BR01".into())));
         let resolved = pollster::block_on(resolve(&store, "BR01", now())).expect("resolve");
         assert_eq!(resolved, created);
+        assert_eq!(pollster::block_on(all(&store)), Ok(vec![created.clone()]));
         let visits = pollster::block_on(events::funnel_count(
             &store,
             now().shanghai_day(),

@@ -5,7 +5,7 @@ use scenefin_core::clock::Timestamp;
 use scenefin_core::coupons::Discount;
 use scenefin_core::customers::{Customer, LifecycleRules, Stage};
 use scenefin_core::ids::Id;
-use scenefin_core::kv::{self, Step, Store, claim_once, get_json};
+use scenefin_core::kv::{self, Step, Store, get_json};
 use scenefin_core::limits;
 use scenefin_core::perks::{self, Perk, community_tag};
 use serde::{Deserialize, Serialize};
@@ -301,7 +301,7 @@ pub async fn create(store: &impl Store, input: NewCampaign, now: Timestamp) -> R
     for m in &input.merchant_ids {
         merchants::get(store, m).await?;
     }
-    if !claim_once(store, &keys::campaign_claim(&input.id)).await? {
+    if !kv::claim_new(store, &keys::campaign_claim(&input.id)).await? {
         return Err(CouponError::CampaignExists(input.id));
     }
     let mut applies_to = vec!["merchant".to_owned()];
@@ -361,15 +361,7 @@ pub async fn get(store: &impl Store, id: &str) -> Result<Campaign, CouponError> 
 
 /// Every campaign (from the index; one batch read).
 pub async fn all(store: &impl Store) -> Result<Vec<Campaign>, CouponError> {
-    let ids = kv::read_index(store, &keys::campaigns()).await?;
-    let keys: Vec<_> = ids.iter().map(|id| keys::campaign(id)).collect();
-    let mut out = Vec::with_capacity(ids.len());
-    for (key, raw) in keys.iter().zip(kv::get_all(store, &keys).await?) {
-        if let Some(c) = kv::decode_doc::<Campaign>(key, raw.as_deref())? {
-            out.push(c);
-        }
-    }
-    Ok(out)
+    Ok(kv::read_indexed(store, &keys::campaigns(), keys::campaign).await?)
 }
 
 /// Coupons issued so far.

@@ -3,7 +3,7 @@
 use scenefin_core::clock::Timestamp;
 use scenefin_core::ids::Id;
 use scenefin_core::json::text;
-use scenefin_core::kv::{self, Store, claim_once, get_json, put_json};
+use scenefin_core::kv::{self, Store, get_json, put_json};
 use scenefin_core::partners::{self, Credentials, Partner};
 use serde::{Deserialize, Serialize};
 
@@ -103,7 +103,7 @@ pub async fn register(
     now: Timestamp,
 ) -> Result<(Merchant, Credentials), CouponError> {
     validate(&input)?;
-    if !claim_once(store, &keys::merchant_claim(&input.merchant_id)).await? {
+    if !kv::claim_new(store, &keys::merchant_claim(&input.merchant_id)).await? {
         return Err(CouponError::MerchantExists(input.merchant_id));
     }
     let creds = partners::onboard(store, OWNER, MERCHANT_PARTNER, &input.merchant_id, now).await?;

@@ -2,7 +2,7 @@
 
 use scenefin_core::clock::Timestamp;
 use scenefin_core::ids::Id;
-use scenefin_core::kv::{self, Step, Store, claim_once, get_json, put_json};
+use scenefin_core::kv::{self, Step, Store, get_json, put_json};
 use scenefin_core::limits;
 use scenefin_core::orders::CardDiscount;
 use scenefin_core::partners::{self, Credentials};
@@ -141,7 +141,7 @@ pub async fn register(
     now: Timestamp,
 ) -> Result<(Community, Credentials), PropertyError> {
     validate(&input)?;
-    if !claim_once(store, &keys::community_claim(&input.id)).await? {
+    if !kv::claim_new(store, &keys::community_claim(&input.id)).await? {
         return Err(PropertyError::CommunityExists(input.id));
     }
     let creds = partners::onboard(store, OWNER, "property_company", &input.id, now).await?;
@@ -164,6 +164,11 @@ pub async fn register(
     put_json(store, &keys::community(&community.id), &community).await?;
     kv::add_to_index(store, &keys::community_index(), &community.id).await?;
     Ok((community, creds))
+}
+
+/// Every community, in the order registered (the index, then one batch read).
+pub async fn all(store: &impl Store) -> Result<Vec<Community>, PropertyError> {
+    Ok(kv::read_indexed(store, &keys::community_index(), keys::community).await?)
 }
 
 /// A community by id.

@@ -3,7 +3,7 @@
 use scenefin_core::clock::Timestamp;
 use scenefin_core::ids::Id;
 use scenefin_core::json::text;
-use scenefin_core::kv::{self, Store, claim_once, put_json};
+use scenefin_core::kv::{self, Store, put_json};
 use scenefin_core::limits;
 use scenefin_core::referrals::{self, Program, Qualifying, Reward, RewardKind, Schedule, Tier};
 use serde::Deserialize;
@@ -106,7 +106,7 @@ pub fn validate(p: &NewProgram) -> Result<(), ReferralError> {
 /// Creates a program and configures its budget.
 pub async fn create(store: &impl Store, input: NewProgram, now: Timestamp) -> Result<Program, ReferralError> {
     validate(&input)?;
-    if !claim_once(store, &keys::program_claim(&input.id)).await? {
+    if !kv::claim_new(store, &keys::program_claim(&input.id)).await? {
         return Err(ReferralError::ProgramExists(input.id));
     }
     let program = Program {
@@ -128,7 +128,17 @@ pub async fn create(store: &impl Store, input: NewProgram, now: Timestamp) -> Re
     Ok(program)
 }
 
+/// Every program, in the order created (the index, then one read per program).
+pub async fn all(store: &impl Store) -> Result<Vec<Program>, ReferralError> {
+    Ok(kv::read_indexed(store, &keys::programs(), referrals::keys::program).await?)
+}
+
 /// A program by id.
 pub async fn get(store: &impl Store, id: &str) -> Result<Program, ReferralError> {
     referrals::program(store, id).await?.ok_or(ReferralError::ProgramNotFound)
+}
+
+/// Every program running at `now` (from the programs index; one batch read).
+pub async fn running(store: &impl Store, now: Timestamp) -> Result<Vec<Program>, ReferralError> {
+    Ok(all(store).await?.into_iter().filter(|p| p.running_at(now)).collect())
 }

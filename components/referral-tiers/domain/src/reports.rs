@@ -237,6 +237,12 @@ pub async fn stats(
     for referrer in kv::read_index(store, &referrals::keys::referrers(&program.id)).await? {
         rewards::settle(store, &program, &referrer, rules, now).await?;
     }
+    totals(store, &program).await
+}
+
+/// The program's statistics as of the last settlement (counters only, nothing settled: what operators' overviews
+/// read without writing).
+pub async fn totals(store: &impl Store, program: &Program) -> Result<Stats, ReferralError> {
     let names: Vec<String> =
         ["attached", "qualified", "clawed_back", "rewarded", "rewards_paid_fen", "points_awarded", "coupons_issued"]
             .iter()

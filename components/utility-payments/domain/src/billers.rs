@@ -3,7 +3,7 @@
 
 use scenefin_core::clock::Timestamp;
 use scenefin_core::ids::Id;
-use scenefin_core::kv::{self, Store, claim_once, get_json, put_json};
+use scenefin_core::kv::{self, Store, get_json, put_json};
 use scenefin_core::limits;
 use scenefin_core::partners::{self, Credentials};
 use serde::{Deserialize, Serialize};
@@ -160,7 +160,7 @@ pub async fn register(
     now: Timestamp,
 ) -> Result<(Biller, Credentials), UtilityError> {
     validate(&input)?;
-    if !claim_once(store, &keys::biller_claim(&input.id)).await? {
+    if !kv::claim_new(store, &keys::biller_claim(&input.id)).await? {
         return Err(UtilityError::BillerExists(input.id));
     }
     let creds = partners::onboard(store, OWNER, "biller", &input.id, now).await?;
@@ -195,16 +195,11 @@ pub async fn get(store: &impl Store, id: &str) -> Result<Biller, UtilityError> {
 
 /// Billers, optionally filtered by category and city.
 pub async fn list(store: &impl Store, category: Option<&str>, city: Option<&str>) -> Result<Vec<Biller>, UtilityError> {
-    let ids = kv::read_index(store, &keys::biller_index()).await?;
-    let keys: Vec<_> = ids.iter().map(|id| keys::biller(id)).collect();
-    let mut out = Vec::new();
-    for (key, bytes) in keys.iter().zip(kv::get_all(store, &keys).await?) {
-        let Some(biller) = kv::decode_doc::<Biller>(key, bytes.as_deref())? else { continue };
-        if category.is_none_or(|c| c == biller.category) && city.is_none_or(|c| c == biller.city) {
-            out.push(biller);
-        }
-    }
-    Ok(out)
+    let all: Vec<Biller> = kv::read_indexed(store, &keys::biller_index(), keys::biller).await?;
+    Ok(all
+        .into_iter()
+        .filter(|b| category.is_none_or(|c| c == b.category) && city.is_none_or(|c| c == b.city))
+        .collect())
 }
 
 #[cfg(test)]

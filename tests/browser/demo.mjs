@@ -82,7 +82,15 @@ try {
   check(/^[2-9A-Z]{12}$/.test(coupon), `bob's wallet shows the coupon code (${coupon})`);
   await bob.screenshot({ path: `${out}/4-bob-coupon.png`, fullPage: true });
 
-  // 4. Alice sees her referral progress: bob's payment qualified him.
+  // 4. Bob binds his campus card and sees its balance.
+  await bob.fill('#member-no', 'D001');
+  await bob.fill('#activation', '111111');
+  await bob.click('#card-form button');
+  await bob.waitForSelector('[data-test=campus-card]');
+  const card = await bob.textContent('[data-test=campus-card]');
+  check(card.includes('¥0.00') && card.includes('D001') && card.includes('active'), `bob's campus card shows (${card})`);
+
+  // 5. Alice sees her referral progress: bob's payment qualified him.
   await alice.reload();
   await alice.waitForSelector('[data-test=referral-progress]');
   await alice.waitForFunction(() => document.querySelector('[data-test=referral-progress]')?.textContent.startsWith('1 qualified'));
@@ -90,7 +98,7 @@ try {
   check(next === '2 more to reach tier 2', `alice's next tier: "${next}"`);
   await alice.screenshot({ path: `${out}/5-alice-progress.png`, fullPage: true });
 
-  // 5. The operator console shows the funnel moving and the books balanced.
+  // 6. The operator console shows the funnel moving and the books balanced.
   const ops = await newPage();
   await ops.goto(`${base}/console`);
   await ops.fill('#token', operatorToken);

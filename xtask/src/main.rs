@@ -171,18 +171,56 @@ fn base64(data: &[u8]) -> String {
     out
 }
 
+/// Serves the app. With `--demo`, also turns on `demo_mode` and seeds the demo data (tests/browser/seed.mjs,
+/// through the real APIs) once the host answers, so a person can click through `/app` and `/console` at once.
 fn up(root: &Path, host_args: &[String]) -> Result<()> {
+    let demo = host_args.iter().any(|a| a == "--demo");
+    let host_args: Vec<&String> = host_args.iter().filter(|a| *a != "--demo").collect();
     let vars = dev_variables(root)?;
     let mut cmd = Command::new(cargo());
     cmd.current_dir(root).args(["run", "--quiet", "-p", "scenefin-host", "--", "up", "--from", "spin.toml"]);
-    cmd.args(host_args);
+    cmd.args(&host_args);
+    if demo {
+        cmd.env("SPIN_VARIABLE_DEMO_MODE", "true");
+    }
+    let operator_token =
+        std::env::var("SPIN_VARIABLE_OPERATOR_TOKEN").ok().or_else(|| vars.get("operator_token").cloned());
     for (name, value) in vars {
         let key = format!("SPIN_VARIABLE_{}", name.to_ascii_uppercase());
         if std::env::var(&key).is_err() {
             cmd.env(key, value);
         }
     }
-    run(&mut cmd)
+    if !demo {
+        return run(&mut cmd);
+    }
+    let listen = host_args
+        .iter()
+        .position(|a| *a == "--listen")
+        .and_then(|i| host_args.get(i + 1))
+        .map_or_else(|| "127.0.0.1:3000".to_owned(), |s| (*s).clone());
+    let mut child = cmd.spawn().with_context(|| format!("running {cmd:?}"))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    while std::net::TcpStream::connect(&listen).is_err() {
+        if child.try_wait()?.is_some() || std::time::Instant::now() > deadline {
+            bail!("the host did not start listening on {listen}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let token = operator_token.context("no operator token to seed the demo with")?;
+    let seeded = Command::new("node")
+        .current_dir(root.join("tests/browser"))
+        .args(["seed.mjs", &format!("http://{listen}"), &token])
+        .status();
+    match seeded {
+        Ok(s) if s.success() => println!("demo: open http://{listen}/app (personas alice, bob, carol, dave)"),
+        other => eprintln!("demo: seeding failed ({other:?}); the app still runs"),
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("the host exited with {status}");
+    }
+    Ok(())
 }
 
 /// Checks what ARCHITECTURE.md promises and a machine can check:

@@ -114,6 +114,15 @@ async function cards() {
     el('div', { class: 'muted', text: `${k.school_id} · ${k.member_no} · ${k.status} · spent today ${yuan(k.spent_today_fen)} of ${yuan(k.daily_limit_fen)}` }))) : [el('span', { class: 'muted', text: 'No campus card bound.' })]));
 }
 
+async function bindCard(event) {
+  event.preventDefault();
+  const body = { school_id: $('#school-id').value.trim(), member_no: $('#member-no').value.trim(), activation_code: $('#activation').value.trim() };
+  const r = await api('POST', '/api/campus/cards/bind', { token, body });
+  if (r.status !== 201 && r.status !== 200) return say(`Card not bound (${problem(r)})`, true);
+  say('Campus card bound.');
+  await cards();
+}
+
 // Referrals -----------------------------------------------------------------------------------------------------
 
 async function programs() {
@@ -146,6 +155,7 @@ async function refreshReferral() {
 
 $('#login-form').addEventListener('submit', login);
 $('#bind-form').addEventListener('submit', bind);
+$('#card-form').addEventListener('submit', bindCard);
 $('#get-code').addEventListener('click', getCode);
 $('#program').addEventListener('change', refreshReferral);
 refresh();

@@ -5,6 +5,9 @@
 //! - `up [host args...]`: build, generate development secrets on first run, serve spin.toml on 127.0.0.1:3000.
 //! - `test [cargo test args...]`: build, then `cargo test --workspace`.
 //! - `check-invariants`: the architecture invariants a machine can check (see ARCHITECTURE.md).
+//! - `bench`: load-test the host with `wrk` and write docs/BENCHMARKS.md (see `bench.rs`).
+
+mod bench;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,12 +39,18 @@ fn xtask() -> Result<()> {
             up(&root, &rest)
         }
         "check-invariants" => check_invariants(&root),
+        "bench" => {
+            build(&root)?;
+            bench::bench(&root)
+        }
         "test" => {
             build(&root)?;
             run(Command::new(cargo()).current_dir(&root).args(["test", "--workspace"]).args(&rest))
         }
         _ => {
-            eprintln!("usage: cargo xtask <build | up [host args] | test [cargo test args] | check-invariants>");
+            eprintln!(
+                "usage: cargo xtask <build | up [host args] | test [cargo test args] | check-invariants | bench>"
+            );
             bail!("unknown task {task:?}")
         }
     }

@@ -450,6 +450,7 @@ async fn a_referrer_climbs_the_ladder_with_rising_rewards_and_each_tier_bonus_on
     let public = app.send("GET", "/api/referrals/programs/spring_friends", None, None).await;
     assert_eq!((public.status, &public.body["tiers"]), (200, &readme_ladder()), "{:?}", public.body);
     assert_eq!(public.body["holding_days"], 7);
+    assert!(public.body.get("budget_fen").is_none(), "the budget is the operator's business: {:?}", public.body);
 
     // One code per referrer and program: created the first time, the same code after.
     let alice = register(&app, "wx_ladder_alice", None).await;

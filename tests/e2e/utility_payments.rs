@@ -317,7 +317,9 @@ async fn utility_coupon_campaign(app: &TestApp) {
         "stock_total": 10, "budget_fen": 3000, "applies_to": ["utility"]
     });
     let r = app.send("POST", "/api/coupons/campaigns", Some(&campaign), Some(OPERATOR_TOKEN)).await;
-    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!((r.status, r.body["budget_fen"].as_i64()), (201, Some(3000)), "{:?}", r.body);
+    let public = app.send("GET", "/api/coupons/campaigns/bill_day", None, None).await;
+    assert!(public.body.get("budget_fen").is_none(), "the budget is the operator's business: {:?}", public.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,10 +16,30 @@ use crate::dto::{CampaignView, CouponView, MerchantView, RedeemBody, RedemptionV
 
 type Handled = Result<Response, Response>;
 
-async fn campaign_view(store: &SpinStore, c: &Campaign, now: Timestamp) -> Result<serde_json::Value, Response> {
+/// A campaign with its status and remaining stock; the public (`Audience::Public`) does not see its budget.
+async fn campaign_view(
+    store: &SpinStore,
+    c: &Campaign,
+    now: Timestamp,
+    audience: Audience,
+) -> Result<serde_json::Value, Response> {
     let issued = campaigns::issued(store, &c.id).await.or_problem()?;
     let view = CampaignView { campaign: c, status: c.status_at(now), remaining_stock: (c.stock_total - issued).max(0) };
-    serde_json::to_value(view).map_err(|e| problem(&scenefin_core::ApiError::internal(e.to_string())))
+    let mut value =
+        serde_json::to_value(view).map_err(|e| problem(&scenefin_core::ApiError::internal(e.to_string())))?;
+    if audience == Audience::Public
+        && let Some(fields) = value.as_object_mut()
+    {
+        fields.remove("budget_fen");
+    }
+    Ok(value)
+}
+
+/// Who a campaign is shown to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Audience {
+    Operator,
+    Public,
 }
 
 pub async fn register_merchant(req: Request) -> Handled {
@@ -39,7 +59,7 @@ pub async fn create_campaign(req: Request) -> Handled {
     let input: NewCampaign = decode(req).await?;
     let store = store()?;
     let campaign = campaigns::create(&store, input, now).await.or_problem()?;
-    Ok(json_response(201, &campaign_view(&store, &campaign, now).await?))
+    Ok(json_response(201, &campaign_view(&store, &campaign, now, Audience::Operator).await?))
 }
 
 pub async fn list_campaigns(req: &Request, route: &Route) -> Handled {
@@ -51,7 +71,7 @@ pub async fn list_campaigns(req: &Request, route: &Route) -> Handled {
         let at_merchant = merchant_id.as_deref().is_none_or(|m| c.merchant_ids.iter().any(|x| x == m));
         let in_district = district.as_deref().is_none_or(|d| c.district.as_deref() == Some(d));
         if c.status_at(now) == "running" && c.kind.claimable() && at_merchant && in_district {
-            items.push(campaign_view(&store, &c, now).await?);
+            items.push(campaign_view(&store, &c, now, Audience::Public).await?);
         }
     }
     Ok(json_response(200, &json!({ "items": items, "next": null })))
@@ -61,7 +81,7 @@ pub async fn get_campaign(req: &Request, id: &str) -> Handled {
     let now = request_time(req).await?;
     let store = store()?;
     let campaign = campaigns::get(&store, id).await.or_problem()?;
-    Ok(json_response(200, &campaign_view(&store, &campaign, now).await?))
+    Ok(json_response(200, &campaign_view(&store, &campaign, now, Audience::Public).await?))
 }
 
 pub async fn pause(req: Request, id: &str, paused: bool) -> Handled {
@@ -69,7 +89,7 @@ pub async fn pause(req: Request, id: &str, paused: bool) -> Handled {
     let now = request_time(&req).await?;
     let store = store()?;
     let campaign = campaigns::set_paused(&store, id, paused).await.or_problem()?;
-    Ok(json_response(200, &campaign_view(&store, &campaign, now).await?))
+    Ok(json_response(200, &campaign_view(&store, &campaign, now, Audience::Operator).await?))
 }
 
 pub async fn set_stock(req: Request, id: &str) -> Handled {
@@ -78,7 +98,7 @@ pub async fn set_stock(req: Request, id: &str) -> Handled {
     let input: StockBody = decode(req).await?;
     let store = store()?;
     let campaign = campaigns::set_stock(&store, id, input.stock_total).await.or_problem()?;
-    Ok(json_response(200, &campaign_view(&store, &campaign, now).await?))
+    Ok(json_response(200, &campaign_view(&store, &campaign, now, Audience::Operator).await?))
 }
 
 pub async fn stats(req: &Request, id: &str) -> Handled {

@@ -62,14 +62,23 @@ async fn create_program(req: Request) -> Handled {
     Ok(json_response(201, &program))
 }
 
+/// A program as the public sees it: everything but its budget.
+fn public(program: &scenefin_core::referrals::Program) -> serde_json::Value {
+    let mut value = serde_json::to_value(program).unwrap_or_default();
+    if let Some(fields) = value.as_object_mut() {
+        fields.remove("budget_fen");
+    }
+    value
+}
+
 async fn list_programs(req: &Request) -> Handled {
     let now = request_time(req).await?;
-    let items = programs::running(&store()?, now).await.or_problem()?;
+    let items: Vec<_> = programs::running(&store()?, now).await.or_problem()?.iter().map(public).collect();
     Ok(json_response(200, &json!({ "items": items, "next": null })))
 }
 
 async fn get_program(id: &str) -> Handled {
-    Ok(json_response(200, &programs::get(&store()?, id).await.or_problem()?))
+    Ok(json_response(200, &public(&programs::get(&store()?, id).await.or_problem()?)))
 }
 
 #[derive(Deserialize)]

@@ -181,8 +181,9 @@ pub async fn add_merchant(
         partner_id: creds.partner_id.clone(),
         created_at: now,
     };
-    put_json(store, &keys::merchant(merchant_id), &merchant).await?;
+    // Index first: a crash in between leaves a listed id without a document, which readers skip.
     kv::add_to_index(store, &keys::merchants(&school.id), merchant_id).await?;
+    put_json(store, &keys::merchant(merchant_id), &merchant).await?;
     Ok((merchant, creds))
 }
 

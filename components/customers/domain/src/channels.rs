@@ -138,8 +138,9 @@ pub async fn create(
     if !kv::claim_new(store, &keys::channel_claim(&doc.code)).await? {
         return Err(CustomerError::ChannelExists(doc.code));
     }
-    put_json(store, &keys::channel(&doc.code), &doc).await?;
+    // Index first: readers skip listed codes without a document, so a crash in between hides nothing.
     kv::add_to_index(store, &keys::channel_index(), &doc.code).await?;
+    put_json(store, &keys::channel(&doc.code), &doc).await?;
     Ok(doc)
 }
 

@@ -332,12 +332,13 @@ pub async fn create(store: &impl Store, input: NewCampaign, now: Timestamp) -> R
         created_at: now,
     };
     limits::configure(store, &keys::budget(&campaign.id), campaign.budget_fen).await?;
+    // Index first: readers skip listed ids without a document, so a crash in between hides nothing.
+    kv::add_to_index(store, &keys::campaigns(), &campaign.id).await?;
     kv::update_json(store, &keys::campaign(&campaign.id), |doc: Option<&Campaign>| match doc {
         Some(_) => Ok::<_, CouponError>(Step::Keep(())),
         None => Ok(Step::Write(campaign.clone(), ())),
     })
     .await?;
-    kv::add_to_index(store, &keys::campaigns(), &campaign.id).await?;
     if campaign.kind == Kind::CommunityPerk {
         let perk = Perk {
             campaign_id: campaign.id.clone(),

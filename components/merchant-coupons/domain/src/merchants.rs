@@ -117,8 +117,9 @@ pub async fn register(
         partner_id: creds.partner_id.clone(),
         created_at: now,
     };
-    put_json(store, &keys::merchant(&merchant.id), &merchant).await?;
+    // Index first: readers skip listed ids without a document, so a crash in between hides nothing.
     kv::add_to_index(store, &keys::district(&merchant.district), &merchant.id).await?;
+    put_json(store, &keys::merchant(&merchant.id), &merchant).await?;
     Ok((merchant, creds))
 }
 

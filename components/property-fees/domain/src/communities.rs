@@ -161,8 +161,9 @@ pub async fn register(
         partner_id: creds.partner_id.clone(),
         created_at: now,
     };
-    put_json(store, &keys::community(&community.id), &community).await?;
+    // Index first: readers skip listed ids without a document, so a crash in between hides nothing.
     kv::add_to_index(store, &keys::community_index(), &community.id).await?;
+    put_json(store, &keys::community(&community.id), &community).await?;
     Ok((community, creds))
 }
 

@@ -123,8 +123,9 @@ pub async fn create(store: &impl Store, input: NewProgram, now: Timestamp) -> Re
         created_at: now,
     };
     limits::configure(store, &keys::budget(&program.id), program.budget_fen).await?;
-    put_json(store, &referrals::keys::program(&program.id), &program).await?;
+    // Index first: readers skip listed ids without a document, so a crash in between hides nothing.
     kv::add_to_index(store, &keys::programs(), &program.id).await?;
+    put_json(store, &referrals::keys::program(&program.id), &program).await?;
     Ok(program)
 }
 

@@ -180,8 +180,9 @@ pub async fn register(
         partner_id: creds.partner_id.clone(),
         created_at: now,
     };
-    put_json(store, &keys::biller(&biller.id), &biller).await?;
+    // Index first: readers skip listed ids without a document, so a crash in between hides nothing.
     kv::add_to_index(store, &keys::biller_index(), &biller.id).await?;
+    put_json(store, &keys::biller(&biller.id), &biller).await?;
     Ok((biller, creds))
 }
 

@@ -5,6 +5,7 @@ mod campus_card;
 mod console;
 mod customers;
 mod insights;
+mod kv_ops;
 mod merchant_coupons;
 mod openapi;
 mod property_fees;

@@ -195,8 +195,9 @@ pub async fn spend(
     };
     let spend_id = spend_id_for(&merchant.id, &input.pos_txn_id);
     let key = keys::spend(&spend_id);
-    let record = match get_json::<Spend>(store, &key).await? {
-        Some(existing) => existing,
+    // The card read to create the record serves the rest of this call (a replay reads it when needed).
+    let (record, card) = match get_json::<Spend>(store, &key).await? {
+        Some(existing) => (existing, None),
         None => {
             let card = match &input.pay_code {
                 Some(code) => {
@@ -226,11 +227,13 @@ pub async fn spend(
                 completed_at: None,
                 reversed_at: None,
             };
-            kv::update_json(store, &key, |doc: Option<&Spend>| match doc {
+            let record = kv::update_json(store, &key, |doc: Option<&Spend>| match doc {
                 Some(existing) => Ok::<_, CampusError>(Step::Keep(existing.clone())),
                 None => Ok(Step::Write(fresh.clone(), fresh.clone())),
             })
-            .await?
+            .await?;
+            let card = (record.card_id == card.card_id).then_some(card);
+            (record, card)
         }
     };
     let same_card = match (&presented, &record.presented) {
@@ -241,13 +244,14 @@ pub async fn spend(
     if !same_card || record.amount_fen != input.amount_fen {
         return Err(CampusError::PosTxnConflict(input.pos_txn_id.clone()));
     }
-    resume(store, record, input.pay_code.as_deref(), rules, now).await
+    resume(store, record, card, input.pay_code.as_deref(), rules, now).await
 }
 
-/// Drives a spend record to its end from wherever it stands.
+/// Drives a spend record to its end from wherever it stands; `card` is the record's card if already read.
 async fn resume(
     store: &impl Store,
     record: Spend,
+    mut card: Option<Card>,
     pay_code: Option<&str>,
     rules: &LifecycleRules,
     now: Timestamp,
@@ -259,12 +263,17 @@ async fn resume(
         SpendState::Completed | SpendState::Reversed => record,
         SpendState::Pending => {
             if !record.limit_taken {
-                let card = cards::get(store, &record.card_id).await?;
-                if let Some(refusal) = check_card(store, &record, &card, pay_code, now).await? {
+                let current = match card.take() {
+                    Some(c) => c,
+                    None => cards::get(store, &record.card_id).await?,
+                };
+                if let Some(refusal) = check_card(store, &record, &current, pay_code, now).await? {
                     return refuse(store, &record, refusal).await;
                 }
+                let limit_fen = current.daily_limit_fen;
+                card = Some(current);
                 let counter = keys::spent(&record.card_id, record.day);
-                if !limits::take(store, &counter, card.daily_limit_fen, record.amount_fen).await? {
+                if !limits::take(store, &counter, limit_fen, record.amount_fen).await? {
                     return refuse(store, &record, Refusal::DailyLimitExceeded).await;
                 }
                 let ours = update(store, &record.spend_id, |s| {
@@ -294,7 +303,11 @@ async fn resume(
             .0
         }
     };
-    completed_effects(store, &record, rules).await?;
+    let card = match card {
+        Some(c) => c,
+        None => cards::get(store, &record.card_id).await?,
+    };
+    completed_effects(store, &record, &card, rules).await?;
     Ok(record)
 }
 
@@ -360,7 +373,12 @@ async fn update(
 }
 
 /// The effects of a completed spend, each idempotent.
-async fn completed_effects(store: &impl Store, record: &Spend, rules: &LifecycleRules) -> Result<(), CampusError> {
+async fn completed_effects(
+    store: &impl Store,
+    record: &Spend,
+    card: &Card,
+    rules: &LifecycleRules,
+) -> Result<(), CampusError> {
     let at = record.completed_at.unwrap_or(record.created_at);
     let txn = Txn {
         txn_id: format!("spend:{}", record.spend_id),
@@ -372,7 +390,6 @@ async fn completed_effects(store: &impl Store, record: &Spend, rules: &Lifecycle
     };
     txns::append(store, &record.card_id, &txn).await?;
     settle(store, &record.merchant_id, record.day, &format!("spend:{}", record.spend_id)).await?;
-    let card = cards::get(store, &record.card_id).await?;
     schools::count_once(store, &card.school_id, stat::SPENDS, &record.spend_id, 1).await?;
     schools::count_once(store, &card.school_id, stat::SPEND_FEN, &record.spend_id, record.amount_fen).await?;
     schools::count_once(store, &card.school_id, stat::CARDS_ACTIVE, &card.card_id, 1).await?;

@@ -16,42 +16,37 @@ function range() {
 async function funnel(token) {
   const r = await api('GET', `/api/ops/funnel${range()}`, { token });
   if (r.status !== 200) return fail('funnel', r);
-  const steps = r.body.steps ?? [];
+  const steps = r.body.steps;
   show('funnel',
-    barChart(steps.map((s) => ({ label: s.step ?? s.name, value: s.count ?? 0, note: s.conversion_bp == null ? '' : pct(s.conversion_bp) }))),
+    barChart(steps.map((s) => ({ label: s.step, value: s.count, note: s.conversion_bp == null ? '' : pct(s.conversion_bp) }))),
     el('p', { 'data-test': 'funnel-summary' },
       `Overall conversion ${pct(r.body.overall_conversion_bp)} · median time to activate `,
       r.body.median_minutes_to_activate == null ? '-' : `${r.body.median_minutes_to_activate} min`));
-  const registered = steps.find((s) => (s.step ?? s.name) === 'registered');
+  const registered = steps.find((s) => s.step === 'registered');
   $('#funnel').dataset.registered = String(registered?.count ?? 0);
 }
 
 async function lifecycle(token) {
   const r = await api('GET', `/api/ops/lifecycle${range()}`, { token });
   if (r.status !== 200) return fail('lifecycle', r);
-  const stages = r.body.stages ?? {};
-  const rows = Array.isArray(stages) ? stages.map((s) => ({ label: s.stage, value: s.count }))
-    : Object.entries(stages).map(([label, value]) => ({ label, value }));
+  const rows = Object.entries(r.body.stages).map(([label, value]) => ({ label, value }));
   show('lifecycle', barChart(rows, { color: '#0e9f6e' }));
 }
 
 async function channels(token) {
   const r = await api('GET', `/api/ops/channels${range()}`, { token });
   if (r.status !== 200) return fail('channels', r);
-  const items = r.body.items ?? r.body.channels ?? [];
+  const items = r.body.items;
   show('channels', items.length === 0 ? el('span', { class: 'muted', text: 'No channel codes yet.' }) : table(
     ['Code', 'Channel', 'Branch', 'Staff', { label: 'Visits', num: true }, { label: 'Registrations', num: true }, { label: 'Activations', num: true }],
-    items.map((c) => { const n = c.counts ?? c; return [c.code, c.channel, c.branch_id, c.staff_id, n.visits, n.registrations, n.activations]; })));
+    items.map((c) => [c.code, c.channel, c.branch_id, c.staff_id, c.visits, c.registrations, c.activations])));
 }
 
 function budgetRows(list) {
   return list.map((c) => {
-    const b = c.budget ?? c;
-    const total = b.total_fen ?? 0;
-    const used = b.spent_fen ?? b.committed_fen ?? 0;
-    const left = b.remaining_fen ?? b.available_fen ?? (total - used);
+    const { total_fen: total, spent_fen: used, remaining_fen: left } = c.budget;
     const cell = el('div', {}, progress(total ? used / total : 0), el('span', { class: 'muted', text: `${yuan(used)} of ${yuan(total)}` }));
-    return [c.id ?? c.campaign_id ?? c.program_id ?? c.budget_id, c.kind ?? c.scenario ?? '', c.issued ?? '', c.redeemed ?? '', cell, yuan(left)];
+    return [c.campaign_id ?? c.program_id ?? c.budget_id, c.kind ?? c.scenario ?? '', c.issued ?? '', c.redeemed ?? '', cell, yuan(left)];
   });
 }
 
@@ -61,11 +56,11 @@ async function campaigns(token) {
   const head = ['Id', 'Kind', { label: 'Issued', num: true }, { label: 'Redeemed', num: true }, 'Budget used', { label: 'Left', num: true }];
   const parts = [];
   for (const [key, title] of [['coupon_campaigns', 'Coupon campaigns'], ['referral_programs', 'Referral programs'], ['scenario_budgets', 'Scenario budgets']]) {
-    const list = r.body[key] ?? [];
+    const list = r.body[key];
     parts.push(el('h3', { text: `${title} (${list.length})` }), list.length ? table(head, budgetRows(list)) : el('p', { class: 'muted', text: 'None.' }));
   }
   show('campaigns', ...parts);
-  return (r.body.referral_programs ?? []).map((p) => p.id ?? p.program_id);
+  return r.body.referral_programs.map((p) => p.program_id);
 }
 
 async function leaderboard(token, programs) {

@@ -29,14 +29,58 @@ pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
-/// A running app and an HTTP client for it.
+/// The `SPIN_VARIABLE_*` settings every test app runs with (known secrets, the test clock on).
+pub fn test_variables() -> HashMap<String, String> {
+    HashMap::from([
+        ("SPIN_VARIABLE_OPERATOR_TOKEN".into(), OPERATOR_TOKEN.into()),
+        ("SPIN_VARIABLE_IDENTITY_SECRET".into(), IDENTITY_SECRET.into()),
+        ("SPIN_VARIABLE_SESSION_SECRET".into(), SESSION_SECRET.into()),
+        ("SPIN_VARIABLE_GATEWAY_SECRET".into(), GATEWAY_SECRET.into()),
+        ("SPIN_VARIABLE_TEST_CLOCK_ENABLED".into(), "true".into()),
+        ("SPIN_VARIABLE_BANK_CARD_BINS".into(), BANK_BIN.into()),
+    ])
+}
+
+/// The instant test requests carry in `X-Scenefin-Now`.
+pub fn test_now() -> Timestamp {
+    Timestamp::parse_rfc3339("2026-11-23T10:00:00+08:00").expect("a valid instant")
+}
+
+/// A running app and an HTTP client for it (the client's request helpers through `Deref`).
 pub struct TestApp {
     pub host: RunningHost,
+    pub api: Api,
+    _state: tempfile::TempDir,
+}
+
+/// An HTTP client for an app at `base`, with the request helpers (signed partner calls, gateway notifications,
+/// logins) that tests of an in-process app and of host processes share.
+#[derive(Clone)]
+pub struct Api {
     pub client: reqwest::Client,
     pub base: String,
     /// The instant requests carry in `X-Scenefin-Now`.
     pub now: Timestamp,
-    _state: tempfile::TempDir,
+}
+
+impl Api {
+    /// A client for the app at `base` (e.g. `http://127.0.0.1:3000`), at the test instant.
+    pub fn new(base: String) -> Self {
+        Self { client: reqwest::Client::new(), base, now: test_now() }
+    }
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+impl std::ops::DerefMut for TestApp {
+    fn deref_mut(&mut self) -> &mut Api {
+        &mut self.api
+    }
 }
 
 static NONCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -62,13 +106,6 @@ pub fn ledger_account(report: &Value, name: &str) -> i64 {
 }
 
 impl TestApp {
-    /// `GET /api/ops/ledger/check`, asserted balanced; the report.
-    pub async fn ledger_check(&self) -> Value {
-        let r = self.send("GET", "/api/ops/ledger/check", None, Some(OPERATOR_TOKEN)).await;
-        assert_eq!((r.status, r.body["balanced"].as_bool()), (200, Some(true)), "{:?}", r.body);
-        r.body
-    }
-
     /// Every key and value of the store, but partners' used nonces and idempotency records (which a refused
     /// request may legitimately leave): compare two snapshots to prove a request wrote nothing.
     pub async fn snapshot(&self) -> BTreeMap<String, Vec<u8>> {
@@ -98,6 +135,25 @@ impl TestApp {
 
     /// Starts the app with extra `SPIN_VARIABLE_*` settings.
     pub async fn spawn_with(kv: KvKind, extra_env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::spawn_configured(kv, extra_env, None).await
+    }
+
+    /// Starts the app with fault injection on (injecting nothing until `self.faults().set(..)`): every request
+    /// gets a fresh instance, so a plan's counts are per request.
+    pub async fn spawn_faulty(kv: KvKind) -> anyhow::Result<Self> {
+        Self::spawn_configured(kv, &[], Some(scenefin_host::FaultPlan::default())).await
+    }
+
+    /// The fault plan handle of an app started with [`TestApp::spawn_faulty`].
+    pub fn faults(&self) -> &scenefin_host::Faults {
+        self.host.faults.as_ref().expect("the app was started with spawn_faulty")
+    }
+
+    async fn spawn_configured(
+        kv: KvKind,
+        extra_env: &[(&str, &str)],
+        faults: Option<scenefin_host::FaultPlan>,
+    ) -> anyhow::Result<Self> {
         let state = tempfile::tempdir()?;
         let mut config = HostConfig::new(workspace().join("spin.toml"));
         config.listen = ([127, 0, 0, 1], 0).into();
@@ -107,19 +163,21 @@ impl TestApp {
         config.access_log = false;
         // Generous: the concurrency tests queue a thousand requests on two cores, next to other tests.
         config.limits.request_timeout = Duration::from_secs(30);
-        config.env = HashMap::from([
-            ("SPIN_VARIABLE_OPERATOR_TOKEN".into(), OPERATOR_TOKEN.into()),
-            ("SPIN_VARIABLE_IDENTITY_SECRET".into(), IDENTITY_SECRET.into()),
-            ("SPIN_VARIABLE_SESSION_SECRET".into(), SESSION_SECRET.into()),
-            ("SPIN_VARIABLE_GATEWAY_SECRET".into(), GATEWAY_SECRET.into()),
-            ("SPIN_VARIABLE_TEST_CLOCK_ENABLED".into(), "true".into()),
-            ("SPIN_VARIABLE_BANK_CARD_BINS".into(), BANK_BIN.into()),
-        ]);
+        config.env = test_variables();
         config.env.extend(extra_env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        config.faults = faults;
         let host = scenefin_host::start(config).await?;
         let base = format!("http://{}", host.addr);
-        let now = Timestamp::parse_rfc3339("2026-11-23T10:00:00+08:00").map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(Self { host, client: reqwest::Client::new(), base, now, _state: state })
+        Ok(Self { host, api: Api::new(base), _state: state })
+    }
+}
+
+impl Api {
+    /// `GET /api/ops/ledger/check`, asserted balanced; the report.
+    pub async fn ledger_check(&self) -> Value {
+        let r = self.send("GET", "/api/ops/ledger/check", None, Some(OPERATOR_TOKEN)).await;
+        assert_eq!((r.status, r.body["balanced"].as_bool()), (200, Some(true)), "{:?}", r.body);
+        r.body
     }
 
     /// Sends a request with the test clock; `bearer` adds `Authorization: Bearer`.
@@ -252,5 +310,99 @@ impl TestApp {
             body["channel_code"] = code.into();
         }
         self.send("POST", "/api/sessions", Some(&body), None).await
+    }
+}
+
+/// One row of docs/RELIABILITY.md, written by the test that earned it: `cargo xtask test` assembles the rows of a
+/// green run into the document, so the table only ever says what a test measured.
+pub struct ReliabilityRow<'a> {
+    /// The test, as `module::name`.
+    pub test: &'a str,
+    /// The load it ran (requests, concurrency, processes).
+    pub load: &'a str,
+    /// The faults it injected, or "none".
+    pub faults: &'a str,
+    /// What it found (counts and invariants checked).
+    pub result: &'a str,
+}
+
+/// Writes `row` to `target/reliability/<test>.json` (replacing an earlier run's row of the same test).
+pub fn record_reliability(row: ReliabilityRow<'_>) {
+    let dir = workspace().join("target/reliability");
+    let value = serde_json::json!({ "test": row.test, "load": row.load, "faults": row.faults, "result": row.result });
+    let file: String = row.test.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let written = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(dir.join(format!("{file}.json")), value.to_string()));
+    if let Err(e) = written {
+        eprintln!("reliability row for {}: {e}", row.test);
+    }
+}
+
+/// A `scenefin-host up` child process serving the real spin.toml (the binary `cargo test --workspace` and
+/// `cargo xtask build` build into `target/debug`), for tests that kill a host or run several.
+pub struct HostProcess {
+    child: std::process::Child,
+    pub api: Api,
+}
+
+impl std::ops::Deref for HostProcess {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+impl HostProcess {
+    /// The host binary.
+    pub fn binary() -> PathBuf {
+        let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace().join("target"), PathBuf::from);
+        let path = target.join("debug/scenefin-host");
+        assert!(
+            path.exists(),
+            "{} is missing: run `cargo xtask build` (or `cargo build -p scenefin-host`)",
+            path.display()
+        );
+        path
+    }
+
+    /// Starts the host on a free loopback port with the test variables and `args` (e.g. `--state-dir D` or
+    /// `--runtime-config-file F`), and waits until it serves.
+    pub async fn start(args: &[&str]) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let listen = format!("127.0.0.1:{port}");
+        let child = std::process::Command::new(Self::binary())
+            .arg("up")
+            .arg("--from")
+            .arg(workspace().join("spin.toml"))
+            .args(["--listen", &listen, "--quiet"])
+            .args(args)
+            .envs(test_variables())
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        let process = Self { child, api: Api::new(format!("http://{listen}")) };
+        let started = std::time::Instant::now();
+        loop {
+            if let Ok(r) = process.client.get(format!("{}/", process.base)).send().await
+                && r.status().is_success()
+            {
+                return Ok(process);
+            }
+            if started.elapsed() > Duration::from_secs(120) {
+                anyhow::bail!("scenefin-host on {listen} did not serve within 120 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: the process dies between any two instructions, with no chance to flush or finish anything.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        self.kill9();
     }
 }

@@ -3,11 +3,13 @@
 //! - `build`: make sure the `wasm32-wasip2` target is installed, then build every component of spin.toml and every
 //!   test fixture in release, in one cargo invocation.
 //! - `up [host args...]`: build, generate development secrets on first run, serve spin.toml on 127.0.0.1:3000.
-//! - `test [cargo test args...]`: build, then `cargo test --workspace`.
+//! - `test [cargo test args...]`: build, then `cargo test --workspace`; a full run (no args) regenerates
+//!   docs/RELIABILITY.md from the rows the reliability tests wrote.
 //! - `check-invariants`: the architecture invariants a machine can check (see ARCHITECTURE.md).
 //! - `bench`: load-test the host with `wrk` and write docs/BENCHMARKS.md (see `bench.rs`).
 
 mod bench;
+mod reliability;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -45,7 +47,15 @@ fn xtask() -> Result<()> {
         }
         "test" => {
             build(&root)?;
-            run(Command::new(cargo()).current_dir(&root).args(["test", "--workspace"]).args(&rest))
+            // Tests that kill or multiply hosts run the binary.
+            run(Command::new(cargo()).current_dir(&root).args(["build", "-p", "scenefin-host"]))?;
+            let rows = root.join("target/reliability");
+            let _ = std::fs::remove_dir_all(&rows);
+            run(Command::new(cargo()).current_dir(&root).args(["test", "--workspace"]).args(&rest))?;
+            if rest.is_empty() {
+                reliability::write(&root, &rows)?;
+            }
+            Ok(())
         }
         _ => {
             eprintln!(

@@ -149,11 +149,30 @@ pub async fn read_counter(store: &impl Store, key: &Key) -> Result<i64, StoreErr
     }
 }
 
-/// Decodes an `increment` counter value.
+/// Decodes an `increment` counter value, as either store leaves it: Spin's SQLite store writes 8 little-endian
+/// bytes, its Redis store (`INCRBY`) a decimal string. They cannot be confused: an 8-byte little-endian counter
+/// below 2^55 in magnitude has a top byte of `0x00` or `0xff`, never an ASCII digit.
 pub fn decode_counter(key: &Key, bytes: &[u8]) -> Result<i64, StoreError> {
+    if let Some(n) = decimal_counter(bytes) {
+        return Ok(n);
+    }
     <[u8; 8]>::try_from(bytes)
         .map(i64::from_le_bytes)
         .map_err(|_| StoreError::Corrupt { key: key.to_string(), detail: format!("counter of {} bytes", bytes.len()) })
+}
+
+/// A Redis counter: `-`? digits, at most 20 bytes, that parse as an `i64`.
+fn decimal_counter(bytes: &[u8]) -> Option<i64> {
+    let digits = bytes.strip_prefix(b"-").unwrap_or(bytes);
+    if digits.is_empty() || bytes.len() > 20 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
+/// Whether `bytes` is what `increment(key, 0)` leaves on an absent key: [`CREATING`] on SQLite, `"0"` on Redis.
+pub fn is_creating(bytes: &[u8]) -> bool {
+    bytes == CREATING || bytes == b"0"
 }
 
 /// What an [`update_json`] step decided.
@@ -164,8 +183,9 @@ pub enum Step<T, R> {
     Keep(R),
 }
 
-/// What a document key holds while being created: the value `increment(key, 0)` leaves on an absent key. It is
-/// never valid JSON, so it cannot be mistaken for a document; readers treat it as absent.
+/// What a document key holds while being created on SQLite: the value `increment(key, 0)` leaves on an absent key
+/// (Redis leaves `"0"`; see [`is_creating`]). It is never valid JSON, so it cannot be mistaken for a document;
+/// readers treat it as absent. `"0"` is valid JSON, but no document is a bare number.
 pub const CREATING: [u8; 8] = [0; 8];
 
 /// Read-modify-write of a JSON document with compare-and-swap and bounded retries; creation survives a crash at
@@ -199,6 +219,7 @@ where
         let expected = match current {
             Some(current) => current,
             None => match store.increment(key, 0).await {
+                // SQLite's zero counter; on Redis the CAS fails against `"0"` and the next round CASes from it.
                 Ok(0) => CREATING.to_vec(),
                 Ok(n) => {
                     let detail = format!("counter {n} where a document belongs");
@@ -206,7 +227,7 @@ where
                 }
                 Err(e) => {
                     // The increment fails on a JSON value: a racer created the document since our read.
-                    if store.get(key).await?.is_some_and(|b| b != CREATING) {
+                    if store.get(key).await?.is_some_and(|b| !is_creating(&b)) {
                         continue;
                     }
                     return Err(e.into());
@@ -224,7 +245,7 @@ where
 pub fn decode_doc<T: DeserializeOwned>(key: &Key, bytes: Option<&[u8]>) -> Result<Option<T>, StoreError> {
     match bytes {
         None => Ok(None),
-        Some(bytes) if bytes == CREATING => Ok(None),
+        Some(bytes) if is_creating(bytes) => Ok(None),
         Some(bytes) => decode(key, bytes).map(Some),
     }
 }
@@ -512,6 +533,29 @@ mod tests {
         assert_eq!(pollster::block_on(update_json(&store, &key, add(2))), Ok(2));
         assert_eq!(pollster::block_on(update_json(&store, &key, add(3))), Ok(5));
         assert_eq!(pollster::block_on(get_json::<Doc>(&store, &key)), Ok(Some(Doc { v: 1, n: 5 })));
+    }
+
+    #[test]
+    fn counters_decode_as_either_spin_store_writes_them() {
+        let key = Key::new(&["t", "ctr"]);
+        for n in [0i64, 1, -2, 1_000_000_007, i64::MAX, i64::MIN, (1 << 55) - 1, -(1 << 55)] {
+            assert_eq!(decode_counter(&key, &n.to_le_bytes()), Ok(n), "SQLite's 8 bytes for {n}");
+            assert_eq!(decode_counter(&key, n.to_string().as_bytes()), Ok(n), "Redis's INCRBY text for {n}");
+        }
+        for bad in [&b""[..], b"-", b"1.5", b" 1", b"99999999999999999999", b"{\"v\":1}"] {
+            assert!(decode_counter(&key, bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_document_is_created_over_redis_creating_marker() {
+        // Redis's `INCRBY key 0` on an absent key leaves "0": a creator that died there must not block the key.
+        let store = MemStore::default();
+        let key = Key::new(&["t", "doc"]);
+        store.put_raw(key.as_str(), b"0");
+        assert_eq!(pollster::block_on(get_json::<Doc>(&store, &key)), Ok(None));
+        assert_eq!(pollster::block_on(update_json(&store, &key, add(4))), Ok(4));
+        assert_eq!(pollster::block_on(get_json::<Doc>(&store, &key)), Ok(Some(Doc { v: 1, n: 4 })));
     }
 
     #[test]

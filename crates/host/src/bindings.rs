@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use wasmtime::component::{Accessor, FutureReader, HasData, Resource, ResourceTable, StreamReader};
 
+use crate::faults::InstanceFaults;
 use crate::kv::{Kv, Op, Output};
 
 wasmtime::component::bindgen!({
@@ -53,6 +54,8 @@ pub struct SpinCtx {
     pub table: ResourceTable,
     pub env: Arc<ComponentEnv>,
     pub kv: Kv,
+    /// This instance's fault counters, when the host injects faults.
+    pub faults: Option<Arc<InstanceFaults>>,
 }
 
 /// Marker for [`HasData`]: the generated traits are implemented on [`SpinCtx`].
@@ -93,12 +96,12 @@ async fn run<T, R: 'static>(
     label_of: impl FnOnce(&R) -> String,
     op: Op,
 ) -> wasmtime::Result<Result<Output, String>> {
-    let (kv, label) = accessor.with(|mut access| {
+    let op = accessor.with(|mut access| {
         let ctx = access.get();
         let label = label_of(ctx.table.get(res)?);
-        wasmtime::Result::<_>::Ok((ctx.kv.clone(), label))
+        wasmtime::Result::<_>::Ok(ctx.exec(&label, op))
     })?;
-    Ok(kv.exec(&label, op).await)
+    op.await
 }
 
 fn store_label(s: &OpenStore) -> String {
@@ -231,10 +234,20 @@ fn wasi_err(msg: String) -> wasi_kv::Error {
 }
 
 impl SpinCtx {
-    /// The op as a future that does not borrow `self` (the instance state is not `Sync`).
-    fn exec(&self, label: &str, op: Op) -> impl Future<Output = Result<Output, String>> + Send + 'static {
-        let (kv, label) = (self.kv.clone(), label.to_owned());
-        async move { kv.exec(&label, op).await }
+    /// The op as a future that does not borrow `self` (the instance state is not `Sync`), with the fault plan
+    /// applied: `Err` is a trap.
+    fn exec(
+        &self,
+        label: &str,
+        op: Op,
+    ) -> impl Future<Output = wasmtime::Result<Result<Output, String>>> + Send + use<> {
+        let (kv, label, faults) = (self.kv.clone(), label.to_owned(), self.faults.clone());
+        async move {
+            match faults {
+                Some(faults) => faults.exec(&kv, &label, op).await,
+                None => Ok(kv.exec(&label, op).await),
+            }
+        }
     }
 
     fn bucket(&self, rep: &Resource<OpenStore>) -> wasmtime::Result<String> {
@@ -258,7 +271,7 @@ impl wasi_kv::HostBucket for &mut SpinCtx {
         this: Resource<OpenStore>,
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, wasi_kv::Error>> {
-        Ok(match self.exec(&self.bucket(&this)?, Op::Get { key }).await {
+        Ok(match self.exec(&self.bucket(&this)?, Op::Get { key }).await? {
             Ok(Output::Value(v)) => Ok(v),
             other => Err(wasi_err(unexpected(other))),
         })
@@ -270,11 +283,11 @@ impl wasi_kv::HostBucket for &mut SpinCtx {
         key: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), wasi_kv::Error>> {
-        Ok(done(self.exec(&self.bucket(&this)?, Op::Set { key, value }).await).map_err(wasi_err))
+        Ok(done(self.exec(&self.bucket(&this)?, Op::Set { key, value }).await?).map_err(wasi_err))
     }
 
     async fn delete(&mut self, this: Resource<OpenStore>, key: String) -> wasmtime::Result<Result<(), wasi_kv::Error>> {
-        Ok(done(self.exec(&self.bucket(&this)?, Op::Delete { key }).await).map_err(wasi_err))
+        Ok(done(self.exec(&self.bucket(&this)?, Op::Delete { key }).await?).map_err(wasi_err))
     }
 
     async fn exists(
@@ -282,7 +295,7 @@ impl wasi_kv::HostBucket for &mut SpinCtx {
         this: Resource<OpenStore>,
         key: String,
     ) -> wasmtime::Result<Result<bool, wasi_kv::Error>> {
-        Ok(match self.exec(&self.bucket(&this)?, Op::Exists { key }).await {
+        Ok(match self.exec(&self.bucket(&this)?, Op::Exists { key }).await? {
             Ok(Output::Bool(b)) => Ok(b),
             other => Err(wasi_err(unexpected(other))),
         })
@@ -296,7 +309,7 @@ impl wasi_kv::HostBucket for &mut SpinCtx {
         if cursor.is_some() {
             return Ok(Err(wasi_err("list-keys does not support cursors".to_owned())));
         }
-        Ok(match self.exec(&self.bucket(&this)?, Op::Keys).await {
+        Ok(match self.exec(&self.bucket(&this)?, Op::Keys).await? {
             Ok(Output::Keys(keys)) => Ok(wasi_kv::KeyResponse { keys, cursor: None }),
             other => Err(wasi_err(unexpected(other))),
         })
@@ -324,7 +337,7 @@ impl atomics::HostCas for &mut SpinCtx {
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, wasi_kv::Error>> {
         let cas = self.table.get(&this)?;
         let (label, key) = (cas.label.clone(), cas.key.clone());
-        let value = match self.exec(&label, Op::Get { key }).await {
+        let value = match self.exec(&label, Op::Get { key }).await? {
             Ok(Output::Value(v)) => v,
             other => return Ok(Err(wasi_err(unexpected(other)))),
         };
@@ -345,7 +358,7 @@ impl atomics::Host for &mut SpinCtx {
         key: String,
         delta: i64,
     ) -> wasmtime::Result<Result<i64, wasi_kv::Error>> {
-        Ok(match self.exec(&self.bucket(&bucket)?, Op::Increment { key, delta }).await {
+        Ok(match self.exec(&self.bucket(&bucket)?, Op::Increment { key, delta }).await? {
             Ok(Output::Counter(n)) => Ok(n),
             other => Err(wasi_err(unexpected(other))),
         })
@@ -358,7 +371,7 @@ impl atomics::Host for &mut SpinCtx {
     ) -> wasmtime::Result<Result<(), atomics::CasError>> {
         let handle = self.table.delete(cas)?;
         let op = Op::Swap { key: handle.key.clone(), expected: handle.read, value };
-        match self.exec(&handle.label, op).await {
+        match self.exec(&handle.label, op).await? {
             Ok(Output::Swapped(true)) => Ok(Ok(())),
             // As Spin does, hand back a fresh handle on the same key; the guest calls `current` again to retry.
             Ok(Output::Swapped(false)) => {
@@ -376,7 +389,7 @@ impl batch::Host for &mut SpinCtx {
         bucket: Resource<OpenStore>,
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<Vec<(String, Option<Vec<u8>>)>, wasi_kv::Error>> {
-        Ok(match self.exec(&self.bucket(&bucket)?, Op::GetMany { keys }).await {
+        Ok(match self.exec(&self.bucket(&bucket)?, Op::GetMany { keys }).await? {
             Ok(Output::Values(values)) => Ok(values),
             other => Err(wasi_err(unexpected(other))),
         })
@@ -387,7 +400,7 @@ impl batch::Host for &mut SpinCtx {
         bucket: Resource<OpenStore>,
         key_values: Vec<(String, Vec<u8>)>,
     ) -> wasmtime::Result<Result<(), wasi_kv::Error>> {
-        Ok(done(self.exec(&self.bucket(&bucket)?, Op::SetMany { entries: key_values }).await).map_err(wasi_err))
+        Ok(done(self.exec(&self.bucket(&bucket)?, Op::SetMany { entries: key_values }).await?).map_err(wasi_err))
     }
 
     async fn delete_many(
@@ -395,6 +408,6 @@ impl batch::Host for &mut SpinCtx {
         bucket: Resource<OpenStore>,
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<(), wasi_kv::Error>> {
-        Ok(done(self.exec(&self.bucket(&bucket)?, Op::DeleteMany { keys }).await).map_err(wasi_err))
+        Ok(done(self.exec(&self.bucket(&bucket)?, Op::DeleteMany { keys }).await?).map_err(wasi_err))
     }
 }

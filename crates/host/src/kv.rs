@@ -439,6 +439,113 @@ impl Backend for SqliteBackend {
     }
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Redis
+
+/// Compare-and-swap in one server-side step. `ARGV[1]` is `1` when the guest read a value (`ARGV[2]`): write only if
+/// the key still holds exactly it. Otherwise the guest read nothing: create only if the key is still absent, which
+/// is what Spin's Redis store gets from `WATCH` + `MULTI`/`EXEC` on an absent key.
+const CAS_SCRIPT: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if ARGV[1] == '1' then
+  if current ~= ARGV[2] then return 0 end
+elseif current then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[3])
+return 1
+"#;
+
+/// Redis, as Spin's Redis key-value store uses it (`crates/key-value-redis`): one Redis database per store label,
+/// keys stored as they are, `GET`/`SET`/`DEL`/`EXISTS`/`KEYS *`/`MGET`/`MSET`, counters with `INCRBY` (decimal
+/// strings, so a counter is readable by both runtimes; `INCRBY` on a non-integer value fails without effect).
+/// Compare-and-swap is a Lua script, atomic on the server, so any number of host processes can share the store.
+///
+/// Durability is Redis's: configure `appendonly yes` with `appendfsync always` for acknowledged writes to survive
+/// a Redis crash (see deploy/README.md).
+pub struct RedisBackend {
+    url: String,
+    conn: redis::aio::ConnectionManager,
+    cas: Arc<redis::Script>,
+}
+
+impl RedisBackend {
+    /// Connects (one multiplexed connection, re-established automatically when it drops).
+    pub async fn connect(url: &str) -> Result<Self> {
+        let shown = redact(url);
+        let client = redis::Client::open(url).with_context(|| format!("redis url {shown}"))?;
+        let conn = tokio::time::timeout(std::time::Duration::from_secs(10), client.get_connection_manager())
+            .await
+            .with_context(|| format!("connecting to {shown}: timed out"))?
+            .with_context(|| format!("connecting to {shown}"))?;
+        Ok(Self { url: shown, conn, cas: Arc::new(redis::Script::new(CAS_SCRIPT)) })
+    }
+}
+
+/// The URL without its password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+async fn redis_exec(
+    mut conn: redis::aio::ConnectionManager,
+    cas: Arc<redis::Script>,
+    op: Op,
+) -> redis::RedisResult<Output> {
+    use redis::AsyncCommands as _;
+    Ok(match op {
+        Op::Get { key } => Output::Value(conn.get(key).await?),
+        Op::Exists { key } => Output::Bool(conn.exists(key).await?),
+        Op::Keys => Output::Keys(conn.keys("*").await?),
+        Op::GetMany { keys } if keys.is_empty() => Output::Values(Vec::new()),
+        Op::GetMany { keys } => {
+            let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+            Output::Values(keys.into_iter().zip(values).filter(|(_, v)| v.is_some()).collect())
+        }
+        Op::Set { key, value } => {
+            conn.set::<_, _, ()>(key, value).await?;
+            Output::Done
+        }
+        Op::Delete { key } => {
+            conn.del::<_, ()>(key).await?;
+            Output::Done
+        }
+        Op::SetMany { entries } => {
+            if !entries.is_empty() {
+                conn.mset::<_, _, ()>(&entries).await?;
+            }
+            Output::Done
+        }
+        Op::DeleteMany { keys } => {
+            if !keys.is_empty() {
+                conn.del::<_, ()>(keys).await?;
+            }
+            Output::Done
+        }
+        Op::Increment { key, delta } => Output::Counter(conn.incr(key, delta).await?),
+        Op::Swap { key, expected, value } => {
+            let read = if expected.is_some() { "1" } else { "0" };
+            let written: i64 =
+                cas.key(key).arg(read).arg(expected.unwrap_or_default()).arg(value).invoke_async(&mut conn).await?;
+            Output::Swapped(written == 1)
+        }
+    })
+}
+
+impl Backend for RedisBackend {
+    fn exec(&self, _store: &str, op: Op) -> BoxFuture<'static, Result<Output, String>> {
+        let (conn, cas) = (self.conn.clone(), self.cas.clone());
+        Box::pin(async move { redis_exec(conn, cas, op).await.map_err(|e| format!("storage error: {e}")) })
+    }
+
+    fn describe(&self) -> String {
+        format!("Redis at {}", self.url)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -448,38 +555,93 @@ mod tests {
         matches!(kv.exec("default", op).await, Ok(Output::Swapped(true)))
     }
 
-    async fn semantics(kv: Kv, cas_mode: CasMode) {
+    /// How a backend stores counters.
+    fn le_counter(n: i64) -> Vec<u8> {
+        n.to_le_bytes().to_vec()
+    }
+
+    fn decimal_counter(n: i64) -> Vec<u8> {
+        n.to_string().into_bytes()
+    }
+
+    async fn semantics(kv: Kv, cas_mode: CasMode, counter: fn(i64) -> Vec<u8>) {
         assert_eq!(kv.get("default", "a").await, Ok(None));
-        kv.set("default", "a", b"1").await.expect("set");
-        assert_eq!(kv.get("default", "a").await, Ok(Some(b"1".to_vec())));
-        assert_eq!(kv.get("other", "a").await, Ok(None), "stores are separate namespaces");
-        assert!(swap(&kv, "a", Some(b"1"), b"2").await);
-        assert!(!swap(&kv, "a", Some(b"1"), b"3").await, "stale CAS must fail");
-        assert_eq!(kv.get("default", "a").await, Ok(Some(b"2".to_vec())));
+        kv.set("default", "a", b"{1}").await.expect("set");
+        assert_eq!(kv.get("default", "a").await, Ok(Some(b"{1}".to_vec())));
+        assert!(swap(&kv, "a", Some(b"{1}"), b"{2}").await);
+        assert!(!swap(&kv, "a", Some(b"{1}"), b"{3}").await, "stale CAS must fail");
+        assert_eq!(kv.get("default", "a").await, Ok(Some(b"{2}".to_vec())));
         assert!(swap(&kv, "fresh", None, b"x").await, "CAS on absent key creates it");
         assert_eq!(swap(&kv, "fresh", None, b"y").await, cas_mode == CasMode::SpinUpsert);
         let inc = |d| kv.exec("default", Op::Increment { key: "n".into(), delta: d });
         assert_eq!(inc(5).await, Ok(Output::Counter(5)));
         assert_eq!(inc(-7).await, Ok(Output::Counter(-2)));
-        assert_eq!(kv.get("default", "n").await, Ok(Some((-2i64).to_le_bytes().to_vec())));
+        assert_eq!(kv.get("default", "n").await, Ok(Some(counter(-2))));
         assert!(kv.exec("default", Op::Increment { key: "a".into(), delta: 1 }).await.is_err());
-        assert_eq!(kv.get("default", "a").await, Ok(Some(b"2".to_vec())), "failed increment writes nothing");
+        assert_eq!(kv.get("default", "a").await, Ok(Some(b"{2}".to_vec())), "failed increment writes nothing");
         let got = kv.exec("default", Op::GetMany { keys: vec!["a".into(), "missing".into()] }).await;
-        assert_eq!(got, Ok(Output::Values(vec![("a".into(), Some(b"2".to_vec()))])));
+        assert_eq!(got, Ok(Output::Values(vec![("a".into(), Some(b"{2}".to_vec()))])));
         kv.exec("default", Op::DeleteMany { keys: vec!["a".into(), "fresh".into()] }).await.expect("delete");
         assert_eq!(kv.exec("default", Op::Keys).await, Ok(Output::Keys(vec!["n".into()])));
     }
 
     #[tokio::test]
     async fn memory_backend_has_spin_semantics() {
-        semantics(Kv::new(MemoryBackend::new(CasMode::SpinUpsert)), CasMode::SpinUpsert).await;
-        semantics(Kv::new(MemoryBackend::new(CasMode::Strict)), CasMode::Strict).await;
+        semantics(Kv::new(MemoryBackend::new(CasMode::SpinUpsert)), CasMode::SpinUpsert, le_counter).await;
+        semantics(Kv::new(MemoryBackend::new(CasMode::Strict)), CasMode::Strict, le_counter).await;
+        let kv = Kv::new(MemoryBackend::new(CasMode::Strict));
+        kv.set("default", "a", b"1").await.expect("set");
+        assert_eq!(kv.get("other", "a").await, Ok(None), "stores are separate namespaces");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn redis_backend_has_spins_redis_semantics() {
+        let server = crate::testing::RedisServer::start().expect("redis-server");
+        let kv = Kv::new(RedisBackend::connect(&server.url()).await.expect("connect"));
+        semantics(kv.clone(), CasMode::Strict, decimal_counter).await;
+        assert_eq!(kv.exec("default", Op::GetMany { keys: vec![] }).await, Ok(Output::Values(vec![])));
+        // A value with every byte, and a CAS that must compare bytes, not text.
+        let bytes: Vec<u8> = (0..=255).collect();
+        kv.set("default", "bin", &bytes).await.expect("set");
+        assert_eq!(kv.get("default", "bin").await, Ok(Some(bytes.clone())));
+        let mut other = bytes.clone();
+        other[200] ^= 1;
+        assert!(!swap(&kv, "bin", Some(&other), b"x").await);
+        assert!(swap(&kv, "bin", Some(&bytes), b"y").await);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn redis_cas_and_increment_are_atomic_across_connections() {
+        let server = crate::testing::RedisServer::start().expect("redis-server");
+        // Two backends = two hosts' connections to one Redis.
+        let a = Kv::new(RedisBackend::connect(&server.url()).await.expect("connect"));
+        let b = Kv::new(RedisBackend::connect(&server.url()).await.expect("connect"));
+        a.set("default", "cas", b"0").await.expect("set");
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let kv = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tasks.push(tokio::spawn(async move {
+                kv.exec("default", Op::Increment { key: "ctr".into(), delta: 1 }).await.expect("incr");
+                loop {
+                    let current = kv.get("default", "cas").await.expect("get").expect("present");
+                    let n: u64 = String::from_utf8_lossy(&current).parse().expect("number");
+                    if swap(&kv, "cas", Some(&current), (n + 1).to_string().as_bytes()).await {
+                        break;
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("task");
+        }
+        assert_eq!(a.get("default", "ctr").await, Ok(Some(b"200".to_vec())));
+        assert_eq!(b.get("default", "cas").await, Ok(Some(b"200".to_vec())), "no CAS update lost");
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn sqlite_backend_has_spin_semantics() {
         let dir = tempfile::tempdir().expect("tempdir");
         let kv = Kv::new(SqliteBackend::open(&dir.path().join("kv.db")).expect("open"));
-        semantics(kv, CasMode::SpinUpsert).await;
+        semantics(kv, CasMode::SpinUpsert, le_counter).await;
     }
 }

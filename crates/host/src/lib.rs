@@ -2,11 +2,14 @@
 //! machines without Spin. See the crate README and ARCHITECTURE.md for what is mirrored and why.
 
 pub mod bindings;
+pub mod faults;
 pub mod kv;
 pub mod manifest;
 pub mod routes;
 pub mod runtime;
+pub mod runtime_config;
 mod server;
+pub mod testing;
 pub mod variables;
 
 use std::collections::HashMap;
@@ -18,16 +21,31 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use tokio::sync::watch;
 
+pub use faults::{FaultPlan, Faults};
 pub use kv::{CasMode, Kv};
 pub use runtime::Limits;
 
 /// Which backend serves the `default` store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KvKind {
     /// SQLite at `<state dir>/sqlite_key_value.db`, Spin's file and layout.
     Sqlite,
+    /// SQLite at this file (a runtime config's `type = "spin"` with a `path`).
+    SqliteAt(PathBuf),
+    /// Redis at this URL (a runtime config's `type = "redis"`): several hosts may share it.
+    Redis(String),
     /// In memory, gone when the host stops.
     Memory(CasMode),
+}
+
+impl From<runtime_config::StoreConfig> for KvKind {
+    fn from(config: runtime_config::StoreConfig) -> Self {
+        match config {
+            runtime_config::StoreConfig::Sqlite(None) => KvKind::Sqlite,
+            runtime_config::StoreConfig::Sqlite(Some(path)) => KvKind::SqliteAt(path),
+            runtime_config::StoreConfig::Redis(url) => KvKind::Redis(url),
+        }
+    }
 }
 
 /// How to run the host.
@@ -48,6 +66,8 @@ pub struct HostConfig {
     /// Where the cache lives (default `<state dir>/cache`).
     pub cache_dir: Option<PathBuf>,
     pub access_log: bool,
+    /// Fault injection (`None`: off). When on, every request gets a fresh instance, so counts are per request.
+    pub faults: Option<FaultPlan>,
 }
 
 impl HostConfig {
@@ -73,6 +93,7 @@ impl HostConfig {
             module_cache: true,
             cache_dir: None,
             access_log: true,
+            faults: None,
         }
     }
 }
@@ -85,6 +106,8 @@ pub struct RunningHost {
     pub components: Vec<String>,
     /// Time from `start` to ready for the first request.
     pub startup: Duration,
+    /// The fault plan, when started with one; [`Faults::set`] changes it while the host runs.
+    pub faults: Option<Faults>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -129,10 +152,18 @@ pub async fn start(config: HostConfig) -> Result<RunningHost> {
 
     let app_vars = variables::resolve_application(&manifest, &config.env)?;
 
-    let kv = match config.kv {
+    let kv = match &config.kv {
         KvKind::Sqlite => Kv::new(kv::SqliteBackend::open(&config.state_dir.join("sqlite_key_value.db"))?),
-        KvKind::Memory(mode) => Kv::new(kv::MemoryBackend::new(mode)),
+        KvKind::SqliteAt(path) => Kv::new(kv::SqliteBackend::open(path)?),
+        KvKind::Redis(url) => Kv::new(kv::RedisBackend::connect(url).await?),
+        KvKind::Memory(mode) => Kv::new(kv::MemoryBackend::new(*mode)),
     };
+    let mut limits = config.limits.clone();
+    let faults = config.faults.clone().map(|plan| {
+        limits.max_instance_reuse_count = 1;
+        limits.max_instance_concurrent_reuse_count = 1;
+        Faults::new(plan)
+    });
     for id in &served {
         for label in &manifest.component[id].key_value_stores {
             if !bindings::PROVIDED_STORES.contains(&label.as_str()) {
@@ -162,10 +193,12 @@ pub async fn start(config: HostConfig) -> Result<RunningHost> {
     for (ids, job) in jobs {
         let compiled = job.await.context("compiling a component")??;
         for id in ids {
-            let stores = manifest.component[&id].key_value_stores.clone();
-            let vars = variables::resolve_component(&manifest, &id, &app_vars)?;
-            let loaded =
-                runtime::load_component(&engine, &id, &compiled, stores, vars, kv.clone(), config.limits.clone())?;
+            let env = bindings::ComponentEnv {
+                allowed_stores: manifest.component[&id].key_value_stores.clone(),
+                variables: variables::resolve_component(&manifest, &id, &app_vars)?,
+                id,
+            };
+            let loaded = runtime::load_component(&engine, &compiled, env, kv.clone(), limits.clone(), faults.clone())?;
             components.insert(loaded.id.clone(), loaded.handler);
         }
     }
@@ -189,5 +222,5 @@ pub async fn start(config: HostConfig) -> Result<RunningHost> {
         access_log: config.access_log,
     });
     let task = tokio::spawn(server::serve(listener, app, rx));
-    Ok(RunningHost { addr, kv, components: served, startup: started.elapsed(), shutdown, task })
+    Ok(RunningHost { addr, kv, components: served, startup: started.elapsed(), faults, shutdown, task })
 }

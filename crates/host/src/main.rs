@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use scenefin_host::{CasMode, HostConfig, KvKind};
+use scenefin_host::{CasMode, FaultPlan, HostConfig, KvKind};
 
 #[derive(Parser)]
 #[command(name = "scenefin-host", version, about = "Runs a Spin 4 app (spin.toml) on wasmtime")]
@@ -38,9 +38,13 @@ struct Up {
     /// Serve only this component (repeatable), like `spin up --component-id`.
     #[arg(long = "component", alias = "component-id")]
     components: Vec<String>,
-    /// Backend of the `default` key-value store.
+    /// Backend of the `default` key-value store (a runtime config file's `[key_value_store.default]` wins).
     #[arg(long, value_enum, default_value = "sqlite")]
     kv: KvArg,
+    /// A Spin runtime config file: `[key_value_store.default]` with `type = "redis"` and `url`, or `type = "spin"`
+    /// and an optional `path`.
+    #[arg(long)]
+    runtime_config_file: Option<PathBuf>,
     /// Directory for the SQLite store and the compiled-module cache (default: `.spin` beside the manifest).
     #[arg(long)]
     state_dir: Option<PathBuf>,
@@ -68,6 +72,15 @@ struct Up {
     /// Do not print an access-log line per request.
     #[arg(long)]
     quiet: bool,
+    /// Fault injection (tests only): the Nth key-value operation of every request fails, writing nothing.
+    #[arg(long, value_name = "N")]
+    fault_fail_op: Option<u64>,
+    /// Fault injection (tests only): the instance traps right after the Nth write of every request.
+    #[arg(long, value_name = "N")]
+    fault_trap_after_write: Option<u64>,
+    /// Fault injection (tests only): every key-value operation waits this long first.
+    #[arg(long, value_parser = parse_duration)]
+    fault_delay: Option<Duration>,
 }
 
 /// Parses `250ms`, `2s`, `1m` or a bare number of seconds.
@@ -112,6 +125,18 @@ async fn up() -> Result<()> {
         KvArg::Sqlite => KvKind::Sqlite,
         KvArg::Memory => KvKind::Memory(CasMode::SpinUpsert),
     };
+    if let Some(file) = &up.runtime_config_file
+        && let Some(store) = scenefin_host::runtime_config::load(file)?
+    {
+        config.kv = store.into();
+    }
+    if up.fault_fail_op.is_some() || up.fault_trap_after_write.is_some() || up.fault_delay.is_some() {
+        config.faults = Some(FaultPlan {
+            fail_op: up.fault_fail_op,
+            trap_after_write: up.fault_trap_after_write,
+            delay: up.fault_delay.unwrap_or_default(),
+        });
+    }
     if let Some(dir) = up.state_dir {
         config.state_dir = dir;
     }
@@ -134,6 +159,9 @@ async fn up() -> Result<()> {
     );
     for id in &host.components {
         eprintln!("  {id}");
+    }
+    if let Some(faults) = &host.faults {
+        eprintln!("scenefin-host: FAULT INJECTION ON ({}): for tests only", faults.plan().describe());
     }
     let stop = host.stop_handle();
     tokio::spawn(async move {

@@ -2,7 +2,6 @@
 //! component per Spin component, and instance reuse the way Spin 4 does it for WASIp3 components (wasmtime-wasi-http's
 //! `ProxyHandler`: up to N requests per instance, up to M at a time, dropped after an idle timeout).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -25,6 +24,7 @@ use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::p3::{WasiHttpCtxView, WasiHttpView};
 
 use crate::bindings::{self, ComponentEnv, SpinCtx, SpinView};
+use crate::faults::Faults;
 use crate::kv::Kv;
 
 /// Epoch tick: the granularity of the request time limit and of guest yields.
@@ -144,12 +144,11 @@ pub fn compile(engine: &Engine, wasm: &Path) -> Result<Component> {
 /// Links and pre-instantiates one component.
 pub fn load_component(
     engine: &Engine,
-    id: &str,
     component: &Component,
-    allowed_stores: Vec<String>,
-    variables: BTreeMap<String, String>,
+    env: ComponentEnv,
     kv: Kv,
     limits: Limits,
+    faults: Option<Faults>,
 ) -> Result<ComponentRuntime> {
     let mut linker = Linker::<InstanceState>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -159,13 +158,13 @@ pub fn load_component(
     let pre = linker
         .instantiate_pre(component)
         .map_err(anyhow::Error::from)
-        .with_context(|| format!("component `{id}` imports something the host does not provide"))?;
+        .with_context(|| format!("component `{}` imports something the host does not provide", env.id))?;
     let pre = wasmtime_wasi_http::p3::bindings::ServicePre::new(pre)
         .map_err(anyhow::Error::from)
-        .with_context(|| format!("component `{id}` does not export wasi:http/handler@0.3.0"))?;
-    let env = Arc::new(ComponentEnv { id: id.to_owned(), allowed_stores, variables });
-    let state = ComponentHandler { engine: engine.clone(), pre: ProxyPre::P3(pre), env, kv, limits };
-    Ok(ComponentRuntime { id: id.to_owned(), handler: ProxyHandler::new(state) })
+        .with_context(|| format!("component `{}` does not export wasi:http/handler@0.3.0", env.id))?;
+    let env = Arc::new(env);
+    let state = ComponentHandler { engine: engine.clone(), pre: ProxyPre::P3(pre), env, kv, limits, faults };
+    Ok(ComponentRuntime { id: state.env.id.clone(), handler: ProxyHandler::new(state) })
 }
 
 /// [`HandlerState`] for one component.
@@ -175,6 +174,7 @@ pub struct ComponentHandler {
     env: Arc<ComponentEnv>,
     kv: Kv,
     limits: Limits,
+    faults: Option<Faults>,
 }
 
 impl HandlerState for ComponentHandler {
@@ -187,7 +187,12 @@ impl HandlerState for ComponentHandler {
             wasi: WasiCtx::builder().inherit_stdout().inherit_stderr().build(),
             http: wasmtime_wasi_http::WasiHttpCtx::new(),
             hooks: DenyOutbound,
-            spin: SpinCtx { table: ResourceTable::new(), env: self.env.clone(), kv: self.kv.clone() },
+            spin: SpinCtx {
+                table: ResourceTable::new(),
+                env: self.env.clone(),
+                kv: self.kv.clone(),
+                faults: self.faults.as_ref().map(Faults::for_instance),
+            },
             limits: StoreLimitsBuilder::new().memory_size(self.limits.memory_bytes).trap_on_grow_failure(false).build(),
         };
         let mut store = Store::new(&self.engine, state);

@@ -181,7 +181,7 @@ async fn fifty_concurrent_cas_increments_end_at_exactly_fifty() {
     for (kv, reuse) in [(KvKind::Sqlite, 128), (KvKind::Memory(CasMode::SpinUpsert), 1)] {
         let state = tempfile::tempdir().expect("tempdir");
         let mut cfg = config(state.path());
-        cfg.kv = kv;
+        cfg.kv = kv.clone();
         cfg.limits.max_instance_reuse_count = reuse;
         cfg.limits.max_instance_concurrent_reuse_count = reuse.min(16);
         let app = App::start(cfg).await;

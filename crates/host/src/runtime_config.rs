@@ -79,6 +79,15 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_files_in_deploy() {
+        let redis = include_str!("../../../deploy/runtime-config.redis.toml");
+        assert!(matches!(parse(redis, Path::new("deploy")), Ok(Some(StoreConfig::Redis(_)))));
+        let sqlite = include_str!("../../../deploy/runtime-config.sqlite.toml");
+        let want = StoreConfig::Sqlite(Some(PathBuf::from("deploy/../.spin/sqlite_key_value.db")));
+        assert_eq!(parse(sqlite, Path::new("deploy")).ok(), Some(Some(want)));
+    }
+
+    #[test]
     fn refuses_what_it_does_not_implement() {
         for bad in [
             "[key_value_store.other]\ntype = \"spin\"\n",

@@ -4,6 +4,7 @@ mod browser;
 mod campus_card;
 mod console;
 mod customers;
+mod hostile;
 mod insights;
 mod kv_ops;
 mod merchant_coupons;

@@ -14,29 +14,29 @@ const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "
 /// The stand-in for a path parameter without an example.
 const PLACEHOLDER: &str = "placeholder";
 
-fn document() -> Value {
+pub(crate) fn document() -> Value {
     let path = workspace().join("docs/openapi.yaml");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
 }
 
 /// One documented operation.
-struct Operation<'a> {
+pub(crate) struct Operation<'a> {
     /// Upper-case method.
-    method: String,
+    pub(crate) method: String,
     /// The path template, e.g. `/api/utility/orders/{id}`.
-    path: &'a str,
-    item: &'a Value,
-    op: &'a Value,
+    pub(crate) path: &'a str,
+    pub(crate) item: &'a Value,
+    pub(crate) op: &'a Value,
 }
 
 impl Operation<'_> {
-    fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         format!("{} {}", self.method, self.path)
     }
 
     /// Path-level and operation-level parameters, resolved.
-    fn parameters<'d>(&'d self, doc: &'d Value) -> Vec<&'d Value> {
+    pub(crate) fn parameters<'d>(&'d self, doc: &'d Value) -> Vec<&'d Value> {
         [self.item, self.op]
             .into_iter()
             .filter_map(|v| v["parameters"].as_array())
@@ -46,7 +46,7 @@ impl Operation<'_> {
     }
 }
 
-fn operations(doc: &Value) -> Vec<Operation<'_>> {
+pub(crate) fn operations(doc: &Value) -> Vec<Operation<'_>> {
     let Some(paths) = doc["paths"].as_object() else { return Vec::new() };
     let mut ops = Vec::new();
     for (path, item) in paths {
@@ -60,7 +60,7 @@ fn operations(doc: &Value) -> Vec<Operation<'_>> {
 }
 
 /// Follows `$ref`s (local ones; an unresolvable one is reported by the well-formedness test).
-fn resolve<'a>(doc: &'a Value, mut v: &'a Value) -> &'a Value {
+pub(crate) fn resolve<'a>(doc: &'a Value, mut v: &'a Value) -> &'a Value {
     for _ in 0..16 {
         match v["$ref"].as_str().and_then(|r| r.strip_prefix('#')).and_then(|pointer| doc.pointer(pointer)) {
             Some(target) => v = target,
@@ -91,7 +91,7 @@ fn refs<'a>(v: &'a Value, at: &str, out: &mut Vec<(String, &'a str)>) {
 }
 
 /// The `{name}`s of a path template, in order.
-fn template_names(path: &str) -> Vec<&str> {
+pub(crate) fn template_names(path: &str) -> Vec<&str> {
     path.split('/').filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}'))).collect()
 }
 

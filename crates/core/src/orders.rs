@@ -546,6 +546,8 @@ pub async fn place_order(
     }
     let id = order_id_for(quote_id);
     if let Some(existing) = get_json::<Order>(store, &keys::order(owner, &id)).await? {
+        // Placed before, maybe by an attempt cut short between its two writes: finish listing it.
+        list_order(store, owner, customer_id, &id).await?;
         return Ok(existing);
     }
     if now > quote.expires_at {
@@ -585,18 +587,23 @@ pub async fn place_order(
         None => Ok(Step::Write(order.clone(), order.clone())),
     })
     .await?;
+    list_order(store, owner, customer_id, &id).await?;
+    Ok(placed)
+}
+
+/// Adds an order to its customer's history (once).
+async fn list_order(store: &impl Store, owner: &str, customer_id: &str, id: &str) -> Result<(), OrderError> {
     kv::update_json(store, &keys::history(owner, customer_id), |h: Option<&History>| {
         let mut h = h.cloned().unwrap_or(History { v: 1, orders: Vec::new() });
-        if h.orders.contains(&id) {
+        if h.orders.iter().any(|o| o == id) {
             return Ok::<_, OrderError>(Step::Keep(()));
         }
-        h.orders.push(id.clone());
+        h.orders.push(id.to_owned());
         let excess = h.orders.len().saturating_sub(HISTORY_KEPT);
         h.orders.drain(..excess);
         Ok(Step::Write(h, ()))
     })
-    .await?;
-    Ok(placed)
+    .await
 }
 
 /// A budget's base key, as a funding line stores it.
@@ -979,6 +986,42 @@ mod tests {
     }
 
     #[test]
+    fn an_order_placed_by_an_attempt_that_failed_at_any_write_is_listed_once_by_the_retry() {
+        let quote = Quote {
+            v: 1,
+            id: "q_retry".into(),
+            customer_id: "c_1".into(),
+            scenario: "utility".into(),
+            lines: vec![QuoteLine { kind: "base".into(), description: "x".into(), amount_fen: 100, funded_by: None }],
+            total_fen: 100,
+            pay_with: PayWith::Other,
+            card_bin: None,
+            created_at: Timestamp::from_unix_secs(0),
+            expires_at: Timestamp::from_unix_secs(900),
+            payload: serde_json::Value::Null,
+        };
+        let place = |store: &crate::kv::MemStore| {
+            pollster::block_on(place_order(store, "util", "c_1", "q_retry", "biller:w:settlement", quote.created_at))
+        };
+        let mut n = 1;
+        loop {
+            let store = crate::kv::MemStore::default();
+            pollster::block_on(save_quote(&store, "util", &quote)).expect("quote");
+            store.fail_write(n);
+            let first = place(&store);
+            store.heal();
+            let placed = place(&store).expect("the retry places the order");
+            let (listed, _) = pollster::block_on(list_orders(&store, "util", "c_1", None, 10)).expect("history");
+            assert_eq!(listed.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(), [placed.id.as_str()], "write {n}");
+            if first.is_ok() {
+                break;
+            }
+            n += 1;
+        }
+        assert!(n > 2, "swept {n} writes");
+    }
+
+    #[test]
     fn bins_parse_and_match_by_prefix() {
         let bins = parse_bins(" 622588, 12345, 62258899x, 43678801");
         assert_eq!(bins, vec!["622588".to_owned(), "43678801".to_owned()]);
@@ -989,5 +1032,88 @@ mod tests {
             !Instrument { kind: "wallet".into(), bin: Some("622588".into()), card_fingerprint: None }
                 .is_bank_card(&bins)
         );
+    }
+}
+
+/// Hostile pagination cursors and limits, property-based.
+#[cfg(test)]
+mod hostile_cursor_tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::kv::{CasMode, MemStore};
+
+    fn order(id: &str) -> Order {
+        Order {
+            v: 1,
+            id: id.into(),
+            quote_id: format!("q_{id}"),
+            customer_id: "c_1".into(),
+            scenario: "utility".into(),
+            lines: vec![QuoteLine { kind: "base".into(), description: "x".into(), amount_fen: 100, funded_by: None }],
+            total_fen: 100,
+            pay_with: PayWith::Other,
+            state: OrderState::PendingPayment,
+            created_at: Timestamp::from_unix_secs(0),
+            expires_at: Timestamp::from_unix_secs(1800),
+            payment: None,
+            fulfilled: false,
+            refunded_by: None,
+            refund_done: false,
+            settlement_account: "biller:w:settlement".into(),
+            payload: serde_json::Value::Null,
+            history: vec![],
+        }
+    }
+
+    /// A store holding `n` orders of customer `c_1`, oldest first.
+    fn store_with(n: usize) -> (MemStore, Vec<String>) {
+        let store = MemStore::new(CasMode::SpinUpsert);
+        let ids: Vec<String> = (0..n).map(|i| format!("o_{i:03}")).collect();
+        pollster::block_on(async {
+            for id in &ids {
+                put_json(&store, &keys::order("util", id), &order(id)).await.expect("order");
+            }
+            let history = History { v: 1, orders: ids.clone() };
+            put_json(&store, &keys::history("util", "c_1"), &history).await.expect("history");
+        });
+        (store, ids)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn garbage_cursors_never_panic_and_never_leak(n in 0usize..12, cursor in ".{0,40}", limit in 0usize..200) {
+            let (store, ids) = store_with(n);
+            let (page, next) = pollster::block_on(list_orders(&store, "util", "c_1", Some(&cursor), limit))
+                .expect("a page");
+            // An unknown cursor is the end of the list; a known one continues after it.
+            match ids.iter().position(|id| *id == cursor) {
+                None => prop_assert!(page.is_empty() && next.is_none()),
+                Some(i) => prop_assert_eq!(page.len(), i.min(limit)),
+            }
+            let (other, _) = pollster::block_on(list_orders(&store, "util", "c_2", Some(&cursor), limit))
+                .expect("another customer's page");
+            prop_assert!(other.is_empty());
+        }
+
+        #[test]
+        fn next_cursors_walk_every_order_once(n in 0usize..25, limit in 1usize..7) {
+            let (store, ids) = store_with(n);
+            let mut seen = Vec::new();
+            let mut cursor: Option<String> = None;
+            for _ in 0..=n {
+                let (page, next) = pollster::block_on(list_orders(&store, "util", "c_1", cursor.as_deref(), limit))
+                    .expect("a page");
+                seen.extend(page.into_iter().map(|o| o.id));
+                match next {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+            let expected: Vec<String> = ids.into_iter().rev().collect();
+            prop_assert_eq!(seen, expected);
+        }
     }
 }

@@ -80,14 +80,18 @@ pub async fn list(
     limit: usize,
 ) -> Result<(Vec<Txn>, Option<String>), CampusError> {
     let limit = limit.clamp(1, MAX_PAGE);
-    let below = match cursor {
-        Some(c) => c
-            .parse::<i64>()
-            .ok()
-            .filter(|n| *n >= 1)
-            .ok_or_else(|| CampusError::invalid("cursor", "a cursor from a previous page"))?,
-        None => kv::read_counter(store, &keys::txn_seq(card_id)).await?.saturating_add(1),
-    };
+    let cursor = cursor
+        .map(|c| {
+            c.parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| CampusError::invalid("cursor", "a cursor from a previous page"))
+        })
+        .transpose()?;
+    // A cursor above the newest number starts from the newest: reading down from a forged `9223372036854775807`
+    // a page at a time would otherwise hold the request for ever.
+    let end = kv::read_counter(store, &keys::txn_seq(card_id)).await?.saturating_add(1);
+    let below = cursor.map_or(end, |c| c.min(end));
     let mut items = Vec::with_capacity(limit);
     let mut next_below = below;
     // Gaps are rare; read a little more than a page at a time until it is full or the list ends.
@@ -107,4 +111,66 @@ pub async fn list(
     }
     let next = (next_below > 1 && items.len() == limit).then(|| next_below.to_string());
     Ok((items, next))
+}
+
+/// Hostile transaction cursors, property-based.
+#[cfg(test)]
+mod hostile_cursor_tests {
+    use proptest::prelude::*;
+    use scenefin_core::Problem;
+    use scenefin_core::kv::MemStore;
+
+    use super::*;
+
+    fn store_with(n: usize) -> MemStore {
+        let store = MemStore::default();
+        pollster::block_on(async {
+            for i in 0..n {
+                let txn = Txn {
+                    txn_id: format!("t{i}"),
+                    kind: TxnKind::TopUp,
+                    amount_fen: 100,
+                    reference: format!("o{i}"),
+                    merchant_id: None,
+                    at: Timestamp::from_unix_secs(1_795_000_000),
+                };
+                append(&store, "card_1", &txn).await.expect("append");
+            }
+        });
+        store
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn garbage_cursors_never_panic(n in 0usize..8, cursor in prop_oneof![
+            ".{0,30}".boxed(),
+            any::<i64>().prop_map(|c| c.to_string()).boxed(),
+            Just("99999999999999999999999".to_owned()).boxed(),
+        ], limit in any::<usize>()) {
+            let store = store_with(n);
+            match pollster::block_on(list(&store, "card_1", Some(&cursor), limit)) {
+                Ok((items, _)) => prop_assert!(cursor.parse::<i64>().is_ok_and(|c| c >= 1) && items.len() <= MAX_PAGE),
+                Err(e) => prop_assert_eq!(e.code(), "validation_failed"),
+            }
+        }
+
+        #[test]
+        fn next_cursors_walk_every_transaction_once(n in 0usize..30, limit in 1usize..8) {
+            let store = store_with(n);
+            let mut seen = Vec::new();
+            let mut cursor: Option<String> = None;
+            for _ in 0..=n {
+                let (items, next) = pollster::block_on(list(&store, "card_1", cursor.as_deref(), limit)).expect("a page");
+                seen.extend(items.into_iter().map(|t| t.txn_id));
+                match next {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+            let expected: Vec<String> = (0..n).rev().map(|i| format!("t{i}")).collect();
+            prop_assert_eq!(seen, expected);
+        }
+    }
 }

@@ -224,3 +224,46 @@ mod tests {
         assert!(parse_code(&code).is_ok());
     }
 }
+
+/// Hostile channel codes, property-based.
+#[cfg(test)]
+mod hostile_tests {
+    use proptest::prelude::*;
+    use scenefin_core::kv::MemStore;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn codes_parse_exactly_the_short_alphanumeric_strings(code in prop_oneof![
+            ".{0,24}".boxed(),
+            "[A-Za-z0-9:/%._-]{0,20}".boxed(),
+        ]) {
+            let ok = !code.is_empty() && code.len() <= MAX_CODE_LEN && code.bytes().all(|b| b.is_ascii_alphanumeric());
+            prop_assert_eq!(parse_code(&code).is_ok(), ok);
+            if ok {
+                prop_assert_eq!(parse_code(&code), Ok(code.as_str()));
+            }
+        }
+
+        #[test]
+        fn unknown_or_malformed_codes_resolve_to_a_refusal_and_write_nothing(code in ".{0,40}") {
+            let store = MemStore::default();
+            prop_assert!(pollster::block_on(find(&store, &code)).is_err());
+            let input = NewChannel { code: Some(code.clone()), channel: "branch".into(), ..Default::default() };
+            let created = pollster::block_on(create(&store, input, "GEN", Timestamp::from_unix_secs(1_795_000_000)));
+            prop_assert_eq!(created.is_ok(), parse_code(&code).is_ok());
+            if created.is_err() {
+                prop_assert!(store.keys().is_empty());
+            }
+        }
+
+        #[test]
+        fn generated_codes_always_parse(random in any::<[u8; 8]>()) {
+            let code = generated_code(&random);
+            prop_assert_eq!(parse_code(&code), Ok(code.as_str()));
+        }
+    }
+}

@@ -9,7 +9,8 @@
 //! and replayed.
 //!
 //! Every imprecision a crash can cause goes the safe way: a limit taken and not yet flagged stays counted (the
-//! holder can spend a little less that day), a limit give-back claimed and not yet made stays unmade.
+//! holder can spend a little less that day), a limit give-back claimed and not yet made stays unmade. A store
+//! *error* while flagging the take gives it back, so only a crash leaks.
 
 use scenefin_core::clock::Timestamp;
 use scenefin_core::customers::LifecycleRules;
@@ -276,10 +277,22 @@ async fn resume(
                 if !limits::take(store, &counter, limit_fen, record.amount_fen).await? {
                     return refuse(store, &record, Refusal::DailyLimitExceeded).await;
                 }
-                let ours = update(store, &record.spend_id, |s| {
+                let flagged = update(store, &record.spend_id, |s| {
                     (s.state == SpendState::Pending && !s.limit_taken).then(|| Spend { limit_taken: true, ..s.clone() })
                 })
-                .await?;
+                .await;
+                let ours = match flagged {
+                    Ok(flagged) => flagged,
+                    Err(e) => {
+                        // Still not flagged means our CAS did not land, so our take is ours to give back (the retry
+                        // takes it again). Otherwise it may have landed: keep it counted.
+                        let stored = get_json::<Spend>(store, &keys::spend(&record.spend_id)).await.ok().flatten();
+                        if stored.is_some_and(|s| s.state == SpendState::Pending && !s.limit_taken) {
+                            let _ = limits::give_back(store, &counter, record.amount_fen).await;
+                        }
+                        return Err(e);
+                    }
+                };
                 if !ours.1 {
                     // A concurrent attempt of the same spend flagged its own take first: ours is extra.
                     limits::give_back(store, &counter, record.amount_fen).await?;

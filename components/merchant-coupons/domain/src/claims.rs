@@ -4,8 +4,9 @@
 //!
 //! A coupon's id is derived from the campaign, the customer and the claim key (the `Idempotency-Key`, the check-in
 //! day, the referral), so an interrupted claim retried with the same key resumes the same coupon. Its document is
-//! written `claiming` before anything is taken and becomes `active` (or `refused`) after; a crash in between leaves
-//! counters taken, never given out twice: the imprecision is always under-issuing.
+//! written `claiming` before anything is taken and becomes `active` (or `refused`) after; a store error in between
+//! gives the counters back, a crash in between leaves them taken, never given out twice: the imprecision is always
+//! under-issuing.
 
 use scenefin_core::clock::Timestamp;
 use scenefin_core::coupons::{self, Coupon, CouponState};
@@ -143,9 +144,22 @@ pub async fn issue(
             _ => finish(store, refused, rules, now).await,
         };
     }
-    let active =
+    let activated =
         set_state(store, &coupon_id, CouponState::Claiming, |c| Coupon { state: CouponState::Active, ..c.clone() })
-            .await?;
+            .await;
+    let active = match activated {
+        Ok(active) => active,
+        Err(e) => {
+            // Still `claiming` means our CAS did not land: give back the counters this attempt took, which its retry
+            // takes again (the budget reservation is the coupon's own, and the retry reuses it). Otherwise it may
+            // have landed: keep them.
+            if coupons::get(store, &coupon_id).await.ok().flatten().is_some_and(|c| c.state == CouponState::Claiming) {
+                let steps = counters(campaign, &coupon, now);
+                give_back(store, &steps.iter().map(|(counter, _, _)| counter).collect::<Vec<_>>()).await;
+            }
+            return Err(e);
+        }
+    };
     finish(store, active, rules, now).await
 }
 
@@ -159,14 +173,8 @@ fn refusal_of(coupon: &Coupon) -> Refusal {
     }
 }
 
-/// Takes, in order, the customer's limits, the day's stock, the stock and the budget; on a refusal gives back what
-/// it took and returns the refusal.
-async fn take_all(
-    store: &impl Store,
-    campaign: &Campaign,
-    coupon: &Coupon,
-    now: Timestamp,
-) -> Result<Result<(), Refusal>, CouponError> {
+/// The capped counters a claim takes one of, in order: the customer's limits, the day's stock, the stock.
+fn counters(campaign: &Campaign, coupon: &Coupon, now: Timestamp) -> Vec<(Key, i64, Refusal)> {
     let day = now.shanghai_day();
     let mut steps: Vec<(Key, i64, Refusal)> = vec![(
         keys::per_customer(&campaign.id, &coupon.customer_id),
@@ -180,6 +188,18 @@ async fn take_all(
         steps.push((keys::issued_on(&campaign.id, day), cap, Refusal::OutOfStock));
     }
     steps.push((keys::counter(&campaign.id, "issued"), campaign.stock_total, Refusal::OutOfStock));
+    steps
+}
+
+/// Takes, in order, the customer's limits, the day's stock, the stock and the budget; on a refusal gives back what
+/// it took and returns the refusal.
+async fn take_all(
+    store: &impl Store,
+    campaign: &Campaign,
+    coupon: &Coupon,
+    now: Timestamp,
+) -> Result<Result<(), Refusal>, CouponError> {
+    let steps = counters(campaign, coupon, now);
     let mut taken: Vec<&Key> = Vec::new();
     let mut refusal = None;
     for (counter, cap, why) in &steps {

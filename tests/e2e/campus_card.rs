@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use scenefin_core::auth::Provider;
 use scenefin_core::clock::Timestamp;
-use scenefin_e2e::{OPERATOR_TOKEN, Reply, TestApp, ledger_account, retryable};
+use scenefin_e2e::{Api, OPERATOR_TOKEN, Reply, TestApp, ledger_account, retryable};
 use scenefin_host::KvKind;
 use serde_json::{Value, json};
 
@@ -17,9 +17,9 @@ const BANK_CARD_BIN: &str = "62258801";
 
 /// A school's or a merchant POS's credentials.
 #[derive(Clone)]
-struct Partner {
-    id: String,
-    secret: String,
+pub(crate) struct Partner {
+    pub(crate) id: String,
+    pub(crate) secret: String,
 }
 
 impl Partner {
@@ -28,11 +28,11 @@ impl Partner {
     }
 }
 
-fn str_of(v: &Value, field: &str) -> String {
+pub(crate) fn str_of(v: &Value, field: &str) -> String {
     v[field].as_str().unwrap_or_else(|| panic!("no string {field} in {v}")).to_owned()
 }
 
-fn int_of(v: &Value, field: &str) -> i64 {
+pub(crate) fn int_of(v: &Value, field: &str) -> i64 {
     v[field].as_i64().unwrap_or_else(|| panic!("no integer {field} in {v}"))
 }
 
@@ -51,7 +51,7 @@ fn date(t: Timestamp) -> String {
 // ---------------------------------------------------------------------------------------------------------------
 // Schools, merchants, members
 
-async fn onboard_school(app: &TestApp, id: &str, topup_bonus: Option<Value>) -> Partner {
+pub(crate) async fn onboard_school(app: &Api, id: &str, topup_bonus: Option<Value>) -> Partner {
     let mut body = json!({"id": id, "name": format!("{id} University"), "city": "beijing"});
     if let Some(bonus) = topup_bonus {
         body["topup_bonus"] = bonus;
@@ -61,7 +61,13 @@ async fn onboard_school(app: &TestApp, id: &str, topup_bonus: Option<Value>) -> 
     Partner::of(&r)
 }
 
-async fn add_merchant(app: &TestApp, school: &Partner, school_id: &str, merchant_id: &str, kind: &str) -> Partner {
+pub(crate) async fn add_merchant(
+    app: &Api,
+    school: &Partner,
+    school_id: &str,
+    merchant_id: &str,
+    kind: &str,
+) -> Partner {
     let body = json!({"merchant_id": merchant_id, "name": format!("{merchant_id} POS"), "kind": kind});
     let path = format!("/api/campus/schools/{school_id}/merchants");
     let r = app.partner(&school.id, &school.secret, "POST", &path, Some(&body)).await;
@@ -69,17 +75,17 @@ async fn add_merchant(app: &TestApp, school: &Partner, school_id: &str, merchant
     Partner::of(&r)
 }
 
-fn member(member_no: &str, kind: &str, name: &str, valid_until: &str, code: &str) -> Value {
+pub(crate) fn member(member_no: &str, kind: &str, name: &str, valid_until: &str, code: &str) -> Value {
     json!({"member_no": member_no, "kind": kind, "name": name, "valid_until": valid_until, "activation_code": code})
 }
 
-async fn upload(app: &TestApp, school: &Partner, school_id: &str, members: &[Value]) -> Reply {
+async fn upload(app: &Api, school: &Partner, school_id: &str, members: &[Value]) -> Reply {
     let path = format!("/api/campus/schools/{school_id}/members");
     app.partner(&school.id, &school.secret, "PUT", &path, Some(&json!({ "members": members }))).await
 }
 
 /// The card an upload reply lists for `member_no`.
-fn issued_card(upload: &Reply, member_no: &str) -> String {
+pub(crate) fn issued_card(upload: &Reply, member_no: &str) -> String {
     upload.body["cards"]
         .as_array()
         .expect("cards")
@@ -91,13 +97,13 @@ fn issued_card(upload: &Reply, member_no: &str) -> String {
 }
 
 /// Uploads members that must all be accepted.
-async fn issue(app: &TestApp, school: &Partner, school_id: &str, members: &[Value]) -> Reply {
+pub(crate) async fn issue(app: &Api, school: &Partner, school_id: &str, members: &[Value]) -> Reply {
     let r = upload(app, school, school_id, members).await;
     assert_eq!((r.status, &r.body["rejected"]), (200, &json!([])), "{:?}", r.body);
     r
 }
 
-async fn stats(app: &TestApp, school_id: &str) -> Value {
+pub(crate) async fn stats(app: &TestApp, school_id: &str) -> Value {
     let r = app.send("GET", &format!("/api/campus/schools/{school_id}/stats"), None, Some(OPERATOR_TOKEN)).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     r.body
@@ -106,30 +112,30 @@ async fn stats(app: &TestApp, school_id: &str) -> Value {
 // ---------------------------------------------------------------------------------------------------------------
 // Customers and their cards
 
-async fn customer(app: &TestApp, subject: &str) -> String {
+pub(crate) async fn customer(app: &Api, subject: &str) -> String {
     let s = app.login(Provider::Wechat, subject, None, None).await;
     s.body["token"].as_str().expect("token").to_owned()
 }
 
-async fn bind(app: &TestApp, token: &str, school_id: &str, member_no: &str, code: &str) -> Reply {
+async fn bind(app: &Api, token: &str, school_id: &str, member_no: &str, code: &str) -> Reply {
     let body = json!({"school_id": school_id, "member_no": member_no, "activation_code": code});
     app.send("POST", "/api/campus/cards/bind", Some(&body), Some(token)).await
 }
 
 /// Binds a member's card and returns its id.
-async fn bind_card(app: &TestApp, token: &str, school_id: &str, member_no: &str, code: &str) -> String {
+pub(crate) async fn bind_card(app: &Api, token: &str, school_id: &str, member_no: &str, code: &str) -> String {
     let r = bind(app, token, school_id, member_no, code).await;
     assert_eq!((r.status, r.body["status"].as_str()), (201, Some("active")), "{:?}", r.body);
     str_of(&r.body, "card_id")
 }
 
-async fn my_cards(app: &TestApp, token: &str) -> Vec<Value> {
+async fn my_cards(app: &Api, token: &str) -> Vec<Value> {
     let r = app.send("GET", "/api/campus/cards/me", None, Some(token)).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     r.body["items"].as_array().expect("items").clone()
 }
 
-async fn my_card(app: &TestApp, token: &str, card_id: &str) -> Value {
+pub(crate) async fn my_card(app: &Api, token: &str, card_id: &str) -> Value {
     let cards = my_cards(app, token).await;
     cards.iter().find(|c| c["card_id"] == card_id).cloned().unwrap_or_else(|| panic!("{card_id} not in {cards:?}"))
 }
@@ -143,7 +149,7 @@ async fn card_action(app: &TestApp, token: &str, card_id: &str, action: &str) ->
     app.send("POST", &format!("/api/campus/cards/{card_id}/{action}"), None, Some(token)).await
 }
 
-async fn set_daily_limit(app: &TestApp, token: &str, card_id: &str, fen: i64) -> Reply {
+pub(crate) async fn set_daily_limit(app: &Api, token: &str, card_id: &str, fen: i64) -> Reply {
     let path = format!("/api/campus/cards/{card_id}/limits");
     app.send("PUT", &path, Some(&json!({ "daily_limit_fen": fen })), Some(token)).await
 }
@@ -166,7 +172,7 @@ async fn pay_code(app: &TestApp, token: &str, card_id: &str) -> String {
 }
 
 /// Every transaction of the card, newest first, read in pages of 3 (checking the cursor neither skips nor repeats).
-async fn transactions(app: &TestApp, token: &str, card_id: &str) -> Vec<Value> {
+pub(crate) async fn transactions(app: &Api, token: &str, card_id: &str) -> Vec<Value> {
     let mut items: Vec<Value> = Vec::new();
     let mut cursor: Option<String> = None;
     for _ in 0..100 {
@@ -195,7 +201,7 @@ fn effect(txn: &Value) -> i64 {
     int_of(txn, "amount_fen")
 }
 
-fn kinds(txns: &[Value]) -> Vec<&str> {
+pub(crate) fn kinds(txns: &[Value]) -> Vec<&str> {
     txns.iter().filter_map(|t| t["kind"].as_str()).collect()
 }
 
@@ -203,7 +209,7 @@ fn kinds(txns: &[Value]) -> Vec<&str> {
 // Top-ups and the gateway
 
 /// `POST /api/campus/topups` with an `Idempotency-Key`.
-async fn topup(app: &TestApp, token: &str, key: &str, body: &Value) -> Reply {
+pub(crate) async fn topup(app: &Api, token: &str, key: &str, body: &Value) -> Reply {
     let headers = vec![
         ("authorization".to_owned(), format!("Bearer {token}")),
         ("idempotency-key".to_owned(), key.to_owned()),
@@ -213,19 +219,19 @@ async fn topup(app: &TestApp, token: &str, key: &str, body: &Value) -> Reply {
 }
 
 /// A top-up request: by one of the bank's cards (`bin`) or by something else.
-fn topup_body(card_id: &str, amount_fen: i64, bin: Option<&str>) -> Value {
+pub(crate) fn topup_body(card_id: &str, amount_fen: i64, bin: Option<&str>) -> Value {
     match bin {
         Some(bin) => json!({"card_id": card_id, "amount_fen": amount_fen, "pay_with": "bank_card", "card_bin": bin}),
         None => json!({"card_id": card_id, "amount_fen": amount_fen, "pay_with": "other"}),
     }
 }
 
-fn line_amounts(order: &Value) -> Vec<i64> {
+pub(crate) fn line_amounts(order: &Value) -> Vec<i64> {
     order["lines"].as_array().expect("lines").iter().filter_map(|l| l["amount_fen"].as_i64()).collect()
 }
 
 /// A gateway notification: paid by a bank card with `bin`, or by a wallet.
-fn paid_event(event_id: &str, order_id: &str, paid_fen: i64, at: Timestamp, bin: Option<&str>) -> Value {
+pub(crate) fn paid_event(event_id: &str, order_id: &str, paid_fen: i64, at: Timestamp, bin: Option<&str>) -> Value {
     let instrument = match bin {
         Some(bin) => json!({"type": "bank_card", "bin": bin, "card_fingerprint": "fp_campus"}),
         None => json!({"type": "wallet"}),
@@ -234,12 +240,12 @@ fn paid_event(event_id: &str, order_id: &str, paid_fen: i64, at: Timestamp, bin:
            "paid_at": at.to_rfc3339(), "instrument": instrument})
 }
 
-async fn notify(app: &TestApp, event: &Value) -> Reply {
+pub(crate) async fn notify(app: &Api, event: &Value) -> Reply {
     app.notify("/api/campus/payments/notify", event).await
 }
 
 /// Places a top-up paid by wallet (no bonus); returns the order id.
-async fn place_topup(app: &TestApp, token: &str, card_id: &str, amount_fen: i64, key: &str) -> String {
+async fn place_topup(app: &Api, token: &str, card_id: &str, amount_fen: i64, key: &str) -> String {
     let placed = topup(app, token, key, &topup_body(card_id, amount_fen, None)).await;
     assert_eq!(
         (placed.status, placed.body["order"]["total_fen"].as_i64()),
@@ -251,7 +257,7 @@ async fn place_topup(app: &TestApp, token: &str, card_id: &str, amount_fen: i64,
 }
 
 /// Tops a card up by wallet and has the gateway report it paid; returns the order id.
-async fn top_up(app: &TestApp, token: &str, card_id: &str, amount_fen: i64, key: &str) -> String {
+pub(crate) async fn top_up(app: &Api, token: &str, card_id: &str, amount_fen: i64, key: &str) -> String {
     let order_id = place_topup(app, token, card_id, amount_fen, key).await;
     let paid = notify(app, &paid_event(&format!("evt_{key}"), &order_id, amount_fen, app.now, None)).await;
     assert_eq!((paid.status, paid.body["state"].as_str()), (200, Some("paid")), "{:?}", paid.body);
@@ -261,7 +267,7 @@ async fn top_up(app: &TestApp, token: &str, card_id: &str, amount_fen: i64, key:
 // ---------------------------------------------------------------------------------------------------------------
 // Spending
 
-fn by_card(pos_txn_id: &str, card_id: &str, amount_fen: i64) -> Value {
+pub(crate) fn by_card(pos_txn_id: &str, card_id: &str, amount_fen: i64) -> Value {
     json!({"pos_txn_id": pos_txn_id, "card_id": card_id, "amount_fen": amount_fen})
 }
 
@@ -269,7 +275,7 @@ fn by_code(pos_txn_id: &str, pay_code: &str, amount_fen: i64) -> Value {
     json!({"pos_txn_id": pos_txn_id, "pay_code": pay_code, "amount_fen": amount_fen})
 }
 
-async fn spend(app: &TestApp, pos: &Partner, body: &Value) -> Reply {
+pub(crate) async fn spend(app: &Api, pos: &Partner, body: &Value) -> Reply {
     app.partner(&pos.id, &pos.secret, "POST", "/api/campus/spend", Some(body)).await
 }
 
@@ -304,12 +310,12 @@ async fn settlement(app: &TestApp, who: &Partner, merchant_id: &str, day: &str) 
 // The ledger and the store
 
 /// What a card holds, by the ledger (its account is credit-normal).
-fn held(report: &Value, card_id: &str) -> i64 {
+pub(crate) fn held(report: &Value, card_id: &str) -> i64 {
     -ledger_account(report, &format!("campus:card:{card_id}:stored_value"))
 }
 
 /// What a merchant is owed, by the ledger.
-fn owed(report: &Value, merchant_id: &str) -> i64 {
+pub(crate) fn owed(report: &Value, merchant_id: &str) -> i64 {
     -ledger_account(report, &format!("campus:merchant:{merchant_id}:settlement"))
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use scenefin_core::auth::Provider;
 use scenefin_core::clock::Timestamp;
-use scenefin_e2e::{OPERATOR_TOKEN, Reply, TestApp, ledger_account, retryable};
+use scenefin_e2e::{Api, OPERATOR_TOKEN, Reply, TestApp, ledger_account, retryable};
 use scenefin_host::KvKind;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
@@ -22,21 +22,21 @@ const MARKETING: &str = "bank:marketing";
 
 /// A merchant and its signing credentials.
 #[derive(Clone)]
-struct Merchant {
-    id: String,
-    partner_id: String,
-    secret: String,
+pub(crate) struct Merchant {
+    pub(crate) id: String,
+    pub(crate) partner_id: String,
+    pub(crate) secret: String,
 }
 
 /// A logged-in customer.
 #[derive(Clone)]
-struct Customer {
-    id: String,
-    subject: String,
-    token: String,
+pub(crate) struct Customer {
+    pub(crate) id: String,
+    pub(crate) subject: String,
+    pub(crate) token: String,
 }
 
-fn str_of(v: &Value, field: &str) -> String {
+pub(crate) fn str_of(v: &Value, field: &str) -> String {
     v[field].as_str().unwrap_or_else(|| panic!("no string {field} in {v}")).to_owned()
 }
 
@@ -78,7 +78,7 @@ fn date(t: Timestamp) -> String {
 // ---------------------------------------------------------------------------------------------------------------
 // Merchants and campaigns
 
-async fn onboard_merchant(app: &TestApp, id: &str, district: &str, stores: &[&str]) -> Merchant {
+pub(crate) async fn onboard_merchant(app: &Api, id: &str, district: &str, stores: &[&str]) -> Merchant {
     let stores: Vec<Value> = stores.iter().map(|s| json!({"store_id": s, "name": format!("{id} {s}")})).collect();
     let body = json!({"merchant_id": id, "name": format!("{id} shop"), "district": district, "stores": stores});
     let r = app.send("POST", "/api/coupons/merchants", Some(&body), Some(OPERATOR_TOKEN)).await;
@@ -88,7 +88,7 @@ async fn onboard_merchant(app: &TestApp, id: &str, district: &str, stores: &[&st
 
 /// A running campaign at `merchant_ids`: ¥5 off from ¥20, valid 7 days after the claim, stock 1,000, one per
 /// customer, a ¥5,000 budget. Tests change what they need with [`with`].
-fn campaign(id: &str, merchant_ids: &[&str]) -> Value {
+pub(crate) fn campaign(id: &str, merchant_ids: &[&str]) -> Value {
     json!({
         "id": id,
         "title": format!("¥5 off ({id})"),
@@ -112,14 +112,14 @@ fn district_campaign(id: &str, district: &str) -> Value {
 }
 
 /// `base` with the top-level fields of `patch` replaced.
-fn with(mut base: Value, patch: Value) -> Value {
+pub(crate) fn with(mut base: Value, patch: Value) -> Value {
     if let (Some(fields), Value::Object(patch)) = (base.as_object_mut(), patch) {
         fields.extend(patch);
     }
     base
 }
 
-async fn create_campaign(app: &TestApp, body: &Value) -> Value {
+pub(crate) async fn create_campaign(app: &Api, body: &Value) -> Value {
     let r = app.send("POST", "/api/coupons/campaigns", Some(body), Some(OPERATOR_TOKEN)).await;
     assert_eq!((r.status, &r.body["id"]), (201, &body["id"]), "{body}: {:?}", r.body);
     r.body
@@ -155,14 +155,14 @@ async fn listed(app: &TestApp, query: &str) -> BTreeSet<String> {
     field_set(&list, "id")
 }
 
-async fn stats(app: &TestApp, id: &str) -> Value {
+pub(crate) async fn stats(app: &Api, id: &str) -> Value {
     let r = app.send("GET", &format!("/api/coupons/campaigns/{id}/stats"), None, Some(OPERATOR_TOKEN)).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     r.body
 }
 
 /// A figure of the stats' budget (`total`, `reserved`, `committed`, `available`; with or without `_fen`).
-fn budget(stats: &Value, name: &str) -> i64 {
+pub(crate) fn budget(stats: &Value, name: &str) -> i64 {
     let b = &stats["budget"];
     b[name].as_i64().or_else(|| b[format!("{name}_fen")].as_i64()).unwrap_or_else(|| panic!("no budget {name}: {b}"))
 }
@@ -178,7 +178,7 @@ fn by_channel(stats: &Value, code: &str, kind: &str) -> (i64, i64) {
 // ---------------------------------------------------------------------------------------------------------------
 // Customers
 
-async fn login(app: &TestApp, subject: &str, channel_code: Option<&str>) -> Customer {
+pub(crate) async fn login(app: &Api, subject: &str, channel_code: Option<&str>) -> Customer {
     let r = app.login(Provider::Wechat, subject, None, channel_code).await;
     assert!(matches!(r.status, 200 | 201), "{:?}", r.body);
     Customer { id: str_of(&r.body, "customer_id"), subject: subject.to_owned(), token: str_of(&r.body, "token") }
@@ -200,7 +200,7 @@ async fn relogin_all(app: &TestApp, customers: &[Customer]) -> Vec<Customer> {
 }
 
 /// Logs `n` customers in, 32 at a time.
-async fn login_many(app: &Arc<TestApp>, prefix: &str, n: usize) -> Vec<Customer> {
+pub(crate) async fn login_many(app: &Api, prefix: &str, n: usize) -> Vec<Customer> {
     let permits = Arc::new(tokio::sync::Semaphore::new(32));
     let mut tasks = JoinSet::new();
     for i in 0..n {
@@ -259,7 +259,7 @@ async fn claim_room(app: &TestApp, community_id: &str, owner: &Customer) {
 // Claims and the wallet
 
 /// `POST /api/coupons/campaigns/{id}/claim` with an `Idempotency-Key`.
-async fn claim(app: &TestApp, token: &str, campaign_id: &str, key: &str) -> Reply {
+pub(crate) async fn claim(app: &Api, token: &str, campaign_id: &str, key: &str) -> Reply {
     let headers =
         vec![("authorization".to_owned(), format!("Bearer {token}")), ("idempotency-key".to_owned(), key.to_owned())];
     app.send_raw("POST", &format!("/api/coupons/campaigns/{campaign_id}/claim"), Vec::new(), &headers).await
@@ -290,7 +290,7 @@ async fn claimed(app: &TestApp, customer: &Customer, campaign_id: &str, key: &st
     coupon
 }
 
-async fn wallet(app: &TestApp, customer: &Customer, status: Option<&str>) -> Vec<Value> {
+pub(crate) async fn wallet(app: &Api, customer: &Customer, status: Option<&str>) -> Vec<Value> {
     let query = status.map(|s| format!("?status={s}")).unwrap_or_default();
     let list = items(&app.send("GET", &format!("/api/coupons/wallet{query}"), None, Some(&customer.token)).await);
     if let Some(status) = status {
@@ -363,12 +363,12 @@ async fn checked_in_again(app: &TestApp, customer: &Customer, first: &Value) {
 // ---------------------------------------------------------------------------------------------------------------
 // Redemptions
 
-fn order(code: &str, store_id: &str, order_amount_fen: i64, merchant_order_id: &str) -> Value {
+pub(crate) fn order(code: &str, store_id: &str, order_amount_fen: i64, merchant_order_id: &str) -> Value {
     json!({"code": code, "store_id": store_id, "order_amount_fen": order_amount_fen,
            "merchant_order_id": merchant_order_id})
 }
 
-async fn redeem(app: &TestApp, m: &Merchant, body: &Value) -> Reply {
+pub(crate) async fn redeem(app: &Api, m: &Merchant, body: &Value) -> Reply {
     app.partner(&m.partner_id, &m.secret, "POST", "/api/coupons/redemptions", Some(body)).await
 }
 
@@ -421,7 +421,7 @@ fn unknown_code(real: &str, n: usize) -> String {
 // The ledger and the store
 
 /// What the bank has paid for coupons, and what it owes each merchant, by the ledger.
-async fn coupon_money(app: &TestApp, merchants: &[&Merchant]) -> (i64, Vec<i64>) {
+pub(crate) async fn coupon_money(app: &TestApp, merchants: &[&Merchant]) -> (i64, Vec<i64>) {
     let report = app.ledger_check().await;
     let owed =
         merchants.iter().map(|m| -ledger_account(&report, &format!("cpn:merchant:{}:settlement", m.id))).collect();

@@ -1,16 +1,16 @@
 //! Utility payments end to end, as a biller, a mini-program and the gateway would drive them.
 
 use scenefin_core::auth::Provider;
-use scenefin_e2e::{BANK_BIN, OPERATOR_TOKEN, Reply, TestApp};
+use scenefin_e2e::{Api, BANK_BIN, OPERATOR_TOKEN, Reply, TestApp};
 use serde_json::{Value, json};
 
-struct Biller {
-    id: String,
-    partner_id: String,
-    secret: String,
+pub(crate) struct Biller {
+    pub(crate) id: String,
+    pub(crate) partner_id: String,
+    pub(crate) secret: String,
 }
 
-async fn register(app: &TestApp, body: Value) -> Biller {
+pub(crate) async fn register(app: &Api, body: Value) -> Biller {
     let r = app.send("POST", "/api/utility/billers", Some(&body), Some(OPERATOR_TOKEN)).await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     Biller {
@@ -20,7 +20,7 @@ async fn register(app: &TestApp, body: Value) -> Biller {
     }
 }
 
-fn water(discount_budget_fen: i64) -> Value {
+pub(crate) fn water(discount_budget_fen: i64) -> Value {
     json!({
         "id": "sz_water", "name": "Shenzhen Water", "category": "water", "city": "shenzhen",
         "account_rule": {"min_len": 8, "max_len": 10, "charset": "digits"},
@@ -29,12 +29,12 @@ fn water(discount_budget_fen: i64) -> Value {
     })
 }
 
-async fn customer(app: &TestApp, subject: &str) -> String {
+pub(crate) async fn customer(app: &TestApp, subject: &str) -> String {
     let s = app.login(Provider::Wechat, subject, None, None).await;
     s.body["token"].as_str().expect("token").to_owned()
 }
 
-fn event(id: &str, order_id: &str, status: &str, paid_fen: i64, bin: Option<&str>, at: &str) -> Value {
+pub(crate) fn event(id: &str, order_id: &str, status: &str, paid_fen: i64, bin: Option<&str>, at: &str) -> Value {
     let instrument = match bin {
         Some(bin) => json!({"type": "bank_card", "bin": bin, "card_fingerprint": "fp_1"}),
         None => json!({"type": "wallet"}),
@@ -42,7 +42,7 @@ fn event(id: &str, order_id: &str, status: &str, paid_fen: i64, bin: Option<&str
     json!({"event_id": id, "order_id": order_id, "status": status, "paid_fen": paid_fen, "paid_at": at, "instrument": instrument})
 }
 
-async fn order(app: &TestApp, token: &str, quote_id: &str, key: &str) -> Reply {
+pub(crate) async fn order(app: &Api, token: &str, quote_id: &str, key: &str) -> Reply {
     app.place_order("/api/utility/orders", token, quote_id, key).await
 }
 

@@ -5,7 +5,11 @@
 //! 1. `tests/fixtures/spin.toml`: the fixture's echo at `/` is the "hello" floor;
 //! 2. `spin.toml` on SQLite with a fresh state dir under `target/bench`, started cold (empty module cache) and then
 //!    warm (same cache); the warm instance is seeded through the HTTP APIs and each route driven with
-//!    `wrk -t2 -c32 -d10s --latency`.
+//!    `wrk -t2 -c32 -d10s --latency` (`SCENEFIN_BENCH_SECONDS` sets `-d`, 10 by default).
+//!
+//! Campus spends are signed POS calls (a fresh nonce and HMAC each): the requests are signed just before that route
+//! runs, one per line of `target/bench/spend.tsv`, which the route's Lua script loads and walks, each wrk thread its
+//! own share, never reusing one (a replay would be refused).
 //!
 //! Every number in the generated document comes from this run.
 
@@ -18,7 +22,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail};
-use scenefin_core::auth::{IdentityAssertion, Provider, partner_canonical, sign_assertion, sign_partner};
+use scenefin_core::auth::{
+    IdentityAssertion, Provider, SIGNATURE_WINDOW_SECS, partner_canonical, sign_assertion, sign_partner, sign_webhook,
+};
+use scenefin_core::clock::Timestamp;
 use serde_json::{Value, json};
 
 use crate::{cargo, run};
@@ -30,7 +37,11 @@ const GATEWAY_SECRET: &str = "whsec_YmVuY2gtZ2F0ZXdheS1rZXk=";
 const BANK_BIN: &str = "622588";
 const FIXTURE_ADDR: &str = "127.0.0.1:39871";
 const APP_ADDR: &str = "127.0.0.1:39872";
-const WRK_ARGS: [&str; 5] = ["-t2", "-c32", "-d10s", "--latency", "--timeout=5s"];
+/// wrk threads and connections.
+const THREADS: usize = 2;
+const CONNECTIONS: usize = 32;
+/// How long wrk drives each route unless `SCENEFIN_BENCH_SECONDS` says otherwise.
+const DEFAULT_SECONDS: u64 = 10;
 
 /// Targets.
 const MAX_WASM_BYTES: u64 = 1 << 20;
@@ -56,6 +67,8 @@ struct Outcome {
     non_2xx: u64,
     socket_errors: u64,
     peak_rss_kib: u64,
+    /// Pre-signed requests used and prepared (campus spends).
+    signed: Option<(u64, u64)>,
 }
 
 /// A host child process, killed (SIGTERM, then SIGKILL) when dropped.
@@ -113,6 +126,8 @@ impl Drop for Host {
 }
 
 pub fn bench(root: &Path) -> Result<()> {
+    let seconds = bench_seconds()?;
+    let args = wrk_args(seconds);
     ensure_wrk()?;
     run(Command::new(cargo()).current_dir(root).args(["build", "-p", "scenefin-host"]))?;
     let bench_dir = root.join("target/bench");
@@ -133,7 +148,10 @@ pub fn bench(root: &Path) -> Result<()> {
     wait_ready(FIXTURE_ADDR, "/", None, Duration::from_secs(300))?;
     let hello = bench_dir.join("hello.lua");
     std::fs::write(&hello, "wrk.method = \"GET\"\n")?;
-    results.push(drive(&fixture, "GET /", Kind::Floor, FIXTURE_ADDR, "/", &hello)?);
+    let floor = drive(&fixture, &args, "GET /", Kind::Floor, FIXTURE_ADDR, "/", &hello)?;
+    // No app route outruns the echo: signed spends for the floor's rate (and a margin) last the whole run.
+    let spends = ((floor.rps * 1.25 * seconds as f64).ceil() as usize).clamp(MIN_SPENDS, MAX_SPENDS);
+    results.push(floor);
     fixture.stop();
 
     // 2. The app: cold start, then warm start, seed, drive.
@@ -159,16 +177,21 @@ pub fn bench(root: &Path) -> Result<()> {
     let idle_rss_kib = rss_kib(app.pid()).unwrap_or(0);
     println!("bench: startup cold {cold_ms:.0} ms, warm {warm_ms:.0} ms; idle RSS {idle_rss_kib} KiB");
 
-    let seeded = seed()?;
+    let seeded = seed(spends)?;
     let routes = route_scripts(&bench_dir, &seeded)?;
     for (route, kind, path, script) in routes {
-        results.push(drive(&app, &route, kind, APP_ADDR, &path, &script)?);
+        let script = match script {
+            Script::File(file) => file,
+            // Signed now, so every timestamp is within the partner window for the whole run.
+            Script::Spend => spend_script(&bench_dir, &seeded.campus)?,
+        };
+        results.push(drive(&app, &args, &route, kind, APP_ADDR, &path, &script)?);
     }
     app.stop();
 
     let sizes = wasm_sizes(root)?;
     let kv_ops = kv_ops_table(root);
-    let mut doc = report(&results, &sizes, cold_ms, warm_ms, idle_rss_kib)?;
+    let mut doc = report(&results, &args, &sizes, cold_ms, warm_ms, idle_rss_kib)?;
     doc.push_str("\n## KV operations per route\n\n");
     doc.push_str(
         "Counted by the host in a steady state by the e2e test `kv_ops` (one request after a warm-up, nothing else \
@@ -180,6 +203,30 @@ pub fn bench(root: &Path) -> Result<()> {
     std::fs::write(root.join("docs/BENCHMARKS.md"), &doc)?;
     println!("bench: wrote docs/BENCHMARKS.md");
     Ok(())
+}
+
+/// `SCENEFIN_BENCH_SECONDS` (wrk's `-d`), 10 by default.
+fn bench_seconds() -> Result<u64> {
+    let Ok(text) = std::env::var("SCENEFIN_BENCH_SECONDS") else {
+        return Ok(DEFAULT_SECONDS);
+    };
+    let seconds: u64 = text.trim().parse().with_context(|| format!("SCENEFIN_BENCH_SECONDS={text:?}"))?;
+    // The signed spends carry the time they were signed at; the whole run must stay within the partner window.
+    let limit = SIGNATURE_WINDOW_SECS.unsigned_abs() - 60;
+    if !(1..=limit).contains(&seconds) {
+        bail!("SCENEFIN_BENCH_SECONDS must be 1 to {limit} (pre-signed spends expire after {SIGNATURE_WINDOW_SECS} s)");
+    }
+    Ok(seconds)
+}
+
+fn wrk_args(seconds: u64) -> Vec<String> {
+    vec![
+        format!("-t{THREADS}"),
+        format!("-c{CONNECTIONS}"),
+        format!("-d{seconds}s"),
+        "--latency".into(),
+        "--timeout=5s".into(),
+    ]
 }
 
 fn ensure_wrk() -> Result<()> {
@@ -270,7 +317,28 @@ struct Seeded {
     crowd: Vec<String>,
     quote_body: Value,
     campaign: String,
+    campus: Campus,
 }
+
+/// A school's merchant POS, the cards it debits and the spends planned for them.
+struct Campus {
+    pos_id: String,
+    pos_secret: String,
+    cards: Vec<String>,
+    /// One spend per pre-signed request: the card (an index into `cards`) and the amount.
+    plan: Vec<(usize, i64)>,
+}
+
+const CAMPUS_PATH: &str = "/api/campus/spend";
+/// How many cards (each bound by its own customer) the spends rotate over.
+const CAMPUS_CARDS: usize = 50;
+/// Bounds on the pre-signed spends: at most 10,000 per card, each at most 1 yuan, stays within the highest daily
+/// limit a card takes (10,000 yuan).
+const MIN_SPENDS: usize = 2_000;
+const MAX_SPENDS: usize = 10_000 * CAMPUS_CARDS;
+const MAX_DAILY_LIMIT_FEN: i64 = 1_000_000;
+/// The largest top-up the API takes.
+const MAX_TOPUP_FEN: i64 = 100_000;
 
 /// How many customers the claim load is spread over.
 const CROWD: usize = 200;
@@ -291,7 +359,7 @@ fn login(subject: &str) -> Result<String> {
 
 /// A customer session, a water biller with a bill bound to the customer, a coupon campaign that will not run out,
 /// and a crowd of customers to claim it.
-fn seed() -> Result<Seeded> {
+fn seed(spends: usize) -> Result<Seeded> {
     let token = login("bench_customer")?;
     let crowd = (0..CROWD).map(|i| login(&format!("bench_crowd_{i}"))).collect::<Result<Vec<_>>>()?;
     let auth = [("authorization", format!("Bearer {token}"))];
@@ -334,10 +402,101 @@ fn seed() -> Result<Seeded> {
             "applies_to": ["merchant"]
         }),
     )?;
-    Ok(Seeded { token, crowd, quote_body, campaign: "bench_coffee".into() })
+    let campus = seed_campus(spends)?;
+    Ok(Seeded { token, crowd, quote_body, campaign: "bench_coffee".into(), campus })
 }
 
-type RouteScript = (String, Kind, String, PathBuf);
+/// The `i`th planned spend: its card (in turn) and an amount from 1 fen to 1 yuan.
+fn planned_spend(i: usize) -> (usize, i64) {
+    let amount = 1 + (i as u64).wrapping_mul(2_654_435_761) % 100;
+    (i % CAMPUS_CARDS, amount as i64)
+}
+
+/// A school, a canteen with POS credentials, and [`CAMPUS_CARDS`] cards issued in one batch, each bound by its own
+/// customer, with the highest daily limit and topped up (by wallet, through the gateway's signed notification) with
+/// at least what the planned spends will take from it.
+fn seed_campus(spends: usize) -> Result<Campus> {
+    let school = operator("POST", "/api/campus/schools", &json!({"id": "bench_uni", "name": "Bench University"}))?;
+    let school_id = school["partner_id"].as_str().context("partner_id")?;
+    let school_secret = school["partner_secret"].as_str().context("partner_secret")?;
+    let merchant = json!({"merchant_id": "bench_canteen", "name": "Bench Canteen", "kind": "canteen"});
+    let pos = partner(school_id, school_secret, "POST", "/api/campus/schools/bench_uni/merchants", &merchant)?;
+    let members: Vec<Value> = (0..CAMPUS_CARDS)
+        .map(|i| {
+            json!({"member_no": format!("B{i:04}"), "kind": "student", "name": format!("Student {i}"),
+                "valid_until": "2099-12-31", "activation_code": format!("code{i:04}")})
+        })
+        .collect();
+    let issued = partner(
+        school_id,
+        school_secret,
+        "PUT",
+        "/api/campus/schools/bench_uni/members",
+        &json!({ "members": members }),
+    )?;
+    if issued["rejected"] != json!([]) {
+        bail!("seeding members: {issued}");
+    }
+
+    let plan: Vec<(usize, i64)> = (0..spends).map(planned_spend).collect();
+    let mut need = [0i64; CAMPUS_CARDS];
+    for &(card, amount) in &plan {
+        need[card] += amount;
+    }
+    let mut cards = Vec::with_capacity(CAMPUS_CARDS);
+    for (i, need) in need.iter().enumerate() {
+        let auth = [("authorization", format!("Bearer {}", login(&format!("bench_student_{i}"))?))];
+        let (member_no, code) = (format!("B{i:04}"), format!("code{i:04}"));
+        let bind = json!({"school_id": "bench_uni", "member_no": member_no, "activation_code": code});
+        let card = expect("bind", call("POST", "/api/campus/cards/bind", Some(&bind), &auth)?)?;
+        let card_id = card["card_id"].as_str().context("card_id")?.to_owned();
+        if *need > MAX_DAILY_LIMIT_FEN {
+            bail!("card {card_id} would spend {need} fen, over the highest daily limit");
+        }
+        let limits = format!("/api/campus/cards/{card_id}/limits");
+        let limit = json!({"daily_limit_fen": MAX_DAILY_LIMIT_FEN});
+        expect("limits", call("PUT", &limits, Some(&limit), &auth)?)?;
+        for n in 0..(need + MAX_TOPUP_FEN - 1) / MAX_TOPUP_FEN {
+            top_up(&auth, &card_id, MAX_TOPUP_FEN, &format!("bench-topup-{i}-{n}"))?;
+        }
+        cards.push(card_id);
+    }
+    Ok(Campus {
+        pos_id: pos["partner_id"].as_str().context("pos partner_id")?.to_owned(),
+        pos_secret: pos["partner_secret"].as_str().context("pos partner_secret")?.to_owned(),
+        cards,
+        plan,
+    })
+}
+
+/// A wallet top-up of a card: the order, then the gateway's signed notification that it was paid.
+fn top_up(auth: &[(&str, String)], card_id: &str, amount_fen: i64, key: &str) -> Result<()> {
+    let mut headers = auth.to_vec();
+    headers.push(("idempotency-key", key.to_owned()));
+    let body = json!({"card_id": card_id, "amount_fen": amount_fen, "pay_with": "other"});
+    let placed = expect("top-up", call("POST", "/api/campus/topups", Some(&body), &headers)?)?;
+    let order_id = placed["order"]["order_id"].as_str().context("top-up order_id")?;
+    let now = now_secs();
+    let paid_at = Timestamp::from_unix_secs(now).to_rfc3339();
+    let event = json!({"event_id": format!("evt_{key}"), "order_id": order_id, "status": "succeeded",
+        "paid_fen": amount_fen, "paid_at": paid_at, "instrument": {"type": "wallet"}});
+    let id = format!("msg_evt_{key}");
+    let signature = sign_webhook(GATEWAY_SECRET, &id, now, event.to_string().as_bytes())?;
+    let headers = [("webhook-id", id), ("webhook-timestamp", now.to_string()), ("webhook-signature", signature)];
+    let paid = expect("top-up payment", call("POST", "/api/campus/payments/notify", Some(&event), &headers)?)?;
+    if paid["state"] != "paid" {
+        bail!("seeding top-up {key}: {paid}");
+    }
+    Ok(())
+}
+
+/// A route's wrk script: written up front, or (the campus spends) signed just before the route runs.
+enum Script {
+    File(PathBuf),
+    Spend,
+}
+
+type RouteScript = (String, Kind, String, Script);
 
 /// One wrk Lua script per route.
 fn route_scripts(dir: &Path, s: &Seeded) -> Result<Vec<RouteScript>> {
@@ -377,9 +536,91 @@ fn route_scripts(dir: &Path, s: &Seeded) -> Result<Vec<RouteScript>> {
     ] {
         let file = dir.join(format!("{name}.lua"));
         std::fs::write(&file, text)?;
-        out.push((route, kind, path, file));
+        out.push((route, kind, path, Script::File(file)));
     }
+    // The last write route, before the funnel.
+    out.insert(3, (format!("POST {CAMPUS_PATH}"), Kind::Write, CAMPUS_PATH.to_owned(), Script::Spend));
     Ok(out)
+}
+
+/// Signs every planned spend now (its own `pos_txn_id` and nonce) into `spend.tsv` (timestamp, nonce, signature,
+/// body: one request a line) and writes the Lua script that walks them: wrk thread `t` of `THREADS` takes the lines
+/// `t, t + THREADS, …`, formats them once in `init`, and sends each once. If a thread runs out it stops (an entry
+/// sent twice would be a refused replay); `done` prints how many were used.
+fn spend_script(dir: &Path, c: &Campus) -> Result<PathBuf> {
+    let started = Instant::now();
+    let ts = now_secs().to_string();
+    let mut tsv = String::with_capacity(c.plan.len() * 200);
+    for (i, &(card, amount)) in c.plan.iter().enumerate() {
+        let body =
+            json!({"pos_txn_id": format!("bench-{i}"), "card_id": c.cards[card], "amount_fen": amount}).to_string();
+        let nonce = format!("spend-{i:010}");
+        let signature =
+            sign_partner(&c.pos_secret, &partner_canonical("POST", CAMPUS_PATH, &ts, &nonce, body.as_bytes()));
+        writeln!(tsv, "{ts}\t{nonce}\t{signature}\t{body}")?;
+    }
+    let data = dir.join("spend.tsv");
+    std::fs::write(&data, tsv)?;
+    println!("bench: signed {} spends in {:.0} ms", c.plan.len(), ms(started.elapsed()));
+    let lua = format!(
+        r#"local data = {data:?}
+local total = {total}
+local nthreads = {THREADS}
+local pos = {pos:?}
+local path = {path:?}
+local threads = {{}}
+local reqs = {{}}
+local stopped = false
+used = 0
+
+function setup(thread)
+  table.insert(threads, thread)
+  thread:set("tid", #threads)
+end
+
+function init(args)
+  local mine = (tid or 1) - 1
+  local n = 0
+  for line in io.lines(data) do
+    if n % nthreads == mine then
+      local ts, nonce, sig, body = line:match("^(%d+)\t([%w_-]+)\t(%x+)\t(.*)$")
+      reqs[#reqs + 1] = wrk.format("POST", path, {{
+        ["Host"] = wrk.headers["Host"], ["Content-Type"] = "application/json", ["X-Partner-Id"] = pos,
+        ["X-Timestamp"] = ts, ["X-Nonce"] = nonce, ["X-Signature"] = sig }}, body)
+    end
+    n = n + 1
+  end
+end
+
+function request()
+  if used < #reqs then
+    used = used + 1
+    return reqs[used]
+  end
+  -- Out of signed requests: stop this thread; what is returned here is never counted.
+  if not stopped then
+    stopped = true
+    wrk.thread:stop()
+  end
+  return reqs[#reqs]
+end
+
+function done(summary, latency, requests)
+  local n = 0
+  for _, t in ipairs(threads) do
+    n = n + t:get("used")
+  end
+  io.write(string.format("signed requests used: %d of %d\n", n, total))
+end
+"#,
+        data = data.display().to_string(),
+        total = c.plan.len(),
+        pos = c.pos_id,
+        path = CAMPUS_PATH,
+    );
+    let file = dir.join("spend.lua");
+    std::fs::write(&file, lua)?;
+    Ok(file)
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -389,7 +630,15 @@ fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 /// Runs wrk against one route while sampling the host's RSS.
-fn drive(host: &Host, route: &str, kind: Kind, addr: &str, path: &str, script: &Path) -> Result<Outcome> {
+fn drive(
+    host: &Host,
+    args: &[String],
+    route: &str,
+    kind: Kind,
+    addr: &str,
+    path: &str,
+    script: &Path,
+) -> Result<Outcome> {
     println!("bench: {route} ...");
     let pid = host.pid();
     let done = Arc::new(AtomicBool::new(false));
@@ -405,7 +654,7 @@ fn drive(host: &Host, route: &str, kind: Kind, addr: &str, path: &str, script: &
             }
         })
     };
-    let out = Command::new("wrk").args(WRK_ARGS).arg("-s").arg(script).arg(format!("http://{addr}{path}")).output();
+    let out = Command::new("wrk").args(args).arg("-s").arg(script).arg(format!("http://{addr}{path}")).output();
     done.store(true, Ordering::Relaxed);
     let _ = sampler.join();
     let out = out.context("running wrk")?;
@@ -419,6 +668,12 @@ fn drive(host: &Host, route: &str, kind: Kind, addr: &str, path: &str, script: &
         "bench: {route}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, non-2xx {}, socket errors {}, peak RSS {} KiB",
         o.rps, o.p50_ms, o.p99_ms, o.non_2xx, o.socket_errors, o.peak_rss_kib
     );
+    if let Some((used, total)) = o.signed {
+        println!("bench: {route}: {used} of {total} signed requests used");
+        if used >= total {
+            eprintln!("bench: {route}: WARNING: the signed requests ran out; wrk's threads stopped early");
+        }
+    }
     Ok(o)
 }
 
@@ -441,6 +696,7 @@ fn parse_wrk(text: &str, route: &str, kind: Kind, peak_rss_kib: u64) -> Option<O
     let mut rps = None;
     let (mut p50, mut p99, mut requests) = (None, None, None);
     let (mut non_2xx, mut socket_errors) = (0, 0);
+    let mut signed = None;
     for line in text.lines().map(str::trim) {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
@@ -449,6 +705,9 @@ fn parse_wrk(text: &str, route: &str, kind: Kind, peak_rss_kib: u64) -> Option<O
             ["99%", d] => p99 = duration_ms(d),
             [n, "requests", "in", ..] => requests = n.parse().ok(),
             ["Non-2xx", "or", "3xx", "responses:", n] => non_2xx = n.parse().ok()?,
+            ["signed", "requests", "used:", used, "of", total] => {
+                signed = Some((used.parse().ok()?, total.parse().ok()?))
+            }
             ["Socket", "errors:", rest @ ..] => {
                 socket_errors = rest.iter().filter_map(|w| w.trim_end_matches(',').parse::<u64>().ok()).sum();
             }
@@ -465,6 +724,7 @@ fn parse_wrk(text: &str, route: &str, kind: Kind, peak_rss_kib: u64) -> Option<O
         non_2xx,
         socket_errors,
         peak_rss_kib,
+        signed,
     })
 }
 
@@ -521,6 +781,7 @@ fn kv_ops_table(root: &Path) -> String {
 
 fn report(
     results: &[Outcome],
+    args: &[String],
     sizes: &[(String, u64)],
     cold_ms: f64,
     warm_ms: f64,
@@ -544,7 +805,7 @@ fn report(
     writeln!(
         d,
         "- Load: `wrk {}` from a second process on the same machine (wrk and the host share the cores).",
-        WRK_ARGS.join(" ")
+        args.join(" ")
     )?;
     writeln!(
         d,
@@ -556,6 +817,19 @@ fn report(
         "- Customers: `/api/me` and quotes from one customer; coupon claims rotate over {CROWD} customers, each request \
          with its own `Idempotency-Key` (a campaign launch's crowd, not one customer claiming thousands)."
     )?;
+    for r in results {
+        if let Some((used, total)) = r.signed {
+            let ran_out = if used >= total { " (**ran out**: wrk's threads stopped early)" } else { "" };
+            writeln!(
+                d,
+                "- Campus spends (`{}`): one canteen POS debiting {CAMPUS_CARDS} cards in turn (each bound by its own \
+                 customer, topped up through a gateway-notified payment), 1 fen to 1 yuan each; every request signed \
+                 just before the run with its own `pos_txn_id` and nonce, {total} prepared, {used} sent (completed or \
+                 in flight when wrk stopped){ran_out}.",
+                r.route
+            )?;
+        }
+    }
     writeln!(d)?;
     writeln!(d, "## Routes")?;
     writeln!(d)?;
@@ -581,13 +855,6 @@ fn report(
             r.peak_rss_kib as f64 / 1024.0
         )?;
     }
-    writeln!(d)?;
-    writeln!(
-        d,
-        "Not measured: campus spend (`POST /api/campus/...`): it needs a school, an activated card with a balance \
-         (a top-up paid through the gateway webhook) and a per-request HMAC signature; pre-generating signed \
-         requests into a wrk Lua table is left for a follow-up."
-    )?;
     writeln!(d)?;
     writeln!(d, "## Startup, memory, size")?;
     writeln!(d)?;

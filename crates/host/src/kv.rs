@@ -403,6 +403,20 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteJob>) {
     }
 }
 
+/// One read on a pooled reader connection (opened on first use, returned to the pool after).
+fn read_pooled(readers: &Mutex<Vec<Connection>>, path: &Path, store: &str, op: Op) -> Result<Output, String> {
+    let pooled = readers.lock().ok().and_then(|mut r| r.pop());
+    let conn = match pooled {
+        Some(c) => c,
+        None => open_reader(path).map_err(|e| format!("storage error: {e}"))?,
+    };
+    let result = read(&conn, store, op).map_err(|e| format!("storage error: {e}"));
+    if let Ok(mut r) = readers.lock() {
+        r.push(conn);
+    }
+    result
+}
+
 impl Backend for SqliteBackend {
     fn exec(&self, store: &str, op: Op) -> BoxFuture<'static, Result<Output, String>> {
         let store = store.to_owned();
@@ -417,20 +431,14 @@ impl Backend for SqliteBackend {
         let readers = self.readers.clone();
         let path = self.path.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                let pooled = readers.lock().ok().and_then(|mut r| r.pop());
-                let conn = match pooled {
-                    Some(c) => c,
-                    None => open_reader(&path).map_err(|e| format!("storage error: {e}"))?,
-                };
-                let result = read(&conn, &store, op).map_err(|e| format!("storage error: {e}"));
-                if let Ok(mut r) = readers.lock() {
-                    r.push(conn);
-                }
-                result
-            })
-            .await
-            .map_err(|e| format!("storage task failed: {e}"))?
+            let (pool, at, label, again) = (readers.clone(), path.clone(), store.clone(), op.clone());
+            match tokio::task::spawn_blocking(move || read_pooled(&pool, &at, &label, op)).await {
+                Ok(result) => result,
+                // The blocking pool dropped the task before it ran (tokio reports this while a runtime winds down,
+                // seen under heavy parallel tests): a short read is then done here rather than failing the request.
+                Err(e) if e.is_cancelled() => read_pooled(&readers, &path, &store, again),
+                Err(e) => Err(format!("storage task failed: {e}")),
+            }
         })
     }
 

@@ -219,6 +219,7 @@ pub async fn start(config: HostConfig) -> Result<RunningHost> {
         components,
         max_body_bytes: config.max_body_bytes,
         request_timeout: config.limits.request_timeout,
+        admission: tokio::sync::Semaphore::new(server::MAX_CONCURRENT_REQUESTS),
         access_log: config.access_log,
     });
     let task = tokio::spawn(server::serve(listener, app, rx));

@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use wasmtime_wasi_http::handler::{ExpirationError, ProxyHandler};
+use wasmtime_wasi_http::handler::{ExpirationError, InstantiationError, ProxyHandler};
 
 use crate::routes::Router;
 use crate::runtime::ComponentHandler;
@@ -29,7 +29,14 @@ pub struct App {
     pub max_body_bytes: usize,
     pub request_timeout: std::time::Duration,
     pub access_log: bool,
+    /// Requests handed to components at once. wasmtime's `ProxyHandler` has no backpressure of its own: a burst
+    /// arriving while no instance is ready starts one instance per request, and past the pooling allocator's
+    /// slots those instantiations fail. Requests beyond this many wait here for a permit instead.
+    pub admission: tokio::sync::Semaphore,
 }
+
+/// Requests in components at once (see [`App::admission`]); the pool has slots for 1,000 instances.
+pub const MAX_CONCURRENT_REQUESTS: usize = 256;
 
 /// A problem+json response produced by the host itself.
 fn problem(status: StatusCode, code: &str, detail: &str) -> Response<Body> {
@@ -163,7 +170,27 @@ async fn dispatch(app: &App, req: Request<Incoming>, client: SocketAddr) -> (Opt
         Request::from_parts(parts, Full::new(body).map_err(|never: Infallible| match never {}).boxed_unsync());
 
     let started = Instant::now();
-    match handler.handle((), request).await {
+    let Ok(_permit) = app.admission.acquire().await else {
+        return (component, problem(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the host is stopping"));
+    };
+    let mut request = request;
+    let mut backoff = std::time::Duration::from_millis(2);
+    let outcome = loop {
+        match handler.handle((), request).await {
+            // Every instance slot is taken (other components' idle instances hold some until their idle timeout):
+            // the request comes back untouched, so wait for a slot to free up rather than fail it.
+            Err(e) if started.elapsed() + backoff < app.request_timeout && pool_exhausted(&e) => {
+                match e.downcast::<InstantiationError<()>>() {
+                    Ok(refused) => request = refused.request.into_inner().unwrap_or_else(|p| p.into_inner()),
+                    Err(e) => break Err(e),
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_millis(50));
+            }
+            other => break other,
+        }
+    };
+    match outcome {
         Ok(response) => (component, response.map(|b| b.map_err(Into::into).boxed_unsync())),
         // A guest stuck in a loop is ended from outside its event loop, which drops the request rather than
         // expiring it: past the time limit, any failure is the limit's doing.
@@ -176,4 +203,9 @@ async fn dispatch(app: &App, req: Request<Incoming>, client: SocketAddr) -> (Opt
             (component, problem(StatusCode::INTERNAL_SERVER_ERROR, "component_failed", "internal error"))
         }
     }
+}
+
+/// Whether `e` is an instantiation refused because the pooling allocator had no free slot.
+fn pool_exhausted(e: &wasmtime::Error) -> bool {
+    e.downcast_ref::<InstantiationError<()>>().is_some_and(|i| i.error.is::<wasmtime::PoolConcurrencyLimitError>())
 }

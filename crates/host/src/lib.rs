@@ -221,6 +221,7 @@ pub async fn start(config: HostConfig) -> Result<RunningHost> {
         request_timeout: config.limits.request_timeout,
         admission: tokio::sync::Semaphore::new(server::MAX_CONCURRENT_REQUESTS),
         access_log: config.access_log,
+        kv: kv.clone(),
     });
     let task = tokio::spawn(server::serve(listener, app, rx));
     Ok(RunningHost { addr, kv, components: served, startup: started.elapsed(), faults, shutdown, task })

@@ -96,6 +96,10 @@ pub fn engine(limits: &Limits, cache_dir: Option<&Path>) -> Result<Engine> {
     let mut config = Config::new();
     config.wasm_component_model_async(true);
     config.epoch_interruption(true);
+    // Profiling aid: `SCENEFIN_PERFMAP=1` writes /tmp/perf-<pid>.map so `perf report` names guest functions.
+    if std::env::var_os("SCENEFIN_PERFMAP").is_some_and(|v| v == "1") {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(1000);
     pool.total_core_instances(2000);

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited, combinators::UnsyncBoxBody};
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use wasmtime_wasi_http::handler::{ExpirationError, InstantiationError, ProxyHandler};
 
+use crate::kv::Kv;
 use crate::routes::Router;
 use crate::runtime::ComponentHandler;
 
@@ -33,6 +34,23 @@ pub struct App {
     /// arriving while no instance is ready starts one instance per request, and past the pooling allocator's
     /// slots those instantiations fail. Requests beyond this many wait here for a permit instead.
     pub admission: tokio::sync::Semaphore,
+    /// The store: no response leaves before the writes committed so far are durable ([`Kv::barrier`]).
+    pub kv: Kv,
+}
+
+/// Request bodies past the limit are still read (and thrown away) up to this many bytes, so the client, which is
+/// usually still sending, reads the 413 instead of a reset connection.
+const DRAIN_LIMIT_BYTES: usize = 16 << 20;
+
+/// Reads and discards the rest of a refused body, up to [`DRAIN_LIMIT_BYTES`].
+async fn drain(mut body: impl hyper::body::Body<Data = Bytes> + Unpin) {
+    let mut seen = 0usize;
+    while seen < DRAIN_LIMIT_BYTES {
+        match body.frame().await {
+            Some(Ok(frame)) => seen += frame.data_ref().map_or(0, Bytes::len),
+            _ => break,
+        }
+    }
 }
 
 /// Requests in components at once (see [`App::admission`]); the pool has slots for 1,000 instances.
@@ -135,15 +153,30 @@ async fn dispatch(app: &App, req: Request<Incoming>, client: SocketAddr) -> (Opt
     };
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > app.max_body_bytes as u64) {
+        drain(req.into_body()).await;
         return (component, too_large());
     }
 
-    let (mut parts, body) = req.into_parts();
-    let body = match Limited::new(body, app.max_body_bytes).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return (component, too_large()),
-        Err(e) => {
-            return (component, problem(StatusCode::BAD_REQUEST, "bad_request_body", &format!("reading body: {e}")));
+    let (mut parts, mut body) = req.into_parts();
+    let mut collected = Vec::new();
+    let body = loop {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    if collected.len() + data.len() > app.max_body_bytes {
+                        drain(body).await;
+                        return (component, too_large());
+                    }
+                    collected.extend_from_slice(data);
+                }
+            }
+            None => break Bytes::from(collected),
+            Some(Err(e)) => {
+                return (
+                    component,
+                    problem(StatusCode::BAD_REQUEST, "bad_request_body", &format!("reading body: {e}")),
+                );
+            }
         }
     };
 
@@ -190,6 +223,13 @@ async fn dispatch(app: &App, req: Request<Incoming>, client: SocketAddr) -> (Opt
             other => break other,
         }
     };
+    if outcome.is_ok()
+        && let Err(e) = app.kv.barrier().await
+    {
+        // Like a crash after the writes: the client retries (same idempotency key) and gets the outcome then.
+        eprintln!("component `{}`: response withheld: {e}", matched.component);
+        return (component, problem(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", "storage unavailable"));
+    }
     match outcome {
         Ok(response) => (component, response.map(|b| b.map_err(Into::into).boxed_unsync())),
         // A guest stuck in a loop is ended from outside its event loop, which drops the request rather than

@@ -325,6 +325,65 @@ pub async fn read_indexed<T: DeserializeOwned>(
     Ok(out)
 }
 
+/// Most ids one chunk of a log ([`append_to_log`]) holds.
+pub const LOG_CHUNK_IDS: i64 = 64;
+/// The longest suffix [`append_to_log`] appends to its base key (`:c:` and a 19-digit chunk number).
+pub const LOG_KEY_OVERHEAD: usize = 22;
+
+/// Appends `id` to the log at `base`: an append-only list that may grow without bound (a day's postings, an hour's
+/// reservations), kept as chunk documents of at most [`LOG_CHUNK_IDS`] ids (`{base}:c:{n}`) numbered by an atomic
+/// counter (`{base}:ctr:n`), so an append costs the same whatever the log's length, where one growing index
+/// document ([`add_to_index`]) costs a read and a rewrite of everything before it.
+///
+/// A retried append may list `id` twice (a crash between taking a slot and filling it only leaves a chunk short);
+/// [`read_logs`] returns each id once.
+pub async fn append_to_log(store: &impl Store, base: &Key, id: &str) -> Result<(), StoreError> {
+    let slot = store.increment(&log_counter_key(base), 1).await?;
+    let chunk = (slot - 1).max(0) / LOG_CHUNK_IDS;
+    add_to_index(store, &log_chunk_key(base, chunk), id).await?;
+    Ok(())
+}
+
+/// The ids of each log at `bases` ([`append_to_log`]), each id once, in order of appending: two batch reads (the
+/// counters, then every chunk).
+pub async fn read_logs(store: &impl Store, bases: &[Key]) -> Result<Vec<Vec<String>>, StoreError> {
+    let counter_keys: Vec<Key> = bases.iter().map(log_counter_key).collect();
+    let mut chunk_keys = Vec::new();
+    let mut chunks_per_log = Vec::with_capacity(bases.len());
+    for ((base, key), raw) in bases.iter().zip(&counter_keys).zip(get_all(store, &counter_keys).await?) {
+        let appended = match raw {
+            Some(bytes) => decode_counter(key, &bytes)?,
+            None => 0,
+        };
+        let chunks = (appended.max(0) + LOG_CHUNK_IDS - 1) / LOG_CHUNK_IDS;
+        chunks_per_log.push(usize::try_from(chunks).unwrap_or(0));
+        chunk_keys.extend((0..chunks).map(|n| log_chunk_key(base, n)));
+    }
+    let mut raws = chunk_keys.iter().zip(get_all(store, &chunk_keys).await?);
+    let mut logs = Vec::with_capacity(bases.len());
+    for chunks in chunks_per_log {
+        let mut seen = std::collections::HashSet::new();
+        let mut ids = Vec::new();
+        for (key, raw) in raws.by_ref().take(chunks) {
+            for id in decode_doc::<Index>(key, raw.as_deref())?.map(|i| i.ids).unwrap_or_default() {
+                if seen.insert(id.clone()) {
+                    ids.push(id);
+                }
+            }
+        }
+        logs.push(ids);
+    }
+    Ok(logs)
+}
+
+fn log_counter_key(base: &Key) -> Key {
+    base.child(&["ctr", "n"])
+}
+
+fn log_chunk_key(base: &Key, chunk: i64) -> Key {
+    base.child(&["c", &chunk.to_string()])
+}
+
 /// Adds `delta` to `counter` once per `claim` (e.g. per order): at most once, even when retried.
 pub async fn count_once(store: &impl Store, claim: &Key, counter: &Key, delta: i64) -> Result<(), StoreError> {
     if claim_once(store, claim).await? {
@@ -524,6 +583,51 @@ mod tests {
         assert!(std::panic::catch_unwind(|| Key::new(&["a b"])).is_err());
         assert!(std::panic::catch_unwind(|| Key::new(&["a", ""])).is_err());
         assert!(std::panic::catch_unwind(|| Key::new(&[&"x".repeat(MAX_KEY_BYTES + 1)])).is_err());
+    }
+
+    #[test]
+    fn a_log_keeps_every_id_once_in_order_in_bounded_chunks() {
+        // Arrange
+        let store = MemStore::default();
+        let (a, b) = (Key::new(&["t", "log", "a"]), Key::new(&["t", "log", "b"]));
+        let ids: Vec<String> = (0..150).map(|i| format!("id{i}")).collect();
+
+        // Act: a retried append lists an id twice.
+        for id in &ids {
+            pollster::block_on(append_to_log(&store, &a, id)).expect("append");
+        }
+        pollster::block_on(append_to_log(&store, &a, "id7")).expect("retried append");
+        pollster::block_on(append_to_log(&store, &b, "only")).expect("append");
+
+        // Assert
+        let logs = pollster::block_on(read_logs(&store, &[a.clone(), Key::new(&["t", "log", "none"]), b]));
+        assert_eq!(logs, Ok(vec![ids, Vec::new(), vec!["only".to_owned()]]));
+        for chunk in 0..3 {
+            let raw = store.raw(&format!("t:log:a:c:{chunk}")).expect("chunk written");
+            let index: Index = serde_json::from_slice(&raw).expect("index");
+            assert!(index.ids.len() <= LOG_CHUNK_IDS as usize, "chunk {chunk} holds {}", index.ids.len());
+        }
+        assert_eq!(store.raw("t:log:a:c:3"), None, "151 appends fill three chunks");
+    }
+
+    #[test]
+    fn concurrent_log_appends_lose_nothing() {
+        let store = MemStore::default();
+        let base = Key::new(&["t", "log"]);
+        let appends: Vec<_> = (0..100)
+            .map(|i| {
+                let (store, base) = (&store, &base);
+                async move { append_to_log(store, base, &format!("id{i}")).await }
+            })
+            .collect();
+        for result in pollster::block_on(interleave::join_all(appends)) {
+            result.expect("append");
+        }
+        let mut got = pollster::block_on(read_logs(&store, std::slice::from_ref(&base))).expect("read").remove(0);
+        got.sort();
+        let mut want: Vec<String> = (0..100).map(|i| format!("id{i}")).collect();
+        want.sort();
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //!   posting the same id again with identical lines is a replay, with different lines a conflict. Callers choose ids
 //!   such as `pay:{order_id}`, which makes posting idempotent end to end.
 //! - `ledger:idx:{yyyymmdd}:{shard}`: ids of the postings of a Shanghai day, in 16 shards (first hex character of
-//!   the hashed id), so [`check`] finds every posting without listing the store.
+//!   the hashed id), so [`check`] finds every posting without listing the store. Each shard is a log
+//!   ([`crate::kv::append_to_log`]: `…:ctr:n` and chunks `…:c:{n}`), so a busy day costs each posting the same.
 //! - `ledger:accounts:{shard}`: every account ever posted to, in 16 shards (by hashed account name).
 //! - `ledger:acct:{account}:{shard}`: one of an account's 16 balance shards, `{balance_fen, recent}`. A posting
 //!   lands on the shard named by its hashed id, so hundreds of concurrent postings to one hot account (gateway
@@ -265,12 +266,7 @@ pub async fn check(store: &impl Store, days: &[u32]) -> Result<CheckReport, Ledg
     let mut discrepancies = Vec::new();
 
     let index_keys: Vec<Key> = days.iter().flat_map(|day| SHARDS.iter().map(move |s| day_index_key(*day, s))).collect();
-    let mut ids = BTreeSet::new();
-    for (key, raw) in index_keys.iter().zip(get_all(store, &index_keys).await?) {
-        if let Some(doc) = decode_doc::<IdSet>(key, raw.as_deref())? {
-            ids.extend(doc.ids);
-        }
-    }
+    let ids: BTreeSet<String> = crate::kv::read_logs(store, &index_keys).await?.into_iter().flatten().collect();
 
     let ids: Vec<String> = ids.into_iter().collect();
     let posting_keys: Vec<Key> = ids.iter().map(|id| posting_key(id)).collect();
@@ -469,7 +465,7 @@ async fn post_inner(store: &impl Store, posting: &Posting) -> Result<PostOutcome
 
     // 2. List it in its day index, so `check` can find it.
     let day_key = day_index_key(stored.at.shanghai_day(), shard_of(id));
-    add_to_set(store, &day_key, id).await?;
+    crate::kv::append_to_log(store, &day_key, id).await?;
 
     // 3. Register the accounts before touching their balances, so `check` sees every account that has one.
     let nets = nets(&stored.lines)?;

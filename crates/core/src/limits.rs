@@ -9,7 +9,8 @@
 //! - `{base}:resv:{id}`: a reservation `{amount_fen, state, expires_at, counters_pending}`. States: `reserving` →
 //!   `reserved` | `rejected`; `reserved` → `committed` | `released`; `committed` → `released` (a refund).
 //! - `{base}:open:{hour}:{shard}`: ids of granted reservations by the hour they expire (Unix hours, 16 shards by
-//!   hashed id), so [`sweep_expired`] finds abandoned ones without listing the store.
+//!   hashed id), so [`sweep_expired`] finds abandoned ones without listing the store. Each is a log
+//!   ([`crate::kv::append_to_log`]), so a busy hour costs each reservation the same.
 //! - `{base}:fx:{id}:{effect}`: one-shot claims making each counter change of a reservation happen at most once.
 //!
 //! Hundreds of concurrent quotes reserve from one budget, so the budget is an atomic counter rather than a CAS'd
@@ -44,8 +45,8 @@ const MAX_FEN: i64 = 1_000_000_000_000_000;
 const RESERVE_SWEEP_HOURS: u32 = 6;
 /// The longest suffix this module appends to a base key after the reservation id (`:fx:` … `:uncommit`).
 const ID_KEY_OVERHEAD: usize = 13;
-/// The longest suffix without an id (`:open:{hour}:{shard}` with a 20-character hour).
-const BASE_KEY_OVERHEAD: usize = 28;
+/// The longest suffix without an id (`:open:{hour}:{shard}` with a 20-character hour, then a log chunk's suffix).
+const BASE_KEY_OVERHEAD: usize = 28 + crate::kv::LOG_KEY_OVERHEAD;
 
 /// The answer to [`reserve`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -314,12 +315,7 @@ pub async fn sweep_expired(
     let current = now.unix_secs().div_euclid(3600);
     let hours = current - i64::from(max_hours_back)..=current;
     let index_keys: Vec<Key> = hours.flat_map(|hour| SHARDS.iter().map(move |s| open_key(base, hour, s))).collect();
-    let mut ids = BTreeSet::new();
-    for (key, raw) in index_keys.iter().zip(get_all(store, &index_keys).await?) {
-        if let Some(doc) = decode_doc::<IdSet>(key, raw.as_deref())? {
-            ids.extend(doc.ids);
-        }
-    }
+    let ids: BTreeSet<String> = crate::kv::read_logs(store, &index_keys).await?.into_iter().flatten().collect();
     let ids: Vec<String> = ids.into_iter().filter(|id| check_id(base, id).is_ok()).collect();
     let keys: Vec<Key> = ids.iter().map(|id| resv_key(base, id)).collect();
 
@@ -436,13 +432,6 @@ impl Resv {
     }
 }
 
-/// `{base}:open:{hour}:{shard}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct IdSet {
-    v: u32,
-    ids: BTreeSet<String>,
-}
-
 fn check_base(base: &Key) -> Result<(), LimitError> {
     if base.as_str().len() + BASE_KEY_OVERHEAD > MAX_KEY_BYTES {
         return Err(LimitError::Invalid(format!("budget key {base} is too long")));
@@ -524,7 +513,7 @@ async fn take_budget(store: &impl Store, base: &Key, amount: i64) -> Result<bool
 /// Lists a granted reservation under the hour it expires.
 async fn index_open(store: &impl Store, base: &Key, id: &str, expires_at: Timestamp) -> Result<(), LimitError> {
     let key = open_key(base, expires_at.unix_secs().div_euclid(3600), shard_of(id));
-    crate::kv::add_to_index(store, &key, id).await?;
+    crate::kv::append_to_log(store, &key, id).await?;
     Ok(())
 }
 

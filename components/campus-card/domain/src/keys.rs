@@ -83,7 +83,8 @@ pub fn spend(spend_id: &str) -> Key {
     Key::new(&["campus", "spend", spend_id])
 }
 
-/// `campus:settle:{merchant}:{yyyymmdd}:{shard}` → spend and reversal entries of a merchant's day, in 16 shards.
+/// `campus:settle:{merchant}:{yyyymmdd}:{shard}` → spend and reversal entries of a merchant's day, in 16 shards,
+/// each a log (`kv::append_to_log`: `…:ctr:n` and chunks `…:c:{n}`).
 pub fn settlement(merchant_id: &str, day: u32, shard: char) -> Key {
     Key::new(&["campus", "settle", merchant_id, &day.to_string(), &shard.to_string()])
 }

@@ -426,7 +426,7 @@ async fn completed_effects(
 /// Lists a posting id on the merchant's settlement day (16 shards, so a busy canteen's day is not one hot document).
 async fn settle(store: &impl Store, merchant_id: &str, day: u32, posting_id: &str) -> Result<(), CampusError> {
     let shard = hash_key_part(posting_id).chars().next().unwrap_or('0');
-    kv::add_to_index(store, &keys::settlement(merchant_id, day, shard), posting_id).await?;
+    kv::append_to_log(store, &keys::settlement(merchant_id, day, shard), posting_id).await?;
     Ok(())
 }
 
@@ -519,12 +519,7 @@ pub struct Statement {
 pub async fn statement(store: &impl Store, merchant: &Merchant, date: &str) -> Result<Statement, CampusError> {
     let day = parse_date(date).ok_or_else(|| CampusError::invalid("date", "YYYY-MM-DD"))?;
     let shard_keys: Vec<_> = "0123456789abcdef".chars().map(|s| keys::settlement(&merchant.id, day, s)).collect();
-    let mut posting_ids = Vec::new();
-    for (key, raw) in shard_keys.iter().zip(kv::get_all(store, &shard_keys).await?) {
-        if let Some(index) = kv::decode_doc::<kv::Index>(key, raw.as_deref())? {
-            posting_ids.extend(index.ids);
-        }
-    }
+    let posting_ids: Vec<String> = kv::read_logs(store, &shard_keys).await?.into_iter().flatten().collect();
     let account = keys::merchant_account(&merchant.id);
     let mut lines = Vec::with_capacity(posting_ids.len());
     let mut reconciled = true;

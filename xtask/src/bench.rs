@@ -67,6 +67,10 @@ struct Outcome {
     non_2xx: u64,
     socket_errors: u64,
     peak_rss_kib: u64,
+    /// CPU time (user + system) the host process used while wrk ran, in milliseconds.
+    host_cpu_ms: f64,
+    /// How long wrk ran, in seconds.
+    seconds: f64,
     /// Pre-signed requests used and prepared (campus spends).
     signed: Option<(u64, u64)>,
 }
@@ -629,6 +633,28 @@ fn rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// CPU time (user + system) process `pid` has used, in milliseconds (`/proc/<pid>/stat`, USER_HZ = 100).
+fn cpu_ms(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let (user, system): (u64, u64) = (fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?);
+    Some((user + system) as f64 * 10.0)
+}
+
+impl Outcome {
+    /// Host CPU per completed request, in microseconds.
+    fn cpu_us_per_request(&self) -> f64 {
+        self.host_cpu_ms * 1000.0 / self.requests.max(1) as f64
+    }
+
+    /// Cores the host kept busy while wrk ran.
+    fn host_cores(&self) -> f64 {
+        self.host_cpu_ms / 1000.0 / self.seconds
+    }
+}
+
 /// Runs wrk against one route while sampling the host's RSS.
 fn drive(
     host: &Host,
@@ -654,7 +680,9 @@ fn drive(
             }
         })
     };
+    let (cpu_before, started) = (cpu_ms(pid), Instant::now());
     let out = Command::new("wrk").args(args).arg("-s").arg(script).arg(format!("http://{addr}{path}")).output();
+    let (cpu_after, seconds) = (cpu_ms(pid), started.elapsed().as_secs_f64());
     done.store(true, Ordering::Relaxed);
     let _ = sampler.join();
     let out = out.context("running wrk")?;
@@ -662,11 +690,20 @@ fn drive(
     if !out.status.success() {
         bail!("wrk failed on {route}: {text}{}", String::from_utf8_lossy(&out.stderr));
     }
-    let o = parse_wrk(&text, route, kind, peak.load(Ordering::Relaxed))
+    let mut o = parse_wrk(&text, route, kind, peak.load(Ordering::Relaxed))
         .with_context(|| format!("parsing wrk output for {route}:\n{text}"))?;
+    o.host_cpu_ms = cpu_after.zip(cpu_before).map_or(f64::NAN, |(after, before)| after - before);
+    o.seconds = seconds;
     println!(
-        "bench: {route}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, non-2xx {}, socket errors {}, peak RSS {} KiB",
-        o.rps, o.p50_ms, o.p99_ms, o.non_2xx, o.socket_errors, o.peak_rss_kib
+        "bench: {route}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, non-2xx {}, socket errors {}, peak RSS {} KiB, \
+         host CPU {:.0} us/request",
+        o.rps,
+        o.p50_ms,
+        o.p99_ms,
+        o.non_2xx,
+        o.socket_errors,
+        o.peak_rss_kib,
+        o.cpu_us_per_request()
     );
     if let Some((used, total)) = o.signed {
         println!("bench: {route}: {used} of {total} signed requests used");
@@ -724,6 +761,8 @@ fn parse_wrk(text: &str, route: &str, kind: Kind, peak_rss_kib: u64) -> Option<O
         non_2xx,
         socket_errors,
         peak_rss_kib,
+        host_cpu_ms: f64::NAN,
+        seconds: f64::NAN,
         signed,
     })
 }
@@ -833,8 +872,12 @@ fn report(
     writeln!(d)?;
     writeln!(d, "## Routes")?;
     writeln!(d)?;
-    writeln!(d, "| route | kind | requests | req/s | vs floor | p50 | p99 | non-2xx | socket errors | peak RSS |")?;
-    writeln!(d, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(
+        d,
+        "| route | kind | requests | req/s | vs floor | p50 | p99 | non-2xx | socket errors | peak RSS | host CPU per \
+         request | host cores busy |"
+    )?;
+    writeln!(d, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
     for r in results {
         let kind = match r.kind {
             Kind::Floor => "floor",
@@ -843,7 +886,7 @@ fn report(
         };
         writeln!(
             d,
-            "| `{}` | {kind} | {} | {:.0} | {:.0}% | {:.2} ms | {:.2} ms | {} | {} | {:.1} MiB |",
+            "| `{}` | {kind} | {} | {:.0} | {:.0}% | {:.2} ms | {:.2} ms | {} | {} | {:.1} MiB | {:.0} µs | {:.2} |",
             r.route,
             r.requests,
             r.rps,
@@ -852,7 +895,9 @@ fn report(
             r.p99_ms,
             r.non_2xx,
             r.socket_errors,
-            r.peak_rss_kib as f64 / 1024.0
+            r.peak_rss_kib as f64 / 1024.0,
+            r.cpu_us_per_request(),
+            r.host_cores()
         )?;
     }
     writeln!(d)?;
@@ -925,5 +970,66 @@ fn report(
         )?;
     }
     writeln!(d, "| startup with cache ≤ 1 s | {warm_ms:.0} ms | {} |", mark(warm_ms <= MAX_WARM_START_MS))?;
+    why_not_met(&mut d, results, largest)?;
     Ok(d)
+}
+
+/// For each target missed, the measured reason: host CPU per request against the floor's (throughput), Little's law
+/// (latency), bytes over the limit (size). The profile behind the CPU figures is in docs/PERFORMANCE.md.
+fn why_not_met(d: &mut String, results: &[Outcome], largest: Option<&(String, u64)>) -> Result<()> {
+    let Some(floor) = results.iter().find(|r| r.kind == Kind::Floor) else { return Ok(()) };
+    let floor_cpu = floor.cpu_us_per_request();
+    let mut lines = Vec::new();
+    for r in results.iter().filter(|r| r.kind != Kind::Floor) {
+        let want = if r.kind == Kind::Read { READ_RATIO } else { WRITE_RATIO };
+        let ratio = r.rps / floor.rps;
+        if ratio < want {
+            lines.push(format!(
+                "- `{}` reaches {:.0}% of the floor, not {:.0}%: the floor's echo costs the host {floor_cpu:.0} µs of CPU \
+                 per request and this route {:.0} µs ({:.1}×), with the host keeping {:.2} cores busy (the floor {:.2}): \
+                 the run is CPU-bound, so the ratio is about the inverse of the CPU ratio. {:.0}% needs at most {:.0} µs \
+                 per request.",
+                r.route,
+                ratio * 100.0,
+                want * 100.0,
+                r.cpu_us_per_request(),
+                r.cpu_us_per_request() / floor_cpu,
+                r.host_cores(),
+                floor.host_cores(),
+                want * 100.0,
+                floor_cpu / want
+            ));
+        }
+        if r.p99_ms > MAX_P99_MS {
+            lines.push(format!(
+                "- `{}` p99 is {:.1} ms, not ≤ {MAX_P99_MS:.0} ms: wrk keeps {CONNECTIONS} requests in flight, so by \
+                 Little's law the mean latency is {CONNECTIONS} / {:.0} req/s = {:.1} ms; queueing behind a CPU-bound host, \
+                 not any one slow step, sets the tail (p50 {:.1} ms).",
+                r.route,
+                r.p99_ms,
+                r.rps,
+                CONNECTIONS as f64 * 1000.0 / r.rps,
+                r.p50_ms
+            ));
+        }
+    }
+    if let Some((id, size)) = largest.filter(|(_, size)| *size > MAX_WASM_BYTES) {
+        lines.push(format!(
+            "- `{id}` is {:.1} KiB over 1 MiB, already built with `opt-level = \"z\"`, LTO, one codegen unit and \
+             stripped; the rest is its code (serde and the domain).",
+            (*size - MAX_WASM_BYTES) as f64 / 1024.0
+        ));
+    }
+    if lines.is_empty() {
+        return Ok(());
+    }
+    writeln!(d)?;
+    writeln!(d, "## Why the missed targets are missed")?;
+    writeln!(d)?;
+    writeln!(d, "From this run's numbers; where the CPU goes inside a request is profiled in docs/PERFORMANCE.md.")?;
+    writeln!(d)?;
+    for line in lines {
+        writeln!(d, "{line}")?;
+    }
+    Ok(())
 }

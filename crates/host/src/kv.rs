@@ -58,7 +58,7 @@ pub enum Op {
 }
 
 impl Op {
-    /// Whether the op changes the store (and so goes through the writer).
+    /// Whether the op changes the store (and so goes into a write batch).
     pub fn is_write(&self) -> bool {
         !matches!(self, Op::Get { .. } | Op::Exists { .. } | Op::Keys | Op::GetMany { .. })
     }
@@ -258,8 +258,6 @@ const GROUP_COMMIT_MAX: usize = 512;
 const CHECKPOINT_WAL_BYTES: u64 = 8 << 20;
 /// How often the checkpointer looks at the WAL's size.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
-/// How much of the database file each reader maps.
-const READER_MMAP_BYTES: i64 = 1 << 30;
 /// How long a barrier waits for the sync before the request is failed (its writes may then be lost, like a crash).
 const BARRIER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -269,10 +267,14 @@ type WriteJob = (String, Op, oneshot::Sender<Result<Output, String>>);
 ///
 /// Durability: every write is acknowledged only once it is committed *and* synced, but the sync is taken off the
 /// write's own path (see [`Backend::barrier`]):
-/// - Writes go to one writer thread that commits whatever is queued as one transaction (group commit), in WAL mode
-///   with `synchronous=NORMAL`: a commit appends to the WAL without waiting for the disk, and is at once visible to
+/// - Writes are queued and committed in batches, one transaction per batch (group commit), in WAL mode with
+///   `synchronous=NORMAL`: a commit appends to the WAL without waiting for the disk, and is at once visible to
 ///   readers. The op's result goes straight back to the guest, so a request with ten writes no longer waits for
 ///   ten syncs, and a synchronous `wasi:keyvalue` call holds its instance for microseconds, not a disk flush.
+/// - Whoever finds the connection free commits the whole queue, its own write and everyone else's, on its own
+///   thread (flat combining): no hop to a writer thread and back for each write, and writes that arrive together
+///   still share a transaction. Whoever releases the connection looks at the queue again, so no write waits for
+///   a committer that is not coming.
 /// - Before any response leaves the host, the server waits until everything committed so far is synced: it asks a
 ///   syncer thread, which `fdatasync`s the WAL (covering every commit up to then) and publishes how far the disk
 ///   has caught up. A crash before that loses only writes nobody was told about. Requests finishing while a sync
@@ -280,15 +282,24 @@ type WriteJob = (String, Op, oneshot::Sender<Result<Output, String>>);
 /// - The WAL is append-only, so what survives a power cut is always a prefix of the commits: the writes a
 ///   response depended on (its own and any it read) are synced with it.
 /// - A checkpointer thread copies the WAL back into the database file when it passes 8 MiB (SQLite syncs the WAL
-///   before and the database after), so the writer never stops for a checkpoint.
+///   before and the database after), so writers never stop for a checkpoint.
 ///
-/// Reads use their own connections on the calling thread (a point read from the page cache takes microseconds,
-/// less than handing it to another thread) and never wait for the writer.
+/// Point reads run on the calling thread against the same connection when it is free: a read from its
+/// always-warm page cache takes microseconds. (A separate read connection drops its whole page cache whenever
+/// anyone writes, so under a write load its every read fetches the b-tree again.) When the connection is busy, a
+/// pooled read-only connection serves the read instead of waiting; listing the whole store always uses one, on
+/// tokio's blocking pool.
 pub struct SqliteBackend {
     path: PathBuf,
-    writer: Mutex<mpsc::Sender<WriteJob>>,
+    /// The one read-write connection: write batches and, when free, point reads.
+    main: Arc<Mutex<Connection>>,
+    /// Writes waiting for a committer.
+    queue: Arc<Mutex<Vec<WriteJob>>>,
+    /// Read-only connections, for reads while `main` is busy and for listing the whole store.
     readers: Arc<Mutex<Vec<Connection>>>,
     durable: Arc<Durable>,
+    /// Asks the syncer for a sync; dropped with the backend, which stops the syncer.
+    wake_syncer: Mutex<mpsc::Sender<()>>,
     /// Dropped with the backend, which stops the checkpointer.
     _stop_checkpointer: mpsc::Sender<()>,
 }
@@ -297,8 +308,6 @@ pub struct SqliteBackend {
 struct Durable {
     committed: AtomicU64,
     synced: tokio::sync::watch::Sender<u64>,
-    /// Asks the syncer for a sync.
-    wake: Mutex<mpsc::Sender<()>>,
 }
 
 impl SqliteBackend {
@@ -317,17 +326,8 @@ impl SqliteBackend {
         // Whatever an earlier process left unsynced is made durable before anything is served from it.
         sync_file(&wal).with_context(|| format!("syncing {}", wal.display()))?;
 
+        let durable = Arc::new(Durable { committed: AtomicU64::new(0), synced: tokio::sync::watch::Sender::new(0) });
         let (wake, wake_rx) = mpsc::channel();
-        let durable = Arc::new(Durable {
-            committed: AtomicU64::new(0),
-            synced: tokio::sync::watch::Sender::new(0),
-            wake: Mutex::new(wake),
-        });
-        let (tx, rx) = mpsc::channel::<WriteJob>();
-        let for_writer = durable.clone();
-        std::thread::Builder::new()
-            .name("kv-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, &for_writer))?;
         let for_syncer = durable.clone();
         let syncer_wal = wal.clone();
         std::thread::Builder::new()
@@ -342,11 +342,45 @@ impl SqliteBackend {
             .spawn(move || checkpointer_loop(&checkpointer, &wal, &stop_rx))?;
         Ok(Self {
             path: path.to_owned(),
-            writer: Mutex::new(tx),
+            main: Arc::new(Mutex::new(conn)),
+            queue: Arc::default(),
             readers: Arc::default(),
             durable,
+            wake_syncer: Mutex::new(wake),
             _stop_checkpointer: stop,
         })
+    }
+
+    /// The main connection if nobody holds it. A panic while it was held (none is expected: SQLite reports
+    /// errors) leaves it usable: every batch is one transaction, and the next batch rolls back one left open, so
+    /// there is no half-written state to protect, and refusing it would strand every queued write.
+    fn try_main(&self) -> Option<std::sync::MutexGuard<'_, Connection>> {
+        match self.main.try_lock() {
+            Ok(conn) => Some(conn),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// Commits queued writes while the connection is free and the queue is not empty (see the type's
+    /// documentation). Called after queueing a write and after every release of the connection.
+    fn combine(&self) {
+        loop {
+            if self.queue.lock().map_or(true, |q| q.is_empty()) {
+                return;
+            }
+            // Busy: its holder looks at the queue when it lets go.
+            let Some(conn) = self.try_main() else { return };
+            let batch: Vec<WriteJob> = match self.queue.lock() {
+                Ok(mut queue) => {
+                    let n = queue.len().min(GROUP_COMMIT_MAX);
+                    queue.drain(..n).collect()
+                }
+                Err(_) => return,
+            };
+            commit_batch(&conn, batch, &self.durable);
+            drop(conn);
+        }
     }
 }
 
@@ -368,7 +402,7 @@ fn sync_file(path: &Path) -> std::io::Result<()> {
 
 fn syncer_loop(wal: &Path, durable: &Durable, wake: &mpsc::Receiver<()>) {
     // One descriptor for the life of the store: SQLite keeps the WAL file (it rewinds it, never replaces it) while
-    // any connection is open, and the writer's always is.
+    // any connection is open, and the main connection always is.
     let mut file: Option<std::fs::File> = None;
     while wake.recv().is_ok() {
         while wake.try_recv().is_ok() {}
@@ -389,13 +423,11 @@ fn syncer_loop(wal: &Path, durable: &Durable, wake: &mpsc::Receiver<()>) {
                 durable.synced.send_replace(target);
             }
             Err(e) => {
-                // Nothing is acknowledged meanwhile; try again with a fresh descriptor.
+                // Nothing is acknowledged meanwhile; the next request for a sync tries again with a fresh
+                // descriptor (a waiting barrier times out and its request fails as if the host had crashed).
                 eprintln!("kv: syncing {} failed: {e}", wal.display());
                 file = None;
                 std::thread::sleep(std::time::Duration::from_millis(10));
-                if let Ok(w) = durable.wake.lock() {
-                    let _ = w.send(());
-                }
             }
         }
     }
@@ -418,9 +450,6 @@ fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
     )?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    // Pages straight from the OS page cache through a shared mapping instead of a `pread` per page missed in each
-    // connection's private cache (WAL frames are still read from the log).
-    conn.pragma_update(None, "mmap_size", READER_MMAP_BYTES)?;
     Ok(conn)
 }
 
@@ -502,48 +531,43 @@ fn write(conn: &Connection, store: &str, op: Op) -> Result<Result<Output, String
     }))
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteJob>, durable: &Durable) {
-    let mut batches: u64 = 0;
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < GROUP_COMMIT_MAX {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+/// Commits one batch of queued writes as one transaction and answers each. `committed` is published before the
+/// answers, so a barrier taken after any of these writes returned covers them.
+fn commit_batch(conn: &Connection, batch: Vec<WriteJob>, durable: &Durable) {
+    let outcome = (|| -> rusqlite::Result<Vec<Result<Output, String>>> {
+        if !conn.is_autocommit() {
+            // A batch that panicked half-way (see `try_main`) left its transaction open: it never committed.
+            conn.execute_batch("ROLLBACK")?;
+        }
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let mut results = Vec::with_capacity(batch.len());
+        for (store, op, _) in &batch {
+            match write(conn, store, op.clone()) {
+                Ok(r) => results.push(r),
+                Err(e) => {
+                    let _ = conn.execute_batch("ROLLBACK");
+                    return Err(e);
+                }
             }
         }
-        let outcome = (|| -> rusqlite::Result<Vec<Result<Output, String>>> {
-            conn.execute_batch("BEGIN IMMEDIATE")?;
-            let mut results = Vec::with_capacity(batch.len());
-            for (store, op, _) in &batch {
-                match write(&conn, store, op.clone()) {
-                    Ok(r) => results.push(r),
-                    Err(e) => {
-                        let _ = conn.execute_batch("ROLLBACK");
-                        return Err(e);
-                    }
-                }
+        if let Err(e) = conn.execute_batch("COMMIT") {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+        Ok(results)
+    })();
+    match outcome {
+        Ok(results) => {
+            // Batches commit one at a time (under the connection's lock), so this only ever grows.
+            durable.committed.fetch_add(1, Ordering::AcqRel);
+            for ((_, _, reply), result) in batch.into_iter().zip(results) {
+                let _ = reply.send(result);
             }
-            if let Err(e) = conn.execute_batch("COMMIT") {
-                let _ = conn.execute_batch("ROLLBACK");
-                return Err(e);
-            }
-            Ok(results)
-        })();
-        match outcome {
-            Ok(results) => {
-                // Published before the replies, so a barrier taken after any of these writes returned covers them.
-                batches += 1;
-                durable.committed.store(batches, Ordering::Release);
-                for ((_, _, reply), result) in batch.into_iter().zip(results) {
-                    let _ = reply.send(result);
-                }
-            }
-            Err(e) => {
-                eprintln!("kv: sqlite write batch failed: {e}");
-                for (_, _, reply) in batch {
-                    let _ = reply.send(Err(format!("storage error: {e}")));
-                }
+        }
+        Err(e) => {
+            eprintln!("kv: sqlite write batch failed: {e}");
+            for (_, _, reply) in batch {
+                let _ = reply.send(Err(format!("storage error: {e}")));
             }
         }
     }
@@ -568,15 +592,30 @@ impl Backend for SqliteBackend {
         let store = store.to_owned();
         if op.is_write() {
             let (tx, rx) = oneshot::channel();
-            let sent = self.writer.lock().map_err(|_| ()).and_then(|w| w.send((store, op, tx)).map_err(|_| ()));
+            let queued = self.queue.lock().map(|mut q| q.push((store, op, tx))).is_ok();
+            self.combine();
             return Box::pin(async move {
-                sent.map_err(|()| "storage writer stopped".to_owned())?;
+                if !queued {
+                    return Err("storage queue poisoned".to_owned());
+                }
                 rx.await.map_err(|_| "storage writer stopped".to_owned())?
             });
         }
         if op != Op::Keys {
-            // Point reads and bounded batches: here and now, which is cheaper than a hop to another thread.
-            let result = read_pooled(&self.readers, &self.path, &store, op);
+            // Point reads and bounded batches: here and now on the main connection, which is cheaper than a hop to
+            // another thread, and whose page cache stays warm (a reader connection's is dropped after every write by
+            // anyone, so each of its reads would fetch the b-tree's pages again).
+            let result = match self.try_main() {
+                Some(conn) => {
+                    let result = read(&conn, &store, op).map_err(|e| format!("storage error: {e}"));
+                    drop(conn);
+                    // Writes queued while this read held the connection are committed now.
+                    self.combine();
+                    result
+                }
+                // Busy (a batch being written, or another read): a pooled read connection rather than a wait.
+                None => read_pooled(&self.readers, &self.path, &store, op),
+            };
             return Box::pin(async move { result });
         }
         let readers = self.readers.clone();
@@ -603,7 +642,7 @@ impl Backend for SqliteBackend {
         // Syncs happen on demand: a request with twenty writes asks for one, and requests finishing together
         // share it.
         if *synced.borrow() < target
-            && let Ok(wake) = self.durable.wake.lock()
+            && let Ok(wake) = self.wake_syncer.lock()
         {
             let _ = wake.send(());
         }
@@ -821,6 +860,29 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let kv = Kv::new(SqliteBackend::open(&dir.path().join("kv.db")).expect("open"));
         semantics(kv, CasMode::SpinUpsert, le_counter).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sqlite_writes_from_many_threads_are_each_committed_once_and_none_is_stranded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kv = Kv::new(SqliteBackend::open(&dir.path().join("kv.db")).expect("open"));
+        let mut tasks = Vec::new();
+        for t in 0..16 {
+            let kv = kv.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..100 {
+                    kv.exec("default", Op::Increment { key: "ctr".into(), delta: 1 }).await.expect("increment");
+                    kv.set("default", &format!("t{t}:{i}"), b"v").await.expect("set");
+                    // Reads interleave with the batches, on the main connection or a pooled one.
+                    assert_eq!(kv.get("default", &format!("t{t}:{i}")).await, Ok(Some(b"v".to_vec())));
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("task");
+        }
+        assert_eq!(kv.get("default", "ctr").await, Ok(Some(1600i64.to_le_bytes().to_vec())));
+        kv.barrier().await.expect("barrier");
     }
 
     #[tokio::test(flavor = "multi_thread")]

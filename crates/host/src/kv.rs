@@ -292,9 +292,9 @@ type WriteJob = (String, Op, oneshot::Sender<Result<Output, String>>);
 pub struct SqliteBackend {
     path: PathBuf,
     /// The one read-write connection: write batches and, when free, point reads.
-    main: Arc<Mutex<Connection>>,
+    main: Mutex<Connection>,
     /// Writes waiting for a committer.
-    queue: Arc<Mutex<Vec<WriteJob>>>,
+    queue: Mutex<Vec<WriteJob>>,
     /// Read-only connections, for reads while `main` is busy and for listing the whole store.
     readers: Arc<Mutex<Vec<Connection>>>,
     durable: Arc<Durable>,
@@ -342,8 +342,8 @@ impl SqliteBackend {
             .spawn(move || checkpointer_loop(&checkpointer, &wal, &stop_rx))?;
         Ok(Self {
             path: path.to_owned(),
-            main: Arc::new(Mutex::new(conn)),
-            queue: Arc::default(),
+            main: Mutex::new(conn),
+            queue: Mutex::default(),
             readers: Arc::default(),
             durable,
             wake_syncer: Mutex::new(wake),
@@ -378,7 +378,10 @@ impl SqliteBackend {
                 }
                 Err(_) => return,
             };
-            commit_batch(&conn, batch, &self.durable);
+            // Another combiner may have taken the queue between the look and the lock: nothing to commit, look again.
+            if !batch.is_empty() {
+                commit_batch(&conn, batch, &self.durable);
+            }
             drop(conn);
         }
     }
@@ -483,7 +486,7 @@ fn read(conn: &Connection, store: &str, op: Op) -> rusqlite::Result<Output> {
     })
 }
 
-/// Applies one write inside the writer's open transaction. `Err(Ok(msg))` is the op's own failure (nothing
+/// Applies one write inside the batch's open transaction. `Err(Ok(msg))` is the op's own failure (nothing
 /// written); `Err(Err(e))` is an SQLite failure that aborts the batch.
 fn write(conn: &Connection, store: &str, op: Op) -> Result<Result<Output, String>, rusqlite::Error> {
     Ok(Ok(match op {
@@ -527,7 +530,7 @@ fn write(conn: &Connection, store: &str, op: Op) -> Result<Result<Output, String
             };
             Output::Swapped(changed == 1)
         }
-        read_op => unreachable!("read op {read_op:?} sent to the writer"),
+        read_op => unreachable!("read op {read_op:?} queued as a write"),
     }))
 }
 
@@ -598,7 +601,7 @@ impl Backend for SqliteBackend {
                 if !queued {
                     return Err("storage queue poisoned".to_owned());
                 }
-                rx.await.map_err(|_| "storage writer stopped".to_owned())?
+                rx.await.map_err(|_| "storage write abandoned".to_owned())?
             });
         }
         if op != Op::Keys {

@@ -4,9 +4,9 @@
 //! - same key, different request → `409 idempotency_key_reused`;
 //! - same key while the first is still running → `409 idempotency_request_in_flight`.
 //!
-//! The record (`idem:{component}:{principal}:{hash(key)}`) is written `in_flight` before the claim counter is taken,
-//! so a crash leaves evidence: an `in_flight` record older than [`STALE_AFTER_SECS`] (or a `failed` one) is taken
-//! over with a CAS on its exact bytes, and the operation runs again. Operations must therefore be idempotent in
+//! The record (`idem:{component}:{principal}:{hash(key)}`) is created `in_flight` through [`kv::update_json`] (one
+//! creator, whatever the store) before the operation runs, so a crash leaves evidence: an `in_flight` record older
+//! than [`STALE_AFTER_SECS`] (or a `failed` one) is taken over with a compare-and-swap, and the operation runs again. Operations must therefore be idempotent in
 //! their own effects (keyed by an operation id), which is the rule for every multi-key change in scenefin.
 //! 5xx responses are not recorded as final: the client may retry with the same key.
 
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::sha256_hex;
 use crate::clock::Timestamp;
 use crate::ids::hash_key_part;
-use crate::kv::{Key, Store, StoreError, claim_once, get_json};
+use crate::kv::{self, Key, Step, Store, StoreError};
 use crate::problem::{ErrorKind, Problem};
 
 /// An `in_flight` record older than this is presumed abandoned (requests are cut after 30 s).
@@ -118,36 +118,26 @@ where
     let rec_key = record_key(component, principal, key);
     let fingerprint = sha256_hex(request);
     let fresh = Record { v: 1, request_sha256: fingerprint.clone(), state: State::InFlight { started_at: now } };
-    let fresh_bytes = serde_json::to_vec(&fresh).map_err(|e| StoreError::Backend(e.to_string()))?;
 
-    let owned = match store.get(&rec_key).await? {
-        None => {
-            store.set(&rec_key, &fresh_bytes).await?;
-            if claim_once(store, &rec_key.child(&["claim"])).await? {
-                true
-            } else {
-                let current: Option<Record> = get_json(store, &rec_key).await?;
-                return settle(current, &fingerprint);
-            }
+    // The record is created (or an abandoned one taken over) by the one writer `update_json` lets through; everyone
+    // else settles against what it finds.
+    let settled = kv::update_json(store, &rec_key, |current: Option<&Record>| {
+        let Some(current) = current else { return Ok::<_, StoreError>(Step::Write(fresh.clone(), None)) };
+        let abandoned = match &current.state {
+            State::Failed => true,
+            State::InFlight { started_at } => now.secs_since(*started_at) > STALE_AFTER_SECS,
+            State::Done { .. } => false,
+        };
+        if abandoned && current.request_sha256 == fingerprint {
+            Ok(Step::Write(fresh.clone(), None))
+        } else {
+            Ok(Step::Keep(Some(settle(Some(current.clone()), &fingerprint))))
         }
-        Some(bytes) => {
-            let current: Record = serde_json::from_slice(&bytes)
-                .map_err(|e| StoreError::Corrupt { key: rec_key.to_string(), detail: e.to_string() })?;
-            let abandoned = match &current.state {
-                State::Failed => true,
-                State::InFlight { started_at } => now.secs_since(*started_at) > STALE_AFTER_SECS,
-                State::Done { .. } => false,
-            };
-            if !(abandoned && current.request_sha256 == fingerprint) {
-                return settle(Some(current), &fingerprint);
-            }
-            if !store.cas(&rec_key, Some(&bytes), &fresh_bytes).await? {
-                return Err(IdempotencyError::InFlight);
-            }
-            true
-        }
-    };
-    debug_assert!(owned);
+    })
+    .await?;
+    if let Some(settled) = settled {
+        return settled;
+    }
 
     let response = op().await;
     let state = if response.status >= 500 { State::Failed } else { State::Done { response: response.clone() } };
@@ -231,11 +221,13 @@ mod tests {
     #[test]
     fn an_abandoned_request_is_taken_over_after_the_stale_window() {
         let store = MemStore::default();
-        // The first attempt crashes after writing its record and claim (the op never finishes).
-        let rec = record_key("test", "c", "k");
-        let stuck = Record { v: 1, request_sha256: sha256_hex(b"a"), state: State::InFlight { started_at: t(0) } };
-        store.put_raw(rec.as_str(), &serde_json::to_vec(&stuck).expect("json"));
-        pollster::block_on(store.increment(&rec.child(&["claim"]), 1)).expect("claim");
+        // The first attempt crashes after writing its record (the op never finishes).
+        let first = run(&store, t(0), "test", "c", Some("k"), b"a", || async {
+            store.crash_after_write(0);
+            ok("never")
+        });
+        assert!(pollster::block_on(first).is_err(), "the crashed attempt records nothing final");
+        store.heal();
 
         let early = run(&store, t(30), "test", "c", Some("k"), b"a", || async { ok("retry") });
         assert_eq!(pollster::block_on(early), Err(IdempotencyError::InFlight));

@@ -18,8 +18,17 @@ use crate::problem::{ErrorKind, Problem};
 /// Longest key accepted (Spin documents 256 bytes; keep a margin for suffixes).
 pub const MAX_KEY_BYTES: usize = 250;
 
-/// How many times a CAS loop re-reads and retries before giving up with [`StoreError::Contention`].
-pub const CAS_RETRIES: u32 = 64;
+/// How many times a CAS loop re-reads and retries before giving up with [`StoreError::Contention`]. Retries after
+/// the first pause ([`Store::pause`]), so a hundred writers on one document all get through.
+pub const CAS_RETRIES: u32 = 200;
+
+/// How long a document's creation may stay claimed with no document written before another writer takes the
+/// creation over: the claimant is presumed dead (the host cuts requests after 30 s). See [`update_json`].
+pub const CREATION_LEASE_SECS: i64 = 60;
+
+/// How many of the latest write tokens a document carries (`"_w"`), so a writer whose compare-and-swap reported an
+/// unknown outcome can tell whether it landed even after a few later writes (see [`update_json`]).
+pub const WRITE_TOKENS: usize = 8;
 
 /// A store failure.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,6 +101,12 @@ impl Key {
         Key::new(&all)
     }
 
+    /// Where the creation of the document at this key is claimed (see [`update_json`]): `{key}:~born`. `~` is in no
+    /// id, so no other key is ever named so; the suffix may take a key past [`MAX_KEY_BYTES`], which Spin allows.
+    fn creation(&self) -> Key {
+        Key(format!("{}:~born", self.0))
+    }
+
     /// The key as stored.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -120,6 +135,24 @@ pub trait Store {
     async fn cas(&self, key: &Key, expected: Option<&[u8]>, new: &[u8]) -> Result<bool, StoreError>;
     /// Several values at once (one round trip where the backend allows), in the order of `keys`.
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
+
+    /// Unix seconds by the real clock (never a request's test clock), for creation leases.
+    fn now_unix_secs(&self) -> i64 {
+        crate::clock::Clock::now(&crate::clock::SystemClock).unix_secs()
+    }
+
+    /// How long a claimed creation may stay without its document before it is taken over
+    /// ([`CREATION_LEASE_SECS`] unless the runtime configures otherwise).
+    async fn creation_lease_secs(&self) -> i64 {
+        CREATION_LEASE_SECS
+    }
+
+    /// Waits before retry `attempt` (1, 2, ...) of a contended operation. The default only yields to other tasks; a
+    /// store in a runtime sleeps a little (jittered, growing with `attempt`), so contending writers spread out.
+    async fn pause(&self, attempt: u32) {
+        let _ = attempt;
+        yield_now().await;
+    }
 }
 
 /// Reads and decodes a JSON document.
@@ -170,9 +203,11 @@ fn decimal_counter(bytes: &[u8]) -> Option<i64> {
     std::str::from_utf8(bytes).ok()?.parse().ok()
 }
 
-/// Whether `bytes` is what `increment(key, 0)` leaves on an absent key: [`CREATING`] on SQLite, `"0"` on Redis.
+/// Whether `bytes` is a creation marker older versions left at a document key while creating it (`increment(key,
+/// 0)`: 8 zero bytes on SQLite, `"0"` on Redis). Readers treat it as absent and writers CAS from it; nothing writes
+/// it any more, because `increment` on a key that may hold a document crashes Spin's SQLite store.
 pub fn is_creating(bytes: &[u8]) -> bool {
-    bytes == CREATING || bytes == b"0"
+    bytes == [0u8; 8] || bytes == b"0"
 }
 
 /// What an [`update_json`] step decided.
@@ -183,22 +218,25 @@ pub enum Step<T, R> {
     Keep(R),
 }
 
-/// What a document key holds while being created on SQLite: the value `increment(key, 0)` leaves on an absent key
-/// (Redis leaves `"0"`; see [`is_creating`]). It is never valid JSON, so it cannot be mistaken for a document;
-/// readers treat it as absent. `"0"` is valid JSON, but no document is a bare number.
-pub const CREATING: [u8; 8] = [0; 8];
-
-/// Read-modify-write of a JSON document with compare-and-swap and bounded retries; creation survives a crash at
-/// any point.
+/// Read-modify-write of a JSON document, correct on every store Spin ships as it actually behaves, and across a
+/// crash between any two of its writes.
 ///
 /// `decide` sees the current document (`None` when absent) and returns a [`Step`] or a business error. It may run
 /// several times, so it must be a pure function of its input.
 ///
-/// An absent key is first turned into the 8-byte zero counter [`CREATING`] with `increment(key, 0)`, which the
-/// store does atomically (it creates an absent counter, leaves an existing one alone, and fails without effect on
-/// a JSON value). The document is then written with a CAS from those exact bytes, which only one writer can win.
-/// Nothing is ever CAS'd against absence (Spin would upsert) and nothing is left orphaned: a creator that dies
-/// after the increment leaves `CREATING`, which the next writer reads as absent and CASes from.
+/// - **Update** (the document exists): compare-and-swap from the exact bytes read. Every written document starts
+///   with `"_w"`, the unique tokens of its last [`WRITE_TOKENS`] writes. When `swap` does not report success (Spin's
+///   Redis store reports failure even after its write landed), the document is read back: if it carries this
+///   write's token, the write landed (perhaps followed by others); otherwise it did not, and the loop decides again
+///   from what it read. An update is never applied twice.
+/// - **Creation** (absent): never a CAS on an absent key (an unconditional upsert on Spin's SQLite store) and never
+///   an `increment` of the document key (on a document, Spin's SQLite store panics and poisons itself). The writer
+///   claims the creation with an `increment` of the companion counter `{key}:~born`, which holds only counters: the
+///   first claimant (the counter was 0) writes the document with `set`; any later one gives its claim back and waits
+///   for the document, then updates it. A claimant that dies before writing leaves the counter set and no document:
+///   when the claim is older than [`Store::creation_lease_secs`] another writer takes it over with a CAS on the
+///   counter (a counter again), and creates.
+/// - Retries are bounded ([`CAS_RETRIES`], with [`Store::pause`] between them): [`StoreError::Contention`] after.
 pub async fn update_json<T, R, E>(
     store: &impl Store,
     key: &Key,
@@ -208,45 +246,197 @@ where
     T: Serialize + DeserializeOwned,
     E: From<StoreError>,
 {
-    for _ in 0..CAS_RETRIES {
-        let current = store.get(key).await?;
+    let mut current = store.get(key).await?;
+    // Whether another writer was found holding this document's creation.
+    let mut creation_held = false;
+    for attempt in 0..CAS_RETRIES {
+        if attempt > 0 {
+            store.pause(attempt).await;
+        }
         let doc: Option<T> = decode_doc(key, current.as_deref())?;
         let (next, result) = match decide(doc.as_ref())? {
             Step::Keep(result) => return Ok(result),
             Step::Write(next, result) => (next, result),
         };
-        let bytes = encode(key, &next)?;
-        let expected = match current {
-            Some(current) => current,
-            None => match store.increment(key, 0).await {
-                // SQLite's zero counter; on Redis the CAS fails against `"0"` and the next round CASes from it.
-                Ok(0) => CREATING.to_vec(),
-                Ok(n) => {
-                    let detail = format!("counter {n} where a document belongs");
-                    return Err(StoreError::Corrupt { key: key.to_string(), detail }.into());
+        let token = write_token()?;
+        match current.take() {
+            Some(old) => {
+                let bytes = encode_doc(key, &next, &token, &old)?;
+                // `Ok(false)` and errors alike leave the outcome to the read-back: Spin's Redis store reports a
+                // failed swap after writing.
+                if let Ok(true) = store.cas(key, Some(&old), &bytes).await {
+                    return Ok(result);
                 }
-                Err(e) => {
-                    // The increment fails on a JSON value: a racer created the document since our read.
-                    if store.get(key).await?.is_some_and(|b| !is_creating(&b)) {
-                        continue;
+                current = store.get(key).await?;
+                if current.as_deref().is_some_and(|now| carries_token(now, &token)) {
+                    return Ok(result);
+                }
+            }
+            None => {
+                let bytes = encode_doc(key, &next, &token, b"")?;
+                let stamp = if creation_held {
+                    take_over_abandoned_creation(store, key).await?
+                } else {
+                    claim_creation(store, key).await?
+                };
+                match stamp {
+                    Some(stamp) => {
+                        create(store, key, &bytes, stamp).await?;
+                        return Ok(result);
                     }
-                    return Err(e.into());
+                    None => creation_held = true,
                 }
-            },
-        };
-        if store.cas(key, Some(&expected), &bytes).await? {
-            return Ok(result);
+                current = store.get(key).await?;
+            }
         }
     }
     Err(StoreError::Contention { key: key.to_string() }.into())
 }
 
-/// Decodes a JSON document; absent and still-being-created ([`CREATING`]) both read as `None`.
+/// A claim on a document's creation: `now_unix_secs << 20` plus 20 random bits, so two claims differ and the sum of
+/// a few claims still tells their mean time.
+fn creation_stamp(store: &impl Store) -> Result<i64, StoreError> {
+    let random = crate::ids::random_bytes::<4>().map_err(|e| StoreError::Backend(e.to_string()))?;
+    let low = i64::from(u32::from_le_bytes(random) & 0xf_ffff);
+    Ok((store.now_unix_secs().max(1) << 20) | low)
+}
+
+/// Claims the creation of `key`: `Some(stamp)` for the first claimant; `None` (the claim given back) when another
+/// writer holds it.
+async fn claim_creation(store: &impl Store, key: &Key) -> Result<Option<i64>, StoreError> {
+    let born = key.creation();
+    let stamp = creation_stamp(store)?;
+    if store.increment(&born, stamp).await? == stamp {
+        return Ok(Some(stamp));
+    }
+    // Give the claim back so the counter keeps describing the claimant that matters (a failure here only delays a
+    // takeover: the counter's mean claim time looks newer).
+    let _ = store.increment(&born, -stamp).await;
+    Ok(None)
+}
+
+/// Takes over the creation of `key` when its claim is older than the lease (or the counter was released): `Some`
+/// stamp when this writer now holds it.
+async fn take_over_abandoned_creation(store: &impl Store, key: &Key) -> Result<Option<i64>, StoreError> {
+    let born = key.creation();
+    let Some(held) = store.get(&born).await? else { return claim_creation(store, key).await };
+    let total = decode_counter(&born, &held)?;
+    if total <= 0 {
+        return claim_creation(store, key).await;
+    }
+    let now = store.now_unix_secs();
+    // The counter holds one claim, or a few claims whose holders have not given them back yet: their mean time is no
+    // earlier than the first claimant's, so "the mean is older than the lease" is a safe test for "the first claimant
+    // is older than the lease". A claim in the future by more than the lease is a clock that cannot be trusted.
+    let unit = now.max(1) << 20;
+    let claims = ((total + unit / 2) / unit).max(1);
+    let claimed_at = (total / claims) >> 20;
+    if (now - claimed_at).abs() <= store.creation_lease_secs().await {
+        return Ok(None);
+    }
+    let stamp = creation_stamp(store)?;
+    let fresh = counter_like(&held, stamp);
+    if swap(store, &born, &held, &fresh).await? { Ok(Some(stamp)) } else { Ok(None) }
+}
+
+/// Writes a new document under a creation claim. On an error nothing is known to be written, so the claim is given
+/// back (after checking the document did not land), and the next writer can create at once.
+async fn create(store: &impl Store, key: &Key, bytes: &[u8], stamp: i64) -> Result<(), StoreError> {
+    let Err(e) = store.set(key, bytes).await else { return Ok(()) };
+    if store.get(key).await?.as_deref() == Some(bytes) {
+        return Ok(());
+    }
+    let born = key.creation();
+    if let Some(held) = store.get(&born).await?
+        && decode_counter(&born, &held)? == stamp
+    {
+        let _ = swap(store, &born, &held, &counter_like(&held, 0)).await;
+    }
+    Err(e)
+}
+
+/// `n` encoded as the counter `like` is: 8 little-endian bytes (Spin's SQLite store) or decimal text (Redis).
+fn counter_like(like: &[u8], n: i64) -> Vec<u8> {
+    if decimal_counter(like).is_some() { n.to_string().into_bytes() } else { n.to_le_bytes().to_vec() }
+}
+
+/// Compare-and-swap of `key` from `expected` to `new`, with its outcome known: when the store does not report
+/// success (Spin's Redis store reports failure even after writing), the value is read back. `new` must be unique to
+/// this writer (a token, a random stamp) for the read-back to prove anything.
+pub async fn swap(store: &impl Store, key: &Key, expected: &[u8], new: &[u8]) -> Result<bool, StoreError> {
+    match store.cas(key, Some(expected), new).await {
+        Ok(true) => Ok(true),
+        Ok(false) | Err(_) => Ok(store.get(key).await?.as_deref() == Some(new)),
+    }
+}
+
+/// A fresh write token: 12 lowercase hex characters.
+fn write_token() -> Result<String, StoreError> {
+    let bytes = crate::ids::random_bytes::<6>().map_err(|e| StoreError::Backend(e.to_string()))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+const TOKENS_PREFIX: &[u8] = b"{\"_w\":[";
+
+/// The token list of a stored document (the bytes between `[` and `]`) and where the document's own fields start.
+fn split_tokens(bytes: &[u8]) -> Option<(&[u8], usize)> {
+    let rest = bytes.strip_prefix(TOKENS_PREFIX)?;
+    let end = rest.iter().position(|&b| b == b']')?;
+    let fields = TOKENS_PREFIX.len() + end + 1;
+    let fields = if bytes.get(fields) == Some(&b',') { fields + 1 } else { fields };
+    Some((&rest[..end], fields))
+}
+
+/// Whether the stored document carries write token `token`.
+fn carries_token(bytes: &[u8], token: &str) -> bool {
+    split_tokens(bytes).is_some_and(|(tokens, _)| {
+        tokens
+            .split(|&b| b == b',')
+            .any(|t| t.strip_prefix(b"\"").and_then(|t| t.strip_suffix(b"\"")) == Some(token.as_bytes()))
+    })
+}
+
+/// Encodes `value` as a document that carries `token` first, then the latest tokens of `previous` (the bytes it
+/// replaces; empty for a new document).
+fn encode_doc<T: Serialize>(key: &Key, value: &T, token: &str, previous: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let body = encode(key, value)?;
+    let Some(fields) = body.strip_prefix(b"{") else {
+        return Err(StoreError::Corrupt { key: key.to_string(), detail: "a document must be a JSON object".into() });
+    };
+    let mut out = Vec::with_capacity(body.len() + 16 + 15 * WRITE_TOKENS);
+    out.extend_from_slice(TOKENS_PREFIX);
+    out.push(b'"');
+    out.extend_from_slice(token.as_bytes());
+    out.push(b'"');
+    if let Some((tokens, _)) = split_tokens(previous) {
+        for t in tokens.split(|&b| b == b',').filter(|t| !t.is_empty()).take(WRITE_TOKENS - 1) {
+            out.push(b',');
+            out.extend_from_slice(t);
+        }
+    }
+    out.push(b']');
+    if fields != b"}" {
+        out.push(b',');
+    }
+    out.extend_from_slice(fields);
+    Ok(out)
+}
+
+/// Decodes a JSON document; absent and an old creation marker ([`is_creating`]) both read as `None`. The write tokens
+/// (`"_w"`) are not part of the document.
 pub fn decode_doc<T: DeserializeOwned>(key: &Key, bytes: Option<&[u8]>) -> Result<Option<T>, StoreError> {
     match bytes {
         None => Ok(None),
         Some(bytes) if is_creating(bytes) => Ok(None),
-        Some(bytes) => decode(key, bytes).map(Some),
+        Some(bytes) => match split_tokens(bytes) {
+            Some((_, fields)) => {
+                let mut doc = Vec::with_capacity(bytes.len() + 1 - fields);
+                doc.push(b'{');
+                doc.extend_from_slice(&bytes[fields..]);
+                decode(key, &doc).map(Some)
+            }
+            None => decode(key, bytes).map(Some),
+        },
     }
 }
 
@@ -418,22 +608,32 @@ mod mem {
 
     use super::{Key, Store, StoreError, yield_now};
 
-    /// How `cas` with `expected == None` behaves.
+    /// How `cas` behaves: each mode is a Spin store as it actually behaves.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub enum CasMode {
-        /// Spin's SQLite store: check absence, yield, then upsert unconditionally (so a racer can be overwritten).
+        /// Spin's SQLite store: with `expected == None`, check absence, yield, then upsert unconditionally (so a
+        /// racer can be overwritten).
         SpinUpsert,
-        /// Create only if still absent (Redis WATCH/MULTI).
+        /// Create only if still absent (Redis WATCH/MULTI), and report the true outcome.
         Strict,
+        /// Spin's Redis store: as `Strict`, but `swap` reports failure whether or not its write landed (Spin sends
+        /// `UNWATCH <key>`, which Redis refuses).
+        SpinRedis,
     }
 
     /// An in-memory store for tests. Every operation yields once first, as a host call would, so futures polled
     /// together interleave between operations.
+    ///
+    /// `increment` of a value that is not 8 bytes (nor a Redis decimal counter) panics, as Spin's SQLite store does
+    /// (which then poisons itself): domain code must never do it, and a test that does fails loudly.
     pub struct MemStore {
         data: RefCell<BTreeMap<String, Vec<u8>>>,
         mode: CasMode,
         writes: Cell<u64>,
         fail_write: Cell<Option<u64>>,
+        crash_after: Cell<Option<u64>>,
+        now: Cell<i64>,
+        lease: Cell<i64>,
     }
 
     impl Default for MemStore {
@@ -445,7 +645,15 @@ mod mem {
     impl MemStore {
         /// An empty store.
         pub fn new(mode: CasMode) -> Self {
-            Self { data: RefCell::default(), mode, writes: Cell::new(0), fail_write: Cell::new(None) }
+            Self {
+                data: RefCell::default(),
+                mode,
+                writes: Cell::new(0),
+                fail_write: Cell::new(None),
+                crash_after: Cell::new(None),
+                now: Cell::new(1_800_000_000),
+                lease: Cell::new(super::CREATION_LEASE_SECS),
+            }
         }
 
         /// Makes the `n`th write from now on (1-based) fail without effect.
@@ -453,9 +661,26 @@ mod mem {
             self.fail_write.set(Some(self.writes.get() + n));
         }
 
-        /// Cancels a failure set with [`MemStore::fail_write`] that has not happened yet.
+        /// Simulates a crash right after the `n`th write from now on (1-based): that write lands, and every later
+        /// operation fails until [`MemStore::heal`] (a new process taking over the same data).
+        pub fn crash_after_write(&self, n: u64) {
+            self.crash_after.set(Some(self.writes.get() + n));
+        }
+
+        /// Cancels a failure or crash set with [`MemStore::fail_write`] or [`MemStore::crash_after_write`].
         pub fn heal(&self) {
             self.fail_write.set(None);
+            self.crash_after.set(None);
+        }
+
+        /// Sets the real clock the store reports (Unix seconds).
+        pub fn set_now(&self, unix_secs: i64) {
+            self.now.set(unix_secs);
+        }
+
+        /// Sets the creation lease (seconds).
+        pub fn set_creation_lease(&self, secs: i64) {
+            self.lease.set(secs);
         }
 
         /// Writes attempted so far.
@@ -478,7 +703,15 @@ mod mem {
             self.data.borrow().keys().cloned().collect()
         }
 
+        fn alive(&self) -> Result<(), StoreError> {
+            match self.crash_after.get() {
+                Some(n) if self.writes.get() >= n => Err(StoreError::Backend("crashed".into())),
+                _ => Ok(()),
+            }
+        }
+
         fn write(&self) -> Result<(), StoreError> {
+            self.alive()?;
             let n = self.writes.get() + 1;
             self.writes.set(n);
             if self.fail_write.get() == Some(n) {
@@ -491,6 +724,7 @@ mod mem {
     impl Store for MemStore {
         async fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
             yield_now().await;
+            self.alive()?;
             Ok(self.data.borrow().get(key.as_str()).cloned())
         }
 
@@ -514,7 +748,14 @@ mod mem {
             let mut data = self.data.borrow_mut();
             let current = match data.get(key.as_str()) {
                 None => 0,
-                Some(bytes) => super::decode_counter(key, bytes)?,
+                Some(bytes) => match super::decode_counter(key, bytes) {
+                    Ok(n) => n,
+                    Err(_) => panic!(
+                        "increment of {key} holding a non-counter value ({} bytes): Spin's SQLite store panics here \
+                         and poisons itself",
+                        bytes.len()
+                    ),
+                },
             };
             let next = current.checked_add(delta).ok_or_else(|| StoreError::Backend("counter overflow".into()))?;
             data.insert(key.as_str().to_owned(), next.to_le_bytes().to_vec());
@@ -524,14 +765,14 @@ mod mem {
         async fn cas(&self, key: &Key, expected: Option<&[u8]>, new: &[u8]) -> Result<bool, StoreError> {
             yield_now().await;
             self.write()?;
-            match expected {
+            let landed = match expected {
                 Some(expected) => {
                     let mut data = self.data.borrow_mut();
                     if data.get(key.as_str()).map(Vec::as_slice) == Some(expected) {
                         data.insert(key.as_str().to_owned(), new.to_vec());
-                        Ok(true)
+                        true
                     } else {
-                        Ok(false)
+                        false
                     }
                 }
                 None => {
@@ -545,15 +786,25 @@ mod mem {
                         return Ok(false);
                     }
                     self.data.borrow_mut().insert(key.as_str().to_owned(), new.to_vec());
-                    Ok(true)
+                    true
                 }
-            }
+            };
+            Ok(landed && self.mode != CasMode::SpinRedis)
         }
 
         async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
             yield_now().await;
+            self.alive()?;
             let data = self.data.borrow();
             Ok(keys.iter().map(|k| data.get(k.as_str()).cloned()).collect())
+        }
+
+        fn now_unix_secs(&self) -> i64 {
+            self.now.get()
+        }
+
+        async fn creation_lease_secs(&self) -> i64 {
+            self.lease.get()
         }
     }
 }
@@ -675,6 +926,106 @@ mod tests {
         // Assert
         assert!(results.iter().all(Result::is_ok), "{results:?}");
         assert_eq!(pollster::block_on(get_json::<Doc>(&store, &key)).expect("read").map(|d| d.n), Some(20));
+    }
+
+    #[test]
+    fn concurrent_creators_and_updaters_lose_nothing_on_every_spin_store() {
+        for mode in [CasMode::SpinUpsert, CasMode::Strict, CasMode::SpinRedis] {
+            // Arrange: 30 writers race to create and update one absent document, interleaved at every store call.
+            let store = MemStore::new(mode);
+            let key = Key::new(&["t", "race"]);
+            let tasks: Vec<_> = (0..30).map(|_| update_json(&store, &key, add(1))).collect();
+
+            // Act
+            let results = pollster::block_on(interleave::join_all(tasks));
+
+            // Assert: every update applied exactly once; the creation counter holds one claim; tokens stay bounded.
+            assert!(results.iter().all(Result::is_ok), "{mode:?}: {results:?}");
+            let doc = pollster::block_on(get_json::<Doc>(&store, &key)).expect("read");
+            assert_eq!(doc.map(|d| d.n), Some(30), "{mode:?}");
+            let raw = store.raw("t:race").expect("written");
+            let (tokens, _) = split_tokens(&raw).expect("tokens");
+            assert_eq!(tokens.split(|&b| b == b',').count(), WRITE_TOKENS, "{mode:?}");
+            let born = store.raw("t:race:~born").expect("claimed");
+            assert_eq!(decode_counter(&key, &born).map(|n| n >> 20), Ok(store.now_unix_secs()), "{mode:?}");
+        }
+    }
+
+    #[test]
+    fn an_update_whose_swap_reports_failure_after_landing_is_not_applied_twice() {
+        // Spin's Redis store: every swap reports failure; the read-back finds the write token.
+        let store = MemStore::new(CasMode::SpinRedis);
+        let key = Key::new(&["t", "redis"]);
+        for expected in 1..=5 {
+            assert_eq!(pollster::block_on(update_json(&store, &key, add(1))), Ok(expected));
+        }
+        assert_eq!(pollster::block_on(get_json::<Doc>(&store, &key)).expect("read").map(|d| d.n), Some(5));
+    }
+
+    #[test]
+    fn a_creator_that_dies_after_its_claim_is_taken_over_once_the_lease_has_passed() {
+        // Arrange: the first creator's claim lands, then its process dies before the document is written.
+        let store = MemStore::default();
+        let key = Key::new(&["t", "orphan"]);
+        store.crash_after_write(1);
+        assert!(pollster::block_on(update_json(&store, &key, add(1))).is_err());
+        store.heal();
+        assert_eq!(store.raw("t:orphan"), None);
+
+        // Act / Assert: within the lease a writer waits and gives up; after it, the next writer creates.
+        assert_eq!(
+            pollster::block_on(update_json(&store, &key, add(2))),
+            Err(StoreError::Contention { key: "t:orphan".into() })
+        );
+        store.set_now(store.now_unix_secs() + CREATION_LEASE_SECS + 1);
+        assert_eq!(pollster::block_on(update_json(&store, &key, add(3))), Ok(3));
+        assert_eq!(pollster::block_on(update_json(&store, &key, add(4))), Ok(7));
+    }
+
+    #[test]
+    fn a_creation_whose_write_fails_gives_its_claim_back_at_once() {
+        let store = MemStore::default();
+        let key = Key::new(&["t", "failed"]);
+        store.fail_write(2);
+        assert_eq!(pollster::block_on(update_json(&store, &key, add(1))), Err(StoreError::Injected(2)));
+        assert_eq!(pollster::block_on(update_json(&store, &key, add(5))), Ok(5));
+    }
+
+    #[test]
+    fn a_crash_between_any_two_writes_of_concurrent_updates_applies_each_at_most_once() {
+        // Every write of a creation plus updates, in turn, is the last before a crash; the writer that crashed is
+        // not retried (its outcome is unknown), everyone else's update lands exactly once.
+        for n in 1..=12 {
+            let store = MemStore::new(CasMode::SpinRedis);
+            let key = Key::new(&["t", "crash"]);
+            store.crash_after_write(n);
+            let crashed = pollster::block_on(update_json(&store, &key, add(100))).is_err()
+                || pollster::block_on(update_json(&store, &key, add(100))).is_err();
+            store.heal();
+            store.set_now(store.now_unix_secs() + CREATION_LEASE_SECS + 1);
+            pollster::block_on(update_json(&store, &key, add(1))).expect("after the crash");
+            let n_now = pollster::block_on(get_json::<Doc>(&store, &key)).expect("read").map_or(0, |d| d.n);
+            assert!([1, 101, 201].contains(&n_now), "crash after write {n}: {n_now} (crashed: {crashed})");
+        }
+    }
+
+    #[test]
+    fn write_tokens_are_invisible_to_readers() {
+        let store = MemStore::default();
+        let key = Key::new(&["t", "tokens"]);
+        pollster::block_on(update_json(&store, &key, add(1))).expect("create");
+        let raw = store.raw("t:tokens").expect("written");
+        assert!(raw.starts_with(b"{\"_w\":[\""), "{}", String::from_utf8_lossy(&raw));
+        #[derive(Debug, Deserialize, PartialEq)]
+        #[serde(deny_unknown_fields)]
+        struct Strict {
+            v: u32,
+            n: i64,
+        }
+        assert_eq!(decode_doc::<Strict>(&key, Some(&raw)), Ok(Some(Strict { v: 1, n: 1 })));
+        #[derive(Debug, Serialize, Deserialize, PartialEq)]
+        struct Empty {}
+        assert_eq!(decode_doc::<Empty>(&key, Some(b"{\"_w\":[\"ab\"]}")), Ok(Some(Empty {})));
     }
 
     #[test]

@@ -783,6 +783,8 @@ mod tests {
         loop {
             let store = setup_with_one_reservation(1000);
             let done = poll_then_drop(reserve(&store, &budget(), "q_2", 100, t(900), t(0)), polls).is_some();
+            // A creation the crash left claimed is taken over once its lease has passed.
+            store.set_now(store.now_unix_secs() + crate::kv::CREATION_LEASE_SECS + 1);
 
             assert_eq!(reserve_at(&store, "q_2", 100, 0), Ok(Reserved::Granted), "crash after {polls} polls");
 

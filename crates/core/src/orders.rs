@@ -667,11 +667,8 @@ pub async fn list_orders(
     let page: Vec<&String> = ids.iter().skip(start).take(limit).copied().collect();
     let keys: Vec<Key> = page.iter().map(|id| keys::order(owner, id)).collect();
     let mut orders = Vec::with_capacity(page.len());
-    for bytes in store.get_many(&keys).await?.into_iter().flatten() {
-        orders.push(
-            serde_json::from_slice(&bytes)
-                .map_err(|e| StoreError::Corrupt { key: "order".into(), detail: e.to_string() })?,
-        );
+    for (key, bytes) in keys.iter().zip(kv::get_all(store, &keys).await?) {
+        orders.extend(kv::decode_doc::<Order>(key, bytes.as_deref())?);
     }
     let next = (start + page.len() < ids.len()).then(|| page.last().map(|s| (*s).clone())).flatten();
     Ok((orders, next))

@@ -8,6 +8,8 @@
 //! spin-sdk 7 covers `spin:key-value`, `spin:variables` and `wasi:http`; it vendors `wasi:keyvalue` but exposes no
 //! Rust API for it, so those bindings are generated here from the project's `wit/`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use scenefin_core::clock::{Clock, SystemClock, Timestamp};
@@ -92,10 +94,47 @@ impl Store for SpinStore {
     }
 
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        // Spin's Redis store sends `KEYS k1 k2 ...` for a batch get: an arity error for two keys or more, a panic in
+        // its client for one key that exists. So one key is a plain get, and a batch the store refuses falls back to
+        // single gets for the life of the instance (the store does not change under it).
+        if keys.len() == 1 || BATCH_UNSUPPORTED.load(Ordering::Relaxed) {
+            return self.get_each(keys);
+        }
         let names: Vec<String> = keys.iter().map(|k| k.as_str().to_owned()).collect();
-        let found = batch::get_many(&self.bucket, &names).map_err(backend)?;
+        let found = match batch::get_many(&self.bucket, &names) {
+            Ok(found) => found,
+            Err(_) => {
+                BATCH_UNSUPPORTED.store(true, Ordering::Relaxed);
+                return self.get_each(keys);
+            }
+        };
         let mut map: std::collections::HashMap<String, Option<Vec<u8>>> = found.into_iter().collect();
         Ok(names.iter().map(|k| map.remove(k).flatten()).collect())
+    }
+
+    async fn creation_lease_secs(&self) -> i64 {
+        variable("kv_creation_lease_secs")
+            .await
+            .and_then(|v| v.parse::<i64>().ok())
+            .filter(|secs| *secs > 0)
+            .unwrap_or(scenefin_core::kv::CREATION_LEASE_SECS)
+    }
+
+    async fn pause(&self, attempt: u32) {
+        // Jittered backoff: up to 1, 2, 4 ... ms, at most 32 ms, so writers contending for one document spread out.
+        let ceiling_us = 1_000u64 << attempt.saturating_sub(1).min(5);
+        let jitter = scenefin_core::ids::random_bytes::<4>().map(u32::from_le_bytes).unwrap_or(0);
+        let micros = u64::from(jitter) % ceiling_us + 100;
+        spin_sdk::wasip3::clocks::monotonic_clock::wait_for(micros * 1_000).await;
+    }
+}
+
+/// Set once a batch get failed: this instance's store cannot do batches (Spin's Redis store).
+static BATCH_UNSUPPORTED: AtomicBool = AtomicBool::new(false);
+
+impl SpinStore {
+    fn get_each(&self, keys: &[Key]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        keys.iter().map(|k| self.bucket.get(k.as_str()).map_err(backend)).collect()
     }
 }
 

@@ -234,19 +234,24 @@ fn wasi_err(msg: String) -> wasi_kv::Error {
 }
 
 impl SpinCtx {
-    /// The op as a future that does not borrow `self` (the instance state is not `Sync`), with the fault plan
-    /// applied: `Err` is a trap.
+    /// The op as a future that does not borrow `self` (the instance state is not `Sync`), answered as Spin's store
+    /// would ([`Kv::exec_guest`]) and with the fault plan applied: `Err` is a trap, for an injected fault or for a
+    /// call Spin's store does not survive (logged here, with the component's id).
     fn exec(
         &self,
         label: &str,
         op: Op,
     ) -> impl Future<Output = wasmtime::Result<Result<Output, String>>> + Send + use<> {
-        let (kv, label, faults) = (self.kv.clone(), label.to_owned(), self.faults.clone());
+        let (kv, label, faults, env) = (self.kv.clone(), label.to_owned(), self.faults.clone(), self.env.clone());
         async move {
-            match faults {
-                Some(faults) => faults.exec(&kv, &label, op).await,
-                None => Ok(kv.exec(&label, op).await),
-            }
+            let result = match faults {
+                Some(faults) => faults.exec(&kv, &label, op).await?,
+                None => kv.exec_guest(&label, op).await,
+            };
+            result.map_err(|fatal| {
+                eprintln!("{}", fatal.log_line(&env.id));
+                wasmtime::Error::msg(format!("fatal key-value call, as in Spin: {fatal}"))
+            })
         }
     }
 

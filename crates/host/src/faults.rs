@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::kv::{Kv, Op, Output};
+use crate::kv::{GuestResult, Kv, Op};
 
 /// What to inject. The default injects nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -90,8 +90,9 @@ pub struct InstanceFaults {
 }
 
 impl InstanceFaults {
-    /// Runs `op` with the plan applied: `Err` is a trap (the instance ends), `Ok(Err)` the op's own failure.
-    pub async fn exec(&self, kv: &Kv, label: &str, op: Op) -> wasmtime::Result<Result<Output, String>> {
+    /// Runs `op` for a guest ([`Kv::exec_guest`]) with the plan applied: `Err` is an injected trap (the instance
+    /// ends), `Ok` what the guest's call came to.
+    pub async fn exec(&self, kv: &Kv, label: &str, op: Op) -> wasmtime::Result<GuestResult> {
         let plan = self.faults.plan();
         if !plan.delay.is_zero() {
             tokio::time::sleep(plan.delay).await;
@@ -99,11 +100,11 @@ impl InstanceFaults {
         let n = self.ops.fetch_add(1, Ordering::SeqCst) + 1;
         if plan.fail_op == Some(n) {
             self.faults.0.fired.fetch_add(1, Ordering::SeqCst);
-            return Ok(Err(format!("fault injected: key-value operation #{n} failed")));
+            return Ok(Ok(Err(format!("fault injected: key-value operation #{n} failed"))));
         }
         let is_write = op.is_write();
-        let result = kv.exec(label, op).await;
-        if is_write && result.is_ok() {
+        let result = kv.exec_guest(label, op).await;
+        if is_write && matches!(result, Ok(Ok(_))) {
             let w = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
             if plan.trap_after_write == Some(w) {
                 self.faults.0.fired.fetch_add(1, Ordering::SeqCst);

@@ -7,7 +7,17 @@
 //!   `current` never called) Spin performs an unconditional upsert. [`CasMode::Strict`] instead only creates an
 //!   absent key (what Redis's WATCH/MULTI gives); the SQLite backend always behaves like Spin.
 //!
-//! Unlike Spin, a non-counter value under `increment` is an error, not a host panic.
+//! What Spin's stores do not survive, or answer wrongly, is mirrored for guests ([`Kv::exec_guest`], on by default,
+//! off with [`Kv::with_spin_quirks`]) so that no component comes to rely on it:
+//! - `increment` on a value that is not a counter is [`Fatal`] on every backend: Spin's SQLite store panics there
+//!   (`i64::from_le_bytes(v.try_into().expect("incorrect length"))`) and poisons its connection mutex. A counter is
+//!   any 8-byte value on SQLite and in memory (exactly what Spin accepts), a decimal integer `INCRBY` accepts on
+//!   Redis.
+//! - On Redis, as Spin's Redis store (`crates/key-value-redis/src/store.rs`) answers: `swap` always reports a failed
+//!   CAS (Spin sends `UNWATCH <key>`, which Redis refuses, after its conditional write), and `get-many` sends
+//!   `KEYS <k1> <k2> ...`.
+//!
+//! [`Kv::exec`], for the host itself and tests, has none of these: it reports what the store did.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -77,6 +87,71 @@ pub enum Output {
     Swapped(bool),
 }
 
+/// Why an [`Op`] failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvError {
+    /// An ordinary store error: the guest is told (`error::other`).
+    Store(String),
+    /// Something Spin's store does not survive: with Spin's behaviour mirrored the guest's instance traps,
+    /// otherwise it is an ordinary store error.
+    Fatal(Fatal),
+}
+
+impl std::fmt::Display for KvError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KvError::Store(msg) => f.write_str(msg),
+            KvError::Fatal(fatal) => fatal.fmt(f),
+        }
+    }
+}
+
+/// A guest call that Spin answers with a panic (and the instance, or the whole app's store, with it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fatal {
+    /// `increment` on a key whose value is not a counter (`len` bytes); the value is left as it was.
+    NotACounter { key: String, len: usize },
+    /// Spin's Redis `get-many` sent `KEYS <pattern>`, which matched an odd number of keys (one existing key without
+    /// glob characters): its redis client panics pairing them up ("entered unreachable code").
+    RedisKeysOdd { pattern: String, matched: usize },
+}
+
+impl Fatal {
+    /// The host's log line for a guest of component `component` that ran into this.
+    pub fn log_line(&self, component: &str) -> String {
+        match self {
+            Fatal::NotACounter { key, len } => format!(
+                "scenefin-host: component {component} incremented key {key} holding a non-counter value ({len} bytes); \
+                 Spin's SQLite store would panic here (\"incorrect length\") and poison itself: every later key-value \
+                 call of the app would fail until restart"
+            ),
+            Fatal::RedisKeysOdd { pattern, matched } => format!(
+                "scenefin-host: component {component} called get-many with the one key {pattern}, which matches \
+                 {matched} key(s); Spin's Redis store sends KEYS {pattern} here and panics in its redis client \
+                 (\"entered unreachable code\"): the request would fail"
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fatal::NotACounter { key, len } => {
+                write!(f, "increment of key {key:?}: value is not a counter ({len} bytes)")
+            }
+            Fatal::RedisKeysOdd { pattern, matched } => write!(
+                f,
+                "get-many of key {pattern:?}: Spin's Redis store sends KEYS {pattern}, which matches {matched} key(s), \
+                 and panics"
+            ),
+        }
+    }
+}
+
+/// What a guest's op came to: `Ok` is what the guest sees (the op's output or a store error), `Err` a trap.
+pub type GuestResult = Result<Result<Output, String>, Fatal>;
+
 /// How `swap` treats a CAS handle that read no value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CasMode {
@@ -88,8 +163,13 @@ pub enum CasMode {
 
 /// A key-value backend shared by every component instance of the host.
 pub trait Backend: Send + Sync + 'static {
-    /// Runs one op against the store `store`.
-    fn exec(&self, store: &str, op: Op) -> BoxFuture<'static, Result<Output, String>>;
+    /// Runs one op against the store `store`, reporting what the store did.
+    fn exec(&self, store: &str, op: Op) -> BoxFuture<'static, Result<Output, KvError>>;
+    /// Runs one op for a guest as Spin's store of this kind answers it, where that differs from what the store did
+    /// (Spin's Redis store: see [`RedisBackend`]). By default the same as [`Backend::exec`].
+    fn exec_as_spin(&self, store: &str, op: Op) -> BoxFuture<'static, Result<Output, KvError>> {
+        self.exec(store, op)
+    }
     /// A short human description for the start-up banner.
     fn describe(&self) -> String;
     /// Resolves once every write committed before the call is durable. The server awaits it before a response
@@ -105,16 +185,45 @@ pub trait Backend: Send + Sync + 'static {
 pub struct Kv {
     backend: Arc<dyn Backend>,
     ops: Arc<AtomicU64>,
+    spin_quirks: bool,
 }
 
 impl Kv {
+    /// A handle that answers guests as Spin does ([`Kv::exec_guest`]).
     pub fn new(backend: impl Backend) -> Self {
-        Self { backend: Arc::new(backend), ops: Arc::default() }
+        Self { backend: Arc::new(backend), ops: Arc::default(), spin_quirks: true }
     }
 
+    /// With `on` false, guests get what the store did instead of Spin's answer: an `increment` on a non-counter is
+    /// an ordinary store error, Redis `swap` reports its true outcome, Redis `get-many` uses `MGET`.
+    pub fn with_spin_quirks(mut self, on: bool) -> Self {
+        self.spin_quirks = on;
+        self
+    }
+
+    /// Whether guests get Spin's answers (see [`Kv::with_spin_quirks`]).
+    pub fn spin_quirks(&self) -> bool {
+        self.spin_quirks
+    }
+
+    /// Runs `op` for the host or a test: what the store did, failures as messages.
     pub async fn exec(&self, store: &str, op: Op) -> Result<Output, String> {
         self.ops.fetch_add(1, Ordering::Relaxed);
-        self.backend.exec(store, op).await
+        self.backend.exec(store, op).await.map_err(|e| e.to_string())
+    }
+
+    /// Runs `op` for a guest: as Spin's store answers it, or, with Spin's behaviour off, what the store did. `Err`
+    /// is a call Spin does not survive; the caller traps the instance.
+    pub async fn exec_guest(&self, store: &str, op: Op) -> GuestResult {
+        self.ops.fetch_add(1, Ordering::Relaxed);
+        let result =
+            if self.spin_quirks { self.backend.exec_as_spin(store, op) } else { self.backend.exec(store, op) }.await;
+        match result {
+            Ok(output) => Ok(Ok(output)),
+            Err(KvError::Store(msg)) => Ok(Err(msg)),
+            Err(KvError::Fatal(fatal)) if self.spin_quirks => Err(fatal),
+            Err(KvError::Fatal(fatal)) => Ok(Err(fatal.to_string())),
+        }
     }
 
     /// Number of operations executed since start.
@@ -145,17 +254,19 @@ impl Kv {
     }
 }
 
-fn decode_counter(value: Option<&[u8]>) -> Result<i64, String> {
+/// A stored counter as Spin's SQLite store reads it: absent is 0, any 8 bytes are a little-endian `i64`, anything
+/// else is not a counter (Spin panics there).
+fn decode_counter(key: &str, value: Option<&[u8]>) -> Result<i64, KvError> {
     match value {
         None => Ok(0),
         Some(bytes) => <[u8; 8]>::try_from(bytes)
             .map(i64::from_le_bytes)
-            .map_err(|_| format!("value is not a counter ({} bytes, expected 8)", bytes.len())),
+            .map_err(|_| KvError::Fatal(Fatal::NotACounter { key: key.to_owned(), len: bytes.len() })),
     }
 }
 
-fn add_counter(current: i64, delta: i64) -> Result<i64, String> {
-    current.checked_add(delta).ok_or_else(|| "counter overflow".to_owned())
+fn add_counter(current: i64, delta: i64) -> Result<i64, KvError> {
+    current.checked_add(delta).ok_or_else(|| KvError::Store("counter overflow".to_owned()))
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -172,8 +283,8 @@ impl MemoryBackend {
         Self { data: Mutex::default(), cas_mode }
     }
 
-    fn apply(&self, store: &str, op: Op) -> Result<Output, String> {
-        let mut data = self.data.lock().map_err(|_| "store poisoned".to_owned())?;
+    fn apply(&self, store: &str, op: Op) -> Result<Output, KvError> {
+        let mut data = self.data.lock().map_err(|_| KvError::Store("store poisoned".to_owned()))?;
         let k = |key: &str| (store.to_owned(), key.to_owned());
         Ok(match op {
             Op::Get { key } => Output::Value(data.get(&k(&key)).cloned()),
@@ -203,7 +314,7 @@ impl MemoryBackend {
                 Output::Done
             }
             Op::Increment { key, delta } => {
-                let next = add_counter(decode_counter(data.get(&k(&key)).map(Vec::as_slice))?, delta)?;
+                let next = add_counter(decode_counter(&key, data.get(&k(&key)).map(Vec::as_slice))?, delta)?;
                 data.insert(k(&key), next.to_le_bytes().to_vec());
                 Output::Counter(next)
             }
@@ -225,7 +336,7 @@ impl MemoryBackend {
 }
 
 impl Backend for MemoryBackend {
-    fn exec(&self, store: &str, op: Op) -> BoxFuture<'static, Result<Output, String>> {
+    fn exec(&self, store: &str, op: Op) -> BoxFuture<'static, Result<Output, KvError>> {
         let result = self.apply(store, op);
         Box::pin(async move { result })
     }
@@ -261,7 +372,7 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(5
 /// How long a barrier waits for the sync before the request is failed (its writes may then be lost, like a crash).
 const BARRIER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-type WriteJob = (String, Op, oneshot::Sender<Result<Output, String>>);
+type WriteJob = (String, Op, oneshot::Sender<Result<Output, KvError>>);
 
 /// SQLite in Spin's table layout (`spin_key_value(store, key, value)`), so one data file serves both runtimes.
 ///
@@ -486,9 +597,9 @@ fn read(conn: &Connection, store: &str, op: Op) -> rusqlite::Result<Output> {
     })
 }
 
-/// Applies one write inside the batch's open transaction. `Err(Ok(msg))` is the op's own failure (nothing
-/// written); `Err(Err(e))` is an SQLite failure that aborts the batch.
-fn write(conn: &Connection, store: &str, op: Op) -> Result<Result<Output, String>, rusqlite::Error> {
+/// Applies one write inside the batch's open transaction. `Ok(Err(e))` is the op's own failure (nothing
+/// written); `Err(e)` is an SQLite failure that aborts the batch.
+fn write(conn: &Connection, store: &str, op: Op) -> Result<Result<Output, KvError>, rusqlite::Error> {
     Ok(Ok(match op {
         Op::Set { key, value } => {
             conn.prepare_cached(UPSERT)?.execute(params![store, key, value])?;
@@ -515,9 +626,9 @@ fn write(conn: &Connection, store: &str, op: Op) -> Result<Result<Output, String
         Op::Increment { key, delta } => {
             let current: Option<Vec<u8>> =
                 conn.prepare_cached(SELECT)?.query_row(params![store, key], |r| r.get(0)).optional()?;
-            let next = match decode_counter(current.as_deref()).and_then(|c| add_counter(c, delta)) {
+            let next = match decode_counter(&key, current.as_deref()).and_then(|c| add_counter(c, delta)) {
                 Ok(next) => next,
-                Err(msg) => return Ok(Err(msg)),
+                Err(e) => return Ok(Err(e)),
             };
             conn.prepare_cached(UPSERT)?.execute(params![store, key, next.to_le_bytes()])?;
             Output::Counter(next)
@@ -537,7 +648,7 @@ fn write(conn: &Connection, store: &str, op: Op) -> Result<Result<Output, String
 /// Commits one batch of queued writes as one transaction and answers each. `committed` is published before the
 /// answers, so a barrier taken after any of these writes returned covers them.
 fn commit_batch(conn: &Connection, batch: Vec<WriteJob>, durable: &Durable) {
-    let outcome = (|| -> rusqlite::Result<Vec<Result<Output, String>>> {
+    let outcome = (|| -> rusqlite::Result<Vec<Result<Output, KvError>>> {
         if !conn.is_autocommit() {
             // A batch that panicked half-way (see `try_main`) left its transaction open: it never committed.
             conn.execute_batch("ROLLBACK")?;
@@ -570,28 +681,32 @@ fn commit_batch(conn: &Connection, batch: Vec<WriteJob>, durable: &Durable) {
         Err(e) => {
             eprintln!("kv: sqlite write batch failed: {e}");
             for (_, _, reply) in batch {
-                let _ = reply.send(Err(format!("storage error: {e}")));
+                let _ = reply.send(Err(KvError::Store(format!("storage error: {e}"))));
             }
         }
     }
 }
 
 /// One read on a pooled reader connection (opened on first use, returned to the pool after).
-fn read_pooled(readers: &Mutex<Vec<Connection>>, path: &Path, store: &str, op: Op) -> Result<Output, String> {
+fn read_pooled(readers: &Mutex<Vec<Connection>>, path: &Path, store: &str, op: Op) -> Result<Output, KvError> {
     let pooled = readers.lock().ok().and_then(|mut r| r.pop());
     let conn = match pooled {
         Some(c) => c,
-        None => open_reader(path).map_err(|e| format!("storage error: {e}"))?,
+        None => open_reader(path).map_err(storage_error)?,
     };
-    let result = read(&conn, store, op).map_err(|e| format!("storage error: {e}"));
+    let result = read(&conn, store, op).map_err(storage_error);
     if let Ok(mut r) = readers.lock() {
         r.push(conn);
     }
     result
 }
 
+fn storage_error(e: impl std::fmt::Display) -> KvError {
+    KvError::Store(format!("storage error: {e}"))
+}
+
 impl Backend for SqliteBackend {
-    fn exec(&self, store: &str, op: Op) -> BoxFuture<'static, Result<Output, String>> {
+    fn exec(&self, store: &str, op: Op) -> BoxFuture<'static, Result<Output, KvError>> {
         let store = store.to_owned();
         if op.is_write() {
             let (tx, rx) = oneshot::channel();
@@ -599,9 +714,9 @@ impl Backend for SqliteBackend {
             self.combine();
             return Box::pin(async move {
                 if !queued {
-                    return Err("storage queue poisoned".to_owned());
+                    return Err(KvError::Store("storage queue poisoned".to_owned()));
                 }
-                rx.await.map_err(|_| "storage write abandoned".to_owned())?
+                rx.await.map_err(|_| KvError::Store("storage write abandoned".to_owned()))?
             });
         }
         if op != Op::Keys {
@@ -610,7 +725,7 @@ impl Backend for SqliteBackend {
             // anyone, so each of its reads would fetch the b-tree's pages again).
             let result = match self.try_main() {
                 Some(conn) => {
-                    let result = read(&conn, &store, op).map_err(|e| format!("storage error: {e}"));
+                    let result = read(&conn, &store, op).map_err(storage_error);
                     drop(conn);
                     // Writes queued while this read held the connection are committed now.
                     self.combine();
@@ -630,7 +745,7 @@ impl Backend for SqliteBackend {
                 // The blocking pool dropped the task before it ran (tokio reports this while a runtime winds down,
                 // seen under heavy parallel tests): the listing is then done here rather than failing the request.
                 Err(e) if e.is_cancelled() => read_pooled(&readers, &path, &store, again),
-                Err(e) => Err(format!("storage task failed: {e}")),
+                Err(e) => Err(KvError::Store(format!("storage task failed: {e}"))),
             }
         })
     }
@@ -681,6 +796,16 @@ return 1
 /// strings, so a counter is readable by both runtimes; `INCRBY` on a non-integer value fails without effect).
 /// Compare-and-swap is a Lua script, atomic on the server, so any number of host processes can share the store.
 ///
+/// For guests ([`Backend::exec_as_spin`]) it answers as Spin's Redis store does:
+/// - `swap` always reports a failed CAS. Spin's store writes with `MULTI`/`EXEC` under the `WATCH` its `current`
+///   set (conditional, as the Lua script here is), then sends `UNWATCH <key>`, which Redis refuses
+///   (`UNWATCH` takes no argument), and reports that refusal as `cas-failed`, whether or not the write landed.
+/// - `get-many` sends `KEYS <k1> <k2> ...` instead of `MGET`: with two or more keys Redis refuses the arity (a
+///   store error); with one key the reply is the keys matching it as a glob pattern, which Spin's redis client
+///   pairs up as `(key, value)`: none is an empty list, an odd number (one existing key) panics in the client
+///   ([`Fatal::RedisKeysOdd`]), an even number pairs key names with key names. No keys: an empty list (Spin's
+///   host answers that without asking the store).
+///
 /// Durability is Redis's: configure `appendonly yes` with `appendfsync always` for acknowledged writes to survive
 /// a Redis crash (see deploy/README.md).
 pub struct RedisBackend {
@@ -710,11 +835,22 @@ fn redact(url: &str) -> String {
     }
 }
 
+impl From<redis::RedisError> for KvError {
+    fn from(e: redis::RedisError) -> Self {
+        storage_error(e)
+    }
+}
+
+/// Whether `INCRBY` refused the stored value (not a decimal `i64`), as opposed to an overflow or a lost connection.
+fn is_not_an_integer(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::ResponseError && e.detail().is_some_and(|d| d.contains("not an integer"))
+}
+
 async fn redis_exec(
     mut conn: redis::aio::ConnectionManager,
     cas: Arc<redis::Script>,
     op: Op,
-) -> redis::RedisResult<Output> {
+) -> Result<Output, KvError> {
     use redis::AsyncCommands as _;
     Ok(match op {
         Op::Get { key } => Output::Value(conn.get(key).await?),
@@ -745,7 +881,15 @@ async fn redis_exec(
             }
             Output::Done
         }
-        Op::Increment { key, delta } => Output::Counter(conn.incr(key, delta).await?),
+        Op::Increment { key, delta } => match conn.incr(&key, delta).await {
+            Ok(n) => Output::Counter(n),
+            // Nothing was written; the length is for the log line.
+            Err(e) if is_not_an_integer(&e) => {
+                let len: usize = conn.strlen(&key).await?;
+                return Err(KvError::Fatal(Fatal::NotACounter { key, len }));
+            }
+            Err(e) => return Err(e.into()),
+        },
         Op::Swap { key, expected, value } => {
             let read = if expected.is_some() { "1" } else { "0" };
             let written: i64 =
@@ -755,10 +899,51 @@ async fn redis_exec(
     })
 }
 
+/// `get-many` as Spin's Redis store does it: `KEYS <k1> <k2> ...`, the reply paired up by its redis client.
+async fn spin_redis_get_many(mut conn: redis::aio::ConnectionManager, keys: Vec<String>) -> Result<Output, KvError> {
+    if keys.is_empty() {
+        return Ok(Output::Values(Vec::new()));
+    }
+    let matched: Vec<Vec<u8>> = redis::cmd("KEYS").arg(&keys).query_async(&mut conn).await.map_err(|e| {
+        KvError::Store(format!(
+            "get-many of {} key(s): Spin's Redis store sends KEYS {} instead of MGET, and Redis answers: {e}",
+            keys.len(),
+            keys.join(" ")
+        ))
+    })?;
+    spin_pair_keys_reply(&keys.join(" "), matched)
+}
+
+/// What Spin's redis client (0.32) makes of a `KEYS` reply read as `Vec<(String, Option<Vec<u8>>)>`: consecutive
+/// pairs, and a panic on an odd count.
+fn spin_pair_keys_reply(pattern: &str, matched: Vec<Vec<u8>>) -> Result<Output, KvError> {
+    if matched.len() % 2 == 1 {
+        return Err(KvError::Fatal(Fatal::RedisKeysOdd { pattern: pattern.to_owned(), matched: matched.len() }));
+    }
+    let mut pairs = Vec::with_capacity(matched.len() / 2);
+    let mut items = matched.into_iter();
+    while let (Some(key), Some(value)) = (items.next(), items.next()) {
+        pairs.push((String::from_utf8_lossy(&key).into_owned(), Some(value)));
+    }
+    Ok(Output::Values(pairs))
+}
+
 impl Backend for RedisBackend {
-    fn exec(&self, _store: &str, op: Op) -> BoxFuture<'static, Result<Output, String>> {
+    fn exec(&self, _store: &str, op: Op) -> BoxFuture<'static, Result<Output, KvError>> {
         let (conn, cas) = (self.conn.clone(), self.cas.clone());
-        Box::pin(async move { redis_exec(conn, cas, op).await.map_err(|e| format!("storage error: {e}")) })
+        Box::pin(redis_exec(conn, cas, op))
+    }
+
+    fn exec_as_spin(&self, store: &str, op: Op) -> BoxFuture<'static, Result<Output, KvError>> {
+        match op {
+            Op::GetMany { keys } => Box::pin(spin_redis_get_many(self.conn.clone(), keys)),
+            // The write is as conditional as Spin's; its outcome is reported as Spin's `UNWATCH <key>` makes it.
+            Op::Swap { .. } => {
+                let swap = self.exec(store, op);
+                Box::pin(async move { swap.await.map(|_| Output::Swapped(false)) })
+            }
+            op => self.exec(store, op),
+        }
     }
 
     fn describe(&self) -> String {
@@ -803,6 +988,152 @@ mod tests {
         assert_eq!(got, Ok(Output::Values(vec![("a".into(), Some(b"{2}".to_vec()))])));
         kv.exec("default", Op::DeleteMany { keys: vec!["a".into(), "fresh".into()] }).await.expect("delete");
         assert_eq!(kv.exec("default", Op::Keys).await, Ok(Output::Keys(vec!["n".into()])));
+    }
+
+    fn incr(key: &str, delta: i64) -> Op {
+        Op::Increment { key: key.into(), delta }
+    }
+
+    /// `increment` as guests see it: any value Spin's stores cannot count is fatal (with Spin's behaviour on) and
+    /// changes nothing; the store keeps serving. `eight_bytes` is an 8-byte value that is a counter on SQLite (any 8
+    /// bytes are) but not on Redis (not a decimal integer), `redis` whether the backend is Redis.
+    async fn guest_increments(kv: Kv, redis: bool) {
+        let json = br#"{"a":1}"#;
+        kv.set("default", "doc", json).await.expect("set");
+        assert_eq!(
+            kv.exec_guest("default", incr("doc", 0)).await,
+            Err(Fatal::NotACounter { key: "doc".into(), len: json.len() })
+        );
+        assert_eq!(kv.get("default", "doc").await, Ok(Some(json.to_vec())), "a fatal increment writes nothing");
+        assert_eq!(kv.exec_guest("default", incr("absent", 2)).await, Ok(Ok(Output::Counter(2))), "absent is 0");
+        kv.set("default", "eight", b"abcdefgh").await.expect("set");
+        let eight = kv.exec_guest("default", incr("eight", 1)).await;
+        if redis {
+            assert_eq!(eight, Err(Fatal::NotACounter { key: "eight".into(), len: 8 }));
+            kv.set("default", "dec", b"-12").await.expect("set");
+            assert_eq!(kv.exec_guest("default", incr("dec", 2)).await, Ok(Ok(Output::Counter(-10))));
+        } else {
+            // Spin reads any 8 bytes as a counter: so does the host, no stricter.
+            assert_eq!(eight, Ok(Ok(Output::Counter(i64::from_le_bytes(*b"abcdefgh") + 1))));
+            kv.set("default", "short", b"1234567").await.expect("set");
+            assert_eq!(
+                kv.exec_guest("default", incr("short", 1)).await,
+                Err(Fatal::NotACounter { key: "short".into(), len: 7 })
+            );
+        }
+        let line = Fatal::NotACounter { key: "doc".into(), len: 7 }.log_line("fx");
+        assert_eq!(
+            line,
+            "scenefin-host: component fx incremented key doc holding a non-counter value (7 bytes); Spin's SQLite \
+             store would panic here (\"incorrect length\") and poison itself: every later key-value call of the app \
+             would fail until restart"
+        );
+
+        // Spin's behaviour off: an ordinary store error, still without effect.
+        let off = kv.clone().with_spin_quirks(false);
+        match off.exec_guest("default", incr("doc", 1)).await {
+            Ok(Err(msg)) => assert!(msg.contains("not a counter"), "{msg}"),
+            other => panic!("expected a store error, got {other:?}"),
+        }
+        assert_eq!(kv.get("default", "doc").await, Ok(Some(json.to_vec())));
+        // The host's own calls never trap.
+        assert!(kv.exec("default", incr("doc", 1)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn memory_increment_on_a_non_counter_is_fatal_for_guests() {
+        guest_increments(Kv::new(MemoryBackend::new(CasMode::SpinUpsert)), false).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn sqlite_increment_on_a_non_counter_is_fatal_for_guests() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        guest_increments(Kv::new(SqliteBackend::open(&dir.path().join("kv.db")).expect("open")), false).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn redis_increment_on_a_non_counter_is_fatal_for_guests() {
+        let server = crate::testing::RedisServer::start().expect("redis-server");
+        guest_increments(Kv::new(RedisBackend::connect(&server.url()).await.expect("connect")), true).await;
+    }
+
+    fn guest_swap(key: &str, expected: &[u8], value: &[u8]) -> Op {
+        Op::Swap { key: key.into(), expected: Some(expected.to_vec()), value: value.to_vec() }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn redis_swap_reports_cas_failed_to_guests_as_spin_does() {
+        let server = crate::testing::RedisServer::start().expect("redis-server");
+        let kv = Kv::new(RedisBackend::connect(&server.url()).await.expect("connect"));
+        kv.set("default", "doc", b"v1").await.expect("set");
+        // The write lands, and is reported failed.
+        assert_eq!(kv.exec_guest("default", guest_swap("doc", b"v1", b"v2")).await, Ok(Ok(Output::Swapped(false))));
+        assert_eq!(kv.get("default", "doc").await, Ok(Some(b"v2".to_vec())));
+        // A stale CAS is reported failed and writes nothing.
+        assert_eq!(kv.exec_guest("default", guest_swap("doc", b"v1", b"v3")).await, Ok(Ok(Output::Swapped(false))));
+        assert_eq!(kv.get("default", "doc").await, Ok(Some(b"v2".to_vec())));
+        // Spin's behaviour off: the true outcome.
+        let off = kv.clone().with_spin_quirks(false);
+        assert_eq!(off.exec_guest("default", guest_swap("doc", b"v2", b"v4")).await, Ok(Ok(Output::Swapped(true))));
+        assert_eq!(off.exec_guest("default", guest_swap("doc", b"v2", b"v5")).await, Ok(Ok(Output::Swapped(false))));
+        assert_eq!(kv.get("default", "doc").await, Ok(Some(b"v4".to_vec())));
+        // SQLite's and memory's swap are not changed.
+        let mem = Kv::new(MemoryBackend::new(CasMode::SpinUpsert));
+        mem.set("default", "doc", b"v1").await.expect("set");
+        assert_eq!(mem.exec_guest("default", guest_swap("doc", b"v1", b"v2")).await, Ok(Ok(Output::Swapped(true))));
+    }
+
+    fn get_many(keys: &[&str]) -> Op {
+        Op::GetMany { keys: keys.iter().map(|k| (*k).to_owned()).collect() }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn redis_get_many_sends_keys_for_guests_as_spin_does() {
+        let server = crate::testing::RedisServer::start().expect("redis-server");
+        let kv = Kv::new(RedisBackend::connect(&server.url()).await.expect("connect"));
+        kv.set("default", "a", b"1").await.expect("set");
+        kv.set("default", "b", b"2").await.expect("set");
+        assert_eq!(kv.exec_guest("default", get_many(&[])).await, Ok(Ok(Output::Values(vec![]))));
+        match kv.exec_guest("default", get_many(&["a", "b"])).await {
+            Ok(Err(msg)) => {
+                assert!(msg.contains("Spin's Redis store sends KEYS a b") && msg.contains("arguments"), "{msg}")
+            }
+            other => panic!("expected a store error, got {other:?}"),
+        }
+        match kv.exec_guest("default", get_many(&["a", "absent"])).await {
+            Ok(Err(msg)) => assert!(msg.contains("KEYS a absent"), "{msg}"),
+            other => panic!("expected a store error, got {other:?}"),
+        }
+        assert_eq!(kv.exec_guest("default", get_many(&["absent"])).await, Ok(Ok(Output::Values(vec![]))));
+        let fatal = Fatal::RedisKeysOdd { pattern: "a".into(), matched: 1 };
+        assert_eq!(kv.exec_guest("default", get_many(&["a"])).await, Err(fatal.clone()));
+        assert_eq!(
+            fatal.log_line("fx"),
+            "scenefin-host: component fx called get-many with the one key a, which matches 1 key(s); Spin's Redis \
+             store sends KEYS a here and panics in its redis client (\"entered unreachable code\"): the request \
+             would fail"
+        );
+        // One key that is a glob pattern matching two: Spin pairs the names up.
+        kv.set("default", "p1", b"x").await.expect("set");
+        kv.set("default", "p2", b"y").await.expect("set");
+        match kv.exec_guest("default", get_many(&["p?"])).await {
+            Ok(Ok(Output::Values(pairs))) => {
+                assert_eq!(pairs.len(), 1, "{pairs:?}");
+                let (k, v) = &pairs[0];
+                let mut names = vec![k.clone(), String::from_utf8(v.clone().expect("some")).expect("utf8")];
+                names.sort();
+                assert_eq!(names, ["p1", "p2"], "a key name as the value");
+            }
+            other => panic!("expected Spin's pairs, got {other:?}"),
+        }
+        // Spin's behaviour off: MGET.
+        let off = kv.clone().with_spin_quirks(false);
+        let both = vec![("a".to_owned(), Some(b"1".to_vec())), ("b".to_owned(), Some(b"2".to_vec()))];
+        assert_eq!(off.exec_guest("default", get_many(&["a", "b", "absent"])).await, Ok(Ok(Output::Values(both))));
+        let one = vec![("a".to_owned(), Some(b"1".to_vec()))];
+        assert_eq!(off.exec_guest("default", get_many(&["a"])).await, Ok(Ok(Output::Values(one.clone()))));
+        // The host's own reads are never Spin's.
+        assert_eq!(kv.exec("default", get_many(&["a"])).await, Ok(Output::Values(one)));
     }
 
     #[tokio::test]

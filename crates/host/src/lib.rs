@@ -68,6 +68,10 @@ pub struct HostConfig {
     pub access_log: bool,
     /// Fault injection (`None`: off). When on, every request gets a fresh instance, so counts are per request.
     pub faults: Option<FaultPlan>,
+    /// Answer guests' key-value calls as Spin 4's stores do where those are weak (default): an `increment` on a
+    /// non-counter traps the instance, Redis `swap` always reports `cas-failed`, Redis `get-many` sends `KEYS`.
+    /// Off (`--no-spin-quirks`, for experiments only) guests get what the store did. See [`Kv::with_spin_quirks`].
+    pub spin_quirks: bool,
 }
 
 impl HostConfig {
@@ -94,6 +98,7 @@ impl HostConfig {
             cache_dir: None,
             access_log: true,
             faults: None,
+            spin_quirks: true,
         }
     }
 }
@@ -157,7 +162,8 @@ pub async fn start(config: HostConfig) -> Result<RunningHost> {
         KvKind::SqliteAt(path) => Kv::new(kv::SqliteBackend::open(path)?),
         KvKind::Redis(url) => Kv::new(kv::RedisBackend::connect(url).await?),
         KvKind::Memory(mode) => Kv::new(kv::MemoryBackend::new(*mode)),
-    };
+    }
+    .with_spin_quirks(config.spin_quirks);
     let mut limits = config.limits.clone();
     let faults = config.faults.clone().map(|plan| {
         limits.max_instance_reuse_count = 1;

@@ -72,6 +72,10 @@ struct Up {
     /// Do not print an access-log line per request.
     #[arg(long)]
     quiet: bool,
+    /// Experiments only: do not mirror where Spin 4's key-value stores are weak (an increment on a non-counter is
+    /// then a store error, not a trap; on Redis, swap reports its true outcome and get-many uses MGET).
+    #[arg(long)]
+    no_spin_quirks: bool,
     /// Fault injection (tests only): the Nth key-value operation of every request fails, writing nothing.
     #[arg(long, value_name = "N")]
     fault_fail_op: Option<u64>,
@@ -148,6 +152,7 @@ async fn up() -> Result<()> {
     config.max_body_bytes = up.max_body_bytes;
     config.module_cache = !up.no_cache;
     config.access_log = !up.quiet;
+    config.spin_quirks = !up.no_spin_quirks;
 
     let host = scenefin_host::start(config).await?;
     eprintln!(
@@ -159,6 +164,11 @@ async fn up() -> Result<()> {
     );
     for id in &host.components {
         eprintln!("  {id}");
+    }
+    if !host.kv.spin_quirks() {
+        eprintln!(
+            "scenefin-host: SPIN QUIRKS OFF: key-value calls succeed here that fail or crash on Spin 4; for experiments only"
+        );
     }
     if let Some(faults) = &host.faults {
         eprintln!("scenefin-host: FAULT INJECTION ON ({}): for tests only", faults.plan().describe());

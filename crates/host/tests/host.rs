@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use scenefin_host::testing::RedisServer;
 use scenefin_host::{CasMode, HostConfig, KvKind, RunningHost};
 
 fn workspace() -> PathBuf {
@@ -212,13 +213,155 @@ async fn atomic_increments_are_exact_and_stored_as_spin_counters() {
     assert_eq!(seen, (4..=53).collect::<Vec<_>>(), "every increment saw a distinct value");
     assert_eq!(app.host.kv.get("default", "n").await, Ok(Some(53i64.to_le_bytes().to_vec())));
 
-    // A non-counter value is refused without being changed.
+    // A non-counter value is refused without being changed (the instance traps: Spin's SQLite store panics there).
     app.send(reqwest::Method::PUT, "/fx/kv/text", b"abc".to_vec()).await;
     assert_eq!(app.post("/fx/incr/text").await.0, 500);
     assert_eq!(app.get("/fx/kv/text").await, (200, "abc".into()));
 
     assert_eq!(app.post("/fx/batch").await, (200, "b1=one,b2=two".into()));
     app.host.shutdown().await;
+}
+
+/// The stores Spin's key-value behaviour is checked on; the Redis one needs its server kept alive.
+fn every_store(state: &Path, redis: &RedisServer) -> Vec<(&'static str, KvKind)> {
+    vec![
+        ("memory", KvKind::Memory(CasMode::SpinUpsert)),
+        ("sqlite", KvKind::SqliteAt(state.join("kv.db"))),
+        ("redis", KvKind::Redis(redis.url())),
+    ]
+}
+
+/// A 500 from a trapped instance (the host's problem+json), not one the component wrote.
+fn assert_trapped((status, body): &(u16, String), what: &str) {
+    assert_eq!(*status, 500, "{what}: {body}");
+    assert!(body.contains("\"component_failed\""), "{what}: expected a trap, got {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_increment_on_a_json_value_traps_the_instance_on_every_store() {
+    let redis = RedisServer::start().expect("redis-server");
+    let state = tempfile::tempdir().expect("tempdir");
+    for (name, kv) in every_store(state.path(), &redis) {
+        let mut cfg = config(state.path());
+        cfg.kv = kv;
+        let app = App::start(cfg).await;
+        let json = r#"{"balance":1}"#;
+        assert_eq!(app.send(reqwest::Method::PUT, "/fx/kv/doc", json.into()).await.0, 200, "{name}");
+
+        assert_trapped(&app.post("/fx/incr/doc?by=0").await, name);
+        assert_trapped(&app.post("/fx/incr/doc").await, name);
+        assert_eq!(app.get("/fx/kv/doc").await, (200, json.to_owned()), "{name}: the value is unchanged");
+        // The host keeps serving, the store too (Spin's SQLite store would be poisoned here).
+        assert_eq!(app.post("/fx/incr/visits?by=2").await, (200, "2".into()), "{name}");
+        assert_eq!(app.echo("/fx/echo").await["method"], "GET", "{name}");
+        app.host.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_byte_values_count_on_sqlite_and_decimal_strings_on_redis() {
+    let redis = RedisServer::start().expect("redis-server");
+    let state = tempfile::tempdir().expect("tempdir");
+    for (name, kv) in every_store(state.path(), &redis) {
+        let mut cfg = config(state.path());
+        cfg.kv = kv;
+        let app = App::start(cfg).await;
+        app.send(reqwest::Method::PUT, "/fx/kv/eight", b"12345678".to_vec()).await;
+        let counted = app.post("/fx/incr/eight").await;
+        if name == "redis" {
+            assert_eq!(counted, (200, "12345679".into()), "{name}: a decimal string");
+        } else {
+            // Spin reads any 8 bytes as a little-endian i64, and so does the host: no stricter.
+            assert_eq!(counted, (200, (i64::from_le_bytes(*b"12345678") + 1).to_string()), "{name}");
+        }
+        app.send(reqwest::Method::PUT, "/fx/kv/word", b"abcdefgh".to_vec()).await;
+        let word = app.post("/fx/incr/word").await;
+        if name == "redis" {
+            assert_trapped(&word, name);
+        } else {
+            assert_eq!(word.0, 200, "{name}: {word:?}");
+        }
+        app.host.shutdown().await;
+    }
+}
+
+fn redis_config(state: &Path, redis: &RedisServer) -> HostConfig {
+    let mut cfg = config(state);
+    cfg.kv = KvKind::Redis(redis.url());
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_swap_reports_cas_failed_even_when_the_write_landed() {
+    let redis = RedisServer::start().expect("redis-server");
+    let state = tempfile::tempdir().expect("tempdir");
+    let app = App::start(redis_config(state.path(), &redis)).await;
+    app.send(reqwest::Method::PUT, "/fx/kv/doc", b"v1".to_vec()).await;
+
+    // The value did not change between `current` and `swap`: written, and reported failed (Spin's UNWATCH <key>).
+    assert_eq!(app.send(reqwest::Method::POST, "/fx/cas-once/doc", b"v2".to_vec()).await, (409, "cas-failed".into()));
+    assert_eq!(app.get("/fx/kv/doc").await, (200, "v2".into()), "the write landed");
+    // It changed: reported failed, nothing written.
+    let raced = app.send(reqwest::Method::POST, "/fx/cas-once/doc?interfere=v3", b"v4".to_vec()).await;
+    assert_eq!(raced, (409, "cas-failed".into()));
+    assert_eq!(app.get("/fx/kv/doc").await, (200, "v3".into()), "the stale CAS wrote nothing");
+    app.host.shutdown().await;
+
+    // SQLite's swap is unchanged: a CAS that won reports it.
+    let mut cfg = config(state.path());
+    cfg.kv = KvKind::SqliteAt(state.path().join("kv.db"));
+    let app = App::start(cfg).await;
+    app.send(reqwest::Method::PUT, "/fx/kv/doc", b"v1".to_vec()).await;
+    assert_eq!(app.send(reqwest::Method::POST, "/fx/cas-once/doc", b"v2".to_vec()).await, (200, "swapped".into()));
+    app.host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_get_many_answers_as_spins_keys_command_does() {
+    let redis = RedisServer::start().expect("redis-server");
+    let state = tempfile::tempdir().expect("tempdir");
+    let app = App::start(redis_config(state.path(), &redis)).await;
+    app.send(reqwest::Method::PUT, "/fx/kv/a", b"1".to_vec()).await;
+    app.send(reqwest::Method::PUT, "/fx/kv/b", b"2".to_vec()).await;
+
+    assert_eq!(app.get("/fx/many/").await, (200, String::new()), "no keys: an empty list");
+    let (status, body) = app.get("/fx/many/a,b").await;
+    assert_eq!(status, 500);
+    assert!(body.contains("Other(") && body.contains("Spin's Redis store sends KEYS a b"), "a store error: {body}");
+    assert_eq!(app.get("/fx/many/absent").await, (200, String::new()), "one absent key: an empty list");
+    assert_trapped(&app.get("/fx/many/a").await, "one existing key");
+    // The host keeps serving.
+    assert_eq!(app.get("/fx/kv/a").await, (200, "1".into()));
+    assert_eq!(app.post("/fx/batch").await.0, 500, "set-many works, the 3-key get-many is refused");
+    assert_eq!(app.get("/fx/kv/b1").await, (200, "one".into()), "MSET as Spin's store sends it");
+    app.host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_spin_quirks_guests_get_what_the_store_did() {
+    let redis = RedisServer::start().expect("redis-server");
+    let state = tempfile::tempdir().expect("tempdir");
+    for (name, kv) in every_store(state.path(), &redis) {
+        let mut cfg = config(state.path());
+        cfg.kv = kv;
+        cfg.spin_quirks = false;
+        let app = App::start(cfg).await;
+        app.send(reqwest::Method::PUT, "/fx/kv/doc", br#"{"a":1}"#.to_vec()).await;
+        let (status, body) = app.post("/fx/incr/doc").await;
+        assert_eq!(status, 500, "{name}");
+        assert!(body.contains("Other(") && body.contains("not a counter"), "{name}: a store error: {body}");
+        assert_eq!(app.get("/fx/kv/doc").await, (200, r#"{"a":1}"#.into()), "{name}");
+
+        app.send(reqwest::Method::PUT, "/fx/kv/v", b"v1".to_vec()).await;
+        assert_eq!(app.send(reqwest::Method::POST, "/fx/cas-once/v", b"v2".to_vec()).await, (200, "swapped".into()));
+        let raced = app.send(reqwest::Method::POST, "/fx/cas-once/v?interfere=v3", b"v4".to_vec()).await;
+        assert_eq!(raced, (409, "cas-failed".into()), "{name}");
+        assert_eq!(app.get("/fx/kv/v").await, (200, "v3".into()), "{name}");
+
+        assert_eq!(app.post("/fx/batch").await, (200, "b1=one,b2=two".into()), "{name}");
+        assert_eq!(app.get("/fx/many/b1").await, (200, "b1=one".into()), "{name}");
+        app.host.shutdown().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -368,12 +511,17 @@ fn free_port() -> u16 {
 }
 
 fn spawn_cli(state: &Path, port: u16, env: &[(&str, &str)]) -> Child {
+    spawn_cli_with(state, port, env, &[])
+}
+
+fn spawn_cli_with(state: &Path, port: u16, env: &[(&str, &str)], args: &[&str]) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_scenefin-host"));
     cmd.args(["up", "--from"])
         .arg(fixtures_manifest())
         .args(["--listen", &format!("127.0.0.1:{port}"), "--state-dir"])
         .arg(state)
         .args(["--quiet"])
+        .args(args)
         .env_remove("SPIN_VARIABLE_TOKEN")
         .env_remove("SPIN_VARIABLE_GREETING")
         .stdout(Stdio::null())
@@ -433,4 +581,41 @@ fn the_cli_refuses_to_start_without_a_required_variable() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("required variables are not set") && stderr.contains("SPIN_VARIABLE_TOKEN"), "{stderr}");
+}
+
+/// Sends SIGTERM to a `scenefin-host up` child and returns everything it wrote to stderr.
+fn stop_and_read_stderr(child: Child) -> String {
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let out = child.wait_with_output().expect("output");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_logs_a_fatal_increment_and_no_spin_quirks_makes_it_a_store_error() {
+    for quirks in [true, false] {
+        let state = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let args: &[&str] = if quirks { &[] } else { &["--no-spin-quirks"] };
+        let child = spawn_cli_with(state.path(), port, &[("SPIN_VARIABLE_TOKEN", "t")], args);
+        let base = format!("http://127.0.0.1:{port}");
+        let http = wait_ready(&base).await;
+        let put = http.put(format!("{base}/fx/kv/doc")).body(r#"{"a":1}"#).send().await.expect("put");
+        assert_eq!(put.status(), 200);
+        let res = http.post(format!("{base}/fx/incr/doc")).send().await.expect("incr");
+        assert_eq!(res.status(), 500);
+        let body = res.text().await.expect("body");
+        let stderr = tokio::task::spawn_blocking(move || stop_and_read_stderr(child)).await.expect("stderr");
+        let line = "scenefin-host: component fixture incremented key doc holding a non-counter value (7 bytes); \
+                    Spin's SQLite store would panic here (\"incorrect length\") and poison itself: every later \
+                    key-value call of the app would fail until restart";
+        if quirks {
+            assert!(body.contains("component_failed"), "{body}");
+            assert_eq!(stderr.matches(line).count(), 1, "{stderr}");
+        } else {
+            assert!(body.contains("not a counter"), "{body}");
+            assert!(!stderr.contains(line), "{stderr}");
+            assert!(stderr.contains("SPIN QUIRKS OFF"), "{stderr}");
+        }
+    }
 }

@@ -241,13 +241,8 @@ pub async fn account(store: &impl Store, biller: &Biller, account_no: &str) -> R
 pub async fn bills_of(store: &impl Store, account: &Account) -> Result<Vec<Bill>, UtilityError> {
     let keys: Vec<_> = account.bills.iter().map(|id| keys::bill(&account.biller_id, id)).collect();
     let mut out = Vec::with_capacity(keys.len());
-    for bytes in store.get_many(&keys).await?.into_iter().flatten() {
-        out.push(
-            serde_json::from_slice(&bytes).map_err(|e| scenefin_core::kv::StoreError::Corrupt {
-                key: "util:bill".into(),
-                detail: e.to_string(),
-            })?,
-        );
+    for (key, bytes) in keys.iter().zip(scenefin_core::kv::get_all(store, &keys).await?) {
+        out.extend(scenefin_core::kv::decode_doc::<Bill>(key, bytes.as_deref())?);
     }
     Ok(out)
 }

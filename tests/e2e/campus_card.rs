@@ -877,6 +877,7 @@ async fn a_thousand_concurrent_one_yuan_spends_on_a_500_yuan_card_let_exactly_50
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_rush_on_the_sqlite_store_lets_exactly_500_through() {
+    scenefin_e2e::host_only!("the host's SQLite store (spawn_on)");
     rush(TestApp::spawn_on(KvKind::Sqlite).await.expect("app")).await;
 }
 

@@ -11,9 +11,11 @@ async fn app() -> TestApp {
 
 async fn counter(app: &TestApp, step: FunnelStep, dim: &str) -> i64 {
     let key = keys::funnel(app.now.shanghai_day(), step.as_str(), dim);
-    match app.host.kv.get("default", key.as_str()).await.expect("kv") {
-        Some(bytes) => i64::from_le_bytes(bytes.try_into().expect("counter")),
-        None => 0,
+    // A decimal string on Redis (`INCRBY`), 8 little-endian bytes on SQLite and in memory.
+    let Some(bytes) = app.host.kv.get("default", key.as_str()).await.expect("kv") else { return 0 };
+    match std::str::from_utf8(&bytes).ok().and_then(|s| s.parse().ok()) {
+        Some(n) => n,
+        None => i64::from_le_bytes(bytes.try_into().expect("counter")),
     }
 }
 

@@ -34,6 +34,7 @@ async fn ok(r: Reply, what: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_value_round_trips_per_route_stay_within_budget() {
+    scenefin_e2e::host_only!("the host's key-value operation count");
     let app = TestApp::spawn().await.expect("app");
     let now = app.now.to_rfc3339();
     let customer = token(&app, "wx_kv_ops").await;

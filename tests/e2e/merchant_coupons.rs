@@ -438,6 +438,7 @@ async fn five_hundred_concurrent_claims_on_a_stock_of_100_issue_exactly_100_coup
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_claim_rush_on_the_sqlite_store_issues_exactly_100_coupons() {
+    scenefin_e2e::host_only!("the host's SQLite store (spawn_on)");
     stock_rush(TestApp::spawn_on(KvKind::Sqlite).await.expect("app")).await;
 }
 

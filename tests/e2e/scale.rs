@@ -234,6 +234,7 @@ const STOCK: i64 = 100;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_load_loses_no_acknowledged_write() {
+    scenefin_e2e::host_only!("scenefin-host processes (HostProcess)");
     let started = Instant::now();
     let state = state_dir();
     let sqlite = ["--state-dir", arg(state.path())];
@@ -533,6 +534,7 @@ async fn redis_host(config: &Path, state: &Path) -> HostProcess {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hosts_on_one_redis_behave_as_one_app() {
+    scenefin_e2e::host_only!("scenefin-host processes (HostProcess)");
     let started = Instant::now();
     let redis = RedisServer::start().expect("redis-server");
     let config_dir = tempfile::tempdir().expect("config dir");

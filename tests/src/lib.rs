@@ -1,6 +1,11 @@
 //! `TestApp`: boots scenefin-host in-process on a free loopback port with the real spin.toml and the real
 //! `target/wasm32-wasip2/release/*.wasm`, an in-memory store with Spin's CAS semantics, the test clock enabled and
 //! known secrets, and offers small request helpers. Build the components first (`cargo xtask build`).
+//!
+//! With `SCENEFIN_E2E_RUNTIME=spin-sqlite` or `spin-redis` every `TestApp` is a real `spin up` instead (see
+//! [`runtime`]); tests that need what only the host has start with [`host_only!`].
+
+pub mod runtime;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -9,8 +14,10 @@ use std::time::Duration;
 use scenefin_core::auth::{IdentityAssertion, Provider, sign_assertion};
 use scenefin_core::clock::Timestamp;
 use scenefin_host::kv::{Op, Output};
-use scenefin_host::{CasMode, HostConfig, KvKind, RunningHost};
+use scenefin_host::{CasMode, HostConfig, KvKind};
 use serde_json::Value;
+
+pub use runtime::{AppHost, Runtime};
 
 /// Secrets the test app runs with.
 pub const OPERATOR_TOKEN: &str = "test-operator-token";
@@ -48,9 +55,9 @@ pub fn test_now() -> Timestamp {
 
 /// A running app and an HTTP client for it (the client's request helpers through `Deref`).
 pub struct TestApp {
-    pub host: RunningHost,
+    pub host: AppHost,
     pub api: Api,
-    _state: tempfile::TempDir,
+    _state: Option<tempfile::TempDir>,
 }
 
 /// An HTTP client for an app at `base`, with the request helpers (signed partner calls, gateway notifications,
@@ -118,30 +125,35 @@ impl TestApp {
         values.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect()
     }
 
-    /// Starts every component of spin.toml on an in-memory store (Spin's CAS semantics).
+    /// Starts every component of spin.toml: on an in-memory store (Spin's CAS semantics), or under Spin when
+    /// `SCENEFIN_E2E_RUNTIME` says so.
     pub async fn spawn() -> anyhow::Result<Self> {
-        Self::spawn_on(KvKind::Memory(CasMode::SpinUpsert)).await
+        Self::spawn_configured(None, &[], None).await
     }
 
-    /// Starts every component of spin.toml on the given store (e.g. `KvKind::Sqlite`, as `cargo xtask up` runs).
+    /// Starts every component of spin.toml on the given host store (e.g. `KvKind::Sqlite`, as `cargo xtask up`
+    /// runs). Host only.
     pub async fn spawn_on(kv: KvKind) -> anyhow::Result<Self> {
         Self::spawn_with(kv, &[]).await
     }
 
     /// Starts the app with variable `demo_mode` on (the demo identity provider and gateway simulator).
     pub async fn spawn_demo() -> anyhow::Result<Self> {
-        Self::spawn_with(KvKind::Memory(CasMode::SpinUpsert), &[("SPIN_VARIABLE_DEMO_MODE", "true")]).await
+        Self::spawn_configured(None, &[("SPIN_VARIABLE_DEMO_MODE", "true")], None).await
     }
 
-    /// Starts the app with extra `SPIN_VARIABLE_*` settings.
+    /// Starts the app on the given host store with extra `SPIN_VARIABLE_*` settings. Host only.
     pub async fn spawn_with(kv: KvKind, extra_env: &[(&str, &str)]) -> anyhow::Result<Self> {
-        Self::spawn_configured(kv, extra_env, None).await
+        Self::spawn_configured(Some(kv), extra_env, None).await
     }
 
     /// Starts the app with fault injection on (injecting nothing until `self.faults().set(..)`): every request
-    /// gets a fresh instance, so a plan's counts are per request.
+    /// gets a fresh instance, so a plan's counts are per request. Host only.
     pub async fn spawn_faulty(kv: KvKind) -> anyhow::Result<Self> {
-        Self::spawn_configured(kv, &[], Some(scenefin_host::FaultPlan::default())).await
+        // A creation a fault left claimed is taken over after a second (not the production minute): these tests
+        // send one request at a time, so no live creator is ever that slow.
+        let env = [("SPIN_VARIABLE_KV_CREATION_LEASE_SECS", "1")];
+        Self::spawn_configured(Some(kv), &env, Some(scenefin_host::FaultPlan::default())).await
     }
 
     /// The fault plan handle of an app started with [`TestApp::spawn_faulty`].
@@ -149,15 +161,28 @@ impl TestApp {
         self.host.faults.as_ref().expect("the app was started with spawn_faulty")
     }
 
+    /// `kv`: a host store (`None`: the runtime's default store).
     async fn spawn_configured(
-        kv: KvKind,
+        kv: Option<KvKind>,
         extra_env: &[(&str, &str)],
         faults: Option<scenefin_host::FaultPlan>,
     ) -> anyhow::Result<Self> {
+        let runtime = Runtime::current();
+        if runtime.is_spin() {
+            if kv.is_some() || faults.is_some() {
+                anyhow::bail!(
+                    "a particular host store or fault injection: runtime {} has neither (start the test with \
+                     host_only!)",
+                    runtime.name()
+                );
+            }
+            let (host, base) = AppHost::spin(runtime, extra_env).await?;
+            return Ok(Self { host, api: Api::new(base), _state: None });
+        }
         let state = tempfile::tempdir()?;
         let mut config = HostConfig::new(workspace().join("spin.toml"));
         config.listen = ([127, 0, 0, 1], 0).into();
-        config.kv = kv;
+        config.kv = kv.unwrap_or(KvKind::Memory(CasMode::SpinUpsert));
         config.state_dir = state.path().to_owned();
         config.cache_dir = Some(workspace().join("target/scenefin-test-cache"));
         config.access_log = false;
@@ -168,7 +193,7 @@ impl TestApp {
         config.faults = faults;
         let host = scenefin_host::start(config).await?;
         let base = format!("http://{}", host.addr);
-        Ok(Self { host, api: Api::new(base), _state: state })
+        Ok(Self { host: AppHost::host(host), api: Api::new(base), _state: Some(state) })
     }
 }
 
@@ -326,8 +351,12 @@ pub struct ReliabilityRow<'a> {
     pub result: &'a str,
 }
 
-/// Writes `row` to `target/reliability/<test>.json` (replacing an earlier run's row of the same test).
+/// Writes `row` to `target/reliability/<test>.json` (replacing an earlier run's row of the same test). The table
+/// describes the host: under a Spin runtime nothing is written.
 pub fn record_reliability(row: ReliabilityRow<'_>) {
+    if Runtime::current().is_spin() {
+        return;
+    }
     let dir = workspace().join("target/reliability");
     let value = serde_json::json!({ "test": row.test, "load": row.load, "faults": row.faults, "result": row.result });
     let file: String = row.test.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
@@ -377,6 +406,9 @@ impl HostProcess {
             .args(["--listen", &listen, "--quiet"])
             .args(args)
             .envs(test_variables())
+            // A creation left claimed by a killed request is taken over after 5 s (not the production minute), so a
+            // restarted host serves the killed requests' retries within the test's patience.
+            .env("SPIN_VARIABLE_KV_CREATION_LEASE_SECS", "5")
             .stdout(std::process::Stdio::null())
             .spawn()?;
         let process = Self { child, api: Api::new(format!("http://{listen}")) };

@@ -1,4 +1,5 @@
-//! `cargo xtask bench`: load-tests the host binary with `wrk` and writes docs/BENCHMARKS.md.
+//! `cargo xtask bench`: load-tests the host with `wrk`, then the real Spin 4 CLI on the same app and the same load,
+//! and writes docs/BENCHMARKS.md.
 //!
 //! The host (`target/debug/scenefin-host`, the dev profile: wasmtime, cranelift, hyper, tokio and rusqlite are
 //! compiled at opt-level 3 there) runs as a child process twice, on loopback:
@@ -7,16 +8,24 @@
 //!    warm (same cache); the warm instance is seeded through the HTTP APIs and each route driven with
 //!    `wrk -t2 -c32 -d10s --latency` (`SCENEFIN_BENCH_SECONDS` sets `-d`, 10 by default).
 //!
+//! Then, when there is a Spin binary (`SCENEFIN_SPIN`, `spin` on `PATH`, or what `../shared/tools/spin/install`
+//! unpacks), the same two runs under `spin up` (Spin's default SQLite key-value store, a fresh state dir and a private
+//! Wasmtime cache under `target/bench/spin`, the same variables): the fixture's echo, then the app started cold and
+//! warm, seeded through the same APIs with its own data and driven with the same wrk settings. Its wrk scripts also
+//! tally the non-2xx statuses and the problem code of each; Spin's output goes to `target/bench/spin/*.log`, and the
+//! SQLite file's change counter, read before and after each route, gives the writes Spin committed. Without a Spin
+//! binary the document says so in one line and has no Spin columns.
+//!
 //! Campus spends are signed POS calls (a fresh nonce and HMAC each): the requests are signed just before that route
-//! runs, one per line of `target/bench/spend.tsv`, which the route's Lua script loads and walks, each wrk thread its
-//! own share, never reusing one (a replay would be refused).
+//! runs (on each server, its own set), one per line of `spend.tsv`, which the route's Lua script loads and walks, each
+//! wrk thread its own share, never reusing one (a replay would be refused).
 //!
 //! Every number in the generated document comes from this run.
 
 use std::fmt::Write as _;
-use std::io::{Read as _, Write as _};
+use std::io::{Read as _, Seek as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -35,8 +44,8 @@ const IDENTITY_SECRET: &str = "bench-identity-secret";
 const SESSION_SECRET: &str = "bench-session-secret";
 const GATEWAY_SECRET: &str = "whsec_YmVuY2gtZ2F0ZXdheS1rZXk=";
 const BANK_BIN: &str = "622588";
-const FIXTURE_ADDR: &str = "127.0.0.1:39871";
-const APP_ADDR: &str = "127.0.0.1:39872";
+/// How long `spin up` may take to answer: its first start compiles every component.
+const SPIN_START_LIMIT: Duration = Duration::from_secs(180);
 /// wrk threads and connections.
 const THREADS: usize = 2;
 const CONNECTIONS: usize = 32;
@@ -67,66 +76,178 @@ struct Outcome {
     non_2xx: u64,
     socket_errors: u64,
     peak_rss_kib: u64,
-    /// CPU time (user + system) the host process used while wrk ran, in milliseconds.
+    /// CPU time (user + system) the server's processes used while wrk ran, in milliseconds.
     host_cpu_ms: f64,
     /// How long wrk ran, in seconds.
     seconds: f64,
     /// Pre-signed requests used and prepared (campus spends).
     signed: Option<(u64, u64)>,
+    /// Non-2xx statuses: status, how many, and the problem code (or the start of the body) of the first (Spin runs).
+    statuses: Vec<(u16, u64, String)>,
+    /// Write transactions the SQLite store committed over the run (Spin runs).
+    commits: Option<u64>,
 }
 
-/// A host child process, killed (SIGTERM, then SIGKILL) when dropped.
-struct Host {
+/// A server child process (scenefin-host or `spin up`) and what it started, on a free loopback port, stopped
+/// (SIGTERM, then SIGKILL) when dropped.
+struct Server {
     child: Child,
+    /// Where it listens.
+    addr: String,
+    /// Its stdout and stderr.
+    log: PathBuf,
 }
 
-impl Host {
-    fn start(root: &Path, manifest: &Path, listen: &str, state_dir: &Path, env: &[(&str, &str)]) -> Result<Self> {
+impl Server {
+    /// The host on `manifest`, SQLite in `state_dir`, its output in `state_dir/host.log`.
+    fn host(root: &Path, manifest: &Path, state_dir: &Path, env: &[(&str, &str)]) -> Result<Self> {
         let bin = root.join("target/debug/scenefin-host");
-        let log = std::fs::File::create(state_dir.join("host.log"))?;
-        let mut cmd = Command::new(&bin);
-        cmd.current_dir(root)
-            .args(["up", "--from"])
-            .arg(manifest)
-            .args(["--listen", listen, "--kv", "sqlite", "--quiet", "--state-dir"])
-            .arg(state_dir)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
-        Ok(Self { child })
+        let log = state_dir.join("host.log");
+        Self::start(&log, Duration::from_secs(300), |addr| {
+            let out = std::fs::File::create(&log)?;
+            let mut cmd = Command::new(&bin);
+            cmd.current_dir(root)
+                .args(["up", "--from"])
+                .arg(manifest)
+                .args(["--listen", addr, "--kv", "sqlite", "--quiet", "--state-dir"])
+                .arg(state_dir)
+                .envs(env.iter().copied())
+                .stdin(Stdio::null())
+                .stdout(out.try_clone()?)
+                .stderr(out);
+            cmd.spawn().with_context(|| format!("starting {}", bin.display()))
+        })
+    }
+
+    /// `spin up` on its default key-value store (SQLite in the state dir), with the Wasmtime cache the start's cache
+    /// config names; its output goes to the start's log.
+    fn spin(spin: &Path, start: &SpinStart) -> Result<Self> {
+        std::fs::create_dir_all(start.state_dir)?;
+        Self::start(start.log, SPIN_START_LIMIT, |addr| {
+            let out = std::fs::File::create(start.log)?;
+            let mut cmd = Command::new(spin);
+            cmd.args(["up", "--from"])
+                .arg(start.manifest)
+                .args(["--listen", addr, "--state-dir"])
+                .arg(start.state_dir)
+                .arg("--cache")
+                .arg(start.cache_config)
+                .envs(start.env.iter().copied())
+                // The binary is stripped: a backtrace would be frames of `<unknown>`.
+                .env("RUST_BACKTRACE", "0")
+                .stdin(Stdio::null())
+                .stdout(out.try_clone()?)
+                .stderr(out);
+            cmd.spawn().with_context(|| format!("starting {}", spin.display()))
+        })
+    }
+
+    /// Runs `spawn(addr)` on a free loopback port and waits (at most `limit`) until the port takes connections; if
+    /// the server exits saying the port is in use (taken in between), again on another port.
+    fn start(log: &Path, limit: Duration, spawn: impl Fn(&str) -> Result<Child>) -> Result<Self> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
+            let mut server = Self { child: spawn(&addr)?, addr, log: log.to_owned() };
+            let deadline = Instant::now() + limit;
+            while std::net::TcpStream::connect(&server.addr).is_err() {
+                if let Some(status) = server.exited() {
+                    let text = std::fs::read_to_string(log).unwrap_or_default();
+                    if attempt < 3 && text.to_ascii_lowercase().contains("in use") {
+                        break;
+                    }
+                    bail!("the server for {} exited ({status}) (see {})", server.addr, log.display());
+                }
+                if Instant::now() > deadline {
+                    bail!("the server did not listen on {} within {limit:?} (see {})", server.addr, log.display());
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if server.exited().is_none() {
+                return Ok(server);
+            }
+        }
     }
 
     fn pid(&self) -> u32 {
         self.child.id()
     }
 
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     fn stop(mut self) {
         self.terminate();
     }
 
+    /// SIGTERM to the process and every process it started (`spin up` runs `spin trigger http`), SIGKILL to those
+    /// still there after 5 s.
     fn terminate(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
+        if self.exited().is_some() {
             return;
         }
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let tree: Vec<(u32, u64)> =
+            process_tree(self.pid()).into_iter().filter_map(|p| Some((p, start_time(p)?))).collect();
+        let signal = |signal: &str, tree: &[(u32, u64)]| {
+            // Only processes that are still the ones seen above (a pid may be reused once its process is gone).
+            let pids: Vec<String> =
+                tree.iter().filter(|&&(p, t)| start_time(p) == Some(t)).map(|(p, _)| p.to_string()).collect();
+            if !pids.is_empty() {
+                let _ = Command::new("kill").arg(signal).args(&pids).stderr(Stdio::null()).status();
+            }
+        };
+        signal("-TERM", &tree);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
+            if self.exited().is_some() && tree.iter().all(|&(p, t)| start_time(p) != Some(t) || is_zombie(p)) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        signal("-KILL", &tree);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-impl Drop for Host {
+impl Drop for Server {
     fn drop(&mut self) {
         self.terminate();
     }
+}
+
+/// `pid` and its descendants.
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", out[i])) {
+            for task in tasks.flatten() {
+                let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+                out.extend(children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name (which is in parentheses and may contain spaces): the
+/// state is `[0]`, utime `[11]`, stime `[12]`, starttime `[19]`.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+fn start_time(pid: u32) -> Option<u64> {
+    stat_fields(pid)?.get(19)?.parse().ok()
+}
+
+fn is_zombie(pid: u32) -> bool {
+    stat_fields(pid).is_some_and(|f| f.first().is_some_and(|s| s == "Z"))
 }
 
 pub fn bench(root: &Path) -> Result<()> {
@@ -142,60 +263,55 @@ pub fn bench(root: &Path) -> Result<()> {
     // 1. The floor: the fixture's echo.
     let fixture_state = bench_dir.join("fixture-state");
     std::fs::create_dir_all(&fixture_state)?;
-    let fixture = Host::start(
+    let mut fixture = Server::host(
         root,
         &root.join("tests/fixtures/spin.toml"),
-        FIXTURE_ADDR,
         &fixture_state,
         &[("SPIN_VARIABLE_TOKEN", "bench")],
     )?;
-    wait_ready(FIXTURE_ADDR, "/", None, Duration::from_secs(300))?;
+    wait_ready(&mut fixture, "/", None, Duration::from_secs(300))?;
     let hello = bench_dir.join("hello.lua");
-    std::fs::write(&hello, "wrk.method = \"GET\"\n")?;
-    let floor = drive(&fixture, &args, "GET /", Kind::Floor, FIXTURE_ADDR, "/", &hello)?;
-    // No app route outruns the echo: signed spends for the floor's rate (and a margin) last the whole run.
-    let spends = ((floor.rps * 1.25 * seconds as f64).ceil() as usize).clamp(MIN_SPENDS, MAX_SPENDS);
+    std::fs::write(&hello, HELLO_SCRIPT)?;
+    let load = Load { who: "host", args: &args, db: None };
+    let floor = drive(&fixture, &load, "GET /", Kind::Floor, "/", &hello)?;
+    let spends = spends_for(floor.rps, seconds);
     results.push(floor);
     fixture.stop();
 
     // 2. The app: cold start, then warm start, seed, drive.
     let app_state = bench_dir.join("app-state");
     std::fs::create_dir_all(&app_state)?;
-    let env = [
-        ("SPIN_VARIABLE_OPERATOR_TOKEN", OPERATOR_TOKEN),
-        ("SPIN_VARIABLE_IDENTITY_SECRET", IDENTITY_SECRET),
-        ("SPIN_VARIABLE_SESSION_SECRET", SESSION_SECRET),
-        ("SPIN_VARIABLE_GATEWAY_SECRET", GATEWAY_SECRET),
-        ("SPIN_VARIABLE_BANK_CARD_BINS", BANK_BIN),
-    ];
     let manifest = root.join("spin.toml");
     let started = Instant::now();
-    let cold = Host::start(root, &manifest, APP_ADDR, &app_state, &env)?;
-    wait_ready(APP_ADDR, "/api/ops/funnel", Some(OPERATOR_TOKEN), Duration::from_secs(300))?;
+    let mut cold = Server::host(root, &manifest, &app_state, &APP_ENV)?;
+    wait_ready(&mut cold, "/api/ops/funnel", Some(OPERATOR_TOKEN), Duration::from_secs(300))?;
     let cold_ms = ms(started.elapsed());
     cold.stop();
     let started = Instant::now();
-    let app = Host::start(root, &manifest, APP_ADDR, &app_state, &env)?;
-    wait_ready(APP_ADDR, "/api/ops/funnel", Some(OPERATOR_TOKEN), Duration::from_secs(300))?;
+    let mut app = Server::host(root, &manifest, &app_state, &APP_ENV)?;
+    wait_ready(&mut app, "/api/ops/funnel", Some(OPERATOR_TOKEN), Duration::from_secs(300))?;
     let warm_ms = ms(started.elapsed());
-    let idle_rss_kib = rss_kib(app.pid()).unwrap_or(0);
+    let idle_rss_kib = tree_rss_kib(app.pid()).unwrap_or(0);
     println!("bench: startup cold {cold_ms:.0} ms, warm {warm_ms:.0} ms; idle RSS {idle_rss_kib} KiB");
 
-    let seeded = seed(spends)?;
-    let routes = route_scripts(&bench_dir, &seeded)?;
-    for (route, kind, path, script) in routes {
+    let seeded = seed(&app.addr, spends)?;
+    for (route, kind, path, script) in route_scripts(&bench_dir, &seeded)? {
         let script = match script {
             Script::File(file) => file,
             // Signed now, so every timestamp is within the partner window for the whole run.
             Script::Spend => spend_script(&bench_dir, &seeded.campus)?,
         };
-        results.push(drive(&app, &args, &route, kind, APP_ADDR, &path, &script)?);
+        results.push(drive(&app, &load, &route, kind, &path, &script)?);
     }
     app.stop();
 
+    // 3. The same under real Spin, when there is one.
+    let spin = spin_phase(root, &bench_dir, &args, seconds);
+
     let sizes = wasm_sizes(root)?;
     let kv_ops = kv_ops_table(root);
-    let mut doc = report(&results, &args, &sizes, cold_ms, warm_ms, idle_rss_kib)?;
+    let host = HostRun { results, cold_ms, warm_ms, idle_rss_kib };
+    let mut doc = report(&host, spin.as_ref(), &kv_ops, &args, &sizes)?;
     doc.push_str("\n## KV operations per route\n\n");
     doc.push_str(
         "Counted by the host in a steady state by the e2e test `kv_ops` (one request after a warm-up, nothing else \
@@ -208,6 +324,252 @@ pub fn bench(root: &Path) -> Result<()> {
     println!("bench: wrote docs/BENCHMARKS.md");
     Ok(())
 }
+
+/// The app's variables, as `SPIN_VARIABLE_*` environment (the host and Spin read them the same way).
+const APP_ENV: [(&str, &str); 5] = [
+    ("SPIN_VARIABLE_OPERATOR_TOKEN", OPERATOR_TOKEN),
+    ("SPIN_VARIABLE_IDENTITY_SECRET", IDENTITY_SECRET),
+    ("SPIN_VARIABLE_SESSION_SECRET", SESSION_SECRET),
+    ("SPIN_VARIABLE_GATEWAY_SECRET", GATEWAY_SECRET),
+    ("SPIN_VARIABLE_BANK_CARD_BINS", BANK_BIN),
+];
+
+const HELLO_SCRIPT: &str = "wrk.method = \"GET\"\n";
+
+/// How many spends to sign for a server whose echo served `floor_rps`: no app route outruns the echo, so signed
+/// spends for the floor's rate (and a margin) last the whole run.
+fn spends_for(floor_rps: f64, seconds: u64) -> usize {
+    ((floor_rps * 1.25 * seconds as f64).ceil() as usize).clamp(MIN_SPENDS, MAX_SPENDS)
+}
+
+/// The host's half of the run.
+struct HostRun {
+    /// The floor first, then the app's routes.
+    results: Vec<Outcome>,
+    cold_ms: f64,
+    warm_ms: f64,
+    idle_rss_kib: u64,
+}
+
+/// The Spin half of the run: what ran before anything failed, and what failed.
+struct SpinRun {
+    binary: PathBuf,
+    version: String,
+    /// The floor first, then the app's routes (the host's route names).
+    results: Vec<Outcome>,
+    cold_ms: Option<f64>,
+    warm_ms: Option<f64>,
+    idle_rss_kib: Option<u64>,
+    logs: Vec<LogCheck>,
+    error: Option<String>,
+}
+
+/// What one `spin up`'s output showed.
+struct LogCheck {
+    what: String,
+    log: PathBuf,
+    /// Lines with `panicked` before Spin was stopped (Spin reports its HTTP workers dropped at shutdown as "worker
+    /// panicked", so what comes after the stop is not read).
+    panics: Vec<String>,
+    /// The components' `internal error (<code>): ...` lines (from `<state>/logs/*_stderr.txt`), each with a count.
+    internal_errors: Vec<(String, u64)>,
+}
+
+impl LogCheck {
+    fn read(what: &str, log: &Path, state_dir: &Path) -> Self {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let panics: Vec<String> = text.lines().filter(|l| l.contains("panicked")).map(str::to_owned).collect();
+        let mut internal_errors: Vec<(String, u64)> = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(state_dir.join("logs")) {
+            let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+            files.sort();
+            for file in files.iter().filter(|f| f.to_string_lossy().ends_with("_stderr.txt")) {
+                let component = file.file_name().unwrap_or_default().to_string_lossy().replace("_stderr.txt", "");
+                for line in std::fs::read_to_string(file).unwrap_or_default().lines() {
+                    if let Some(at) = line.find("internal error (") {
+                        let line = format!("{component}: {}", &line[at..]);
+                        match internal_errors.iter_mut().find(|(l, _)| *l == line) {
+                            Some((_, n)) => *n += 1,
+                            None => internal_errors.push((line, 1)),
+                        }
+                    }
+                }
+            }
+        }
+        if !panics.is_empty() {
+            eprintln!("bench: spin ({what}): {} line(s) with `panicked` in {}", panics.len(), log.display());
+        }
+        Self { what: what.to_owned(), log: log.to_owned(), panics, internal_errors }
+    }
+}
+
+/// Runs the Spin half, or says in one line why there is none (`None`: no Spin binary).
+fn spin_phase(root: &Path, bench_dir: &Path, args: &[String], seconds: u64) -> Option<SpinRun> {
+    let Some(binary) = crate::spin_binary(root) else {
+        println!("bench: no Spin binary (set SCENEFIN_SPIN or put spin on PATH): the Spin comparison is skipped");
+        return None;
+    };
+    let version = Command::new(&binary)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    println!("bench: the same runs under {} ({version})", binary.display());
+    let mut run = SpinRun {
+        binary,
+        version,
+        results: Vec::new(),
+        cold_ms: None,
+        warm_ms: None,
+        idle_rss_kib: None,
+        logs: Vec::new(),
+        error: None,
+    };
+    if let Err(e) = run_spin(root, bench_dir, args, seconds, &mut run) {
+        eprintln!("bench: the Spin run stopped: {e:#}");
+        run.error = Some(format!("{e:#}"));
+    }
+    Some(run)
+}
+
+/// One `spin up`: what it serves, where, and where its state and output go.
+struct SpinStart<'a> {
+    /// What it is, for the document.
+    what: &'a str,
+    manifest: &'a Path,
+    state_dir: &'a Path,
+    /// The Wasmtime cache configuration (`--cache`).
+    cache_config: &'a Path,
+    env: &'a [(&'a str, &'a str)],
+    log: &'a Path,
+}
+
+/// Starts `spin up`, runs `body` on it, then reads its output and stops it, whatever `body` returned.
+fn with_spin<T>(
+    run: &mut SpinRun,
+    start: &SpinStart,
+    body: impl FnOnce(&mut Server, &mut SpinRun) -> Result<T>,
+) -> Result<T> {
+    let mut server = Server::spin(&run.binary, start)?;
+    let result = body(&mut server, run);
+    run.logs.push(LogCheck::read(start.what, start.log, start.state_dir));
+    server.stop();
+    result
+}
+
+fn run_spin(root: &Path, bench_dir: &Path, args: &[String], seconds: u64, run: &mut SpinRun) -> Result<()> {
+    let dir = bench_dir.join("spin");
+    std::fs::create_dir_all(&dir)?;
+    // A private Wasmtime cache, empty at first: the app's first start compiles its components (cold), the second finds
+    // them there (warm).
+    let cache_config = dir.join("wasmtime-cache.toml");
+    let cache = dir.join("wasmtime-cache").display().to_string();
+    std::fs::write(&cache_config, format!("[cache]\ndirectory = {cache:?}\n"))?;
+
+    // The floor: the fixture's echo.
+    let hello = dir.join("hello.lua");
+    std::fs::write(&hello, format!("{HELLO_SCRIPT}{STATUS_TALLY}"))?;
+    let fixture = SpinStart {
+        what: "the fixture",
+        manifest: &root.join("tests/fixtures/spin.toml"),
+        state_dir: &dir.join("fixture-state"),
+        cache_config: &cache_config,
+        env: &[("SPIN_VARIABLE_TOKEN", "bench")],
+        log: &dir.join("fixture.log"),
+    };
+    let floor_rps = with_spin(run, &fixture, |spin, run| {
+        wait_ready(spin, "/", None, SPIN_START_LIMIT)?;
+        let load = Load { who: "spin", args, db: None };
+        let floor = drive(spin, &load, "GET /", Kind::Floor, "/", &hello)?;
+        let rps = floor.rps;
+        run.results.push(floor);
+        Ok(rps)
+    })?;
+
+    // The app: cold start, then warm start, seed, drive.
+    let state = dir.join("app-state");
+    let db = state.join("sqlite_key_value.db");
+    let manifest = root.join("spin.toml");
+    let (cold_log, log) = (dir.join("app-cold.log"), dir.join("app.log"));
+    let app = |what, log| SpinStart {
+        what,
+        manifest: &manifest,
+        state_dir: &state,
+        cache_config: &cache_config,
+        env: &APP_ENV,
+        log,
+    };
+    let started = Instant::now();
+    with_spin(run, &app("the app, cold start", &cold_log), |spin, run| {
+        wait_ready(spin, "/api/ops/funnel", Some(OPERATOR_TOKEN), SPIN_START_LIMIT)?;
+        run.cold_ms = Some(ms(started.elapsed()));
+        Ok(())
+    })?;
+    let started = Instant::now();
+    with_spin(run, &app("the app", &log), |spin, run| {
+        wait_ready(spin, "/api/ops/funnel", Some(OPERATOR_TOKEN), SPIN_START_LIMIT)?;
+        run.warm_ms = Some(ms(started.elapsed()));
+        run.idle_rss_kib = tree_rss_kib(spin.pid());
+        println!(
+            "bench: spin: startup cold {:.0} ms, warm {:.0} ms; idle RSS {} KiB",
+            run.cold_ms.unwrap_or(f64::NAN),
+            run.warm_ms.unwrap_or(f64::NAN),
+            run.idle_rss_kib.unwrap_or(0)
+        );
+        let seeded = seed(&spin.addr, spends_for(floor_rps, seconds))?;
+        let load = Load { who: "spin", args, db: Some(&db) };
+        for (route, kind, path, script) in route_scripts(&dir, &seeded)? {
+            let script = match script {
+                Script::File(file) => file,
+                // Its own set, signed now: the host's were signed minutes ago, for the host's data.
+                Script::Spend => spend_script(&dir, &seeded.campus)?,
+            };
+            let mut text = std::fs::read_to_string(&script)?;
+            text.push_str(STATUS_TALLY);
+            std::fs::write(&script, text)?;
+            run.results.push(drive(spin, &load, &route, kind, &path, &script)?);
+        }
+        Ok(())
+    })
+}
+
+/// Appended to the Spin runs' wrk scripts: counts the statuses wrk counts as errors (over 399) and keeps the problem
+/// code (or the start of the body) of the first of each; `done` prints `status <code> <count> <problem>` lines.
+const STATUS_TALLY: &str = r#"
+-- The bench's status tally (Spin runs).
+local tally_setup, tally_done = setup, done
+local tally_threads = {}
+function setup(thread)
+  table.insert(tally_threads, thread)
+  if tally_setup then tally_setup(thread) end
+end
+statuses = {}
+problems = {}
+function response(status, headers, body)
+  if status > 399 then
+    local k = tostring(status)
+    statuses[k] = (statuses[k] or 0) + 1
+    if problems[k] == nil then
+      local code = string.match(body or "", '"code"%s*:%s*"([^"]*)"')
+      problems[k] = code or (string.sub((string.gsub(body or "", "%s+", " ")), 1, 80))
+    end
+  end
+end
+function done(summary, latency, requests)
+  if tally_done then tally_done(summary, latency, requests) end
+  local counts, firsts = {}, {}
+  for _, t in ipairs(tally_threads) do
+    local problems = t:get("problems") or {}
+    for k, n in pairs(t:get("statuses") or {}) do
+      counts[k] = (counts[k] or 0) + n
+      if firsts[k] == nil then firsts[k] = problems[k] end
+    end
+  end
+  for k, n in pairs(counts) do
+    io.write(string.format("status %s %d %s\n", k, n, firsts[k] or ""))
+  end
+end
+"#;
 
 /// `SCENEFIN_BENCH_SECONDS` (wrk's `-d`), 10 by default.
 fn bench_seconds() -> Result<u64> {
@@ -251,14 +613,19 @@ fn now_secs() -> i64 {
 }
 
 /// Polls `GET path` until it answers 200.
-fn wait_ready(addr: &str, path: &str, bearer: Option<&str>, limit: Duration) -> Result<()> {
+fn wait_ready(server: &mut Server, path: &str, bearer: Option<&str>, limit: Duration) -> Result<()> {
     let deadline = Instant::now() + limit;
+    let addr = server.addr.clone();
     loop {
+        let addr = addr.as_str();
         if status_of(addr, path, bearer) == Some(200) {
             return Ok(());
         }
+        if let Some(status) = server.exited() {
+            bail!("the server for {addr} exited ({status}) before answering (see {})", server.log.display());
+        }
         if Instant::now() > deadline {
-            bail!("the host on {addr} did not answer GET {path} with 200 (see target/bench/*/host.log)");
+            bail!("the server on {addr} did not answer GET {path} with 200 (see {})", server.log.display());
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -276,9 +643,15 @@ fn status_of(addr: &str, path: &str, bearer: Option<&str>) -> Option<u16> {
 }
 
 /// An HTTP call through curl: status and JSON body (or `Null`).
-fn call(method: &str, path: &str, body: Option<&Value>, headers: &[(&str, String)]) -> Result<(u16, Value)> {
+fn call(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    headers: &[(&str, String)],
+) -> Result<(u16, Value)> {
     let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", method, &format!("http://{APP_ADDR}{path}")]);
+    cmd.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", method, &format!("http://{addr}{path}")]);
     for (k, v) in headers {
         cmd.args(["-H", &format!("{k}: {v}")]);
     }
@@ -299,20 +672,20 @@ fn expect(what: &str, reply: (u16, Value)) -> Result<Value> {
     }
 }
 
-fn operator(method: &str, path: &str, body: &Value) -> Result<Value> {
-    expect(path, call(method, path, Some(body), &[("authorization", format!("Bearer {OPERATOR_TOKEN}"))])?)
+fn operator(addr: &str, method: &str, path: &str, body: &Value) -> Result<Value> {
+    expect(path, call(addr, method, path, Some(body), &[("authorization", format!("Bearer {OPERATOR_TOKEN}"))])?)
 }
 
 static NONCE: AtomicU64 = AtomicU64::new(1);
 
-fn partner(partner_id: &str, secret: &str, method: &str, path: &str, body: &Value) -> Result<Value> {
+fn partner(addr: &str, partner_id: &str, secret: &str, method: &str, path: &str, body: &Value) -> Result<Value> {
     let bytes = body.to_string();
     let ts = now_secs().to_string();
     let nonce = format!("bench{:016x}", NONCE.fetch_add(1, Ordering::Relaxed));
     let signature = sign_partner(secret, &partner_canonical(method, path, &ts, &nonce, bytes.as_bytes()));
     let headers =
         [("x-partner-id", partner_id.to_owned()), ("x-timestamp", ts), ("x-nonce", nonce), ("x-signature", signature)];
-    expect(path, call(method, path, Some(body), &headers)?)
+    expect(path, call(addr, method, path, Some(body), &headers)?)
 }
 
 struct Seeded {
@@ -348,7 +721,7 @@ const MAX_TOPUP_FEN: i64 = 100_000;
 const CROWD: usize = 200;
 
 /// A session for customer `subject` (registering it).
-fn login(subject: &str) -> Result<String> {
+fn login(addr: &str, subject: &str) -> Result<String> {
     let assertion = IdentityAssertion {
         provider: Provider::Wechat,
         subject: subject.into(),
@@ -357,18 +730,19 @@ fn login(subject: &str) -> Result<String> {
         iat: now_secs(),
     };
     let body = json!({"assertion": sign_assertion(IDENTITY_SECRET.as_bytes(), &assertion)});
-    let session = expect("session", call("POST", "/api/sessions", Some(&body), &[])?)?;
+    let session = expect("session", call(addr, "POST", "/api/sessions", Some(&body), &[])?)?;
     Ok(session["token"].as_str().context("session token")?.to_owned())
 }
 
 /// A customer session, a water biller with a bill bound to the customer, a coupon campaign that will not run out,
 /// and a crowd of customers to claim it.
-fn seed(spends: usize) -> Result<Seeded> {
-    let token = login("bench_customer")?;
-    let crowd = (0..CROWD).map(|i| login(&format!("bench_crowd_{i}"))).collect::<Result<Vec<_>>>()?;
+fn seed(addr: &str, spends: usize) -> Result<Seeded> {
+    let token = login(addr, "bench_customer")?;
+    let crowd = (0..CROWD).map(|i| login(addr, &format!("bench_crowd_{i}"))).collect::<Result<Vec<_>>>()?;
     let auth = [("authorization", format!("Bearer {token}"))];
 
     let biller = operator(
+        addr,
         "POST",
         "/api/utility/billers",
         &json!({
@@ -382,20 +756,22 @@ fn seed(spends: usize) -> Result<Seeded> {
     let secret = biller["partner_secret"].as_str().context("partner_secret")?;
     let bills = json!({"bills": [{"bill_id": "BW-2026-11-0", "account_no": "8800112233", "period": "2026-11",
         "amount_fen": 12500, "due_date": "2027-01-31", "holder_name": "张三丰"}]});
-    partner(pid, secret, "PUT", "/api/utility/billers/bench_water/bills", &bills)?;
+    partner(addr, pid, secret, "PUT", "/api/utility/billers/bench_water/bills", &bills)?;
     let bind = json!({"biller_id": "bench_water", "account_no": "8800112233", "alias": "home"});
-    expect("account", call("POST", "/api/utility/accounts", Some(&bind), &auth)?)?;
+    expect("account", call(addr, "POST", "/api/utility/accounts", Some(&bind), &auth)?)?;
     let quote_body = json!({"biller_id": "bench_water", "account_no": "8800112233", "bill_ids": ["BW-2026-11-0"],
         "pay_with": "bank_card", "card_bin": BANK_BIN});
-    expect("quote", call("POST", "/api/utility/quotes", Some(&quote_body), &auth)?)?;
+    expect("quote", call(addr, "POST", "/api/utility/quotes", Some(&quote_body), &auth)?)?;
 
     operator(
+        addr,
         "POST",
         "/api/coupons/merchants",
         &json!({"merchant_id": "bench_cafe", "name": "Bench Cafe", "district": "nanshan",
             "stores": [{"store_id": "s1", "name": "Main"}]}),
     )?;
     operator(
+        addr,
         "POST",
         "/api/coupons/campaigns",
         &json!({
@@ -406,7 +782,7 @@ fn seed(spends: usize) -> Result<Seeded> {
             "applies_to": ["merchant"]
         }),
     )?;
-    let campus = seed_campus(spends)?;
+    let campus = seed_campus(addr, spends)?;
     Ok(Seeded { token, crowd, quote_body, campaign: "bench_coffee".into(), campus })
 }
 
@@ -419,12 +795,13 @@ fn planned_spend(i: usize) -> (usize, i64) {
 /// A school, a canteen with POS credentials, and [`CAMPUS_CARDS`] cards issued in one batch, each bound by its own
 /// customer, with the highest daily limit and topped up (by wallet, through the gateway's signed notification) with
 /// at least what the planned spends will take from it.
-fn seed_campus(spends: usize) -> Result<Campus> {
-    let school = operator("POST", "/api/campus/schools", &json!({"id": "bench_uni", "name": "Bench University"}))?;
+fn seed_campus(addr: &str, spends: usize) -> Result<Campus> {
+    let school =
+        operator(addr, "POST", "/api/campus/schools", &json!({"id": "bench_uni", "name": "Bench University"}))?;
     let school_id = school["partner_id"].as_str().context("partner_id")?;
     let school_secret = school["partner_secret"].as_str().context("partner_secret")?;
     let merchant = json!({"merchant_id": "bench_canteen", "name": "Bench Canteen", "kind": "canteen"});
-    let pos = partner(school_id, school_secret, "POST", "/api/campus/schools/bench_uni/merchants", &merchant)?;
+    let pos = partner(addr, school_id, school_secret, "POST", "/api/campus/schools/bench_uni/merchants", &merchant)?;
     let members: Vec<Value> = (0..CAMPUS_CARDS)
         .map(|i| {
             json!({"member_no": format!("B{i:04}"), "kind": "student", "name": format!("Student {i}"),
@@ -432,6 +809,7 @@ fn seed_campus(spends: usize) -> Result<Campus> {
         })
         .collect();
     let issued = partner(
+        addr,
         school_id,
         school_secret,
         "PUT",
@@ -449,19 +827,19 @@ fn seed_campus(spends: usize) -> Result<Campus> {
     }
     let mut cards = Vec::with_capacity(CAMPUS_CARDS);
     for (i, need) in need.iter().enumerate() {
-        let auth = [("authorization", format!("Bearer {}", login(&format!("bench_student_{i}"))?))];
+        let auth = [("authorization", format!("Bearer {}", login(addr, &format!("bench_student_{i}"))?))];
         let (member_no, code) = (format!("B{i:04}"), format!("code{i:04}"));
         let bind = json!({"school_id": "bench_uni", "member_no": member_no, "activation_code": code});
-        let card = expect("bind", call("POST", "/api/campus/cards/bind", Some(&bind), &auth)?)?;
+        let card = expect("bind", call(addr, "POST", "/api/campus/cards/bind", Some(&bind), &auth)?)?;
         let card_id = card["card_id"].as_str().context("card_id")?.to_owned();
         if *need > MAX_DAILY_LIMIT_FEN {
             bail!("card {card_id} would spend {need} fen, over the highest daily limit");
         }
         let limits = format!("/api/campus/cards/{card_id}/limits");
         let limit = json!({"daily_limit_fen": MAX_DAILY_LIMIT_FEN});
-        expect("limits", call("PUT", &limits, Some(&limit), &auth)?)?;
+        expect("limits", call(addr, "PUT", &limits, Some(&limit), &auth)?)?;
         for n in 0..(need + MAX_TOPUP_FEN - 1) / MAX_TOPUP_FEN {
-            top_up(&auth, &card_id, MAX_TOPUP_FEN, &format!("bench-topup-{i}-{n}"))?;
+            top_up(addr, &auth, &card_id, MAX_TOPUP_FEN, &format!("bench-topup-{i}-{n}"))?;
         }
         cards.push(card_id);
     }
@@ -474,11 +852,11 @@ fn seed_campus(spends: usize) -> Result<Campus> {
 }
 
 /// A wallet top-up of a card: the order, then the gateway's signed notification that it was paid.
-fn top_up(auth: &[(&str, String)], card_id: &str, amount_fen: i64, key: &str) -> Result<()> {
+fn top_up(addr: &str, auth: &[(&str, String)], card_id: &str, amount_fen: i64, key: &str) -> Result<()> {
     let mut headers = auth.to_vec();
     headers.push(("idempotency-key", key.to_owned()));
     let body = json!({"card_id": card_id, "amount_fen": amount_fen, "pay_with": "other"});
-    let placed = expect("top-up", call("POST", "/api/campus/topups", Some(&body), &headers)?)?;
+    let placed = expect("top-up", call(addr, "POST", "/api/campus/topups", Some(&body), &headers)?)?;
     let order_id = placed["order"]["order_id"].as_str().context("top-up order_id")?;
     let now = now_secs();
     let paid_at = Timestamp::from_unix_secs(now).to_rfc3339();
@@ -487,7 +865,7 @@ fn top_up(auth: &[(&str, String)], card_id: &str, amount_fen: i64, key: &str) ->
     let id = format!("msg_evt_{key}");
     let signature = sign_webhook(GATEWAY_SECRET, &id, now, event.to_string().as_bytes())?;
     let headers = [("webhook-id", id), ("webhook-timestamp", now.to_string()), ("webhook-signature", signature)];
-    let paid = expect("top-up payment", call("POST", "/api/campus/payments/notify", Some(&event), &headers)?)?;
+    let paid = expect("top-up payment", call(addr, "POST", "/api/campus/payments/notify", Some(&event), &headers)?)?;
     if paid["state"] != "paid" {
         bail!("seeding top-up {key}: {paid}");
     }
@@ -633,14 +1011,48 @@ fn rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The RSS of `pid` and its descendants, summed (`spin up` serves from a `spin trigger http` child).
+fn tree_rss_kib(pid: u32) -> Option<u64> {
+    let sizes: Vec<u64> = process_tree(pid).into_iter().filter_map(rss_kib).collect();
+    (!sizes.is_empty()).then(|| sizes.iter().sum())
+}
+
 /// CPU time (user + system) process `pid` has used, in milliseconds (`/proc/<pid>/stat`, USER_HZ = 100).
 fn cpu_ms(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let fields = stat_fields(pid)?;
     let (user, system): (u64, u64) = (fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?);
     Some((user + system) as f64 * 10.0)
+}
+
+/// CPU time of `pid` and its descendants, summed, in milliseconds.
+fn tree_cpu_ms(pid: u32) -> Option<f64> {
+    let times: Vec<f64> = process_tree(pid).into_iter().filter_map(cpu_ms).collect();
+    (!times.is_empty()).then(|| times.iter().sum())
+}
+
+/// SQLite's file change counter (bytes 24..28 of the database header), which a database in rollback-journal mode
+/// (Spin's key-value store) bumps once per committed write transaction.
+fn change_counter(db: &Path) -> Option<u32> {
+    let mut file = std::fs::File::open(db).ok()?;
+    file.seek(std::io::SeekFrom::Start(24)).ok()?;
+    let mut bytes = [0u8; 4];
+    file.read_exact(&mut bytes).ok()?;
+    Some(u32::from_be_bytes(bytes))
+}
+
+/// The change counter once the store is quiet (unchanged for 500 ms, or after 15 s): requests still in flight
+/// when wrk stopped have finished.
+fn settled_counter(db: &Path) -> Option<u32> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = change_counter(db)?;
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = change_counter(db)?;
+        if now == last || Instant::now() > deadline {
+            return Some(now);
+        }
+        last = now;
+    }
 }
 
 impl Outcome {
@@ -653,36 +1065,52 @@ impl Outcome {
     fn host_cores(&self) -> f64 {
         self.host_cpu_ms / 1000.0 / self.seconds
     }
+
+    /// Write transactions committed per completed request.
+    fn commits_per_request(&self) -> Option<f64> {
+        self.commits.map(|c| c as f64 / self.requests.max(1) as f64)
+    }
+
+    /// Write transactions committed per second of the run.
+    fn commits_per_second(&self) -> Option<f64> {
+        self.commits.map(|c| c as f64 / self.seconds)
+    }
 }
 
-/// Runs wrk against one route while sampling the host's RSS.
-fn drive(
-    host: &Host,
-    args: &[String],
-    route: &str,
-    kind: Kind,
-    addr: &str,
-    path: &str,
-    script: &Path,
-) -> Result<Outcome> {
-    println!("bench: {route} ...");
-    let pid = host.pid();
+/// The server under load and how it is loaded.
+struct Load<'a> {
+    /// `host` or `spin`, for the progress lines.
+    who: &'a str,
+    /// wrk's arguments.
+    args: &'a [String],
+    /// The server's SQLite store, whose commits are counted (Spin).
+    db: Option<&'a Path>,
+}
+
+/// Runs wrk against one route while sampling the server's RSS (and, with a `db`, counting the commits of the SQLite
+/// store there).
+fn drive(server: &Server, load: &Load, route: &str, kind: Kind, path: &str, script: &Path) -> Result<Outcome> {
+    let Load { who, args, db } = *load;
+    let addr = &server.addr;
+    println!("bench: {who}: {route} ...");
+    let pid = server.pid();
+    let counter_before = db.and_then(settled_counter);
     let done = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicU64::new(0));
     let sampler = {
         let (done, peak) = (done.clone(), peak.clone());
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
-                if let Some(kib) = rss_kib(pid) {
+                if let Some(kib) = tree_rss_kib(pid) {
                     peak.fetch_max(kib, Ordering::Relaxed);
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
         })
     };
-    let (cpu_before, started) = (cpu_ms(pid), Instant::now());
+    let (cpu_before, started) = (tree_cpu_ms(pid), Instant::now());
     let out = Command::new("wrk").args(args).arg("-s").arg(script).arg(format!("http://{addr}{path}")).output();
-    let (cpu_after, seconds) = (cpu_ms(pid), started.elapsed().as_secs_f64());
+    let (cpu_after, seconds) = (tree_cpu_ms(pid), started.elapsed().as_secs_f64());
     done.store(true, Ordering::Relaxed);
     let _ = sampler.join();
     let out = out.context("running wrk")?;
@@ -694,9 +1122,11 @@ fn drive(
         .with_context(|| format!("parsing wrk output for {route}:\n{text}"))?;
     o.host_cpu_ms = cpu_after.zip(cpu_before).map_or(f64::NAN, |(after, before)| after - before);
     o.seconds = seconds;
+    o.commits =
+        counter_before.zip(db.and_then(settled_counter)).map(|(before, after)| u64::from(after.wrapping_sub(before)));
     println!(
-        "bench: {route}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, non-2xx {}, socket errors {}, peak RSS {} KiB, \
-         host CPU {:.0} us/request",
+        "bench: {who}: {route}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, non-2xx {}, socket errors {}, peak RSS {} KiB, \
+         CPU {:.0} us/request",
         o.rps,
         o.p50_ms,
         o.p99_ms,
@@ -705,10 +1135,16 @@ fn drive(
         o.peak_rss_kib,
         o.cpu_us_per_request()
     );
+    if let Some(commits) = o.commits_per_request() {
+        println!("bench: {who}: {route}: {commits:.1} commits per request");
+    }
+    for (status, n, problem) in &o.statuses {
+        println!("bench: {who}: {route}: {n} × {status} {problem}");
+    }
     if let Some((used, total)) = o.signed {
-        println!("bench: {route}: {used} of {total} signed requests used");
+        println!("bench: {who}: {route}: {used} of {total} signed requests used");
         if used >= total {
-            eprintln!("bench: {route}: WARNING: the signed requests ran out; wrk's threads stopped early");
+            eprintln!("bench: {who}: {route}: WARNING: the signed requests ran out; wrk's threads stopped early");
         }
     }
     Ok(o)
@@ -734,6 +1170,7 @@ fn parse_wrk(text: &str, route: &str, kind: Kind, peak_rss_kib: u64) -> Option<O
     let (mut p50, mut p99, mut requests) = (None, None, None);
     let (mut non_2xx, mut socket_errors) = (0, 0);
     let mut signed = None;
+    let mut statuses = Vec::new();
     for line in text.lines().map(str::trim) {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
@@ -744,6 +1181,9 @@ fn parse_wrk(text: &str, route: &str, kind: Kind, peak_rss_kib: u64) -> Option<O
             ["Non-2xx", "or", "3xx", "responses:", n] => non_2xx = n.parse().ok()?,
             ["signed", "requests", "used:", used, "of", total] => {
                 signed = Some((used.parse().ok()?, total.parse().ok()?))
+            }
+            ["status", status, n, problem @ ..] => {
+                statuses.push((status.parse().ok()?, n.parse().ok()?, problem.join(" ")));
             }
             ["Socket", "errors:", rest @ ..] => {
                 socket_errors = rest.iter().filter_map(|w| w.trim_end_matches(',').parse::<u64>().ok()).sum();
@@ -764,6 +1204,8 @@ fn parse_wrk(text: &str, route: &str, kind: Kind, peak_rss_kib: u64) -> Option<O
         host_cpu_ms: f64::NAN,
         seconds: f64::NAN,
         signed,
+        statuses,
+        commits: None,
     })
 }
 
@@ -819,13 +1261,14 @@ fn kv_ops_table(root: &Path) -> String {
 }
 
 fn report(
-    results: &[Outcome],
+    host: &HostRun,
+    spin: Option<&SpinRun>,
+    kv_ops: &str,
     args: &[String],
     sizes: &[(String, u64)],
-    cold_ms: f64,
-    warm_ms: f64,
-    idle_rss_kib: u64,
 ) -> Result<String> {
+    let HostRun { results, cold_ms, warm_ms, idle_rss_kib } = host;
+    let (cold_ms, warm_ms, idle_rss_kib) = (*cold_ms, *warm_ms, *idle_rss_kib);
     let floor = results.iter().find(|r| r.kind == Kind::Floor).map(|r| r.rps).unwrap_or(f64::NAN);
     let (cores, model) = machine();
     let mut d = String::new();
@@ -869,24 +1312,42 @@ fn report(
             )?;
         }
     }
+    spin_setup(&mut d, spin)?;
+    // Spin's outcome for a route, if it ran.
+    let spin_of = |route: &str| spin.and_then(|s| s.results.iter().find(|r| r.route == route));
+    let spin_columns = spin.is_some_and(|s| !s.results.is_empty());
     writeln!(d)?;
     writeln!(d, "## Routes")?;
     writeln!(d)?;
+    let (spin_head, spin_rule) = if spin_columns {
+        (" Spin req/s | Spin p99 | Spin non-2xx | host/Spin |", "---:|---:|---:|---:|")
+    } else {
+        ("", "")
+    };
     writeln!(
         d,
         "| route | kind | requests | req/s | vs floor | p50 | p99 | non-2xx | socket errors | peak RSS | host CPU per \
-         request | host cores busy |"
+         request | host cores busy |{spin_head}"
     )?;
-    writeln!(d, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(d, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|{spin_rule}")?;
     for r in results {
         let kind = match r.kind {
             Kind::Floor => "floor",
             Kind::Read => "read",
             Kind::Write => "write",
         };
+        let spin_cells = match spin_of(&r.route) {
+            _ if !spin_columns => String::new(),
+            None => " — | — | — | — |".to_owned(),
+            Some(s) => {
+                let socket =
+                    if s.socket_errors > 0 { format!(" (+{} socket)", s.socket_errors) } else { String::new() };
+                format!(" {:.0} | {:.2} ms | {}{socket} | {:.1}× |", s.rps, s.p99_ms, s.non_2xx, r.rps / s.rps)
+            }
+        };
         writeln!(
             d,
-            "| `{}` | {kind} | {} | {:.0} | {:.0}% | {:.2} ms | {:.2} ms | {} | {} | {:.1} MiB | {:.0} µs | {:.2} |",
+            "| `{}` | {kind} | {} | {:.0} | {:.0}% | {:.2} ms | {:.2} ms | {} | {} | {:.1} MiB | {:.0} µs | {:.2} |{spin_cells}",
             r.route,
             r.requests,
             r.rps,
@@ -900,6 +1361,9 @@ fn report(
             r.host_cores()
         )?;
     }
+    if let Some(spin) = spin.filter(|_| spin_columns) {
+        host_vs_spin(&mut d, results, spin, kv_ops)?;
+    }
     writeln!(d)?;
     writeln!(d, "## Startup, memory, size")?;
     writeln!(d)?;
@@ -912,6 +1376,9 @@ fn report(
         "- Host RSS: {:.1} MiB idle after the warm start; peak under load per route in the table (VmRSS sampled every 100 ms).",
         idle_rss_kib as f64 / 1024.0
     )?;
+    if let Some(spin) = spin {
+        spin_startup(&mut d, spin)?;
+    }
     writeln!(d)?;
     writeln!(d, "| component | .wasm size |")?;
     writeln!(d, "|---|---:|")?;
@@ -972,6 +1439,234 @@ fn report(
     writeln!(d, "| startup with cache ≤ 1 s | {warm_ms:.0} ms | {} |", mark(warm_ms <= MAX_WARM_START_MS))?;
     why_not_met(&mut d, results, largest)?;
     Ok(d)
+}
+
+/// A path under the workspace's `target/` as `target/...`; any other path whole.
+fn shown(path: &Path) -> String {
+    let text = path.display().to_string();
+    match text.rfind("/target/") {
+        Some(at) => text[at + 1..].to_owned(),
+        None => text,
+    }
+}
+
+/// A line of a log, safe inside a Markdown code span and not too long.
+fn quoted(line: &str) -> String {
+    let line: String = line.trim().replace('`', "'").chars().take(240).collect();
+    format!("`{line}`")
+}
+
+/// The `kv_ops` table's count for `route` (`{id}` in the table matches any path segment; a note in parentheses
+/// after the path is ignored).
+fn kv_ops_of(kv_ops: &str, route: &str) -> Option<u64> {
+    let want: Vec<&str> = route.split(['/', ' ']).collect();
+    kv_ops.lines().find_map(|line| {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let name = cells.get(1)?.trim_matches('`');
+        let name = name.split(" (").next()?;
+        let have: Vec<&str> = name.split(['/', ' ']).collect();
+        let same = have.len() == want.len()
+            && have.iter().zip(&want).all(|(h, w)| h == w || (h.starts_with('{') && h.ends_with('}')));
+        if same { cells.get(2)?.parse().ok() } else { None }
+    })
+}
+
+/// The document's lines on how Spin was run, or that it was not.
+fn spin_setup(d: &mut String, spin: Option<&SpinRun>) -> Result<()> {
+    let Some(spin) = spin else {
+        writeln!(
+            d,
+            "- Spin: no Spin binary found (`SCENEFIN_SPIN`, `spin` on `PATH`, `../shared/tools/spin/install`), so this \
+             run has no Spin columns."
+        )?;
+        return Ok(());
+    };
+    let spends = spin
+        .results
+        .iter()
+        .find_map(|r| r.signed)
+        .map(|(used, total)| {
+            let ran_out = if used >= total { ", **ran out**" } else { "" };
+            format!(" (its campus spends signed just before its run: {total} prepared, {used} sent{ran_out})")
+        })
+        .unwrap_or_default();
+    writeln!(
+        d,
+        "- Spin: `{}` (`{}`), run right after the host on the same machine with the same wrk settings: `spin up` on \
+         Spin's default SQLite key-value store (a fresh state dir), the same variables, a private Wasmtime cache. Its \
+         floor is the same fixture's echo; the app is seeded through the same APIs with its own data{spends}. Its wrk \
+         scripts add a Lua `response` hook that tallies the non-2xx statuses (work for wrk only). Commits: SQLite's \
+         file change counter (one per write transaction in Spin's rollback-journal store), read before and after each \
+         route once the store is quiet, over the requests wrk completed.",
+        spin.version,
+        shown(&spin.binary)
+    )?;
+    if let Some(error) = &spin.error {
+        let error = error.split_whitespace().collect::<Vec<_>>().join(" ");
+        writeln!(d, "- **The Spin run stopped early**, so some Spin cells are empty: {}", quoted(&error))?;
+    }
+    Ok(())
+}
+
+/// Under the routes table: why the host/Spin ratio is what it is, from this run's numbers, and Spin's figures per
+/// route.
+fn host_vs_spin(d: &mut String, host: &[Outcome], spin: &SpinRun, kv_ops: &str) -> Result<()> {
+    let pairs: Vec<(&Outcome, &Outcome)> =
+        host.iter().filter_map(|h| spin.results.iter().find(|s| s.route == h.route).map(|s| (h, s))).collect();
+    let ratio = |h: &Outcome, s: &Outcome| h.rps / s.rps;
+    let kv = |route: &str| kv_ops_of(kv_ops, route).map_or_else(|| "?".to_owned(), |n| n.to_string());
+    let mut writes: Vec<(&Outcome, &Outcome, f64)> = pairs
+        .iter()
+        .filter(|(h, _)| h.kind == Kind::Write)
+        .filter_map(|&(h, s)| Some((h, s, s.commits_per_request()?)))
+        .collect();
+    writes.sort_by(|a, b| a.2.total_cmp(&b.2));
+    writeln!(d)?;
+    let mut p = String::from(
+        "**Host vs Spin.** Spin's default SQLite store commits every write as its own transaction (rollback journal, \
+         `synchronous=FULL`) behind one lock, so on Spin a route that writes goes no faster than the store's commit \
+         rate divided by the commits one request makes.",
+    );
+    if !writes.is_empty() {
+        let rates: Vec<f64> = writes.iter().filter_map(|(_, s, _)| s.commits_per_second()).collect();
+        let (lo, hi) = rates.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+        let busy = writes.iter().map(|(_, s, _)| s.host_cores()).fold(0.0f64, f64::max);
+        let one_ceiling = if hi <= lo * 1.5 { " (about one ceiling)" } else { "" };
+        let waits = if busy < 1.0 { ", so it waits on syncs, not on the CPU" } else { "" };
+        let each: Vec<String> = writes
+            .iter()
+            .map(|(h, s, c)| {
+                format!(
+                    "`{}` {c:.1} commits per request ({} KV operations on the host) → {:.0} req/s, host/Spin {:.1}×",
+                    h.route,
+                    kv(&h.route),
+                    s.rps,
+                    ratio(h, s)
+                )
+            })
+            .collect();
+        write!(
+            p,
+            " In this run it committed {lo:.0} to {hi:.0} writes/s on the write routes{one_ceiling}, with Spin keeping at \
+             most {busy:.2} cores busy{waits}: {}.",
+            each.join("; ")
+        )?;
+        let rising = writes.windows(2).all(|w| ratio(w[0].0, w[0].1) <= ratio(w[1].0, w[1].1));
+        if writes.len() > 1 && rising {
+            p.push_str(
+                " The more a request commits, the larger the host/Spin ratio: a write saved per request is worth most \
+                 on Spin.",
+            );
+        } else if writes.len() > 1 {
+            p.push_str(" In this run the ratio does not rise with the commits per request alone.");
+        }
+    }
+    if let Some((h, s)) = pairs.iter().find(|(h, _)| h.kind == Kind::Floor) {
+        write!(
+            p,
+            " Without any write the gap is Spin's cost per request: its echo (`GET /`, no key-value access) served \
+             {:.0} req/s (host/Spin {:.1}×) at p50 {:.1} ms with {:.2} cores busy",
+            s.rps,
+            ratio(h, s),
+            s.p50_ms,
+            s.host_cores()
+        )?;
+        if s.host_cores() < 1.0 && s.p50_ms > 5.0 {
+            p.push_str(
+                ": latency, not CPU, bounds it (Spin holds back the last chunk of each keep-alive response until the \
+                 client's delayed ACK; see docs/PERFORMANCE.md)",
+            );
+        }
+        let reads: Vec<String> = pairs
+            .iter()
+            .filter(|(h, _)| h.kind == Kind::Read)
+            .map(|(h, s)| {
+                let commits =
+                    s.commits_per_request().map_or_else(String::new, |c| format!(", {c:.2} commits per request"));
+                format!("`{}` {:.1}×{commits}", h.route, ratio(h, s))
+            })
+            .collect();
+        if !reads.is_empty() {
+            write!(p, "; the reads: {}", reads.join(", "))?;
+        }
+        p.push('.');
+    }
+    writeln!(d, "{p}")?;
+    writeln!(d)?;
+    writeln!(
+        d,
+        "| route (Spin) | KV operations per request (host, `kv_ops`) | commits per request | commits/s | p50 | CPU per \
+         request | cores busy | peak RSS | socket errors | host/Spin |"
+    )?;
+    writeln!(d, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    for (h, s) in &pairs {
+        let (per_request, per_second) = match (s.commits_per_request(), s.commits_per_second()) {
+            (Some(c), Some(r)) => (format!("{c:.2}"), format!("{r:.0}")),
+            _ => ("—".to_owned(), "—".to_owned()),
+        };
+        let kv = if h.kind == Kind::Floor { "0".to_owned() } else { kv(&h.route) };
+        writeln!(
+            d,
+            "| `{}` | {kv} | {per_request} | {per_second} | {:.2} ms | {:.0} µs | {:.2} | {:.1} MiB | {} | {:.1}× |",
+            s.route,
+            s.p50_ms,
+            s.cpu_us_per_request(),
+            s.host_cores(),
+            s.peak_rss_kib as f64 / 1024.0,
+            s.socket_errors,
+            ratio(h, s)
+        )?;
+    }
+    Ok(())
+}
+
+/// Spin's startup and memory, and what its output and its error responses showed.
+fn spin_startup(d: &mut String, spin: &SpinRun) -> Result<()> {
+    let ms = |v: Option<f64>| v.map_or_else(|| "—".to_owned(), |v| format!("{v:.0} ms"));
+    if spin.cold_ms.is_some() {
+        writeln!(
+            d,
+            "- Spin startup to the first `200` (`GET /api/ops/funnel`), spin.toml: cold (empty private Wasmtime cache: \
+             Spin compiles every component) {}, warm (second start, cached) {}.",
+            ms(spin.cold_ms),
+            ms(spin.warm_ms)
+        )?;
+    }
+    if let Some(kib) = spin.idle_rss_kib {
+        writeln!(
+            d,
+            "- Spin RSS: {:.1} MiB idle after the warm start (`spin up` and its `spin trigger http` process, summed); \
+             peak under load per route in the Spin table above.",
+            kib as f64 / 1024.0
+        )?;
+    }
+    let panicked: Vec<&LogCheck> = spin.logs.iter().filter(|l| !l.panics.is_empty()).collect();
+    if panicked.is_empty() && !spin.logs.is_empty() {
+        writeln!(d, "- Spin's output (`target/bench/spin/*.log`, read before each stop): no `panicked`.")?;
+    }
+    for log in panicked {
+        writeln!(
+            d,
+            "- **Spin's output shows `panicked`** ({}, `{}`): {} line(s); the first: {}",
+            log.what,
+            shown(&log.log),
+            log.panics.len(),
+            quoted(&log.panics[0])
+        )?;
+    }
+    for log in spin.logs.iter().filter(|l| !l.internal_errors.is_empty()) {
+        let lines: Vec<String> =
+            log.internal_errors.iter().take(5).map(|(line, n)| format!("{} ×{n}", quoted(line))).collect();
+        let more = log.internal_errors.len().saturating_sub(5);
+        let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+        writeln!(d, "- Internal errors the components logged under Spin ({}): {}{more}.", log.what, lines.join("; "))?;
+    }
+    for r in spin.results.iter().filter(|r| !r.statuses.is_empty()) {
+        let each: Vec<String> =
+            r.statuses.iter().map(|(status, n, problem)| format!("{status} ×{n} ({})", quoted(problem))).collect();
+        writeln!(d, "- Spin's non-2xx on `{}`: {}.", r.route, each.join(", "))?;
+    }
+    Ok(())
 }
 
 /// For each target missed, the measured reason: host CPU per request against the floor's (throughput), Little's law

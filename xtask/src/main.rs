@@ -4,7 +4,10 @@
 //!   test fixture in release, in one cargo invocation.
 //! - `up [host args...]`: build, generate development secrets on first run, serve spin.toml on 127.0.0.1:3000.
 //! - `test [cargo test args...]`: build, then `cargo test --workspace`; a full run (no args) regenerates
-//!   docs/RELIABILITY.md from the rows the reliability tests wrote.
+//!   docs/RELIABILITY.md from the rows the reliability tests wrote, then runs the money and concurrency suites
+//!   again under the real Spin CLI (`test-spin`) when there is one.
+//! - `test-spin [spin-sqlite | spin-redis] [test filters...]`: build, then run the end-to-end suites of
+//!   [`SPIN_SUITES`] (or the filters) under `spin up`, on Spin's SQLite store and on Redis (or the one runtime named).
 //! - `check-invariants`: the architecture invariants a machine can check (see ARCHITECTURE.md).
 //! - `bench`: load-test the host with `wrk` and write docs/BENCHMARKS.md (see `bench.rs`).
 
@@ -54,12 +57,18 @@ fn xtask() -> Result<()> {
             run(Command::new(cargo()).current_dir(&root).args(["test", "--workspace"]).args(&rest))?;
             if rest.is_empty() {
                 reliability::write(&root, &rows)?;
+                test_spin(&root, &[])?;
             }
             Ok(())
         }
+        "test-spin" => {
+            build(&root)?;
+            test_spin(&root, &rest)
+        }
         _ => {
             eprintln!(
-                "usage: cargo xtask <build | up [host args] | test [cargo test args] | check-invariants | bench>"
+                "usage: cargo xtask <build | up [host args] | test [cargo test args] | \
+                 test-spin [spin-sqlite | spin-redis] [test filters] | check-invariants | bench>"
             );
             bail!("unknown task {task:?}")
         }
@@ -80,6 +89,79 @@ fn run(cmd: &mut Command) -> Result<()> {
         bail!("{cmd:?} failed with {status}");
     }
     Ok(())
+}
+
+/// The end-to-end modules that move money or race, which run under the real Spin CLI too (libtest filters: a test's
+/// name starts with its module).
+const SPIN_SUITES: &[&str] = &[
+    "utility_payments::",
+    "property_fees::",
+    "campus_card::",
+    "merchant_coupons::",
+    "referral_tiers::",
+    "customers::",
+];
+
+/// Tests run at once under Spin: each starts its own `spin up` (and Redis), and Spin's SQLite store syncs every write
+/// behind one lock, so more than this on two cores only queues.
+const SPIN_TEST_THREADS: &str = "3";
+
+/// Runs the e2e `filters` (default [`SPIN_SUITES`]) under `spin up`, on each runtime of `args` (default both);
+/// without a Spin binary, says so in one line and succeeds.
+fn test_spin(root: &Path, args: &[String]) -> Result<()> {
+    let (runtimes, filters): (Vec<&str>, Vec<&str>) =
+        args.iter().map(String::as_str).partition(|a| matches!(*a, "spin-sqlite" | "spin-redis"));
+    let runtimes = if runtimes.is_empty() { vec!["spin-sqlite", "spin-redis"] } else { runtimes };
+    let filters = if filters.is_empty() { SPIN_SUITES.to_vec() } else { filters };
+    let Some(spin) = spin_binary(root) else {
+        println!("xtask: no Spin binary (set SCENEFIN_SPIN or put spin on PATH): the real-Spin suites are skipped");
+        return Ok(());
+    };
+    let mut failed = Vec::new();
+    for runtime in runtimes {
+        println!("xtask: the real-Spin suites on {runtime} ({})", spin.display());
+        let started = std::time::Instant::now();
+        let mut cmd = Command::new(cargo());
+        cmd.current_dir(root)
+            .args(["test", "-p", "scenefin-e2e", "--test", "e2e", "--"])
+            .args(&filters)
+            .args(["--test-threads", SPIN_TEST_THREADS])
+            .env("SCENEFIN_E2E_RUNTIME", runtime)
+            .env("SCENEFIN_SPIN", &spin);
+        let result = run(&mut cmd);
+        let took = started.elapsed().as_secs();
+        match result {
+            Ok(()) => println!("xtask: the real-Spin suites on {runtime} passed in {took} s"),
+            Err(e) => {
+                println!("xtask: the real-Spin suites on {runtime} failed in {took} s: {e:#}");
+                failed.push(runtime);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!("the real-Spin suites failed on {}", failed.join(" and "));
+    }
+    Ok(())
+}
+
+/// The Spin CLI: `SCENEFIN_SPIN`, else `spin` on `PATH`, else what `../shared/tools/spin/install` unpacks (the
+/// same search as the e2e tests' `runtime::spin_binary`).
+fn spin_binary(root: &Path) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("SCENEFIN_SPIN").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(path));
+    }
+    let on_path = std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join("spin")).find(|p| p.is_file()));
+    if on_path.is_some() {
+        return on_path;
+    }
+    let install = root.join("../shared/tools/spin/install");
+    if !install.is_file() {
+        return None;
+    }
+    let out = Command::new(&install).current_dir(root).stderr(std::process::Stdio::inherit()).output().ok()?;
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    (out.status.success() && path.is_file()).then_some(path)
 }
 
 fn ensure_target() -> Result<()> {

@@ -22,6 +22,11 @@ pub const MAX_KEY_BYTES: usize = 250;
 /// the first pause ([`Store::pause`]), so a hundred writers on one document all get through.
 pub const CAS_RETRIES: u32 = 200;
 
+/// How many times a writer re-reads a document another writer is creating before answering
+/// [`StoreError::Contention`] (with [`Store::pause`] between, about half a second in a component): a live creator is
+/// one store call from writing it; a dead one holds it until the lease.
+pub const CREATION_WAITS: u32 = 24;
+
 /// How long a document's creation may stay claimed with no document written before another writer takes the
 /// creation over: the claimant is presumed dead (the host cuts requests after 30 s). See [`update_json`].
 pub const CREATION_LEASE_SECS: i64 = 60;
@@ -247,8 +252,9 @@ where
     E: From<StoreError>,
 {
     let mut current = store.get(key).await?;
-    // Whether another writer was found holding this document's creation.
+    // Whether another writer was found holding this document's creation, and how often it was waited for.
     let mut creation_held = false;
+    let mut waits_for_creator = 0;
     for attempt in 0..CAS_RETRIES {
         if attempt > 0 {
             store.pause(attempt).await;
@@ -284,7 +290,13 @@ where
                         create(store, key, &bytes, stamp).await?;
                         return Ok(result);
                     }
-                    None => creation_held = true,
+                    None => {
+                        creation_held = true;
+                        waits_for_creator += 1;
+                        if waits_for_creator > CREATION_WAITS {
+                            break;
+                        }
+                    }
                 }
                 current = store.get(key).await?;
             }

@@ -146,7 +146,11 @@ impl<S: Store> Fulfilment for Topups<'_, S> {
             merchant_id: None,
             at,
         };
-        let scenario = |e: CampusError| OrderError::Scenario(e.to_string());
+        // A store error keeps its kind (contention is a retryable 503); anything else is the scenario's bug.
+        let scenario = |e: CampusError| match e {
+            CampusError::Store(e) => OrderError::Store(e),
+            other => OrderError::Scenario(other.to_string()),
+        };
         txns::append(self.store, &p.card_id, &txn).await.map_err(scenario)?;
         let count = async |counter: &str, delta: i64| {
             schools::count_once(self.store, &p.school_id, counter, &order.id, delta).await.map_err(scenario)

@@ -961,6 +961,14 @@ async fn rush(app: TestApp) {
         settled += int_of(&statement, "total_fen");
     }
     assert_eq!(settled, 50_000);
+    let unbalanced =
+        app.send("GET", "/api/ops/ledger/check", None, Some(OPERATOR_TOKEN)).await.body["balanced"] != true;
+    if let (true, Ok(dir)) = (unbalanced, std::env::var("SCENEFIN_DEBUG_DUMP")) {
+        let snap = app.snapshot().await;
+        let dump: BTreeMap<String, String> =
+            snap.into_iter().map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned())).collect();
+        std::fs::write(format!("{dir}/dump.json"), serde_json::to_string(&dump).expect("json")).expect("dump");
+    }
     let report = app.ledger_check().await;
     assert_eq!(held(&report, &card), 0);
     let owed_total: i64 = merchants.iter().map(|(id, _)| owed(&report, id)).sum();

@@ -403,7 +403,11 @@ async fn the_reviews_show_exactly_what_customers_and_operators_did() {
     let counters: BTreeMap<String, i64> = after
         .iter()
         .filter(|(k, _)| k.starts_with("ops:stage:"))
-        .map(|(k, v)| (k.clone(), i64::from_le_bytes(v.clone().try_into().expect("counter"))))
+        .map(|(k, v)| {
+            // 8 little-endian bytes on SQLite, decimal text on Redis.
+            let key = scenefin_core::kv::Key::new(&[k.as_str()]);
+            (k.clone(), scenefin_core::kv::decode_counter(&key, v).expect("counter"))
+        })
         .collect();
     assert_eq!(counters.values().sum::<i64>(), 6, "one stage per customer: {counters:?}");
     app.host.shutdown().await;

@@ -28,8 +28,10 @@ pub const CAS_RETRIES: u32 = 200;
 pub const CREATION_WAITS: u32 = 24;
 
 /// How long a document's creation may stay claimed with no document written before another writer takes the
-/// creation over: the claimant is presumed dead (the host cuts requests after 30 s). See [`update_json`].
-pub const CREATION_LEASE_SECS: i64 = 60;
+/// creation over: the claimant is presumed dead. Five minutes: the host cuts requests after 30 s, but Spin has no
+/// limit unless `--request-timeout` is given, and an overloaded Spin SQLite store can hold one call for many seconds
+/// behind its single mutex. See [`update_json`].
+pub const CREATION_LEASE_SECS: i64 = 300;
 
 /// How many of the latest write tokens a document carries (`"_w"`), so a writer whose compare-and-swap reported an
 /// unknown outcome can tell whether it landed even after a few later writes (see [`update_json`]).
@@ -527,50 +529,52 @@ pub async fn read_indexed<T: DeserializeOwned>(
     Ok(out)
 }
 
-/// Most ids one chunk of a log ([`append_to_log`]) holds.
-pub const LOG_CHUNK_IDS: i64 = 64;
-/// The longest suffix [`append_to_log`] appends to its base key (`:c:` and a 19-digit chunk number).
+/// The longest suffix [`append_to_log`] appends to its base key (`:s:` and a 19-digit slot number).
 pub const LOG_KEY_OVERHEAD: usize = 22;
 
+/// One entry of a log ([`append_to_log`]), write-once under its slot.
+#[derive(Serialize, serde::Deserialize)]
+struct LogEntry {
+    v: u32,
+    id: String,
+}
+
 /// Appends `id` to the log at `base`: an append-only list that may grow without bound (a day's postings, an hour's
-/// reservations), kept as chunk documents of at most [`LOG_CHUNK_IDS`] ids (`{base}:c:{n}`) numbered by an atomic
-/// counter (`{base}:ctr:n`), so an append costs the same whatever the log's length, where one growing index
-/// document ([`add_to_index`]) costs a read and a rewrite of everything before it.
+/// reservations). The slot comes from an atomic counter (`{base}:ctr:n`) and the entry is written once under it
+/// (`{base}:s:{slot}`): no two writers ever touch the same document, so an append is two writes whatever the log's
+/// length and however many append at once, with no compare-and-swap and no document to create under contention.
 ///
-/// A retried append may list `id` twice (a crash between taking a slot and filling it only leaves a chunk short);
+/// A retried append may list `id` twice (a crash between taking a slot and filling it only leaves a slot empty);
 /// [`read_logs`] returns each id once.
 pub async fn append_to_log(store: &impl Store, base: &Key, id: &str) -> Result<(), StoreError> {
     let slot = store.increment(&log_counter_key(base), 1).await?;
-    let chunk = (slot - 1).max(0) / LOG_CHUNK_IDS;
-    add_to_index(store, &log_chunk_key(base, chunk), id).await?;
-    Ok(())
+    put_json(store, &log_slot_key(base, slot), &LogEntry { v: 1, id: id.to_owned() }).await
 }
 
 /// The ids of each log at `bases` ([`append_to_log`]), each id once, in order of appending: two batch reads (the
-/// counters, then every chunk).
+/// counters, then every slot).
 pub async fn read_logs(store: &impl Store, bases: &[Key]) -> Result<Vec<Vec<String>>, StoreError> {
     let counter_keys: Vec<Key> = bases.iter().map(log_counter_key).collect();
-    let mut chunk_keys = Vec::new();
-    let mut chunks_per_log = Vec::with_capacity(bases.len());
+    let mut slot_keys = Vec::new();
+    let mut slots_per_log = Vec::with_capacity(bases.len());
     for ((base, key), raw) in bases.iter().zip(&counter_keys).zip(get_all(store, &counter_keys).await?) {
         let appended = match raw {
-            Some(bytes) => decode_counter(key, &bytes)?,
+            Some(bytes) => decode_counter(key, &bytes)?.max(0),
             None => 0,
         };
-        let chunks = (appended.max(0) + LOG_CHUNK_IDS - 1) / LOG_CHUNK_IDS;
-        chunks_per_log.push(usize::try_from(chunks).unwrap_or(0));
-        chunk_keys.extend((0..chunks).map(|n| log_chunk_key(base, n)));
+        slots_per_log.push(usize::try_from(appended).unwrap_or(0));
+        slot_keys.extend((1..=appended).map(|slot| log_slot_key(base, slot)));
     }
-    let mut raws = chunk_keys.iter().zip(get_all(store, &chunk_keys).await?);
+    let mut raws = slot_keys.iter().zip(get_all(store, &slot_keys).await?);
     let mut logs = Vec::with_capacity(bases.len());
-    for chunks in chunks_per_log {
+    for slots in slots_per_log {
         let mut seen = std::collections::HashSet::new();
         let mut ids = Vec::new();
-        for (key, raw) in raws.by_ref().take(chunks) {
-            for id in decode_doc::<Index>(key, raw.as_deref())?.map(|i| i.ids).unwrap_or_default() {
-                if seen.insert(id.clone()) {
-                    ids.push(id);
-                }
+        for (key, raw) in raws.by_ref().take(slots) {
+            if let Some(entry) = decode_doc::<LogEntry>(key, raw.as_deref())?
+                && seen.insert(entry.id.clone())
+            {
+                ids.push(entry.id);
             }
         }
         logs.push(ids);
@@ -582,8 +586,8 @@ fn log_counter_key(base: &Key) -> Key {
     base.child(&["ctr", "n"])
 }
 
-fn log_chunk_key(base: &Key, chunk: i64) -> Key {
-    base.child(&["c", &chunk.to_string()])
+fn log_slot_key(base: &Key, slot: i64) -> Key {
+    base.child(&["s", &slot.to_string()])
 }
 
 /// Adds `delta` to `counter` once per `claim` (e.g. per order): at most once, even when retried.
@@ -849,7 +853,7 @@ mod tests {
     }
 
     #[test]
-    fn a_log_keeps_every_id_once_in_order_in_bounded_chunks() {
+    fn a_log_keeps_every_id_once_in_order_one_write_once_entry_per_slot() {
         // Arrange
         let store = MemStore::default();
         let (a, b) = (Key::new(&["t", "log", "a"]), Key::new(&["t", "log", "b"]));
@@ -865,12 +869,8 @@ mod tests {
         // Assert
         let logs = pollster::block_on(read_logs(&store, &[a.clone(), Key::new(&["t", "log", "none"]), b]));
         assert_eq!(logs, Ok(vec![ids, Vec::new(), vec!["only".to_owned()]]));
-        for chunk in 0..3 {
-            let raw = store.raw(&format!("t:log:a:c:{chunk}")).expect("chunk written");
-            let index: Index = serde_json::from_slice(&raw).expect("index");
-            assert!(index.ids.len() <= LOG_CHUNK_IDS as usize, "chunk {chunk} holds {}", index.ids.len());
-        }
-        assert_eq!(store.raw("t:log:a:c:3"), None, "151 appends fill three chunks");
+        assert_eq!(store.raw("t:log:a:s:151").map(|r| r.starts_with(b"{")), Some(true), "151 slots, one each");
+        assert_eq!(store.raw("t:log:a:s:152"), None);
     }
 
     #[test]

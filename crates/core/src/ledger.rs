@@ -7,7 +7,7 @@
 //!   such as `pay:{order_id}`, which makes posting idempotent end to end.
 //! - `ledger:idx:{yyyymmdd}:{shard}`: ids of the postings of a Shanghai day, in 16 shards (first hex character of
 //!   the hashed id), so [`check`] finds every posting without listing the store. Each shard is a log
-//!   ([`crate::kv::append_to_log`]: `…:ctr:n` and chunks `…:c:{n}`), so a busy day costs each posting the same.
+//!   ([`crate::kv::append_to_log`]: `…:ctr:n` and one write-once entry per slot, `…:s:{n}`), so a busy day costs each posting the same.
 //! - `ledger:accounts:{shard}`: every account ever posted to, in 16 shards (by hashed account name).
 //! - `ledger:acct:{account}:{shard}`: one of an account's 16 balance shards, `{balance_fen, recent}`. A posting
 //!   lands on the shard named by its hashed id, so hundreds of concurrent postings to one hot account (gateway

@@ -45,7 +45,7 @@ const MAX_FEN: i64 = 1_000_000_000_000_000;
 const RESERVE_SWEEP_HOURS: u32 = 6;
 /// The longest suffix this module appends to a base key after the reservation id (`:fx:` … `:uncommit`).
 const ID_KEY_OVERHEAD: usize = 13;
-/// The longest suffix without an id (`:open:{hour}:{shard}` with a 20-character hour, then a log chunk's suffix).
+/// The longest suffix without an id (`:open:{hour}:{shard}` with a 20-character hour, then a log slot's suffix).
 const BASE_KEY_OVERHEAD: usize = 28 + crate::kv::LOG_KEY_OVERHEAD;
 
 /// The answer to [`reserve`].

@@ -84,7 +84,7 @@ pub fn spend(spend_id: &str) -> Key {
 }
 
 /// `campus:settle:{merchant}:{yyyymmdd}:{shard}` → spend and reversal entries of a merchant's day, in 16 shards,
-/// each a log (`kv::append_to_log`: `…:ctr:n` and chunks `…:c:{n}`).
+/// each a log (`kv::append_to_log`: `…:ctr:n` and one write-once entry per slot, `…:s:{n}`).
 pub fn settlement(merchant_id: &str, day: u32, shard: char) -> Key {
     Key::new(&["campus", "settle", merchant_id, &day.to_string(), &shard.to_string()])
 }

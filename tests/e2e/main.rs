@@ -1,9 +1,11 @@
 //! End-to-end tests of the app in spin.toml, one module per component.
 
 mod browser;
+mod bursts;
 mod campus_card;
 mod console;
 mod customers;
+mod differential;
 mod faults;
 mod hostile;
 mod insights;

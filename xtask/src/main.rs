@@ -100,6 +100,7 @@ const SPIN_SUITES: &[&str] = &[
     "merchant_coupons::",
     "referral_tiers::",
     "customers::",
+    "bursts::",
 ];
 
 /// Tests run at once under Spin: each starts its own `spin up` (and Redis), and Spin's SQLite store syncs every write

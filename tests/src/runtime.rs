@@ -71,8 +71,10 @@ pub fn runs_on_host(what: &str) -> bool {
     if !runtime.is_spin() {
         return true;
     }
-    // Straight to the process's stderr, past the test harness's capture, so a run shows what it skipped.
-    let _ = writeln!(std::io::stderr().lock(), "skip: needs {what} (runtime {})", runtime.name());
+    // Straight to the process's stderr, past the test harness's capture, so a run shows what it skipped; one write,
+    // so the line stays whole between the harness's.
+    let line = format!("skip: needs {what} (runtime {})\n", runtime.name());
+    let _ = std::io::stderr().write_all(line.as_bytes());
     false
 }
 

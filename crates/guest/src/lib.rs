@@ -19,7 +19,6 @@ use scenefin_core::problem::{ApiError, ErrorKind, Problem, problem_json};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use spin_sdk::http::FullBody;
-use spin_sdk::http::body::IncomingBodyExt;
 
 pub use spin_sdk::http::Request;
 
@@ -218,36 +217,57 @@ pub type Head = http::Request<()>;
 pub async fn split(req: Request, limit: usize) -> Result<(Head, Bytes), Response> {
     let (parts, incoming) = req.into_parts();
     let head = http::Request::from_parts(parts, ());
-    if let Some(len) = header(&head, "content-length").and_then(|v| v.parse::<usize>().ok())
-        && len > limit
-    {
-        return Err(problem(&too_large(len, limit)));
-    }
-    let bytes = incoming
-        .bytes()
-        .await
-        .map_err(|e| ApiError::new(ErrorKind::Invalid, "bad_request_body", format!("could not read the body: {e:?}")))
-        .or_problem()?;
-    if bytes.len() > limit {
-        return Err(problem(&too_large(bytes.len(), limit)));
-    }
+    let bytes = read_limited(incoming, declared_length(&head), limit).await.or_problem()?;
     Ok((head, bytes))
 }
 
 /// Reads the whole body, refusing more than `limit` bytes (413).
 pub async fn body(req: Request, limit: usize) -> Result<Bytes, ApiError> {
-    if let Some(len) = header(&req, "content-length").and_then(|v| v.parse::<usize>().ok())
-        && len > limit
-    {
+    let declared = declared_length(&req);
+    read_limited(req.into_body(), declared, limit).await
+}
+
+/// How much of a body over the limit is still read (and dropped) before the 413 is sent. A client is usually still
+/// sending when the answer is ready, and Spin cuts the response off when the request body is left unread (the
+/// client sees the connection close mid-answer); past this size the answer goes out at once all the same.
+const DRAIN_LIMIT_BYTES: usize = 4 << 20;
+
+fn declared_length<B>(req: &http::Request<B>) -> Option<usize> {
+    header(req, "content-length").and_then(|v| v.parse::<usize>().ok())
+}
+
+/// The body if it is at most `limit` bytes; otherwise a 413 after reading (and dropping) the rest of it, up to
+/// [`DRAIN_LIMIT_BYTES`].
+async fn read_limited<B>(body: B, declared: Option<usize>, limit: usize) -> Result<Bytes, ApiError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
+{
+    use http_body_util::BodyExt as _;
+
+    if let Some(len) = declared.filter(|len| *len > DRAIN_LIMIT_BYTES) {
         return Err(too_large(len, limit));
     }
-    let bytes = req.into_body().bytes().await.map_err(|e| {
-        ApiError::new(ErrorKind::Invalid, "bad_request_body", format!("could not read the body: {e:?}"))
-    })?;
-    if bytes.len() > limit {
-        return Err(too_large(bytes.len(), limit));
+    let mut body = std::pin::pin!(body);
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::new(ErrorKind::Invalid, "bad_request_body", format!("could not read the body: {e:?}"))
+        })?;
+        let Ok(data) = frame.into_data() else { continue };
+        seen = seen.saturating_add(data.len());
+        if seen <= limit {
+            kept.extend_from_slice(&data);
+        } else if seen > DRAIN_LIMIT_BYTES {
+            break;
+        }
     }
-    Ok(bytes)
+    let len = seen.max(declared.unwrap_or(0));
+    if len > limit {
+        return Err(too_large(len, limit));
+    }
+    Ok(Bytes::from(kept))
 }
 
 fn too_large(len: usize, limit: usize) -> ApiError {

@@ -8,15 +8,20 @@
 //!   `redis-server`. A scripted sequence (set, get, delete, counters, compare-and-swap with and without
 //!   interference, batch reads of 0, 1 and 2 keys, then races of concurrent compare-and-swaps on one key), and
 //!   separately, last in its own sequence, an `increment` of a key holding JSON.
-//! - App level: the real app (spin.toml) on the host's SQLite store and under Spin's, with the same test clock and
-//!   secrets: a utility payment from onboarding to refund, with concurrent first logins and ten concurrent
-//!   duplicate gateway notifications. Every answer is compared after normalisation (generated ids become
+//! - App level: the real app (spin.toml) on the host and under Spin, on SQLite and on Redis, with the same test
+//!   clock and secrets: a utility payment from onboarding to refund, with concurrent first logins and ten
+//!   concurrent duplicate gateway notifications. Every answer is compared after normalisation (generated ids become
 //!   placeholders numbered in order of first appearance, the partner secret a name), then every stored key and
 //!   value (see `Merged` for what a random choice decides in the store's layout, and how it is read back).
 //!
 //! Answers are compared exactly, but for failures: a `500` is classed as `trapped` (Spin answers a trap with an
 //! empty body, the host with problem+json `component_failed`) or `store error` (the fixture's text of the store's
 //! error: the host's texts name Spin's behaviour, so they differ from Spin's by design), and the classes must match.
+//!
+//! What depends on how concurrent requests interleave is compared by its invariants only, and shown: how many
+//! racers' swaps succeeded on SQLite (Spin's slower store, one fsync per write behind one mutex, lets more racers
+//! read a value another then replaces; the host's interleavings are the same kind, only rarer), how many
+//! duplicate notifications reached each exactly-once claim, how many log slots a posting took.
 //!
 //! Documented differences, asserted as such so that a change on either side shows up here:
 //! - SQLite, `increment` of a key holding JSON: Spin panics holding its store's mutex and every later key-value call

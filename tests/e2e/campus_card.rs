@@ -865,6 +865,7 @@ async fn spend_with_retry(app: &TestApp, pos: &Partner, body: &Value) -> Reply {
         if !retryable(&r) {
             return r;
         }
+        eprintln!("retryable answer {} {} {}: retrying", r.status, r.body["code"], r.body["detail"]);
         tokio::time::sleep(Duration::from_millis(5 + 5 * attempt as u64)).await;
     }
     panic!("{body}: still not through after {MAX_ATTEMPTS} attempts")

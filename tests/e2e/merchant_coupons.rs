@@ -272,6 +272,7 @@ async fn claim_with_retry(app: &TestApp, token: &str, campaign_id: &str, key: &s
         if !retryable(&r) {
             return r;
         }
+        eprintln!("retryable answer {} {} {}: retrying", r.status, r.body["code"], r.body["detail"]);
         tokio::time::sleep(Duration::from_millis(5 + 5 * attempt as u64)).await;
     }
     panic!("claim {campaign_id} with {key}: still not through after {MAX_ATTEMPTS} attempts")
@@ -379,6 +380,7 @@ async fn redeem_with_retry(app: &TestApp, m: &Merchant, body: &Value) -> Reply {
         if !retryable(&r) {
             return r;
         }
+        eprintln!("retryable answer {} {} {}: retrying", r.status, r.body["code"], r.body["detail"]);
         tokio::time::sleep(Duration::from_millis(5 + 5 * attempt as u64)).await;
     }
     panic!("{body}: still not through after {MAX_ATTEMPTS} attempts")

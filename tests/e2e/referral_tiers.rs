@@ -49,6 +49,7 @@ where
         if !retryable(&r) {
             return r;
         }
+        eprintln!("retryable answer {} {} {}: retrying", r.status, r.body["code"], r.body["detail"]);
         tokio::time::sleep(Duration::from_millis(5 + 5 * attempt as u64)).await;
     }
     panic!("still contended after {MAX_ATTEMPTS} attempts")

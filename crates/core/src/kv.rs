@@ -18,14 +18,21 @@ use crate::problem::{ErrorKind, Problem};
 /// Longest key accepted (Spin documents 256 bytes; keep a margin for suffixes).
 pub const MAX_KEY_BYTES: usize = 250;
 
-/// How many times a CAS loop re-reads and retries before giving up with [`StoreError::Contention`]. Retries after
-/// the first pause ([`Store::pause`]), so a hundred writers on one document all get through.
+/// How many times a CAS loop re-reads and retries at least before giving up with [`StoreError::Contention`]
+/// (with [`Store::pause`] between attempts), and for how many seconds at least: a thousand writers on one document
+/// under real Spin on Redis (a new connection and a read-back for every swap) need seconds, not attempts.
 pub const CAS_RETRIES: u32 = 200;
+/// See [`CAS_RETRIES`].
+pub const CAS_PATIENCE_SECS: i64 = 20;
+/// Attempts after which a CAS loop gives up whatever the clock says.
+pub const CAS_MAX_ATTEMPTS: u32 = 5_000;
 
-/// How many times a writer re-reads a document another writer is creating before answering
-/// [`StoreError::Contention`] (with [`Store::pause`] between, about half a second in a component): a live creator is
-/// one store call from writing it; a dead one holds it until the lease.
+/// How many times (and for how many seconds, [`CREATION_PATIENCE_SECS`]) a writer at least re-reads a document
+/// another writer is creating before answering [`StoreError::Contention`]: a live creator is one store call from
+/// writing it, though that call may queue behind many others; a dead one holds it until the lease.
 pub const CREATION_WAITS: u32 = 24;
+/// See [`CREATION_WAITS`].
+pub const CREATION_PATIENCE_SECS: i64 = 5;
 
 /// How long a document's creation may stay claimed with no document written before another writer takes the
 /// creation over: the claimant is presumed dead. Five minutes: the host cuts requests after 30 s, but Spin has no
@@ -243,7 +250,8 @@ pub enum Step<T, R> {
 ///   for the document, then updates it. A claimant that dies before writing leaves the counter set and no document:
 ///   when the claim is older than [`Store::creation_lease_secs`] another writer takes it over with a CAS on the
 ///   counter (a counter again), and creates.
-/// - Retries are bounded ([`CAS_RETRIES`], with [`Store::pause`] between them): [`StoreError::Contention`] after.
+/// - Retries are bounded ([`CAS_RETRIES`] and [`CAS_PATIENCE_SECS`], with [`Store::pause`] between them):
+///   [`StoreError::Contention`] after.
 pub async fn update_json<T, R, E>(
     store: &impl Store,
     key: &Key,
@@ -257,7 +265,11 @@ where
     // Whether another writer was found holding this document's creation, and how often it was waited for.
     let mut creation_held = false;
     let mut waits_for_creator = 0;
-    for attempt in 0..CAS_RETRIES {
+    let started = store.now_unix_secs();
+    for attempt in 0..CAS_MAX_ATTEMPTS {
+        if attempt >= CAS_RETRIES && store.now_unix_secs() - started >= CAS_PATIENCE_SECS {
+            break;
+        }
         if attempt > 0 {
             store.pause(attempt).await;
         }
@@ -295,7 +307,9 @@ where
                     None => {
                         creation_held = true;
                         waits_for_creator += 1;
-                        if waits_for_creator > CREATION_WAITS {
+                        if waits_for_creator > CREATION_WAITS
+                            && store.now_unix_secs() - started >= CREATION_PATIENCE_SECS
+                        {
                             break;
                         }
                     }

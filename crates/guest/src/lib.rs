@@ -120,8 +120,8 @@ impl Store for SpinStore {
     }
 
     async fn pause(&self, attempt: u32) {
-        // Jittered backoff: up to 1, 2, 4 ... ms, at most 32 ms, so writers contending for one document spread out.
-        let ceiling_us = 1_000u64 << attempt.saturating_sub(1).min(5);
+        // Jittered backoff: up to 1, 2, 4 ... ms, at most 64 ms, so writers contending for one document spread out.
+        let ceiling_us = 1_000u64 << attempt.saturating_sub(1).min(6);
         let jitter = scenefin_core::ids::random_bytes::<4>().map(u32::from_le_bytes).unwrap_or(0);
         let micros = u64::from(jitter) % ceiling_us + 100;
         spin_sdk::wasip3::clocks::monotonic_clock::wait_for(micros * 1_000).await;

@@ -84,8 +84,20 @@ struct Outcome {
     signed: Option<(u64, u64)>,
     /// Non-2xx statuses: status, how many, and the problem code (or the start of the body) of the first (Spin runs).
     statuses: Vec<(u16, u64, String)>,
-    /// Write transactions the SQLite store committed over the run (Spin runs).
-    commits: Option<u64>,
+    /// Write transactions the SQLite store committed (Spin runs).
+    commits: Option<Commits>,
+}
+
+/// What the SQLite store committed for a route (its file change counter: one per write transaction).
+#[derive(Clone, Copy)]
+struct Commits {
+    /// While wrk ran.
+    during: u64,
+    /// Until the store was quiet again: also what the requests in flight when wrk stopped went on to commit.
+    total: u64,
+    /// Requests sent: those wrk completed and those in flight when it stopped (one per connection, or for the
+    /// spends, the signed requests used).
+    sent: u64,
 }
 
 /// A server child process (scenefin-host or `spin up`) and what it started, on a free loopback port, stopped
@@ -1066,13 +1078,15 @@ impl Outcome {
     }
 
     /// Write transactions committed per completed request.
+    /// (Every commit of the route, the in-flight requests' included, over the requests sent.)
     fn commits_per_request(&self) -> Option<f64> {
-        self.commits.map(|c| c as f64 / self.requests.max(1) as f64)
+        self.commits.map(|c| c.total as f64 / c.sent.max(1) as f64)
     }
 
     /// Write transactions committed per second of the run.
+    /// (While wrk ran.)
     fn commits_per_second(&self) -> Option<f64> {
-        self.commits.map(|c| c as f64 / self.seconds)
+        self.commits.map(|c| c.during as f64 / self.seconds)
     }
 }
 
@@ -1122,11 +1136,16 @@ fn drive(server: &Server, load: &Load, route: &str, kind: Kind, path: &str, scri
         .with_context(|| format!("parsing wrk output for {route}:\n{text}"))?;
     o.host_cpu_ms = cpu_after.zip(cpu_before).map_or(f64::NAN, |(after, before)| after - before);
     o.seconds = seconds;
-    o.commits = counter_before.zip(counter_end).map(|(before, end)| u64::from(end.wrapping_sub(before)));
-    if let (Some(end), Some(settled)) = (counter_end, db.and_then(settled_counter)) {
-        let outstanding = o.signed.map_or(CONNECTIONS as u64, |(used, _)| used.saturating_sub(o.requests));
+    if let (Some(before), Some(end), Some(settled)) = (counter_before, counter_end, db.and_then(settled_counter)) {
+        let in_flight = o.signed.map_or(CONNECTIONS as u64, |(used, _)| used.saturating_sub(o.requests));
+        o.commits = Some(Commits {
+            during: u64::from(end.wrapping_sub(before)),
+            total: u64::from(settled.wrapping_sub(before)),
+            sent: o.requests + in_flight,
+        });
         println!(
-            "bench: {who}: {route}: {} commits after wrk stopped, with {outstanding} requests outstanding",
+            "bench: {who}: {route}: {} commits while wrk ran, {} after it stopped ({in_flight} requests in flight)",
+            end.wrapping_sub(before),
             settled.wrapping_sub(end)
         );
     }
@@ -1502,8 +1521,9 @@ fn spin_setup(d: &mut String, spin: Option<&SpinRun>) -> Result<()> {
          Spin's default SQLite key-value store (a fresh state dir), the same variables, a private Wasmtime cache. Its \
          floor is the same fixture's echo; the app is seeded through the same APIs with its own data{spends}. Its wrk \
          scripts add a Lua `response` hook that tallies the non-2xx statuses (work for wrk only). Commits: SQLite's \
-         file change counter (one per write transaction in Spin's rollback-journal store), read before and after each \
-         route once the store is quiet, over the requests wrk completed.",
+         file change counter (one per write transaction in Spin's rollback-journal store); per request, all a route \
+         committed until the store was quiet again over the requests sent (completed, and the {CONNECTIONS} in flight \
+         when wrk stopped, which Spin goes on to finish); per second, while wrk ran.",
         spin.version,
         shown(&spin.binary)
     )?;
@@ -1563,6 +1583,17 @@ fn host_vs_spin(d: &mut String, host: &[Outcome], spin: &SpinRun, kv_ops: &str) 
             machine().0,
             each.join("; ")
         )?;
+        if writes.len() > 1 && !rates.is_empty() {
+            let mean = rates.iter().sum::<f64>() / rates.len() as f64;
+            let predicted: Vec<String> = writes.iter().map(|(_, _, c)| format!("{:.0}", mean / c)).collect();
+            let measured: Vec<String> = writes.iter().map(|(_, s, _)| format!("{:.0}", s.rps)).collect();
+            write!(
+                p,
+                " At their mean, {mean:.0} commits/s, the commits alone predict {} req/s for these routes; measured: {}.",
+                predicted.join(" / "),
+                measured.join(" / ")
+            )?;
+        }
         let write_ratios: Vec<f64> = writes.iter().map(|(h, s, _)| ratio(h, s)).collect();
         if !reads.is_empty() {
             let read_ratios: Vec<f64> = reads.iter().map(|(h, s)| ratio(h, s)).collect();
@@ -1589,9 +1620,13 @@ fn host_vs_spin(d: &mut String, host: &[Outcome], spin: &SpinRun, kv_ops: &str) 
         if writes.len() > 1 && rising {
             p.push_str(" Among the write routes, the more a request commits, the larger the ratio.");
         } else if writes.len() > 1 {
-            p.push_str(
-                " Among the write routes, the ratio does not strictly rise with the commits per request in this run.",
-            );
+            let cpu: Vec<String> = writes.iter().map(|(h, _, _)| format!("{:.0}", h.cpu_us_per_request())).collect();
+            write!(
+                p,
+                " Among the write routes the ratio does not strictly rise with the commits, as it also carries the \
+                 host's own cost per request ({} µs of host CPU, in the same order).",
+                cpu.join(" / ")
+            )?;
         }
     }
     if let Some((h, s)) = pairs.iter().find(|(h, _)| h.kind == Kind::Floor) {

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _};
 use scenefin_core::auth::Provider;
-use scenefin_e2e::runtime::spin_binary;
+use scenefin_e2e::runtime::{kill_tree, spin_binary};
 use scenefin_e2e::{Api, BANK_BIN, OPERATOR_TOKEN, Reply, test_variables, workspace};
 use scenefin_host::kv::{Op, Output, RedisBackend};
 use scenefin_host::testing::RedisServer;
@@ -244,31 +244,6 @@ async fn wait_until_serving(child: &mut Child, listen: &str) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// SIGKILLs `spin up` and what it started (`spin trigger http`, which would go on serving without it).
-fn kill_tree(child: &mut Child) {
-    if child.try_wait().ok().flatten().is_some() {
-        return;
-    }
-    let mut descendants = Vec::new();
-    let mut parents = vec![child.id()];
-    while let Some(parent) = parents.pop() {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{parent}/task")) else { continue };
-        for task in tasks.flatten() {
-            let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            for pid in children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
-                descendants.push(pid);
-                parents.push(pid);
-            }
-        }
-    }
-    if !descendants.is_empty() {
-        let pids: Vec<String> = descendants.iter().map(u32::to_string).collect();
-        let _ = Command::new("kill").arg("-KILL").args(&pids).stderr(Stdio::null()).status();
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 fn last_lines(text: &str, n: usize) -> String {

@@ -253,7 +253,10 @@ impl SpinApp {
 }
 
 /// SIGKILLs `spin up` and what it started (`spin trigger http`, which would go on serving without it).
-fn kill_tree(child: &mut Child) {
+pub fn kill_tree(child: &mut Child) {
+    if child.try_wait().ok().flatten().is_some() {
+        return;
+    }
     let mut descendants = Vec::new();
     let mut parents = vec![child.id()];
     while let Some(parent) = parents.pop() {

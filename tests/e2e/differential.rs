@@ -37,15 +37,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _};
 use scenefin_core::auth::Provider;
-use scenefin_e2e::runtime::{kill_tree, spin_binary};
+use scenefin_e2e::runtime::{kill_tree, spin_binary, wait_until_serving};
 use scenefin_e2e::{Api, BANK_BIN, OPERATOR_TOKEN, Reply, test_variables, workspace};
 use scenefin_host::kv::{Op, Output, RedisBackend};
 use scenefin_host::testing::RedisServer;
 use scenefin_host::{HostConfig, Kv, KvKind, RunningHost};
 use serde_json::{Value, json};
-
-/// How long a `spin up` may take to serve: its first start compiles every component (later ones hit its cache).
-const SPIN_START_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Concurrent compare-and-swaps in each race.
 const RACERS: usize = 20;
@@ -224,26 +221,6 @@ fn read_spin_sqlite(path: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
     let mut stmt = conn.prepare("SELECT key, value FROM spin_key_value WHERE store = 'default'")?;
     let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
-}
-
-/// Waits until `GET /` answers 2xx.
-async fn wait_until_serving(child: &mut Child, listen: &str) -> Result<()> {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait()? {
-            bail!("exited with {status}");
-        }
-        if let Ok(r) = client.get(format!("http://{listen}/")).send().await
-            && r.status().is_success()
-        {
-            return Ok(());
-        }
-        if started.elapsed() > SPIN_START_TIMEOUT {
-            bail!("did not serve within {SPIN_START_TIMEOUT:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn last_lines(text: &str, n: usize) -> String {

@@ -284,7 +284,7 @@ impl Drop for SpinApp {
 }
 
 /// Waits until `GET /` answers 2xx, for at most [`SPIN_START_TIMEOUT`].
-async fn wait_until_serving(child: &mut Child, listen: &str) -> Result<()> {
+pub async fn wait_until_serving(child: &mut Child, listen: &str) -> Result<()> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
     let started = Instant::now();
     loop {

@@ -265,35 +265,20 @@ where
     // Whether another writer was found holding this document's creation, and how often it was waited for.
     let mut creation_held = false;
     let mut waits_for_creator = 0;
-    let started = store.now_unix_secs();
-    for attempt in 0..CAS_MAX_ATTEMPTS {
-        if attempt >= CAS_RETRIES && store.now_unix_secs() - started >= CAS_PATIENCE_SECS {
-            break;
-        }
-        if attempt > 0 {
-            store.pause(attempt).await;
-        }
+    let mut retries = Retries::start(store);
+    while retries.next(store).await {
         let doc: Option<T> = decode_doc(key, current.as_deref())?;
         let (next, result) = match decide(doc.as_ref())? {
             Step::Keep(result) => return Ok(result),
             Step::Write(next, result) => (next, result),
         };
-        let token = write_token()?;
         match current.take() {
-            Some(old) => {
-                let bytes = encode_doc(key, &next, &token, &old)?;
-                // `Ok(false)` and errors alike leave the outcome to the read-back: Spin's Redis store reports a
-                // failed swap after writing.
-                if let Ok(true) = store.cas(key, Some(&old), &bytes).await {
-                    return Ok(result);
-                }
-                current = store.get(key).await?;
-                if current.as_deref().is_some_and(|now| carries_token(now, &token)) {
-                    return Ok(result);
-                }
-            }
+            Some(old) => match swap_doc(store, key, &old, &next).await? {
+                None => return Ok(result),
+                Some(now) => current = now,
+            },
             None => {
-                let bytes = encode_doc(key, &next, &token, b"")?;
+                let bytes = encode_doc(key, &next, &write_token()?, b"")?;
                 let stamp = if creation_held {
                     take_over_abandoned_creation(store, key).await?
                 } else {
@@ -307,9 +292,7 @@ where
                     None => {
                         creation_held = true;
                         waits_for_creator += 1;
-                        if waits_for_creator > CREATION_WAITS
-                            && store.now_unix_secs() - started >= CREATION_PATIENCE_SECS
-                        {
+                        if waits_for_creator > CREATION_WAITS && retries.elapsed_secs(store) >= CREATION_PATIENCE_SECS {
                             break;
                         }
                     }
@@ -319,6 +302,97 @@ where
         }
     }
     Err(StoreError::Contention { key: key.to_string() }.into())
+}
+
+/// The retry budget of a contended operation: at least [`CAS_RETRIES`] attempts and [`CAS_PATIENCE_SECS`] seconds,
+/// at most [`CAS_MAX_ATTEMPTS`], with [`Store::pause`] before every attempt but the first.
+pub struct Retries {
+    started: i64,
+    attempt: u32,
+}
+
+impl Retries {
+    /// A budget starting now.
+    pub fn start(store: &impl Store) -> Retries {
+        Retries { started: store.now_unix_secs(), attempt: 0 }
+    }
+
+    /// Whether another attempt may run (after pausing, unless it is the first).
+    pub async fn next(&mut self, store: &impl Store) -> bool {
+        let spent = self.attempt >= CAS_RETRIES && self.elapsed_secs(store) >= CAS_PATIENCE_SECS;
+        if spent || self.attempt >= CAS_MAX_ATTEMPTS {
+            return false;
+        }
+        if self.attempt > 0 {
+            store.pause(self.attempt).await;
+        }
+        self.attempt += 1;
+        true
+    }
+
+    /// Whether the attempt under way is the first.
+    pub fn first(&self) -> bool {
+        self.attempt <= 1
+    }
+
+    /// Seconds since the budget started.
+    pub fn elapsed_secs(&self, store: &impl Store) -> i64 {
+        store.now_unix_secs() - self.started
+    }
+}
+
+/// Replaces the existing document `old` (the exact bytes read) with `next`: `None` when the write landed, otherwise
+/// `Some` of what the key holds now. `Ok(false)` and errors of the swap alike leave the outcome to a read-back of the
+/// write's token, since Spin's Redis store reports a failed swap after writing.
+async fn swap_doc<T: Serialize>(
+    store: &impl Store,
+    key: &Key,
+    old: &[u8],
+    next: &T,
+) -> Result<Option<Option<Vec<u8>>>, StoreError> {
+    let token = write_token()?;
+    let bytes = encode_doc(key, next, &token, old)?;
+    if let Ok(true) = store.cas(key, Some(old), &bytes).await {
+        return Ok(None);
+    }
+    let now = store.get(key).await?;
+    if now.as_deref().is_some_and(|now| carries_token(now, &token)) {
+        return Ok(None);
+    }
+    Ok(Some(now))
+}
+
+/// What one [`try_update_json`] attempt did.
+pub enum Tried<R> {
+    /// The decision kept the document, or its write landed.
+    Done(R),
+    /// Another writer changed the document first; this is what the key holds now.
+    Lost(Option<Vec<u8>>),
+}
+
+/// One attempt of [`update_json`] on an existing document, from the exact bytes the caller read: for callers that
+/// do something else between attempts than try again (see the ledger's stored-value accounts). The outcome is known
+/// as in `update_json` (write token read back); `current` must hold a document.
+pub async fn try_update_json<T, R, E>(
+    store: &impl Store,
+    key: &Key,
+    current: &[u8],
+    decide: impl FnOnce(&T) -> Result<Step<T, R>, E>,
+) -> Result<Tried<R>, E>
+where
+    T: Serialize + DeserializeOwned,
+    E: From<StoreError>,
+{
+    let Some(doc) = decode_doc::<T>(key, Some(current))? else {
+        return Err(StoreError::Corrupt { key: key.to_string(), detail: "no document to update".into() }.into());
+    };
+    match decide(&doc)? {
+        Step::Keep(result) => Ok(Tried::Done(result)),
+        Step::Write(next, result) => Ok(match swap_doc(store, key, current, &next).await? {
+            None => Tried::Done(result),
+            Some(now) => Tried::Lost(now),
+        }),
+    }
 }
 
 /// A claim on a document's creation: `now_unix_secs << 20` plus 20 random bits, so two claims differ and the sum of
@@ -596,11 +670,13 @@ pub async fn read_logs(store: &impl Store, bases: &[Key]) -> Result<Vec<Vec<Stri
     Ok(logs)
 }
 
-fn log_counter_key(base: &Key) -> Key {
+/// The slot counter of the log at `base` ([`append_to_log`]).
+pub fn log_counter_key(base: &Key) -> Key {
     base.child(&["ctr", "n"])
 }
 
-fn log_slot_key(base: &Key, slot: i64) -> Key {
+/// The key of slot `slot` of the log at `base` ([`append_to_log`]).
+pub fn log_slot_key(base: &Key, slot: i64) -> Key {
     base.child(&["s", &slot.to_string()])
 }
 

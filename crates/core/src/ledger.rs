@@ -13,6 +13,8 @@
 //!   lands on the shard named by its hashed id, so hundreds of concurrent postings to one hot account (gateway
 //!   clearing, marketing) spread over 16 CAS documents. `recent` holds the ids already applied to the shard, written
 //!   in the same CAS as the amount: that is what makes application exactly-once.
+//! - `ledger:svq:{account}`: a stored-value account's queue (a log), where its lines wait when its one balance
+//!   document is contended, until a waiter folds them all in one CAS (see [`apply_stored_value`]).
 //!
 //! Invariants:
 //! 1. Every stored posting balances (its lines sum to zero), so the balances of all accounts sum to zero.
@@ -36,7 +38,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
 use crate::ids::hash_key_part;
-use crate::kv::{Key, Step, Store, StoreError, decode_doc, get_all, update_json as update_doc};
+use crate::kv::{
+    Key, Retries, Step, Store, StoreError, Tried, decode_doc, get_all, log_counter_key, log_slot_key, put_json,
+    read_counter, try_update_json, update_json as update_doc,
+};
 use crate::problem::{ErrorKind, Problem};
 
 /// The schema version callers put in [`Posting::v`].
@@ -366,6 +371,26 @@ struct BalanceShard {
     /// Floored accounts only: postings refused here, so the decision is made once, in this CAS.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     rejected: Vec<RejectedId>,
+    /// Stored-value shards only: the last slot of the account's queue ([`queue_key`]) folded in.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    through: i64,
+    /// Stored-value shards only: queue slots folded past while still empty (their writer re-queues), newest last,
+    /// at most [`REJECTED_KEPT`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    skipped: Vec<i64>,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+/// One entry of a stored-value account's queue: a line waiting to be folded into its balance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Queued {
+    v: u32,
+    id: String,
+    net: i64,
+    floor: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -392,6 +417,12 @@ fn day_index_key(day: u32, shard: &str) -> Key {
 
 fn accounts_key(shard: &str) -> Key {
     Key::new(&["ledger", "accounts", shard])
+}
+
+/// `ledger:svq:{account}`: the queue of a stored-value account (a log: `…:ctr:n`, `…:s:{slot}`), where lines wait
+/// when its balance document is contended.
+fn queue_key(account: &str) -> Key {
+    Key::new(&["ledger", "svq", account])
 }
 
 fn balance_key(account: &str, shard: &str) -> Key {
@@ -476,15 +507,18 @@ async fn post_inner(store: &impl Store, posting: &Posting) -> Result<PostOutcome
     // 4. Apply the lines: the debited stored-value account first, so a refusal leaves nothing else applied.
     if let Some(account) = floored
         && let Some(&net) = nets.get(account)
-        && let Err(rejection) = apply(store, account, FLOOR_SHARD, id, net, true).await?
+        && let Err(rejection) = apply_stored_value(store, account, id, net, true).await?
     {
         mark(store, &key, State::Rejected, Some(rejection.clone())).await?;
         return Err(insufficient(account.to_owned(), &rejection));
     }
     for (&account, &net) in nets.iter().filter(|(a, net)| Some(**a) != floored && **net != 0) {
         // Every other line only adds to what an account holds, or is on an unbounded account: none can refuse.
-        let shard = if is_stored_value(account) { FLOOR_SHARD } else { shard_of(id) };
-        let _applied = apply(store, account, shard, id, net, false).await?;
+        let _applied = if is_stored_value(account) {
+            apply_stored_value(store, account, id, net, false).await?
+        } else {
+            apply(store, account, shard_of(id), id, net, false).await?
+        };
     }
 
     // 5. Done: later calls skip everything above.
@@ -514,31 +548,184 @@ async fn apply(
     floor: bool,
 ) -> Result<Result<(), Rejection>, LedgerError> {
     update_doc(store, &balance_key(account, shard), |doc: Option<&BalanceShard>| {
-        if let Some(doc) = doc {
-            if doc.recent.iter().any(|r| r == id) {
-                return Ok(Step::Keep(Ok(())));
-            }
-            if let Some(r) = doc.rejected.iter().find(|r| r.id == id) {
-                return Ok(Step::Keep(Err(r.rejection.clone())));
-            }
-        }
-        let mut next = doc.cloned().unwrap_or(BalanceShard { v: 1, ..BalanceShard::default() });
-        let balance = next
-            .balance_fen
-            .checked_add(net)
-            .ok_or_else(|| LedgerError::Invalid(format!("the balance of {account} would overflow")))?;
-        if floor && net > 0 && balance > 0 {
-            let rejection = Rejection { balance_fen: -next.balance_fen, needed_fen: net };
-            next.rejected.push(RejectedId { id: id.to_owned(), rejection: rejection.clone() });
-            trim_front(&mut next.rejected, REJECTED_KEPT);
-            return Ok(Step::Write(next, Err(rejection)));
-        }
-        next.balance_fen = balance;
-        next.recent.push(id.to_owned());
-        trim_front(&mut next.recent, RECENT_KEPT);
-        Ok(Step::Write(next, Ok(())))
+        let fresh = || BalanceShard { v: 1, ..BalanceShard::default() };
+        fold_step(doc.cloned().unwrap_or_else(fresh), account, id, net, floor)
     })
     .await
+}
+
+/// [`fold_line`] as a step of a read-modify-write: keep the shard when it knew the posting, else write it.
+fn fold_step(
+    mut shard: BalanceShard,
+    account: &str,
+    id: &str,
+    net: i64,
+    floor: bool,
+) -> Result<Step<BalanceShard, Result<(), Rejection>>, LedgerError> {
+    Ok(match fold_line(&mut shard, account, id, net, floor)? {
+        Folded::Known(outcome) => Step::Keep(outcome),
+        Folded::New(outcome) => Step::Write(shard, outcome),
+    })
+}
+
+/// What [`fold_line`] found.
+enum Folded {
+    /// The shard had already applied or refused the posting: nothing changed.
+    Known(Result<(), Rejection>),
+    /// The line was applied (or refused) just now, in the shard passed in.
+    New(Result<(), Rejection>),
+}
+
+/// Applies posting `id`'s net amount to a balance shard in memory, once: a posting the shard already applied or
+/// refused is [`Folded::Known`]. With `floor` (a stored-value account being debited), refuses, and remembers the
+/// refusal, when the balance would go above zero, i.e. the account would pay out more than it holds.
+fn fold_line(shard: &mut BalanceShard, account: &str, id: &str, net: i64, floor: bool) -> Result<Folded, LedgerError> {
+    if shard.recent.iter().any(|r| r == id) {
+        return Ok(Folded::Known(Ok(())));
+    }
+    if let Some(r) = shard.rejected.iter().find(|r| r.id == id) {
+        return Ok(Folded::Known(Err(r.rejection.clone())));
+    }
+    let balance = shard
+        .balance_fen
+        .checked_add(net)
+        .ok_or_else(|| LedgerError::Invalid(format!("the balance of {account} would overflow")))?;
+    if floor && net > 0 && balance > 0 {
+        let rejection = Rejection { balance_fen: -shard.balance_fen, needed_fen: net };
+        shard.rejected.push(RejectedId { id: id.to_owned(), rejection: rejection.clone() });
+        trim_front(&mut shard.rejected, REJECTED_KEPT);
+        return Ok(Folded::New(Err(rejection)));
+    }
+    shard.balance_fen = balance;
+    shard.recent.push(id.to_owned());
+    trim_front(&mut shard.recent, RECENT_KEPT);
+    Ok(Folded::New(Ok(())))
+}
+
+/// How many queued lines one fold applies at most.
+const FOLD_MAX: i64 = 200;
+
+/// Applies posting `id`'s net amount to a stored-value account, whose balance is one document (shard `0`), once;
+/// `floor` as in [`fold_line`]. The `Err` inside is a refusal.
+///
+/// Hundreds of concurrent spends on one card all need that one document. A plain compare-and-swap loop serves one
+/// of them per round, and on a slow store (Spin's Redis store opens a connection per swap) the others run out of
+/// patience. So only the first attempt is a plain swap; after losing it, the line joins the account's queue
+/// ([`queue_key`], a log: a slot from an atomic counter, then a write-once entry) and every waiter folds *all* the
+/// queued lines it can read into the document in one swap (flat combining): each successful swap serves many.
+/// Folding is in slot order and decides each line exactly as [`fold_line`] would; the document records the last
+/// slot folded (`through`), so a line is folded once, and the posting ids it applied or refused, so a posting
+/// applied by its own swap and queued too (a retry after a crash) is applied once.
+///
+/// A slot taken but still empty (its writer is between taking it and writing it, or died there) stops the fold;
+/// a waiter that finds the same slot still empty on a later round folds past it and records it in `skipped`. Its
+/// writer, finding its slot skipped, queues its line again under a new slot.
+async fn apply_stored_value(
+    store: &impl Store,
+    account: &str,
+    id: &str,
+    net: i64,
+    floor: bool,
+) -> Result<Result<(), Rejection>, LedgerError> {
+    let key = balance_key(account, FLOOR_SHARD);
+    let Some(mut current) = store.get(&key).await? else {
+        // The account's first line creates its document: no queue to fold yet.
+        return apply(store, account, FLOOR_SHARD, id, net, floor).await;
+    };
+    // 1. One plain swap: enough whenever the account is not contended.
+    let tried =
+        try_update_json(store, &key, &current, |doc: &BalanceShard| fold_step(doc.clone(), account, id, net, floor))
+            .await?;
+    match tried {
+        Tried::Done(outcome) => return Ok(outcome),
+        Tried::Lost(Some(now)) => current = now,
+        Tried::Lost(None) => return Err(vanished(&key)),
+    }
+
+    // 2. Queue the line, then fold until it is in.
+    let queue = queue_key(account);
+    let entry = Queued { v: 1, id: id.to_owned(), net, floor };
+    let mut slot = enqueue(store, &queue, &entry).await?;
+    let mut empty_seen: BTreeSet<i64> = BTreeSet::new();
+    let mut retries = Retries::start(store);
+    while retries.next(store).await {
+        if !retries.first() {
+            current = store.get(&key).await?.ok_or_else(|| vanished(&key))?;
+        }
+        let doc: BalanceShard = decode_doc(&key, Some(&current))?.ok_or_else(|| vanished(&key))?;
+        if let Some(outcome) = known_outcome(&doc, id) {
+            return Ok(outcome);
+        }
+        if doc.through >= slot {
+            if doc.skipped.contains(&slot) {
+                slot = enqueue(store, &queue, &entry).await?;
+                continue;
+            }
+            return Err(StoreError::Corrupt {
+                key: key.to_string(),
+                detail: format!("queue slot {slot} of posting {id} was folded but the posting is not recorded"),
+            }
+            .into());
+        }
+        // Read what is queued after `through` (at most FOLD_MAX), and fold it.
+        let queued = read_counter(store, &log_counter_key(&queue)).await?.min(doc.through + FOLD_MAX);
+        let slots: Vec<i64> = (doc.through + 1..=queued).collect();
+        let keys: Vec<Key> = slots.iter().map(|s| log_slot_key(&queue, *s)).collect();
+        let entries = get_all(store, &keys).await?;
+        let mut next = doc.clone();
+        for ((slot, key), raw) in slots.iter().zip(&keys).zip(entries) {
+            match decode_doc::<Queued>(key, raw.as_deref())? {
+                Some(line) => {
+                    let _folded = fold_line(&mut next, account, &line.id, line.net, line.floor)?;
+                }
+                None if empty_seen.contains(slot) => {
+                    next.skipped.push(*slot);
+                    trim_front(&mut next.skipped, REJECTED_KEPT);
+                }
+                None => {
+                    empty_seen.insert(*slot);
+                    break;
+                }
+            }
+            next.through = *slot;
+        }
+        if next.through == doc.through {
+            continue;
+        }
+        match try_update_json(store, &key, &current, |_: &BalanceShard| {
+            Ok::<_, LedgerError>(Step::Write(next.clone(), ()))
+        })
+        .await?
+        {
+            Tried::Done(()) => {
+                if let Some(outcome) = known_outcome(&next, id) {
+                    return Ok(outcome);
+                }
+            }
+            // The next round pauses and reads again.
+            Tried::Lost(_) => {}
+        }
+    }
+    Err(StoreError::Contention { key: key.to_string() }.into())
+}
+
+/// What a shard recorded for posting `id`, if anything.
+fn known_outcome(shard: &BalanceShard, id: &str) -> Option<Result<(), Rejection>> {
+    if shard.recent.iter().any(|r| r == id) {
+        return Some(Ok(()));
+    }
+    shard.rejected.iter().find(|r| r.id == id).map(|r| Err(r.rejection.clone()))
+}
+
+/// Queues a line: takes a slot, then writes the entry once under it.
+async fn enqueue(store: &impl Store, queue: &Key, entry: &Queued) -> Result<i64, LedgerError> {
+    let slot = store.increment(&log_counter_key(queue), 1).await?;
+    put_json(store, &log_slot_key(queue, slot), entry).await?;
+    Ok(slot)
+}
+
+fn vanished(key: &Key) -> LedgerError {
+    LedgerError::Store(StoreError::Corrupt { key: key.to_string(), detail: "balance document vanished".into() })
 }
 
 fn trim_front<T>(items: &mut Vec<T>, keep: usize) {
@@ -890,6 +1077,67 @@ mod tests {
         assert_eq!((ok, refused), (5, 15), "{results:?}");
         assert_eq!((held(&store), bal(&store, "merchant:m1:settlement")), (0, -500));
         assert!(check_today(&store).balanced);
+    }
+
+    #[test]
+    fn two_hundred_concurrent_spends_fold_through_the_queue_and_let_exactly_what_is_held_through() {
+        let store = MemStore::default();
+        pollster::block_on(post(&store, &top_up("topup:1", 5_000))).expect("top up");
+        let spends: Vec<Posting> = (0..200).map(|i| spend(&format!("spend:{i}"), 100)).collect();
+
+        let results = pollster::block_on(interleave::join_all(spends.iter().map(|p| post(&store, p)).collect()));
+
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        let refused = results.iter().filter(|r| matches!(r, Err(LedgerError::InsufficientFunds { .. }))).count();
+        assert_eq!((ok, refused), (50, 150), "{results:?}");
+        assert_eq!((held(&store), bal(&store, "merchant:m1:settlement")), (0, -5_000));
+        // The contended lines went through the wallet's queue, not a swap each.
+        assert!(store.keys().iter().any(|k| k.starts_with(&format!("ledger:svq:{WALLET}:s:"))));
+        let report = check_today(&store);
+        assert!(report.balanced, "{:?}", report.discrepancies);
+    }
+
+    #[test]
+    fn a_queued_line_whose_writer_died_is_applied_once_and_an_empty_slot_does_not_block_the_queue() {
+        let store = MemStore::default();
+        pollster::block_on(post(&store, &top_up("topup:1", 1_000))).expect("top up");
+        let queue = queue_key(WALLET);
+        // A writer recorded spend:dead, queued its line and died; another took a slot and died before writing it.
+        let dead = spend("spend:dead", 100);
+        pollster::block_on(async {
+            let key = posting_key(&dead.id);
+            update_doc(&store, &key, |_: Option<&PostingDoc>| {
+                let doc = PostingDoc {
+                    posting: dead.clone(),
+                    state: State::Pending,
+                    floored: Some(WALLET.into()),
+                    rejection: None,
+                };
+                Ok::<_, LedgerError>(Step::Write(doc, ()))
+            })
+            .await
+            .expect("record");
+            enqueue(&store, &queue, &Queued { v: 1, id: dead.id.clone(), net: 100, floor: true }).await.expect("queue");
+            store.increment(&log_counter_key(&queue), 1).await.expect("empty slot");
+        });
+        let spends: Vec<Posting> = (0..30).map(|i| spend(&format!("spend:{i}"), 10)).collect();
+
+        let results = pollster::block_on(interleave::join_all(spends.iter().map(|p| post(&store, p)).collect()));
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        // The dead writer's retry finds its line applied (folded by the others) or applies it now: once either way.
+        let retried = pollster::block_on(post(&store, &dead)).expect("retry");
+        assert_eq!(retried, PostOutcome::Applied);
+        assert_eq!(pollster::block_on(post(&store, &dead)), Ok(PostOutcome::AlreadyApplied));
+
+        assert_eq!((held(&store), bal(&store, "merchant:m1:settlement")), (600, -400));
+        let report = check_today(&store);
+        assert!(report.balanced, "{:?}", report.discrepancies);
+        let shard: BalanceShard = pollster::block_on(crate::kv::get_json(&store, &balance_key(WALLET, FLOOR_SHARD)))
+            .expect("read")
+            .expect("shard");
+        assert_eq!(shard.recent.iter().filter(|id| *id == "spend:dead").count(), 1);
+        assert!(shard.through >= 2, "the concurrent spends queued too: {shard:?}");
+        assert_eq!(shard.skipped, vec![2], "the empty slot was folded past");
     }
 
     #[test]

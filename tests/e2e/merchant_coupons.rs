@@ -954,6 +954,38 @@ async fn schedule_pause_resume_stock_and_daily_limits_govern_claims() {
     app.host.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merchants_listing_includes_the_district_campaigns_it_redeems() {
+    let app = TestApp::spawn().await.expect("app");
+    let tea = onboard_merchant(&app, "luohu_tea", "luohu", &["lt1"]).await;
+    onboard_merchant(&app, "luohu_bakery", "luohu", &["lb1"]).await;
+    onboard_merchant(&app, "futian_deli", "futian", &["fd1"]).await;
+    create_campaign(&app, &campaign("tea_own", &["luohu_tea"])).await;
+    create_campaign(&app, &campaign("bakery_own", &["luohu_bakery"])).await;
+    create_campaign(&app, &district_campaign("luohu_week", "luohu")).await;
+    create_campaign(&app, &district_campaign("futian_week", "futian")).await;
+    // Named merchants plus a district: the deli (futian) redeems it by name, luohu's merchants by district.
+    let both = with(campaign("deli_and_luohu", &["futian_deli"]), json!({"kind": "district", "district": "luohu"}));
+    create_campaign(&app, &both).await;
+    let ids = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<BTreeSet<String>>();
+
+    assert_eq!(listed(&app, "merchant_id=luohu_tea").await, ids(&["tea_own", "luohu_week", "deli_and_luohu"]));
+    assert_eq!(listed(&app, "merchant_id=luohu_bakery").await, ids(&["bakery_own", "luohu_week", "deli_and_luohu"]));
+    assert_eq!(listed(&app, "merchant_id=futian_deli").await, ids(&["futian_week", "deli_and_luohu"]));
+    // Both filters: what the merchant redeems and is a campaign of that district.
+    assert_eq!(listed(&app, "merchant_id=futian_deli&district=luohu").await, ids(&["deli_and_luohu"]));
+    assert_eq!(listed(&app, "merchant_id=luohu_tea&district=futian").await, ids(&[]));
+    // An unknown (or malformed) merchant redeems nothing.
+    assert_eq!(listed(&app, "merchant_id=no_such_shop").await, ids(&[]));
+    assert_eq!(listed(&app, "merchant_id=bad%20id").await, ids(&[]));
+
+    // What the listing promises holds at the till: the district coupon is redeemed at the tea house.
+    let fay = login(&app, "wx_fay", None).await;
+    let coupon = claimed(&app, &fay, "luohu_week", "f-1").await;
+    redeemed(&app, &tea, &order(&str_of(&coupon, "code"), "lt1", 3000, "lw-1"), &coupon, 500).await;
+    app.host.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Check-in
 

@@ -67,12 +67,8 @@ pub async fn list_campaigns(req: &Request, route: &Route) -> Handled {
     let (district, merchant_id) = (route.query_param("district"), route.query_param("merchant_id"));
     let store = store()?;
     let mut items = Vec::new();
-    for c in campaigns::all(&store).await.or_problem()? {
-        let at_merchant = merchant_id.as_deref().is_none_or(|m| c.merchant_ids.iter().any(|x| x == m));
-        let in_district = district.as_deref().is_none_or(|d| c.district.as_deref() == Some(d));
-        if c.status_at(now) == "running" && c.kind.claimable() && at_merchant && in_district {
-            items.push(campaign_view(&store, &c, now, Audience::Public).await?);
-        }
+    for c in campaigns::listed(&store, district.as_deref(), merchant_id.as_deref(), now).await.or_problem()? {
+        items.push(campaign_view(&store, &c, now, Audience::Public).await?);
     }
     Ok(json_response(200, &json!({ "items": items, "next": null })))
 }

@@ -365,6 +365,32 @@ pub async fn all(store: &impl Store) -> Result<Vec<Campaign>, CouponError> {
     Ok(kv::read_indexed(store, &keys::campaigns(), keys::campaign).await?)
 }
 
+/// The running, claimable campaigns of the public list: with `district`, that district's campaigns; with
+/// `merchant_id`, every campaign the merchant redeems (its own, and its district's: [`Campaign::accepted_by`]); with
+/// both, both. An unknown merchant redeems nothing.
+pub async fn listed(
+    store: &impl Store,
+    district: Option<&str>,
+    merchant_id: Option<&str>,
+    now: Timestamp,
+) -> Result<Vec<Campaign>, CouponError> {
+    let merchant = match merchant_id.map(|id| merchants::get(store, id)) {
+        None => None,
+        Some(found) => match found.await {
+            Ok(m) => Some(m),
+            Err(CouponError::MerchantNotFound) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        },
+    };
+    Ok(all(store)
+        .await?
+        .into_iter()
+        .filter(|c| c.status_at(now) == "running" && c.kind.claimable())
+        .filter(|c| merchant.as_ref().is_none_or(|m| c.accepted_by(&m.id, &m.district)))
+        .filter(|c| district.is_none_or(|d| c.district.as_deref() == Some(d)))
+        .collect())
+}
+
 /// Coupons issued so far.
 pub async fn issued(store: &impl Store, campaign_id: &str) -> Result<i64, CouponError> {
     Ok(kv::read_counter(store, &keys::counter(campaign_id, "issued")).await?.max(0))

@@ -722,7 +722,7 @@ async fn merchants_redeem_a_code_once_with_every_check_and_a_reversal_restores_c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_unknown_codes_within_a_minute_lock_the_merchant_out_for_five_minutes() {
+async fn ten_unknown_codes_within_a_minute_lock_the_store_out_for_five_minutes() {
     let mut app = TestApp::spawn().await.expect("app");
     let t0 = app.now;
     let shop = onboard_merchant(&app, "guess_shop", "futian", &["g1"]).await;
@@ -754,6 +754,55 @@ async fn ten_unknown_codes_within_a_minute_lock_the_merchant_out_for_five_minute
     let r = redeem(&app, &shop, &honest).await;
     assert_eq!((r.status, r.body["discount_fen"].as_i64()), (201, Some(500)), "{:?}", r.body);
     assert_eq!(coupon_money(&app, &[&shop, &other]).await, (500, vec![500, 0]));
+    app.host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lookup_lockout_is_per_store_and_exact_under_fifty_concurrent_unknown_codes() {
+    lookup_rush(TestApp::spawn().await.expect("app")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_lookup_rush_on_the_sqlite_store_is_exact_too() {
+    scenefin_e2e::host_only!("the host's SQLite store (spawn_on)");
+    lookup_rush(TestApp::spawn_on(KvKind::Sqlite).await.expect("app")).await;
+}
+
+/// Fifty unknown codes at once at one till of a merchant with two tills.
+async fn lookup_rush(app: TestApp) {
+    let shop = onboard_merchant(&app, "rush_guess_shop", "futian", &["till_1", "till_2"]).await;
+    create_campaign(&app, &campaign("rush_guess", &["rush_guess_shop"])).await;
+    let erin = login(&app, "wx_erin", None).await;
+    let code = str_of(&claimed(&app, &erin, "rush_guess", "e-1").await, "code");
+
+    // Fifty unknown codes at till 1 at once (one instant, so one minute): exactly ten are answered, the rest are
+    // the lockout.
+    let api: Api = app.api.clone();
+    let mut tasks = JoinSet::new();
+    for n in 0..50 {
+        let (api, shop, body) =
+            (api.clone(), shop.clone(), order(&unknown_code(&code, n), "till_1", 3000, &format!("rush-{n}")));
+        tasks.spawn(async move { redeem(&api, &shop, &body).await });
+    }
+    let mut answers: BTreeMap<(u16, String), usize> = BTreeMap::new();
+    while let Some(joined) = tasks.join_next().await {
+        let r = joined.expect("lookup task");
+        assert!(r.content_type.starts_with("application/problem+json"), "{:?}", r.body);
+        *answers.entry((r.status, r.body["code"].as_str().unwrap_or_default().to_owned())).or_default() += 1;
+    }
+    let expected =
+        BTreeMap::from([((404, "coupon_not_found".to_owned()), 10), ((429, "too_many_failed_lookups".to_owned()), 40)]);
+    assert_eq!(answers, expected);
+    // Till 1 is locked, even for the right code; till 2 of the same merchant is not.
+    refused(&redeem(&app, &shop, &order(&code, "till_1", 3000, "real-1")).await, 429, "too_many_failed_lookups");
+    refused(
+        &redeem(&app, &shop, &order(&unknown_code(&code, 50), "till_2", 3000, "t2-miss")).await,
+        404,
+        "coupon_not_found",
+    );
+    let r = redeem(&app, &shop, &order(&code, "till_2", 3000, "real-2")).await;
+    assert_eq!((r.status, r.body["discount_fen"].as_i64()), (201, Some(500)), "{:?}", r.body);
+    assert_eq!(coupon_money(&app, &[&shop]).await, (500, vec![500]));
     app.host.shutdown().await;
 }
 

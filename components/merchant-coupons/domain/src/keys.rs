@@ -13,14 +13,15 @@ pub fn merchant_claim(id: &str) -> Key {
     merchant(id).child(&["claim"])
 }
 
-/// `cpn:merchant:{id}:miss:{minute}` → failed code lookups in a minute (counter).
-pub fn misses(merchant_id: &str, minute: i64) -> Key {
-    merchant(merchant_id).child(&["miss", &minute.to_string()])
+/// `cpn:merchant:{id}:store:{store}:miss:{minute}` → failed code lookups at one of the merchant's stores (the
+/// signed POS request's till) in a clock minute (counter only: changed by `increment` alone).
+pub fn misses(merchant_id: &str, store_id: &str, minute: i64) -> Key {
+    merchant(merchant_id).child(&["store", store_id, "miss", &minute.to_string()])
 }
 
-/// `cpn:merchant:{id}:lock` → lockout after too many failed lookups.
-pub fn lockout(merchant_id: &str) -> Key {
-    merchant(merchant_id).child(&["lock"])
+/// `cpn:merchant:{id}:store:{store}:lock` → the store's lockout after too many failed lookups.
+pub fn lockout(merchant_id: &str, store_id: &str) -> Key {
+    merchant(merchant_id).child(&["store", store_id, "lock"])
 }
 
 /// `cpn:district:{hash(district)}:merchants` → merchant ids of a district.

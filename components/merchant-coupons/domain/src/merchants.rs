@@ -3,7 +3,7 @@
 use scenefin_core::clock::Timestamp;
 use scenefin_core::ids::Id;
 use scenefin_core::json::text;
-use scenefin_core::kv::{self, Store, get_json, put_json};
+use scenefin_core::kv::{self, Step, Store, get_json, put_json};
 use scenefin_core::partners::{self, Credentials, Partner};
 use serde::{Deserialize, Serialize};
 
@@ -13,7 +13,7 @@ use crate::{CouponError, OWNER, keys};
 pub const MERCHANT_PARTNER: &str = "merchant";
 /// Most stores per merchant.
 pub const MAX_STORES: usize = 50;
-/// Failed lookups within a minute that lock a merchant out.
+/// Failed lookups answered per store within a clock minute; the last of them locks the store out.
 pub const MAX_MISSES_PER_MINUTE: i64 = 10;
 /// How long the lockout lasts.
 pub const LOCKOUT_SECS: i64 = 5 * 60;
@@ -145,20 +145,41 @@ struct Lockout {
     until: Timestamp,
 }
 
-/// Refuses while the merchant is locked out.
-pub async fn check_lockout(store: &impl Store, merchant_id: &str, now: Timestamp) -> Result<(), CouponError> {
-    match get_json::<Lockout>(store, &keys::lockout(merchant_id)).await? {
+/// Refuses while the merchant's store `store_id` (a known one) is locked out.
+pub async fn check_lockout(
+    store: &impl Store,
+    merchant_id: &str,
+    store_id: &str,
+    now: Timestamp,
+) -> Result<(), CouponError> {
+    match get_json::<Lockout>(store, &keys::lockout(merchant_id, store_id)).await? {
         Some(lock) if now < lock.until => Err(CouponError::LockedOut(lock.until)),
         _ => Ok(()),
     }
 }
 
-/// Counts a failed code lookup; the tenth within a minute locks the merchant out for five minutes.
-pub async fn record_miss(store: &impl Store, merchant_id: &str, now: Timestamp) -> Result<(), CouponError> {
+/// Counts a failed code lookup at a store. Within a clock minute the first [`MAX_MISSES_PER_MINUTE`] are answered
+/// (`Ok`: the caller says "no such coupon"), the last of them locks the store out for [`LOCKOUT_SECS`], and any
+/// beyond is refused as locked out. The count is one atomic `increment` of a counter-only key, never a read then a
+/// write, so however many lookups race past [`check_lockout`], exactly that many are answered.
+pub async fn record_miss(
+    store: &impl Store,
+    merchant_id: &str,
+    store_id: &str,
+    now: Timestamp,
+) -> Result<(), CouponError> {
     let minute = now.unix_secs().div_euclid(60);
-    let misses = store.increment(&keys::misses(merchant_id, minute), 1).await?;
-    if misses >= MAX_MISSES_PER_MINUTE {
-        put_json(store, &keys::lockout(merchant_id), &Lockout { v: 1, until: now.plus_secs(LOCKOUT_SECS) }).await?;
+    let misses = store.increment(&keys::misses(merchant_id, store_id, minute), 1).await?;
+    if misses < MAX_MISSES_PER_MINUTE {
+        return Ok(());
     }
-    Ok(())
+    // Every lookup past the limit makes sure of the lockout too, so it holds even if the one that reached the limit
+    // died before writing it; a lockout in force is kept as it is (it lasts from the limit, not the latest miss).
+    let fresh = Lockout { v: 1, until: now.plus_secs(LOCKOUT_SECS) };
+    let until = kv::update_json(store, &keys::lockout(merchant_id, store_id), |doc: Option<&Lockout>| match doc {
+        Some(lock) if now < lock.until => Ok::<_, CouponError>(Step::Keep(lock.until)),
+        _ => Ok(Step::Write(fresh.clone(), fresh.until)),
+    })
+    .await?;
+    if misses == MAX_MISSES_PER_MINUTE { Ok(()) } else { Err(CouponError::LockedOut(until)) }
 }

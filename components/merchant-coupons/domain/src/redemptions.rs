@@ -98,16 +98,17 @@ pub async fn redeem(
     rules: &LifecycleRules,
     now: Timestamp,
 ) -> Result<Redemption, CouponError> {
-    merchants::check_lockout(store, &merchant.id, now).await?;
     if Id::parse(&input.merchant_order_id).is_err() {
         return Err(CouponError::invalid("merchant_order_id", "1 to 64 of [A-Za-z0-9_-]"));
     }
     if !(1..=MAX_ORDER_FEN).contains(&input.order_amount_fen) {
         return Err(CouponError::invalid("order_amount_fen", format!("1 to {MAX_ORDER_FEN}")));
     }
+    // The lockout is per store (the till the signed request names), so the store is checked first.
     if !merchant.stores.iter().any(|s| s.store_id == input.store_id) {
         return Err(CouponError::UnknownStore);
     }
+    merchants::check_lockout(store, &merchant.id, &input.store_id, now).await?;
     let code = input.code.trim().to_ascii_uppercase();
     let code_sha = hash_key_part(&code);
     let id = redemption_id_for(&merchant.id, &input.merchant_order_id);
@@ -122,11 +123,11 @@ pub async fn redeem(
     }
     let coupon = match claims::by_code(store, &code).await? {
         Some(c) if valid_code(&code) && !matches!(c.state, CouponState::Claiming | CouponState::Refused) => c,
-        _ => return Err(miss(store, merchant, now).await),
+        _ => return Err(miss(store, merchant, &input.store_id, now).await),
     };
     let campaign = campaigns::get(store, &coupon.campaign_id).await?;
     if !campaign.accepted_by(&merchant.id, &merchant.district) {
-        return Err(miss(store, merchant, now).await);
+        return Err(miss(store, merchant, &input.store_id, now).await);
     }
     check_usable(&coupon, input.order_amount_fen, now)?;
     let fresh = Redemption {
@@ -153,9 +154,10 @@ pub async fn redeem(
     resume(store, record, rules, now).await
 }
 
-/// A failed lookup: counted towards the lockout, answered as an unknown coupon.
-async fn miss(store: &impl Store, merchant: &Merchant, now: Timestamp) -> CouponError {
-    match merchants::record_miss(store, &merchant.id, now).await {
+/// A failed lookup at a store: counted towards the store's lockout, answered as an unknown coupon (or, past the
+/// limit, as the lockout).
+async fn miss(store: &impl Store, merchant: &Merchant, store_id: &str, now: Timestamp) -> CouponError {
+    match merchants::record_miss(store, &merchant.id, store_id, now).await {
         Ok(()) => CouponError::CouponNotFound,
         Err(e) => e,
     }

@@ -201,3 +201,37 @@ fn a_redemption_interrupted_at_any_write_uses_the_coupon_once_and_completes_on_r
         n += 1;
     }
 }
+
+#[test]
+fn interleaved_unknown_codes_at_one_store_answer_exactly_the_limit_and_lock_only_that_store() {
+    let store = MemStore::default();
+    let rules = LifecycleRules::default();
+    let shops = ["s1", "s2"].map(|id| Shop { store_id: id.into(), name: id.into() });
+    let input = NewMerchant {
+        merchant_id: "tills".into(),
+        name: "Two Tills".into(),
+        district: "nanshan".into(),
+        community_ids: vec![],
+        stores: shops.to_vec(),
+    };
+    let (merchant, _) = run(merchants::register(&store, input, now())).expect("merchant");
+    let guess = |store_id: &str, i: usize| RedeemInput {
+        code: format!("NOSUCHCODE{i:02}"),
+        store_id: store_id.into(),
+        order_amount_fen: 3000,
+        merchant_order_id: format!("{store_id}-{i}"),
+    };
+    let guesses: Vec<RedeemInput> = (0..30).map(|i| guess("s1", i)).collect();
+
+    let results = run(interleave::join_all(
+        guesses.iter().map(|input| redemptions::redeem(&store, &merchant, input, &rules, now())).collect(),
+    ));
+
+    let answered = results.iter().filter(|r| matches!(r, Err(CouponError::CouponNotFound))).count();
+    let locked = results.iter().filter(|r| matches!(r, Err(CouponError::LockedOut(_)))).count();
+    assert_eq!((answered, locked), (merchants::MAX_MISSES_PER_MINUTE as usize, 20), "{results:?}");
+    let again = run(redemptions::redeem(&store, &merchant, &guess("s1", 30), &rules, now()));
+    assert!(matches!(again, Err(CouponError::LockedOut(until)) if until == now().plus_secs(merchants::LOCKOUT_SECS)));
+    let other = run(redemptions::redeem(&store, &merchant, &guess("s2", 0), &rules, now()));
+    assert_eq!(other, Err(CouponError::CouponNotFound));
+}

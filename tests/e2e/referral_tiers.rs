@@ -902,6 +902,63 @@ async fn an_exhausted_budget_stops_cash_rewards_cleanly_with_nothing_partial() {
     app.host.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coupon_reward_must_name_an_existing_referral_reward_campaign() {
+    let app = TestApp::spawn().await.expect("app");
+    thanks_coupon_campaign(&app).await;
+    let daily = json!({
+        "id": "cafe_daily", "title": "¥5 off today", "kind": "daily", "merchant_ids": ["thanks_cafe"],
+        "coupon": {"type": "fixed_off", "amount_fen": 500, "min_spend_fen": 2000}, "validity": {"days_after_claim": 7},
+        "schedule": {"starts_at": "2026-11-01T00:00:00+08:00", "ends_at": "2027-01-31T00:00:00+08:00"},
+        "stock_total": 100, "budget_fen": 50_000
+    });
+    let r = app.send("POST", "/api/coupons/campaigns", Some(&daily), Some(OPERATOR_TOKEN)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let coupon = |campaign: &str| json!({"kind": "coupon_campaign", "campaign_id": campaign});
+    let per_referral = |campaign: &str| json!([{"min_qualified": 1, "reward_per_referral": coupon(campaign)}]);
+    let bonus = |campaign: &str| {
+        json!([{"min_qualified": 1, "reward_per_referral": {"kind": "cash_fen", "amount": 500},
+                "tier_bonus": coupon(campaign)}])
+    };
+    let cash = json!([cash_tier(1, 500, None)]);
+
+    let before = app.snapshot().await;
+    let bad = [
+        (
+            program("p_missing", bonus("no_such_campaign")),
+            "coupon_campaign_not_found",
+            "tiers[0].tier_bonus.campaign_id",
+        ),
+        (
+            program("p_daily", per_referral("cafe_daily")),
+            "coupon_campaign_not_referral_reward",
+            "tiers[0].reward_per_referral.campaign_id",
+        ),
+        (
+            with(program("p_referee", cash.clone()), json!({"referee_reward": coupon("cafe_daily")})),
+            "coupon_campaign_not_referral_reward",
+            "referee_reward.campaign_id",
+        ),
+        (
+            with(program("p_referee2", cash), json!({"referee_reward": coupon("nope")})),
+            "coupon_campaign_not_found",
+            "referee_reward.campaign_id",
+        ),
+    ];
+    for (body, code, field) in &bad {
+        let r = app.send("POST", PROGRAMS, Some(body), Some(OPERATOR_TOKEN)).await;
+        refused(&r, 422, code);
+        assert_eq!(r.body["field"], *field, "{:?}", r.body);
+        let id = str_of(body, "id");
+        refused(&app.send("GET", &format!("{PROGRAMS}/{id}"), None, None).await, 404, "program_not_found");
+    }
+    assert_unchanged(&app, &before, "refused programs").await;
+    // A referral_reward campaign is accepted, as a per-referral reward and as a bonus.
+    create_program(&app, &program("p_thanks", per_referral("thanks_coupon"))).await;
+    create_program(&app, &program("p_thanks_bonus", bonus("thanks_coupon"))).await;
+    app.host.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // The API surface
 

@@ -23,6 +23,18 @@ pub enum ReferralError {
     /// The program id is taken.
     #[error("program {0} already exists")]
     ProgramExists(String),
+    /// A coupon reward names a campaign that does not exist.
+    #[error("{field}: no such coupon campaign")]
+    CouponCampaignNotFound {
+        /// Where the campaign is named.
+        field: String,
+    },
+    /// A coupon reward names a campaign that is not a `referral_reward` campaign.
+    #[error("{field}: the coupon campaign is not a referral_reward campaign")]
+    NotReferralRewardCampaign {
+        /// Where the campaign is named.
+        field: String,
+    },
     /// The referral was recorded as rejected; the reason is the code.
     #[error("the referral was not accepted: {0}")]
     Rejected(&'static str),
@@ -48,7 +60,9 @@ impl Problem for ReferralError {
             ReferralError::Invalid { .. } => ErrorKind::Invalid,
             ReferralError::ProgramNotFound => ErrorKind::NotFound,
             ReferralError::ProgramExists(_) => ErrorKind::Conflict,
-            ReferralError::Rejected(_) => ErrorKind::Unprocessable,
+            ReferralError::CouponCampaignNotFound { .. }
+            | ReferralError::NotReferralRewardCampaign { .. }
+            | ReferralError::Rejected(_) => ErrorKind::Unprocessable,
             ReferralError::Attach(e) => e.kind(),
             ReferralError::Limit(e) => e.kind(),
             ReferralError::Ledger(e) => e.kind(),
@@ -61,6 +75,8 @@ impl Problem for ReferralError {
             ReferralError::Invalid { .. } => "validation_failed",
             ReferralError::ProgramNotFound => "program_not_found",
             ReferralError::ProgramExists(_) => "program_exists",
+            ReferralError::CouponCampaignNotFound { .. } => "coupon_campaign_not_found",
+            ReferralError::NotReferralRewardCampaign { .. } => "coupon_campaign_not_referral_reward",
             ReferralError::Rejected(reason) => reason,
             ReferralError::Attach(e) => e.code(),
             ReferralError::Limit(e) => e.code(),
@@ -71,7 +87,9 @@ impl Problem for ReferralError {
 
     fn field(&self) -> Option<&str> {
         match self {
-            ReferralError::Invalid { field, .. } => Some(field),
+            ReferralError::Invalid { field, .. }
+            | ReferralError::CouponCampaignNotFound { field }
+            | ReferralError::NotReferralRewardCampaign { field } => Some(field),
             _ => None,
         }
     }

@@ -1,5 +1,7 @@
 //! Referral programs: validated once, written once.
 
+use merchant_coupons_domain::CouponError;
+use merchant_coupons_domain::campaigns::{self as coupon_campaigns, Kind};
 use scenefin_core::clock::Timestamp;
 use scenefin_core::ids::Id;
 use scenefin_core::json::text;
@@ -58,6 +60,40 @@ fn check_reward(field: &str, r: &Reward) -> Result<(), ReferralError> {
     Ok(())
 }
 
+/// Every reward of a program with the field it is in (`tiers[0].reward_per_referral`, `tiers[0].tier_bonus`,
+/// `referee_reward`).
+fn rewards(p: &NewProgram) -> Vec<(String, &Reward)> {
+    let mut out = Vec::new();
+    for (i, t) in p.tiers.iter().enumerate() {
+        out.push((format!("tiers[{i}].reward_per_referral"), &t.reward_per_referral));
+        if let Some(b) = &t.tier_bonus {
+            out.push((format!("tiers[{i}].tier_bonus"), b));
+        }
+    }
+    if let Some(r) = &p.referee_reward {
+        out.push(("referee_reward".to_owned(), r));
+    }
+    out
+}
+
+/// Refuses a coupon reward whose campaign does not exist or is not a `referral_reward` campaign (read-only: the
+/// campaigns are merchant-coupons' documents).
+async fn check_coupon_campaigns(store: &impl Store, p: &NewProgram) -> Result<(), ReferralError> {
+    for (field, reward) in rewards(p) {
+        if reward.kind != RewardKind::CouponCampaign {
+            continue;
+        }
+        let field = format!("{field}.campaign_id");
+        match coupon_campaigns::get(store, reward.campaign_id.as_deref().unwrap_or_default()).await {
+            Ok(c) if c.kind == Kind::ReferralReward => {}
+            Ok(_) => return Err(ReferralError::NotReferralRewardCampaign { field }),
+            Err(CouponError::Store(e)) => return Err(e.into()),
+            Err(_) => return Err(ReferralError::CouponCampaignNotFound { field }),
+        }
+    }
+    Ok(())
+}
+
 /// Validates a program (pure).
 pub fn validate(p: &NewProgram) -> Result<(), ReferralError> {
     Id::parse(&p.id).map_err(|_| ReferralError::invalid("id", "1 to 64 of [A-Za-z0-9_-]"))?;
@@ -83,13 +119,9 @@ pub fn validate(p: &NewProgram) -> Result<(), ReferralError> {
             return Err(ReferralError::invalid(&format!("tiers[{i}].min_qualified"), "ascending, from 1"));
         }
         last = t.min_qualified;
-        check_reward(&format!("tiers[{i}].reward_per_referral"), &t.reward_per_referral)?;
-        if let Some(b) = &t.tier_bonus {
-            check_reward(&format!("tiers[{i}].tier_bonus"), b)?;
-        }
     }
-    if let Some(r) = &p.referee_reward {
-        check_reward("referee_reward", r)?;
+    for (field, reward) in rewards(p) {
+        check_reward(&field, reward)?;
     }
     if !(1..=100_000).contains(&p.max_rewarded_per_referrer) {
         return Err(ReferralError::invalid("max_rewarded_per_referrer", "1 to 100000"));
@@ -106,6 +138,7 @@ pub fn validate(p: &NewProgram) -> Result<(), ReferralError> {
 /// Creates a program and configures its budget.
 pub async fn create(store: &impl Store, input: NewProgram, now: Timestamp) -> Result<Program, ReferralError> {
     validate(&input)?;
+    check_coupon_campaigns(store, &input).await?;
     if !kv::claim_new(store, &keys::program_claim(&input.id)).await? {
         return Err(ReferralError::ProgramExists(input.id));
     }

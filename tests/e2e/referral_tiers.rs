@@ -715,6 +715,43 @@ async fn a_refund_inside_the_holding_period_claws_back_the_referral_and_the_bonu
     app.host.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_report_gross_clawed_back_and_net_qualified_referrals_alike_everywhere() {
+    let mut app = TestApp::spawn().await.expect("app");
+    let t0 = app.now;
+    open_biller(&app).await;
+    create_program(&app, &program("net_friends", json!([cash_tier(1, 500, None)]))).await;
+    let alice = register(&app, "wx_net_alice", None).await;
+    let code = code_for(&app, &alice, "net_friends").await;
+    let mut friends = Vec::new();
+    for i in 1..=3 {
+        friends.push(register(&app, &format!("wx_net_friend_{i}"), Some(&code)).await);
+    }
+    // Two of three friends qualify; one of those is refunded inside the holding period and clawed back.
+    app.now = t0.plus_secs(60);
+    pay(&app, &friends[0], "50000001", 2000, "net-1").await;
+    app.now = t0.plus_secs(120);
+    let order2 = pay(&app, &friends[1], "50000002", 2000, "net-2").await;
+    app.now = t0.plus_days(2);
+    refund(&app, &order2, "refund-net-2").await;
+
+    let s = stats(&app, "net_friends").await;
+    let counts = ["referrals", "qualified_gross", "clawed_back", "qualified_net", "qualified"].map(|f| int_of(&s, f));
+    assert_eq!(counts, [3, 2, 1, 1, 1], "{s}");
+    assert_eq!(int_of(&s, "qualification_rate_bp"), 10_000 / 3, "net qualified per attached: {s}");
+    // The referrer's page, the leaderboard and the operators' campaign review count the same net figure.
+    let alice = relogin(&app, &alice).await;
+    standing(&me(&app, &alice, "net_friends").await, 1, 1);
+    assert_eq!(board(&leaderboard(&app, "net_friends", "").await), vec![(alice.id.clone(), 1, 1)]);
+    let review = app.send("GET", "/api/ops/campaigns", None, Some(OPERATOR_TOKEN)).await;
+    assert_eq!(review.status, 200, "{:?}", review.body);
+    let listed = review.body["referral_programs"].as_array().expect("referral_programs");
+    let p = listed.iter().find(|p| p["program_id"] == "net_friends").expect("net_friends reviewed");
+    let counts = ["referrals", "qualified_gross", "clawed_back", "qualified_net", "qualified"].map(|f| int_of(p, f));
+    assert_eq!(counts, [3, 2, 1, 1, 1], "{p}");
+    app.host.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Rejections
 

@@ -59,10 +59,14 @@ pub struct ReferralProgram {
     pub running: bool,
     /// Referrals attached.
     pub referrals: i64,
-    /// Qualified (ever).
-    pub qualified: i64,
-    /// Clawed back.
+    /// Referrals that ever qualified (gross: those clawed back since included).
+    pub qualified_gross: i64,
+    /// Qualified referrals clawed back.
     pub clawed_back: i64,
+    /// Qualified net of claw-backs (`qualified_gross - clawed_back`).
+    pub qualified_net: i64,
+    /// The same as `qualified_net`, as referral-tiers' statistics report it.
+    pub qualified: i64,
     /// Rewarded.
     pub rewarded: i64,
     /// Cash rewards paid (net of claw-backs).
@@ -135,8 +139,10 @@ pub async fn review(store: &impl Store, now: Timestamp) -> Result<Campaigns, Api
             program_id: p.id,
             title: p.title,
             referrals: s.referrals,
-            qualified: s.qualified,
+            qualified_gross: s.qualified_gross,
             clawed_back: s.clawed_back,
+            qualified_net: s.qualified_net,
+            qualified: s.qualified,
             rewarded: s.rewarded,
             rewards_paid_fen: s.rewards_paid_fen,
             points_awarded: s.points_awarded,

@@ -196,13 +196,18 @@ pub struct Stats {
     pub program_id: String,
     /// Referrals attached (not rejected).
     pub referrals: i64,
-    /// Qualified (ever; claw-backs counted separately).
-    pub qualified: i64,
-    /// Clawed back.
+    /// Referrals that ever qualified (gross: those clawed back since included).
+    pub qualified_gross: i64,
+    /// Qualified referrals clawed back (refunded inside their holding period).
     pub clawed_back: i64,
+    /// Qualified net of claw-backs (`qualified_gross - clawed_back`): what tiers, the referrer's page and the
+    /// leaderboard count.
+    pub qualified_net: i64,
+    /// The same as `qualified_net` (the one qualified figure every report shows).
+    pub qualified: i64,
     /// Rewarded.
     pub rewarded: i64,
-    /// Qualified (net of claw-backs) per attached, in basis points.
+    /// `qualified_net` per attached referral, in basis points.
     pub qualification_rate_bp: i64,
     /// Cash paid (net of claw-backs).
     pub rewards_paid_fen: i64,
@@ -254,14 +259,17 @@ pub async fn totals(store: &impl Store, program: &Program) -> Result<Stats, Refe
     for (key, raw) in keys.iter().zip(kv::get_all(store, &keys).await?) {
         values.push(raw.map(|b| kv::decode_counter(key, &b)).transpose()?.unwrap_or(0));
     }
-    let (attached, qualified, clawed) = (values[0], values[1], values[2]);
+    let (attached, gross, clawed) = (values[0], values[1], values[2]);
+    let net = (gross - clawed).max(0);
     Ok(Stats {
         program_id: program.id.clone(),
         referrals: attached,
-        qualified,
+        qualified_gross: gross,
         clawed_back: clawed,
+        qualified_net: net,
+        qualified: net,
         rewarded: values[3],
-        qualification_rate_bp: if attached > 0 { (qualified - clawed).max(0) * 10_000 / attached } else { 0 },
+        qualification_rate_bp: if attached > 0 { net * 10_000 / attached } else { 0 },
         rewards_paid_fen: values[4],
         points_awarded: values[5],
         coupons_issued: values[6],

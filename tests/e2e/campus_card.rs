@@ -478,6 +478,48 @@ async fn a_school_issues_cards_in_batches_and_binding_locks_after_five_wrong_cod
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_customer_guessing_codes_across_a_roster_is_throttled_per_customer() {
+    let mut app = TestApp::spawn().await.expect("app");
+    let ruc = onboard_school(&app, "ruc", None).await;
+    let code = |i: usize| format!("{:06}", 300_000 + i);
+    let roster: Vec<Value> =
+        (0..20).map(|i| member(&format!("R{i:03}"), "student", "学生", "2030-07-31", &code(i))).collect();
+    issue(&app, &ruc, "ruc", &roster).await;
+
+    // One wrong code per member never reaches a member's lockout, but ten in an hour (unknown member numbers
+    // included) throttle the customer: every bind is refused, the right code of a fresh member too.
+    let guesser = customer(&app, "wx_ruc_guesser").await;
+    for i in 0..9 {
+        refused(&bind(&app, &guesser, "ruc", &format!("R{i:03}"), "000000").await, 422, "invalid_activation_code");
+    }
+    refused(&bind(&app, &guesser, "ruc", "NO-SUCH-MEMBER", "000000").await, 422, "invalid_activation_code");
+    for i in 10..13 {
+        let r = bind(&app, &guesser, "ruc", &format!("R{i:03}"), &code(i)).await;
+        refused(&r, 429, "bind_throttled");
+        assert!(!r.body.to_string().contains(&code(i)), "{:?}", r.body);
+    }
+    assert!(my_cards(&app, &guesser).await.is_empty());
+
+    // The members guessed at are not locked, and other customers are not throttled.
+    let honest = customer(&app, "wx_ruc_honest").await;
+    bind_card(&app, &honest, "ruc", "R000", &code(0)).await;
+    bind_card(&app, &honest, "ruc", "R010", &code(10)).await;
+
+    // The throttle lasts the hour; the per-member lockout still applies on its own.
+    app.now = app.now.plus_secs(60 * 60);
+    bind_card(&app, &guesser, "ruc", "R011", &code(11)).await;
+    for attempt in 1..=5 {
+        let r = bind(&app, &guesser, "ruc", "R012", "000000").await;
+        refused(
+            &r,
+            if attempt < 5 { 422 } else { 429 },
+            if attempt < 5 { "invalid_activation_code" } else { "bind_locked" },
+        );
+    }
+    app.host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_top_up_by_the_banks_card_earns_the_bonus_and_is_credited_once_however_often_the_gateway_calls() {
     let app = TestApp::spawn().await.expect("app");
     // 2% back, at most 5 yuan a top-up, from a 10-yuan budget.

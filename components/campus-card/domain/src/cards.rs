@@ -14,6 +14,7 @@ use scenefin_core::ids::{Id, hash_key_part};
 use scenefin_core::json::text;
 use scenefin_core::kv::{self, Step, Store, get_json};
 use scenefin_core::ledger::{self, LedgerError, Line, Posting};
+use scenefin_core::limits;
 use scenefin_core::settlement::parse_date;
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +32,9 @@ pub const MAX_DAILY_LIMIT_FEN: i64 = 1_000_000;
 pub const MAX_BIND_FAILURES: u32 = 5;
 /// How long a lock lasts.
 pub const BIND_LOCK_SECS: i64 = 15 * 60;
+/// Wrong activation codes one customer may try in a clock hour, over all members: the per-member lock alone lets
+/// one customer try a few codes on every member of a roster.
+pub const MAX_CUSTOMER_BIND_FAILURES_PER_HOUR: i64 = 10;
 /// Most cards a customer can hold.
 pub const MAX_CARDS_PER_CUSTOMER: usize = 20;
 /// Most balance moves for one replaced card (each moves everything it holds, so more than one is rare).
@@ -397,8 +401,13 @@ async fn update_member(store: &impl Store, school: &School, member: &Member, row
 
 /// What a bind attempt decided about the member.
 enum Attempt {
+    /// Locked before this attempt: no code was tried.
     Locked(Timestamp),
+    /// A wrong code that locked the member.
+    WrongAndLocked(Timestamp),
+    /// A wrong code (or no such member), with the attempts left.
     Wrong(u32),
+    /// The right code, for this card.
     Right(String),
 }
 
@@ -417,40 +426,19 @@ pub async fn bind(
     if Id::parse(member_no).is_err() || activation_code.is_empty() || activation_code.len() > 64 {
         return Err(CampusError::InvalidActivationCode { attempts_left: MAX_BIND_FAILURES });
     }
-    let code = code_sha256(&school.id, member_no, activation_code);
-    let attempt = kv::update_json(store, &keys::member(&school.id, member_no), |doc: Option<&Member>| {
-        let Some(doc) = doc else {
-            // No such member: the same answer as a wrong code, so member numbers cannot be probed.
-            return Ok::<_, CampusError>(Step::Keep(Attempt::Wrong(MAX_BIND_FAILURES)));
-        };
-        if let Some(until) = doc.locked_until
-            && now < until
-        {
-            return Ok(Step::Keep(Attempt::Locked(until)));
-        }
-        let mut next = doc.clone();
-        next.locked_until = None;
-        if constant_time_eq(code.as_bytes(), doc.code_sha256.as_bytes()) {
-            next.failures = 0;
-            return Ok(if next == *doc {
-                Step::Keep(Attempt::Right(doc.card_id.clone()))
-            } else {
-                Step::Write(next, Attempt::Right(doc.card_id.clone()))
-            });
-        }
-        next.failures += 1;
-        if next.failures >= MAX_BIND_FAILURES {
-            let until = now.plus_secs(BIND_LOCK_SECS);
-            next.failures = 0;
-            next.locked_until = Some(until);
-            return Ok(Step::Write(next, Attempt::Locked(until)));
-        }
-        let left = MAX_BIND_FAILURES - next.failures;
-        Ok(Step::Write(next, Attempt::Wrong(left)))
-    })
-    .await?;
-    let card_id = match attempt {
-        Attempt::Locked(until) => return Err(CampusError::BindLocked(until)),
+    // Each attempt holds one of the customer's failures of the hour while it runs, so not even concurrent attempts
+    // try more codes than the throttle allows; only a wrong code keeps it.
+    let hour = now.unix_secs().div_euclid(3600);
+    let failures = keys::bind_failures(customer_id, hour);
+    if !limits::take(store, &failures, MAX_CUSTOMER_BIND_FAILURES_PER_HOUR, 1).await? {
+        return Err(CampusError::BindThrottled(Timestamp::from_unix_secs((hour + 1) * 3600)));
+    }
+    let attempt = try_code(store, &school.id, member_no, activation_code, now).await;
+    if !matches!(attempt, Ok(Attempt::Wrong(_) | Attempt::WrongAndLocked(_))) {
+        limits::give_back(store, &failures, 1).await?;
+    }
+    let card_id = match attempt? {
+        Attempt::Locked(until) | Attempt::WrongAndLocked(until) => return Err(CampusError::BindLocked(until)),
         Attempt::Wrong(left) => return Err(CampusError::InvalidActivationCode { attempts_left: left }),
         Attempt::Right(card_id) => card_id,
     };
@@ -486,6 +474,49 @@ pub async fn bind(
     };
     events::record(store, &event, rules).await?;
     Ok((card, bound_now))
+}
+
+/// Tries the activation code on the member, whose wrong codes lock it for [`BIND_LOCK_SECS`] after
+/// [`MAX_BIND_FAILURES`].
+async fn try_code(
+    store: &impl Store,
+    school_id: &str,
+    member_no: &str,
+    activation_code: &str,
+    now: Timestamp,
+) -> Result<Attempt, CampusError> {
+    let code = code_sha256(school_id, member_no, activation_code);
+    kv::update_json(store, &keys::member(school_id, member_no), |doc: Option<&Member>| {
+        let Some(doc) = doc else {
+            // No such member: the same answer as a wrong code, so member numbers cannot be probed.
+            return Ok::<_, CampusError>(Step::Keep(Attempt::Wrong(MAX_BIND_FAILURES)));
+        };
+        if let Some(until) = doc.locked_until
+            && now < until
+        {
+            return Ok(Step::Keep(Attempt::Locked(until)));
+        }
+        let mut next = doc.clone();
+        next.locked_until = None;
+        if constant_time_eq(code.as_bytes(), doc.code_sha256.as_bytes()) {
+            next.failures = 0;
+            return Ok(if next == *doc {
+                Step::Keep(Attempt::Right(doc.card_id.clone()))
+            } else {
+                Step::Write(next, Attempt::Right(doc.card_id.clone()))
+            });
+        }
+        next.failures += 1;
+        if next.failures >= MAX_BIND_FAILURES {
+            let until = now.plus_secs(BIND_LOCK_SECS);
+            next.failures = 0;
+            next.locked_until = Some(until);
+            return Ok(Step::Write(next, Attempt::WrongAndLocked(until)));
+        }
+        let left = MAX_BIND_FAILURES - next.failures;
+        Ok(Step::Write(next, Attempt::Wrong(left)))
+    })
+    .await
 }
 
 async fn add_to_customer(store: &impl Store, customer_id: &str, card_id: &str) -> Result<(), CampusError> {

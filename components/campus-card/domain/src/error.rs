@@ -96,6 +96,9 @@ pub enum CampusError {
     /// Too many wrong codes.
     #[error("too many wrong activation codes; try again after {}", .0.to_rfc3339())]
     BindLocked(Timestamp),
+    /// Too many wrong codes by this customer, over all members.
+    #[error("too many wrong activation codes from this account; try again after {}", .0.to_rfc3339())]
+    BindThrottled(Timestamp),
     /// Bound by someone else.
     #[error("this card is already bound to another customer")]
     CardAlreadyBound,
@@ -157,7 +160,7 @@ impl Problem for CampusError {
             | CampusError::Refused(_)
             | CampusError::PayCodeInvalid
             | CampusError::ReversalWindowClosed => ErrorKind::Unprocessable,
-            CampusError::BindLocked(_) => ErrorKind::TooManyRequests,
+            CampusError::BindLocked(_) | CampusError::BindThrottled(_) => ErrorKind::TooManyRequests,
             CampusError::Partner(e) => e.kind(),
             CampusError::Order(e) => e.kind(),
             CampusError::Limit(e) => e.kind(),
@@ -176,6 +179,7 @@ impl Problem for CampusError {
             CampusError::CardNotFound => "card_not_found",
             CampusError::InvalidActivationCode { .. } => "invalid_activation_code",
             CampusError::BindLocked(_) => "bind_locked",
+            CampusError::BindThrottled(_) => "bind_throttled",
             CampusError::CardAlreadyBound => "card_already_bound",
             CampusError::CardState(_) => "card_state_conflict",
             CampusError::Refused(r) => r.code(),

@@ -73,6 +73,12 @@ pub fn customer_cards(customer_id: &str) -> Key {
     Key::new(&["campus", "cust", customer_id, "cards"])
 }
 
+/// `campus:cust:{customer}:bindfail:{hour}` → the customer's wrong activation codes in that hour since the epoch
+/// (capped counter).
+pub fn bind_failures(customer_id: &str, hour: i64) -> Key {
+    Key::new(&["campus", "cust", customer_id, "bindfail", &hour.to_string()])
+}
+
 /// `campus:paycode:{hash(code)}` → one-time pay code.
 pub fn pay_code(code: &str) -> Key {
     Key::new(&["campus", "paycode", &hash_key_part(code)])

@@ -213,6 +213,55 @@ fn money_reaching_a_replaced_card_follows_it_and_spends_on_it_are_refused() {
 }
 
 #[test]
+fn one_customer_trying_codes_across_members_is_throttled_for_the_hour_even_concurrently() {
+    let store = MemStore::default();
+    setup(&store, 0);
+    let rules = LifecycleRules::default();
+    run(async {
+        let school = schools::get(&store, "sch1").await.expect("school");
+        let members: Vec<MemberInput> = (0..40)
+            .map(|i| MemberInput {
+                member_no: format!("R{i:03}"),
+                kind: "student".into(),
+                name: "Student".into(),
+                valid_until: "2027-07-31".into(),
+                activation_code: format!("CODE{i:03}"),
+            })
+            .collect();
+        cards::issue(&store, &school, &members, now()).await.expect("issue");
+        let guesser = Customer::new("c_guesser", now());
+        put_json(&store, &customers::keys::customer("c_guesser"), &guesser).await.expect("customer");
+        // Forty wrong codes at once, one per member: exactly the hour's allowance is tried, the rest throttled.
+        let attempts = (0..40).map(|i| {
+            let (store, rules) = (&store, &rules);
+            async move { cards::bind(store, "c_guesser", "sch1", &format!("R{i:03}"), "WRONG", rules, now()).await }
+        });
+        let answers = interleave::join_all(attempts.collect()).await;
+        let wrong = answers.iter().filter(|a| matches!(a, Err(CampusError::InvalidActivationCode { .. }))).count();
+        let throttled = answers.iter().filter(|a| matches!(a, Err(CampusError::BindThrottled(_)))).count();
+        assert_eq!((wrong, throttled), (10, 30), "{answers:?}");
+        // The right code is refused too while throttled; the hour after, it binds.
+        let right = cards::bind(&store, "c_guesser", "sch1", "R039", "CODE039", &rules, now()).await;
+        assert!(matches!(right, Err(CampusError::BindThrottled(_))), "{right:?}");
+        let later = now().plus_secs(3600);
+        let (card, _) = cards::bind(&store, "c_guesser", "sch1", "R039", "CODE039", &rules, later).await.expect("bind");
+        assert_eq!(card.status, cards::CardStatus::Active);
+        // Right codes (here of a card bound already) do not use up the allowance.
+        for i in 30..39 {
+            cards::bind(&store, "c_other", "sch1", &format!("R{i:03}"), "CODE000", &rules, later).await.expect_err("x");
+        }
+        for _ in 0..3 {
+            let locked = cards::bind(&store, "c_other", "sch1", "S001", "123456", &rules, later).await;
+            assert!(matches!(locked, Err(CampusError::CardAlreadyBound)), "{locked:?}");
+        }
+        let tenth = cards::bind(&store, "c_other", "sch1", "R001", "CODE000", &rules, later).await;
+        assert!(matches!(tenth, Err(CampusError::InvalidActivationCode { .. })), "{tenth:?}");
+        let eleventh = cards::bind(&store, "c_other", "sch1", "R002", "CODE000", &rules, later).await;
+        assert!(matches!(eleventh, Err(CampusError::BindThrottled(_))), "{eleventh:?}");
+    });
+}
+
+#[test]
 fn five_wrong_codes_lock_binding_for_fifteen_minutes() {
     let store = MemStore::default();
     setup(&store, 0);

@@ -521,7 +521,7 @@ async fn a_hundred_mixed_money_operations_at_once_keep_the_books_exact() {
 
     // Utility: 25 pending orders of 100 yuan on a prepaid-meter biller whose budget funds ten 10-yuan discounts.
     let power = json!({
-        "id": "burst_power", "name": "Burst Power", "category": "electricity", "city": "shenzhen",
+        "id": "burst_power", "name": "Burst Power", "category": "power", "city": "shenzhen",
         "account_rule": {"min_len": 6, "max_len": 12, "charset": "digits"},
         "exactness": "adhoc", "settlement_account": "6222000077778888",
         "discount": {"percent_bp": 1000, "cap_fen": 1000, "budget_id": "burst_power_card", "budget_fen": 10_000}

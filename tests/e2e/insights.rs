@@ -174,7 +174,7 @@ async fn world() -> World {
     create_code(&app, json!({"code": "PO100", "channel": "poster", "campaign_id": "autumn", "scenario": "coupons"}))
         .await;
     let biller = json!({
-        "id": BILLER, "name": "Insight Power", "category": "electricity", "city": "shenzhen",
+        "id": BILLER, "name": "Insight Power", "category": "power", "city": "shenzhen",
         "account_rule": {"min_len": 6, "max_len": 12, "charset": "digits"},
         "exactness": "adhoc", "settlement_account": "6222000055556666",
         "discount": {"percent_bp": 500, "cap_fen": 1000, "budget_id": "power_card", "budget_fen": 100_000}

@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 const MAX_ATTEMPTS: usize = 50;
 /// The account every program's cash is paid from.
 const MARKETING: &str = "bank:marketing";
-/// The prepaid electricity biller the referees pay (any amount, any 6 to 12 digit account).
+/// The prepaid power biller the referees pay (any amount, any 6 to 12 digit account).
 const BILLER: &str = "ref_power";
 const PROGRAMS: &str = "/api/referrals/programs";
 
@@ -375,7 +375,7 @@ async fn postings(app: &TestApp, prefix: &str) -> usize {
 
 async fn open_biller(app: &TestApp) {
     let body = json!({
-        "id": BILLER, "name": "Referral Power", "category": "electricity", "city": "shenzhen",
+        "id": BILLER, "name": "Referral Power", "category": "power", "city": "shenzhen",
         "account_rule": {"min_len": 6, "max_len": 12, "charset": "digits"},
         "exactness": "adhoc", "settlement_account": "6222000055556666"
     });

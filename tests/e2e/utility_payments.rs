@@ -235,7 +235,7 @@ async fn two_hundred_concurrent_payments_get_exactly_fifty_discounts() {
     let app = std::sync::Arc::new(TestApp::spawn().await.expect("app"));
     let now = app.now.to_rfc3339();
     let prepaid = json!({
-        "id": "sz_power", "name": "Shenzhen Power", "category": "electricity", "city": "shenzhen",
+        "id": "sz_power", "name": "Shenzhen Power", "category": "power", "city": "shenzhen",
         "account_rule": {"min_len": 6, "max_len": 12, "charset": "digits"},
         "exactness": "adhoc", "settlement_account": "6222000033334444",
         "discount": {"percent_bp": 1000, "cap_fen": 1000, "budget_id": "power_card_2026", "budget_fen": 50_000}
@@ -300,6 +300,52 @@ async fn wrong_methods_and_unknown_paths_are_problems_not_panics() {
     assert_eq!(r.status, 400);
     let r = app.send_raw("POST", "/api/utility/payments/notify", b"{}".to_vec(), &[]).await;
     assert_eq!((r.status, r.body["code"].as_str()), (401, Some("missing_credentials")));
+    app.host.shutdown().await;
+}
+
+/// The biller categories of the brief (water, power, gas, heating companies).
+const BRIEF_CATEGORIES: [&str; 4] = ["water", "power", "gas", "heating"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn billers_of_every_category_the_brief_and_the_spec_list_are_accepted_and_no_other() {
+    let app = TestApp::spawn().await.expect("app");
+    let biller = |id: &str, category: &str| {
+        json!({
+            "id": id, "name": format!("{id} company"), "category": category, "city": "shenzhen",
+            "account_rule": {"min_len": 6, "max_len": 12, "charset": "digits"},
+            "exactness": "adhoc", "settlement_account": "6222000055556666"
+        })
+    };
+    for category in BRIEF_CATEGORIES {
+        let id = format!("sz_{category}");
+        register(&app, biller(&id, category)).await;
+        let listed = app.send("GET", &format!("/api/utility/billers?category={category}"), None, None).await;
+        assert_eq!(
+            (listed.status, listed.body["items"][0]["id"].as_str(), listed.body["items"][0]["category"].as_str()),
+            (200, Some(id.as_str()), Some(category)),
+            "{:?}",
+            listed.body
+        );
+    }
+    // The spec lists exactly the brief's categories.
+    let doc = crate::openapi::document();
+    let request = crate::openapi::resolve(&doc, &doc["components"]["schemas"]["BillerRequest"]);
+    let spec = crate::openapi::resolve(&doc, &request["properties"]["category"]);
+    let listed: Vec<&str> = spec["enum"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    assert_eq!(listed, BRIEF_CATEGORIES, "docs/openapi.yaml BillerRequest.category: {spec:?}");
+    // Anything else is refused, and nothing is registered.
+    for category in ["telecom", "Power", "electricity", ""] {
+        let r =
+            app.send("POST", "/api/utility/billers", Some(&biller("sz_other", category)), Some(OPERATOR_TOKEN)).await;
+        assert_eq!(
+            (r.status, r.body["code"].as_str(), r.body["field"].as_str()),
+            (400, Some("validation_failed"), Some("category")),
+            "{category}: {:?}",
+            r.body
+        );
+    }
+    let all = app.send("GET", "/api/utility/billers", None, None).await;
+    assert_eq!(all.body["items"].as_array().map(Vec::len), Some(BRIEF_CATEGORIES.len()), "{:?}", all.body);
     app.host.shutdown().await;
 }
 

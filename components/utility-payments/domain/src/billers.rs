@@ -10,8 +10,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::{OWNER, UtilityError, keys};
 
-/// Categories of billers.
-pub const CATEGORIES: &[&str] = &["water", "electricity", "gas", "heating"];
+/// Categories of billers: the brief's list (docs/openapi.yaml `BillerCategory` lists the same).
+pub const CATEGORIES: &[&str] = &["water", "power", "gas", "heating"];
+
+/// Billers registered before the categories followed the brief were stored as `electricity`; they read as `power`.
+fn stored_category<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let category = String::deserialize(d)?;
+    Ok(if category == "electricity" { "power".to_owned() } else { category })
+}
 
 /// How exact a payment must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +87,7 @@ pub struct Biller {
     /// Name.
     pub name: String,
     /// Category.
+    #[serde(deserialize_with = "stored_category")]
     pub category: String,
     /// City.
     pub city: String,
@@ -206,6 +213,41 @@ pub async fn list(store: &impl Store, category: Option<&str>, city: Option<&str>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn biller(category: &str) -> NewBiller {
+        NewBiller {
+            id: "b1".into(),
+            name: "Biller".into(),
+            category: category.into(),
+            city: "shenzhen".into(),
+            account_rule: AccountRule { min_len: 6, max_len: 10, charset: Charset::Digits },
+            exactness: Exactness::Adhoc,
+            settlement_account: "6222000011112222".into(),
+            discount: None,
+        }
+    }
+
+    #[test]
+    fn the_briefs_categories_and_no_other_are_accepted() {
+        for category in ["water", "power", "gas", "heating"] {
+            assert_eq!(validate(&biller(category)), Ok(()), "{category}");
+        }
+        for category in ["electricity", "Power", "telecom", ""] {
+            let err = validate(&biller(category)).expect_err(category);
+            assert_eq!(err, UtilityError::invalid("category", "one of water, power, gas, heating"));
+        }
+    }
+
+    #[test]
+    fn a_biller_stored_as_electricity_reads_as_power() {
+        let stored = serde_json::json!({
+            "v": 1, "id": "sz_power", "name": "Shenzhen Power", "category": "electricity", "city": "shenzhen",
+            "account_rule": {"min_len": 6, "max_len": 12, "charset": "digits"}, "exactness": "adhoc",
+            "settlement_account": "6222000033334444", "partner_id": "p_1", "created_at": "2026-11-23T10:00:00+08:00"
+        });
+        let biller: Biller = serde_json::from_value(stored).expect("biller");
+        assert_eq!(biller.category, "power");
+    }
 
     #[test]
     fn account_rules_check_length_and_charset() {

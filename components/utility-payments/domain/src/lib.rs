@@ -1,4 +1,4 @@
-//! utility-payments-domain: billers (water, electricity, gas, heating), the bills they upload, the household
+//! utility-payments-domain: billers (water, power, gas, heating), the bills they upload, the household
 //! accounts customers bind, pricing (amount exactness, the cardholder discount funded by a bank budget), the
 //! payment's effects on bills, and the billers' settlement and acquisition reports. Pure logic over
 //! `scenefin_core::kv::Store`; the quote/order/notification machinery is `scenefin_core::orders`.

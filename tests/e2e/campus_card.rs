@@ -210,12 +210,17 @@ pub(crate) fn kinds(txns: &[Value]) -> Vec<&str> {
 
 /// `POST /api/campus/topups` with an `Idempotency-Key`.
 pub(crate) async fn topup(app: &Api, token: &str, key: &str, body: &Value) -> Reply {
+    topup_text(app, token, key, &body.to_string()).await
+}
+
+/// `POST /api/campus/topups` with an `Idempotency-Key` and a body exactly as written.
+async fn topup_text(app: &Api, token: &str, key: &str, body: &str) -> Reply {
     let headers = vec![
         ("authorization".to_owned(), format!("Bearer {token}")),
         ("idempotency-key".to_owned(), key.to_owned()),
         ("content-type".to_owned(), "application/json".to_owned()),
     ];
-    app.send_raw("POST", "/api/campus/topups", serde_json::to_vec(body).expect("json"), &headers).await
+    app.send_raw("POST", "/api/campus/topups", body.as_bytes().to_vec(), &headers).await
 }
 
 /// A top-up request: by one of the bank's cards (`bin`) or by something else.
@@ -516,6 +521,30 @@ async fn one_customer_guessing_codes_across_a_roster_is_throttled_per_customer()
             if attempt < 5 { "invalid_activation_code" } else { "bind_locked" },
         );
     }
+    app.host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_top_up_sent_again_as_reformatted_json_is_a_replay_and_a_changed_one_is_refused() {
+    let app = TestApp::spawn().await.expect("app");
+    let bnu = onboard_school(&app, "bnu", None).await;
+    issue(&app, &bnu, "bnu", &[member("B1", "student", "韩梅梅", "2030-07-31", "515151")]).await;
+    let token = customer(&app, "wx_bnu_b1").await;
+    let card = bind_card(&app, &token, "bnu", "B1", "515151").await;
+
+    let compact = format!(r#"{{"card_id":"{card}","amount_fen":1000,"pay_with":"other"}}"#);
+    let placed = topup_text(&app, &token, "bnu_tu_1", &compact).await;
+    assert_eq!(placed.status, 201, "{:?}", placed.body);
+    // The same request, re-serialised by another client library: other whitespace, other key order.
+    let reformatted =
+        format!("{{\n  \"pay_with\" : \"other\",\n  \"amount_fen\": 1000,\n  \"card_id\": \"{card}\"\n}}\n");
+    let replay = topup_text(&app, &token, "bnu_tu_1", &reformatted).await;
+    assert_eq!((replay.status, &replay.body), (201, &placed.body), "a replay of the first order");
+    // Another value under the same key is still another request.
+    let changed = format!(r#"{{"pay_with":"other","amount_fen":2000,"card_id":"{card}"}}"#);
+    refused(&topup_text(&app, &token, "bnu_tu_1", &changed).await, 409, "idempotency_key_reused");
+    let orders = app.send("GET", "/api/campus/orders", None, Some(&token)).await;
+    assert_eq!(orders.body["items"].as_array().map(Vec::len), Some(1), "{:?}", orders.body);
     app.host.shutdown().await;
 }
 

@@ -2,6 +2,10 @@
 //!
 //! - same key, same request → the first response, replayed byte for byte;
 //! - same key, different request → `409 idempotency_key_reused`;
+//!
+//! "Same request" compares what was asked, as Stripe compares parameters: the method, the path and a JSON body
+//! parsed (objects' keys sorted, whitespace dropped), so a client that re-serialises its request differently is
+//! replayed; a body that is not JSON (or has a duplicate key, which the routes refuse) is compared byte for byte.
 //! - same key while the first is still running → `409 idempotency_request_in_flight`.
 //!
 //! The record (`idem:{component}:{principal}:{hash(key)}`) is created `in_flight` through [`kv::update_json`] (one
@@ -86,9 +90,114 @@ enum State {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Record {
     v: u32,
+    /// SHA-256 of the request as sent (method, path, raw body): all that records written before
+    /// `params_sha256` existed have.
     request_sha256: String,
+    /// SHA-256 of the request as parsed ([`Fingerprint`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    params_sha256: Option<String>,
     #[serde(flatten)]
     state: State,
+}
+
+impl Record {
+    fn new(fingerprint: &Fingerprint, state: State) -> Self {
+        Record { v: 1, request_sha256: fingerprint.raw.clone(), params_sha256: Some(fingerprint.params.clone()), state }
+    }
+
+    /// Whether the record is of this request: the same parameters, or (a record without them) the same bytes.
+    fn is_of(&self, fingerprint: &Fingerprint) -> bool {
+        self.params_sha256.as_ref() == Some(&fingerprint.params) || self.request_sha256 == fingerprint.raw
+    }
+}
+
+/// What identifies a request: its method and path, and its body both as sent and as parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint {
+    raw: String,
+    params: String,
+}
+
+impl Fingerprint {
+    /// The fingerprint of `target` (`METHOD /path`) with `body`.
+    pub fn of(target: &str, body: &[u8]) -> Self {
+        let digest = |body: &[u8]| {
+            let mut request = Vec::with_capacity(target.len() + 1 + body.len());
+            request.extend_from_slice(target.as_bytes());
+            request.push(b'\n');
+            request.extend_from_slice(body);
+            sha256_hex(&request)
+        };
+        let raw = digest(body);
+        let params = canonical_json(body).map_or_else(|| raw.clone(), |canonical| digest(&canonical));
+        Fingerprint { raw, params }
+    }
+}
+
+/// `body` as canonical JSON (objects' keys sorted, no whitespace), or `None` when it is not exactly one JSON
+/// value or an object repeats a key (where "the last one wins" would make different requests look the same).
+fn canonical_json(body: &[u8]) -> Option<Vec<u8>> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = Canonical::deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    serde_json::to_vec(&value.0).ok()
+}
+
+/// A JSON value parsed with its objects' keys sorted, refusing repeated keys.
+struct Canonical(serde_json::Value);
+
+impl<'de> Deserialize<'de> for Canonical {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(CanonicalVisitor).map(Canonical)
+    }
+}
+
+struct CanonicalVisitor;
+
+impl<'de> serde::de::Visitor<'de> for CanonicalVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Canonical(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(serde_json::Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut sorted = std::collections::BTreeMap::new();
+        while let Some((key, Canonical(value))) = map.next_entry::<String, Canonical>()? {
+            if sorted.insert(key, value).is_some() {
+                return Err(serde::de::Error::custom("repeated key"));
+            }
+        }
+        // Inserted in key order, so serialised in key order whatever `serde_json::Map` keeps.
+        Ok(serde_json::Value::Object(sorted.into_iter().collect()))
+    }
 }
 
 /// Where the record of `key` lives.
@@ -98,14 +207,14 @@ pub fn record_key(component: &str, principal: &str, key: &str) -> Key {
 
 /// Runs `op` at most once per (component, principal, key) and request fingerprint.
 ///
-/// `request` is whatever identifies the request (method, path and body); `op` produces the response.
+/// `request` identifies the request ([`Fingerprint::of`] its method, path and body); `op` produces the response.
 pub async fn run<F, Fut>(
     store: &impl Store,
     now: Timestamp,
     component: &str,
     principal: &str,
     key: Option<&str>,
-    request: &[u8],
+    request: Fingerprint,
     op: F,
 ) -> Result<Recorded, IdempotencyError>
 where
@@ -116,8 +225,8 @@ where
         key.filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN && k.bytes().all(|b| b.is_ascii_graphic() || b == b' '));
     let Some(key) = key else { return Err(IdempotencyError::InvalidKey) };
     let rec_key = record_key(component, principal, key);
-    let fingerprint = sha256_hex(request);
-    let fresh = Record { v: 1, request_sha256: fingerprint.clone(), state: State::InFlight { started_at: now } };
+    let request = &request;
+    let fresh = Record::new(request, State::InFlight { started_at: now });
 
     // The record is created (or an abandoned one taken over) by the one writer `update_json` lets through; everyone
     // else settles against what it finds.
@@ -128,10 +237,10 @@ where
             State::InFlight { started_at } => now.secs_since(*started_at) > STALE_AFTER_SECS,
             State::Done { .. } => false,
         };
-        if abandoned && current.request_sha256 == fingerprint {
+        if abandoned && current.is_of(request) {
             Ok(Step::Write(fresh.clone(), None))
         } else {
-            Ok(Step::Keep(Some(settle(Some(current.clone()), &fingerprint))))
+            Ok(Step::Keep(Some(settle(current.clone(), request))))
         }
     })
     .await?;
@@ -141,17 +250,17 @@ where
 
     let response = op().await;
     let state = if response.status >= 500 { State::Failed } else { State::Done { response: response.clone() } };
-    let done = Record { v: 1, request_sha256: fingerprint, state };
+    let done = Record::new(request, state);
     let bytes = serde_json::to_vec(&done).map_err(|e| StoreError::Backend(e.to_string()))?;
     store.set(&rec_key, &bytes).await?;
     Ok(response)
 }
 
 /// The answer for a request that does not own the key.
-fn settle(current: Option<Record>, fingerprint: &str) -> Result<Recorded, IdempotencyError> {
+fn settle(current: Record, request: &Fingerprint) -> Result<Recorded, IdempotencyError> {
     match current {
-        Some(rec) if rec.request_sha256 != fingerprint => Err(IdempotencyError::KeyReused),
-        Some(Record { state: State::Done { response }, .. }) => Ok(response),
+        rec if !rec.is_of(request) => Err(IdempotencyError::KeyReused),
+        Record { state: State::Done { response }, .. } => Ok(response),
         _ => Err(IdempotencyError::InFlight),
     }
 }
@@ -167,6 +276,10 @@ mod tests {
         Timestamp::from_unix_secs(1_700_000_000 + secs)
     }
 
+    fn fp(body: &[u8]) -> Fingerprint {
+        Fingerprint::of("POST /x", body)
+    }
+
     fn ok(body: &str) -> Recorded {
         Recorded { status: 201, content_type: "application/json".into(), body: body.into() }
     }
@@ -176,7 +289,7 @@ mod tests {
         let store = MemStore::default();
         let runs = &Cell::new(0);
         let call = |body: &'static str| {
-            run(&store, t(0), "test", "cust1", Some("k1"), b"POST /x {}", move || {
+            run(&store, t(0), "test", "cust1", Some("k1"), fp(b"{}"), move || {
                 runs.set(runs.get() + 1);
                 async move { ok(body) }
             })
@@ -189,30 +302,32 @@ mod tests {
     #[test]
     fn same_key_with_a_different_request_is_a_conflict() {
         let store = MemStore::default();
-        let first = run(&store, t(0), "test", "c", Some("k"), b"a", || async { ok("a") });
+        let first = run(&store, t(0), "test", "c", Some("k"), fp(b"a"), || async { ok("a") });
         assert!(pollster::block_on(first).is_ok());
-        let second = run(&store, t(1), "test", "c", Some("k"), b"b", || async { ok("b") });
+        let second = run(&store, t(1), "test", "c", Some("k"), fp(b"b"), || async { ok("b") });
         assert_eq!(pollster::block_on(second), Err(IdempotencyError::KeyReused));
     }
 
     #[test]
     fn keys_are_scoped_by_principal() {
         let store = MemStore::default();
-        assert!(pollster::block_on(run(&store, t(0), "test", "alice", Some("k"), b"a", || async { ok("a") })).is_ok());
-        let other = run(&store, t(0), "test", "bob", Some("k"), b"b", || async { ok("b") });
+        assert!(
+            pollster::block_on(run(&store, t(0), "test", "alice", Some("k"), fp(b"a"), || async { ok("a") })).is_ok()
+        );
+        let other = run(&store, t(0), "test", "bob", Some("k"), fp(b"b"), || async { ok("b") });
         assert_eq!(pollster::block_on(other), Ok(ok("b")));
     }
 
     #[test]
     fn a_duplicate_while_the_first_runs_is_in_flight() {
         let store = MemStore::default();
-        let slow = run(&store, t(0), "test", "c", Some("k"), b"a", || async {
+        let slow = run(&store, t(0), "test", "c", Some("k"), fp(b"a"), || async {
             for _ in 0..10 {
                 crate::kv::yield_now().await;
             }
             ok("a")
         });
-        let dup = run(&store, t(0), "test", "c", Some("k"), b"a", || async { ok("dup") });
+        let dup = run(&store, t(0), "test", "c", Some("k"), fp(b"a"), || async { ok("dup") });
         let (first, second) = pollster::block_on(crate::kv::interleave::join2(slow, dup));
         assert_eq!(first, Ok(ok("a")));
         assert_eq!(second, Err(IdempotencyError::InFlight));
@@ -222,16 +337,16 @@ mod tests {
     fn an_abandoned_request_is_taken_over_after_the_stale_window() {
         let store = MemStore::default();
         // The first attempt crashes after writing its record (the op never finishes).
-        let first = run(&store, t(0), "test", "c", Some("k"), b"a", || async {
+        let first = run(&store, t(0), "test", "c", Some("k"), fp(b"a"), || async {
             store.crash_after_write(0);
             ok("never")
         });
         assert!(pollster::block_on(first).is_err(), "the crashed attempt records nothing final");
         store.heal();
 
-        let early = run(&store, t(30), "test", "c", Some("k"), b"a", || async { ok("retry") });
+        let early = run(&store, t(30), "test", "c", Some("k"), fp(b"a"), || async { ok("retry") });
         assert_eq!(pollster::block_on(early), Err(IdempotencyError::InFlight));
-        let late = run(&store, t(61), "test", "c", Some("k"), b"a", || async { ok("retry") });
+        let late = run(&store, t(61), "test", "c", Some("k"), fp(b"a"), || async { ok("retry") });
         assert_eq!(pollster::block_on(late), Ok(ok("retry")));
     }
 
@@ -239,9 +354,9 @@ mod tests {
     fn server_errors_are_not_final() {
         let store = MemStore::default();
         let failed = Recorded { status: 503, content_type: "application/problem+json".into(), body: "{}".into() };
-        let first = run(&store, t(0), "test", "c", Some("k"), b"a", || async { failed.clone() });
+        let first = run(&store, t(0), "test", "c", Some("k"), fp(b"a"), || async { failed.clone() });
         assert_eq!(pollster::block_on(first).map(|r| r.status), Ok(503));
-        let retry = run(&store, t(1), "test", "c", Some("k"), b"a", || async { ok("fine") });
+        let retry = run(&store, t(1), "test", "c", Some("k"), fp(b"a"), || async { ok("fine") });
         assert_eq!(pollster::block_on(retry), Ok(ok("fine")));
     }
 
@@ -249,11 +364,89 @@ mod tests {
     fn missing_or_oversized_keys_are_rejected() {
         let store = MemStore::default();
         for key in [None, Some(""), Some("bad\nkey")] {
-            let r = run(&store, t(0), "test", "c", key, b"a", || async { ok("a") });
+            let r = run(&store, t(0), "test", "c", key, fp(b"a"), || async { ok("a") });
             assert_eq!(pollster::block_on(r), Err(IdempotencyError::InvalidKey));
         }
         let long = "k".repeat(MAX_KEY_LEN + 1);
-        let r = run(&store, t(0), "test", "c", Some(&long), b"a", || async { ok("a") });
+        let r = run(&store, t(0), "test", "c", Some(&long), fp(b"a"), || async { ok("a") });
         assert_eq!(pollster::block_on(r), Err(IdempotencyError::InvalidKey));
+    }
+
+    #[test]
+    fn the_same_json_serialised_differently_is_the_same_request() {
+        let store = MemStore::default();
+        let body = br#"{"card_id":"cd_1","amount_fen":1000,"pay_with":"other","meta":{"b":[1,2.5,null],"a":true}}"#;
+        let first = run(&store, t(0), "test", "c", Some("k"), fp(body), || async { ok("first") });
+        assert_eq!(pollster::block_on(first), Ok(ok("first")));
+        let same = [
+            &br#" { "pay_with" : "other", "meta": {"a": true, "b": [1, 2.5, null]},
+                    "amount_fen": 1000, "card_id": "cd_1" } "#[..],
+            &br#"{"meta":{"a":true,"b":[1,2.5,null]},"card_id":"cd_1","pay_with":"other","amount_fen":1000}"#[..],
+        ];
+        for body in same {
+            let again = run(&store, t(1), "test", "c", Some("k"), fp(body), || async { ok("second") });
+            assert_eq!(pollster::block_on(again), Ok(ok("first")), "{}", String::from_utf8_lossy(body));
+        }
+        let different = [
+            &br#"{"card_id":"cd_1","amount_fen":2000,"pay_with":"other","meta":{"b":[1,2.5,null],"a":true}}"#[..],
+            &br#"{"card_id":"cd_1","amount_fen":1000,"pay_with":"other","meta":{"b":[2.5,1,null],"a":true}}"#[..],
+            &br#"{"card_id":"cd_1","amount_fen":1000.0,"pay_with":"other","meta":{"b":[1,2.5,null],"a":true}}"#[..],
+            &br#"{"card_id":"cd_1","amount_fen":1000,"pay_with":"other"}"#[..],
+        ];
+        for body in different {
+            let again = run(&store, t(1), "test", "c", Some("k"), fp(body), || async { ok("other") });
+            assert_eq!(
+                pollster::block_on(again),
+                Err(IdempotencyError::KeyReused),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // Another path is another request, whatever the body.
+        let elsewhere = Fingerprint::of("POST /y", body);
+        let moved = run(&store, t(1), "test", "c", Some("k"), elsewhere, || async { ok("other") });
+        assert_eq!(pollster::block_on(moved), Err(IdempotencyError::KeyReused));
+    }
+
+    #[test]
+    fn bodies_that_are_not_plain_json_compare_as_bytes() {
+        assert_eq!(canonical_json(br#"{"a":1,"a":2}"#), None, "a repeated key");
+        assert_eq!(canonical_json(b"{\"a\":1} {}"), None, "two values");
+        assert_eq!(canonical_json(b"not json"), None);
+        assert_eq!(canonical_json(b""), None);
+        assert_eq!(fp(br#"{"a":1,"a":2}"#).params, fp(br#"{"a":1,"a":2}"#).raw);
+        assert_ne!(fp(br#"{"a":1,"a":2}"#), fp(br#"{"a":2}"#));
+        assert_ne!(fp(br#"{"a":1, "a":2}"#), fp(br#"{"a":1,"a":2}"#));
+        let canonical = "{\"a\":[],\"b\":{\"c\":\"é\",\"d\":1}}";
+        assert_eq!(canonical_json(br#" {"b":{"d":1,"c":"\u00e9"},"a":[]} "#).as_deref(), Some(canonical.as_bytes()));
+    }
+
+    #[test]
+    fn a_record_written_before_parameters_were_compared_is_still_recognised() {
+        let store = MemStore::default();
+        let body = br#"{"quote_id":"q_1"}"#;
+        // What the previous version stored: the hash of method, path and raw body, and no `params_sha256`.
+        let legacy = serde_json::json!({
+            "v": 1,
+            "request_sha256": sha256_hex(b"POST /x\n{\"quote_id\":\"q_1\"}"),
+            "state": "done",
+            "response": {"status": 201, "content_type": "application/json", "body": "first"},
+        });
+        let key = record_key("test", "c", "k");
+        pollster::block_on(store.set(&key, &serde_json::to_vec(&legacy).expect("json"))).expect("set");
+        let replay = run(&store, t(1), "test", "c", Some("k"), fp(body), || async { ok("second") });
+        assert_eq!(pollster::block_on(replay), Ok(ok("first")));
+        let other = run(&store, t(1), "test", "c", Some("k"), fp(br#"{"quote_id":"q_2"}"#), || async { ok("x") });
+        assert_eq!(pollster::block_on(other), Err(IdempotencyError::KeyReused));
+        // An abandoned legacy record of the same request is taken over and completed in the new form.
+        let in_flight = serde_json::json!({"v": 1, "request_sha256": fp(body).raw, "state": "in_flight",
+                                           "started_at": t(0)});
+        let key2 = record_key("test", "c", "k2");
+        pollster::block_on(store.set(&key2, &serde_json::to_vec(&in_flight).expect("json"))).expect("set");
+        let retried = run(&store, t(120), "test", "c", Some("k2"), fp(body), || async { ok("retried") });
+        assert_eq!(pollster::block_on(retried), Ok(ok("retried")));
+        let reformatted =
+            run(&store, t(121), "test", "c", Some("k2"), fp(br#"{ "quote_id": "q_1" }"#), || async { ok("never") });
+        assert_eq!(pollster::block_on(reformatted), Ok(ok("retried")));
     }
 }

@@ -441,9 +441,9 @@ where
     Fut: std::future::Future<Output = Response>,
 {
     let key = header(req, "idempotency-key");
-    let mut fingerprint = format!("{} {}\n", req.method(), req.uri().path()).into_bytes();
-    fingerprint.extend_from_slice(body);
-    let recorded = scenefin_core::idempotency::run(store, now, component, principal, key, &fingerprint, || async {
+    let target = format!("{} {}", req.method(), req.uri().path());
+    let fingerprint = scenefin_core::idempotency::Fingerprint::of(&target, body);
+    let recorded = scenefin_core::idempotency::run(store, now, component, principal, key, fingerprint, || async {
         let res = op().await;
         let status = res.status().as_u16();
         let content_type = res

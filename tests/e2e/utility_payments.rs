@@ -349,6 +349,70 @@ async fn billers_of_every_category_the_brief_and_the_spec_list_are_accepted_and_
     app.host.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_without_valid_credentials_does_not_tell_whether_the_order_exists() {
+    let app = TestApp::spawn().await.expect("app");
+    let w = register(&app, water(100_000)).await;
+    let upload = json!({"bills": [
+        {"bill_id": "R-1", "account_no": "1122334455", "period": "2026-10", "amount_fen": 5000, "due_date": "2026-11-30", "holder_name": "赵六"}
+    ]});
+    let up = app
+        .partner(&w.partner_id, &w.secret, "PUT", &format!("/api/utility/billers/{}/bills", w.id), Some(&upload))
+        .await;
+    assert_eq!(up.status, 200, "{:?}", up.body);
+    let token = customer(&app, "wx_refund_probe").await;
+    let q = app
+        .send(
+            "POST",
+            "/api/utility/quotes",
+            Some(
+                &json!({"biller_id": "sz_water", "account_no": "1122334455", "bill_ids": ["R-1"], "pay_with": "other"}),
+            ),
+            Some(&token),
+        )
+        .await;
+    assert_eq!(q.status, 201, "{:?}", q.body);
+    let placed = order(&app, &token, q.body["quote_id"].as_str().expect("quote id"), "probe-order").await;
+    assert_eq!(placed.status, 201, "{:?}", placed.body);
+    let real = placed.body["order"]["order_id"].as_str().expect("order id").to_owned();
+    // A made-up id of the same shape.
+    let made_up = format!("{}{}", &real[..real.len() - 1], if real.ends_with('0') { '1' } else { '0' });
+
+    // The credentials of each attempt, for a refund path.
+    let credentials = |how: &str, refund: &str| {
+        let mut headers = match how {
+            "none" => Vec::new(),
+            "a customer's session" => vec![("authorization".to_owned(), format!("Bearer {token}"))],
+            "a wrong operator token" => vec![("authorization".to_owned(), "Bearer not-the-operator-token".to_owned())],
+            _ => {
+                let mut signed = app.partner_headers(&w.partner_id, &w.secret, "POST", refund, b"");
+                signed.retain(|(k, _)| k != "x-signature");
+                signed.push(("x-signature".to_owned(), "0".repeat(64)));
+                signed
+            }
+        };
+        headers.push(("idempotency-key".to_owned(), "probe-refund".to_owned()));
+        headers
+    };
+    for prefix in ["/api/utility/orders", "/api/property/orders"] {
+        for how in ["none", "a customer's session", "a wrong operator token", "a wrong partner signature"] {
+            let (existing, unknown) = (format!("{prefix}/{real}/refund"), format!("{prefix}/{made_up}/refund"));
+            let a = app.send_raw("POST", &existing, Vec::new(), &credentials(how, &existing)).await;
+            let b = app.send_raw("POST", &unknown, Vec::new(), &credentials(how, &unknown)).await;
+            assert_eq!(a.status, 401, "{existing} with {how}: {:?}", a.body);
+            assert!(a.content_type.starts_with("application/problem+json"), "{}", a.content_type);
+            assert_eq!(
+                (a.status, &a.body["code"], &a.body["detail"]),
+                (b.status, &b.body["code"], &b.body["detail"]),
+                "{prefix} refund with {how}: an existing and a made-up order answer alike"
+            );
+        }
+    }
+    let receipt = app.send("GET", &format!("/api/utility/orders/{real}"), None, Some(&token)).await;
+    assert_eq!(receipt.body["state"], "pending_payment", "{:?}", receipt.body);
+    app.host.shutdown().await;
+}
+
 /// A merchant-coupons campaign that lets utility quotes use its coupons.
 async fn utility_coupon_campaign(app: &TestApp) {
     let merchant = json!({"merchant_id": "sz_grid_shop", "name": "Grid Shop", "district": "futian",

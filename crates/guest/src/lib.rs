@@ -374,12 +374,50 @@ pub async fn operator_or_partner<B>(
     body: &[u8],
     now: Timestamp,
 ) -> Result<String, Response> {
-    if is_operator(req).await {
-        return Ok("operator".into());
+    let caller = require_operator_or_partner(req, store, owner, body, now).await?;
+    caller.require(resource_id)?;
+    Ok(caller.id().to_owned())
+}
+
+/// Who an operator-or-partner call comes from: authenticated, not yet checked against a resource (for routes that
+/// must read something to learn its resource, and must not read anything before authenticating).
+pub enum Caller {
+    /// The operator.
+    Operator,
+    /// A partner, through a signed request.
+    Partner(scenefin_core::partners::Partner),
+}
+
+impl Caller {
+    /// `operator` or the partner id.
+    pub fn id(&self) -> &str {
+        match self {
+            Caller::Operator => "operator",
+            Caller::Partner(p) => &p.partner_id,
+        }
     }
-    let partner = require_partner(req, store, owner, body, now).await?;
-    partner.require(resource_id).or_problem()?;
-    Ok(partner.partner_id)
+
+    /// Refuses a partner acting on a resource that is not its own (the operator acts on any).
+    pub fn require(&self, resource_id: &str) -> Result<(), Response> {
+        match self {
+            Caller::Operator => Ok(()),
+            Caller::Partner(p) => p.require(resource_id).or_problem(),
+        }
+    }
+}
+
+/// The operator, or a partner through a signed request (signature, timestamp window and nonce checked).
+pub async fn require_operator_or_partner<B>(
+    req: &http::Request<B>,
+    store: &SpinStore,
+    owner: &str,
+    body: &[u8],
+    now: Timestamp,
+) -> Result<Caller, Response> {
+    if is_operator(req).await {
+        return Ok(Caller::Operator);
+    }
+    Ok(Caller::Partner(require_partner(req, store, owner, body, now).await?))
 }
 
 /// A signed partner request's partner (signature, timestamp window and nonce checked).

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::{
     OrProblem, Request, Response, Route, SpinStore, bank_card_bins, idempotent, json, json_response, lifecycle_rules,
-    operator_or_partner, problem, request_time, require_customer, split, verify_gateway,
+    problem, request_time, require_customer, require_operator_or_partner, split, verify_gateway,
 };
 
 type Handled = Result<Response, Response>;
@@ -179,6 +179,8 @@ pub async fn notify<E: Problem>(
 }
 
 /// `POST …/orders/{id}/refund` with `Idempotency-Key`, by the operator or the order's partner (`resource_of`).
+/// The caller is authenticated before the order is read, so a caller without valid credentials learns nothing
+/// about which orders exist.
 pub async fn refund<E: Problem>(
     req: Request,
     owner: &str,
@@ -189,9 +191,10 @@ pub async fn refund<E: Problem>(
     let now = request_time(&req).await?;
     let store = SpinStore::open_default().or_problem()?;
     let (head, bytes) = split(req, DEFAULT_LIMIT_BYTES).await?;
+    let caller = require_operator_or_partner(&head, &store, owner, &bytes, now).await?;
     let order = orders::get_order(&store, owner, id, now).await.or_problem()?;
-    let resource = resource_of(&order).unwrap_or_default();
-    let by = operator_or_partner(&head, &store, owner, &resource, &bytes, now).await?;
+    caller.require(&resource_of(&order).unwrap_or_default())?;
+    let by = caller.id().to_owned();
     let rules = lifecycle_rules().await;
     idempotent(&store, &head, owner, &by, &bytes, now, async || match refund(&store, id, &by, &rules, now).await {
         Ok(order) => json_response(200, &OrderView::from(&order)),

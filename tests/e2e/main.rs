@@ -10,6 +10,7 @@ mod faults;
 mod hostile;
 mod insights;
 mod kv_ops;
+mod ledger_check;
 mod merchant_coupons;
 mod openapi;
 mod property_fees;

@@ -9,7 +9,7 @@
 //! | GET | `/api/ops/lifecycle?from=&to=` | customers per stored stage now, stage transitions in the days |
 //! | GET | `/api/ops/channels?from=&to=` | per channel code: visits, registrations, activations; grouped by branch and by staff |
 //! | GET | `/api/ops/campaigns` | every coupon campaign, referral program and scenario budget: issued, redeemed, spent, reserved, left, progress |
-//! | GET | `/api/ops/ledger/check?from=YYYY-MM-DD&to=YYYY-MM-DD` | recomputes every posting of those days (default: the last 31) and compares account balances |
+//! | GET | `/api/ops/ledger/check?from=YYYY-MM-DD&to=YYYY-MM-DD` | checks the postings of those days (default: the last 31) against the daily checkpoints (opening + postings = closing) and today's balances against the stored ones, exact for any age of the ledger |
 
 use http::Method;
 use scenefin_core::clock::Timestamp;
@@ -23,7 +23,8 @@ use spin_sdk::http_service;
 
 type Handled = Result<Response, Response>;
 
-/// Longest range a check covers.
+/// Longest range a check lists postings of. The check itself stays exact for any age: what lies before the range
+/// comes from the ledger's daily checkpoints.
 const MAX_DAYS: i64 = 366;
 
 #[http_service]
@@ -109,8 +110,10 @@ async fn ledger_check(req: &Request, route: &Route) -> Handled {
             format!("from must be on or before to, at most {MAX_DAYS} days apart"),
         )));
     }
-    let days: Vec<u32> = (0..=span).map(|i| from.plus_days(i).shanghai_day()).collect();
+    if to.shanghai_day_number() > now.shanghai_day_number() + 1 {
+        return Err(problem(&ApiError::validation("to", "to must not be after tomorrow")));
+    }
     let store = SpinStore::open_default().or_problem()?;
-    let report = ledger::check(&store, &days).await.or_problem()?;
+    let report = ledger::check_range(&store, from, to, now).await.or_problem()?;
     Ok(json_response(200, &report))
 }

@@ -15,6 +15,10 @@
 //!   in the same CAS as the amount: that is what makes application exactly-once.
 //! - `ledger:svq:{account}`: a stored-value account's queue (a log), where its lines wait when its one balance
 //!   document is contended, until a waiter folds them all in one CAS (see [`apply_stored_value`]).
+//! - `ledger:checkpoint:{yyyymmdd}`: a closed day (its index's slot counts, its net movement per account and, on a
+//!   month's last day, every closing balance), and `ledger:checkpoint:head`: the first posting's day, the last
+//!   closed day, the closer's lease. Built by [`check_range`] (see [`close_days`] and `note_day`), so a check of
+//!   any range is exact however old the ledger is, and costs the days since the last checkpoint, not all history.
 //!
 //! Invariants:
 //! 1. Every stored posting balances (its lines sum to zero), so the balances of all accounts sum to zero.
@@ -24,13 +28,15 @@
 //!    alone, so its whole balance is one document and the check is part of the CAS that applies its line. The rule
 //!    follows from the name, so no caller can post to such an account without it.
 //!
-//! `post` is a chain of idempotent steps (record, index, register accounts, apply lines, mark applied), so re-running
-//! it after a failure at any point completes the posting without applying anything twice. That holds only while the
-//! posting's id is still in the `recent` window (the newest 1000 postings of the shard): a posting left
-//! `pending` by a crash must be retried before a thousand more postings land on the same account shard. [`check`]
-//! lists pending postings as `unapplied`.
+//! `post` is a chain of idempotent steps (record, index, reopen the day if closed, register accounts, apply lines,
+//! mark applied), so re-running it after a failure at any point completes the posting without applying anything
+//! twice. That holds only while the posting's id is still in the `recent` window (the newest 1000 postings of the
+//! shard): a posting left `pending` by a crash must be retried before a thousand more postings land on the same
+//! account shard. [`check_range`] lists pending postings as `unapplied`, and no day is closed into a checkpoint
+//! while it has one.
 //!
-//! Documents are created and updated with [`crate::kv::update_json`], whose creation survives a crash at any point.
+//! Documents are created and updated with [`crate::kv::update_json`], whose creation survives a crash at any point;
+//! checkpoints are the exception, written with a plain `set` by the one closer holding the head's lease.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -39,8 +45,8 @@ use serde::{Deserialize, Serialize};
 use crate::clock::Timestamp;
 use crate::ids::hash_key_part;
 use crate::kv::{
-    Key, Retries, Step, Store, StoreError, Tried, decode_doc, get_all, log_counter_key, log_slot_key, put_json,
-    read_counter, try_update_json, update_json as update_doc,
+    Key, Retries, Step, Store, StoreError, Tried, decode_counter, decode_doc, get_all, get_json, log_counter_key,
+    log_slot_key, put_json, read_counter, try_update_json, update_json as update_doc,
 };
 use crate::problem::{ErrorKind, Problem};
 
@@ -107,21 +113,45 @@ pub struct AccountCheck {
     pub account: String,
     /// Its balance as stored (sum of its shards).
     pub stored_fen: i64,
-    /// The sum of its lines in the applied postings checked.
+    /// Its balance recomputed: the last checkpoint's closing balance plus its lines in the applied postings since.
     pub recomputed_fen: i64,
+    /// Its closing balance on the day before the range (its opening balance).
+    pub opening_fen: i64,
+    /// The sum of its lines in the range's applied postings.
+    pub movement_fen: i64,
 }
 
-/// The result of [`check`].
+/// The result of [`check_range`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CheckReport {
     /// No discrepancy found.
     pub balanced: bool,
-    /// Postings listed in the day indexes checked.
+    /// The range's first day, `YYYY-MM-DD`.
+    pub from: String,
+    /// The range's last day, `YYYY-MM-DD`.
+    pub to: String,
+    /// Postings listed in the day indexes of the range.
     pub postings: usize,
+    /// The last day closed into a checkpoint (`YYYY-MM-DD`), if any: the days after it are recomputed from their
+    /// postings by every check until they are closed.
+    pub closed_through: Option<String>,
+    /// Days this check closed.
+    pub days_closed: usize,
+    /// The latest days reopened because a posting arrived for them after they were closed (newest last).
+    pub reopened: Vec<Reopened>,
     /// Every registered or touched account, with stored and recomputed balances.
     pub accounts: Vec<AccountCheck>,
     /// What is wrong, one sentence each.
     pub discrepancies: Vec<String>,
+}
+
+/// A closed day something landed in after it was closed: it and every later day are closed again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reopened {
+    /// The day, `YYYY-MM-DD`.
+    pub day: String,
+    /// The late posting; `None` when the day's index changed while it was being closed.
+    pub posting_id: Option<String>,
 }
 
 /// Why a posting was not applied.
@@ -258,70 +288,168 @@ pub async fn posting(store: &impl Store, id: &str) -> Result<Option<Posting>, Le
     Ok(doc.map(|d| d.posting))
 }
 
-/// Audits the postings of the given Shanghai days (`yyyymmdd`) against the stored balances.
+/// Audits the ledger over the Shanghai days `from` to `to`, as of `now`: exact whatever the ledger's age, at the
+/// cost of the days since the last checkpoint.
 ///
-/// Verifies that every listed posting exists, balances and is `applied` (a `pending` one is reported `unapplied`:
-/// re-running `post` completes it), that each account's stored balance equals the sum of its lines in the applied
-/// postings, and that the stored balances of all registered accounts sum to zero.
+/// First closes what is due: every day from go-live to `now`'s day `-` [`SETTLE_DAYS`] `- 1` gets a checkpoint
+/// holding its net movements (and, on a month's last day, every closing balance), built once and reused.
+/// Then it compares like with like:
+/// - every posting listed in the range exists, balances and is `applied` (a `pending` one is reported `unapplied`:
+///   re-running `post` completes it); `postings` counts them;
+/// - per account, the opening balance of the range (the closing of the day before, from the checkpoints and the
+///   postings of the days not closed yet) plus the range's applied postings equals the closing of the range's last
+///   day as the checkpoints recorded it, when that day is closed;
+/// - per account, the closing balance today (the last checkpoint plus every applied posting of the days since, up
+///   to tomorrow for clock skew) equals the stored balance, and the stored balances of all accounts sum to zero.
 ///
-/// Balances hold every posting ever applied, so the comparison is only meaningful when `days` covers every day
-/// since go-live: that call is the full proof of the ledger. A shorter list reports accounts with older postings
-/// as mismatched.
+/// So the default check of the last month is as exact as a recomputation from go-live, and a full audit from
+/// go-live is a sequence of ranges, each checked against the same chain. A posting that lands in a closed day (a
+/// late one) reopens that day when it is posted (see `post`), so the next check closes it again; reopened days are
+/// listed in the report.
+///
+/// Closing writes (one checkpoint per day, the head twice), at most 366 days per call (the next call goes on, and
+/// checks stay exact meanwhile), by one caller at a time (a lease in the head), and never past a day with a posting
+/// that is not final. `from` after `to` is [`LedgerError::Invalid`].
+pub async fn check_range(
+    store: &impl Store,
+    from: Timestamp,
+    to: Timestamp,
+    now: Timestamp,
+) -> Result<CheckReport, LedgerError> {
+    check_days(store, from.shanghai_day_number(), to.shanghai_day_number(), now.shanghai_day_number()).await
+}
+
+/// [`check_range`] over the span of `days` (`yyyymmdd`: from the earliest to the latest), as of the latest.
 pub async fn check(store: &impl Store, days: &[u32]) -> Result<CheckReport, LedgerError> {
+    let numbers = days
+        .iter()
+        .map(|day| number_of(*day).ok_or_else(|| LedgerError::Invalid(format!("{day} is not a yyyymmdd date"))))
+        .collect::<Result<Vec<i64>, _>>()?;
+    let (Some(&from), Some(&to)) = (numbers.iter().min(), numbers.iter().max()) else {
+        return Err(LedgerError::Invalid("a check needs at least one day".into()));
+    };
+    check_days(store, from, to, to).await
+}
+
+/// [`check_range`] over Shanghai day numbers.
+async fn check_days(store: &impl Store, from: i64, to: i64, today: i64) -> Result<CheckReport, LedgerError> {
+    if from > to {
+        return Err(LedgerError::Invalid("from must be on or before to".into()));
+    }
+    let chain = close_days(store, today).await?;
+    // Without a head nothing was ever posted (or only before checkpoints existed): nothing before `from` is known.
+    let (genesis, through) = match &chain.head {
+        Some(head) => head_bounds(head)?,
+        None => (from, from - 1),
+    };
+    let end = today.max(to) + AHEAD_DAYS;
+    let numbers: BTreeSet<i64> = (from..=to).chain(through + 1..=end).collect();
+    let numbers: Vec<i64> = numbers.into_iter().collect();
+    let days: Vec<u32> = numbers.iter().map(|n| day_of(*n)).collect();
+    let reads = read_days(store, &days).await?;
+
     let mut discrepancies = Vec::new();
-
-    let index_keys: Vec<Key> = days.iter().flat_map(|day| SHARDS.iter().map(move |s| day_index_key(*day, s))).collect();
-    let ids: BTreeSet<String> = crate::kv::read_logs(store, &index_keys).await?.into_iter().flatten().collect();
-
-    let ids: Vec<String> = ids.into_iter().collect();
-    let posting_keys: Vec<Key> = ids.iter().map(|id| posting_key(id)).collect();
-    let mut recomputed: BTreeMap<String, i128> = BTreeMap::new();
-    for ((id, key), raw) in ids.iter().zip(&posting_keys).zip(get_all(store, &posting_keys).await?) {
-        let Some(doc) = decode_doc::<PostingDoc>(key, raw.as_deref())? else {
-            discrepancies.push(format!("posting {id} is listed in a day index but missing"));
-            continue;
-        };
-        if let Err(e) = validate(&doc.posting) {
-            discrepancies.push(format!("posting {id} is malformed: {e}"));
-            continue;
+    let mut postings = 0;
+    let mut touched: BTreeSet<String> = BTreeSet::new();
+    let mut moved_by_day: BTreeMap<i64, Balances> = BTreeMap::new();
+    for (number, read) in numbers.iter().zip(&reads) {
+        if (from..=to).contains(number) {
+            postings += read.postings.len();
         }
-        match doc.state {
-            State::Applied => {
-                for line in &doc.posting.lines {
-                    *recomputed.entry(line.account.clone()).or_default() += i128::from(line.amount_fen);
+        for (id, listed) in &read.postings {
+            match listed {
+                Listed::Applied(lines) => {
+                    touched.extend(lines.keys().cloned());
+                    add(moved_by_day.entry(*number).or_default(), lines);
                 }
+                Listed::Pending => discrepancies.push(format!("unapplied: posting {id} is still pending")),
+                Listed::Missing => discrepancies.push(format!("posting {id} is listed in a day index but missing")),
+                Listed::Malformed(e) => discrepancies.push(format!("posting {id} is malformed: {e}")),
+                // A rejected posting applied nothing: its stored-value line was refused before any other line.
+                Listed::Rejected => {}
             }
-            State::Pending => discrepancies.push(format!("unapplied: posting {id} is still pending")),
-            // A rejected posting applied nothing: its stored-value line was refused before any other line.
-            State::Rejected => {}
         }
     }
-    // Paired with the assertion in `post`: postings that validate sum to zero, so their lines do too.
-    debug_assert_eq!(recomputed.values().sum::<i128>(), 0, "applied postings must sum to zero");
+    let moved_over = |days: std::ops::RangeInclusive<i64>| {
+        let mut sum = Balances::new();
+        for moved in moved_by_day.range(days).map(|(_, moved)| moved) {
+            add(&mut sum, moved);
+        }
+        sum
+    };
+
+    let last_closed = closing_at(store, genesis, through).await?;
+    let mut now_balances = last_closed.clone();
+    add(&mut now_balances, &moved_over(through + 1..=end));
+    let mut opening =
+        if from - 1 <= through { closing_at(store, genesis, from - 1).await? } else { last_closed.clone() };
+    if from - 1 > through {
+        add(&mut opening, &moved_over(through + 1..=from - 1));
+    }
+    let movement = moved_over(from..=to);
+    // Paired with the assertion in `post`: applied postings balance, so the range's movements do too.
+    debug_assert_eq!(movement.values().sum::<i128>(), 0, "applied postings must sum to zero");
+    if to <= through {
+        let closing = closing_at(store, genesis, to).await?;
+        let names: BTreeSet<&String> = closing.keys().chain(opening.keys()).chain(movement.keys()).collect();
+        for account in names {
+            let (o, m) = (fen(&opening, account), fen(&movement, account));
+            let c = fen(&closing, account);
+            if o + m != c {
+                discrepancies.push(format!(
+                    "account {account}: its checkpoint closes {} at {c} fen, but its opening {o} plus the range's \
+                     postings {m} make {}",
+                    iso(day_of(to)),
+                    o + m
+                ));
+            }
+        }
+    }
 
     let registered = registered_accounts(store).await?;
-    for account in recomputed.keys().filter(|a| !registered.contains(*a)) {
+    for account in touched.iter().filter(|a| !registered.contains(*a)) {
         discrepancies.push(format!("account {account} has applied postings but is not in the account index"));
     }
-    let names: Vec<String> = registered.union(&recomputed.keys().cloned().collect()).cloned().collect();
+    let names: BTreeSet<String> = registered
+        .into_iter()
+        .chain(now_balances.keys().cloned())
+        .chain(opening.keys().cloned())
+        .chain(movement.keys().cloned())
+        .collect();
+    let names: Vec<String> = names.into_iter().collect();
     let stored = balances(store, &names).await?;
     let mut accounts = Vec::with_capacity(names.len());
     let mut total: i128 = 0;
     for (account, stored_fen) in names.into_iter().zip(stored) {
-        let recomputed_fen = recomputed.get(&account).copied().unwrap_or(0);
-        if i128::from(stored_fen) != recomputed_fen {
-            discrepancies.push(format!("account {account}: stored {stored_fen} fen, postings sum to {recomputed_fen}"));
+        let recomputed = fen(&now_balances, &account);
+        if i128::from(stored_fen) != recomputed {
+            discrepancies.push(format!("account {account}: stored {stored_fen} fen, postings sum to {recomputed}"));
         }
         total += i128::from(stored_fen);
-        let recomputed_fen =
-            i64::try_from(recomputed_fen).unwrap_or(if recomputed_fen < 0 { i64::MIN } else { i64::MAX });
-        accounts.push(AccountCheck { account, stored_fen, recomputed_fen });
+        accounts.push(AccountCheck {
+            stored_fen,
+            recomputed_fen: clamp(recomputed),
+            opening_fen: clamp(fen(&opening, &account)),
+            movement_fen: clamp(fen(&movement, &account)),
+            account,
+        });
     }
     if total != 0 {
         discrepancies.push(format!("stored balances of all accounts sum to {total} fen, not zero"));
     }
 
-    Ok(CheckReport { balanced: discrepancies.is_empty(), postings: ids.len(), accounts, discrepancies })
+    let head = chain.head.as_ref();
+    Ok(CheckReport {
+        balanced: discrepancies.is_empty(),
+        from: iso(day_of(from)),
+        to: iso(day_of(to)),
+        postings,
+        closed_through: head.filter(|h| h.through != 0).map(|h| iso(h.through)),
+        days_closed: chain.closed_now,
+        reopened: head.map(|h| h.reopened.clone()).unwrap_or_default(),
+        accounts,
+        discrepancies,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -495,8 +623,10 @@ async fn post_inner(store: &impl Store, posting: &Posting) -> Result<PostOutcome
     let id = stored.id.as_str();
 
     // 2. List it in its day index, so `check` can find it.
-    let day_key = day_index_key(stored.at.shanghai_day(), shard_of(id));
-    crate::kv::append_to_log(store, &day_key, id).await?;
+    let day = stored.at.shanghai_day();
+    crate::kv::append_to_log(store, &day_index_key(day, shard_of(id)), id).await?;
+    // 2b. A posting listed in a day that is already closed reopens it (after listing it, see `note_day`).
+    note_day(store, day, id).await?;
 
     // 3. Register the accounts before touching their balances, so `check` sees every account that has one.
     let nets = nets(&stored.lines)?;
@@ -780,6 +910,438 @@ async fn registered_accounts(store: &impl Store) -> Result<BTreeSet<String>, Led
         }
     }
     Ok(accounts)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Checkpoints: the chain of closed days
+
+/// Full days a Shanghai day stays open after it ends before a check closes it: postings dated that day may still
+/// arrive (a gateway's late notification, a retried request) without reopening anything.
+pub const SETTLE_DAYS: i64 = 2;
+/// Days after today a check still reads, for postings dated a little ahead (clock skew between callers).
+const AHEAD_DAYS: i64 = 1;
+/// Most days one check closes: the next check goes on from there, and checks stay exact meanwhile.
+const CLOSE_MAX_DAYS: i64 = 366;
+/// How many reopened days the head remembers.
+const REOPENED_KEPT: usize = 20;
+const MS_PER_DAY: i64 = 86_400_000;
+
+/// Balances or movements per account, in `i128` so that sums cannot overflow.
+type Balances = BTreeMap<String, i128>;
+
+/// `ledger:checkpoint:head`: where the chain of closed days starts and ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Head {
+    v: u32,
+    /// The earliest day any posting is listed in (`yyyymmdd`).
+    genesis: u32,
+    /// The last closed day (`yyyymmdd`), 0 for none: every day from `genesis` to it has a valid checkpoint.
+    #[serde(default)]
+    through: u32,
+    /// Bumped whenever the chain is cut back, so a closer that started from an older head never extends it.
+    #[serde(default)]
+    epoch: u64,
+    /// The closer at work: only the lease holder writes checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lease: Option<Lease>,
+    /// The latest days reopened, newest last, at most [`REOPENED_KEPT`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    reopened: Vec<Reopened>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Lease {
+    token: String,
+    /// When it was taken, Unix seconds by the real clock.
+    since: i64,
+}
+
+/// `ledger:checkpoint:{yyyymmdd}`: a closed day. Written only by the lease holder, and valid while the day is at
+/// or before the head's `through`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Checkpoint {
+    v: u32,
+    day: u32,
+    /// The slots taken in each of the day's 16 index shards when it was closed.
+    counts: Vec<i64>,
+    /// Slots taken but still empty then (`[shard, slot]`): a posting being listed at that moment, or one whose
+    /// writer died before listing it (it lists it again under a new slot when retried).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    empty: Vec<(usize, i64)>,
+    /// The day's applied postings.
+    postings: usize,
+    /// The day's net movement of every account that moved.
+    moved: BTreeMap<String, i64>,
+    /// Every non-zero closing balance, on the last day of a month only: another day's closing balances are the
+    /// month before's plus the movements since, so a lookup reads at most 32 checkpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    closing: Option<BTreeMap<String, i64>>,
+}
+
+/// An entry of a day index: the log entry of [`crate::kv::append_to_log`] (`{"v":1,"id":…}`).
+#[derive(Deserialize)]
+struct Listing {
+    id: String,
+}
+
+/// A posting listed in a day index, as read.
+enum Listed {
+    /// Applied: its net amount per account.
+    Applied(Balances),
+    Rejected,
+    Pending,
+    Missing,
+    Malformed(String),
+}
+
+/// One day's index as read.
+struct DayRead {
+    day: u32,
+    /// The slots taken in each shard.
+    counts: Vec<i64>,
+    /// Slots taken but empty (`[shard, slot]`).
+    empty: Vec<(usize, i64)>,
+    /// Each listed posting once.
+    postings: Vec<(String, Listed)>,
+}
+
+/// What [`close_days`] left.
+struct Chain {
+    /// The head after closing (`None`: nothing was ever posted).
+    head: Option<Head>,
+    /// Days closed by this call.
+    closed_now: usize,
+}
+
+fn head_key() -> Key {
+    Key::new(&["ledger", "checkpoint", "head"])
+}
+
+fn checkpoint_key(day: u32) -> Key {
+    Key::new(&["ledger", "checkpoint", &day.to_string()])
+}
+
+/// `yyyymmdd` of a Shanghai day number.
+fn day_of(number: i64) -> u32 {
+    Timestamp::from_unix_ms(number.saturating_mul(MS_PER_DAY)).shanghai_day()
+}
+
+/// The Shanghai day number of `yyyymmdd`, if that is a date.
+fn number_of(day: u32) -> Option<i64> {
+    let (y, m, d) = (day / 10_000, day / 100 % 100, day % 100);
+    let number = Timestamp::parse_rfc3339(&format!("{y:04}-{m:02}-{d:02}T12:00:00+08:00")).ok()?.shanghai_day_number();
+    (day_of(number) == day).then_some(number)
+}
+
+/// `YYYY-MM-DD` of `yyyymmdd`.
+fn iso(day: u32) -> String {
+    format!("{:04}-{:02}-{:02}", day / 10_000, day / 100 % 100, day % 100)
+}
+
+fn is_month_end(number: i64) -> bool {
+    day_of(number + 1) % 100 == 1
+}
+
+fn corrupt(key: &Key, detail: &str) -> LedgerError {
+    LedgerError::Store(StoreError::Corrupt { key: key.to_string(), detail: detail.into() })
+}
+
+/// The head's `genesis` and `through` as day numbers; `through` is the day before `genesis` when nothing is closed.
+fn head_bounds(head: &Head) -> Result<(i64, i64), LedgerError> {
+    let bad = || corrupt(&head_key(), "not a yyyymmdd day");
+    let genesis = number_of(head.genesis).ok_or_else(bad)?;
+    let through = if head.through == 0 { genesis - 1 } else { number_of(head.through).ok_or_else(bad)? };
+    Ok((genesis, through))
+}
+
+fn add(balances: &mut Balances, moved: &Balances) {
+    for (account, fen) in moved {
+        *balances.entry(account.clone()).or_default() += fen;
+    }
+}
+
+fn fen(balances: &Balances, account: &str) -> i128 {
+    balances.get(account).copied().unwrap_or(0)
+}
+
+fn clamp(fen: i128) -> i64 {
+    i64::try_from(fen).unwrap_or(if fen < 0 { i64::MIN } else { i64::MAX })
+}
+
+/// `balances` as stored in a checkpoint: zero balances left out.
+fn stored_form(key: &Key, balances: &Balances) -> Result<BTreeMap<String, i64>, LedgerError> {
+    balances
+        .iter()
+        .filter(|(_, fen)| **fen != 0)
+        .map(|(account, fen)| Ok((account.clone(), i64::try_from(*fen).map_err(|_| corrupt(key, "overflows i64"))?)))
+        .collect()
+}
+
+fn widened(balances: &BTreeMap<String, i64>) -> Balances {
+    balances.iter().map(|(account, fen)| (account.clone(), i128::from(*fen))).collect()
+}
+
+/// Step 2b of `post`, after the posting is listed in its day's index: starts the chain at the first posting's day,
+/// and reopens the posting's day if it is already closed (or moves the chain's start back to it). One read, and a
+/// write only in those rare cases.
+///
+/// Listing first, then reading the head, is what makes a closer and a late posting always meet: a closer advances
+/// the head and then re-reads the indexes of the days it closed (see [`close_days`]), so either this read sees the
+/// day closed, or that re-read sees the posting listed.
+async fn note_day(store: &impl Store, day: u32, id: &str) -> Result<(), LedgerError> {
+    let key = head_key();
+    let covered = |head: &Head| head.genesis <= day && head.through < day;
+    if get_json::<Head>(store, &key).await?.is_some_and(|head| covered(&head)) {
+        return Ok(());
+    }
+    update_doc(store, &key, |head: Option<&Head>| match head {
+        None => {
+            let head = Head { v: 1, genesis: day, through: 0, epoch: 0, lease: None, reopened: Vec::new() };
+            Ok(Step::Write(head, ()))
+        }
+        Some(head) if covered(head) => Ok(Step::Keep(())),
+        Some(head) => Ok(Step::Write(reopen(head, day, Some(id))?, ())),
+    })
+    .await
+}
+
+/// `head` with `day` and every later day reopened, and the chain's start moved back to `day` if earlier.
+fn reopen(head: &Head, day: u32, posting_id: Option<&str>) -> Result<Head, LedgerError> {
+    let mut next = head.clone();
+    let closed = head.through != 0 && day <= head.through;
+    if day < head.genesis {
+        next.genesis = day;
+        next.through = 0;
+    } else if closed {
+        let number = number_of(day).ok_or_else(|| LedgerError::Invalid(format!("{day} is not a yyyymmdd date")))?;
+        next.through = if day == head.genesis { 0 } else { day_of(number - 1) };
+    }
+    next.epoch += 1;
+    if closed {
+        next.reopened.push(Reopened { day: iso(day), posting_id: posting_id.map(str::to_owned) });
+        trim_front(&mut next.reopened, REOPENED_KEPT);
+    }
+    Ok(next)
+}
+
+/// Closes the days that are due: from the day after the head's `through` up to `today -` [`SETTLE_DAYS`] `- 1`,
+/// at most [`CLOSE_MAX_DAYS`] per call, stopping before the first day with a posting that is not final (`pending`,
+/// missing or malformed: the check reports it, and the day closes once it is fixed).
+///
+/// One closer at a time: it takes a lease on the head (a closer finding another's live lease closes nothing; the
+/// check is exact anyway), writes one checkpoint per day, then advances `through` in the same write that gives the
+/// lease back, unless a late posting cut the chain back meanwhile (`epoch` changed). Finally it re-reads the index
+/// counters (and the slots it found empty) of the days it closed: if anything was listed meanwhile, that posting
+/// may have read the head before it advanced and not reopened its day, so the closer reopens it.
+async fn close_days(store: &impl Store, today: i64) -> Result<Chain, LedgerError> {
+    let key = head_key();
+    let Some(head) = get_json::<Head>(store, &key).await? else {
+        return Ok(Chain { head: None, closed_now: 0 });
+    };
+    let target = today - SETTLE_DAYS - 1;
+    if target <= head_bounds(&head)?.1 {
+        return Ok(Chain { head: Some(head), closed_now: 0 });
+    }
+
+    // 1. Take the lease.
+    let token: String = crate::ids::random_bytes::<8>()
+        .map_err(|e| StoreError::Backend(e.to_string()))?
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let (now, lease_secs) = (store.now_unix_secs(), store.creation_lease_secs().await);
+    let taken = update_doc(store, &key, |current: Option<&Head>| {
+        let Some(current) = current else { return Err(corrupt(&key, "the head vanished")) };
+        if current.lease.as_ref().is_some_and(|l| now.saturating_sub(l.since) < lease_secs) {
+            return Ok(Step::Keep(None));
+        }
+        let next = Head { lease: Some(Lease { token: token.clone(), since: now }), ..current.clone() };
+        Ok(Step::Write(next.clone(), Some(next)))
+    })
+    .await?;
+    let Some(head) = taken else {
+        return Ok(Chain { head: Some(head), closed_now: 0 });
+    };
+
+    // 2. Close day after day, from the last closing balances.
+    let (genesis, through) = head_bounds(&head)?;
+    let last = target.min(through + CLOSE_MAX_DAYS);
+    let numbers: Vec<i64> = (through + 1..=last).collect();
+    let reads = read_days(store, &numbers.iter().map(|n| day_of(*n)).collect::<Vec<_>>()).await?;
+    let mut balances = closing_at(store, genesis, through).await?;
+    let mut written: Vec<Checkpoint> = Vec::new();
+    for (number, read) in numbers.iter().zip(reads) {
+        if read.postings.iter().any(|(_, listed)| !matches!(listed, Listed::Applied(_) | Listed::Rejected)) {
+            break;
+        }
+        let mut moved = Balances::new();
+        let mut applied = 0;
+        for (_, listed) in &read.postings {
+            if let Listed::Applied(lines) = listed {
+                add(&mut moved, lines);
+                applied += 1;
+            }
+        }
+        add(&mut balances, &moved);
+        let key = checkpoint_key(read.day);
+        let checkpoint = Checkpoint {
+            v: 1,
+            day: read.day,
+            counts: read.counts,
+            empty: read.empty,
+            postings: applied,
+            moved: stored_form(&key, &moved)?,
+            closing: if is_month_end(*number) { Some(stored_form(&key, &balances)?) } else { None },
+        };
+        put_json(store, &key, &checkpoint).await?;
+        written.push(checkpoint);
+    }
+    let closed = through + i64::try_from(written.len()).unwrap_or(0);
+
+    // 3. Advance (unless the chain was cut back meanwhile) and give the lease back, in one write.
+    let advanced = update_doc(store, &key, |current: Option<&Head>| {
+        let Some(current) = current else { return Err(corrupt(&key, "the head vanished")) };
+        if current.lease.as_ref().is_none_or(|l| l.token != token) {
+            // The lease expired and was taken over: the new holder decides.
+            return Ok(Step::Keep(None));
+        }
+        let mut next = Head { lease: None, ..current.clone() };
+        let advance = current.epoch == head.epoch && closed > through;
+        if advance {
+            next.through = day_of(closed);
+        }
+        Ok(Step::Write(next.clone(), Some((next, advance))))
+    })
+    .await?;
+    let (mut head, advance) = match advanced {
+        Some(found) => found,
+        None => (get_json(store, &key).await?.ok_or_else(|| corrupt(&key, "the head vanished"))?, false),
+    };
+    if !advance {
+        return Ok(Chain { head: Some(head), closed_now: 0 });
+    }
+
+    // 4. Re-read what the closed days listed: anything new reopens its day.
+    if let Some(day) = changed_since_closed(store, &written).await? {
+        head = update_doc(store, &key, |current: Option<&Head>| {
+            let Some(current) = current else { return Err(corrupt(&key, "the head vanished")) };
+            if current.through == 0 || day > current.through {
+                return Ok(Step::Keep(current.clone()));
+            }
+            let next = reopen(current, day, None)?;
+            Ok(Step::Write(next.clone(), next))
+        })
+        .await?;
+    }
+    Ok(Chain { head: Some(head), closed_now: written.len() })
+}
+
+/// The first of the closed days whose index lists more than when it was closed (a slot taken since, or filled
+/// since), if any.
+async fn changed_since_closed(store: &impl Store, closed: &[Checkpoint]) -> Result<Option<u32>, LedgerError> {
+    let mut keys = Vec::new();
+    for checkpoint in closed {
+        keys.extend(SHARDS.iter().map(|s| log_counter_key(&day_index_key(checkpoint.day, s))));
+        keys.extend(checkpoint.empty.iter().map(|(shard, slot)| {
+            log_slot_key(&day_index_key(checkpoint.day, SHARDS.get(*shard).copied().unwrap_or(SHARDS[0])), *slot)
+        }));
+    }
+    let mut raws = keys.iter().zip(get_all(store, &keys).await?);
+    for checkpoint in closed {
+        let mut changed = false;
+        for (count, (key, raw)) in checkpoint.counts.iter().zip(raws.by_ref().take(SHARDS.len())) {
+            let now = match raw {
+                Some(bytes) => decode_counter(key, &bytes)?.max(0),
+                None => 0,
+            };
+            changed |= now != *count;
+        }
+        for (key, raw) in raws.by_ref().take(checkpoint.empty.len()) {
+            changed |= decode_doc::<Listing>(key, raw.as_deref())?.is_some();
+        }
+        if changed {
+            return Ok(Some(checkpoint.day));
+        }
+    }
+    Ok(None)
+}
+
+/// Every account's closing balance at the end of day `number`, from the checkpoints (which must cover it: `number`
+/// at most the head's `through`): the last month-end's closing balances plus the movements of the days since.
+/// Before `genesis` nothing was posted.
+async fn closing_at(store: &impl Store, genesis: i64, number: i64) -> Result<Balances, LedgerError> {
+    if number < genesis {
+        return Ok(Balances::new());
+    }
+    let month_end = if is_month_end(number) { number } else { number - i64::from(day_of(number) % 100) };
+    let numbers: Vec<i64> = (month_end.max(genesis)..=number).collect();
+    let keys: Vec<Key> = numbers.iter().map(|n| checkpoint_key(day_of(*n))).collect();
+    let mut balances = Balances::new();
+    for ((n, key), raw) in numbers.iter().zip(&keys).zip(get_all(store, &keys).await?) {
+        let checkpoint: Checkpoint =
+            decode_doc(key, raw.as_deref())?.ok_or_else(|| corrupt(key, "a closed day has no checkpoint"))?;
+        if *n == month_end {
+            let closing = checkpoint.closing.as_ref().ok_or_else(|| corrupt(key, "a month's end has no balances"))?;
+            balances = widened(closing);
+        } else {
+            add(&mut balances, &widened(&checkpoint.moved));
+        }
+    }
+    Ok(balances)
+}
+
+/// The indexes of `days` (`yyyymmdd`) and the postings they list, in as few round trips as the store allows: the
+/// slot counters, then every slot, then every posting.
+async fn read_days(store: &impl Store, days: &[u32]) -> Result<Vec<DayRead>, LedgerError> {
+    let bases: Vec<Key> = days.iter().flat_map(|day| SHARDS.iter().map(move |s| day_index_key(*day, s))).collect();
+    let counter_keys: Vec<Key> = bases.iter().map(log_counter_key).collect();
+    let mut counts = Vec::with_capacity(bases.len());
+    for (key, raw) in counter_keys.iter().zip(get_all(store, &counter_keys).await?) {
+        counts.push(match raw {
+            Some(bytes) => decode_counter(key, &bytes)?.max(0),
+            None => 0,
+        });
+    }
+    let slots: Vec<(usize, i64)> =
+        counts.iter().enumerate().flat_map(|(base, count)| (1..=*count).map(move |slot| (base, slot))).collect();
+    let slot_keys: Vec<Key> = slots.iter().map(|(base, slot)| log_slot_key(&bases[*base], *slot)).collect();
+    let mut reads: Vec<DayRead> = days
+        .iter()
+        .zip(counts.chunks(SHARDS.len()))
+        .map(|(day, counts)| DayRead { day: *day, counts: counts.to_vec(), empty: Vec::new(), postings: Vec::new() })
+        .collect();
+    let mut ids: Vec<BTreeSet<String>> = vec![BTreeSet::new(); days.len()];
+    for (((base, slot), key), raw) in slots.iter().zip(&slot_keys).zip(get_all(store, &slot_keys).await?) {
+        let day = base / SHARDS.len();
+        match decode_doc::<Listing>(key, raw.as_deref())? {
+            Some(listing) => {
+                ids[day].insert(listing.id);
+            }
+            None => reads[day].empty.push((base % SHARDS.len(), *slot)),
+        }
+    }
+    let posting_keys: Vec<Key> = ids.iter().flatten().map(|id| posting_key(id)).collect();
+    let mut docs = posting_keys.iter().zip(get_all(store, &posting_keys).await?);
+    for (read, ids) in reads.iter_mut().zip(ids) {
+        for (id, (key, raw)) in ids.into_iter().zip(docs.by_ref()) {
+            let listed = match decode_doc::<PostingDoc>(key, raw.as_deref())? {
+                None => Listed::Missing,
+                Some(doc) => match (validate(&doc.posting), doc.state) {
+                    (Err(e), _) => Listed::Malformed(e.to_string()),
+                    (Ok(()), State::Applied) => {
+                        Listed::Applied(doc.posting.lines.iter().fold(Balances::new(), |mut nets, line| {
+                            *nets.entry(line.account.clone()).or_default() += i128::from(line.amount_fen);
+                            nets
+                        }))
+                    }
+                    (Ok(()), State::Pending) => Listed::Pending,
+                    (Ok(()), State::Rejected) => Listed::Rejected,
+                },
+            };
+            read.postings.push((id, listed));
+        }
+    }
+    Ok(reads)
 }
 
 #[cfg(test)]
@@ -1194,5 +1756,224 @@ mod tests {
 
         let doc: IdSet = serde_json::from_slice(&store.raw("ledger:test").expect("written")).expect("json");
         assert_eq!(doc.ids.into_iter().collect::<Vec<_>>(), ["x"]);
+    }
+
+    // -----------------------------------------------------------------------------------------------------------
+    // Checkpoints
+
+    /// Day 0 of the checkpoint tests (2025-11-23).
+    fn d0() -> i64 {
+        at().shanghai_day_number()
+    }
+
+    /// `pay` dated `day` days after day 0.
+    fn pay_on(id: &str, day: i64, fen: i64) -> Posting {
+        Posting { at: at().plus_days(day), ..pay(id, fen) }
+    }
+
+    /// A store with `pay_on(id, day, fen)` posted for each of `payments`.
+    fn paid(payments: &[(&str, i64, i64)]) -> MemStore {
+        let store = MemStore::default();
+        for (id, day, fen) in payments {
+            pollster::block_on(post(&store, &pay_on(id, *day, *fen))).expect("post");
+        }
+        store
+    }
+
+    /// The check of days `from..=to` (after day 0) as of day `today`.
+    fn check_on(store: &MemStore, from: i64, to: i64, today: i64) -> CheckReport {
+        pollster::block_on(check_days(store, d0() + from, d0() + to, d0() + today)).expect("check")
+    }
+
+    fn account<'a>(report: &'a CheckReport, name: &str) -> &'a AccountCheck {
+        report.accounts.iter().find(|a| a.account == name).unwrap_or_else(|| panic!("no {name}: {report:?}"))
+    }
+
+    fn date(day: i64) -> String {
+        iso(day_of(d0() + day))
+    }
+
+    fn head(store: &MemStore) -> Head {
+        pollster::block_on(get_json(store, &head_key())).expect("read").expect("head")
+    }
+
+    #[test]
+    fn day_numbers_and_dates_convert_both_ways_and_month_ends_are_found() {
+        for n in [d0(), d0() + 400, 0, 20_000] {
+            assert_eq!(number_of(day_of(n)), Some(n));
+        }
+        assert_eq!(day_of(d0()), 20251123);
+        assert_eq!((number_of(20250230), number_of(20251301), number_of(0)), (None, None, None));
+        assert!(is_month_end(number_of(20251130).expect("date")));
+        assert!(is_month_end(number_of(20240229).expect("leap day")));
+        assert!(!is_month_end(number_of(20251129).expect("date")));
+        assert_eq!(iso(20251123), "2025-11-23");
+    }
+
+    #[test]
+    fn a_check_of_the_last_month_is_exact_when_postings_are_years_apart() {
+        // Arrange: go-live, 40 days later (outside the month checked) and 400 days later (more than a year).
+        let store = paid(&[("pay:a", 0, 100), ("pay:b", 40, 200), ("pay:c", 400, 400)]);
+
+        // Act: the default range, twice (the first closes 366 days, the second the rest).
+        let first = check_on(&store, 370, 400, 400);
+        let second = check_on(&store, 370, 400, 400);
+        let third = check_on(&store, 370, 400, 400);
+
+        // Assert
+        for report in [&first, &second, &third] {
+            assert!(report.balanced, "{:?}", report.discrepancies);
+            assert_eq!(report.postings, 1);
+            let clearing = account(report, CLEARING);
+            assert_eq!((clearing.stored_fen, clearing.recomputed_fen), (700, 700));
+            assert_eq!((clearing.opening_fen, clearing.movement_fen), (300, 400));
+        }
+        assert_eq!((first.days_closed, second.days_closed, third.days_closed), (366, 32, 0));
+        assert_eq!(first.closed_through, Some(date(365)));
+        assert_eq!(third.closed_through, Some(date(400 - SETTLE_DAYS - 1)));
+        // A month's last day holds every balance, other days their movements only.
+        let month_end: Checkpoint =
+            pollster::block_on(get_json(&store, &checkpoint_key(20251130))).expect("r").expect("c");
+        let closing = month_end.closing.expect("closing balances");
+        assert_eq!((closing.get(CLEARING), closing.get(MARKETING)), (Some(&100), Some(&-100)));
+        let day_0: Checkpoint = pollster::block_on(get_json(&store, &checkpoint_key(20251123))).expect("r").expect("c");
+        assert_eq!((day_0.postings, day_0.moved.get(CLEARING), day_0.closing), (1, Some(&100), None));
+    }
+
+    #[test]
+    fn a_past_range_compares_its_opening_and_postings_with_the_closing_its_checkpoints_recorded() {
+        let store = paid(&[("pay:a", 0, 100), ("pay:b", 5, 200), ("pay:c", 40, 400)]);
+        let report = check_on(&store, 3, 10, 60);
+        assert!(report.balanced, "{:?}", report.discrepancies);
+        let clearing = account(&report, CLEARING);
+        assert_eq!((clearing.opening_fen, clearing.movement_fen, clearing.recomputed_fen), (100, 200, 700));
+
+        // Someone rewrites a closed day's posting (balanced, so only the checkpoints can tell).
+        let key = posting_key("pay:b");
+        let mut doc: PostingDoc = serde_json::from_slice(&store.raw(key.as_str()).expect("raw")).expect("doc");
+        doc.posting.lines = pay("pay:b", 250).lines;
+        store.put_raw(key.as_str(), &serde_json::to_vec(&doc).expect("json"));
+
+        let report = check_on(&store, 3, 10, 60);
+
+        assert!(!report.balanced);
+        let about_clearing = report.discrepancies.iter().filter(|d| d.contains(CLEARING)).count();
+        assert_eq!(about_clearing, 1, "{:?}", report.discrepancies);
+        let about_clearing = report.discrepancies.iter().find(|d| d.contains(CLEARING)).expect("clearing");
+        assert!(about_clearing.contains("checkpoint closes 2025-12-03 at 300 fen"), "{about_clearing}");
+    }
+
+    #[test]
+    fn a_late_posting_for_a_closed_day_reopens_it_and_the_check_stays_exact() {
+        let store = paid(&[("pay:a", 0, 100)]);
+        assert!(check_on(&store, 0, 10, 10).balanced);
+        assert_eq!(head(&store).through, day_of(d0() + 7));
+
+        // Arrive late for day 3.
+        pollster::block_on(post(&store, &pay_on("pay:late", 3, 50))).expect("post");
+
+        assert_eq!(head(&store).through, day_of(d0() + 2), "day 3 and later reopened");
+        let report = check_on(&store, 5, 10, 10);
+        assert!(report.balanced, "{:?}", report.discrepancies);
+        assert_eq!(account(&report, CLEARING).opening_fen, 150);
+        assert_eq!(report.reopened, vec![Reopened { day: date(3), posting_id: Some("pay:late".into()) }]);
+        assert_eq!((report.days_closed, report.closed_through), (5, Some(date(7))));
+    }
+
+    #[test]
+    fn a_posting_dated_before_go_live_moves_the_start_of_the_chain_back() {
+        let store = paid(&[("pay:a", 10, 100)]);
+        assert!(check_on(&store, 10, 20, 20).balanced);
+
+        pollster::block_on(post(&store, &pay_on("pay:early", 0, 30))).expect("post");
+
+        assert_eq!((head(&store).genesis, head(&store).through), (day_of(d0()), 0));
+        let report = check_on(&store, 15, 20, 20);
+        assert!(report.balanced, "{:?}", report.discrepancies);
+        assert_eq!(account(&report, CLEARING).opening_fen, 130);
+        assert_eq!(report.reopened[0].day, date(0));
+    }
+
+    #[test]
+    fn a_pending_posting_holds_the_chain_before_its_day_until_it_is_completed() {
+        let store = paid(&[("pay:a", 0, 100)]);
+        // Crash once the posting of day 2 is listed and partly applied.
+        let half = Posting { at: at().plus_days(2), ..three_way() };
+        let polls = (1..300)
+            .find(|&polls| {
+                let probe = paid(&[("pay:a", 0, 100)]);
+                let _ = poll_then_drop(post(&probe, &half), polls);
+                probe.keys().iter().any(|k| k.starts_with("ledger:acct:biller"))
+            })
+            .expect("a crash point after a balance write");
+        assert!(poll_then_drop(post(&store, &half), polls).is_none());
+
+        let report = check_on(&store, 0, 10, 10);
+
+        assert!(!report.balanced);
+        assert!(report.discrepancies.iter().any(|d| d.starts_with("unapplied: posting pay:o_9")), "{report:?}");
+        assert_eq!(report.closed_through, Some(date(1)), "closing stops before the pending posting's day");
+
+        store.set_now(store.now_unix_secs() + crate::kv::CREATION_LEASE_SECS + 1);
+        pollster::block_on(post(&store, &half)).expect("completed");
+        let report = check_on(&store, 0, 10, 10);
+        assert!(report.balanced, "{:?}", report.discrepancies);
+        assert_eq!(report.closed_through, Some(date(7)));
+        assert_eq!(account(&report, CLEARING).recomputed_fen, 800);
+    }
+
+    #[test]
+    fn postings_racing_a_closing_check_are_never_lost_from_the_chain() {
+        // Whatever the interleaving of a closing check and postings into the days it closes, the next check of a
+        // later month balances from the chain alone.
+        for offset in 0..40 {
+            let store = paid(&[("pay:a", 0, 100)]);
+            let racers: Vec<Posting> = (1..=4).map(|i| pay_on(&format!("pay:r{i}"), i, 10 * i)).collect();
+            let check = async {
+                for _ in 0..offset {
+                    crate::kv::yield_now().await;
+                }
+                check_days(&store, d0(), d0() + 10, d0() + 10).await.map(|_| ())
+            };
+            let posts = interleave::join_all(racers.iter().map(|p| post(&store, p)).collect());
+            let (checked, posted) = pollster::block_on(interleave::join2(check, posts));
+            checked.expect("check");
+            assert!(posted.iter().all(Result::is_ok), "{posted:?}");
+
+            let report = check_on(&store, 40, 50, 50);
+
+            assert!(report.balanced, "offset {offset}: {:?}", report.discrepancies);
+            assert_eq!(account(&report, CLEARING).opening_fen, 200, "offset {offset}");
+        }
+    }
+
+    #[test]
+    fn a_check_finding_another_closer_at_work_closes_nothing_and_stays_exact() {
+        let store = paid(&[("pay:a", 0, 100)]);
+        let mut held = head(&store);
+        held.lease = Some(Lease { token: "other".into(), since: store.now_unix_secs() });
+        pollster::block_on(put_json(&store, &head_key(), &held)).expect("lease");
+
+        let report = check_on(&store, 20, 30, 30);
+        assert!(report.balanced, "{:?}", report.discrepancies);
+        assert_eq!((report.days_closed, report.closed_through.clone()), (0, None));
+        assert_eq!(account(&report, CLEARING).opening_fen, 100);
+
+        // Once the lease has run out, the next check takes it over.
+        store.set_now(store.now_unix_secs() + crate::kv::CREATION_LEASE_SECS);
+        let report = check_on(&store, 20, 30, 30);
+        assert!(report.balanced, "{:?}", report.discrepancies);
+        assert_eq!(report.closed_through, Some(date(27)));
+        assert_eq!(head(&store).lease, None);
+    }
+
+    #[test]
+    fn check_refuses_an_empty_or_inverted_range() {
+        let store = MemStore::default();
+        assert_eq!(pollster::block_on(check(&store, &[])).map_err(|e| e.code()), Err("validation_failed"));
+        assert_eq!(pollster::block_on(check(&store, &[20251301])).map_err(|e| e.code()), Err("validation_failed"));
+        let inverted = pollster::block_on(check_days(&store, d0() + 1, d0(), d0() + 1));
+        assert_eq!(inverted.map_err(|e| e.code()), Err("validation_failed"));
+        assert!(store.keys().is_empty(), "refusals write nothing");
     }
 }

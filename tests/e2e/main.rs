@@ -13,6 +13,7 @@ mod kv_ops;
 mod ledger_check;
 mod merchant_coupons;
 mod openapi;
+mod partner_secrets;
 mod property_fees;
 mod referral_tiers;
 mod scale;

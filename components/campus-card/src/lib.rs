@@ -20,6 +20,7 @@
 //! | POST | `/api/campus/spend` | a merchant POS (signed) |
 //! | POST | `/api/campus/spend/{id}/reverse` | the same merchant (signed) |
 //! | GET | `/api/campus/merchants/{id}/settlement?date=YYYY-MM-DD` | the merchant or its school (signed), operator |
+//! | POST | `/api/campus/partners/{partner_id}/rotate-secret`, `…/revoke-previous-secret` | operator: a partner's new secret (the old one accepted for `overlap_secs`, default a day), or the overlap ended early |
 
 mod dto;
 mod handlers;
@@ -57,6 +58,12 @@ async fn handle(req: Request) -> Response {
         (&Method::POST, ["api", "campus", "spend"]) => handlers::spend(req).await,
         (&Method::POST, ["api", "campus", "spend", id, "reverse"]) => handlers::reverse(req, id).await,
         (&Method::GET, ["api", "campus", "merchants", id, "settlement"]) => handlers::settlement(req, &route, id).await,
+        (&Method::POST, ["api", "campus", "partners", id, "rotate-secret"]) => {
+            scenefin_guest::partners::rotate_secret(req, campus_card_domain::OWNER, id).await
+        }
+        (&Method::POST, ["api", "campus", "partners", id, "revoke-previous-secret"]) => {
+            scenefin_guest::partners::revoke_previous_secret(req, campus_card_domain::OWNER, id).await
+        }
         (_, path) => unmatched(known_path(path)),
     };
     result.unwrap_or_else(|response| response)
@@ -81,5 +88,6 @@ fn known_path(path: &[&str]) -> bool {
             | ["api", "campus", "payments", "notify"]
             | ["api", "campus", "spend", _, "reverse"]
             | ["api", "campus", "merchants", _, "settlement"]
+            | ["api", "campus", "partners", _, "rotate-secret" | "revoke-previous-secret"]
     )
 }

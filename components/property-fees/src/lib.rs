@@ -15,6 +15,7 @@
 //! | GET | `/api/property/orders?cursor=&limit=`, `/api/property/orders/{id}` | customer |
 //! | POST | `/api/property/payments/notify` | payment gateway (Standard Webhooks) |
 //! | POST | `/api/property/orders/{id}/refund` (Idempotency-Key) | operator or the property company (signed) |
+//! | POST | `/api/property/partners/{partner_id}/rotate-secret`, `…/revoke-previous-secret` | operator: a partner's new secret (the old one accepted for `overlap_secs`, default a day), or the overlap ended early |
 
 mod handlers;
 
@@ -43,6 +44,12 @@ async fn handle(req: Request) -> Response {
         (&Method::GET, ["api", "property", "orders", id]) => handlers::order(&req, id).await,
         (&Method::POST, ["api", "property", "orders", id, "refund"]) => handlers::refund(req, id).await,
         (&Method::POST, ["api", "property", "payments", "notify"]) => handlers::notify(req).await,
+        (&Method::POST, ["api", "property", "partners", id, "rotate-secret"]) => {
+            scenefin_guest::partners::rotate_secret(req, property_fees_domain::OWNER, id).await
+        }
+        (&Method::POST, ["api", "property", "partners", id, "revoke-previous-secret"]) => {
+            scenefin_guest::partners::revoke_previous_secret(req, property_fees_domain::OWNER, id).await
+        }
         (_, path) => unmatched(known_path(path)),
     };
     result.unwrap_or_else(|response| response)
@@ -57,5 +64,6 @@ fn known_path(path: &[&str]) -> bool {
             | ["api", "property", "orders", _]
             | ["api", "property", "orders", _, "refund"]
             | ["api", "property", "payments", "notify"]
+            | ["api", "property", "partners", _, "rotate-secret" | "revoke-previous-secret"]
     )
 }

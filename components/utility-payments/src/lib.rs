@@ -16,6 +16,7 @@
 //! | GET | `/api/utility/orders?cursor=&limit=`, `/api/utility/orders/{id}` | customer |
 //! | POST | `/api/utility/payments/notify` | payment gateway (Standard Webhooks) |
 //! | POST | `/api/utility/orders/{id}/refund` (Idempotency-Key) | operator or the biller (signed) |
+//! | POST | `/api/utility/partners/{partner_id}/rotate-secret`, `…/revoke-previous-secret` | operator: a partner's new secret (the old one accepted for `overlap_secs`, default a day), or the overlap ended early |
 
 mod dto;
 mod handlers;
@@ -46,6 +47,12 @@ async fn handle(req: Request) -> Response {
         (&Method::GET, ["api", "utility", "orders", id]) => handlers::order(&req, id).await,
         (&Method::POST, ["api", "utility", "orders", id, "refund"]) => handlers::refund(req, id).await,
         (&Method::POST, ["api", "utility", "payments", "notify"]) => handlers::notify(req).await,
+        (&Method::POST, ["api", "utility", "partners", id, "rotate-secret"]) => {
+            scenefin_guest::partners::rotate_secret(req, utility_payments_domain::OWNER, id).await
+        }
+        (&Method::POST, ["api", "utility", "partners", id, "revoke-previous-secret"]) => {
+            scenefin_guest::partners::revoke_previous_secret(req, utility_payments_domain::OWNER, id).await
+        }
         (_, path) => unmatched(known_path(path)),
     };
     result.unwrap_or_else(|response| response)
@@ -61,5 +68,6 @@ fn known_path(path: &[&str]) -> bool {
             | ["api", "utility", "orders", _]
             | ["api", "utility", "orders", _, "refund"]
             | ["api", "utility", "payments", "notify"]
+            | ["api", "utility", "partners", _, "rotate-secret" | "revoke-previous-secret"]
     )
 }

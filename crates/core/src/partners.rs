@@ -4,13 +4,18 @@
 //! Partner documents live under the owning scenario's prefix (`util:partner:{id}`), because a partner acts only on
 //! that scenario's resource (`resource_id`: its biller, community, school or merchant). The secret is stored as
 //! issued: HMAC verification needs it (see the notes on encrypting it at rest).
+//!
+//! Secrets rotate with an overlap: [`rotate_secret`] issues a new secret (shown once) and keeps the old one valid
+//! until `now + overlap` ([`DEFAULT_OVERLAP_SECS`], at most [`MAX_OVERLAP_SECS`]), so a partner can switch without
+//! a failed call; [`revoke_previous_secrets`] ends the overlap early. A signature verifies if the current secret or
+//! a previous one not yet expired produced it. The partner document changes only through `kv::update_json`.
 
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{self, AuthError, PartnerHeaders};
 use crate::clock::Timestamp;
 use crate::ids::{Id, hash_key_part, new_id, random_bytes};
-use crate::kv::{Key, Store, StoreError, claim_once, get_json, put_json};
+use crate::kv::{Key, Step, Store, StoreError, claim_once, get_json, put_json, update_json};
 use crate::problem::{ErrorKind, Problem};
 
 /// A partner.
@@ -28,6 +33,37 @@ pub struct Partner {
     pub resource_id: String,
     /// Onboarding time.
     pub created_at: Timestamp,
+    /// Earlier secrets still accepted until they expire (a rotation's overlap), oldest first, at most
+    /// [`MAX_PREVIOUS_SECRETS`] live ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_secrets: Vec<PreviousSecret>,
+}
+
+/// A secret a rotation replaced, accepted until `expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousSecret {
+    /// The HMAC key, as it was issued.
+    pub secret: String,
+    /// From this instant on it is refused.
+    pub expires_at: Timestamp,
+}
+
+/// How long the old secret stays valid after a rotation, unless the operator says otherwise: 24 hours.
+pub const DEFAULT_OVERLAP_SECS: i64 = 86_400;
+/// The longest overlap a rotation may give the old secret: 7 days.
+pub const MAX_OVERLAP_SECS: i64 = 7 * 86_400;
+/// How many earlier secrets may be live at once (rotating again during an overlap keeps the older one live too).
+pub const MAX_PREVIOUS_SECRETS: usize = 3;
+
+/// What a rotation returns, once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rotated {
+    /// `X-Partner-Id`, unchanged.
+    pub partner_id: String,
+    /// The new signing secret: shown only now.
+    pub partner_secret: String,
+    /// When the secret it replaces stops being accepted.
+    pub previous_secret_expires_at: Timestamp,
 }
 
 /// What onboarding returns, once.
@@ -48,6 +84,15 @@ pub enum PartnerError {
     /// A valid partner acting on someone else's resource.
     #[error("this partner may not act on {0}")]
     Forbidden(String),
+    /// No partner of this scenario has this id.
+    #[error("no partner {0} here")]
+    NotFound(String),
+    /// A rotation's overlap is outside 0 to [`MAX_OVERLAP_SECS`] seconds.
+    #[error("overlap_secs must be 0 to {MAX_OVERLAP_SECS} seconds")]
+    InvalidOverlap,
+    /// A rotation would leave more than [`MAX_PREVIOUS_SECRETS`] earlier secrets live.
+    #[error("{MAX_PREVIOUS_SECRETS} earlier secrets are still accepted; revoke them before rotating again")]
+    TooManySecrets,
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -58,6 +103,9 @@ impl Problem for PartnerError {
         match self {
             PartnerError::Auth(e) => e.kind(),
             PartnerError::Forbidden(_) => ErrorKind::Forbidden,
+            PartnerError::NotFound(_) => ErrorKind::NotFound,
+            PartnerError::InvalidOverlap => ErrorKind::Invalid,
+            PartnerError::TooManySecrets => ErrorKind::Conflict,
             PartnerError::Store(e) => e.kind(),
         }
     }
@@ -65,7 +113,16 @@ impl Problem for PartnerError {
         match self {
             PartnerError::Auth(e) => e.code(),
             PartnerError::Forbidden(_) => "forbidden",
+            PartnerError::NotFound(_) => "partner_not_found",
+            PartnerError::InvalidOverlap => "validation_failed",
+            PartnerError::TooManySecrets => "too_many_partner_secrets",
             PartnerError::Store(e) => e.code(),
+        }
+    }
+    fn field(&self) -> Option<&str> {
+        match self {
+            PartnerError::InvalidOverlap => Some("overlap_secs"),
+            _ => None,
         }
     }
 }
@@ -90,7 +147,7 @@ pub async fn onboard(
 ) -> Result<Credentials, PartnerError> {
     let id_err = |e: crate::ids::IdError| StoreError::Backend(e.to_string());
     let partner_id = new_id("p", now.unix_ms()).map_err(id_err)?;
-    let secret: String = random_bytes::<32>().map_err(id_err)?.iter().map(|b| format!("{b:02x}")).collect();
+    let secret = new_secret()?;
     let partner = Partner {
         v: 1,
         partner_id: partner_id.clone(),
@@ -98,10 +155,83 @@ pub async fn onboard(
         kind: kind.to_owned(),
         resource_id: resource_id.to_owned(),
         created_at: now,
+        previous_secrets: Vec::new(),
     };
     // A fresh random id: nobody else can be writing it.
     put_json(store, &partner_key(owner, &partner_id), &partner).await?;
     Ok(Credentials { partner_id, partner_secret: secret })
+}
+
+/// 32 random bytes, hex.
+fn new_secret() -> Result<String, StoreError> {
+    let bytes = random_bytes::<32>().map_err(|e| StoreError::Backend(e.to_string()))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The key of partner `partner_id` of scenario `owner`, once the id is known to be one (else `NotFound`).
+fn existing_key(owner: &str, partner_id: &str) -> Result<Key, PartnerError> {
+    match Id::parse(partner_id) {
+        Ok(_) => Ok(partner_key(owner, partner_id)),
+        Err(_) => Err(PartnerError::NotFound(partner_id.chars().take(64).collect())),
+    }
+}
+
+/// Gives partner `partner_id` of scenario `owner` a new secret (returned once); the current one stays valid for
+/// `overlap_secs` more seconds (0 to [`MAX_OVERLAP_SECS`]; 0 ends it at once), and earlier secrets still in their
+/// overlap keep theirs. Bad input writes nothing.
+pub async fn rotate_secret(
+    store: &impl Store,
+    owner: &str,
+    partner_id: &str,
+    overlap_secs: i64,
+    now: Timestamp,
+) -> Result<Rotated, PartnerError> {
+    if !(0..=MAX_OVERLAP_SECS).contains(&overlap_secs) {
+        return Err(PartnerError::InvalidOverlap);
+    }
+    let key = existing_key(owner, partner_id)?;
+    let not_found = || PartnerError::NotFound(partner_id.chars().take(64).collect());
+    let secret = new_secret()?;
+    let expires_at = now.plus_secs(overlap_secs);
+    update_json(store, &key, |partner: Option<&Partner>| {
+        let partner = partner.ok_or_else(not_found)?;
+        let mut next = partner.clone();
+        next.previous_secrets.retain(|p| p.expires_at > now);
+        if overlap_secs > 0 {
+            if next.previous_secrets.len() >= MAX_PREVIOUS_SECRETS {
+                return Err(PartnerError::TooManySecrets);
+            }
+            next.previous_secrets.push(PreviousSecret { secret: partner.secret.clone(), expires_at });
+        }
+        next.secret = secret.clone();
+        let rotated = Rotated {
+            partner_id: partner.partner_id.clone(),
+            partner_secret: secret.clone(),
+            previous_secret_expires_at: expires_at,
+        };
+        Ok(Step::Write(next, rotated))
+    })
+    .await
+}
+
+/// Ends the overlap of every earlier secret of partner `partner_id` at once; returns how many were still accepted.
+pub async fn revoke_previous_secrets(
+    store: &impl Store,
+    owner: &str,
+    partner_id: &str,
+    now: Timestamp,
+) -> Result<usize, PartnerError> {
+    let key = existing_key(owner, partner_id)?;
+    let not_found = || PartnerError::NotFound(partner_id.chars().take(64).collect());
+    update_json(store, &key, |partner: Option<&Partner>| {
+        let partner = partner.ok_or_else(not_found)?;
+        if partner.previous_secrets.is_empty() {
+            return Ok(Step::Keep(0));
+        }
+        let live = partner.previous_secrets.iter().filter(|p| p.expires_at > now).count();
+        Ok(Step::Write(Partner { previous_secrets: Vec::new(), ..partner.clone() }, live))
+    })
+    .await
 }
 
 /// The headers of a signed request, as received (any may be missing).
@@ -137,7 +267,15 @@ pub async fn authenticate(
     Id::parse(partner_id).map_err(|_| unknown())?;
     let partner: Partner = get_json(store, &partner_key(owner, partner_id)).await?.ok_or_else(unknown)?;
     let parts = PartnerHeaders { partner_id, timestamp, nonce, signature };
-    auth::verify_partner(&partner.secret, method, path_and_query, &parts, body, now.unix_secs())?;
+    let verify = |secret: &str| auth::verify_partner(secret, method, path_and_query, &parts, body, now.unix_secs());
+    if let Err(refused) = verify(&partner.secret) {
+        // Only a signature mismatch may be another secret's: a bad timestamp or nonce is bad whatever the key.
+        let mismatch = matches!(refused, AuthError::InvalidSignature(_));
+        let live = partner.previous_secrets.iter().filter(|p| p.expires_at > now);
+        if !mismatch || !live.clone().any(|p| verify(&p.secret).is_ok()) {
+            return Err(refused.into());
+        }
+    }
     if !claim_once(store, &nonce_key(owner, partner_id, nonce)).await? {
         return Err(AuthError::NonceReplayed.into());
     }
@@ -239,5 +377,87 @@ mod tests {
         let missing =
             pollster::block_on(authenticate(&store, "util", "PUT", "/x", SignedHeaders::default(), b"", now()));
         assert_eq!(missing.map_err(|e| e.code()), Err("missing_credentials"));
+    }
+
+    /// A `GET /x` signed with `secret` at `at`, authenticated (with a fresh nonce each call).
+    fn call(store: &MemStore, creds: &Credentials, secret: &str, at: Timestamp) -> Result<Partner, PartnerError> {
+        static NONCE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let nonce = format!("nonce-{:08}", NONCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let ts = at.unix_secs().to_string();
+        let sig = sign_partner(secret, &partner_canonical("GET", "/x", &ts, &nonce, b""));
+        pollster::block_on(authenticate(store, "util", "GET", "/x", signed(creds, &ts, &nonce, &sig), b"", at))
+    }
+
+    #[test]
+    fn a_rotated_secret_overlaps_with_the_old_one_until_the_overlap_ends() {
+        // Arrange
+        let store = MemStore::default();
+        let creds = pollster::block_on(onboard(&store, "util", "biller", "w1", now())).expect("onboard");
+
+        // Act
+        let rotated =
+            pollster::block_on(rotate_secret(&store, "util", &creds.partner_id, 3600, now())).expect("rotate");
+
+        // Assert
+        assert_eq!(rotated.partner_id, creds.partner_id);
+        assert_ne!(rotated.partner_secret, creds.partner_secret);
+        assert_eq!(rotated.previous_secret_expires_at, now().plus_secs(3600));
+        assert!(call(&store, &creds, &creds.partner_secret, now()).is_ok());
+        assert!(call(&store, &creds, &rotated.partner_secret, now()).is_ok());
+        assert!(call(&store, &creds, &creds.partner_secret, now().plus_secs(3599)).is_ok());
+        let late = call(&store, &creds, &creds.partner_secret, now().plus_secs(3600));
+        assert_eq!(late.map_err(|e| e.code()), Err("invalid_signature"));
+        assert!(call(&store, &creds, &rotated.partner_secret, now().plus_secs(3600)).is_ok());
+    }
+
+    #[test]
+    fn previous_secrets_can_be_revoked_early_and_rotation_without_overlap_ends_the_old_secret_at_once() {
+        let store = MemStore::default();
+        let creds = pollster::block_on(onboard(&store, "util", "biller", "w1", now())).expect("onboard");
+        let first = pollster::block_on(rotate_secret(&store, "util", &creds.partner_id, 86_400, now())).expect("1");
+
+        let revoked = pollster::block_on(revoke_previous_secrets(&store, "util", &creds.partner_id, now()));
+
+        assert_eq!(revoked, Ok(1));
+        assert_eq!(call(&store, &creds, &creds.partner_secret, now()).map_err(|e| e.code()), Err("invalid_signature"));
+        assert!(call(&store, &creds, &first.partner_secret, now()).is_ok());
+        assert_eq!(pollster::block_on(revoke_previous_secrets(&store, "util", &creds.partner_id, now())), Ok(0));
+        let second = pollster::block_on(rotate_secret(&store, "util", &creds.partner_id, 0, now())).expect("2");
+        assert_eq!(call(&store, &creds, &first.partner_secret, now()).map_err(|e| e.code()), Err("invalid_signature"));
+        assert!(call(&store, &creds, &second.partner_secret, now()).is_ok());
+    }
+
+    #[test]
+    fn rotation_refuses_bad_overlaps_unknown_partners_and_a_fourth_live_secret_writing_nothing() {
+        let store = MemStore::default();
+        let creds = pollster::block_on(onboard(&store, "util", "biller", "w1", now())).expect("onboard");
+        let id = creds.partner_id.as_str();
+        let writes = store.writes();
+        let rotate =
+            |owner: &str, id: &str, overlap: i64| pollster::block_on(rotate_secret(&store, owner, id, overlap, now()));
+
+        for overlap in [-1, MAX_OVERLAP_SECS + 1, i64::MIN, i64::MAX] {
+            let err = rotate("util", id, overlap).expect_err("bad overlap");
+            assert_eq!(
+                (err.kind(), err.code(), err.field()),
+                (ErrorKind::Invalid, "validation_failed", Some("overlap_secs"))
+            );
+        }
+        for (owner, id) in [("util", "p_nobody"), ("prop", id), ("util", "no/such:id"), ("util", "")] {
+            let err = rotate(owner, id, 60).expect_err("unknown");
+            assert_eq!((err.kind(), err.code()), (ErrorKind::NotFound, "partner_not_found"), "{owner} {id}");
+        }
+        let revoke = pollster::block_on(revoke_previous_secrets(&store, "util", "p_nobody", now()));
+        assert_eq!(revoke.map_err(|e| e.code()), Err("partner_not_found"));
+        assert_eq!(store.writes(), writes, "refusals write nothing");
+
+        for _ in 0..MAX_PREVIOUS_SECRETS {
+            rotate("util", id, MAX_OVERLAP_SECS).expect("rotate");
+        }
+        let err = rotate("util", id, 60).expect_err("a fourth live secret");
+        assert_eq!((err.kind(), err.code()), (ErrorKind::Conflict, "too_many_partner_secrets"));
+        // Once they expire, rotation goes on.
+        let later = now().plus_secs(MAX_OVERLAP_SECS);
+        assert!(pollster::block_on(rotate_secret(&store, "util", id, 60, later)).is_ok());
     }
 }

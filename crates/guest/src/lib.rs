@@ -38,6 +38,7 @@ pub mod wasi_keyvalue {
 use wasi_keyvalue::{atomics, batch, store};
 
 pub mod orders;
+pub mod partners;
 
 /// The response type every handler returns.
 pub type Response = http::Response<FullBody<Bytes>>;

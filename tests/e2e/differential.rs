@@ -1000,8 +1000,10 @@ fn normalized_value(key: &str, raw: &[u8], norm: &mut Normalizer, attempts: &mut
     if let Some(mut doc) = decode_json(raw) {
         if let Some(fields) = doc.as_object_mut() {
             fields.remove("_w");
-            if fields.contains_key("request_sha256") {
-                fields.insert("request_sha256".into(), "<hash of a request with generated ids>".into());
+            for hash in ["request_sha256", "params_sha256"] {
+                if fields.contains_key(hash) {
+                    fields.insert(hash.into(), "<hash of a request with generated ids>".into());
+                }
             }
         }
         return serde_json::to_string(&norm.value(&doc)).expect("json");

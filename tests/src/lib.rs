@@ -228,11 +228,11 @@ impl Api {
     /// Sends raw bytes with extra headers (signed partner and gateway calls).
     pub async fn send_raw(&self, method: &str, path: &str, body: Vec<u8>, headers: &[(String, String)]) -> Reply {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-        let mut req = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .header("x-scenefin-now", self.now.to_rfc3339())
-            .body(body);
+        let mut req = self.client.request(method, format!("{}{path}", self.base)).body(body);
+        // The test clock, unless the caller sets its own time.
+        if !headers.iter().any(|(k, _)| k == "x-scenefin-now") {
+            req = req.header("x-scenefin-now", self.now.to_rfc3339());
+        }
         for (k, v) in headers {
             req = req.header(k, v);
         }
@@ -292,15 +292,21 @@ impl Api {
 
     /// A gateway notification, signed as the gateway signs it.
     pub async fn notify(&self, path: &str, event: &Value) -> Reply {
+        self.notify_at(path, event, self.now).await
+    }
+
+    /// A gateway notification sent (and signed) at `at` by the test clock.
+    pub async fn notify_at(&self, path: &str, event: &Value, at: Timestamp) -> Reply {
         let body = serde_json::to_vec(event).expect("json");
         let id = format!("msg_{}", event["event_id"].as_str().unwrap_or("x"));
-        let ts = self.now.unix_secs();
+        let ts = at.unix_secs();
         let sig = scenefin_core::auth::sign_webhook(GATEWAY_SECRET, &id, ts, &body).expect("sign");
         let headers = vec![
             ("webhook-id".into(), id),
             ("webhook-timestamp".into(), ts.to_string()),
             ("webhook-signature".into(), sig),
             ("content-type".into(), "application/json".into()),
+            ("x-scenefin-now".into(), at.to_rfc3339()),
         ];
         self.send_raw("POST", path, body, &headers).await
     }

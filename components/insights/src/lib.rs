@@ -9,6 +9,7 @@
 //! | GET | `/api/ops/lifecycle?from=&to=` | customers per stored stage now, stage transitions in the days |
 //! | GET | `/api/ops/channels?from=&to=` | per channel code: visits, registrations, activations; grouped by branch and by staff |
 //! | GET | `/api/ops/campaigns` | every coupon campaign, referral program and scenario budget: issued, redeemed, spent, reserved, left, progress |
+//! | GET | `/api/ops/exceptions?from=&to=` | payment exceptions of the days (default: the last 30): money held in suspense for orders that could not take it, each with its refund instruction |
 //! | GET | `/api/ops/ledger/check?from=YYYY-MM-DD&to=YYYY-MM-DD` | checks the postings of those days (default: the last 31) against the daily checkpoints (opening + postings = closing) and today's balances against the stored ones, exact for any age of the ledger |
 
 use http::Method;
@@ -36,6 +37,7 @@ async fn handle(req: Request) -> Response {
         (&Method::GET, ["api", "ops", "lifecycle"]) => lifecycle(&req, &route).await,
         (&Method::GET, ["api", "ops", "channels"]) => channels(&req, &route).await,
         (&Method::GET, ["api", "ops", "campaigns"]) => campaigns(&req).await,
+        (&Method::GET, ["api", "ops", "exceptions"]) => exceptions(&req, &route).await,
         (&Method::GET, ["api", "ops", "ledger", "check"]) => ledger_check(&req, &route).await,
         (_, path) => unmatched(known_path(path)),
     };
@@ -46,7 +48,8 @@ async fn handle(req: Request) -> Response {
 fn known_path(path: &[&str]) -> bool {
     matches!(
         path,
-        ["api", "ops", "funnel" | "lifecycle" | "channels" | "campaigns"] | ["api", "ops", "ledger", "check"]
+        ["api", "ops", "funnel" | "lifecycle" | "channels" | "campaigns" | "exceptions"]
+            | ["api", "ops", "ledger", "check"]
     )
 }
 
@@ -77,6 +80,16 @@ async fn channels(req: &Request, route: &Route) -> Handled {
     require_operator(req).await?;
     let range = day_range(req, route).await?;
     Ok(json_response(200, &insights_domain::channels::review(&store()?, &range).await.or_problem()?))
+}
+
+/// `GET /api/ops/exceptions?from=&to=`: money that arrived for orders that could not take it (paid twice, paid
+/// after failure or expiry, items re-issued), held in suspense, each with its refund instruction.
+async fn exceptions(req: &Request, route: &Route) -> Handled {
+    require_operator(req).await?;
+    let range = day_range(req, route).await?;
+    let items = scenefin_core::orders::exceptions(&store()?, &range.days()).await.or_problem()?;
+    let total_fen: i64 = items.iter().map(|e| e.exception.amount_fen).sum();
+    Ok(json_response(200, &serde_json::json!({ "items": items, "total_fen": total_fen })))
 }
 
 async fn campaigns(req: &Request) -> Handled {

@@ -89,8 +89,14 @@ pub struct BillView<'a> {
     pub bill_id: &'a str,
     pub period: &'a str,
     pub amount_fen: i64,
+    /// What is still due (the amount less partial payments).
+    pub due_fen: i64,
     pub due_date: &'a str,
     pub status: BillStatus,
+    /// Re-issued bills count up from 1.
+    pub version: u32,
+    /// The open order paying it right now, if any (another payment of it is refused until that one ends).
+    pub in_payment_by: Option<&'a str>,
 }
 
 impl<'a> From<&'a Bill> for BillView<'a> {
@@ -99,8 +105,11 @@ impl<'a> From<&'a Bill> for BillView<'a> {
             bill_id: &b.bill_id,
             period: &b.period,
             amount_fen: b.amount_fen,
+            due_fen: b.due_fen(),
             due_date: &b.due_date,
             status: b.status,
+            version: b.version,
+            in_payment_by: b.hold.as_ref().map(|h| h.order_id.as_str()),
         }
     }
 }

@@ -103,7 +103,7 @@ pub async fn bills(req: &Request, route: &Route) -> Handled {
     let account = bills::account(&store, &biller, &account_no).await.or_problem()?;
     let open = bills::open_bills(&store, &biller, &account_no).await.or_problem()?;
     let items: Vec<BillView> = open.iter().map(BillView::from).collect();
-    let due: i64 = open.iter().map(|b| b.amount_fen).sum();
+    let due: i64 = open.iter().map(bills::Bill::due_fen).sum();
     Ok(json_response(
         200,
         &json!({

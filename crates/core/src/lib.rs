@@ -11,6 +11,7 @@ pub mod clock;
 pub mod coupons;
 pub mod customers;
 pub mod events;
+pub mod holds;
 pub mod idempotency;
 pub mod ids;
 pub mod insights;

@@ -12,6 +12,9 @@
 //!   hashed id), so [`sweep_expired`] finds abandoned ones without listing the store. Each is a log
 //!   ([`crate::kv::append_to_log`]), so a busy hour costs each reservation the same.
 //! - `{base}:fx:{id}:{effect}`: one-shot claims making each counter change of a reservation happen at most once.
+//! - `{base}:swept`: `{v, through_hour}`, the last expiry hour whose reservations were all swept ([`sweep_due`]),
+//!   so every exhausted reserve frees expired reservations of any age, each hour once, and a budget read counts
+//!   the expired ones of the hours since as free.
 //!
 //! Hundreds of concurrent quotes reserve from one budget, so the budget is an atomic counter rather than a CAS'd
 //! document: a reserver adds its amount and, if the sum passes the total, subtracts it again at once.
@@ -40,9 +43,10 @@ use crate::problem::{ErrorKind, Problem};
 
 /// Largest budget or reservation: 10^15 fen.
 const MAX_FEN: i64 = 1_000_000_000_000_000;
-/// How many hours back [`reserve`] sweeps when it finds the budget exhausted. Older abandoned reservations are
-/// freed by a periodic [`sweep_expired`] with a wider window.
-const RESERVE_SWEEP_HOURS: u32 = 6;
+/// How many hours back a budget's first [`sweep_due`] looks (later ones resume where the last one stopped).
+const FIRST_SWEEP_HOURS: i64 = 6;
+/// Most hours one [`sweep_due`] catches up (a budget nobody touched for longer catches up over several calls).
+const SWEEP_CATCH_UP_HOURS: i64 = 168;
 /// The longest suffix this module appends to a base key after the reservation id (`:fx:` … `:uncommit`).
 const ID_KEY_OVERHEAD: usize = 13;
 /// The longest suffix without an id (`:open:{hour}:{shard}` with a 20-character hour, then a log slot's suffix).
@@ -120,8 +124,9 @@ impl Problem for LimitError {
     }
 }
 
-/// Sets the budget's total (raising or lowering it).
-pub async fn configure(store: &impl Store, base: &Key, total_fen: i64) -> Result<(), LimitError> {
+/// Sets the budget's total (raising or lowering it). The first call also marks the hour from which expired
+/// reservations are swept ([`sweep_due`]).
+pub async fn configure(store: &impl Store, base: &Key, total_fen: i64, now: Timestamp) -> Result<(), LimitError> {
     check_base(base)?;
     if !(0..=MAX_FEN).contains(&total_fen) {
         return Err(LimitError::Invalid(format!("total must be 0 to {MAX_FEN} fen")));
@@ -130,7 +135,11 @@ pub async fn configure(store: &impl Store, base: &Key, total_fen: i64) -> Result
         if doc.is_some_and(|d| d.total_fen == total_fen) {
             return Ok(Step::Keep(()));
         }
-        Ok::<_, LimitError>(Step::Write(Config { v: 1, total_fen }, ()))
+        let since_hour = match doc {
+            Some(d) => d.since_hour,
+            None => Some(now.unix_secs().div_euclid(3600) - 1),
+        };
+        Ok::<_, LimitError>(Step::Write(Config { v: 1, total_fen, since_hour }, ()))
     })
     .await
 }
@@ -181,11 +190,13 @@ pub async fn reserve(
         return Ok(outcome(doc.state));
     }
 
-    // 2. Take the amount from the budget.
+    // 2. Take the amount from the budget, after freeing what expired in the hours since the last sweep (a read of the
+    //    watermark within an hour; best effort, a failed sweep is retried by the next reserve).
+    let _ = sweep_due(store, base, now, false).await;
     let mut taken = take_budget(store, base, amount_fen).await?;
     // Abandoned reservations may be holding the budget: free the expired ones and try once more. Best effort:
     // if the sweep fails the answer is simply `Exhausted`.
-    if !taken && sweep_expired(store, base, now, RESERVE_SWEEP_HOURS).await.is_ok() {
+    if !taken && sweep_due(store, base, now, true).await.is_ok() {
         taken = take_budget(store, base, amount_fen).await?;
     }
 
@@ -313,15 +324,74 @@ pub async fn sweep_expired(
 ) -> Result<usize, LimitError> {
     check_base(base)?;
     let current = now.unix_secs().div_euclid(3600);
-    let hours = current - i64::from(max_hours_back)..=current;
-    let index_keys: Vec<Key> = hours.flat_map(|hour| SHARDS.iter().map(move |s| open_key(base, hour, s))).collect();
-    let ids: BTreeSet<String> = crate::kv::read_logs(store, &index_keys).await?.into_iter().flatten().collect();
-    let ids: Vec<String> = ids.into_iter().filter(|id| check_id(base, id).is_ok()).collect();
-    let keys: Vec<Key> = ids.iter().map(|id| resv_key(base, id)).collect();
+    sweep_hours(store, base, now, current - i64::from(max_hours_back), current).await
+}
 
+/// Releases every reservation that has expired by `now`, from the hour after the last one swept (`{base}:swept`)
+/// up to the current hour, and records the hours passed for good, so the next call resumes there. Returns how many
+/// this call released. Every reserve that finds the budget exhausted calls it, so a reservation nobody comes back
+/// for is free as soon as it expires, however long ago that was; budget reads ([`status_at`]) count such
+/// reservations free without writing.
+///
+/// Without `this_hour`, only hours that are over are swept: the routine call every reserve makes, which reads one
+/// document and does nothing more within an hour.
+pub async fn sweep_due(store: &impl Store, base: &Key, now: Timestamp, this_hour: bool) -> Result<usize, LimitError> {
+    check_base(base)?;
+    let key = swept_key(base);
+    let current = now.unix_secs().div_euclid(3600);
+    let through = swept_through(store, base, current).await?;
+    let last = if this_hour { current } else { current - 1 };
+    if through >= last {
+        return Ok(0);
+    }
+    let to = last.min(through + SWEEP_CATCH_UP_HOURS);
+    let released = sweep_hours(store, base, now, through + 1, to).await?;
+    // Hours before the current one hold only expired reservations now, all released: done for good.
+    let done = to.min(current - 1);
+    if done > through {
+        update_doc(store, &key, |doc: Option<&Swept>| {
+            if doc.is_some_and(|d| d.through_hour >= done) {
+                return Ok::<_, LimitError>(Step::Keep(()));
+            }
+            Ok(Step::Write(Swept { v: 1, through_hour: done }, ()))
+        })
+        .await?;
+    }
+    Ok(released)
+}
+
+/// The budget's total and counters as of `now`, with reservations that have expired but are not swept yet counted
+/// as free: what a budget read shows. Writes nothing (the next reserve that needs the room releases them).
+pub async fn status_at(store: &impl Store, base: &Key, now: Timestamp) -> Result<BudgetStatus, LimitError> {
+    let status = status(store, base).await?;
+    let current = now.unix_secs().div_euclid(3600);
+    let through = swept_through(store, base, current).await?;
+    let from = (through + 1).max(current - SWEEP_CATCH_UP_HOURS);
+    let lapsed: i64 = indexed(store, base, from, current)
+        .await?
+        .iter()
+        .filter(|r| r.state == State::Reserved && r.expires_at <= now)
+        .map(|r| r.amount_fen)
+        .sum();
+    let reserved_fen = (status.reserved_fen - lapsed).max(status.committed_fen);
+    let available_fen = status.total_fen.saturating_sub(reserved_fen).max(0);
+    Ok(BudgetStatus { reserved_fen, available_fen, ..status })
+}
+
+/// The last expiry hour swept for good: the `{base}:swept` watermark, else the hour before the budget was
+/// configured, else (budgets configured before either existed) a few hours back.
+async fn swept_through(store: &impl Store, base: &Key, current: i64) -> Result<i64, LimitError> {
+    if let Some(swept) = crate::kv::get_json::<Swept>(store, &swept_key(base)).await? {
+        return Ok(swept.through_hour);
+    }
+    let config: Option<Config> = crate::kv::get_json(store, base).await?;
+    Ok(config.and_then(|c| c.since_hour).unwrap_or(current - FIRST_SWEEP_HOURS - 1))
+}
+
+/// Releases the expired `reserved` reservations indexed under the expiry hours `from..=to`.
+async fn sweep_hours(store: &impl Store, base: &Key, now: Timestamp, from: i64, to: i64) -> Result<usize, LimitError> {
     let mut released = 0;
-    for (key, raw) in keys.iter().zip(get_all(store, &keys).await?) {
-        let Some(doc) = decode_doc::<Resv>(key, raw.as_deref())? else { continue };
+    for doc in indexed(store, base, from, to).await? {
         if doc.state == State::Reserved && doc.expires_at <= now {
             let (_, changed) = transition(store, base, &doc.id, |doc| match doc.state {
                 State::Reserved if doc.expires_at <= now => Ok(Some(doc.moved(State::Released, &[Effect::Release]))),
@@ -334,6 +404,19 @@ pub async fn sweep_expired(
         }
     }
     Ok(released)
+}
+
+/// The reservations indexed under the expiry hours `from..=to` (each once).
+async fn indexed(store: &impl Store, base: &Key, from: i64, to: i64) -> Result<Vec<Resv>, LimitError> {
+    let index_keys: Vec<Key> =
+        (from..=to).flat_map(|hour| SHARDS.iter().map(move |s| open_key(base, hour, s))).collect();
+    let ids: BTreeSet<String> = crate::kv::read_logs(store, &index_keys).await?.into_iter().flatten().collect();
+    let keys: Vec<Key> = ids.iter().filter(|id| check_id(base, id).is_ok()).map(|id| resv_key(base, id)).collect();
+    let mut docs = Vec::with_capacity(keys.len());
+    for (key, raw) in keys.iter().zip(get_all(store, &keys).await?) {
+        docs.extend(decode_doc::<Resv>(key, raw.as_deref())?);
+    }
+    Ok(docs)
 }
 
 /// The budget's total and counters (one round trip).
@@ -377,6 +460,9 @@ pub async fn give_back(store: &impl Store, counter: &Key, amount: i64) -> Result
 struct Config {
     v: u32,
     total_fen: i64,
+    /// The hour before the budget was configured: nothing expired earlier, so sweeping starts after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    since_hour: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -409,6 +495,17 @@ impl Effect {
             Effect::Release => "release",
         }
     }
+}
+
+/// `{base}:swept`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Swept {
+    v: u32,
+    through_hour: i64,
+}
+
+fn swept_key(base: &Key) -> Key {
+    base.child(&["swept"])
 }
 
 /// `{base}:resv:{id}`.
@@ -584,7 +681,7 @@ mod tests {
 
     fn configured(total: i64) -> MemStore {
         let store = MemStore::default();
-        pollster::block_on(configure(&store, &budget(), total)).expect("configure");
+        pollster::block_on(configure(&store, &budget(), total, t(0))).expect("configure");
         store
     }
 
@@ -716,6 +813,26 @@ mod tests {
     }
 
     #[test]
+    fn a_budget_read_counts_expired_reservations_free_without_writing_and_a_reserve_days_later_frees_them() {
+        let store = configured(100);
+        assert_eq!(reserve_at(&store, "abandoned", 60, 0), Ok(Reserved::Granted)); // expires at t(900)
+        let read = |at: i64| pollster::block_on(status_at(&store, &budget(), t(at))).expect("status");
+        assert_eq!((read(600).reserved_fen, read(600).available_fen), (60, 40), "still live");
+        let writes = store.writes();
+        assert_eq!((read(901).reserved_fen, read(901).available_fen), (0, 100), "expired: free");
+        assert_eq!(store.writes(), writes, "a read writes nothing");
+
+        // Three days later (far past the first sweep's six hours), a reserve needing the room frees it.
+        let days = 3 * 24 * 3600;
+        assert_eq!(reserve_at(&store, "fresh", 100, days), Ok(Reserved::Granted));
+        assert_eq!(status_of(&store).reserved_fen, 100);
+        // The watermark moved: the next read only looks at the current hour.
+        let swept: Swept =
+            pollster::block_on(crate::kv::get_json(&store, &swept_key(&budget()))).expect("read").expect("swept");
+        assert_eq!(swept.through_hour, t(days).unix_secs().div_euclid(3600) - 1);
+    }
+
+    #[test]
     fn an_extended_reservation_survives_the_sweep_and_can_be_committed_late() {
         let store = configured(100);
         let b = &budget();
@@ -738,10 +855,12 @@ mod tests {
             reserve_at(&store, &format!("q_{i}"), 100, i * 1000).expect("reserve");
         }
         // At t(4000) the reservations made at 0..=3000 (expiring by 3900) have expired; the one made at 4000 not.
+        // That reserve already swept the hour that ended (the three expiring in it); three concurrent sweeps
+        // release the fourth, once.
         let sweeps = (0..3).map(|_| sweep_expired(&store, b, t(4000), 2)).collect();
         let released: Vec<usize> =
             pollster::block_on(interleave::join_all(sweeps)).into_iter().map(|r| r.expect("sweep")).collect();
-        assert_eq!(released.iter().sum::<usize>(), 4, "{released:?}");
+        assert_eq!(released.iter().sum::<usize>(), 1, "{released:?}");
         assert_eq!(status_of(&store).reserved_fen, 100);
     }
 
@@ -885,7 +1004,7 @@ mod tests {
             pollster::block_on(reserve(&store, &long_base, &"q".repeat(40), 1, t(900), t(0))),
             Err(LimitError::Invalid(_))
         ));
-        assert!(matches!(pollster::block_on(configure(&store, b, -1)), Err(LimitError::Invalid(_))));
+        assert!(matches!(pollster::block_on(configure(&store, b, -1, t(0))), Err(LimitError::Invalid(_))));
         assert!(store.keys().is_empty());
         // An unconfigured budget holds nothing.
         assert_eq!(reserve_at(&store, "q", 1, 0), Ok(Reserved::Exhausted));

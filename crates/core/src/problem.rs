@@ -83,6 +83,11 @@ pub trait Problem: fmt::Display {
     fn field(&self) -> Option<&str> {
         None
     }
+    /// The open order that holds what the request wanted (a bill already being paid), named in the problem as
+    /// `open_order_id` so a client can show or resume it.
+    fn open_order_id(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// A general-purpose problem for errors that need no enum of their own (validation, auth, routing).
@@ -187,6 +192,9 @@ pub fn problem_json(p: &(impl Problem + ?Sized)) -> serde_json::Value {
     });
     if let (Some(field), Some(obj)) = (p.field(), body.as_object_mut()) {
         obj.insert("field".into(), field.into());
+    }
+    if let (Some(order), Some(obj)) = (p.open_order_id(), body.as_object_mut()) {
+        obj.insert("open_order_id".into(), order.into());
     }
     body
 }

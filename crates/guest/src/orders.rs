@@ -4,7 +4,9 @@
 use scenefin_core::clock::Timestamp;
 use scenefin_core::customers::LifecycleRules;
 use scenefin_core::json::DEFAULT_LIMIT_BYTES;
-use scenefin_core::orders::{self, GatewayEvent, Order, OrderError, OrderState, PayWith, QuoteLine, StateChange};
+use scenefin_core::orders::{
+    self, GatewayEvent, Order, OrderError, OrderState, PayWith, PaymentException, QuoteLine, StateChange,
+};
 use scenefin_core::problem::Problem;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -71,6 +73,9 @@ pub struct OrderView<'a> {
     pub receipt_no: Option<&'a str>,
     /// State history.
     pub history: &'a [StateChange],
+    /// Money that arrived but could not pay this order (paid twice, paid after it closed), each with its refund
+    /// instruction.
+    pub refunds_due: &'a [PaymentException],
 }
 
 impl<'a> From<&'a Order> for OrderView<'a> {
@@ -87,6 +92,7 @@ impl<'a> From<&'a Order> for OrderView<'a> {
             paid_with_bank_card: o.payment.as_ref().map(|p| p.bank_card),
             receipt_no: o.payment.as_ref().map(|p| p.event_id.as_str()),
             history: &o.history,
+            refunds_due: &o.exceptions,
         }
     }
 }
@@ -146,7 +152,8 @@ pub async fn list(req: &Request, route: &Route, owner: &str) -> Handled {
     let limit = route.query_param("limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(20).clamp(1, 100);
     let cursor = route.query_param("cursor");
     let store = SpinStore::open_default().or_problem()?;
-    let (items, next) = orders::list_orders(&store, owner, &customer, cursor.as_deref(), limit).await.or_problem()?;
+    let (items, next) =
+        orders::list_orders(&store, owner, &customer, cursor.as_deref(), limit, now).await.or_problem()?;
     let views: Vec<OrderView> = items.iter().map(OrderView::from).collect();
     Ok(json_response(200, &json!({ "items": views, "next": next })))
 }
@@ -175,7 +182,12 @@ pub async fn notify<E: Problem>(
     let store = SpinStore::open_default().or_problem()?;
     let order = apply(&store, &event, &bank_card_bins().await, &lifecycle_rules().await, now).await.or_problem()?;
     let fulfilled = order.state != OrderState::Paid || order.fulfilled;
-    Ok(json_response(200, &json!({ "order_id": order.id, "state": order.state, "fulfilled": fulfilled })))
+    // Money this notification brought that could not pay the order: the gateway is told to return it.
+    let refund = order.exceptions.iter().find(|e| e.event_id == event.event_id);
+    Ok(json_response(
+        200,
+        &json!({ "order_id": order.id, "state": order.state, "fulfilled": fulfilled, "refund_instruction": refund }),
+    ))
 }
 
 /// `POST …/orders/{id}/refund` with `Idempotency-Key`, by the operator or the order's partner (`resource_of`).

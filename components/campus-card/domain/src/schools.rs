@@ -110,7 +110,7 @@ pub async fn register(
     }
     let creds = partners::onboard(store, OWNER, SCHOOL_PARTNER, &input.id, now).await?;
     if let Some(b) = &input.topup_bonus {
-        limits::configure(store, &keys::budget(&b.budget_id), b.budget_fen).await?;
+        limits::configure(store, &keys::budget(&b.budget_id), b.budget_fen, now).await?;
     }
     let school = School {
         v: 1,

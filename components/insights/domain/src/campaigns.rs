@@ -133,7 +133,7 @@ pub async fn review(store: &impl Store, now: Timestamp) -> Result<Campaigns, Api
 
     let mut referral_programs = Vec::new();
     for p in programs::all(store).await.map_err(problem)? {
-        let s = reports::totals(store, &p).await.map_err(problem)?;
+        let s = reports::totals(store, &p, now).await.map_err(problem)?;
         referral_programs.push(ReferralProgram {
             running: p.running_at(now),
             program_id: p.id,
@@ -155,15 +155,15 @@ pub async fn review(store: &impl Store, now: Timestamp) -> Result<Campaigns, Api
     let utility = billers::list(store, None, None).await.map_err(problem)?;
     let utility = utility.iter().filter_map(|b| b.discount.as_ref().map(|d| (b.id.as_str(), d)));
     let utility_key = utility_payments_domain::keys::budget;
-    scenario_budgets.extend(budgets(store, "utility", "cardholder_discount", utility, utility_key).await?);
+    scenario_budgets.extend(budgets(store, "utility", "cardholder_discount", utility, utility_key, now).await?);
     let property = communities::all(store).await.map_err(problem)?;
     let property = property.iter().filter_map(|c| c.owner_discount.as_ref().map(|d| (c.id.as_str(), d)));
     let property_key = property_fees_domain::keys::budget;
-    scenario_budgets.extend(budgets(store, "property", "owner_discount", property, property_key).await?);
+    scenario_budgets.extend(budgets(store, "property", "owner_discount", property, property_key, now).await?);
     let campus = schools::all(store).await.map_err(problem)?;
     let campus = campus.iter().filter_map(|s| s.topup_bonus.as_ref().map(|d| (s.id.as_str(), d)));
     let campus_key = campus_card_domain::keys::budget;
-    scenario_budgets.extend(budgets(store, "campus", "topup_bonus", campus, campus_key).await?);
+    scenario_budgets.extend(budgets(store, "campus", "topup_bonus", campus, campus_key, now).await?);
 
     Ok(Campaigns { as_of: now, coupon_campaigns, referral_programs, scenario_budgets, note: NOTE })
 }
@@ -175,6 +175,7 @@ async fn budgets<'a>(
     kind: &'static str,
     owners: impl Iterator<Item = (&'a str, &'a CardDiscount)>,
     key: impl Fn(&str) -> Key,
+    now: Timestamp,
 ) -> Result<Vec<ScenarioBudget>, ApiError> {
     let mut funds: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (owner, discount) in owners {
@@ -182,7 +183,8 @@ async fn budgets<'a>(
     }
     let mut out = Vec::with_capacity(funds.len());
     for (budget_id, funds) in funds {
-        let status = limits::status(store, &key(budget_id)).await.map_err(problem)?;
+        // A budget read frees expired reservations first: reserved is what live quotes and orders hold.
+        let status = limits::status_at(store, &key(budget_id), now).await.map_err(problem)?;
         out.push(ScenarioBudget { scenario, kind, budget_id: budget_id.to_owned(), funds, budget: status.into() });
     }
     Ok(out)

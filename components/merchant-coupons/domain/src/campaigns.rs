@@ -331,7 +331,7 @@ pub async fn create(store: &impl Store, input: NewCampaign, now: Timestamp) -> R
         state: State::Active,
         created_at: now,
     };
-    limits::configure(store, &keys::budget(&campaign.id), campaign.budget_fen).await?;
+    limits::configure(store, &keys::budget(&campaign.id), campaign.budget_fen, now).await?;
     // Index first: readers skip listed ids without a document, so a crash in between hides nothing.
     kv::add_to_index(store, &keys::campaigns(), &campaign.id).await?;
     kv::update_json(store, &keys::campaign(&campaign.id), |doc: Option<&Campaign>| match doc {

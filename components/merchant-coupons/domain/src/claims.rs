@@ -24,8 +24,12 @@ use crate::{CouponError, Refusal, SCENARIO, keys};
 const CODE_ALPHABET: &[u8] = b"23456789ABCDEFGHJKMNPQRSTUVWXYZ";
 /// Length of a coupon code.
 pub const CODE_LEN: usize = 12;
-/// How long after a coupon expires its budget reservation is kept (a redemption in flight at the deadline).
-const RESERVATION_GRACE_DAYS: i64 = 1;
+/// How long after a coupon expires its budget reservation is kept: long enough for a bill quote that locked it just
+/// before its expiry to be ordered and paid (quote life, payment window and the reservation grace), so a coupon that
+/// expires unused gives its budget back within the hour instead of a day later.
+const RESERVATION_GRACE_SECS: i64 = scenefin_core::orders::QUOTE_TTL_SECS
+    + scenefin_core::orders::PAYMENT_WINDOW_SECS
+    + scenefin_core::orders::RESERVATION_GRACE_SECS;
 
 /// The coupon id for a claim.
 pub fn coupon_id_for(campaign_id: &str, customer_id: &str, claim_key: &str) -> String {
@@ -217,7 +221,7 @@ async fn take_all(
     }
     if refusal.is_none() {
         let budget = keys::budget(&campaign.id);
-        let until = coupon.expires_at.plus_days(RESERVATION_GRACE_DAYS);
+        let until = coupon.expires_at.plus_secs(RESERVATION_GRACE_SECS);
         match limits::reserve(store, &budget, &coupon.reservation_id, coupon.discount.max_value_fen(), until, now).await
         {
             Ok(Reserved::Granted) => return Ok(Ok(())),

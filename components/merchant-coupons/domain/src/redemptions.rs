@@ -435,7 +435,7 @@ pub async fn stats(store: &impl Store, campaign: &Campaign, now: Timestamp) -> R
         redemption_rate_bp: if issued > 0 { redeemed * 10_000 / issued } else { 0 },
         discount_spent_fen: discount,
         remaining_stock: (campaign.stock_total - issued).max(0),
-        budget: limits::status(store, &keys::budget(&campaign.id)).await?,
+        budget: limits::status_at(store, &keys::budget(&campaign.id), now).await?,
         by_channel,
     })
 }

@@ -146,7 +146,7 @@ pub async fn register(
     }
     let creds = partners::onboard(store, OWNER, "property_company", &input.id, now).await?;
     if let Some(d) = &input.owner_discount {
-        limits::configure(store, &keys::budget(&d.budget_id), d.budget_fen).await?;
+        limits::configure(store, &keys::budget(&d.budget_id), d.budget_fen, now).await?;
     }
     let community = Community {
         v: 1,

@@ -114,4 +114,11 @@ impl Problem for PropertyError {
             _ => None,
         }
     }
+
+    fn open_order_id(&self) -> Option<&str> {
+        match self {
+            PropertyError::Order(e) => e.open_order_id(),
+            _ => None,
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! Fee bills and what accrues on them: late fees, and which bills must be paid together (`relate_id`).
 
 use scenefin_core::clock::Timestamp;
+use scenefin_core::holds::{Hold, Holdable};
 use scenefin_core::kv::{self, Step, Store, get_json};
 use serde::{Deserialize, Serialize};
 
@@ -49,9 +50,22 @@ pub struct FeeBill {
     /// The order that paid it.
     #[serde(default)]
     pub paid_by: Option<String>,
-    /// Orders that paid it again (to be settled by the company).
+    /// Orders that paid it again (bills of before holds; to be settled by the company).
     #[serde(default)]
     pub duplicate_payments: Vec<String>,
+    /// The open order paying it (with its `relate_id` group), if any: another order for it is refused until that
+    /// payment ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<Hold>,
+}
+
+impl Holdable for FeeBill {
+    fn hold(&self) -> Option<&Hold> {
+        self.hold.as_ref()
+    }
+    fn set_hold(&mut self, hold: Option<Hold>) {
+        self.hold = hold;
+    }
 }
 
 /// One bill in an upload.
@@ -187,6 +201,8 @@ pub async fn upload(
                 status: BillStatus::Open,
                 paid_by: None,
                 duplicate_payments: Vec::new(),
+                // Another amount releases the bill: an order for the old amount can no longer pay it.
+                hold: current.filter(|c| c.amount_fen == b.amount_fen).and_then(|c| c.hold.clone()),
             };
             match current {
                 Some(c) if c == &bill => Ok(Step::Keep(Outcome::Updated(0))),

@@ -3,8 +3,10 @@
 
 use scenefin_core::clock::Timestamp;
 use scenefin_core::customers::LifecycleRules;
+use scenefin_core::holds;
 use scenefin_core::kv::{self, Step, Store};
 use scenefin_core::orders::{self, Fulfilment, GatewayEvent, Order, OrderError};
+use scenefin_core::problem::{ErrorKind, Problem};
 use scenefin_core::settlement;
 
 use crate::communities::{PrepaidCredit, Room};
@@ -32,6 +34,9 @@ impl<S: Store> Property<'_, S> {
             let Some(bill) = bill else { return Ok::<_, OrderError>(Step::Keep(())) };
             let mut next = bill.clone();
             let mine = bill.paid_by.as_deref() == Some(order_id);
+            if paid && next.hold.as_ref().is_some_and(|h| h.order_id == order_id) {
+                next.hold = None;
+            }
             match (paid, bill.status) {
                 (true, BillStatus::Open) => {
                     next.status = BillStatus::Paid;
@@ -110,6 +115,31 @@ impl<S: Store> Fulfilment for Property<'_, S> {
         Ok(())
     }
 
+    async fn release(&self, order: &Order) -> Result<(), OrderError> {
+        let p = payload(order)?;
+        for bill_id in &p.bill_ids {
+            holds::release::<FeeBill, OrderError>(self.store, &keys::bill(&p.community_id, bill_id), &order.id).await?;
+        }
+        Ok(())
+    }
+
+    async fn changed(&self, order: &Order) -> Result<Option<String>, OrderError> {
+        let p = payload(order)?;
+        let keys: Vec<kv::Key> = p.bill_ids.iter().map(|id| keys::bill(&p.community_id, id)).collect();
+        for ((key, raw), amount) in keys.iter().zip(kv::get_all(self.store, &keys).await?).zip(&p.amounts_fen) {
+            match kv::decode_doc::<FeeBill>(key, raw.as_deref())? {
+                Some(bill) if bill.amount_fen != *amount => {
+                    return Ok(Some(format!("bill {} was re-issued", bill.bill_id)));
+                }
+                Some(bill) if bill.status == BillStatus::Paid && bill.paid_by.as_deref() != Some(&order.id) => {
+                    return Ok(Some(format!("bill {} is already paid", bill.bill_id)));
+                }
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+
     async fn reverse(&self, order: &Order, at: Timestamp) -> Result<(), OrderError> {
         let p = payload(order)?;
         for bill_id in &p.bill_ids {
@@ -136,13 +166,30 @@ pub async fn place(
 ) -> Result<Order, PropertyError> {
     let (quote, ordered) = orders::customer_quote(store, OWNER, customer_id, quote_id).await?;
     let p: Payload =
-        serde_json::from_value(quote.payload).map_err(|e| PropertyError::invalid("quote", e.to_string()))?;
+        serde_json::from_value(quote.payload.clone()).map_err(|e| PropertyError::invalid("quote", e.to_string()))?;
     let community = communities::get(store, &p.community_id).await?;
     if !ordered {
-        for bill_id in &p.bill_ids {
-            let bill: Option<FeeBill> = kv::get_json(store, &keys::bill(&community.id, bill_id)).await?;
-            if !bill.is_some_and(|b| b.status == BillStatus::Open) {
-                return Err(PropertyError::BillNotOpen(bill_id.clone()));
+        // Each bill must still be open and not held by another open order; the order then holds them all.
+        let order_id = orders::order_id_for(quote_id);
+        let until = now.plus_secs(orders::PAYMENT_WINDOW_SECS + orders::RESERVATION_GRACE_SECS);
+        for (i, bill_id) in p.bill_ids.iter().enumerate() {
+            let key = keys::bill(&community.id, bill_id);
+            let item = format!("bill {bill_id}");
+            let held = holds::take(store, &key, &item, &order_id, until, now, |bill: Option<&FeeBill>| match bill {
+                Some(b) if b.status == BillStatus::Open => Ok(()),
+                _ => Err(PropertyError::BillNotOpen(bill_id.clone())),
+            })
+            .await;
+            if let Err(e) = held {
+                // As in utility: let go of what this attempt took; when refused, of what the quote reserved too.
+                for taken in &p.bill_ids[..i] {
+                    let key = keys::bill(&community.id, taken);
+                    let _ = holds::release::<FeeBill, PropertyError>(store, &key, &order_id).await;
+                }
+                if e.kind() == ErrorKind::Conflict {
+                    let _ = orders::release_quote(store, &quote, now).await;
+                }
+                return Err(e);
             }
         }
     }

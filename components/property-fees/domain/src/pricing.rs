@@ -4,6 +4,7 @@
 
 use scenefin_core::clock::Timestamp;
 use scenefin_core::coupons;
+use scenefin_core::holds::Holdable;
 use scenefin_core::ids::new_id;
 use scenefin_core::kv::{Store, StoreError};
 use scenefin_core::orders::{self, PayWith, QUOTE_TTL_SECS, Quote, QuoteLine};
@@ -132,6 +133,13 @@ pub async fn quote(
         households::claimed_room(store, customer_id, req.community_id.as_deref(), &req.room_id).await?;
     let open = households::due(store, &community, &room.room_id, now).await?;
     let chosen = select(&open, &req.bill_ids)?;
+    // A bill another open order is paying cannot be paid again until that payment ends.
+    for (bill, _) in &chosen {
+        if let Some(order_id) = bill.held_by_other(None, now) {
+            let item = format!("bill {}", bill.bill_id);
+            return Err(orders::OrderError::InPayment { item, order_id: order_id.into() }.into());
+        }
+    }
     let months = req.prepay_months.unwrap_or(0);
     if chosen.is_empty() && months == 0 {
         return Err(PropertyError::NothingToPay);
@@ -224,6 +232,7 @@ mod tests {
             status: BillStatus::Open,
             paid_by: None,
             duplicate_payments: vec![],
+            hold: None,
         };
         (b, 0)
     }

@@ -155,7 +155,7 @@ pub async fn create(store: &impl Store, input: NewProgram, now: Timestamp) -> Re
         schedule: input.schedule,
         created_at: now,
     };
-    limits::configure(store, &keys::budget(&program.id), program.budget_fen).await?;
+    limits::configure(store, &keys::budget(&program.id), program.budget_fen, now).await?;
     // Index first: readers skip listed ids without a document, so a crash in between hides nothing.
     kv::add_to_index(store, &keys::programs(), &program.id).await?;
     put_json(store, &referrals::keys::program(&program.id), &program).await?;

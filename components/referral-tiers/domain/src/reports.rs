@@ -242,12 +242,12 @@ pub async fn stats(
     for referrer in kv::read_index(store, &referrals::keys::referrers(&program.id)).await? {
         rewards::settle(store, &program, &referrer, rules, now).await?;
     }
-    totals(store, &program).await
+    totals(store, &program, now).await
 }
 
 /// The program's statistics as of the last settlement (counters only, nothing settled: what operators' overviews
 /// read without writing).
-pub async fn totals(store: &impl Store, program: &Program) -> Result<Stats, ReferralError> {
+pub async fn totals(store: &impl Store, program: &Program, now: Timestamp) -> Result<Stats, ReferralError> {
     let names: Vec<String> =
         ["attached", "qualified", "clawed_back", "rewarded", "rewards_paid_fen", "points_awarded", "coupons_issued"]
             .iter()
@@ -273,7 +273,7 @@ pub async fn totals(store: &impl Store, program: &Program) -> Result<Stats, Refe
         rewards_paid_fen: values[4],
         points_awarded: values[5],
         coupons_issued: values[6],
-        budget: limits::status(store, &keys::budget(&program.id)).await?,
+        budget: limits::status_at(store, &keys::budget(&program.id), now).await?,
         rejections: REASONS.iter().zip(&values[7..]).map(|(r, v)| (*r, *v)).collect(),
     })
 }

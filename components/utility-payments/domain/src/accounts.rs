@@ -122,7 +122,7 @@ pub async fn list(store: &impl Store, customer_id: &str) -> Result<Vec<BoundAcco
         out.push(BoundAccount {
             biller_name: biller.name.clone(),
             open_bills: open.len(),
-            outstanding_fen: open.iter().map(|x| x.amount_fen).sum(),
+            outstanding_fen: open.iter().map(bills::Bill::due_fen).sum(),
             binding,
         });
     }

@@ -172,7 +172,7 @@ pub async fn register(
     }
     let creds = partners::onboard(store, OWNER, "biller", &input.id, now).await?;
     if let Some(d) = &input.discount {
-        limits::configure(store, &keys::budget(&d.budget_id), d.budget_fen).await?;
+        limits::configure(store, &keys::budget(&d.budget_id), d.budget_fen, now).await?;
     }
     let biller = Biller {
         v: 1,

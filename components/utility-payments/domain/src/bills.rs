@@ -1,10 +1,16 @@
 //! Bills uploaded by billers, and the household accounts they belong to.
 //!
 //! A bill is keyed by the biller's own `bill_id` (unique per biller, so an upload is idempotent per bill); a paid
-//! bill is never overwritten. The account document (`util:acct:{biller}:{hash(account_no)}`) is the index of an
+//! bill is never overwritten. Re-uploading an open bill with another amount or due date makes a new `version`: an
+//! order placed for the old one is no longer payable (its payment becomes an exception to refund).
+//!
+//! A bill is held by at most one open order (`hold`, until that order's payment window closes, or at once when its
+//! payment fails), so one bill cannot be paid twice from two phones. Payments toward a bill add up in `paid_fen`
+//! (partial payments to `exact_down` billers reduce what is due); it is `paid` once they cover its amount. The account document (`util:acct:{biller}:{hash(account_no)}`) is the index of an
 //! account's bills, so lookups never list the store.
 
 use scenefin_core::clock::Timestamp;
+use scenefin_core::holds::{Hold, Holdable};
 use scenefin_core::ids::Id;
 use scenefin_core::kv::{self, Step, Store, get_json};
 use serde::{Deserialize, Serialize};
@@ -49,11 +55,43 @@ pub struct Bill {
     /// The order that paid it.
     #[serde(default)]
     pub paid_by: Option<String>,
-    /// Orders that paid it after it was already paid (the biller reconciles these).
-    #[serde(default)]
+    /// Orders that paid it after it was already paid (bills of before holds; the biller reconciles these).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub duplicate_payments: Vec<String>,
     /// Last change.
     pub updated_at: Timestamp,
+    /// Changes with every re-upload that changes amount or due date (1 for the first upload).
+    #[serde(default = "first_version")]
+    pub version: u32,
+    /// Paid toward it through us so far.
+    #[serde(default)]
+    pub paid_fen: i64,
+    /// The orders whose payments `paid_fen` counts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub applied: Vec<String>,
+    /// The open order holding it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<Hold>,
+}
+
+fn first_version() -> u32 {
+    1
+}
+
+impl Bill {
+    /// What is still due.
+    pub fn due_fen(&self) -> i64 {
+        (self.amount_fen - self.paid_fen).max(0)
+    }
+}
+
+impl Holdable for Bill {
+    fn hold(&self) -> Option<&Hold> {
+        self.hold.as_ref()
+    }
+    fn set_hold(&mut self, hold: Option<Hold>) {
+        self.hold = hold;
+    }
 }
 
 /// A household account, as the biller reported it.
@@ -177,6 +215,10 @@ pub async fn upload(
             {
                 return Ok::<_, UtilityError>(Step::Keep(Outcome::Paid));
             }
+            // Another amount or due date is a new version of the bill: an order for the old one cannot pay it, so
+            // its hold goes too and the customer can pay the new amount at once.
+            let changed = current.is_some_and(|c| c.amount_fen != input.amount_fen || c.due_date != input.due_date);
+            let version = current.map_or(1, |c| c.version + u32::from(changed));
             let bill = Bill {
                 v: 1,
                 bill_id: input.bill_id.clone(),
@@ -187,8 +229,12 @@ pub async fn upload(
                 due_date: input.due_date.clone(),
                 status: BillStatus::Open,
                 paid_by: None,
-                duplicate_payments: Vec::new(),
+                duplicate_payments: current.map(|c| c.duplicate_payments.clone()).unwrap_or_default(),
                 updated_at: current.map_or(now, |c| c.updated_at),
+                version,
+                paid_fen: current.map_or(0, |c| c.paid_fen),
+                applied: current.map(|c| c.applied.clone()).unwrap_or_default(),
+                hold: current.and_then(|c| c.hold.clone()).filter(|_| !changed),
             };
             if current == Some(&bill) {
                 return Ok(Step::Keep(Outcome::Updated));

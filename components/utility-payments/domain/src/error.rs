@@ -32,6 +32,9 @@ pub enum UtilityError {
     /// A bill in the request is not open (paid, or not this account's).
     #[error("bill {0} is not open for this account")]
     BillNotOpen(String),
+    /// The bill was re-issued (another amount or due date) after the quote priced it.
+    #[error("bill {0} was re-issued after this quote; ask for a new quote")]
+    BillChanged(String),
     /// The amount breaks the biller's exactness rule.
     #[error("{0}")]
     AmountRule(String),
@@ -68,7 +71,9 @@ impl Problem for UtilityError {
         match self {
             UtilityError::Invalid { .. } | UtilityError::BadAccountNumber(_) => ErrorKind::Invalid,
             UtilityError::UnknownBiller | UtilityError::NoSuchAccount | UtilityError::NotBound => ErrorKind::NotFound,
-            UtilityError::BillerExists(_) | UtilityError::BillNotOpen(_) => ErrorKind::Conflict,
+            UtilityError::BillerExists(_) | UtilityError::BillNotOpen(_) | UtilityError::BillChanged(_) => {
+                ErrorKind::Conflict
+            }
             UtilityError::AmountRule(_) | UtilityError::NothingDue | UtilityError::TooManyAccounts(_) => {
                 ErrorKind::Unprocessable
             }
@@ -88,6 +93,7 @@ impl Problem for UtilityError {
             UtilityError::NoSuchAccount => "no_such_account",
             UtilityError::BadAccountNumber(_) => "invalid_account_number",
             UtilityError::BillNotOpen(_) => "bill_not_open",
+            UtilityError::BillChanged(_) => "bill_changed",
             UtilityError::AmountRule(_) => "amount_not_allowed",
             UtilityError::NothingDue => "nothing_due",
             UtilityError::TooManyAccounts(_) => "too_many_accounts",
@@ -104,6 +110,13 @@ impl Problem for UtilityError {
         match self {
             UtilityError::Invalid { field, .. } => Some(field),
             UtilityError::BadAccountNumber(_) => Some("account_no"),
+            _ => None,
+        }
+    }
+
+    fn open_order_id(&self) -> Option<&str> {
+        match self {
+            UtilityError::Order(e) => e.open_order_id(),
             _ => None,
         }
     }

@@ -3,12 +3,14 @@
 
 use scenefin_core::clock::Timestamp;
 use scenefin_core::customers::LifecycleRules;
+use scenefin_core::holds;
 use scenefin_core::kv::{self, Step, Store};
 use scenefin_core::orders::{self, Fulfilment, GatewayEvent, Order, OrderError};
+use scenefin_core::problem::{ErrorKind, Problem};
 use scenefin_core::settlement;
 
 use crate::bills::{Bill, BillStatus};
-use crate::pricing::Payload;
+use crate::pricing::{BillPart, Payload};
 use crate::{OWNER, UtilityError, billers, keys};
 
 /// Utility's fulfilment.
@@ -42,23 +44,32 @@ impl<S: Store> Fulfilment for Utility<'_, S> {
 
     async fn fulfil(&self, order: &Order, at: Timestamp) -> Result<(), OrderError> {
         let p = payload(order)?;
-        for bill_id in &p.bill_ids {
-            kv::update_json(self.store, &keys::bill(&p.biller_id, bill_id), |bill: Option<&Bill>| {
+        for part in parts(&p) {
+            kv::update_json(self.store, &keys::bill(&p.biller_id, &part.bill_id), |bill: Option<&Bill>| {
                 let Some(bill) = bill else { return Ok::<_, OrderError>(Step::Keep(())) };
                 let mut next = bill.clone();
-                match (&bill.status, bill.paid_by.as_deref()) {
-                    (BillStatus::Paid, Some(by)) if by == order.id => return Ok(Step::Keep(())),
-                    (BillStatus::Paid, _) => {
-                        // Paid twice (two orders raced for it): keep the money trail for the biller to settle.
-                        if bill.duplicate_payments.contains(&order.id) {
-                            return Ok(Step::Keep(()));
-                        }
-                        next.duplicate_payments.push(order.id.clone());
+                if bill.applied.contains(&order.id) || bill.paid_by.as_deref() == Some(&order.id) {
+                    return Ok(Step::Keep(()));
+                }
+                if bill.status == BillStatus::Paid {
+                    // Paid before holds existed (two orders raced for it): keep the money trail for the biller.
+                    if bill.duplicate_payments.contains(&order.id) {
+                        return Ok(Step::Keep(()));
                     }
-                    (BillStatus::Open, _) => {
+                    next.duplicate_payments.push(order.id.clone());
+                } else {
+                    // A whole-bill part of an old order pays what was due; a re-issued bill is paid only when the
+                    // payments cover its new amount (never marked paid short).
+                    let share = if part.amount_fen > 0 { part.amount_fen } else { bill.due_fen() };
+                    next.paid_fen += share;
+                    next.applied.push(order.id.clone());
+                    if next.paid_fen >= next.amount_fen {
                         next.status = BillStatus::Paid;
                         next.paid_by = Some(order.id.clone());
                     }
+                }
+                if next.hold.as_ref().is_some_and(|h| h.order_id == order.id) {
+                    next.hold = None;
                 }
                 next.updated_at = at;
                 Ok(Step::Write(next, ()))
@@ -77,12 +88,20 @@ impl<S: Store> Fulfilment for Utility<'_, S> {
 
     async fn reverse(&self, order: &Order, at: Timestamp) -> Result<(), OrderError> {
         let p = payload(order)?;
-        for bill_id in &p.bill_ids {
-            kv::update_json(self.store, &keys::bill(&p.biller_id, bill_id), |bill: Option<&Bill>| {
+        for part in parts(&p) {
+            kv::update_json(self.store, &keys::bill(&p.biller_id, &part.bill_id), |bill: Option<&Bill>| {
                 let Some(bill) = bill else { return Ok::<_, OrderError>(Step::Keep(())) };
                 let mut next = bill.clone();
-                if bill.paid_by.as_deref() == Some(&order.id) {
-                    // Another payment of the same bill still stands: it becomes the one that paid it.
+                if let Some(i) = bill.applied.iter().position(|o| o == &order.id) {
+                    next.applied.remove(i);
+                    let share = if part.amount_fen > 0 { part.amount_fen } else { bill.amount_fen };
+                    next.paid_fen = (next.paid_fen - share).max(0);
+                    if next.paid_fen < next.amount_fen {
+                        next.status = BillStatus::Open;
+                        next.paid_by = None;
+                    }
+                } else if bill.paid_by.as_deref() == Some(&order.id) {
+                    // Paid before partial payments were counted.
                     if next.duplicate_payments.is_empty() {
                         next.status = BillStatus::Open;
                         next.paid_by = None;
@@ -103,9 +122,45 @@ impl<S: Store> Fulfilment for Utility<'_, S> {
         self.count_once(&order.id, "refunded", &p.biller_id, "orders_refunded", 1).await?;
         Ok(())
     }
+
+    async fn release(&self, order: &Order) -> Result<(), OrderError> {
+        let p = payload(order)?;
+        for part in parts(&p) {
+            holds::release::<Bill, OrderError>(self.store, &keys::bill(&p.biller_id, &part.bill_id), &order.id).await?;
+        }
+        Ok(())
+    }
+
+    async fn changed(&self, order: &Order) -> Result<Option<String>, OrderError> {
+        let p = payload(order)?;
+        let keys: Vec<kv::Key> = p.parts.iter().map(|part| keys::bill(&p.biller_id, &part.bill_id)).collect();
+        for ((key, raw), part) in keys.iter().zip(kv::get_all(self.store, &keys).await?).zip(&p.parts) {
+            match kv::decode_doc::<Bill>(key, raw.as_deref())? {
+                Some(bill) if bill.version != part.version => {
+                    return Ok(Some(format!("bill {} was re-issued", part.bill_id)));
+                }
+                Some(bill) if bill.status == BillStatus::Paid && !bill.applied.contains(&order.id) => {
+                    return Ok(Some(format!("bill {} is already paid", part.bill_id)));
+                }
+                Some(_) => {}
+                None => return Ok(Some(format!("bill {} was withdrawn", part.bill_id))),
+            }
+        }
+        Ok(None)
+    }
 }
 
-/// Places the order for a quote after checking its bills are still open.
+/// The bills an order pays toward: its parts, or (orders of before bill versions) each settled bill whole
+/// (`version` 0 and `amount_fen` 0: whatever was due).
+fn parts(p: &Payload) -> Vec<BillPart> {
+    if !p.parts.is_empty() {
+        return p.parts.clone();
+    }
+    p.bill_ids.iter().map(|id| BillPart { bill_id: id.clone(), version: 0, amount_fen: 0 }).collect()
+}
+
+/// Places the order for a quote: each bill it pays toward must still be the version priced, open, and not held by
+/// another open order; the order then holds them until its payment ends.
 pub async fn place(
     store: &impl Store,
     customer_id: &str,
@@ -114,17 +169,55 @@ pub async fn place(
 ) -> Result<Order, UtilityError> {
     let (quote, ordered) = orders::customer_quote(store, OWNER, customer_id, quote_id).await?;
     let p: Payload =
-        serde_json::from_value(quote.payload).map_err(|e| UtilityError::invalid("quote", e.to_string()))?;
+        serde_json::from_value(quote.payload.clone()).map_err(|e| UtilityError::invalid("quote", e.to_string()))?;
     let biller = billers::get(store, &p.biller_id).await?;
     if !ordered {
-        for bill_id in &p.bill_ids {
-            let bill: Option<Bill> = kv::get_json(store, &keys::bill(&biller.id, bill_id)).await?;
-            if !bill.is_some_and(|b| b.status == BillStatus::Open) {
-                return Err(UtilityError::BillNotOpen(bill_id.clone()));
+        let order_id = orders::order_id_for(quote_id);
+        let until = now.plus_secs(orders::PAYMENT_WINDOW_SECS + orders::RESERVATION_GRACE_SECS);
+        let mut held = Vec::new();
+        for part in parts(&p) {
+            match hold(store, &biller.id, &part, &order_id, until, now).await {
+                Ok(()) => held.push(part),
+                Err(e) => {
+                    // Let go of what this attempt took, so the customer can try again at once; when refused (the
+                    // bill is held, changed or paid), also of what the quote reserved: it cannot be paid (a new
+                    // quote once the bill is free reserves afresh). A store error keeps it for the retry.
+                    for part in &held {
+                        let key = keys::bill(&biller.id, &part.bill_id);
+                        let _ = holds::release::<Bill, UtilityError>(store, &key, &order_id).await;
+                    }
+                    if e.kind() == ErrorKind::Conflict {
+                        let _ = orders::release_quote(store, &quote, now).await;
+                    }
+                    return Err(e);
+                }
             }
         }
     }
     Ok(orders::place_order(store, OWNER, customer_id, quote_id, &biller.ledger_account(), now).await?)
+}
+
+/// Holds a bill for `order_id` until `until`: it must be open, the version priced and not held by another open
+/// order.
+async fn hold(
+    store: &impl Store,
+    biller_id: &str,
+    part: &BillPart,
+    order_id: &str,
+    until: Timestamp,
+    now: Timestamp,
+) -> Result<(), UtilityError> {
+    let item = format!("bill {}", part.bill_id);
+    holds::take(store, &keys::bill(biller_id, &part.bill_id), &item, order_id, until, now, |bill: Option<&Bill>| {
+        let Some(bill) = bill.filter(|b| b.status == BillStatus::Open) else {
+            return Err(UtilityError::BillNotOpen(part.bill_id.clone()));
+        };
+        if part.version != 0 && bill.version != part.version {
+            return Err(UtilityError::BillChanged(part.bill_id.clone()));
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// Applies a verified gateway notification.

@@ -4,6 +4,7 @@
 
 use scenefin_core::clock::Timestamp;
 use scenefin_core::coupons;
+use scenefin_core::holds::Holdable;
 use scenefin_core::ids::new_id;
 use scenefin_core::kv::Store;
 use scenefin_core::orders::{self, PayWith, QUOTE_TTL_SECS, Quote, QuoteLine};
@@ -46,6 +47,37 @@ pub struct Payload {
     pub bill_ids: Vec<String>,
     /// The amount before discounts.
     pub base_fen: i64,
+    /// What the payment pays toward each bill, and the bill version it was priced on (empty in orders of before
+    /// bill versions: those settle `bill_ids` whole).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<BillPart>,
+}
+
+/// A payment's share of one bill.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BillPart {
+    /// The bill.
+    pub bill_id: String,
+    /// The version priced.
+    pub version: u32,
+    /// Paid toward it.
+    pub amount_fen: i64,
+}
+
+/// How a payment of `amount_fen` spreads over the open bills (oldest first), or over the selected ones (pure).
+pub fn allocate(open: &[Bill], selected: &[String], amount_fen: i64) -> Vec<BillPart> {
+    let mut left = amount_fen;
+    let mut parts = Vec::new();
+    let chosen = open.iter().filter(|b| selected.is_empty() || selected.contains(&b.bill_id));
+    for bill in chosen {
+        let share = left.min(bill.due_fen());
+        if share <= 0 {
+            break;
+        }
+        parts.push(BillPart { bill_id: bill.bill_id.clone(), version: bill.version, amount_fen: share });
+        left -= share;
+    }
+    parts
 }
 
 /// The base amount and the bills it settles, by the biller's exactness rule (pure).
@@ -55,7 +87,7 @@ pub fn base_amount(
     bill_ids: Option<&[String]>,
     amount_fen: Option<i64>,
 ) -> Result<(i64, Vec<String>), UtilityError> {
-    let due: i64 = open.iter().map(|b| b.amount_fen).sum();
+    let due: i64 = open.iter().map(Bill::due_fen).sum();
     let all_ids = || open.iter().map(|b| b.bill_id.clone()).collect::<Vec<_>>();
     let positive = |a: i64| {
         if a <= 0 || a > MAX_PAYMENT_FEN {
@@ -84,7 +116,7 @@ pub fn base_amount(
                     .iter()
                     .find(|b| &b.bill_id == id)
                     .ok_or_else(|| UtilityError::BillNotOpen(id.chars().take(64).collect()))?;
-                total += bill.amount_fen;
+                total += bill.due_fen();
             }
             Ok((positive(total)?, ids.to_vec()))
         }
@@ -139,6 +171,18 @@ pub async fn quote(
         Err(e) => return Err(e),
     };
     let (base_fen, bill_ids) = base_amount(biller.exactness, &open, req.bill_ids.as_deref(), req.amount_fen)?;
+    let parts = allocate(&open, req.bill_ids.as_deref().unwrap_or_default(), base_fen);
+    // A bill another open order is paying cannot be paid again until that payment ends.
+    for part in &parts {
+        if let Some(order_id) = open.iter().find(|b| b.bill_id == part.bill_id).and_then(|b| b.held_by_other(None, now))
+        {
+            return Err(orders::OrderError::InPayment {
+                item: format!("bill {}", part.bill_id),
+                order_id: order_id.into(),
+            }
+            .into());
+        }
+    }
     let id = new_id("q", now.unix_ms())
         .map_err(|e| UtilityError::Store(scenefin_core::kv::StoreError::Backend(e.to_string())))?;
     let expires_at = now.plus_secs(QUOTE_TTL_SECS);
@@ -161,7 +205,8 @@ pub async fn quote(
         lines.extend(discount.reserve_line(store, &budget, &id, after_coupon, expires_at, now).await?);
     }
     let total_fen = lines.iter().map(|l| l.amount_fen).sum();
-    let payload = Payload { biller_id: biller.id.clone(), account_no: req.account_no.clone(), bill_ids, base_fen };
+    let payload =
+        Payload { biller_id: biller.id.clone(), account_no: req.account_no.clone(), bill_ids, base_fen, parts };
     let quote = Quote {
         v: 1,
         id,
@@ -197,6 +242,10 @@ mod tests {
             paid_by: None,
             duplicate_payments: vec![],
             updated_at: Timestamp::from_unix_secs(0),
+            version: 1,
+            paid_fen: 0,
+            applied: vec![],
+            hold: None,
         }
     }
 
@@ -230,6 +279,19 @@ mod tests {
         assert!(matches!(base_amount(Exactness::ExactDown, &[], None, Some(100)), Err(UtilityError::NothingDue)));
         assert!(base_amount(Exactness::ExactUp, &open, None, Some(0)).is_err());
         assert!(base_amount(Exactness::ExactUp, &open, None, Some(MAX_PAYMENT_FEN + 1)).is_err());
+    }
+
+    #[test]
+    fn a_partial_payment_spreads_over_the_oldest_bills_and_lowers_what_is_due() {
+        let mut older = bill("b1", 3000);
+        older.paid_fen = 1000;
+        let open = [older, bill("b2", 4500)];
+        assert_eq!(base_amount(Exactness::ExactDown, &open, None, Some(6500)).expect("ok"), (6500, ids(&["b1", "b2"])));
+        assert!(matches!(base_amount(Exactness::ExactDown, &open, None, Some(6501)), Err(UtilityError::AmountRule(_))));
+        let parts = allocate(&open, &[], 2500);
+        let shares: Vec<(&str, i64)> = parts.iter().map(|p| (p.bill_id.as_str(), p.amount_fen)).collect();
+        assert_eq!(shares, [("b1", 2000), ("b2", 500)]);
+        assert_eq!(allocate(&open, &ids(&["b2"]), 4500).len(), 1);
     }
 
     #[test]

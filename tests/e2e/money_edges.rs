@@ -414,3 +414,51 @@ async fn a_property_fee_group_paid_from_two_phones_at_once_is_held_by_one_order(
     assert_eq!((again.status, again.body["code"].as_str()), (409, Some("bill_not_open")), "{:?}", again.body);
     assert_eq!(app.ledger_check().await["balanced"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campus_top_up_is_refunded_to_its_instrument_only_while_the_card_still_holds_it() {
+    use crate::campus_card::{
+        Partner, add_merchant, bind_card, by_card, customer, issue, member, my_card, onboard_school, spend, top_up,
+    };
+    let app = TestApp::spawn().await.expect("app");
+    let school = onboard_school(&app, "thu", None).await;
+    let canteen = add_merchant(&app, &school, "thu", "thu_canteen", "canteen").await;
+    issue(&app, &school, "thu", &[member("T1", "student", "李雷", "2030-07-31", "424242")]).await;
+    let token = customer(&app, "wx_thu_t1").await;
+    let card = bind_card(&app, &token, "thu", "T1", "424242").await;
+    let first = top_up(&app, &token, &card, 10_000, "thu_tu_1").await;
+    let second = top_up(&app, &token, &card, 5_000, "thu_tu_2").await;
+    let spent = spend(&app, &canteen, &by_card("thu-1", &card, 8_000)).await;
+    assert_eq!(spent.status, 201, "{:?}", spent.body);
+
+    // The card holds 70 yuan: the 100 yuan top-up cannot come back, the 50 yuan one can, once.
+    let refused = campus_refund(&app, &first, "r-1", None).await;
+    assert_eq!(
+        (refused.status, refused.body["code"].as_str()),
+        (422, Some("insufficient_funds")),
+        "{:?}",
+        refused.body
+    );
+    let merchant = campus_refund(&app, &second, "r-2", Some(&canteen)).await;
+    assert_eq!(merchant.status, 403, "a merchant cannot refund top-ups: {:?}", merchant.body);
+    let done = campus_refund(&app, &second, "r-3", Some(&school)).await;
+    assert_eq!((done.status, done.body["state"].as_str()), (200, Some("refunded")), "{:?}", done.body);
+    assert_eq!(campus_refund(&app, &second, "r-4", None).await.body["state"], "refunded", "once");
+    assert_eq!(my_card(&app, &token, &card).await["balance_fen"], 2_000);
+    let receipt = app.send("GET", &format!("/api/campus/orders/{first}"), None, Some(&token)).await;
+    assert_eq!(receipt.body["state"], "paid", "the refused refund changed nothing");
+    let check = app.ledger_check().await;
+    assert_eq!(check["balanced"], true, "{check:?}");
+    assert_eq!(ledger_account(&check, &format!("campus:card:{card}:stored_value")), -2_000);
+}
+
+/// `POST /api/campus/orders/{order}/refund` as the operator (`by: None`) or a signed partner.
+async fn campus_refund(app: &TestApp, order: &str, key: &str, by: Option<&crate::campus_card::Partner>) -> Reply {
+    let path = format!("/api/campus/orders/{order}/refund");
+    let mut headers = match by {
+        Some(p) => app.partner_headers(&p.id, &p.secret, "POST", &path, b""),
+        None => vec![("authorization".to_owned(), format!("Bearer {OPERATOR_TOKEN}"))],
+    };
+    headers.push(("idempotency-key".to_owned(), key.to_owned()));
+    app.send_raw("POST", &path, Vec::new(), &headers).await
+}

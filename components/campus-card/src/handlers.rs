@@ -230,6 +230,15 @@ pub async fn order(req: &Request, id: &str) -> Handled {
     flow::get(req, OWNER, id).await
 }
 
+/// `POST /api/campus/orders/{id}/refund`: the operator or the card's school refunds a top-up to the instrument that
+/// paid it, while the card still holds it (`422 insufficient_funds` otherwise).
+pub async fn refund(req: Request, id: &str) -> Handled {
+    flow::refund(req, OWNER, id, topups::school_of, async |store, id, by, rules, now| {
+        topups::refund(store, id, by, rules, now).await
+    })
+    .await
+}
+
 pub async fn notify(req: Request) -> Handled {
     flow::notify(req, async |store, event, bins, rules, now| topups::notify(store, event, bins, rules, now).await).await
 }

@@ -16,6 +16,7 @@
 //! | GET | `/api/campus/cards/{id}/transactions?cursor=&limit=` | customer |
 //! | POST | `/api/campus/topups` (Idempotency-Key) | customer |
 //! | GET | `/api/campus/orders?cursor=&limit=`, `/api/campus/orders/{id}` | customer |
+//! | POST | `/api/campus/orders/{id}/refund` (Idempotency-Key) | operator or the card's school (signed): a top-up back to the instrument that paid it, while the card still holds it |
 //! | POST | `/api/campus/payments/notify` | payment gateway (Standard Webhooks) |
 //! | POST | `/api/campus/spend` | a merchant POS (signed) |
 //! | POST | `/api/campus/spend/{id}/reverse` | the same merchant (signed) |
@@ -54,6 +55,7 @@ async fn handle(req: Request) -> Response {
         (&Method::POST, ["api", "campus", "topups"]) => handlers::topup(req).await,
         (&Method::GET, ["api", "campus", "orders"]) => handlers::orders(&req, &route).await,
         (&Method::GET, ["api", "campus", "orders", id]) => handlers::order(&req, id).await,
+        (&Method::POST, ["api", "campus", "orders", id, "refund"]) => handlers::refund(req, id).await,
         (&Method::POST, ["api", "campus", "payments", "notify"]) => handlers::notify(req).await,
         (&Method::POST, ["api", "campus", "spend"]) => handlers::spend(req).await,
         (&Method::POST, ["api", "campus", "spend", id, "reverse"]) => handlers::reverse(req, id).await,
@@ -85,6 +87,7 @@ fn known_path(path: &[&str]) -> bool {
                 "limits" | "report-lost" | "unfreeze" | "reissue" | "pay-code" | "transactions"
             ]
             | ["api", "campus", "orders", _]
+            | ["api", "campus", "orders", _, "refund"]
             | ["api", "campus", "payments", "notify"]
             | ["api", "campus", "spend", _, "reverse"]
             | ["api", "campus", "merchants", _, "settlement"]

@@ -1091,6 +1091,12 @@ pub async fn refund(
         // Finish the payment first, so the refund reverses complete effects.
         fulfil(store, scenario, &order, rules, now).await?;
     }
+    // The money first: a refund that takes money back from a customer's stored value (a campus top-up) is refused
+    // by the ledger when the card no longer holds it, and the order then stays paid. The posting is write-once by
+    // order, so a retry (or a concurrent refund) completes the same one.
+    if order.state == OrderState::Paid {
+        ledger::post(store, &order.refund_posting(now)).await?;
+    }
     let refunded = kv::update_json(store, &keys::order(owner, order_id), |current: Option<&Order>| {
         let Some(current) = current else { return Err(OrderError::OrderNotFound) };
         if current.state == OrderState::Refunded {

@@ -146,11 +146,7 @@ impl<S: Store> Fulfilment for Topups<'_, S> {
             merchant_id: None,
             at,
         };
-        // A store error keeps its kind (contention is a retryable 503); anything else is the scenario's bug.
-        let scenario = |e: CampusError| match e {
-            CampusError::Store(e) => OrderError::Store(e),
-            other => OrderError::Scenario(other.to_string()),
-        };
+        let scenario = as_order_error;
         txns::append(self.store, &p.card_id, &txn).await.map_err(scenario)?;
         let count = async |counter: &str, delta: i64| {
             schools::count_once(self.store, &p.school_id, counter, &order.id, delta).await.map_err(scenario)
@@ -169,10 +165,46 @@ impl<S: Store> Fulfilment for Topups<'_, S> {
         Ok(())
     }
 
-    /// Top-ups are not refunded through the flow: the money may already be spent (no route calls this).
-    async fn reverse(&self, _order: &Order, _at: Timestamp) -> Result<(), OrderError> {
-        Err(OrderError::Scenario("campus top-ups are not refundable through the payment flow".into()))
+    /// Lists the refund on the card. The money moved before this runs: the flow posts the refund first, and the
+    /// ledger refuses it when the card no longer holds the top-up and its bonus (`insufficient_funds`), so a top-up
+    /// is refunded only while the card still holds it.
+    async fn reverse(&self, order: &Order, at: Timestamp) -> Result<(), OrderError> {
+        let p = payload(order)?;
+        let txn = Txn {
+            txn_id: format!("refund:{}", order.id),
+            kind: TxnKind::Refund,
+            amount_fen: -(order.total_fen + order.funded_fen()),
+            reference: order.id.clone(),
+            merchant_id: None,
+            at,
+        };
+        txns::append(self.store, &p.card_id, &txn).await.map_err(as_order_error)
     }
+}
+
+/// A campus error inside the payment flow: a store error keeps its kind (contention is a retryable 503); anything
+/// else is the scenario's bug.
+fn as_order_error(e: CampusError) -> OrderError {
+    match e {
+        CampusError::Store(e) => OrderError::Store(e),
+        other => OrderError::Scenario(other.to_string()),
+    }
+}
+
+/// Refunds a paid top-up to the instrument that paid it, while the card still holds it (and its bonus).
+pub async fn refund(
+    store: &impl Store,
+    order_id: &str,
+    by: &str,
+    rules: &LifecycleRules,
+    now: Timestamp,
+) -> Result<Order, CampusError> {
+    Ok(orders::refund(store, &Topups { store }, order_id, by, rules, now).await?)
+}
+
+/// The school a top-up's card belongs to (for partner scope checks).
+pub fn school_of(order: &Order) -> Option<String> {
+    order.payload.get("school_id").and_then(|v| v.as_str()).map(str::to_owned)
 }
 
 /// Applies a verified gateway notification.

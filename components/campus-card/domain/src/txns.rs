@@ -25,6 +25,8 @@ pub enum TxnKind {
     TransferIn,
     /// Balance moved to the card that replaced this one.
     TransferOut,
+    /// A top-up refunded to the instrument that paid it (with its bonus taken back).
+    Refund,
 }
 
 /// One transaction.

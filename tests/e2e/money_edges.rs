@@ -418,7 +418,7 @@ async fn a_property_fee_group_paid_from_two_phones_at_once_is_held_by_one_order(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_campus_top_up_is_refunded_to_its_instrument_only_while_the_card_still_holds_it() {
     use crate::campus_card::{
-        Partner, add_merchant, bind_card, by_card, customer, issue, member, my_card, onboard_school, spend, top_up,
+        add_merchant, bind_card, by_card, customer, issue, member, my_card, onboard_school, spend, top_up,
     };
     let app = TestApp::spawn().await.expect("app");
     let school = onboard_school(&app, "thu", None).await;
@@ -461,4 +461,71 @@ async fn campus_refund(app: &TestApp, order: &str, key: &str, by: Option<&crate:
     };
     headers.push(("idempotency-key".to_owned(), key.to_owned()));
     app.send_raw("POST", &path, Vec::new(), &headers).await
+}
+
+/// `POST /api/utility/orders/{order}/refund` signed by the biller, with `amount_fen` when given.
+async fn utility_refund(app: &TestApp, w: &Biller, order: &str, key: &str, amount_fen: Option<i64>) -> Reply {
+    let path = format!("/api/utility/orders/{order}/refund");
+    let body = amount_fen.map(|a| serde_json::to_vec(&json!({ "amount_fen": a })).expect("json")).unwrap_or_default();
+    let mut headers = app.partner_headers(&w.partner_id, &w.secret, "POST", &path, &body);
+    headers.push(("idempotency-key".to_owned(), key.to_owned()));
+    headers.push(("content-type".to_owned(), "application/json".to_owned()));
+    app.send_raw("POST", &path, body, &headers).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_refunds_give_back_at_most_what_is_left_once_each_and_the_statement_reconciles() {
+    let (app, w, token) = water_app(json!([bill("R-1", 8650)]), "wx_partly_refunded").await;
+    let app = std::sync::Arc::new(app);
+    let now = app.now.to_rfc3339();
+    let (order_id, total) = placed_order(&app, &token, &bank_quote(&["R-1"]), "r-1").await;
+    assert_eq!(total, 8218);
+    let paid = app.notify(NOTIFY, &event("evt-r", &order_id, "succeeded", total, Some(BANK_BIN), &now)).await;
+    assert_eq!(paid.body["state"], "paid");
+
+    // 10 yuan back, sent twice with one key: once.
+    for _ in 0..2 {
+        let r = utility_refund(&app, &w, &order_id, "part-1", Some(1000)).await;
+        assert_eq!(
+            (r.status, r.body["state"].as_str(), r.body["refunded_fen"].as_i64()),
+            (200, Some("paid"), Some(1000)),
+            "{:?}",
+            r.body
+        );
+    }
+    // Two more at once, each of 40 yuan, with 72.18 left: only one fits.
+    let mut tasks = tokio::task::JoinSet::new();
+    for key in ["part-2", "part-3"] {
+        let (app, w, order_id) = (
+            app.clone(),
+            Biller { id: w.id.clone(), partner_id: w.partner_id.clone(), secret: w.secret.clone() },
+            order_id.clone(),
+        );
+        tasks.spawn(async move { utility_refund(&app, &w, &order_id, key, Some(4000)).await });
+    }
+    let mut answers = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        let r = r.expect("task");
+        answers.push((r.status, r.body["code"].as_str().map(str::to_owned)));
+    }
+    answers.sort();
+    assert_eq!(answers, [(200, None), (422, Some("refund_exceeds_remaining".to_owned()))], "{answers:?}");
+    let too_much = utility_refund(&app, &w, &order_id, "part-4", Some(3219)).await;
+    assert_eq!((too_much.status, too_much.body["code"].as_str()), (422, Some("refund_exceeds_remaining")));
+    // The rest (32.18 yuan and the bank's discount) closes the order and reopens the bill.
+    let rest = utility_refund(&app, &w, &order_id, "rest", None).await;
+    assert_eq!(
+        (rest.status, rest.body["state"].as_str(), rest.body["refunded_fen"].as_i64()),
+        (200, Some("refunded"), Some(total)),
+        "{:?}",
+        rest.body
+    );
+    assert_eq!(rest.body["partial_refunds"].as_array().map(Vec::len), Some(2));
+    assert_eq!(water_bills(&app, &token).await.body["outstanding_fen"], 8650);
+
+    // The biller's day: the payment, two partial refunds and the rest, to zero, line by line on the ledger.
+    assert_reconciled(&app, &now, 0).await;
+    let check = app.ledger_check().await;
+    assert_eq!(check["balanced"], true, "{check:?}");
+    assert_eq!((ledger_account(&check, "gateway:clearing"), ledger_account(&check, "bank:marketing")), (0, 0));
 }

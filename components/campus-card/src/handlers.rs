@@ -233,8 +233,8 @@ pub async fn order(req: &Request, id: &str) -> Handled {
 /// `POST /api/campus/orders/{id}/refund`: the operator or the card's school refunds a top-up to the instrument that
 /// paid it, while the card still holds it (`422 insufficient_funds` otherwise).
 pub async fn refund(req: Request, id: &str) -> Handled {
-    flow::refund(req, OWNER, id, topups::school_of, async |store, id, by, rules, now| {
-        topups::refund(store, id, by, rules, now).await
+    flow::refund(req, OWNER, id, topups::school_of, async |store, id, by, request, rules, now| {
+        topups::refund(store, id, by, request, rules, now).await
     })
     .await
 }

@@ -205,8 +205,8 @@ pub async fn order(req: &Request, id: &str) -> Handled {
 }
 
 pub async fn refund(req: Request, id: &str) -> Handled {
-    flow::refund(req, OWNER, id, pricing::community_of, async |store, id, by, rules, now| {
-        payments::refund(store, id, by, rules, now).await
+    flow::refund(req, OWNER, id, pricing::community_of, async |store, id, by, request, rules, now| {
+        payments::refund(store, id, by, request, rules, now).await
     })
     .await
 }

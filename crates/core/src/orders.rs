@@ -274,6 +274,22 @@ pub struct Order {
     /// Money that arrived but could not pay this order, each owed back.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exceptions: Vec<PaymentException>,
+    /// Partial refunds of a paid order, oldest first (a refund of what is left makes it `refunded`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partial_refunds: Vec<PartialRefund>,
+}
+
+/// Part of a paid order's money given back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialRefund {
+    /// Its id: derived from the refund request's idempotency key, so a retried request refunds once.
+    pub id: String,
+    /// Given back to the customer.
+    pub amount_fen: i64,
+    /// When.
+    pub at: Timestamp,
+    /// By whom (`operator` or the partner id).
+    pub by: String,
 }
 
 impl Order {
@@ -295,10 +311,26 @@ impl Order {
         }
     }
 
-    /// The reversal of [`Order::payment_posting`].
+    /// The reversal of [`Order::payment_posting`], less what partial refunds already gave back (from gateway
+    /// clearing and the settlement account).
     pub fn refund_posting(&self, at: Timestamp) -> Posting {
         let pay = self.payment_posting(at);
-        let lines = pay.lines.into_iter().map(|l| Line { account: l.account, amount_fen: -l.amount_fen }).collect();
+        let given_back = self.partially_refunded_fen();
+        let lines = pay
+            .lines
+            .into_iter()
+            .map(|l| {
+                let already = if l.account == GATEWAY_CLEARING {
+                    given_back
+                } else if l.account == self.settlement_account {
+                    -given_back
+                } else {
+                    0
+                };
+                Line { account: l.account, amount_fen: -(l.amount_fen - already) }
+            })
+            .filter(|l| l.amount_fen != 0)
+            .collect();
         Posting {
             v: 1,
             id: format!("refund:{}", self.id),
@@ -311,6 +343,26 @@ impl Order {
     /// What the bank funds: the sum of funded discounts (positive).
     pub fn funded_fen(&self) -> i64 {
         self.lines.iter().filter(|l| l.funded_by.is_some()).map(|l| -l.amount_fen).sum()
+    }
+
+    /// What partial refunds gave back so far.
+    pub fn partially_refunded_fen(&self) -> i64 {
+        self.partial_refunds.iter().map(|r| r.amount_fen).sum()
+    }
+
+    /// The posting of partial refund `refund`: the customer's money back from the settlement account to gateway
+    /// clearing (the bank's discount stays until the rest is refunded).
+    pub fn partial_refund_posting(&self, refund: &PartialRefund) -> Posting {
+        Posting {
+            v: 1,
+            id: format!("refund:{}:{}", self.id, refund.id),
+            at: refund.at,
+            memo: format!("partial refund of {} order {}", self.scenario, self.id),
+            lines: vec![
+                Line { account: GATEWAY_CLEARING.into(), amount_fen: -refund.amount_fen },
+                Line { account: self.settlement_account.clone(), amount_fen: refund.amount_fen },
+            ],
+        }
     }
 
     fn reservations(&self) -> impl Iterator<Item = &Funding> {
@@ -360,6 +412,15 @@ pub enum OrderError {
     /// A bank-card discount was paid with another instrument.
     #[error("this order's discount requires one of the bank's cards")]
     InstrumentMismatch,
+    /// A partial refund asks for more than is left to refund.
+    #[error("at most {left_fen} fen of this order is left to refund")]
+    RefundTooLarge {
+        /// What is left.
+        left_fen: i64,
+    },
+    /// This scenario refunds whole orders only.
+    #[error("this order can only be refunded in full")]
+    PartialRefundNotAllowed,
     /// What the request wants to pay is held by another open order until it is paid, fails or expires.
     #[error("{item} is being paid by order {order_id}; finish or cancel that payment first")]
     InPayment {
@@ -402,6 +463,7 @@ impl Problem for OrderError {
             | OrderError::IllegalTransition { .. }
             | OrderError::NotPayable(_)
             | OrderError::InPayment { .. } => ErrorKind::Conflict,
+            OrderError::RefundTooLarge { .. } | OrderError::PartialRefundNotAllowed => ErrorKind::Unprocessable,
             OrderError::AmountMismatch { .. } | OrderError::InstrumentMismatch => ErrorKind::Unprocessable,
             OrderError::Invalid(_) => ErrorKind::Invalid,
             OrderError::Ledger(e) => e.kind(),
@@ -420,6 +482,8 @@ impl Problem for OrderError {
             OrderError::AmountMismatch { .. } => "amount_mismatch",
             OrderError::InstrumentMismatch => "instrument_mismatch",
             OrderError::InPayment { .. } => "bill_in_payment",
+            OrderError::RefundTooLarge { .. } => "refund_exceeds_remaining",
+            OrderError::PartialRefundNotAllowed => "partial_refund_not_allowed",
             OrderError::Invalid(_) => "validation_failed",
             OrderError::Ledger(e) => e.code(),
             OrderError::Limit(e) => e.code(),
@@ -444,6 +508,15 @@ pub trait Fulfilment {
     async fn fulfil(&self, order: &Order, at: Timestamp) -> Result<(), OrderError>;
     /// Undoes them on refund (reopen bills...).
     async fn reverse(&self, order: &Order, at: Timestamp) -> Result<(), OrderError>;
+    /// Whether orders may be refunded in part (stored value is refunded whole, or not at all).
+    fn partial_refunds(&self) -> bool {
+        true
+    }
+    /// Reports a partial refund (its settlement statement line); idempotent by refund id.
+    async fn partially_refunded(&self, order: &Order, refund: &PartialRefund) -> Result<(), OrderError> {
+        let _ = (order, refund);
+        Ok(())
+    }
     /// Lets go of what a failed order held (its bills become payable by another order at once).
     async fn release(&self, order: &Order) -> Result<(), OrderError> {
         let _ = order;
@@ -675,6 +748,7 @@ pub async fn place_order(
         payload: quote.payload.clone(),
         history: vec![StateChange { state: OrderState::PendingPayment, at: now }],
         exceptions: Vec::new(),
+        partial_refunds: Vec::new(),
     };
     let placed = kv::update_json(store, &keys::order(owner, &id), |current: Option<&Order>| match current {
         Some(existing) => Ok::<_, OrderError>(Step::Keep(existing.clone())),
@@ -1076,12 +1150,22 @@ async fn fulfil(
     Ok(done)
 }
 
-/// Refunds a paid order (idempotent; completes an interrupted refund).
+/// What a refund request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundRequest {
+    /// The request's own id (from its idempotency key): a retried partial refund is applied once.
+    pub id: String,
+    /// Part of what is left to refund; `None` (or all that is left) refunds the rest and closes the order.
+    pub amount_fen: Option<i64>,
+}
+
+/// Refunds a paid order, in full or in part (idempotent per request id; completes an interrupted refund).
 pub async fn refund(
     store: &impl Store,
     scenario: &impl Fulfilment,
     order_id: &str,
     by: &str,
+    request: &RefundRequest,
     rules: &LifecycleRules,
     now: Timestamp,
 ) -> Result<Order, OrderError> {
@@ -1091,10 +1175,22 @@ pub async fn refund(
         // Finish the payment first, so the refund reverses complete effects.
         fulfil(store, scenario, &order, rules, now).await?;
     }
-    // The money first: a refund that takes money back from a customer's stored value (a campus top-up) is refused
-    // by the ledger when the card no longer holds it, and the order then stays paid. The posting is write-once by
-    // order, so a retry (or a concurrent refund) completes the same one.
-    if order.state == OrderState::Paid {
+    let known = order.partial_refunds.iter().any(|r| r.id == request.id);
+    if let Some(amount) = request.amount_fen
+        && (known || order.state == OrderState::Paid)
+    {
+        let left = order.total_fen - order.partially_refunded_fen();
+        if !known && (amount <= 0 || amount > left) {
+            return Err(OrderError::RefundTooLarge { left_fen: left });
+        }
+        if known || amount < left {
+            return refund_part(store, scenario, &order, by, request, amount, now).await;
+        }
+    }
+    // The money first where it comes back from a customer's stored value (a campus top-up, refunded in full only):
+    // the ledger refuses it when the card no longer holds it, and the order then stays paid. The posting is
+    // write-once by order, so a retry (or a concurrent refund) completes the same one.
+    if order.state == OrderState::Paid && !scenario.partial_refunds() {
         ledger::post(store, &order.refund_posting(now)).await?;
     }
     let refunded = kv::update_json(store, &keys::order(owner, order_id), |current: Option<&Order>| {
@@ -1109,6 +1205,10 @@ pub async fn refund(
     .await?;
     if refunded.refund_done {
         return Ok(refunded);
+    }
+    // Partial refunds are frozen now (they need a paid order): complete any a crash left unposted, then post the rest.
+    for part in &refunded.partial_refunds {
+        ledger::post(store, &refunded.partial_refund_posting(part)).await?;
     }
     scenario.reverse(&refunded, now).await?;
     ledger::post(store, &refunded.refund_posting(now)).await?;
@@ -1134,6 +1234,45 @@ pub async fn refund(
     })
     .await?;
     Ok(done)
+}
+
+/// Gives part of a paid order's money back: recorded on the order (once per request id, never more than is left),
+/// then posted from the settlement account to gateway clearing, then reported to the scenario (its statement).
+async fn refund_part(
+    store: &impl Store,
+    scenario: &impl Fulfilment,
+    order: &Order,
+    by: &str,
+    request: &RefundRequest,
+    amount_fen: i64,
+    now: Timestamp,
+) -> Result<Order, OrderError> {
+    if !scenario.partial_refunds() {
+        return Err(OrderError::PartialRefundNotAllowed);
+    }
+    let part = PartialRefund { id: request.id.clone(), amount_fen, at: now, by: by.to_owned() };
+    let order = kv::update_json(store, &keys::order(scenario.owner(), &order.id), |current: Option<&Order>| {
+        let Some(current) = current else { return Err(OrderError::OrderNotFound) };
+        if current.partial_refunds.iter().any(|r| r.id == part.id) {
+            return Ok(Step::Keep(current.clone()));
+        }
+        if current.state != OrderState::Paid {
+            return Err(OrderError::IllegalTransition { from: current.state, to: OrderState::Refunded });
+        }
+        // A concurrent partial refund may have taken some of what was left: this one must leave something.
+        let left = current.total_fen - current.partially_refunded_fen();
+        if part.amount_fen >= left {
+            return Err(OrderError::RefundTooLarge { left_fen: left });
+        }
+        let mut next = current.clone();
+        next.partial_refunds.push(part.clone());
+        Ok(Step::Write(next.clone(), next))
+    })
+    .await?;
+    let recorded = order.partial_refunds.iter().find(|r| r.id == request.id).cloned().unwrap_or(part);
+    ledger::post(store, &order.partial_refund_posting(&recorded)).await?;
+    scenario.partially_refunded(&order, &recorded).await?;
+    Ok(order)
 }
 
 #[cfg(test)]
@@ -1186,6 +1325,7 @@ mod tests {
             payload: serde_json::Value::Null,
             history: vec![],
             exceptions: vec![],
+            partial_refunds: vec![],
         };
         let pay = order.payment_posting(Timestamp::from_unix_secs(10));
         assert_eq!(pay.lines.iter().map(|l| l.amount_fen).sum::<i64>(), 0);
@@ -1300,6 +1440,7 @@ mod hostile_cursor_tests {
             payload: serde_json::Value::Null,
             history: vec![],
             exceptions: vec![],
+            partial_refunds: vec![],
         }
     }
 

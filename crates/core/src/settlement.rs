@@ -23,7 +23,7 @@ pub fn day_key(owner: &str, resource_id: &str, day: u32) -> Key {
 pub struct Entry {
     /// Order.
     pub order_id: String,
-    /// `pay` or `refund`.
+    /// `pay`, `refund` (the whole rest) or `refund:{id}` (partial refund `id`).
     pub kind: String,
 }
 
@@ -112,23 +112,35 @@ pub async fn statement(
             reconciled = false;
             continue;
         };
-        let sign = if entry.kind == "refund" { -1 } else { 1 };
-        let discount = order.funded_fen();
-        let posting =
-            ledger::posting(store, &format!("{}:{}", if sign > 0 { "pay" } else { "refund" }, order.id)).await?;
+        // What the line moves: (posting id, discount, what the customer paid), negative for refunds. A partial
+        // refund (`refund:{id}`) gives back part of what the customer paid; the final refund gives back the rest
+        // and the bank's discount.
+        let (posting_id, discount, customer_paid) = match entry.kind.strip_prefix("refund:") {
+            Some(part) => {
+                let amount = order.partial_refunds.iter().find(|r| r.id == part).map_or(0, |r| r.amount_fen);
+                (format!("refund:{}:{part}", order.id), 0, -amount)
+            }
+            None if entry.kind == "refund" => (
+                format!("refund:{}", order.id),
+                -order.funded_fen(),
+                -(order.total_fen - order.partially_refunded_fen()),
+            ),
+            None => (format!("pay:{}", order.id), order.funded_fen(), order.total_fen),
+        };
+        let posting = ledger::posting(store, &posting_id).await?;
         // The settlement account is credited on payment (negative) and debited on refund.
         let ledger_fen = posting
             .map(|p| p.lines.iter().filter(|l| l.account == ledger_account).map(|l| -l.amount_fen).sum())
             .unwrap_or(0);
-        let gross = sign * (order.total_fen + discount);
+        let gross = customer_paid + discount;
         reconciled &= ledger_fen == gross;
         lines.push(Line {
             reference: order.payload.get(reference).and_then(|v| v.as_str()).unwrap_or_default().to_owned(),
             order_id: order.id.clone(),
             kind: entry.kind.clone(),
             gross_fen: gross,
-            discount_fen: sign * discount,
-            customer_paid_fen: sign * order.total_fen,
+            discount_fen: discount,
+            customer_paid_fen: customer_paid,
             ledger_fen,
         });
     }

@@ -5,7 +5,8 @@ use scenefin_core::clock::Timestamp;
 use scenefin_core::customers::LifecycleRules;
 use scenefin_core::json::DEFAULT_LIMIT_BYTES;
 use scenefin_core::orders::{
-    self, GatewayEvent, Order, OrderError, OrderState, PayWith, PaymentException, QuoteLine, StateChange,
+    self, GatewayEvent, Order, OrderError, OrderState, PartialRefund, PayWith, PaymentException, QuoteLine,
+    RefundRequest, StateChange,
 };
 use scenefin_core::problem::Problem;
 use serde::{Deserialize, Serialize};
@@ -76,6 +77,10 @@ pub struct OrderView<'a> {
     /// Money that arrived but could not pay this order (paid twice, paid after it closed), each with its refund
     /// instruction.
     pub refunds_due: &'a [PaymentException],
+    /// Partial refunds so far (a refund of the rest makes the order `refunded`).
+    pub partial_refunds: &'a [PartialRefund],
+    /// Given back to the customer so far.
+    pub refunded_fen: i64,
 }
 
 impl<'a> From<&'a Order> for OrderView<'a> {
@@ -93,6 +98,11 @@ impl<'a> From<&'a Order> for OrderView<'a> {
             receipt_no: o.payment.as_ref().map(|p| p.event_id.as_str()),
             history: &o.history,
             refunds_due: &o.exceptions,
+            partial_refunds: &o.partial_refunds,
+            refunded_fen: match o.state {
+                OrderState::Refunded => o.total_fen,
+                _ => o.partially_refunded_fen(),
+            },
         }
     }
 }
@@ -198,7 +208,7 @@ pub async fn refund<E: Problem>(
     owner: &str,
     id: &str,
     resource_of: fn(&Order) -> Option<String>,
-    refund: impl AsyncFnOnce(&SpinStore, &str, &str, &LifecycleRules, Timestamp) -> Result<Order, E>,
+    refund: impl AsyncFnOnce(&SpinStore, &str, &str, &RefundRequest, &LifecycleRules, Timestamp) -> Result<Order, E>,
 ) -> Handled {
     let now = request_time(&req).await?;
     let store = SpinStore::open_default().or_problem()?;
@@ -208,9 +218,31 @@ pub async fn refund<E: Problem>(
     caller.require(&resource_of(&order).unwrap_or_default())?;
     let by = caller.id().to_owned();
     let rules = lifecycle_rules().await;
-    idempotent(&store, &head, owner, &by, &bytes, now, async || match refund(&store, id, &by, &rules, now).await {
-        Ok(order) => json_response(200, &OrderView::from(&order)),
-        Err(e) => problem(&e),
+    // The request's id for a partial refund: its caller and idempotency key (a missing key is refused below).
+    let key = head.headers().get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let request_id = scenefin_core::ids::hash_key_part(&format!("{by}:{key}"))[..16].to_owned();
+    idempotent(&store, &head, owner, &by, &bytes, now, async || {
+        let amount_fen = if bytes.iter().all(u8::is_ascii_whitespace) {
+            None
+        } else {
+            match json::<RefundBody>(&bytes, DEFAULT_LIMIT_BYTES) {
+                Ok(body) => body.amount_fen,
+                Err(e) => return problem(&e),
+            }
+        };
+        let request = RefundRequest { id: request_id.clone(), amount_fen };
+        match refund(&store, id, &by, &request, &rules, now).await {
+            Ok(order) => json_response(200, &OrderView::from(&order)),
+            Err(e) => problem(&e),
+        }
     })
     .await
+}
+
+/// `POST …/orders/{id}/refund` body: nothing (refund all that is left), or part of it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefundBody {
+    /// Fen to give back, at most what is left; absent: all that is left.
+    amount_fen: Option<i64>,
 }

@@ -131,6 +131,11 @@ impl<S: Store> Fulfilment for Topups<'_, S> {
         EventKind::ToppedUp
     }
 
+    /// Stored value comes back whole, or not at all.
+    fn partial_refunds(&self) -> bool {
+        false
+    }
+
     /// Credits the card (the flow posts the payment again afterwards, which the ledger treats as a replay), lists
     /// the top-up, counts it, and moves the money on if the card was replaced since the order.
     async fn fulfil(&self, order: &Order, at: Timestamp) -> Result<(), OrderError> {
@@ -196,10 +201,11 @@ pub async fn refund(
     store: &impl Store,
     order_id: &str,
     by: &str,
+    request: &orders::RefundRequest,
     rules: &LifecycleRules,
     now: Timestamp,
 ) -> Result<Order, CampusError> {
-    Ok(orders::refund(store, &Topups { store }, order_id, by, rules, now).await?)
+    Ok(orders::refund(store, &Topups { store }, order_id, by, request, rules, now).await?)
 }
 
 /// The school a top-up's card belongs to (for partner scope checks).

@@ -5,7 +5,7 @@ use scenefin_core::clock::Timestamp;
 use scenefin_core::customers::LifecycleRules;
 use scenefin_core::holds;
 use scenefin_core::kv::{self, Step, Store};
-use scenefin_core::orders::{self, Fulfilment, GatewayEvent, Order, OrderError};
+use scenefin_core::orders::{self, Fulfilment, GatewayEvent, Order, OrderError, PartialRefund, RefundRequest};
 use scenefin_core::problem::{ErrorKind, Problem};
 use scenefin_core::settlement;
 
@@ -115,6 +115,12 @@ impl<S: Store> Fulfilment for Property<'_, S> {
         Ok(())
     }
 
+    async fn partially_refunded(&self, order: &Order, refund: &PartialRefund) -> Result<(), OrderError> {
+        let p = payload(order)?;
+        let kind = format!("refund:{}", refund.id);
+        Ok(settlement::record(self.store, OWNER, &p.community_id, &order.id, &kind, refund.at).await?)
+    }
+
     async fn release(&self, order: &Order) -> Result<(), OrderError> {
         let p = payload(order)?;
         for bill_id in &p.bill_ids {
@@ -212,8 +218,9 @@ pub async fn refund(
     store: &impl Store,
     order_id: &str,
     by: &str,
+    request: &RefundRequest,
     rules: &LifecycleRules,
     now: Timestamp,
 ) -> Result<Order, PropertyError> {
-    Ok(orders::refund(store, &Property { store }, order_id, by, rules, now).await?)
+    Ok(orders::refund(store, &Property { store }, order_id, by, request, rules, now).await?)
 }

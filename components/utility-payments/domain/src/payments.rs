@@ -5,7 +5,7 @@ use scenefin_core::clock::Timestamp;
 use scenefin_core::customers::LifecycleRules;
 use scenefin_core::holds;
 use scenefin_core::kv::{self, Step, Store};
-use scenefin_core::orders::{self, Fulfilment, GatewayEvent, Order, OrderError};
+use scenefin_core::orders::{self, Fulfilment, GatewayEvent, Order, OrderError, PartialRefund, RefundRequest};
 use scenefin_core::problem::{ErrorKind, Problem};
 use scenefin_core::settlement;
 
@@ -123,6 +123,12 @@ impl<S: Store> Fulfilment for Utility<'_, S> {
         Ok(())
     }
 
+    async fn partially_refunded(&self, order: &Order, refund: &PartialRefund) -> Result<(), OrderError> {
+        let p = payload(order)?;
+        let kind = format!("refund:{}", refund.id);
+        Ok(settlement::record(self.store, OWNER, &p.biller_id, &order.id, &kind, refund.at).await?)
+    }
+
     async fn release(&self, order: &Order) -> Result<(), OrderError> {
         let p = payload(order)?;
         for part in parts(&p) {
@@ -236,10 +242,11 @@ pub async fn refund(
     store: &impl Store,
     order_id: &str,
     by: &str,
+    request: &RefundRequest,
     rules: &LifecycleRules,
     now: Timestamp,
 ) -> Result<Order, UtilityError> {
-    Ok(orders::refund(store, &Utility { store }, order_id, by, rules, now).await?)
+    Ok(orders::refund(store, &Utility { store }, order_id, by, request, rules, now).await?)
 }
 
 /// The biller an order pays (for partner scope checks).

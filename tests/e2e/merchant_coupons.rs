@@ -185,7 +185,7 @@ pub(crate) async fn login(app: &Api, subject: &str, channel_code: Option<&str>) 
 }
 
 /// The same customer signed in again at the app's (moved) clock: sessions last a day.
-async fn relogin(app: &TestApp, customer: &Customer) -> Customer {
+async fn relogin(app: &Api, customer: &Customer) -> Customer {
     let again = login(app, &customer.subject, None).await;
     assert_eq!(again.id, customer.id);
     again
@@ -359,6 +359,86 @@ async fn checked_in_again(app: &TestApp, customer: &Customer, first: &Value) {
     assert_eq!((&r["streak"], r["already_checked_in"].as_bool()), (&first["streak"], Some(true)), "{r}");
     let ids = |v: &Value| -> BTreeSet<String> { field_set(v["coupons"].as_array().expect("coupons"), "coupon_id") };
     assert!(ids(&r).is_subset(&ids(first)), "{r} after {first}");
+}
+
+/// A coupon campaign's entry in the operator's campaign review (`GET /api/ops/campaigns`) at `api`'s clock.
+async fn reviewed_budget(api: &Api, id: &str) -> Value {
+    let r = api.send("GET", "/api/ops/campaigns", None, Some(OPERATOR_TOKEN)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let campaigns = r.body["coupon_campaigns"].as_array().expect("coupon campaigns").clone();
+    campaigns.into_iter().find(|c| c["campaign_id"] == id).unwrap_or_else(|| panic!("{id} not reviewed"))["budget"]
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coupons_that_expire_unused_give_their_budget_back_for_new_claims() {
+    let app = Arc::new(TestApp::spawn().await.expect("app"));
+    let t0 = app.now;
+    onboard_merchant(&app, "noodle_bar", "futian", &["nb1"]).await;
+    // The budget funds exactly three ¥5 coupons, each valid a day; stock is plenty, so only the budget limits.
+    let body = with(
+        campaign("three_a_day", &["noodle_bar"]),
+        json!({"budget_fen": 1500, "validity": {"days_after_claim": 1}}),
+    );
+    create_campaign(&app, &body).await;
+
+    // Three customers claim at once: the budget is all reserved, a fourth is refused.
+    let customers = login_many(&app, "wx_expiring", 4).await;
+    let tokens = customers[..3].iter().map(|c| c.token.clone()).collect();
+    let (issued, refusals) = rush_claims(&app, "three_a_day", tokens, "exp").await;
+    assert_eq!((issued.len(), refusals.len()), (3, 0), "{refusals:?}");
+    refused(&claim(&app, &customers[3].token, "three_a_day", "exp-3").await, 422, "budget_exhausted");
+    let s = stats(&app, "three_a_day").await;
+    assert_eq!((budget(&s, "reserved"), budget(&s, "available")), (1500, 0), "{s}");
+    let b = reviewed_budget(&app, "three_a_day").await;
+    assert_eq!((b["reserved_fen"].as_i64(), b["remaining_fen"].as_i64()), (Some(1500), Some(0)), "{b}");
+
+    // Half an hour after the coupons expired their reservations are still held (a bill quote that locked one just
+    // before its expiry may still be paid): nothing comes back yet.
+    let mut api = app.api.clone();
+    api.now = t0.plus_days(1).plus_secs(30 * 60);
+    let late = login(&api, "wx_expiring_3", None).await;
+    assert_eq!(wallet(&api, &relogin(&api, &customers[0]).await, Some("expired")).await.len(), 1);
+    let s = stats(&api, "three_a_day").await;
+    assert_eq!((budget(&s, "reserved"), budget(&s, "available")), (1500, 0), "{s}");
+    refused(&claim(&api, &late.token, "three_a_day", "exp-3-early").await, 422, "budget_exhausted");
+
+    // An hour after the expiry nobody has touched those coupons: every budget read shows the budget free...
+    api.now = t0.plus_days(1).plus_secs(3600 + 60);
+    let s = stats(&api, "three_a_day").await;
+    assert_eq!(
+        (budget(&s, "reserved"), budget(&s, "committed"), budget(&s, "available"), s["issued"].as_i64()),
+        (0, 0, 1500, Some(3)),
+        "{s}"
+    );
+    let b = reviewed_budget(&api, "three_a_day").await;
+    assert_eq!(
+        (b["reserved_fen"].as_i64(), b["spent_fen"].as_i64(), b["remaining_fen"].as_i64()),
+        (Some(0), Some(0), Some(1500)),
+        "{b}"
+    );
+    // ...and the campaign, still running, issues three new coupons (valid a day from now) at once from it.
+    let mut tokens = vec![login(&api, "wx_expiring_3", None).await.token];
+    for i in 4..6 {
+        tokens.push(login(&api, &format!("wx_expiring_{i}"), None).await.token);
+    }
+    let mut tasks = JoinSet::new();
+    for (i, token) in tokens.into_iter().enumerate() {
+        let api = api.clone();
+        tasks.spawn(async move { claim(&api, &token, "three_a_day", &format!("again-{i}")).await });
+    }
+    while let Some(done) = tasks.join_next().await {
+        let r = done.expect("task");
+        assert_eq!((r.status, r.body["status"].as_str()), (201, Some("active")), "{:?}", r.body);
+        assert_eq!(time_of(&r.body, "expires_at"), api.now.plus_days(1), "{:?}", r.body);
+    }
+    let s = stats(&api, "three_a_day").await;
+    assert_eq!((budget(&s, "reserved"), budget(&s, "available"), s["issued"].as_i64()), (1500, 0, Some(6)), "{s}");
+    let sixth = login(&api, "wx_expiring_6", None).await;
+    refused(&claim(&api, &sixth.token, "three_a_day", "again-6").await, 422, "budget_exhausted");
+    if let Ok(app) = Arc::try_unwrap(app) {
+        app.host.shutdown().await;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-//! Partner secret rotation: an operator gives a partner (a biller, a property company, a school) a new secret; old
-//! and new both verify during the overlap, the old one is refused after it or once revoked.
+//! Partner secret rotation: an operator gives a partner (a biller, a property company, a school, a merchant) a new
+//! secret; old and new both verify during the overlap, the old one is refused after it or once revoked.
 
 use scenefin_e2e::{Api, OPERATOR_TOKEN, Reply, TestApp};
 use serde_json::{Value, json};
@@ -126,4 +126,71 @@ async fn rotation_defaults_to_a_day_of_overlap_can_be_revoked_early_and_refuses_
     assert_eq!(call(&app, &p, &second).await.status, 200);
     let again = app.send("POST", &revoke, None, Some(OPERATOR_TOKEN)).await;
     assert_eq!((again.status, again.body["revoked"].as_u64()), (200, Some(0)), "{:?}", again.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merchants_rotated_secret_redeems_next_to_the_old_one_until_the_overlap_ends_or_is_revoked() {
+    use crate::merchant_coupons::{campaign, claim, create_campaign, login, onboard_merchant, order};
+
+    let mut app = TestApp::spawn().await.expect("app");
+    let t0 = app.now;
+    let m = onboard_merchant(&app, "rot_cafe", "nanshan", &["rc1"]).await;
+    create_campaign(&app, &campaign("rot_five", &["rot_cafe"])).await;
+    // Five customers' coupons, valid for a week: one redemption per signing attempt below.
+    let mut codes = Vec::new();
+    for i in 0..5 {
+        let c = login(&app, &format!("wx_rot_{i}"), None).await;
+        let r = claim(&app, &c.token, "rot_five", &format!("rot-{i}")).await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        codes.push(str_of(&r.body, "code"));
+    }
+    let redeem_with = |app: &Api, secret: &str, i: usize| {
+        let body = order(&codes[i], "rc1", 3000, &format!("rot-order-{i}"));
+        let (app, secret, partner_id) = (app.clone(), secret.to_owned(), m.partner_id.clone());
+        async move { app.partner(&partner_id, &secret, "POST", "/api/coupons/redemptions", Some(&body)).await }
+    };
+
+    // Only the operator rotates a merchant's secret, and only a merchant's (not another scenario's partner).
+    let rotate_path = format!("/api/coupons/partners/{}/rotate-secret", m.partner_id);
+    let body = json!({"overlap_secs": 600});
+    refused(
+        &app.partner(&m.partner_id, &m.secret, "POST", &rotate_path, Some(&body)).await,
+        401,
+        "missing_credentials",
+    );
+    let biller = biller(&app).await;
+    let foreign = app
+        .send("POST", &format!("/api/coupons/partners/{}/rotate-secret", biller.id), None, Some(OPERATOR_TOKEN))
+        .await;
+    refused(&foreign, 404, "partner_not_found");
+    let wrong_method = app.send("GET", &rotate_path, None, Some(OPERATOR_TOKEN)).await;
+    assert_eq!(wrong_method.status, 405, "{:?}", wrong_method.body);
+
+    let r = app.send("POST", &rotate_path, Some(&body), Some(OPERATOR_TOKEN)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(str_of(&r.body, "partner_id"), m.partner_id);
+    let new_secret = str_of(&r.body, "partner_secret");
+    assert_ne!(new_secret, m.secret);
+    assert_eq!(str_of(&r.body, "previous_secret_expires_at"), t0.plus_secs(600).to_rfc3339());
+
+    // During the overlap both secrets redeem.
+    assert_eq!(redeem_with(&app, &m.secret, 0).await.status, 201, "old secret during the overlap");
+    assert_eq!(redeem_with(&app, &new_secret, 1).await.status, 201, "new secret during the overlap");
+    app.now = t0.plus_secs(599);
+    assert_eq!(redeem_with(&app, &m.secret, 2).await.status, 201, "old secret at the end of the overlap");
+
+    // After it the old one is refused (and redeems nothing), the new one still redeems.
+    app.now = t0.plus_secs(601);
+    refused(&redeem_with(&app, &m.secret, 3).await, 401, "invalid_signature");
+    assert_eq!(redeem_with(&app, &new_secret, 3).await.status, 201, "new secret after the overlap");
+
+    // Rotated again with the default day of overlap, then revoked early: the second secret is refused at once.
+    let r = app.send("POST", &rotate_path, None, Some(OPERATOR_TOKEN)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let third = str_of(&r.body, "partner_secret");
+    let revoke = format!("/api/coupons/partners/{}/revoke-previous-secret", m.partner_id);
+    let r = app.send("POST", &revoke, None, Some(OPERATOR_TOKEN)).await;
+    assert_eq!((r.status, r.body["revoked"].as_u64()), (200, Some(1)), "{:?}", r.body);
+    refused(&redeem_with(&app, &new_secret, 4).await, 401, "invalid_signature");
+    assert_eq!(redeem_with(&app, &third, 4).await.status, 201, "the current secret");
 }

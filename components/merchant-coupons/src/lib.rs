@@ -15,6 +15,7 @@
 //! | POST, GET | `/api/coupons/checkin` | customer |
 //! | POST | `/api/coupons/redemptions` | the merchant (signed) |
 //! | POST | `/api/coupons/redemptions/{id}/reverse` | the same merchant (signed) |
+//! | POST | `/api/coupons/partners/{partner_id}/rotate-secret`, `…/revoke-previous-secret` | operator: a merchant's new secret (the old one accepted for `overlap_secs`, default a day), or the overlap ended early |
 
 mod dto;
 mod handlers;
@@ -42,6 +43,12 @@ async fn handle(req: Request) -> Response {
         (&Method::GET, ["api", "coupons", "checkin"]) => handlers::checkin_status(&req).await,
         (&Method::POST, ["api", "coupons", "redemptions"]) => handlers::redeem(req).await,
         (&Method::POST, ["api", "coupons", "redemptions", id, "reverse"]) => handlers::reverse(req, id).await,
+        (&Method::POST, ["api", "coupons", "partners", id, "rotate-secret"]) => {
+            scenefin_guest::partners::rotate_secret(req, merchant_coupons_domain::OWNER, id).await
+        }
+        (&Method::POST, ["api", "coupons", "partners", id, "revoke-previous-secret"]) => {
+            scenefin_guest::partners::revoke_previous_secret(req, merchant_coupons_domain::OWNER, id).await
+        }
         (_, path) => unmatched(known_path(path)),
     };
     result.unwrap_or_else(|response| response)
@@ -55,5 +62,6 @@ fn known_path(path: &[&str]) -> bool {
             | ["api", "coupons", "campaigns", _]
             | ["api", "coupons", "campaigns", _, "pause" | "resume" | "stock" | "stats" | "claim"]
             | ["api", "coupons", "redemptions", _, "reverse"]
+            | ["api", "coupons", "partners", _, "rotate-secret" | "revoke-previous-secret"]
     )
 }

@@ -12,6 +12,7 @@ mod insights;
 mod kv_ops;
 mod ledger_check;
 mod merchant_coupons;
+mod mixed_day;
 mod money_edges;
 mod openapi;
 mod partner_secrets;

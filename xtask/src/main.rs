@@ -101,6 +101,8 @@ const SPIN_SUITES: &[&str] = &[
     "referral_tiers::",
     "customers::",
     "bursts::",
+    "money_edges::",
+    "mixed_day::",
 ];
 
 /// Tests run at once under Spin: each starts its own `spin up` (and Redis), and Spin's SQLite store syncs every write

@@ -1654,7 +1654,8 @@ mod tests {
         assert_eq!((ok, refused), (50, 150), "{results:?}");
         assert_eq!((held(&store), bal(&store, "merchant:m1:settlement")), (0, -5_000));
         // The contended lines went through the wallet's queue, not a swap each.
-        assert!(store.keys().iter().any(|k| k.starts_with(&format!("ledger:svq:{WALLET}:s:"))));
+        let slots = format!("{}:", queue_key(WALLET).child(&["s"]));
+        assert!(store.keys().iter().any(|k| k.starts_with(&slots)));
         let report = check_today(&store);
         assert!(report.balanced, "{:?}", report.discrepancies);
     }

@@ -190,6 +190,27 @@ async fn money_for_an_order_that_cannot_take_it_goes_to_suspense_with_a_refund_e
     let check = app.ledger_check().await;
     assert_eq!(check["balanced"], true, "{check:?}");
     assert_eq!(ledger_account(&check, "bank:suspense"), -(total + total2));
+
+    // The gateway returns the first: its instruction is done (once, however often confirmed), the money leaves
+    // suspense; an event that brought no exception has nothing to confirm.
+    let confirmation = json!({"event_id": "evt-b", "order_id": paid_order});
+    for _ in 0..2 {
+        let done = app.notify("/api/utility/payments/refund-notify", &confirmation).await;
+        assert_eq!(
+            (done.status, done.body["refund_instruction"]["refund"].as_str()),
+            (200, Some("refunded")),
+            "{:?}",
+            done.body
+        );
+    }
+    let nothing =
+        app.notify("/api/utility/payments/refund-notify", &json!({"event_id": "evt-a", "order_id": paid_order})).await;
+    assert_eq!((nothing.status, nothing.body["code"].as_str()), (404, Some("refund_not_due")), "{:?}", nothing.body);
+    let listed = exceptions(&app).await;
+    assert_eq!(listed["items"][0]["refund"], "refunded", "{listed:?}");
+    let check = app.ledger_check().await;
+    assert_eq!(check["balanced"], true, "{check:?}");
+    assert_eq!(ledger_account(&check, "bank:suspense"), -total2);
     let stats = app.send("GET", "/api/utility/billers/sz_water/stats", None, Some(OPERATOR_TOKEN)).await;
     assert_eq!((stats.body["orders_paid"].as_i64(), stats.body["bills_paid"].as_i64()), (Some(1), Some(1)));
 }

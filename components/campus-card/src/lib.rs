@@ -18,6 +18,7 @@
 //! | GET | `/api/campus/orders?cursor=&limit=`, `/api/campus/orders/{id}` | customer |
 //! | POST | `/api/campus/orders/{id}/refund` (Idempotency-Key) | operator or the card's school (signed): a top-up back to the instrument that paid it, while the card still holds it |
 //! | POST | `/api/campus/payments/notify` | payment gateway (Standard Webhooks) |
+//! | POST | `/api/campus/payments/refund-notify` | payment gateway (Standard Webhooks): the money of a payment exception was returned |
 //! | POST | `/api/campus/spend` | a merchant POS (signed) |
 //! | POST | `/api/campus/spend/{id}/reverse` | the same merchant (signed) |
 //! | GET | `/api/campus/merchants/{id}/settlement?date=YYYY-MM-DD` | the merchant or its school (signed), operator |
@@ -57,6 +58,9 @@ async fn handle(req: Request) -> Response {
         (&Method::GET, ["api", "campus", "orders", id]) => handlers::order(&req, id).await,
         (&Method::POST, ["api", "campus", "orders", id, "refund"]) => handlers::refund(req, id).await,
         (&Method::POST, ["api", "campus", "payments", "notify"]) => handlers::notify(req).await,
+        (&Method::POST, ["api", "campus", "payments", "refund-notify"]) => {
+            scenefin_guest::orders::refund_notify(req, campus_card_domain::OWNER).await
+        }
         (&Method::POST, ["api", "campus", "spend"]) => handlers::spend(req).await,
         (&Method::POST, ["api", "campus", "spend", id, "reverse"]) => handlers::reverse(req, id).await,
         (&Method::GET, ["api", "campus", "merchants", id, "settlement"]) => handlers::settlement(req, &route, id).await,
@@ -88,7 +92,7 @@ fn known_path(path: &[&str]) -> bool {
             ]
             | ["api", "campus", "orders", _]
             | ["api", "campus", "orders", _, "refund"]
-            | ["api", "campus", "payments", "notify"]
+            | ["api", "campus", "payments", "notify" | "refund-notify"]
             | ["api", "campus", "spend", _, "reverse"]
             | ["api", "campus", "merchants", _, "settlement"]
             | ["api", "campus", "partners", _, "rotate-secret" | "revoke-previous-secret"]

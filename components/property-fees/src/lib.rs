@@ -14,6 +14,7 @@
 //! | POST | `/api/property/orders` (Idempotency-Key) | customer |
 //! | GET | `/api/property/orders?cursor=&limit=`, `/api/property/orders/{id}` | customer |
 //! | POST | `/api/property/payments/notify` | payment gateway (Standard Webhooks) |
+//! | POST | `/api/property/payments/refund-notify` | payment gateway (Standard Webhooks): the money of a payment exception was returned |
 //! | POST | `/api/property/orders/{id}/refund` (Idempotency-Key) | operator or the property company (signed) |
 //! | POST | `/api/property/partners/{partner_id}/rotate-secret`, `…/revoke-previous-secret` | operator: a partner's new secret (the old one accepted for `overlap_secs`, default a day), or the overlap ended early |
 
@@ -44,6 +45,9 @@ async fn handle(req: Request) -> Response {
         (&Method::GET, ["api", "property", "orders", id]) => handlers::order(&req, id).await,
         (&Method::POST, ["api", "property", "orders", id, "refund"]) => handlers::refund(req, id).await,
         (&Method::POST, ["api", "property", "payments", "notify"]) => handlers::notify(req).await,
+        (&Method::POST, ["api", "property", "payments", "refund-notify"]) => {
+            scenefin_guest::orders::refund_notify(req, property_fees_domain::OWNER).await
+        }
         (&Method::POST, ["api", "property", "partners", id, "rotate-secret"]) => {
             scenefin_guest::partners::rotate_secret(req, property_fees_domain::OWNER, id).await
         }
@@ -63,7 +67,7 @@ fn known_path(path: &[&str]) -> bool {
             | ["api", "property", "communities", _, "rooms" | "bills" | "perks" | "stats" | "settlement"]
             | ["api", "property", "orders", _]
             | ["api", "property", "orders", _, "refund"]
-            | ["api", "property", "payments", "notify"]
+            | ["api", "property", "payments", "notify" | "refund-notify"]
             | ["api", "property", "partners", _, "rotate-secret" | "revoke-previous-secret"]
     )
 }

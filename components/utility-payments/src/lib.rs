@@ -15,6 +15,7 @@
 //! | POST | `/api/utility/orders` (Idempotency-Key) | customer |
 //! | GET | `/api/utility/orders?cursor=&limit=`, `/api/utility/orders/{id}` | customer |
 //! | POST | `/api/utility/payments/notify` | payment gateway (Standard Webhooks) |
+//! | POST | `/api/utility/payments/refund-notify` | payment gateway (Standard Webhooks): the money of a payment exception was returned |
 //! | POST | `/api/utility/orders/{id}/refund` (Idempotency-Key) | operator or the biller (signed) |
 //! | POST | `/api/utility/partners/{partner_id}/rotate-secret`, `…/revoke-previous-secret` | operator: a partner's new secret (the old one accepted for `overlap_secs`, default a day), or the overlap ended early |
 
@@ -47,6 +48,9 @@ async fn handle(req: Request) -> Response {
         (&Method::GET, ["api", "utility", "orders", id]) => handlers::order(&req, id).await,
         (&Method::POST, ["api", "utility", "orders", id, "refund"]) => handlers::refund(req, id).await,
         (&Method::POST, ["api", "utility", "payments", "notify"]) => handlers::notify(req).await,
+        (&Method::POST, ["api", "utility", "payments", "refund-notify"]) => {
+            scenefin_guest::orders::refund_notify(req, utility_payments_domain::OWNER).await
+        }
         (&Method::POST, ["api", "utility", "partners", id, "rotate-secret"]) => {
             scenefin_guest::partners::rotate_secret(req, utility_payments_domain::OWNER, id).await
         }
@@ -67,7 +71,7 @@ fn known_path(path: &[&str]) -> bool {
             | ["api", "utility", "accounts", _, _]
             | ["api", "utility", "orders", _]
             | ["api", "utility", "orders", _, "refund"]
-            | ["api", "utility", "payments", "notify"]
+            | ["api", "utility", "payments", "notify" | "refund-notify"]
             | ["api", "utility", "partners", _, "rotate-secret" | "revoke-previous-secret"]
     )
 }

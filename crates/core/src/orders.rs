@@ -209,6 +209,9 @@ pub struct PaymentException {
     pub recorded_at: Timestamp,
     /// The refund instruction: `due` until the gateway confirms it.
     pub refund: RefundStatus,
+    /// When the gateway confirmed the refund.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refunded_at: Option<Timestamp>,
 }
 
 /// Where a refund instruction stands.
@@ -217,6 +220,8 @@ pub struct PaymentException {
 pub enum RefundStatus {
     /// The gateway is to return the money to the instrument it came from.
     Due,
+    /// The gateway returned it ([`confirm_refund`]); the suspense account no longer holds it.
+    Refunded,
 }
 
 /// A state change, for the order's history.
@@ -418,6 +423,9 @@ pub enum OrderError {
         /// What is left.
         left_fen: i64,
     },
+    /// No payment exception of that order has that event id.
+    #[error("no refund is due for that payment of this order")]
+    NoRefundDue,
     /// This scenario refunds whole orders only.
     #[error("this order can only be refunded in full")]
     PartialRefundNotAllowed,
@@ -458,7 +466,7 @@ impl From<EventError> for OrderError {
 impl Problem for OrderError {
     fn kind(&self) -> ErrorKind {
         match self {
-            OrderError::QuoteNotFound | OrderError::OrderNotFound => ErrorKind::NotFound,
+            OrderError::QuoteNotFound | OrderError::OrderNotFound | OrderError::NoRefundDue => ErrorKind::NotFound,
             OrderError::QuoteExpired(_)
             | OrderError::IllegalTransition { .. }
             | OrderError::NotPayable(_)
@@ -483,6 +491,7 @@ impl Problem for OrderError {
             OrderError::InstrumentMismatch => "instrument_mismatch",
             OrderError::InPayment { .. } => "bill_in_payment",
             OrderError::RefundTooLarge { .. } => "refund_exceeds_remaining",
+            OrderError::NoRefundDue => "refund_not_due",
             OrderError::PartialRefundNotAllowed => "partial_refund_not_allowed",
             OrderError::Invalid(_) => "validation_failed",
             OrderError::Ledger(e) => e.code(),
@@ -987,6 +996,7 @@ pub async fn apply_notification(
                 paid_at,
                 recorded_at: now,
                 refund: RefundStatus::Due,
+                refunded_at: None,
             };
             let paid = kv::update_json(store, &keys::order(owner, &order.id), |current: Option<&Order>| {
                 let Some(current) = current else { return Err(OrderError::OrderNotFound) };
@@ -1059,6 +1069,59 @@ async fn book_exception(
     let entry = format!("{owner}/{}/{}", order.id, exception.event_id);
     kv::append_to_log(store, &keys::exceptions(exception.recorded_at.shanghai_day()), &entry).await?;
     Ok(())
+}
+
+/// The gateway's word that it returned the money of a payment exception to its instrument.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefundConfirmation {
+    /// The event that brought the money (the exception's `event_id`).
+    pub event_id: String,
+    /// Our order id.
+    pub order_id: String,
+}
+
+/// Records that the gateway returned an exception's money: the instruction becomes `refunded` (once) and the
+/// money leaves suspense back to gateway clearing (`suspense-out:…`, idempotent). Repeats change nothing.
+pub async fn confirm_refund(
+    store: &impl Store,
+    owner: &str,
+    confirmation: &RefundConfirmation,
+    now: Timestamp,
+) -> Result<Order, OrderError> {
+    if crate::ids::Id::parse(&confirmation.order_id).is_err() {
+        return Err(OrderError::OrderNotFound);
+    }
+    let event_id = &confirmation.event_id;
+    let order = kv::update_json(store, &keys::order(owner, &confirmation.order_id), |current: Option<&Order>| {
+        let Some(current) = current else { return Err(OrderError::OrderNotFound) };
+        let Some(i) = current.exceptions.iter().position(|e| &e.event_id == event_id) else {
+            return Err(OrderError::NoRefundDue);
+        };
+        if current.exceptions[i].refund == RefundStatus::Refunded {
+            return Ok(Step::Keep(current.clone()));
+        }
+        let mut next = current.clone();
+        next.exceptions[i].refund = RefundStatus::Refunded;
+        next.exceptions[i].refunded_at = Some(now);
+        Ok(Step::Write(next.clone(), next))
+    })
+    .await?;
+    let Some(exception) = order.exceptions.iter().find(|e| &e.event_id == event_id) else {
+        return Err(OrderError::NoRefundDue);
+    };
+    let posting = Posting {
+        v: 1,
+        id: format!("suspense-out:{}:{}", order.id, crate::ids::hash_key_part(event_id)),
+        at: exception.refunded_at.unwrap_or(now),
+        memo: format!("{} order {}: money returned to the payer", order.scenario, order.id),
+        lines: vec![
+            Line { account: SUSPENSE.into(), amount_fen: exception.amount_fen },
+            Line { account: GATEWAY_CLEARING.into(), amount_fen: -exception.amount_fen },
+        ],
+    };
+    ledger::post(store, &posting).await?;
+    Ok(order)
 }
 
 /// One listed payment exception.

@@ -6,7 +6,7 @@ use scenefin_core::customers::LifecycleRules;
 use scenefin_core::json::DEFAULT_LIMIT_BYTES;
 use scenefin_core::orders::{
     self, GatewayEvent, Order, OrderError, OrderState, PartialRefund, PayWith, PaymentException, QuoteLine,
-    RefundRequest, StateChange,
+    RefundConfirmation, RefundRequest, StateChange,
 };
 use scenefin_core::problem::Problem;
 use serde::{Deserialize, Serialize};
@@ -237,6 +237,19 @@ pub async fn refund<E: Problem>(
         }
     })
     .await
+}
+
+/// `POST …/payments/refund-notify`: the gateway (Standard Webhooks) confirms it returned the money of a payment
+/// exception; the refund instruction becomes `refunded` and the money leaves suspense.
+pub async fn refund_notify(req: Request, owner: &str) -> Handled {
+    let now = request_time(&req).await?;
+    let (head, bytes) = split(req, 16 * 1024).await?;
+    verify_gateway(&head, &bytes, now).await?;
+    let confirmation: RefundConfirmation = json(&bytes, 16 * 1024).or_problem()?;
+    let store = SpinStore::open_default().or_problem()?;
+    let order = orders::confirm_refund(&store, owner, &confirmation, now).await.or_problem()?;
+    let exception = order.exceptions.iter().find(|e| e.event_id == confirmation.event_id);
+    Ok(json_response(200, &json!({ "order_id": order.id, "refund_instruction": exception })))
 }
 
 /// `POST …/orders/{id}/refund` body: nothing (refund all that is left), or part of it.

@@ -1,6 +1,7 @@
 //! Insights end to end: customers arrive through channel codes, register, pay utility bills, claim and redeem
 //! coupons and refer a friend over a week of test clock, and the operator's funnel, lifecycle, channel and campaign
-//! reviews show exactly what they did — without writing anything.
+//! reviews show exactly what they did — writing nothing but roll-ups of closed days, which read the same as the
+//! counters they fold.
 
 use std::collections::BTreeMap;
 
@@ -394,10 +395,11 @@ async fn the_reviews_show_exactly_what_customers_and_operators_did() {
     assert_eq!(budget(find(&review["scenario_budgets"], "budget_id", "garden_owners")), (200_000, 0, 0, 200_000, 0));
     assert_eq!(budget(find(&review["scenario_budgets"], "budget_id", "campus_bonus")), (300_000, 0, 0, 300_000, 0));
 
-    // Reading wrote nothing, and the books balance.
+    // Reading wrote nothing but roll-ups of closed days (day 8 is still open), and the books balance.
     let after = app.snapshot().await;
     let changed: Vec<&String> = after.keys().chain(before.keys()).filter(|k| before.get(*k) != after.get(*k)).collect();
-    assert!(changed.is_empty(), "the reviews wrote {changed:?}");
+    assert!(changed.iter().all(|k| k.starts_with("ops:rollup:")), "the reviews wrote {changed:?}");
+    assert!(!changed.iter().any(|k| k.ends_with("20261201")), "day 8 is open: {changed:?}");
     app.now = t0.plus_days(8);
     app.ledger_check().await;
     let counters: BTreeMap<String, i64> = after
@@ -461,5 +463,139 @@ async fn the_reviews_are_for_operators_and_refuse_bad_parameters() {
     }
     // The ledger check is still there.
     app.ledger_check().await;
+    app.host.shutdown().await;
+}
+
+/// Reads `paths` as of `at` (the request's clock decides which days are closed).
+async fn reviews(app: &mut TestApp, paths: &[String], at: Timestamp) -> Vec<Value> {
+    app.now = at;
+    let mut out = Vec::with_capacity(paths.len());
+    for path in paths {
+        out.push(ops(app, path).await);
+    }
+    out
+}
+
+fn shanghai(rfc3339: &str) -> Timestamp {
+    Timestamp::parse_rfc3339(rfc3339).expect("time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_days_are_read_from_roll_ups_that_equal_the_counters() {
+    // Arrange: 42 days up to 2026-11-23 (a Monday): a visit to BR001 every day, a registration through it every
+    // other day, and every fourth day that customer pays two hours later; one more registration on the 23rd.
+    let mut app = TestApp::spawn().await.expect("app starts");
+    let t0 = app.now;
+    create_code(&app, json!({"code": "BR001", "channel": "branch", "branch_id": "futian", "scenario": "utility"}))
+        .await;
+    let biller = json!({
+        "id": BILLER, "name": "Insight Power", "category": "power", "city": "shenzhen",
+        "account_rule": {"min_len": 6, "max_len": 12, "charset": "digits"},
+        "exactness": "adhoc", "settlement_account": "6222000055556666"
+    });
+    assert_eq!(app.send("POST", "/api/utility/billers", Some(&biller), Some(OPERATOR_TOKEN)).await.status, 201);
+    for d in 0..42 {
+        app.now = t0.plus_days(d - 41);
+        visit(&app, "BR001").await;
+        if d % 2 == 0 {
+            let c = register(&app, &format!("wx_roll_{d}"), Some("BR001"), None).await;
+            if d % 4 == 0 {
+                app.now = app.now.plus_secs(2 * 3600);
+                pay(&app, &c, 1_000, false, &format!("roll-{d}")).await;
+            }
+        }
+    }
+    app.now = t0;
+    register(&app, "wx_roll_today", Some("BR001"), None).await;
+
+    let (year, month) = ("from=2025-11-24&to=2026-11-23", "from=2026-10-25&to=2026-11-23");
+    let paths: Vec<String> = [year, month]
+        .iter()
+        .flat_map(|range| {
+            ["funnel", "funnel?channel=BR001&", "funnel?scenario=utility&", "lifecycle", "channels"]
+                .map(|route| format!("/api/ops/{}{}{range}", route, if route.contains('?') { "" } else { "?" }))
+        })
+        .collect();
+    // As of a day before every range nothing is closed: these are the counters themselves.
+    let long_ago = shanghai("2025-01-01T10:00:00+08:00");
+    let raw = reviews(&mut app, &paths, long_ago).await;
+    assert_eq!(steps(&raw[0]), funnel_of([42, 22, 11, 0]), "{}", raw[0]);
+    assert_eq!(steps(&raw[5]), funnel_of([30, 16, 8, 0]), "{}", raw[5]);
+    assert_eq!(raw[0]["time_to_activate"]["buckets"], json!([{"from_minutes": 64, "to_minutes": 128, "count": 11}]));
+
+    // Act: the first reads fold the closed days, the second ones read the roll-ups.
+    let noon = t0.plus_secs(2 * 3600);
+    let folding = reviews(&mut app, &paths, noon).await;
+    let before = app.snapshot().await;
+    let rolled_up = reviews(&mut app, &paths, noon).await;
+
+    // Assert: the same reports, and the second reads wrote nothing.
+    for ((path, raw), (folding, rolled_up)) in paths.iter().zip(&raw).zip(folding.iter().zip(&rolled_up)) {
+        assert_eq!((folding, rolled_up), (raw, raw), "{path}");
+    }
+    let rollups: Vec<String> = before.keys().filter(|k| k.starts_with("ops:rollup:")).cloned().collect();
+    assert!(rollups.iter().any(|k| k == "ops:rollup:funnel:all:w20261116"), "{rollups:?}");
+    assert!(!rollups.iter().any(|k| k.contains("20261123")), "the 23rd is open: {rollups:?}");
+    assert_eq!(app.snapshot().await, before, "roll-ups are written once");
+
+    // Arrange: more on the 23rd after those reads: a late registration, its order placed at 23:50 and paid at 23:55
+    // but reported at 00:15 the next day (within its 30-minute payment window).
+    app.now = shanghai("2026-11-23T22:00:00+08:00");
+    let late = register(&app, "wx_roll_late", Some("BR001"), None).await;
+    app.now = shanghai("2026-11-23T23:50:00+08:00");
+    let q = json!({"biller_id": BILLER, "account_no": "12345678", "amount_fen": 2_000, "pay_with": "other"});
+    let quote = app.send("POST", "/api/utility/quotes", Some(&q), Some(&late.token)).await;
+    assert_eq!(quote.status, 201, "{:?}", quote.body);
+    let placed = app.place_order("/api/utility/orders", &late.token, &str_of(&quote.body, "quote_id"), "late-1").await;
+    assert_eq!(placed.status, 201, "{:?}", placed.body);
+    let week = "/api/ops/funnel?from=2026-11-17&to=2026-11-24".to_owned();
+    let settling = reviews(&mut app, std::slice::from_ref(&week), shanghai("2026-11-24T00:10:00+08:00")).await;
+    assert_eq!(steps(&settling[0]), funnel_of([7, 5, 2, 0]), "the 23rd is not closed yet: {}", settling[0]);
+    app.now = shanghai("2026-11-24T00:15:00+08:00");
+    let event = json!({"event_id": "evt_late-1", "order_id": str_of(&placed.body["order"], "order_id"),
+                       "status": "succeeded", "paid_fen": int_of(&placed.body["order"], "total_fen"),
+                       "paid_at": "2026-11-23T23:55:00+08:00", "instrument": {"type": "wallet"}});
+    let r = app.notify("/api/utility/payments/notify", &event).await;
+    assert_eq!((r.status, r.body["state"].as_str()), (200, Some("paid")), "{:?}", r.body);
+
+    // Assert: once closed, the 23rd is folded with all of it, as the counters have it.
+    let after_close = shanghai("2026-11-24T01:30:00+08:00");
+    let counters = reviews(&mut app, std::slice::from_ref(&week), long_ago).await;
+    assert_eq!(steps(&counters[0]), funnel_of([7, 5, 3, 0]), "{}", counters[0]);
+    let closed = reviews(&mut app, std::slice::from_ref(&week), after_close).await;
+    let again = reviews(&mut app, std::slice::from_ref(&week), after_close).await;
+    assert_eq!((&closed, &again), (&counters, &counters));
+    let keys = app.snapshot().await;
+    assert!(
+        keys.contains_key("ops:rollup:funnel:all:w20261123+1"),
+        "{:?}",
+        keys.keys().filter(|k| k.starts_with("ops:rollup"))
+    );
+
+    // The key budgets: at most 40 keys for 30 days and 120 for a year, from roll-ups.
+    scenefin_e2e::host_only!("the host's key count");
+    for path in &paths {
+        app.now = noon;
+        let kv = app.host.kv.host_kv();
+        let (keys, calls) = (kv.key_count(), kv.op_count());
+        ops(&app, path).await;
+        let read = kv.key_count() - keys;
+        println!("{path}: {read} keys, {} calls", kv.op_count() - calls);
+        let budget = if path.contains(year) { 120 } else { 40 };
+        assert!(read <= budget, "{path}: {read} keys read, budget {budget}");
+    }
+    // Not rolled up yet (see docs/PERFORMANCE.md): shown, not asserted.
+    for path in [
+        format!("/api/ops/exceptions?{month}"),
+        format!("/api/ops/exceptions?{year}"),
+        "/api/ops/campaigns".to_owned(),
+        "/api/ops/ledger/check".to_owned(),
+        "/api/ops/ledger/check".to_owned(),
+    ] {
+        let kv = app.host.kv.host_kv();
+        let (keys, calls) = (kv.key_count(), kv.op_count());
+        ops(&app, &path).await;
+        println!("{path}: {} keys, {} calls", kv.key_count() - keys, kv.op_count() - calls);
+    }
     app.host.shutdown().await;
 }

@@ -2,8 +2,11 @@
 //! to activate, the lifecycle mix and its transitions, per-dimension funnel totals (for channel reviews), and the
 //! shape every budget is reviewed in.
 //!
-//! Everything here reads counters by key — `days × steps × dimensions` keys in batches of 100 — and never lists the
-//! store, so the cost of a report is bounded by its range ([`MAX_RANGE_DAYS`]) and the dimensions asked for.
+//! Everything here reads counters by key and never lists the store. Closed days are read from roll-ups
+//! ([`crate::rollups`]: one document per closed week, and one for the closed days of the week under way, folded
+//! once by the first read that needs it), open days from their counters, all in one batch read: a 30-day funnel
+//! reads at most 28 keys, a year at most 76 (in the hour after midnight, while yesterday is not closed yet, 23
+//! more).
 //!
 //! Precision:
 //! - funnel and transition counters are at-most-once per effect (a crash between a claim and its increment loses
@@ -23,9 +26,10 @@ use crate::clock::Timestamp;
 use crate::customers::Stage;
 use crate::events::{self, FunnelStep, TTA_BUCKETS, keys, tta_bucket_bounds};
 use crate::ids::Id;
-use crate::kv::{self, Key, Store, StoreError};
+use crate::kv::{Key, Store, StoreError};
 use crate::limits::BudgetStatus;
 use crate::problem::{ErrorKind, Problem};
+use crate::rollups;
 
 /// Longest range a report covers, in days.
 pub const MAX_RANGE_DAYS: i64 = 366;
@@ -91,6 +95,8 @@ pub struct DayRange {
     first: Timestamp,
     /// Number of days.
     len: i64,
+    /// When the report is asked for: days closed by then come from roll-ups.
+    now: Timestamp,
 }
 
 impl DayRange {
@@ -113,7 +119,23 @@ impl DayRange {
         if len > MAX_RANGE_DAYS {
             return Err(InsightsError::invalid("from", format!("at most {MAX_RANGE_DAYS} days before to")));
         }
-        Ok(DayRange { first, len })
+        Ok(DayRange { first, len, now })
+    }
+
+    /// The same days, read as of `now` (which days are closed, see [`crate::rollups`]).
+    pub fn as_of(&self, now: Timestamp) -> DayRange {
+        DayRange { now, ..self.clone() }
+    }
+
+    /// When the report is asked for.
+    pub fn now(&self) -> Timestamp {
+        self.now
+    }
+
+    /// The days as Asia/Shanghai day numbers, oldest first.
+    pub fn day_numbers(&self) -> Vec<i64> {
+        let first = self.first.shanghai_day_number();
+        (first..first + self.len).collect()
     }
 
     /// The days, `yyyymmdd`, oldest first.
@@ -215,36 +237,42 @@ impl Dimension {
     }
 }
 
-/// Reads counters in batches; absent ones are 0.
-async fn read_counters(store: &impl Store, keys: &[Key]) -> Result<Vec<i64>, StoreError> {
-    let mut values = Vec::with_capacity(keys.len());
-    for (key, raw) in keys.iter().zip(kv::get_all(store, keys).await?) {
-        values.push(raw.map(|b| kv::decode_counter(key, &b)).transpose()?.unwrap_or(0));
+/// Names of the roll-up series read here (the `{series}` of `ops:rollup:{series}:{span}`, [`crate::rollups`]): each
+/// names exactly the counters it holds per day.
+mod series {
+    use crate::events::FunnelStep;
+
+    /// One dimension's funnel: the 4 steps, then the time-to-activate buckets.
+    pub fn funnel(dimension: &str) -> String {
+        format!("funnel:{dimension}")
     }
-    Ok(values)
+
+    /// The lifecycle: the 20 stage transitions, then `registered` of `all`.
+    pub const LIFECYCLE: &str = "lifecycle";
+
+    /// Some steps of some dimensions (dimension by dimension, step by step), named by their hash.
+    pub fn funnel_totals(steps: &[FunnelStep], dimensions: &[String]) -> String {
+        let steps: Vec<&str> = steps.iter().map(|s| s.as_str()).collect();
+        format!("ft:{}", crate::ids::hash_key_part(&format!("{}|{}", steps.join(","), dimensions.join(","))))
+    }
 }
 
-/// Funnel counts summed over `days`: one row per dimension, one column per step.
+/// Funnel counts summed over `range`: one row per dimension, one column per step. Closed days come from the roll-up
+/// of these steps and dimensions (named by their hash), so a review of many channel codes reads a few documents
+/// and the open days' `dimensions × steps` counters.
 pub async fn funnel_totals(
     store: &impl Store,
-    days: &[u32],
+    range: &DayRange,
     steps: &[FunnelStep],
     dimensions: &[String],
 ) -> Result<Vec<Vec<i64>>, StoreError> {
-    let mut keys = Vec::with_capacity(days.len() * steps.len() * dimensions.len());
-    for dim in dimensions {
-        for step in steps {
-            for day in days {
-                keys.push(keys::funnel(*day, step.as_str(), dim));
-            }
-        }
-    }
-    let values = read_counters(store, &keys).await?;
-    let per_step = days.len().max(1);
-    Ok(values
-        .chunks(per_step * steps.len().max(1))
-        .map(|row| row.chunks(per_step).map(|cell| cell.iter().sum()).collect())
-        .collect())
+    let series = series::funnel_totals(steps, dimensions);
+    let day_keys = |day: u32| -> Vec<Key> {
+        dimensions.iter().flat_map(|dim| steps.iter().map(move |step| keys::funnel(day, step.as_str(), dim))).collect()
+    };
+    let (per_day, _) = rollups::per_day(store, &series, &range.day_numbers(), range.now, day_keys, &[]).await?;
+    let sums = rollups::sum_rows(&per_day, steps.len() * dimensions.len());
+    Ok(sums.chunks(steps.len().max(1)).map(<[i64]>::to_vec).take(dimensions.len()).collect())
 }
 
 /// `part / whole` in basis points, `None` when `whole` is 0.
@@ -310,15 +338,20 @@ const TTA_PRECISION: &str = "exponential minute buckets [2^(b-1), 2^b): median_m
                              bound of the bucket holding the median, so the true median is at least that and less \
                              than twice that (0: under a minute)";
 
-/// The funnel over `range` for `dimension`.
+/// The funnel over `range` for `dimension`: per day its steps' counters, then its time-to-activate buckets.
 pub async fn funnel(store: &impl Store, range: &DayRange, dimension: &Dimension) -> Result<Funnel, InsightsError> {
-    let days = range.days();
     let dim = dimension.key_part();
-    let totals = funnel_totals(store, &days, &FUNNEL, std::slice::from_ref(&dim)).await?;
-    let counts = totals.into_iter().next().unwrap_or_default();
+    let day_keys = |day: u32| -> Vec<Key> {
+        let steps = FUNNEL.iter().map(|step| keys::funnel(day, step.as_str(), &dim));
+        steps.chain((0..TTA_BUCKETS).map(|bucket| keys::tta(day, bucket, &dim))).collect()
+    };
+    let series = series::funnel(&dim);
+    let (per_day, _) = rollups::per_day(store, &series, &range.day_numbers(), range.now, day_keys, &[]).await?;
+    let sums = rollups::sum_rows(&per_day, FUNNEL.len() + TTA_BUCKETS);
+    let (counts, histogram) = sums.split_at(FUNNEL.len());
     let steps: Vec<StepCount> = FUNNEL
         .iter()
-        .zip(&counts)
+        .zip(counts)
         .enumerate()
         .map(|(i, (step, count))| StepCount {
             step: step.as_str(),
@@ -330,15 +363,7 @@ pub async fn funnel(store: &impl Store, range: &DayRange, dimension: &Dimension)
         (Some(first), Some(last)) => rate_bp(*last, *first),
         _ => None,
     };
-
-    let mut keys = Vec::with_capacity(days.len() * TTA_BUCKETS);
-    for bucket in 0..TTA_BUCKETS {
-        for day in &days {
-            keys.push(events::keys::tta(*day, bucket, &dim));
-        }
-    }
-    let values = read_counters(store, &keys).await?;
-    let histogram: Vec<i64> = values.chunks(days.len().max(1)).map(|c| c.iter().sum::<i64>().max(0)).collect();
+    let histogram: Vec<i64> = histogram.iter().map(|c| (*c).max(0)).collect();
     let time_to_activate = time_to_activate(&histogram);
     Ok(Funnel {
         from: range.from_date(),
@@ -415,32 +440,28 @@ const STAGE_NOTE: &str = "stages are the stored stage, as of each customer's las
 
 /// Customers per stored stage, and the transitions of `range`.
 pub async fn lifecycle(store: &impl Store, range: &DayRange) -> Result<Lifecycle, InsightsError> {
-    let days = range.days();
     let stage_keys: Vec<Key> = STAGES.iter().map(|s| keys::stage(s.as_str())).collect();
-    // Counters are moved by claimed effects that may lag a moment (−1 lands before +1): never show a negative.
-    let per_stage: Vec<i64> = read_counters(store, &stage_keys).await?.into_iter().map(|v| v.max(0)).collect();
     let pairs: Vec<(Stage, Stage)> = STAGES
         .iter()
         .flat_map(|from| STAGES.iter().filter(move |to| *to != from).map(move |to| (*from, *to)))
         .collect();
-    let mut trans_keys = Vec::with_capacity(pairs.len() * days.len());
-    for (from, to) in &pairs {
-        for day in &days {
-            trans_keys.push(keys::transitions(*day, from.as_str(), to.as_str()));
-        }
-    }
-    let values = read_counters(store, &trans_keys).await?;
+    // Per day: every transition, then the registrations (`registered` of `all`).
+    let day_keys = |day: u32| -> Vec<Key> {
+        let transitions = pairs.iter().map(|(from, to)| keys::transitions(day, from.as_str(), to.as_str()));
+        transitions.chain([keys::funnel(day, FunnelStep::Registered.as_str(), events::ALL)]).collect()
+    };
+    let (per_day, stage_raws) =
+        rollups::per_day(store, series::LIFECYCLE, &range.day_numbers(), range.now, day_keys, &stage_keys).await?;
+    // Counters are moved by claimed effects that may lag a moment (−1 lands before +1): never show a negative.
+    let per_stage: Vec<i64> = rollups::counters_of(&stage_raws, &stage_keys)?.into_iter().map(|v| v.max(0)).collect();
+    let sums = rollups::sum_rows(&per_day, pairs.len() + 1);
     let transitions: Vec<TransitionCount> = pairs
         .iter()
-        .zip(values.chunks(days.len().max(1)))
-        .map(|((from, to), c)| TransitionCount { from: from.as_str(), to: to.as_str(), count: c.iter().sum() })
+        .zip(&sums)
+        .map(|((from, to), count)| TransitionCount { from: from.as_str(), to: to.as_str(), count: *count })
         .filter(|t| t.count != 0)
         .collect();
-    let registered = funnel_totals(store, &days, &[FunnelStep::Registered], &[events::ALL.to_owned()])
-        .await?
-        .into_iter()
-        .flatten()
-        .sum();
+    let registered = sums[pairs.len()];
     Ok(Lifecycle {
         from: range.from_date(),
         to: range.to_date(),
@@ -522,7 +543,7 @@ mod tests {
     }
 
     fn counter(store: &MemStore, key: &Key) -> i64 {
-        pollster::block_on(kv::read_counter(store, key)).expect("counter")
+        pollster::block_on(crate::kv::read_counter(store, key)).expect("counter")
     }
 
     fn range(from: &str, to: &str) -> DayRange {
@@ -629,6 +650,123 @@ mod tests {
         assert_eq!(br1.dimension, "ch:BR1");
     }
 
+    /// A store that counts the keys read.
+    struct Counting<'a>(&'a MemStore, std::cell::Cell<usize>);
+
+    impl Store for Counting<'_> {
+        type Cas = <MemStore as Store>::Cas;
+        async fn get(&self, key: &Key) -> Result<Option<Vec<u8>>, StoreError> {
+            self.1.set(self.1.get() + 1);
+            self.0.get(key).await
+        }
+        async fn set(&self, key: &Key, value: &[u8]) -> Result<(), StoreError> {
+            self.0.set(key, value).await
+        }
+        async fn delete(&self, key: &Key) -> Result<(), StoreError> {
+            self.0.delete(key).await
+        }
+        async fn increment(&self, key: &Key, delta: i64) -> Result<i64, StoreError> {
+            self.0.increment(key, delta).await
+        }
+        async fn cas(&self, key: &Key, expected: Option<&[u8]>, new: &[u8]) -> Result<bool, StoreError> {
+            self.0.cas(key, expected, new).await
+        }
+        async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+            self.1.set(self.1.get() + keys.len());
+            self.0.get_many(keys).await
+        }
+        async fn cas_open(&self, key: &Key) -> Result<(Self::Cas, Option<Vec<u8>>), StoreError> {
+            self.0.cas_open(key).await
+        }
+        async fn cas_swap(&self, cas: Self::Cas, new: &[u8]) -> Result<bool, StoreError> {
+            self.0.cas_swap(cas, new).await
+        }
+    }
+
+    /// Keys a read of `f` takes.
+    fn keys_read<T>(store: &MemStore, f: impl AsyncFnOnce(&Counting<'_>) -> T) -> (T, usize) {
+        let counting = Counting(store, std::cell::Cell::new(0));
+        let out = pollster::block_on(f(&counting));
+        (out, counting.1.get())
+    }
+
+    /// Customers registering, visiting and paying over 45 days up to the 23rd, through two codes.
+    fn busy_season(store: &MemStore) {
+        for d in 0..45 {
+            let day = t0().plus_days(d - 44);
+            let id = format!("s{d}");
+            register(store, &id, day, if d % 2 == 0 { "BR1" } else { "BR2" });
+            if d % 3 != 0 {
+                pay(store, &id, &format!("paid:{id}"), day.plus_secs(60 * (d + 1) * 17));
+            }
+            if d % 5 == 0 {
+                pay(store, "s0", &format!("paid:s0:{d}"), day.plus_secs(3600));
+            }
+            pollster::block_on(events::count_visit(store, &touch("BR1", "spring"))).expect("visit");
+        }
+    }
+
+    #[test]
+    fn reports_from_roll_ups_equal_reports_from_the_counters_and_read_a_few_keys() {
+        let store = MemStore::default();
+        busy_season(&store);
+        let now = t0().plus_secs(3 * 3600);
+        let year = DayRange::parse(Some("2025-11-23"), Some("2026-11-23"), now).expect("year");
+        let month = DayRange::parse(None, None, now).expect("30 days");
+        // Nothing is closed as of the range's first day: every counter is read.
+        let raw = |r: &DayRange| r.as_of(at("2025-11-01T00:00:00+08:00"));
+        let dims = [Dimension::All, Dimension::Channel("BR1".into()), Dimension::Scenario("utility".into())];
+        let codes = ["ch:BR1".to_owned(), "ch:BR2".to_owned()];
+        let steps = [FunnelStep::Visited, FunnelStep::Registered, FunnelStep::Activated];
+
+        for range in [&year, &month] {
+            for dim in &dims {
+                let expected = pollster::block_on(funnel(&store, &raw(range), dim)).expect("raw");
+                let (first, _) = keys_read(&store, async |s| funnel(s, range, dim).await.expect("folds"));
+                let (second, keys) = keys_read(&store, async |s| funnel(s, range, dim).await.expect("rolled up"));
+                assert_eq!((&first, &second), (&expected, &expected), "{dim:?}");
+                let budget = if range.len() > 30 { 120 } else { 40 };
+                assert!(keys <= budget, "{} days of {dim:?}: {keys} keys", range.len());
+            }
+            assert!(pollster::block_on(funnel(&store, range, &Dimension::All)).expect("all").steps[0].count > 0);
+            let expected = pollster::block_on(lifecycle(&store, &raw(range))).expect("raw");
+            let (first, _) = keys_read(&store, async |s| lifecycle(s, range).await.expect("folds"));
+            let (second, keys) = keys_read(&store, async |s| lifecycle(s, range).await.expect("rolled up"));
+            assert_eq!((&first, &second), (&expected, &expected));
+            assert!(keys <= if range.len() > 30 { 120 } else { 40 }, "lifecycle: {keys} keys");
+            let expected = pollster::block_on(funnel_totals(&store, &raw(range), &steps, &codes)).expect("raw");
+            let (first, _) = keys_read(&store, async |s| funnel_totals(s, range, &steps, &codes).await.expect("folds"));
+            let (second, keys) =
+                keys_read(&store, async |s| funnel_totals(s, range, &steps, &codes).await.expect("rolled"));
+            assert_eq!((&first, &second), (&expected, &expected));
+            assert!(keys <= if range.len() > 30 { 120 } else { 40 }, "funnel totals: {keys} keys");
+        }
+    }
+
+    #[test]
+    fn a_day_is_not_folded_before_it_is_closed() {
+        // Arrange: one registration on the 23rd, read a minute before midnight and half an hour after it.
+        let store = MemStore::default();
+        register(&store, "c1", t0(), "BR1");
+        let day = |now: &str| DayRange::parse(Some("2026-11-23"), Some("2026-11-23"), at(now)).expect("range");
+        let registered =
+            |r: &DayRange| pollster::block_on(funnel(&store, r, &Dimension::All)).expect("funnel").steps[1].count;
+        assert_eq!(registered(&day("2026-11-23T23:59:00+08:00")), 1);
+        assert_eq!(registered(&day("2026-11-24T00:30:00+08:00")), 1);
+        assert!(store.keys().iter().all(|k| !k.starts_with("ops:rollup:")), "{:?}", store.keys());
+
+        // Act: a payment reported late, for 23:55, and a registration at 23:58 (both still land on the 23rd).
+        register(&store, "c2", at("2026-11-23T23:58:00+08:00"), "BR1");
+        pay(&store, "c1", "paid:late", at("2026-11-23T23:55:00+08:00"));
+
+        // Assert: an hour after midnight the day is closed, folded with everything.
+        let closed = day("2026-11-24T01:00:00+08:00");
+        let report = pollster::block_on(funnel(&store, &closed, &Dimension::All)).expect("closed");
+        assert_eq!(report.steps.iter().map(|s| s.count).collect::<Vec<_>>(), [0, 2, 1, 0]);
+        assert!(store.keys().iter().any(|k| k == "ops:rollup:funnel:all:w20261123+1"), "{:?}", store.keys());
+        assert_eq!(pollster::block_on(funnel(&store, &closed, &Dimension::All)).expect("again"), report);
+    }
+
     #[test]
     fn stage_counters_follow_transitions_exactly_once_under_replays() {
         let store = MemStore::default();
@@ -669,7 +807,7 @@ mod tests {
         let before = probe.writes();
         pay(&probe, "c1", "paid:x", t0().plus_secs(600));
         let writes = probe.writes() - before;
-        assert!(writes > 20, "{writes} writes");
+        assert!(writes >= 5, "{writes} writes");
 
         for n in 1..=writes {
             let store = MemStore::default();

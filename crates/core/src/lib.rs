@@ -25,6 +25,7 @@ pub mod partners;
 pub mod perks;
 pub mod problem;
 pub mod referrals;
+pub mod rollups;
 pub mod settlement;
 
 pub use problem::{ApiError, ErrorKind, Problem};

@@ -117,7 +117,7 @@ pub async fn review(store: &impl Store, range: &DayRange) -> Result<Channels, Ap
         }));
     }
     let dims: Vec<String> = codes.iter().map(|c| channel_dimension(&c.code)).collect();
-    let totals = insights::funnel_totals(store, &range.days(), &STEPS, &dims).await.map_err(problem)?;
+    let totals = insights::funnel_totals(store, range, &STEPS, &dims).await.map_err(problem)?;
     let items: Vec<ChannelRow> = codes
         .into_iter()
         .zip(totals)

@@ -9,11 +9,22 @@ use scenefin_core::auth::Provider;
 use scenefin_e2e::{OPERATOR_TOKEN, Reply, TestApp, workspace};
 use serde_json::{Value, json};
 
+/// What one request cost the store: calls (each a round trip the handler waited for), keys touched (a batch
+/// counts each key) and the calls themselves.
+struct Cost {
+    calls: u64,
+    keys: u64,
+    trace: Vec<String>,
+}
+
 /// Runs one request and returns it with the store operations it made (nothing else runs meanwhile).
-async fn counted(app: &TestApp, request: impl Future<Output = Reply>) -> (Reply, u64) {
-    let before = app.host.kv.op_count();
+async fn counted(app: &TestApp, request: impl Future<Output = Reply>) -> (Reply, Cost) {
+    let kv = app.host.kv.host_kv();
+    let (calls, keys) = (kv.op_count(), kv.key_count());
+    kv.start_trace();
     let reply = request.await;
-    (reply, app.host.kv.op_count() - before)
+    let trace = kv.take_trace();
+    (reply, Cost { calls: kv.op_count() - calls, keys: kv.key_count() - keys, trace })
 }
 
 async fn token(app: &TestApp, subject: &str) -> String {
@@ -104,10 +115,14 @@ async fn key_value_round_trips_per_route_stay_within_budget() {
 
     // Each route twice: the first warms what is created once; the second is measured.
     let (app, customer, now, card) = (&app, &customer, &now, &card);
-    let mut rows: Vec<(&str, u64, u64)> = Vec::new();
+    let mut rows: Vec<(&str, Cost, Budget)> = Vec::new();
+    counted(app, app.login(Provider::Wechat, "wx_kv_login_0", None, None)).await;
+    let login = counted(app, app.login(Provider::Wechat, "wx_kv_login_1", None, None)).await;
+    assert_eq!(login.0.status, 201, "login: {:?}", login.0.body);
+    rows.push(("POST /api/sessions (a new customer)", login.1, Budget::write(6)));
     let me = || app.send("GET", "/api/me", None, Some(customer));
     counted(app, me()).await;
-    rows.push(("GET /api/me", counted(app, me()).await.1, 3));
+    rows.push(("GET /api/me", counted(app, me()).await.1, Budget::read(3)));
 
     let quote = |bill: &str| {
         let body = json!({"biller_id": "kv_water", "account_no": "12345678", "bill_ids": [bill], "pay_with": "bank_card", "card_bin": "62258801"});
@@ -115,21 +130,21 @@ async fn key_value_round_trips_per_route_stay_within_budget() {
     };
     let q0 = counted(app, quote("KV-0")).await.0;
     let (q1, quote_ops) = counted(app, quote("KV-1")).await;
-    rows.push(("POST /api/utility/quotes", quote_ops, 30));
+    rows.push(("POST /api/utility/quotes", quote_ops, Budget::write(8)));
     let place = |q: &Reply, key: &'static str| {
         let quote_id = q.body["quote_id"].as_str().expect("quote").to_owned();
         async move { app.place_order("/api/utility/orders", customer, &quote_id, key).await }
     };
     let o0 = counted(app, place(&q0, "kv-o0")).await.0;
     let (o1, order_ops) = counted(app, place(&q1, "kv-o1")).await;
-    rows.push(("POST /api/utility/orders", order_ops, 30));
+    rows.push(("POST /api/utility/orders", order_ops, Budget::write(12)));
     let pay = |o: &Reply, event: &str| {
         let body = json!({"event_id": event, "order_id": o.body["order"]["order_id"], "status": "succeeded",
             "paid_fen": o.body["order"]["total_fen"], "paid_at": now, "instrument": {"type": "bank_card", "bin": "62258801"}});
         async move { app.notify("/api/utility/payments/notify", &body).await }
     };
     counted(app, pay(&o0, "kv-evt-0")).await;
-    rows.push(("POST /api/utility/payments/notify", counted(app, pay(&o1, "kv-evt-1")).await.1, 120));
+    rows.push(("POST /api/utility/payments/notify", counted(app, pay(&o1, "kv-evt-1")).await.1, Budget::write(25)));
 
     let claim = |key: &'static str| {
         let req = app
@@ -145,7 +160,7 @@ async fn key_value_round_trips_per_route_stay_within_budget() {
     };
     let c0 = counted(app, claim("kv-c0")).await.0;
     let (c1, claim_ops) = counted(app, claim("kv-c1")).await;
-    rows.push(("POST /api/coupons/campaigns/{id}/claim", claim_ops, 60));
+    rows.push(("POST /api/coupons/campaigns/{id}/claim", claim_ops, Budget::write(15)));
     let redeem = |c: &Reply, order: &str| {
         let body =
             json!({"code": c.body["code"], "store_id": "s1", "order_amount_fen": 3000, "merchant_order_id": order});
@@ -153,7 +168,7 @@ async fn key_value_round_trips_per_route_stay_within_budget() {
         async move { app.partner(&mid, &msecret, "POST", "/api/coupons/redemptions", Some(&body)).await }
     };
     ok(counted(app, redeem(&c0, "kv-r0")).await.0, "redeem").await;
-    rows.push(("POST /api/coupons/redemptions", counted(app, redeem(&c1, "kv-r1")).await.1, 80));
+    rows.push(("POST /api/coupons/redemptions", counted(app, redeem(&c1, "kv-r1")).await.1, Budget::write(20)));
 
     let spend = |pos_txn: &str| {
         let body = json!({"pos_txn_id": pos_txn, "card_id": card, "amount_fen": 100});
@@ -163,20 +178,53 @@ async fn key_value_round_trips_per_route_stay_within_budget() {
     ok(counted(app, spend("kv-s0")).await.0, "spend").await;
     let (s1, spend_ops) = counted(app, spend("kv-s1")).await;
     ok(s1, "spend").await;
-    rows.push(("POST /api/campus/spend", spend_ops, 90));
+    rows.push(("POST /api/campus/spend", spend_ops, Budget::write(20)));
 
     let funnel = || app.send("GET", "/api/ops/funnel", None, Some(OPERATOR_TOKEN));
     counted(app, funnel()).await;
-    rows.push(("GET /api/ops/funnel (30 days)", counted(app, funnel()).await.1, 60));
+    rows.push(("GET /api/ops/funnel (30 days)", counted(app, funnel()).await.1, Budget::read(40)));
 
-    let mut table = String::from("| route | KV operations | budget |\n|---|---:|---:|\n");
-    for (route, n, budget) in &rows {
-        let _ = writeln!(table, "| `{route}` | {n} | {budget} |");
+    let mut table = String::from(
+        "| route | store operations (keys) | target | sequential round trips (calls) | target |\n|---|---:|---:|---:|---:|\n",
+    );
+    let mut traces = String::new();
+    for (route, cost, budget) in &rows {
+        let _ = writeln!(table, "| `{route}` | {} | {} | {} | {} |", cost.keys, budget.keys, cost.calls, budget.calls);
+        let _ = writeln!(traces, "## {route}: {} calls, {} keys\n", cost.calls, cost.keys);
+        for call in &cost.trace {
+            let _ = writeln!(traces, "    {call}");
+        }
+        traces.push('\n');
     }
     println!("{table}");
     let _ = std::fs::create_dir_all(workspace().join("target"));
     let _ = std::fs::write(workspace().join("target/kv-ops.md"), &table);
-    for (route, n, budget) in rows {
-        assert!(n > 0 && n <= budget, "{route}: {n} KV operations, budget {budget}\n{table}");
+    let _ = std::fs::write(workspace().join("target/kv-ops-trace.md"), &traces);
+    for (route, cost, budget) in rows {
+        assert!(
+            cost.calls > 0 && cost.calls <= budget.calls,
+            "{route}: {} round trips, budget {}\n{table}",
+            cost.calls,
+            budget.calls
+        );
+        assert!(cost.keys <= budget.keys, "{route}: {} store operations, budget {}\n{table}", cost.keys, budget.keys);
+    }
+}
+
+/// What a route may spend: store operations (keys read or written) and sequential round trips (calls).
+struct Budget {
+    keys: u64,
+    calls: u64,
+}
+
+impl Budget {
+    /// A write route: `keys` store operations in at most 8 round trips.
+    fn write(keys: u64) -> Self {
+        Self { keys, calls: keys.min(8) }
+    }
+
+    /// A read: `keys` keys read in at most 8 round trips.
+    fn read(keys: u64) -> Self {
+        Self { keys, calls: keys.min(8) }
     }
 }

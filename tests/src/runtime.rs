@@ -366,6 +366,14 @@ impl StoreView {
             _ => panic!("op_count is host only (start the test with host_only!)"),
         }
     }
+
+    /// The host's [`Kv`] (host only: start the test with `host_only!`).
+    pub fn host_kv(&self) -> &Kv {
+        match self {
+            StoreView::Host(kv) => kv,
+            _ => panic!("host_kv is host only (start the test with host_only!)"),
+        }
+    }
 }
 
 fn read_spin_sqlite(path: &Path, store: &str, op: Op) -> Result<Output> {

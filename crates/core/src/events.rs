@@ -2,9 +2,9 @@
 //!
 //! [`record`] applies an event to the customer's profile — automatic tags, activity, payments, lifecycle stage —
 //! in one compare-and-swap of the profile document, which also remembers the event id: an event applied twice
-//! changes the profile once. It then moves the funnel counters (`ops:funnel:{day}:{step}:{dimension}`), each behind
-//! a per-event claim, so a retried event never counts twice. (A crash between a claim and its increment loses that
-//! one count: counters are analytics, and an undercount by one is the safe side.)
+//! changes the profile once. It then moves the funnel counters (`ops:funnel:{day}:{step}:{dimension}`), all behind
+//! one per-event claim (`kv::count_all_once`), so a retried event never counts twice. (A crash between the claim
+//! and its increments loses those counts: counters are analytics, and an undercount is the safe side.)
 //!
 //! Funnel steps: `visited` (a channel code resolved), `registered`, `activated` (first payment, top-up or
 //! redemption), `retained` (activity on a day at least [`RETAINED_AFTER_DAYS`] after registration). Dimensions: `all`,
@@ -14,10 +14,10 @@
 //! Beside the funnel, the same claimed effects keep the operator counters `core::insights` reads:
 //! - `ops:tta:{day}:{bucket}:{dimension}`: time from registration to activation, a histogram of
 //!   [`TTA_BUCKETS`] exponential minute buckets ([`tta_bucket`]) per activation day and funnel dimension, counted
-//!   with the activation (each behind a per-event claim);
+//!   with the activation (behind the same per-event claim);
 //! - `ops:stage:{stage}`: customers per stored stage, +1 on `new` at registration, −1 on the old and +1 on the new
 //!   stage at each transition; `ops:trans:{day}:{from}:{to}`: transitions per day. These are claimed per entry of
-//!   the profile's stage history (`cust:stagefx:{customer}:{entry}:{n}`), not per event, so whichever event or
+//!   the profile's stage history (`cust:stagefx:{customer}:{entry}`), not per event, so whichever event or
 //!   replay meets a transition first applies it, and never twice. Dormancy is evaluated on read and never
 //!   stored, so it never moves these counters.
 
@@ -28,7 +28,7 @@ use crate::customers::{
     self, APPLIED_EVENTS_KEPT, Customer, LifecycleRules, PAYMENTS_KEPT, Payment, Stage, Touch, Transition,
 };
 use crate::ids::hash_key_part;
-use crate::kv::{self, Step, Store, StoreError, claim_once};
+use crate::kv::{self, Step, Store, StoreError};
 use crate::problem::{ErrorKind, Problem};
 
 /// Activity this many days after registration counts as retention.
@@ -200,20 +200,15 @@ pub mod keys {
         Key::new(&["ops", "funnel", &day.to_string(), step, dimension])
     }
 
-    /// `cust:event:{hash(event id)}:fx:{n}` — the claim for the n-th counter effect of an event.
-    pub fn effect_claim(event_hash: &str, n: usize) -> Key {
-        Key::new(&["cust", "event", event_hash, "fx", &n.to_string()])
+    /// `cust:event:{hash(event id)}:fx` — the claim for an event's funnel and time-to-activate counts.
+    pub fn effect_claim(event_hash: &str) -> Key {
+        Key::new(&["cust", "event", event_hash, "fx"])
     }
 
     /// `ops:tta:{yyyymmdd}:{bucket}:{dimension}` — activations that day whose time to activate fell in the bucket
     /// (a counter).
     pub fn tta(day: u32, bucket: usize, dimension: &str) -> Key {
         Key::new(&["ops", "tta", &day.to_string(), &bucket.to_string(), dimension])
-    }
-
-    /// `cust:event:{hash(event id)}:tta:{n}` — the claim for the time-to-activate count of the n-th dimension.
-    pub fn tta_claim(event_hash: &str, n: usize) -> Key {
-        Key::new(&["cust", "event", event_hash, "tta", &n.to_string()])
     }
 
     /// `ops:stage:{stage}` — customers whose stored stage it is (a counter).
@@ -226,10 +221,10 @@ pub mod keys {
         Key::new(&["ops", "trans", &day.to_string(), from, to])
     }
 
-    /// `cust:stagefx:{customer}:{entry}:{n}` — the claim for the n-th counter effect of the customer's stage
-    /// history entry `entry`.
-    pub fn stage_claim(customer_id: &str, entry: usize, n: usize) -> Key {
-        Key::new(&["cust", "stagefx", customer_id, &entry.to_string(), &n.to_string()])
+    /// `cust:stagefx:{customer}:{entry}` — the claim for the stage counters of the customer's stage history entry
+    /// `entry`.
+    pub fn stage_claim(customer_id: &str, entry: usize) -> Key {
+        Key::new(&["cust", "stagefx", customer_id, &entry.to_string()])
     }
 }
 
@@ -351,14 +346,14 @@ pub async fn record(store: &impl Store, event: &Event, rules: &LifecycleRules) -
         let before = current.stage;
         if current.applied_events.contains(&event.id) {
             // Already applied: redo only the (claimed) counter effects, in case they were interrupted.
-            let effects = Effects::of(current, event, replay_steps(current, event));
+            let effects = Effects::of(current, event, replay_steps(current, event), None);
             let applied = Applied { first_time: false, stage: current.stage, transition: None };
             return Ok(Step::Keep((applied, effects)));
         }
         let (next, steps) = apply(current, event, rules);
         let transition = (next.stage != before).then_some((before, next.stage));
         let applied = Applied { first_time: true, stage: next.stage, transition };
-        let effects = Effects::of(&next, event, steps);
+        let effects = Effects::of(&next, event, steps, Some(current.history.len()));
         Ok(Step::Write(next, (applied, effects)))
     })
     .await?;
@@ -381,7 +376,10 @@ struct Effects {
 }
 
 impl Effects {
-    fn of(c: &Customer, event: &Event, steps: Vec<FunnelStep>) -> Effects {
+    /// `added_from`: on first application, the length of the history before the event, so only the entries the
+    /// event added (and registration's `new`, for the `registered` event) owe their effects; on a replay `None`, and
+    /// the entries stamped with the event's instant are redone (their effects are claimed, so at most once).
+    fn of(c: &Customer, event: &Event, steps: Vec<FunnelStep>, added_from: Option<usize>) -> Effects {
         let tta_minutes = steps
             .contains(&FunnelStep::Activated)
             .then(|| c.activated_at.unwrap_or(event.at).secs_since(c.created_at).max(0) / 60);
@@ -392,7 +390,10 @@ impl Effects {
             .history
             .iter()
             .enumerate()
-            .filter(|(_, t)| t.at == event.at)
+            .filter(|&(i, t)| match added_from {
+                Some(from) => i >= from || (i == 0 && event.kind == EventKind::Registered),
+                None => t.at == event.at,
+            })
             .map(|(i, t)| (i, i.checked_sub(1).map(|p| c.history[p].stage), t.stage))
             .collect();
         Effects { touch: c.first_touch.clone(), steps, tta_minutes, stages }
@@ -415,34 +416,27 @@ async fn count(store: &impl Store, event: &Event, effects: &Effects) -> Result<(
     let event_hash = hash_key_part(&event.id);
     let day = event.at.shanghai_day();
     let dims = dimensions(effects.touch.as_ref(), Some(&event.scenario));
-    let mut n = 0;
+    // The funnel steps and the time-to-activate histogram the event reached, behind one claim for the event.
+    let mut counters = Vec::new();
     for step in &effects.steps {
-        for dim in &dims {
-            n += 1;
-            if claim_once(store, &keys::effect_claim(&event_hash, n)).await? {
-                store.increment(&keys::funnel(day, step.as_str(), dim), 1).await?;
-            }
-        }
+        counters.extend(dims.iter().map(|dim| (keys::funnel(day, step.as_str(), dim), 1)));
     }
     if let Some(minutes) = effects.tta_minutes {
         let bucket = tta_bucket(minutes);
-        for (i, dim) in dims.iter().enumerate() {
-            kv::count_once(store, &keys::tta_claim(&event_hash, i), &keys::tta(day, bucket, dim), 1).await?;
-        }
+        counters.extend(dims.iter().map(|dim| (keys::tta(day, bucket, dim), 1)));
     }
+    kv::count_all_once(store, &keys::effect_claim(&event_hash), &counters).await?;
+    // Each stage history entry's counters, behind one claim for the entry.
     for &(entry, from, to) in &effects.stages {
-        let mut changes = Vec::with_capacity(3);
-        match from {
-            None => changes.push((keys::stage(to.as_str()), 1)),
-            Some(from) => {
-                changes.push((keys::stage(from.as_str()), -1));
-                changes.push((keys::stage(to.as_str()), 1));
-                changes.push((keys::transitions(day, from.as_str(), to.as_str()), 1));
-            }
-        }
-        for (n, (counter, delta)) in changes.iter().enumerate() {
-            kv::count_once(store, &keys::stage_claim(&event.customer_id, entry, n), counter, *delta).await?;
-        }
+        let changes = match from {
+            None => vec![(keys::stage(to.as_str()), 1)],
+            Some(from) => vec![
+                (keys::stage(from.as_str()), -1),
+                (keys::stage(to.as_str()), 1),
+                (keys::transitions(day, from.as_str(), to.as_str()), 1),
+            ],
+        };
+        kv::count_all_once(store, &keys::stage_claim(&event.customer_id, entry), &changes).await?;
     }
     Ok(())
 }

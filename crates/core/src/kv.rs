@@ -150,6 +150,15 @@ pub trait Store {
     /// Several values at once (one round trip where the backend allows), in the order of `keys`.
     async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
 
+    /// A compare-and-swap under way: opened by [`Store::cas_open`], finished by [`Store::cas_swap`].
+    type Cas;
+    /// Opens a compare-and-swap on `key` and returns what the key holds now: one read, the same one a swap compares
+    /// against (`wasi:keyvalue` `cas::new` and `current`).
+    async fn cas_open(&self, key: &Key) -> Result<(Self::Cas, Option<Vec<u8>>), StoreError>;
+    /// Writes `new` if the key still holds what [`Store::cas_open`] read; `Ok(false)` if it changed. When it read
+    /// nothing this is Spin's weak upsert: never use it to create a document.
+    async fn cas_swap(&self, cas: Self::Cas, new: &[u8]) -> Result<bool, StoreError>;
+
     /// Unix seconds by the real clock (never a request's test clock), for creation leases.
     fn now_unix_secs(&self) -> i64 {
         crate::clock::Clock::now(&crate::clock::SystemClock).unix_secs()
@@ -255,29 +264,83 @@ pub enum Step<T, R> {
 pub async fn update_json<T, R, E>(
     store: &impl Store,
     key: &Key,
+    decide: impl FnMut(Option<&T>) -> Result<Step<T, R>, E>,
+) -> Result<R, E>
+where
+    T: Serialize + DeserializeOwned,
+    E: From<StoreError>,
+{
+    // The document is read through a compare-and-swap handle, so the read that decides is the one the swap
+    // compares against: an update is one read and one swap.
+    let open = store.cas_open(key).await?;
+    update_json_from(store, key, open, decide).await
+}
+
+/// [`update_json`] for a document that is usually new (a posting, an idempotency record, a record keyed by a
+/// request's own id), or that the caller has just read as absent: the creation is claimed first, without reading,
+/// so a new document costs the claim and the write. When the claim is held (the document exists, or another writer
+/// is creating it) the claim is given back and this is [`update_json`].
+///
+/// Only for keys written by `update_json` and its variants alone: a document written with a plain `set` has no
+/// creation counter, and a first claim would overwrite it.
+pub async fn update_json_new<T, R, E>(
+    store: &impl Store,
+    key: &Key,
     mut decide: impl FnMut(Option<&T>) -> Result<Step<T, R>, E>,
 ) -> Result<R, E>
 where
     T: Serialize + DeserializeOwned,
     E: From<StoreError>,
 {
-    let mut current = store.get(key).await?;
+    if let Step::Write(next, result) = decide(None)? {
+        let bytes = encode_doc(key, &next, &write_token()?, b"")?;
+        if let Some(stamp) = claim_creation(store, key).await? {
+            create(store, key, &bytes, stamp).await?;
+            return Ok(result);
+        }
+    }
+    let open = store.cas_open(key).await?;
+    update_json_from(store, key, open, decide).await
+}
+
+/// The loop of [`update_json`], from a compare-and-swap already opened (`open`: the handle and what it read).
+async fn update_json_from<S, T, R, E>(
+    store: &S,
+    key: &Key,
+    mut open: (S::Cas, Option<Vec<u8>>),
+    mut decide: impl FnMut(Option<&T>) -> Result<Step<T, R>, E>,
+) -> Result<R, E>
+where
+    S: Store,
+    T: Serialize + DeserializeOwned,
+    E: From<StoreError>,
+{
     // Whether another writer was found holding this document's creation, and how often it was waited for.
     let mut creation_held = false;
     let mut waits_for_creator = 0;
     let mut retries = Retries::start(store);
     while retries.next(store).await {
+        let (cas, current) = open;
         let doc: Option<T> = decode_doc(key, current.as_deref())?;
         let (next, result) = match decide(doc.as_ref())? {
             Step::Keep(result) => return Ok(result),
             Step::Write(next, result) => (next, result),
         };
-        match current.take() {
-            Some(old) => match swap_doc(store, key, &old, &next).await? {
-                None => return Ok(result),
-                Some(now) => current = now,
-            },
+        match current {
+            Some(old) => {
+                let token = write_token()?;
+                let bytes = encode_doc(key, &next, &token, &old)?;
+                if let Ok(true) = store.cas_swap(cas, &bytes).await {
+                    return Ok(result);
+                }
+                // Not reported written (Spin's Redis store reports failure even after writing): the token tells.
+                open = store.cas_open(key).await?;
+                if open.1.as_deref().is_some_and(|now| carries_token(now, &token)) {
+                    return Ok(result);
+                }
+            }
             None => {
+                drop(cas);
                 let bytes = encode_doc(key, &next, &write_token()?, b"")?;
                 let stamp = if creation_held {
                     take_over_abandoned_creation(store, key).await?
@@ -297,7 +360,7 @@ where
                         }
                     }
                 }
-                current = store.get(key).await?;
+                open = store.cas_open(key).await?;
             }
         }
     }
@@ -595,6 +658,11 @@ pub async fn add_to_index(store: &impl Store, key: &Key, id: &str) -> Result<boo
     .await
 }
 
+/// Whether the index document `key` read as `raw` lists `id` already (absent: no).
+pub fn index_holds(key: &Key, raw: Option<&[u8]>, id: &str) -> Result<bool, StoreError> {
+    Ok(decode_doc::<Index>(key, raw)?.is_some_and(|idx| idx.ids.iter().any(|x| x == id)))
+}
+
 /// The ids of the index document at `key` (empty when absent).
 pub async fn read_index(store: &impl Store, key: &Key) -> Result<Vec<String>, StoreError> {
     Ok(get_json::<Index>(store, key).await?.unwrap_or_default().ids)
@@ -684,6 +752,29 @@ pub fn log_slot_key(base: &Key, slot: i64) -> Key {
 pub async fn count_once(store: &impl Store, claim: &Key, counter: &Key, delta: i64) -> Result<(), StoreError> {
     if claim_once(store, claim).await? {
         store.increment(counter, delta).await?;
+    }
+    Ok(())
+}
+
+/// Adds each `(counter, delta)` once per `claim`: one claim for a group of counters one cause moves (analytics),
+/// instead of one per counter. When an increment fails, the ones before it are taken back and the claim given back
+/// (best effort), so the retry counts the whole group; a process that dies between the claim and the last increment
+/// loses the rest of the group's counts, the safe side for counters nothing is paid from (money and stock never
+/// rely on this).
+pub async fn count_all_once(store: &impl Store, claim: &Key, counters: &[(Key, i64)]) -> Result<(), StoreError> {
+    if counters.is_empty() || !claim_once(store, claim).await? {
+        return Ok(());
+    }
+    for (done, (counter, delta)) in counters.iter().enumerate() {
+        if let Err(e) = store.increment(counter, *delta).await {
+            for (counter, delta) in &counters[..done] {
+                if store.increment(counter, -delta).await.is_err() {
+                    return Err(e);
+                }
+            }
+            let _ = store.increment(claim, -1).await;
+            return Err(e);
+        }
     }
     Ok(())
 }
@@ -898,6 +989,17 @@ mod mem {
             Ok(landed && self.mode != CasMode::SpinRedis)
         }
 
+        type Cas = (Key, Option<Vec<u8>>);
+
+        async fn cas_open(&self, key: &Key) -> Result<(Self::Cas, Option<Vec<u8>>), StoreError> {
+            let current = self.get(key).await?;
+            Ok(((key.clone(), current.clone()), current))
+        }
+
+        async fn cas_swap(&self, (key, read): Self::Cas, new: &[u8]) -> Result<bool, StoreError> {
+            self.cas(&key, read.as_deref(), new).await
+        }
+
         async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
             yield_now().await;
             self.alive()?;
@@ -1050,6 +1152,29 @@ mod tests {
             assert_eq!(tokens.split(|&b| b == b',').count(), WRITE_TOKENS, "{mode:?}");
             let born = store.raw("t:race:~born").expect("claimed");
             assert_eq!(decode_counter(&key, &born).map(|n| n >> 20), Ok(store.now_unix_secs()), "{mode:?}");
+        }
+    }
+
+    #[test]
+    fn claim_first_creation_writes_twice_and_races_with_updaters_lose_nothing() {
+        // A new document: the claim and the write, nothing read.
+        let store = MemStore::new(CasMode::SpinUpsert);
+        let key = Key::new(&["t", "fresh"]);
+        assert_eq!(pollster::block_on(update_json_new(&store, &key, add(1))).expect("create"), 1);
+        assert_eq!(store.writes(), 2);
+        // An existing one: the claim is given back and the document updated.
+        assert_eq!(pollster::block_on(update_json_new(&store, &key, add(1))).expect("update"), 2);
+        for mode in [CasMode::SpinUpsert, CasMode::Strict, CasMode::SpinRedis] {
+            // 30 writers, half claiming first, half reading first, race on one absent document.
+            let store = MemStore::new(mode);
+            let key = Key::new(&["t", "race"]);
+            let fresh: Vec<_> = (0..15).map(|_| update_json_new(&store, &key, add(1))).collect();
+            let read_first: Vec<_> = (0..15).map(|_| update_json(&store, &key, add(1))).collect();
+            let (a, b) =
+                pollster::block_on(interleave::join2(interleave::join_all(fresh), interleave::join_all(read_first)));
+            assert!(a.iter().chain(&b).all(Result::is_ok), "{mode:?}: {a:?} {b:?}");
+            let doc = pollster::block_on(get_json::<Doc>(&store, &key)).expect("read");
+            assert_eq!(doc.map(|d| d.n), Some(30), "{mode:?}");
         }
     }
 

@@ -169,7 +169,7 @@ pub async fn reserve(
 
     // 1. The reservation document, created once as `reserving`: every attempt, first or retry, meets the same one.
     let key = resv_key(base, reservation_id);
-    let doc = update_doc(store, &key, |doc: Option<&Resv>| match doc {
+    let doc = crate::kv::update_json_new(store, &key, |doc: Option<&Resv>| match doc {
         None => {
             let fresh = Resv {
                 v: 1,
@@ -192,8 +192,16 @@ pub async fn reserve(
 
     // 2. Take the amount from the budget, after freeing what expired in the hours since the last sweep (a read of the
     //    watermark within an hour; best effort, a failed sweep is retried by the next reserve).
-    let _ = sweep_due(store, base, now, false).await;
-    let mut taken = take_budget(store, base, amount_fen).await?;
+    //    The watermark and the budget are read together; within an hour of the last sweep nothing else is read.
+    let budget = read_budget(store, base).await?;
+    let current = now.unix_secs().div_euclid(3600);
+    let through = watermark(budget.swept_through, budget.since_hour, current);
+    let mut taken = if through >= current - 1 {
+        take_from(store, base, amount_fen, budget.total, budget.reserved).await?
+    } else {
+        let _ = sweep_due(store, base, now, false).await;
+        take_budget(store, base, amount_fen).await?
+    };
     // Abandoned reservations may be holding the budget: free the expired ones and try once more. Best effort:
     // if the sweep fails the answer is simply `Exhausted`.
     if !taken && sweep_due(store, base, now, true).await.is_ok() {
@@ -363,9 +371,16 @@ pub async fn sweep_due(store: &impl Store, base: &Key, now: Timestamp, this_hour
 /// The budget's total and counters as of `now`, with reservations that have expired but are not swept yet counted
 /// as free: what a budget read shows. Writes nothing (the next reserve that needs the room releases them).
 pub async fn status_at(store: &impl Store, base: &Key, now: Timestamp) -> Result<BudgetStatus, LimitError> {
-    let status = status(store, base).await?;
+    check_base(base)?;
+    let budget = read_budget(store, base).await?;
+    let status = BudgetStatus {
+        total_fen: budget.total,
+        reserved_fen: budget.reserved,
+        committed_fen: budget.committed,
+        available_fen: 0,
+    };
     let current = now.unix_secs().div_euclid(3600);
-    let through = swept_through(store, base, current).await?;
+    let through = watermark(budget.swept_through, budget.since_hour, current);
     let from = (through + 1).max(current - SWEEP_CATCH_UP_HOURS);
     let lapsed: i64 = indexed(store, base, from, current)
         .await?
@@ -381,11 +396,17 @@ pub async fn status_at(store: &impl Store, base: &Key, now: Timestamp) -> Result
 /// The last expiry hour swept for good: the `{base}:swept` watermark, else the hour before the budget was
 /// configured, else (budgets configured before either existed) a few hours back.
 async fn swept_through(store: &impl Store, base: &Key, current: i64) -> Result<i64, LimitError> {
-    if let Some(swept) = crate::kv::get_json::<Swept>(store, &swept_key(base)).await? {
+    let swept = crate::kv::get_json::<Swept>(store, &swept_key(base)).await?;
+    if let Some(swept) = swept {
         return Ok(swept.through_hour);
     }
     let config: Option<Config> = crate::kv::get_json(store, base).await?;
-    Ok(config.and_then(|c| c.since_hour).unwrap_or(current - FIRST_SWEEP_HOURS - 1))
+    Ok(watermark(None, config.and_then(|c| c.since_hour), current))
+}
+
+/// The last expiry hour swept: the recorded watermark, else the configured start, else a few hours back.
+fn watermark(swept_through: Option<i64>, since_hour: Option<i64>, current: i64) -> i64 {
+    swept_through.or(since_hour).unwrap_or(current - FIRST_SWEEP_HOURS - 1)
 }
 
 /// Releases the expired `reserved` reservations indexed under the expiry hours `from..=to`.
@@ -422,7 +443,8 @@ async fn indexed(store: &impl Store, base: &Key, from: i64, to: i64) -> Result<V
 /// The budget's total and counters (one round trip).
 pub async fn status(store: &impl Store, base: &Key) -> Result<BudgetStatus, LimitError> {
     check_base(base)?;
-    let (total_fen, reserved_fen, committed_fen) = read_budget(store, base).await?;
+    let BudgetRead { total: total_fen, reserved: reserved_fen, committed: committed_fen, .. } =
+        read_budget(store, base).await?;
     let available_fen = total_fen.saturating_sub(reserved_fen).max(0);
     Ok(BudgetStatus { total_fen, reserved_fen, committed_fen, available_fen })
 }
@@ -578,21 +600,44 @@ fn vanished(key: &Key) -> LimitError {
     LimitError::Store(StoreError::Corrupt { key: key.to_string(), detail: "reservation vanished".into() })
 }
 
-/// Total, reserved and committed, in one round trip.
-async fn read_budget(store: &impl Store, base: &Key) -> Result<(i64, i64, i64), LimitError> {
-    let keys = [base.clone(), reserved_key(base), committed_key(base)];
+/// A budget as one read finds it.
+struct BudgetRead {
+    total: i64,
+    reserved: i64,
+    committed: i64,
+    /// The last expiry hour swept for good (`{base}:swept`), if any sweep recorded one.
+    swept_through: Option<i64>,
+    /// Where sweeping starts when none has been recorded (set by [`configure`]).
+    since_hour: Option<i64>,
+}
+
+/// Total, reserved, committed and the sweep watermark, in one round trip.
+async fn read_budget(store: &impl Store, base: &Key) -> Result<BudgetRead, LimitError> {
+    let keys = [base.clone(), reserved_key(base), committed_key(base), swept_key(base)];
     let values = get_all(store, &keys).await?;
     let counter = |i: usize| match values.get(i).and_then(Option::as_deref) {
         None => Ok(0),
         Some(bytes) => decode_counter(&keys[i], bytes),
     };
     let config: Option<Config> = decode_doc(base, values.first().and_then(Option::as_deref))?;
-    Ok((config.map_or(0, |c| c.total_fen), counter(1)?, counter(2)?))
+    let swept: Option<Swept> = decode_doc(&keys[3], values.get(3).and_then(Option::as_deref))?;
+    Ok(BudgetRead {
+        total: config.as_ref().map_or(0, |c| c.total_fen),
+        reserved: counter(1)?,
+        committed: counter(2)?,
+        swept_through: swept.map(|s| s.through_hour),
+        since_hour: config.and_then(|c| c.since_hour),
+    })
 }
 
 /// Adds `amount` to the reserved counter if it stays within the total; `false` (nothing taken) otherwise.
 async fn take_budget(store: &impl Store, base: &Key, amount: i64) -> Result<bool, LimitError> {
-    let (total, reserved, _) = read_budget(store, base).await?;
+    let budget = read_budget(store, base).await?;
+    take_from(store, base, amount, budget.total, budget.reserved).await
+}
+
+/// [`take_budget`] from a budget just read.
+async fn take_from(store: &impl Store, base: &Key, amount: i64, total: i64, reserved: i64) -> Result<bool, LimitError> {
     // Refuse on the read when already full: no transient over-addition that could refuse someone else.
     if reserved.saturating_add(amount) > total {
         return Ok(false);

@@ -673,16 +673,19 @@ pub async fn customer_quote(
     owner: &str,
     customer_id: &str,
     quote_id: &str,
-) -> Result<(Quote, bool), OrderError> {
+) -> Result<(Quote, Option<Order>), OrderError> {
     if crate::ids::Id::parse(quote_id).is_err() {
         return Err(OrderError::QuoteNotFound);
     }
-    let quote: Quote = get_json(store, &keys::quote(owner, quote_id)).await?.ok_or(OrderError::QuoteNotFound)?;
+    // The quote and the order it may have become, in one read.
+    let (quote_key, order_key) = (keys::quote(owner, quote_id), keys::order(owner, &order_id_for(quote_id)));
+    let found = kv::get_all(store, &[quote_key.clone(), order_key.clone()]).await?;
+    let quote: Quote = kv::decode_doc(&quote_key, found[0].as_deref())?.ok_or(OrderError::QuoteNotFound)?;
     if quote.customer_id != customer_id {
         return Err(OrderError::QuoteNotFound);
     }
-    let ordered = store.get(&keys::order(owner, &order_id_for(quote_id))).await?.is_some();
-    Ok((quote, ordered))
+    let order = kv::decode_doc(&order_key, found[1].as_deref())?;
+    Ok((quote, order))
 }
 
 /// Stores a priced quote (its id is fresh, so the write is unconditional).
@@ -712,15 +715,22 @@ pub async fn place_order(
     settlement_account: &str,
     now: Timestamp,
 ) -> Result<Order, OrderError> {
-    if crate::ids::Id::parse(quote_id).is_err() {
-        return Err(OrderError::QuoteNotFound);
-    }
-    let quote: Quote = get_json(store, &keys::quote(owner, quote_id)).await?.ok_or(OrderError::QuoteNotFound)?;
-    if quote.customer_id != customer_id {
-        return Err(OrderError::QuoteNotFound);
-    }
-    let id = order_id_for(quote_id);
-    if let Some(existing) = get_json::<Order>(store, &keys::order(owner, &id)).await? {
+    let (quote, existing) = customer_quote(store, owner, customer_id, quote_id).await?;
+    place_quoted(store, owner, customer_id, &quote, existing, settlement_account, now).await
+}
+
+/// [`place_order`] for a quote the caller has read with [`customer_quote`] (`existing`: the order it found).
+pub async fn place_quoted(
+    store: &impl Store,
+    owner: &str,
+    customer_id: &str,
+    quote: &Quote,
+    existing: Option<Order>,
+    settlement_account: &str,
+    now: Timestamp,
+) -> Result<Order, OrderError> {
+    let id = order_id_for(&quote.id);
+    if let Some(existing) = existing {
         // Placed before, maybe by an attempt cut short between its two writes: finish listing it.
         list_order(store, owner, customer_id, &id).await?;
         return Ok(existing);
@@ -759,7 +769,8 @@ pub async fn place_order(
         exceptions: Vec::new(),
         partial_refunds: Vec::new(),
     };
-    let placed = kv::update_json(store, &keys::order(owner, &id), |current: Option<&Order>| match current {
+    // Read as absent just now: claim its creation first.
+    let placed = kv::update_json_new(store, &keys::order(owner, &id), |current: Option<&Order>| match current {
         Some(existing) => Ok::<_, OrderError>(Step::Keep(existing.clone())),
         None => Ok(Step::Write(order.clone(), order.clone())),
     })

@@ -81,11 +81,22 @@ impl Store for SpinStore {
     }
 
     async fn cas(&self, key: &Key, expected: Option<&[u8]>, new: &[u8]) -> Result<bool, StoreError> {
-        let cas = atomics::Cas::new(&self.bucket, key.as_str()).map_err(backend)?;
-        let current = cas.current().map_err(backend)?;
+        let (cas, current) = self.cas_open(key).await?;
         if current.as_deref() != expected {
             return Ok(false);
         }
+        self.cas_swap(cas, new).await
+    }
+
+    type Cas = atomics::Cas;
+
+    async fn cas_open(&self, key: &Key) -> Result<(Self::Cas, Option<Vec<u8>>), StoreError> {
+        let cas = atomics::Cas::new(&self.bucket, key.as_str()).map_err(backend)?;
+        let current = cas.current().map_err(backend)?;
+        Ok((cas, current))
+    }
+
+    async fn cas_swap(&self, cas: Self::Cas, new: &[u8]) -> Result<bool, StoreError> {
         match atomics::swap(cas, new) {
             Ok(()) => Ok(true),
             Err(atomics::CasError::CasFailed(_)) => Ok(false),

@@ -68,6 +68,36 @@ pub enum Op {
 }
 
 impl Op {
+    /// How many keys the op reads or writes (a batch counts each of its keys; `Keys` counts one).
+    pub fn key_count(&self) -> u64 {
+        match self {
+            Op::GetMany { keys } | Op::DeleteMany { keys } => keys.len() as u64,
+            Op::SetMany { entries } => entries.len() as u64,
+            _ => 1,
+        }
+    }
+
+    /// `kind key` (a batch: `kind [n] first-key …`), for traces.
+    pub fn describe(&self) -> String {
+        fn batch<'a>(kind: &str, mut keys: impl ExactSizeIterator<Item = &'a String>) -> String {
+            let n = keys.len();
+            let first = keys.next().map(String::as_str).unwrap_or("");
+            if n > 1 { format!("{kind} [{n}] {first} …") } else { format!("{kind} {first}") }
+        }
+        match self {
+            Op::Get { key } => format!("get {key}"),
+            Op::Exists { key } => format!("exists {key}"),
+            Op::Keys => "keys".to_owned(),
+            Op::GetMany { keys } => batch("get-many", keys.iter()),
+            Op::Set { key, .. } => format!("set {key}"),
+            Op::Delete { key } => format!("delete {key}"),
+            Op::SetMany { entries } => batch("set-many", entries.iter().map(|(k, _)| k)),
+            Op::DeleteMany { keys } => batch("delete-many", keys.iter()),
+            Op::Increment { key, delta } => format!("increment {key} {delta:+}"),
+            Op::Swap { key, .. } => format!("swap {key}"),
+        }
+    }
+
     /// Whether the op changes the store (and so goes into a write batch).
     pub fn is_write(&self) -> bool {
         !matches!(self, Op::Get { .. } | Op::Exists { .. } | Op::Keys | Op::GetMany { .. })
@@ -185,13 +215,21 @@ pub trait Backend: Send + Sync + 'static {
 pub struct Kv {
     backend: Arc<dyn Backend>,
     ops: Arc<AtomicU64>,
+    keys: Arc<AtomicU64>,
+    trace: Arc<Mutex<Option<Vec<String>>>>,
     spin_quirks: bool,
 }
 
 impl Kv {
     /// A handle that answers guests as Spin does ([`Kv::exec_guest`]).
     pub fn new(backend: impl Backend) -> Self {
-        Self { backend: Arc::new(backend), ops: Arc::default(), spin_quirks: true }
+        Self {
+            backend: Arc::new(backend),
+            ops: Arc::default(),
+            keys: Arc::default(),
+            trace: Arc::default(),
+            spin_quirks: true,
+        }
     }
 
     /// With `on` false, guests get what the store did instead of Spin's answer: an `increment` on a non-counter is
@@ -208,14 +246,14 @@ impl Kv {
 
     /// Runs `op` for the host or a test: what the store did, failures as messages.
     pub async fn exec(&self, store: &str, op: Op) -> Result<Output, String> {
-        self.ops.fetch_add(1, Ordering::Relaxed);
+        self.count(&op);
         self.backend.exec(store, op).await.map_err(|e| e.to_string())
     }
 
     /// Runs `op` for a guest: as Spin's store answers it, or, with Spin's behaviour off, what the store did. `Err`
     /// is a call Spin does not survive; the caller traps the instance.
     pub async fn exec_guest(&self, store: &str, op: Op) -> GuestResult {
-        self.ops.fetch_add(1, Ordering::Relaxed);
+        self.count(&op);
         let result =
             if self.spin_quirks { self.backend.exec_as_spin(store, op) } else { self.backend.exec(store, op) }.await;
         match result {
@@ -226,9 +264,32 @@ impl Kv {
         }
     }
 
-    /// Number of operations executed since start.
+    fn count(&self, op: &Op) {
+        self.ops.fetch_add(1, Ordering::Relaxed);
+        self.keys.fetch_add(op.key_count(), Ordering::Relaxed);
+        if let Some(trace) = self.trace.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            trace.push(op.describe());
+        }
+    }
+
+    /// Number of calls executed since start (a batch is one call: one round trip to the store).
     pub fn op_count(&self) -> u64 {
         self.ops.load(Ordering::Relaxed)
+    }
+
+    /// Number of keys read or written since start (a batch counts each of its keys).
+    pub fn key_count(&self) -> u64 {
+        self.keys.load(Ordering::Relaxed)
+    }
+
+    /// Starts recording every call ([`Op::describe`]) until [`Kv::take_trace`]; for profiling a route in tests.
+    pub fn start_trace(&self) {
+        *self.trace.lock().unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
+    }
+
+    /// The calls recorded since [`Kv::start_trace`], ending the recording.
+    pub fn take_trace(&self) -> Vec<String> {
+        self.trace.lock().unwrap_or_else(|e| e.into_inner()).take().unwrap_or_default()
     }
 
     pub fn describe(&self) -> String {

@@ -228,7 +228,8 @@ pub async fn spend(
                 completed_at: None,
                 reversed_at: None,
             };
-            let record = kv::update_json(store, &key, |doc: Option<&Spend>| match doc {
+            // Read as absent just now: claim its creation first.
+            let record = kv::update_json_new(store, &key, |doc: Option<&Spend>| match doc {
                 Some(existing) => Ok::<_, CampusError>(Step::Keep(existing.clone())),
                 None => Ok(Step::Write(fresh.clone(), fresh.clone())),
             })
@@ -403,8 +404,12 @@ async fn completed_effects(
     };
     txns::append(store, &record.card_id, &txn).await?;
     settle(store, &record.merchant_id, record.day, &format!("spend:{}", record.spend_id)).await?;
-    schools::count_once(store, &card.school_id, stat::SPENDS, &record.spend_id, 1).await?;
-    schools::count_once(store, &card.school_id, stat::SPEND_FEN, &record.spend_id, record.amount_fen).await?;
+    // The school's statistics: the spend's behind one claim, the card's first activity behind the card's own.
+    let counters = [
+        (keys::stat(&card.school_id, stat::SPENDS), 1),
+        (keys::stat(&card.school_id, stat::SPEND_FEN), record.amount_fen),
+    ];
+    kv::count_all_once(store, &keys::effect(stat::SPENDS, &record.spend_id), &counters).await?;
     schools::count_once(store, &card.school_id, stat::CARDS_ACTIVE, &card.card_id, 1).await?;
     if let Some(customer_id) = &card.customer_id {
         // One `paid` event per card and day: what lifecycle and funnels need, without a profile write per coffee.

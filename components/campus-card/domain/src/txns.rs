@@ -63,7 +63,8 @@ pub async fn append(store: &impl Store, card_id: &str, txn: &Txn) -> Result<(), 
         Some(existing) => existing.n,
         None => {
             let fresh = store.increment(&keys::txn_seq(card_id), 1).await?;
-            kv::update_json(store, &ref_key, |doc: Option<&Numbered>| match doc {
+            // Read as absent just now: claim its creation first.
+            kv::update_json_new(store, &ref_key, |doc: Option<&Numbered>| match doc {
                 Some(existing) => Ok::<_, StoreError>(Step::Keep(existing.n)),
                 None => Ok(Step::Write(Numbered { v: 1, n: fresh }, fresh)),
             })

@@ -128,7 +128,8 @@ pub async fn issue(
         used_at: None,
         used_by: None,
     };
-    let coupon = kv::update_json(store, &coupons::keys::coupon(&coupon_id), |doc: Option<&Coupon>| match doc {
+    // Usually read as absent just now: claim its creation first.
+    let coupon = kv::update_json_new(store, &coupons::keys::coupon(&coupon_id), |doc: Option<&Coupon>| match doc {
         Some(existing) => Ok::<_, CouponError>(Step::Keep(existing.clone())),
         None => Ok(Step::Write(fresh.clone(), fresh.clone())),
     })

@@ -146,7 +146,8 @@ pub async fn redeem(
         reversed_at: None,
         coupon_restored: None,
     };
-    let record = kv::update_json(store, &keys::redemption(&id), |doc: Option<&Redemption>| match doc {
+    // Read as absent just now: claim its creation first.
+    let record = kv::update_json_new(store, &keys::redemption(&id), |doc: Option<&Redemption>| match doc {
         Some(existing) => Ok::<_, CouponError>(Step::Keep(existing.clone())),
         None => Ok(Step::Write(fresh.clone(), fresh.clone())),
     })
@@ -259,10 +260,13 @@ async fn update(
 async fn completed_effects(store: &impl Store, r: &Redemption, rules: &LifecycleRules) -> Result<(), CouponError> {
     let coupon = coupons::get(store, &r.coupon_id).await?.ok_or(CouponError::CouponNotFound)?;
     let once = |what: &str| keys::effect(what, &r.redemption_id);
-    kv::count_once(store, &once("redeemed"), &keys::counter(&r.campaign_id, "redeemed"), 1).await?;
-    kv::count_once(store, &once("discount"), &keys::counter(&r.campaign_id, "discount_fen"), r.discount_fen).await?;
-    let by_channel = keys::channel_counter(&r.campaign_id, &coupon.channel, "redeemed");
-    kv::count_once(store, &once("redeemed_ch"), &by_channel, 1).await?;
+    // The campaign's statistics, behind one claim for the redemption.
+    let counters = [
+        (keys::counter(&r.campaign_id, "redeemed"), 1),
+        (keys::counter(&r.campaign_id, "discount_fen"), r.discount_fen),
+        (keys::channel_counter(&r.campaign_id, &coupon.channel, "redeemed"), 1),
+    ];
+    kv::count_all_once(store, &once("redeemed"), &counters).await?;
     let event = Event {
         amount_fen: Some(r.discount_fen),
         tags: vec!["coupon_user".into()],
@@ -315,9 +319,11 @@ pub async fn reverse(
     };
     ledger::post(store, &back).await?;
     let once = |what: &str| keys::effect(what, &record.redemption_id);
-    kv::count_once(store, &once("unredeemed"), &keys::counter(&record.campaign_id, "redeemed"), -1).await?;
-    let discount = keys::counter(&record.campaign_id, "discount_fen");
-    kv::count_once(store, &once("undiscount"), &discount, -record.discount_fen).await?;
+    let counters = [
+        (keys::counter(&record.campaign_id, "redeemed"), -1),
+        (keys::counter(&record.campaign_id, "discount_fen"), -record.discount_fen),
+    ];
+    kv::count_all_once(store, &once("unredeemed"), &counters).await?;
     let restored = restore(store, &record, now).await?;
     let record = update(store, id, |r| {
         (r.coupon_restored.is_none()).then(|| Redemption { coupon_restored: Some(restored), ..r.clone() })

@@ -170,11 +170,11 @@ pub async fn place(
     quote_id: &str,
     now: Timestamp,
 ) -> Result<Order, PropertyError> {
-    let (quote, ordered) = orders::customer_quote(store, OWNER, customer_id, quote_id).await?;
+    let (quote, existing) = orders::customer_quote(store, OWNER, customer_id, quote_id).await?;
     let p: Payload =
         serde_json::from_value(quote.payload.clone()).map_err(|e| PropertyError::invalid("quote", e.to_string()))?;
     let community = communities::get(store, &p.community_id).await?;
-    if !ordered {
+    if existing.is_none() {
         // Each bill must still be open and not held by another open order; the order then holds them all.
         let order_id = orders::order_id_for(quote_id);
         let until = now.plus_secs(orders::PAYMENT_WINDOW_SECS + orders::RESERVATION_GRACE_SECS);
@@ -199,7 +199,7 @@ pub async fn place(
             }
         }
     }
-    Ok(orders::place_order(store, OWNER, customer_id, quote_id, &community.ledger_account(), now).await?)
+    Ok(orders::place_quoted(store, OWNER, customer_id, &quote, existing, &community.ledger_account(), now).await?)
 }
 
 /// Applies a verified gateway notification.

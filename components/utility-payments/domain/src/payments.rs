@@ -77,13 +77,15 @@ impl<S: Store> Fulfilment for Utility<'_, S> {
             .await?;
         }
         settlement::record(self.store, OWNER, &p.biller_id, &order.id, "pay", at).await?;
-        self.count_once(&order.id, "paid", &p.biller_id, "orders_paid", 1).await?;
-        self.count_once(&order.id, "bills", &p.biller_id, "bills_paid", i64::try_from(p.bill_ids.len()).unwrap_or(0))
-            .await?;
+        // The biller's statistics, behind one claim for the order.
+        let mut counters = vec![
+            (keys::stat(&p.biller_id, "orders_paid"), 1),
+            (keys::stat(&p.biller_id, "bills_paid"), i64::try_from(p.bill_ids.len()).unwrap_or(0)),
+        ];
         if order.payment.as_ref().is_some_and(|pay| pay.bank_card) {
-            self.count_once(&order.id, "bank_card", &p.biller_id, "orders_paid_bank_card", 1).await?;
+            counters.push((keys::stat(&p.biller_id, "orders_paid_bank_card"), 1));
         }
-        Ok(())
+        Ok(kv::count_all_once(self.store, &keys::order_effect(&order.id, "paid"), &counters).await?)
     }
 
     async fn reverse(&self, order: &Order, at: Timestamp) -> Result<(), OrderError> {
@@ -173,11 +175,11 @@ pub async fn place(
     quote_id: &str,
     now: Timestamp,
 ) -> Result<Order, UtilityError> {
-    let (quote, ordered) = orders::customer_quote(store, OWNER, customer_id, quote_id).await?;
+    let (quote, existing) = orders::customer_quote(store, OWNER, customer_id, quote_id).await?;
     let p: Payload =
         serde_json::from_value(quote.payload.clone()).map_err(|e| UtilityError::invalid("quote", e.to_string()))?;
     let biller = billers::get(store, &p.biller_id).await?;
-    if !ordered {
+    if existing.is_none() {
         let order_id = orders::order_id_for(quote_id);
         let until = now.plus_secs(orders::PAYMENT_WINDOW_SECS + orders::RESERVATION_GRACE_SECS);
         let mut held = Vec::new();
@@ -200,7 +202,7 @@ pub async fn place(
             }
         }
     }
-    Ok(orders::place_order(store, OWNER, customer_id, quote_id, &biller.ledger_account(), now).await?)
+    Ok(orders::place_quoted(store, OWNER, customer_id, &quote, existing, &biller.ledger_account(), now).await?)
 }
 
 /// Holds a bill for `order_id` until `until`: it must be open, the version priced and not held by another open

@@ -16,6 +16,16 @@
 //! SQLite file's change counter, read before and after each route, gives the writes Spin committed. Without a Spin
 //! binary the document says so in one line and has no Spin columns.
 //!
+//! Then, when `redis-server` is installed, the app on Redis: a private `redis-server` on loopback (no persistence,
+//! a fresh one per server) under the host (`--runtime-config-file` naming it) and, with a Spin binary, under
+//! `spin up --runtime-config-file` (a `redis` `key_value_store.default`), seeded the same way and driven with the same
+//! wrk settings for `SCENEFIN_BENCH_REDIS_SECONDS` (5 by default); Redis's own round trip is timed with sequential
+//! `PING`s on the idle server. Without `redis-server` the document says so in one line and has no Redis columns.
+//!
+//! The e2e test `kv_ops` counts each route's store operations (keys) and sequential round trips (calls) on the
+//! host and writes `target/kv-ops.md` (and each route's calls to `target/kv-ops-trace.md`) before it enforces its
+//! budgets: the document uses that table even when the test fails, and says it failed.
+//!
 //! Campus spends are signed POS calls (a fresh nonce and HMAC each): the requests are signed just before that route
 //! runs (on each server, its own set), one per line of `spend.tsv`, which the route's Lua script loads and walks, each
 //! wrk thread its own share, never reusing one (a replay would be refused).
@@ -51,6 +61,8 @@ const THREADS: usize = 2;
 const CONNECTIONS: usize = 32;
 /// How long wrk drives each route unless `SCENEFIN_BENCH_SECONDS` says otherwise.
 const DEFAULT_SECONDS: u64 = 10;
+/// The same for the Redis runs (`SCENEFIN_BENCH_REDIS_SECONDS`).
+const DEFAULT_REDIS_SECONDS: u64 = 5;
 
 /// Targets.
 const MAX_WASM_BYTES: u64 = 1 << 20;
@@ -58,6 +70,10 @@ const READ_RATIO: f64 = 0.60;
 const WRITE_RATIO: f64 = 0.25;
 const MAX_P99_MS: f64 = 20.0;
 const MAX_WARM_START_MS: f64 = 1000.0;
+/// Sequential round trips to the store per request, on every route.
+const MAX_ROUND_TRIPS: u64 = 8;
+/// Spin (SQLite) serves every write route at least this share of the host's rate.
+const SPIN_WRITE_SHARE: f64 = 1.0 / 3.0;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
@@ -111,8 +127,15 @@ struct Server {
 }
 
 impl Server {
-    /// The host on `manifest`, SQLite in `state_dir`, its output in `state_dir/host.log`.
-    fn host(root: &Path, manifest: &Path, state_dir: &Path, env: &[(&str, &str)]) -> Result<Self> {
+    /// The host on `manifest`, SQLite in `state_dir` (or the store `runtime_config` names), its output in
+    /// `state_dir/host.log`.
+    fn host(
+        root: &Path,
+        manifest: &Path,
+        state_dir: &Path,
+        env: &[(&str, &str)],
+        runtime_config: Option<&Path>,
+    ) -> Result<Self> {
         let bin = root.join("target/debug/scenefin-host");
         let log = state_dir.join("host.log");
         Self::start(&log, Duration::from_secs(300), |addr| {
@@ -123,6 +146,7 @@ impl Server {
                 .arg(manifest)
                 .args(["--listen", addr, "--kv", "sqlite", "--quiet", "--state-dir"])
                 .arg(state_dir)
+                .args(runtime_config.map(|c| [Path::new("--runtime-config-file"), c]).into_iter().flatten())
                 .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(out.try_clone()?)
@@ -144,6 +168,7 @@ impl Server {
                 .arg(start.state_dir)
                 .arg("--cache")
                 .arg(start.cache_config)
+                .args(start.runtime_config.map(|c| [Path::new("--runtime-config-file"), c]).into_iter().flatten())
                 .envs(start.env.iter().copied())
                 // The binary is stripped: a backtrace would be frames of `<unknown>`.
                 .env("RUST_BACKTRACE", "0")
@@ -263,7 +288,8 @@ fn is_zombie(pid: u32) -> bool {
 }
 
 pub fn bench(root: &Path) -> Result<()> {
-    let seconds = bench_seconds()?;
+    let seconds = bench_seconds("SCENEFIN_BENCH_SECONDS", DEFAULT_SECONDS)?;
+    let redis_seconds = bench_seconds("SCENEFIN_BENCH_REDIS_SECONDS", DEFAULT_REDIS_SECONDS)?;
     let args = wrk_args(seconds);
     ensure_wrk()?;
     run(Command::new(cargo()).current_dir(root).args(["build", "-p", "scenefin-host"]))?;
@@ -280,6 +306,7 @@ pub fn bench(root: &Path) -> Result<()> {
         &root.join("tests/fixtures/spin.toml"),
         &fixture_state,
         &[("SPIN_VARIABLE_TOKEN", "bench")],
+        None,
     )?;
     wait_ready(&mut fixture, "/", None, Duration::from_secs(300))?;
     let hello = bench_dir.join("hello.lua");
@@ -287,6 +314,7 @@ pub fn bench(root: &Path) -> Result<()> {
     let load = Load { who: "host", args: &args, db: None };
     let floor = drive(&fixture, &load, "GET /", Kind::Floor, "/", &hello)?;
     let spends = spends_for(floor.rps, seconds);
+    let redis_spends = spends_for(floor.rps, redis_seconds);
     results.push(floor);
     fixture.stop();
 
@@ -295,43 +323,34 @@ pub fn bench(root: &Path) -> Result<()> {
     std::fs::create_dir_all(&app_state)?;
     let manifest = root.join("spin.toml");
     let started = Instant::now();
-    let mut cold = Server::host(root, &manifest, &app_state, &APP_ENV)?;
+    let mut cold = Server::host(root, &manifest, &app_state, &APP_ENV, None)?;
     wait_ready(&mut cold, "/api/ops/funnel", Some(OPERATOR_TOKEN), Duration::from_secs(300))?;
     let cold_ms = ms(started.elapsed());
     cold.stop();
     let started = Instant::now();
-    let mut app = Server::host(root, &manifest, &app_state, &APP_ENV)?;
+    let mut app = Server::host(root, &manifest, &app_state, &APP_ENV, None)?;
     wait_ready(&mut app, "/api/ops/funnel", Some(OPERATOR_TOKEN), Duration::from_secs(300))?;
     let warm_ms = ms(started.elapsed());
     let idle_rss_kib = tree_rss_kib(app.pid()).unwrap_or(0);
     println!("bench: startup cold {cold_ms:.0} ms, warm {warm_ms:.0} ms; idle RSS {idle_rss_kib} KiB");
 
     let seeded = seed(&app.addr, spends)?;
-    for (route, kind, path, script) in route_scripts(&bench_dir, &seeded)? {
-        let script = match script {
-            Script::File(file) => file,
-            // Signed now, so every timestamp is within the partner window for the whole run.
-            Script::Spend => spend_script(&bench_dir, &seeded.campus)?,
-        };
-        results.push(drive(&app, &load, &route, kind, &path, &script)?);
-    }
+    drive_routes(&app, &load, &bench_dir, &seeded, false, &mut results)?;
     app.stop();
 
     // 3. The same under real Spin, when there is one.
     // As many signed spends as the host had: plenty, as Spin's spends are slower (the document says if they ran out).
     let spin = spin_phase(root, &bench_dir, &args, spends);
 
+    // 4. The app on Redis: the host, then Spin.
+    let redis_args = wrk_args(redis_seconds);
+    let redis = redis_phase(root, &bench_dir, &redis_args, redis_spends, spin.as_ref());
+
     let sizes = wasm_sizes(root)?;
     let kv_ops = kv_ops_table(root);
     let host = HostRun { results, cold_ms, warm_ms, idle_rss_kib };
-    let mut doc = report(&host, spin.as_ref(), &kv_ops, &args, &sizes)?;
-    doc.push_str("\n## KV operations per route\n\n");
-    doc.push_str(
-        "Counted by the host in a steady state by the e2e test `kv_ops` (one request after a warm-up, nothing else \
-         running); each route has a budget that test enforces. Partner authentication, idempotency records, ledger \
-         postings and customer events are included.\n\n",
-    );
-    doc.push_str(&kv_ops);
+    let mut doc = report(&host, spin.as_ref(), &redis, &kv_ops, &args, &sizes)?;
+    kv_ops_section(&mut doc, &kv_ops)?;
     print!("{doc}");
     std::fs::write(root.join("docs/BENCHMARKS.md"), &doc)?;
     println!("bench: wrote docs/BENCHMARKS.md");
@@ -375,6 +394,22 @@ struct SpinRun {
     idle_rss_kib: Option<u64>,
     logs: Vec<LogCheck>,
     error: Option<String>,
+}
+
+impl SpinRun {
+    /// Nothing run yet.
+    fn new(binary: PathBuf, version: String) -> Self {
+        Self {
+            binary,
+            version,
+            results: Vec::new(),
+            cold_ms: None,
+            warm_ms: None,
+            idle_rss_kib: None,
+            logs: Vec::new(),
+            error: None,
+        }
+    }
 }
 
 /// What one `spin up`'s output showed.
@@ -428,16 +463,7 @@ fn spin_phase(root: &Path, bench_dir: &Path, args: &[String], spends: usize) -> 
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
     println!("bench: the same runs under {} ({version})", binary.display());
-    let mut run = SpinRun {
-        binary,
-        version,
-        results: Vec::new(),
-        cold_ms: None,
-        warm_ms: None,
-        idle_rss_kib: None,
-        logs: Vec::new(),
-        error: None,
-    };
+    let mut run = SpinRun::new(binary, version);
     if let Err(e) = run_spin(root, bench_dir, args, spends, &mut run) {
         eprintln!("bench: the Spin run stopped: {e:#}");
         run.error = Some(format!("{e:#}"));
@@ -455,6 +481,8 @@ struct SpinStart<'a> {
     cache_config: &'a Path,
     env: &'a [(&'a str, &'a str)],
     log: &'a Path,
+    /// A runtime config file (`--runtime-config-file`): the Redis runs.
+    runtime_config: Option<&'a Path>,
 }
 
 /// Starts `spin up`, runs `body` on it, then reads its output and stops it, whatever `body` returned.
@@ -489,6 +517,7 @@ fn run_spin(root: &Path, bench_dir: &Path, args: &[String], spends: usize, run: 
         cache_config: &cache_config,
         env: &[("SPIN_VARIABLE_TOKEN", "bench")],
         log: &dir.join("fixture.log"),
+        runtime_config: None,
     };
     with_spin(run, &fixture, |spin, run| {
         wait_ready(spin, "/", None, SPIN_START_LIMIT)?;
@@ -509,6 +538,7 @@ fn run_spin(root: &Path, bench_dir: &Path, args: &[String], spends: usize, run: 
         cache_config: &cache_config,
         env: &APP_ENV,
         log,
+        runtime_config: None,
     };
     let started = Instant::now();
     with_spin(run, &app("the app, cold start", &cold_log), |spin, run| {
@@ -529,19 +559,218 @@ fn run_spin(root: &Path, bench_dir: &Path, args: &[String], spends: usize, run: 
         );
         let seeded = seed(&spin.addr, spends)?;
         let load = Load { who: "spin", args, db: Some(&db) };
-        for (route, kind, path, script) in route_scripts(&dir, &seeded)? {
-            let script = match script {
-                Script::File(file) => file,
-                // Its own set, signed now: the host's were signed minutes ago, for the host's data.
-                Script::Spend => spend_script(&dir, &seeded.campus)?,
-            };
+        drive_routes(spin, &load, &dir, &seeded, true, &mut run.results)
+    })
+}
+
+/// Drives each of the app's routes on `server` (seeded with `seeded`), their scripts in `dir`, into `results`; with
+/// `tally`, the scripts also count the non-2xx statuses ([`STATUS_TALLY`]).
+fn drive_routes(
+    server: &Server,
+    load: &Load,
+    dir: &Path,
+    seeded: &Seeded,
+    tally: bool,
+    results: &mut Vec<Outcome>,
+) -> Result<()> {
+    for (route, kind, path, script) in route_scripts(dir, seeded)? {
+        let script = match script {
+            Script::File(file) => file,
+            // Signed now, for this server's data, so every timestamp is within the partner window for the whole run.
+            Script::Spend => spend_script(dir, &seeded.campus)?,
+        };
+        if tally {
             let mut text = std::fs::read_to_string(&script)?;
             text.push_str(STATUS_TALLY);
             std::fs::write(&script, text)?;
-            run.results.push(drive(spin, &load, &route, kind, &path, &script)?);
         }
+        results.push(drive(server, load, &route, kind, &path, &script)?);
+    }
+    Ok(())
+}
+
+/// A private `redis-server` on a free loopback port, without persistence, its files and output in its own
+/// directory; killed when dropped.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let out = std::fs::File::create(dir.join("redis.log"))?;
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("starting redis-server")?;
+        let mut redis = Self { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = redis.child.try_wait() {
+                bail!("redis-server on port {port} exited ({status}) (see {})", dir.join("redis.log").display());
+            }
+            if Instant::now() > deadline {
+                bail!("redis-server did not listen on port {port} within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(redis)
+    }
+
+    /// A Spin runtime config file at `path` that makes this server the `default` key-value store.
+    fn runtime_config(&self, path: &Path) -> Result<()> {
+        let config =
+            format!("[key_value_store.default]\ntype = \"redis\"\nurl = \"redis://127.0.0.1:{}\"\n", self.port);
+        std::fs::write(path, config)?;
         Ok(())
-    })
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Redis's own round trip: sequential `PING`s from one connection.
+struct Rtt {
+    p50_us: f64,
+    mean_us: f64,
+    samples: usize,
+}
+
+/// Times `samples` sequential `PING`s (after 200 unmeasured ones) on the Redis at `port`.
+fn redis_rtt(port: u16, samples: usize) -> Result<Rtt> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reply = [0u8; 7];
+    let mut times = Vec::with_capacity(samples);
+    for i in 0..samples + 200 {
+        let started = Instant::now();
+        stream.write_all(b"PING\r\n")?;
+        stream.read_exact(&mut reply)?;
+        if &reply != b"+PONG\r\n" {
+            bail!("PING: unexpected reply {:?}", String::from_utf8_lossy(&reply));
+        }
+        if i >= 200 {
+            times.push(started.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let mean_us = times.iter().sum::<f64>() / times.len().max(1) as f64;
+    Ok(Rtt { p50_us: times.get(times.len() / 2).copied().unwrap_or(f64::NAN), mean_us, samples })
+}
+
+/// The app on Redis: the host, and Spin when there is one.
+struct RedisRun {
+    version: String,
+    /// wrk's `-d`.
+    seconds: String,
+    rtt: Option<Rtt>,
+    /// The host's routes (no floor).
+    host: Vec<Outcome>,
+    host_error: Option<String>,
+    /// Spin's routes, its output and what stopped it, when there is a Spin binary.
+    spin: Option<SpinRun>,
+}
+
+/// Runs the app on Redis, or says in one line why not (no `redis-server`).
+fn redis_phase(
+    root: &Path,
+    bench_dir: &Path,
+    args: &[String],
+    spends: usize,
+    spin: Option<&SpinRun>,
+) -> std::result::Result<RedisRun, String> {
+    let version = match Command::new("redis-server").arg("--version").output() {
+        Ok(out) if out.status.success() => {
+            // `Redis server v=7.0.15 sha=… malloc=… bits=64 build=…`
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let v = text.split_whitespace().find_map(|w| w.strip_prefix("v=")).unwrap_or("?");
+            format!("redis-server {v}")
+        }
+        _ => {
+            println!("bench: no redis-server (apt-get install redis-server): the Redis runs are skipped");
+            return Err("`redis-server` is not installed (the Debian package `redis-server`)".to_owned());
+        }
+    };
+    let dir = bench_dir.join("redis");
+    let seconds = args.iter().find_map(|a| a.strip_prefix("-d")).unwrap_or("?").to_owned();
+    let mut run = RedisRun { version, seconds, rtt: None, host: Vec::new(), host_error: None, spin: None };
+    println!("bench: the app on Redis ({})", run.version);
+    if let Err(e) = run_host_redis(root, &dir, args, spends, &mut run) {
+        eprintln!("bench: the host's Redis run stopped: {e:#}");
+        run.host_error = Some(format!("{e:#}"));
+    }
+    run.spin = spin.map(|spin| {
+        let mut spin_run = SpinRun::new(spin.binary.clone(), spin.version.clone());
+        if let Err(e) = run_spin_redis(root, bench_dir, args, spends, &mut spin_run) {
+            eprintln!("bench: the Spin Redis run stopped: {e:#}");
+            spin_run.error = Some(format!("{e:#}"));
+        }
+        spin_run
+    });
+    Ok(run)
+}
+
+/// The host on a fresh Redis: Redis's round trip first (idle), then the app seeded and driven.
+fn run_host_redis(root: &Path, dir: &Path, args: &[String], spends: usize, run: &mut RedisRun) -> Result<()> {
+    let host_dir = dir.join("host");
+    std::fs::create_dir_all(&host_dir)?;
+    let redis = Redis::start(&host_dir.join("redis"))?;
+    let rtt = redis_rtt(redis.port, 2000)?;
+    println!("bench: redis round trip (PING): p50 {:.1} us, mean {:.1} us", rtt.p50_us, rtt.mean_us);
+    run.rtt = Some(rtt);
+    let config = host_dir.join("runtime-config.toml");
+    redis.runtime_config(&config)?;
+    let state = host_dir.join("state");
+    std::fs::create_dir_all(&state)?;
+    let mut app = Server::host(root, &root.join("spin.toml"), &state, &APP_ENV, Some(&config))?;
+    wait_ready(&mut app, "/api/ops/funnel", Some(OPERATOR_TOKEN), Duration::from_secs(300))?;
+    let seeded = seed(&app.addr, spends)?;
+    let load = Load { who: "host (Redis)", args, db: None };
+    let result = drive_routes(&app, &load, &host_dir, &seeded, false, &mut run.host);
+    app.stop();
+    result
+}
+
+/// `spin up` on a fresh Redis (its runtime config naming it; the Spin run's private Wasmtime cache, so a warm
+/// start), seeded and driven.
+fn run_spin_redis(root: &Path, bench_dir: &Path, args: &[String], spends: usize, run: &mut SpinRun) -> Result<()> {
+    let dir = bench_dir.join("redis/spin");
+    std::fs::create_dir_all(&dir)?;
+    let redis = Redis::start(&dir.join("redis"))?;
+    let config = dir.join("runtime-config.toml");
+    redis.runtime_config(&config)?;
+    let cache_config = dir.join("wasmtime-cache.toml");
+    let cache = bench_dir.join("spin/wasmtime-cache").display().to_string();
+    std::fs::write(&cache_config, format!("[cache]\ndirectory = {cache:?}\n"))?;
+    let start = SpinStart {
+        what: "the app on Redis",
+        manifest: &root.join("spin.toml"),
+        state_dir: &dir.join("app-state"),
+        cache_config: &cache_config,
+        env: &APP_ENV,
+        log: &dir.join("app.log"),
+        runtime_config: Some(&config),
+    };
+    let result = with_spin(run, &start, |spin, run| {
+        wait_ready(spin, "/api/ops/funnel", Some(OPERATOR_TOKEN), SPIN_START_LIMIT)?;
+        let seeded = seed(&spin.addr, spends)?;
+        let load = Load { who: "spin (Redis)", args, db: None };
+        drive_routes(spin, &load, &dir, &seeded, true, &mut run.results)
+    });
+    drop(redis);
+    result
 }
 
 /// Appended to the Spin runs' wrk scripts: counts the statuses wrk counts as errors (over 399) and keeps the problem
@@ -582,16 +811,17 @@ function done(summary, latency, requests)
 end
 "#;
 
-/// `SCENEFIN_BENCH_SECONDS` (wrk's `-d`), 10 by default.
-fn bench_seconds() -> Result<u64> {
-    let Ok(text) = std::env::var("SCENEFIN_BENCH_SECONDS") else {
-        return Ok(DEFAULT_SECONDS);
+/// wrk's `-d` from the environment variable `var` (`SCENEFIN_BENCH_SECONDS`, `SCENEFIN_BENCH_REDIS_SECONDS`), or
+/// `default`.
+fn bench_seconds(var: &str, default: u64) -> Result<u64> {
+    let Ok(text) = std::env::var(var) else {
+        return Ok(default);
     };
-    let seconds: u64 = text.trim().parse().with_context(|| format!("SCENEFIN_BENCH_SECONDS={text:?}"))?;
+    let seconds: u64 = text.trim().parse().with_context(|| format!("{var}={text:?}"))?;
     // The signed spends carry the time they were signed at; the whole run must stay within the partner window.
     let limit = SIGNATURE_WINDOW_SECS.unsigned_abs() - 60;
     if !(1..=limit).contains(&seconds) {
-        bail!("SCENEFIN_BENCH_SECONDS must be 1 to {limit} (pre-signed spends expire after {SIGNATURE_WINDOW_SECS} s)");
+        bail!("{var} must be 1 to {limit} (pre-signed spends expire after {SIGNATURE_WINDOW_SECS} s)");
     }
     Ok(seconds)
 }
@@ -1272,23 +1502,259 @@ fn mark(ok: bool) -> &'static str {
     if ok { "met" } else { "**not met**" }
 }
 
-/// Runs the e2e test that counts KV operations per route and returns its table (or why there is none).
-fn kv_ops_table(root: &Path) -> String {
-    println!("bench: counting KV operations per route (cargo test ... kv_ops)");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+/// What the e2e test `kv_ops` measured: its table, parsed, and each route's calls.
+struct KvOps {
+    /// The table as the test wrote it (`target/kv-ops.md`), if it wrote one in this run.
+    table: Option<String>,
+    rows: Vec<KvRow>,
+    /// Each route's calls (`target/kv-ops-trace.md`): the route as the table names it, and one line per call.
+    traces: Vec<(String, Vec<String>)>,
+    /// Whether the test passed, and if not, how it ended.
+    passed: bool,
+    status: String,
+}
+
+/// One route of the `kv_ops` table.
+struct KvRow {
+    /// As the table names it, without the backticks (`{id}` for a path segment, a note in parentheses after it).
+    route: String,
+    /// Store operations: keys read or written (a batch counts each key), and the route's target.
+    keys: Option<u64>,
+    keys_target: Option<u64>,
+    /// Sequential round trips: calls the handler waited for (a batch is one), and the route's target.
+    calls: Option<u64>,
+    calls_target: Option<u64>,
+}
+
+impl KvRow {
+    /// The route's round-trip target: the table's, never above [`MAX_ROUND_TRIPS`].
+    fn calls_limit(&self) -> u64 {
+        self.calls_target.map_or(MAX_ROUND_TRIPS, |t| t.min(MAX_ROUND_TRIPS))
+    }
+}
+
+impl KvOps {
+    /// The row for `route` (`{id}` in the table matches any path segment; a note in parentheses after the path is
+    /// ignored).
+    fn row(&self, route: &str) -> Option<&KvRow> {
+        let want: Vec<&str> = route.split(['/', ' ']).collect();
+        self.rows.iter().find(|row| {
+            let name = row.route.split(" (").next().unwrap_or_default();
+            let have: Vec<&str> = name.split(['/', ' ']).collect();
+            have.len() == want.len()
+                && have.iter().zip(&want).all(|(h, w)| h == w || (h.starts_with('{') && h.ends_with('}')))
+        })
+    }
+
+    /// The calls of the table's route `route`.
+    fn trace(&self, route: &str) -> Option<&[String]> {
+        self.traces.iter().find(|(r, _)| r == route).map(|(_, calls)| calls.as_slice())
+    }
+
+    /// Round trips on Redis as Spin's store serves it: a batch get there is refused and the guest falls back to
+    /// one `GET` per key, so each `get-many [n]` is `n` round trips (from the route's calls).
+    fn redis_round_trips(&self, route: &str) -> Option<u64> {
+        let calls = self.trace(route)?;
+        Some(calls.iter().map(|c| if c.starts_with("get-many") { batch_len(c) } else { 1 }).sum())
+    }
+}
+
+/// The keys of a traced call: `n` for `kind [n] first-key …`, else 1.
+fn batch_len(call: &str) -> u64 {
+    call.split_whitespace().nth(1).and_then(|w| w.strip_prefix('[')?.strip_suffix(']')?.parse().ok()).unwrap_or(1)
+}
+
+/// Parses the `kv_ops` table by its header: `store operations` (or the older `KV operations`) and `sequential round
+/// trips` columns, each followed by its `target` (or `budget`) column.
+fn parse_kv_table(table: &str) -> Vec<KvRow> {
+    let mut lines = table.lines().map(str::trim).filter(|l| l.starts_with('|'));
+    let cells = |line: &str| -> Vec<String> {
+        line.trim_matches('|').split('|').map(|c| c.trim().trim_matches('`').to_owned()).collect()
+    };
+    let Some(header) = lines.next().map(cells) else { return Vec::new() };
+    let (mut keys, mut calls) = (None, None);
+    for (i, name) in header.iter().enumerate() {
+        let name = name.to_ascii_lowercase();
+        if name.starts_with("store operations") || name.starts_with("kv operations") {
+            keys = Some(i);
+        } else if name.starts_with("sequential round trips") {
+            calls = Some(i);
+        }
+    }
+    let target_after = |col: Option<usize>| {
+        col.map(|c| c + 1).filter(|&t| header.get(t).is_some_and(|h| h == "target" || h == "budget"))
+    };
+    let (keys_target, calls_target) = (target_after(keys), target_after(calls));
+    lines
+        .map(cells)
+        .filter(|row| !row.first().is_some_and(|c| c.starts_with("---")))
+        .filter_map(|row| {
+            let number = |col: Option<usize>| col.and_then(|c| row.get(c)?.parse::<u64>().ok());
+            Some(KvRow {
+                route: row.first().filter(|r| !r.is_empty())?.clone(),
+                keys: number(keys),
+                keys_target: number(keys_target),
+                calls: number(calls),
+                calls_target: number(calls_target),
+            })
+        })
+        .collect()
+}
+
+/// Parses `target/kv-ops-trace.md`: `## <route>: <n> calls, <m> keys`, then the calls, one an indented line.
+fn parse_kv_trace(text: &str) -> Vec<(String, Vec<String>)> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for line in text.lines() {
+        if let Some(head) = line.strip_prefix("## ") {
+            let route = head.rsplit_once(": ").map_or(head, |(route, _)| route);
+            out.push((route.to_owned(), Vec::new()));
+        } else if let Some((_, calls)) = out.last_mut()
+            && line.starts_with("    ")
+            && !line.trim().is_empty()
+        {
+            calls.push(line.trim().to_owned());
+        }
+    }
+    out
+}
+
+/// A file written since `since`.
+fn read_if_newer(path: &Path, since: SystemTime) -> Option<String> {
+    let modified = std::fs::metadata(path).ok()?.modified().ok()?;
+    if modified < since {
+        return None;
+    }
+    std::fs::read_to_string(path).ok()
+}
+
+/// Runs the e2e test that counts store operations and round trips per route; its table is written before its
+/// budgets are enforced, so it is read (if this run wrote it) whether or not the test passed.
+fn kv_ops_table(root: &Path) -> KvOps {
+    println!("bench: counting store operations per route (cargo test ... kv_ops)");
+    // Modification times can be coarse: anything from a second before the run is this run's.
+    let since = SystemTime::now() - Duration::from_secs(1);
+    let status = Command::new(cargo())
         .current_dir(root)
         .args(["test", "-q", "-p", "scenefin-e2e", "--test", "e2e", "kv_ops"])
         .status();
-    match (status, std::fs::read_to_string(root.join("target/kv-ops.md"))) {
-        (Ok(s), Ok(table)) if s.success() => table,
-        (status, _) => format!("Not available: the `kv_ops` test did not pass ({status:?}).\n"),
+    let (passed, status) = match status {
+        Ok(s) if s.success() => (true, "passed".to_owned()),
+        Ok(s) => (false, format!("failed ({s})")),
+        Err(e) => (false, format!("did not run ({e})")),
+    };
+    if !passed {
+        eprintln!("bench: the kv_ops test {status}");
     }
+    let table = read_if_newer(&root.join("target/kv-ops.md"), since);
+    let rows = table.as_deref().map(parse_kv_table).unwrap_or_default();
+    let traces =
+        read_if_newer(&root.join("target/kv-ops-trace.md"), since).map(|t| parse_kv_trace(&t)).unwrap_or_default();
+    KvOps { table, rows, traces, passed, status }
+}
+
+/// The document's section on store operations and round trips per route.
+fn kv_ops_section(d: &mut String, kv: &KvOps) -> Result<()> {
+    writeln!(d)?;
+    writeln!(d, "## Store operations and round trips per route")?;
+    writeln!(d)?;
+    writeln!(
+        d,
+        "Counted by the host in a steady state by the e2e test `kv_ops` (one request after a warm-up, nothing else \
+         running): store operations are the keys read or written (a batch counts each key), sequential round trips \
+         the calls the handler waited for (a batch is one). Partner authentication, idempotency records, ledger \
+         postings and customer events are included. Each route's calls are in `target/kv-ops-trace.md`."
+    )?;
+    writeln!(d)?;
+    match (&kv.table, kv.passed) {
+        (Some(table), true) => {
+            writeln!(d, "The test passed: every route is within its targets.")?;
+            writeln!(d)?;
+            d.push_str(table);
+        }
+        (Some(table), false) => {
+            writeln!(
+                d,
+                "**The `kv_ops` test {}**: it enforces these targets after writing the table, so the table is this \
+                 run's.",
+                kv.status
+            )?;
+            writeln!(d)?;
+            d.push_str(table);
+        }
+        (None, _) => {
+            writeln!(d, "Not available: the `kv_ops` test {} and wrote no `target/kv-ops.md`.", kv.status)?;
+        }
+    }
+    Ok(())
+}
+
+/// A route's calls on keys of one prefix.
+struct CallGroup {
+    label: String,
+    calls: u64,
+    keys: u64,
+    /// How many calls of each kind (`get`, `set-many`, …), in order of appearance.
+    kinds: Vec<(String, u64)>,
+}
+
+/// A route's calls grouped by key prefix (the key's first two segments; creation markers, `…:~born`, apart),
+/// largest first by keys (`by_keys`) or calls.
+fn call_groups(calls: &[String], by_keys: bool) -> Vec<CallGroup> {
+    let mut groups: Vec<CallGroup> = Vec::new();
+    for call in calls {
+        let words: Vec<&str> = call.split_whitespace().collect();
+        let Some(&kind) = words.first() else { continue };
+        let key = words.iter().skip(1).find(|w| !w.starts_with('[')).copied().unwrap_or("");
+        let label = if key.contains(":~born") {
+            "…:~born (creation markers)".to_owned()
+        } else if key.is_empty() {
+            "(no key)".to_owned()
+        } else {
+            let parts: Vec<&str> = key.split(':').take(2).collect();
+            format!("{}:…", parts.join(":"))
+        };
+        let i = match groups.iter().position(|g| g.label == label) {
+            Some(i) => i,
+            None => {
+                groups.push(CallGroup { label, calls: 0, keys: 0, kinds: Vec::new() });
+                groups.len() - 1
+            }
+        };
+        let group = &mut groups[i];
+        group.calls += 1;
+        group.keys += batch_len(call);
+        match group.kinds.iter_mut().find(|(k, _)| k == kind) {
+            Some((_, count)) => *count += 1,
+            None => group.kinds.push((kind.to_owned(), 1)),
+        }
+    }
+    groups.sort_by(|a, b| if by_keys { b.keys.cmp(&a.keys) } else { b.calls.cmp(&a.calls) });
+    groups
+}
+
+/// The top three groups of a route's calls, for a reason: "`util:budget:…` 11 calls, 13 keys (5 get, …)".
+fn top_groups(calls: &[String], by_keys: bool) -> String {
+    let groups = call_groups(calls, by_keys);
+    let shown: Vec<String> = groups
+        .iter()
+        .take(3)
+        .map(|g| {
+            let kinds: Vec<String> = g.kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
+            let keys = if g.keys != g.calls { format!(", {} keys", g.keys) } else { String::new() };
+            let s = if g.calls == 1 { "" } else { "s" };
+            format!("`{}` {} call{s}{keys} ({})", g.label, g.calls, kinds.join(", "))
+        })
+        .collect();
+    let rest = groups.len().saturating_sub(3);
+    let rest = if rest > 0 { format!(" and {rest} smaller group(s)") } else { String::new() };
+    format!("{}{rest}", shown.join("; "))
 }
 
 fn report(
     host: &HostRun,
     spin: Option<&SpinRun>,
-    kv_ops: &str,
+    redis: &std::result::Result<RedisRun, String>,
+    kv_ops: &KvOps,
     args: &[String],
     sizes: &[(String, u64)],
 ) -> Result<String> {
@@ -1338,6 +1804,9 @@ fn report(
         }
     }
     spin_setup(&mut d, spin)?;
+    if let Err(why) = redis {
+        writeln!(d, "- Redis: {why}, so this run has no Redis columns.")?;
+    }
     // Spin's outcome for a route, if it ran.
     let spin_of = |route: &str| spin.and_then(|s| s.results.iter().find(|r| r.route == route));
     let spin_columns = spin.is_some_and(|s| !s.results.is_empty());
@@ -1388,6 +1857,9 @@ fn report(
     }
     if let Some(spin) = spin.filter(|_| spin_columns) {
         host_vs_spin(&mut d, results, spin, kv_ops)?;
+    }
+    if let Ok(redis) = redis {
+        redis_section(&mut d, redis, kv_ops)?;
     }
     writeln!(d)?;
     writeln!(d, "## Startup, memory, size")?;
@@ -1462,8 +1934,204 @@ fn report(
         )?;
     }
     writeln!(d, "| startup with cache ≤ 1 s | {warm_ms:.0} ms | {} |", mark(warm_ms <= MAX_WARM_START_MS))?;
-    why_not_met(&mut d, results, largest)?;
+    kv_targets(&mut d, kv_ops)?;
+    for (h, s) in spin_writes(results, spin) {
+        writeln!(
+            d,
+            "| `{}` on Spin (SQLite) ≥ 1/3 of the host's req/s | {:.0} / {:.0} = {:.2} (1/{:.1}) | {} |",
+            h.route,
+            s.rps,
+            h.rps,
+            s.rps / h.rps,
+            h.rps / s.rps,
+            mark(s.rps >= h.rps * SPIN_WRITE_SHARE)
+        )?;
+    }
+    why_not_met(&mut d, results, spin, kv_ops, largest)?;
     Ok(d)
+}
+
+/// The write routes that ran on the host and on Spin (SQLite), with both outcomes.
+fn spin_writes<'a>(host: &'a [Outcome], spin: Option<&'a SpinRun>) -> Vec<(&'a Outcome, &'a Outcome)> {
+    let Some(spin) = spin else { return Vec::new() };
+    host.iter()
+        .filter(|h| h.kind == Kind::Write)
+        .filter_map(|h| spin.results.iter().find(|s| s.route == h.route).map(|s| (h, s)))
+        .collect()
+}
+
+/// The Targets rows from the `kv_ops` table: store operations ≤ the route's target, sequential round trips ≤ 8.
+fn kv_targets(d: &mut String, kv: &KvOps) -> Result<()> {
+    if kv.rows.is_empty() {
+        writeln!(
+            d,
+            "| store operations and sequential round trips per route (`kv_ops`) | not measured: the test {} and wrote \
+             no table | **not met** |",
+            kv.status
+        )?;
+        return Ok(());
+    }
+    if !kv.passed {
+        writeln!(
+            d,
+            "| the `kv_ops` test, which enforces the budgets below | {} (its table is written before its assertions, \
+             so the rows below are this run's) | **not met** |",
+            kv.status
+        )?;
+    }
+    for row in &kv.rows {
+        if let (Some(keys), Some(target)) = (row.keys, row.keys_target) {
+            writeln!(d, "| `{}` store operations ≤ {target} | {keys} | {} |", row.route, mark(keys <= target))?;
+        }
+    }
+    for row in &kv.rows {
+        let limit = row.calls_limit();
+        match row.calls {
+            Some(calls) => writeln!(
+                d,
+                "| `{}` sequential round trips ≤ {limit} | {calls} | {} |",
+                row.route,
+                mark(calls <= limit)
+            )?,
+            None => writeln!(
+                d,
+                "| `{}` sequential round trips ≤ {limit} | not in the `kv_ops` table | **not met** |",
+                row.route
+            )?,
+        }
+    }
+    Ok(())
+}
+
+/// The Redis section: how it ran, Redis's round trip, each route's p50 and rate next to its round trips, and how the
+/// p50 relates to round trips × the round trip.
+fn redis_section(d: &mut String, redis: &RedisRun, kv: &KvOps) -> Result<()> {
+    writeln!(d)?;
+    writeln!(d, "## On Redis")?;
+    writeln!(d)?;
+    let spin_how = match &redis.spin {
+        Some(spin) => format!(
+            "; Spin: `spin up --runtime-config-file` with the same kind of file (`{}`), its private Wasmtime cache from \
+             the run above",
+            spin.version
+        ),
+        None => "; no Spin binary, so no Spin on Redis".to_owned(),
+    };
+    writeln!(
+        d,
+        "- `{}`, on loopback, a fresh private instance for each server without persistence (`--save \"\" --appendonly \
+         no`, as the e2e suites run it); the app seeded through the same APIs; wrk as above but `-d{}` \
+         (`SCENEFIN_BENCH_REDIS_SECONDS`). The host: `scenefin-host up --runtime-config-file` with \
+         `[key_value_store.default] type = \"redis\"`, answering guests as Spin's Redis store does{spin_how}.",
+        redis.version, redis.seconds
+    )?;
+    if let Some(rtt) = &redis.rtt {
+        writeln!(
+            d,
+            "- Redis round trip: p50 {:.0} µs, mean {:.0} µs ({} sequential `PING`s over one connection to the idle \
+             server, before the host's run).",
+            rtt.p50_us, rtt.mean_us, rtt.samples
+        )?;
+    }
+    writeln!(
+        d,
+        "- Spin's Redis store refuses a batch get (it sends `KEYS k1 k2 …`), and the guest then reads each key with \
+         its own `GET`, so on Redis a route's round trips are its sequential round trips with each `get-many [n]` \
+         counted n times (from `target/kv-ops-trace.md`)."
+    )?;
+    if let Some(error) = &redis.host_error {
+        writeln!(d, "- **The host's Redis run stopped early**: {}", quoted(&one_line(error)))?;
+    }
+    if let Some(spin) = &redis.spin {
+        if let Some(error) = &spin.error {
+            writeln!(d, "- **Spin's Redis run stopped early**: {}", quoted(&one_line(error)))?;
+        }
+        spin_problems(d, spin, " on Redis")?;
+    }
+    let spin_results = redis.spin.as_ref().map(|s| s.results.as_slice());
+    let spin_of = |route: &str| spin_results.and_then(|r| r.iter().find(|o| o.route == route));
+    let row_of = |route: &str| kv.row(route);
+    let n = |v: Option<u64>| v.map_or_else(|| "?".to_owned(), |n| n.to_string());
+    let cell = |o: Option<&Outcome>| o.map_or_else(|| "—".to_owned(), |o| format!("{:.2} ms / {:.0}", o.p50_ms, o.rps));
+    let errors = |o: Option<&Outcome>| o.map_or_else(|| "—".to_owned(), |o| (o.non_2xx + o.socket_errors).to_string());
+    writeln!(d)?;
+    let spin_head = if redis.spin.is_some() { " Spin on Redis: p50 / req/s |" } else { "" };
+    let spin_rule = if redis.spin.is_some() { "---:|" } else { "" };
+    writeln!(
+        d,
+        "| route | sequential round trips (`kv_ops`) | round trips on Redis | host on Redis: p50 / req/s |{spin_head} \
+         non-2xx + socket errors (host{}) |",
+        if redis.spin.is_some() { " / Spin" } else { "" }
+    )?;
+    writeln!(d, "|---|---:|---:|---:|{spin_rule}---:|")?;
+    for h in &redis.host {
+        let row = row_of(&h.route);
+        let on_redis = row.and_then(|r| kv.redis_round_trips(&r.route));
+        let s = spin_of(&h.route);
+        let spin_cell = if redis.spin.is_some() { format!(" {} |", cell(s)) } else { String::new() };
+        let errs = if redis.spin.is_some() { format!("{} / {}", errors(Some(h)), errors(s)) } else { errors(Some(h)) };
+        writeln!(
+            d,
+            "| `{}` | {} | {} | {} |{spin_cell} {errs} |",
+            h.route,
+            n(row.and_then(|r| r.calls)),
+            n(on_redis),
+            cell(Some(h))
+        )?;
+    }
+    // One sentence: round trips × Redis's round trip against each write route's p50.
+    let Some(rtt) = &redis.rtt else { return Ok(()) };
+    let mut each = Vec::new();
+    let (mut host_shares, mut spin_shares) = (Vec::new(), Vec::new());
+    for h in redis.host.iter().filter(|h| h.kind == Kind::Write) {
+        let Some(row) = row_of(&h.route) else { continue };
+        let Some(trips) = kv.redis_round_trips(&row.route).or(row.calls) else { continue };
+        let wait_ms = trips as f64 * rtt.p50_us / 1000.0;
+        host_shares.push(wait_ms / h.p50_ms);
+        let spin = spin_of(&h.route).map_or_else(String::new, |s| {
+            spin_shares.push(wait_ms / s.p50_ms);
+            format!(" and {:.1} ms on Spin", s.p50_ms)
+        });
+        each.push(format!(
+            "`{}` {trips} × {:.0} µs = {wait_ms:.1} ms against a p50 of {:.1} ms on the host{spin} ({CONNECTIONS} / {:.0} \
+             req/s = {:.1} ms by Little's law)",
+            h.route,
+            rtt.p50_us,
+            h.p50_ms,
+            h.rps,
+            CONNECTIONS as f64 * 1000.0 / h.rps
+        ));
+    }
+    if each.is_empty() {
+        return Ok(());
+    }
+    let pct = |shares: &[f64]| {
+        let (lo, hi) = shares.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+        if shares.len() > 1 { format!("{:.0}–{:.0}%", lo * 100.0, hi * 100.0) } else { format!("{:.0}%", hi * 100.0) }
+    };
+    let spin_share = if spin_shares.is_empty() { String::new() } else { format!(" ({} of Spin's)", pct(&spin_shares)) };
+    let most = host_shares.iter().all(|&s| s < 0.5);
+    writeln!(d)?;
+    writeln!(
+        d,
+        "**Round trips × Redis's round trip.** Waiting for Redis alone, one after another, costs a request its round \
+         trips on Redis × the idle round trip: {}. At c={CONNECTIONS} that is {} of the host's p50{spin_share}: {}",
+        each.join("; "),
+        pct(&host_shares),
+        if most {
+            "the rest is each request queueing behind the others in flight for the CPU that the server, redis-server \
+             and wrk share, and the CPU a request takes grows with its store calls too (each is a host call, a Redis \
+             command and a reply to parse)."
+        } else {
+            "the waiting for Redis is most of the p50, so on Redis the round trips set the latency."
+        }
+    )?;
+    Ok(())
+}
+
+/// Whitespace (newlines in an error chain) as single spaces.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// A path under the workspace's `target/` as `target/...`; any other path whole.
@@ -1479,21 +2147,6 @@ fn shown(path: &Path) -> String {
 fn quoted(line: &str) -> String {
     let line: String = line.trim().replace('`', "'").chars().take(240).collect();
     format!("`{line}`")
-}
-
-/// The `kv_ops` table's count for `route` (`{id}` in the table matches any path segment; a note in parentheses
-/// after the path is ignored).
-fn kv_ops_of(kv_ops: &str, route: &str) -> Option<u64> {
-    let want: Vec<&str> = route.split(['/', ' ']).collect();
-    kv_ops.lines().find_map(|line| {
-        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-        let name = cells.get(1)?.trim_matches('`');
-        let name = name.split(" (").next()?;
-        let have: Vec<&str> = name.split(['/', ' ']).collect();
-        let same = have.len() == want.len()
-            && have.iter().zip(&want).all(|(h, w)| h == w || (h.starts_with('{') && h.ends_with('}')));
-        if same { cells.get(2)?.parse().ok() } else { None }
-    })
 }
 
 /// The document's lines on how Spin was run, or that it was not.
@@ -1536,11 +2189,13 @@ fn spin_setup(d: &mut String, spin: Option<&SpinRun>) -> Result<()> {
 
 /// Under the routes table: why the host/Spin ratio is what it is, from this run's numbers, and Spin's figures per
 /// route.
-fn host_vs_spin(d: &mut String, host: &[Outcome], spin: &SpinRun, kv_ops: &str) -> Result<()> {
+fn host_vs_spin(d: &mut String, host: &[Outcome], spin: &SpinRun, kv_ops: &KvOps) -> Result<()> {
     let pairs: Vec<(&Outcome, &Outcome)> =
         host.iter().filter_map(|h| spin.results.iter().find(|s| s.route == h.route).map(|s| (h, s))).collect();
     let ratio = |h: &Outcome, s: &Outcome| h.rps / s.rps;
-    let kv = |route: &str| kv_ops_of(kv_ops, route).map_or_else(|| "?".to_owned(), |n| n.to_string());
+    // Store operations and round trips on the host.
+    let n = |v: Option<u64>| v.map_or_else(|| "?".to_owned(), |n| n.to_string());
+    let kv = |route: &str| kv_ops.row(route).map(|r| (n(r.keys), n(r.calls)));
     let mut writes: Vec<(&Outcome, &Outcome, f64)> = pairs
         .iter()
         .filter(|(h, _)| h.kind == Kind::Write)
@@ -1567,10 +2222,11 @@ fn host_vs_spin(d: &mut String, host: &[Outcome], spin: &SpinRun, kv_ops: &str) 
         let each: Vec<String> = writes
             .iter()
             .map(|(h, s, c)| {
+                let (keys, calls) = kv(&h.route).unwrap_or_else(|| ("?".to_owned(), "?".to_owned()));
                 format!(
-                    "`{}` {c:.1} commits per request ({} KV operations on the host) → {:.0} req/s, host/Spin {:.1}×",
+                    "`{}` {c:.1} commits per request ({keys} store operations in {calls} round trips on the host) → \
+                     {:.0} req/s, host/Spin {:.1}×",
                     h.route,
-                    kv(&h.route),
                     s.rps,
                     ratio(h, s)
                 )
@@ -1653,8 +2309,8 @@ fn host_vs_spin(d: &mut String, host: &[Outcome], spin: &SpinRun, kv_ops: &str) 
     writeln!(d)?;
     writeln!(
         d,
-        "| route (Spin) | KV operations per request (host, `kv_ops`) | commits per request | commits/s | p50 | CPU per \
-         request | cores busy | peak RSS | socket errors | host/Spin |"
+        "| route (Spin) | store operations / sequential round trips per request (host, `kv_ops`) | commits per \
+         request | commits/s | p50 | CPU per request | cores busy | peak RSS | socket errors | host/Spin |"
     )?;
     writeln!(d, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
     for (h, s) in &pairs {
@@ -1662,7 +2318,11 @@ fn host_vs_spin(d: &mut String, host: &[Outcome], spin: &SpinRun, kv_ops: &str) 
             (Some(c), Some(r)) => (format!("{c:.2}"), format!("{r:.0}")),
             _ => ("—".to_owned(), "—".to_owned()),
         };
-        let kv = if h.kind == Kind::Floor { "0".to_owned() } else { kv(&h.route) };
+        let kv = match kv(&h.route) {
+            _ if h.kind == Kind::Floor => "0 / 0".to_owned(),
+            Some((keys, calls)) => format!("{keys} / {calls}"),
+            None => "?".to_owned(),
+        };
         writeln!(
             d,
             "| `{}` | {kv} | {per_request} | {per_second} | {:.2} ms | {:.0} µs | {:.2} | {:.1} MiB | {} | {:.1}× |",
@@ -1698,11 +2358,16 @@ fn spin_startup(d: &mut String, spin: &SpinRun) -> Result<()> {
             kib as f64 / 1024.0
         )?;
     }
-    let panicked: Vec<&LogCheck> = spin.logs.iter().filter(|l| !l.panics.is_empty()).collect();
-    if panicked.is_empty() && !spin.logs.is_empty() {
+    if spin.logs.iter().all(|l| l.panics.is_empty()) && !spin.logs.is_empty() {
         writeln!(d, "- Spin's output (`target/bench/spin/*.log`, read before each stop): no `panicked`.")?;
     }
-    for log in panicked {
+    spin_problems(d, spin, "")
+}
+
+/// Panics in Spin's output, the components' internal errors and Spin's non-2xx per route; `on` after "non-2xx"
+/// says which run (` on Redis`).
+fn spin_problems(d: &mut String, spin: &SpinRun, on: &str) -> Result<()> {
+    for log in spin.logs.iter().filter(|l| !l.panics.is_empty()) {
         writeln!(
             d,
             "- **Spin's output shows `panicked`** ({}, `{}`): {} line(s); the first: {}",
@@ -1722,14 +2387,20 @@ fn spin_startup(d: &mut String, spin: &SpinRun) -> Result<()> {
     for r in spin.results.iter().filter(|r| !r.statuses.is_empty()) {
         let each: Vec<String> =
             r.statuses.iter().map(|(status, n, problem)| format!("{status} ×{n} ({})", quoted(problem))).collect();
-        writeln!(d, "- Spin's non-2xx on `{}`: {}.", r.route, each.join(", "))?;
+        writeln!(d, "- Spin's non-2xx{on} on `{}`: {}.", r.route, each.join(", "))?;
     }
     Ok(())
 }
 
 /// For each target missed, the measured reason: host CPU per request against the floor's (throughput), Little's law
 /// (latency), bytes over the limit (size). The profile behind the CPU figures is in docs/PERFORMANCE.md.
-fn why_not_met(d: &mut String, results: &[Outcome], largest: Option<&(String, u64)>) -> Result<()> {
+fn why_not_met(
+    d: &mut String,
+    results: &[Outcome],
+    spin: Option<&SpinRun>,
+    kv: &KvOps,
+    largest: Option<&(String, u64)>,
+) -> Result<()> {
     let Some(floor) = results.iter().find(|r| r.kind == Kind::Floor) else { return Ok(()) };
     let floor_cpu = floor.cpu_us_per_request();
     let mut lines = Vec::new();
@@ -1766,6 +2437,74 @@ fn why_not_met(d: &mut String, results: &[Outcome], largest: Option<&(String, u6
             ));
         }
     }
+    for (h, s) in spin_writes(results, spin) {
+        let want = h.rps * SPIN_WRITE_SHARE;
+        if s.rps >= want {
+            continue;
+        }
+        let mut line = format!(
+            "- `{}` on Spin (SQLite) serves {:.0} req/s, 1/{:.1} of the host's {:.0}, not 1/3 ({want:.0} req/s)",
+            h.route,
+            s.rps,
+            h.rps / s.rps,
+            h.rps
+        );
+        match (s.commits_per_request(), s.commits_per_second()) {
+            (Some(per_request), Some(per_second)) => write!(
+                line,
+                ": each request committed {per_request:.1} write transactions, one at a time through the one lock of \
+                 Spin's SQLite store, which got {per_second:.0} commits/s through with {:.2} cores busy; at that rate \
+                 {want:.0} req/s allows at most {:.1} commits per request. On Spin every write is its own transaction, \
+                 so only fewer writes per request (one document per aggregate, set-many) close the gap.",
+                s.host_cores(),
+                per_second / want
+            )?,
+            _ => write!(
+                line,
+                ": Spin's CPU per request is {:.0} µs with {:.2} cores busy (the host's: {:.0} µs, {:.2}).",
+                s.cpu_us_per_request(),
+                s.host_cores(),
+                h.cpu_us_per_request(),
+                h.host_cores()
+            )?,
+        }
+        lines.push(line);
+    }
+    for row in &kv.rows {
+        let over_keys = row.keys.zip(row.keys_target).filter(|(keys, target)| keys > target);
+        let over_calls = row.calls.filter(|&calls| calls > row.calls_limit());
+        if over_keys.is_none() && over_calls.is_none() {
+            continue;
+        }
+        let mut what = Vec::new();
+        if let Some((keys, target)) = over_keys {
+            what.push(format!("{keys} store operations, not ≤ {target}"));
+        }
+        if let Some(calls) = over_calls {
+            what.push(format!("{calls} sequential round trips, not ≤ {}", row.calls_limit()));
+        }
+        let mut line = format!("- `{}` makes {}", row.route, what.join(", and "));
+        match kv.trace(&row.route) {
+            Some(calls) if !calls.is_empty() => {
+                let batches = calls.iter().filter(|c| batch_len(c) > 1).count();
+                let batches = match batches {
+                    0 => "none of them is a batch".to_owned(),
+                    1 => format!("1 is a batch and the other {} each read or write one key", calls.len() - 1),
+                    n => format!("{n} are batches and the other {} each read or write one key", calls.len() - n),
+                };
+                write!(
+                    line,
+                    ". Its calls by key prefix (`target/kv-ops-trace.md`), largest first by {}: {}. Of its {} calls, \
+                     {batches}; each call waits for the one before it.",
+                    if over_calls.is_some() { "calls" } else { "keys" },
+                    top_groups(calls, over_calls.is_none()),
+                    calls.len(),
+                )?;
+            }
+            _ => line.push_str(" (no trace of its calls in `target/kv-ops-trace.md`)."),
+        }
+        lines.push(line);
+    }
     if let Some((id, size)) = largest.filter(|(_, size)| *size > MAX_WASM_BYTES) {
         lines.push(format!(
             "- `{id}` is {:.1} KiB over 1 MiB, already built with `opt-level = \"z\"`, LTO, one codegen unit and \
@@ -1785,4 +2524,113 @@ fn why_not_met(d: &mut String, results: &[Outcome], largest: Option<&(String, u6
         writeln!(d, "{line}")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TABLE: &str = "| route | store operations (keys) | target | sequential round trips (calls) | target |\n\
+        |---|---:|---:|---:|---:|\n\
+        | `POST /api/sessions (a new customer)` | 16 | 6 | 16 | 6 |\n\
+        | `GET /api/me` | 1 | 3 | 1 | 3 |\n\
+        | `POST /api/coupons/campaigns/{id}/claim` | 46 | 15 | 44 | 8 |\n\
+        | `GET /api/ops/funnel (30 days)` | 690 | 40 | 8 | 8 |\n";
+
+    const TRACE: &str = "## GET /api/me: 1 calls, 1 keys\n\n    get cust:customer:c_1\n\n\
+        ## POST /api/coupons/campaigns/{id}/claim: 4 calls, 6 keys\n\n    get coup:campaign:x\n    \
+        get-many [3] coup:claim:a …\n    increment coup:claim:a:~born +5\n    set coup:claim:a\n\n";
+
+    fn kv() -> KvOps {
+        KvOps {
+            table: Some(TABLE.to_owned()),
+            rows: parse_kv_table(TABLE),
+            traces: parse_kv_trace(TRACE),
+            passed: false,
+            status: "failed".into(),
+        }
+    }
+
+    #[test]
+    fn the_kv_ops_table_is_read_by_its_header_and_routes_match_with_placeholders_and_notes() {
+        let kv = kv();
+        assert_eq!(kv.rows.len(), 4);
+        let claim = kv.row("POST /api/coupons/campaigns/bench_coffee/claim").expect("claim");
+        assert_eq!(
+            (claim.keys, claim.keys_target, claim.calls, claim.calls_target),
+            (Some(46), Some(15), Some(44), Some(8))
+        );
+        let funnel = kv.row("GET /api/ops/funnel").expect("funnel");
+        assert_eq!((funnel.keys, funnel.calls), (Some(690), Some(8)));
+        assert_eq!(kv.row("GET /api/me").map(KvRow::calls_limit), Some(3));
+        assert!(kv.row("GET /api/other").is_none());
+        let old = parse_kv_table("| route | KV operations | budget |\n|---|---:|---:|\n| `GET /api/me` | 1 | 3 |\n");
+        assert_eq!((old[0].keys, old[0].keys_target, old[0].calls), (Some(1), Some(3), None));
+    }
+
+    #[test]
+    fn traces_give_round_trips_on_redis_and_groups_by_prefix() {
+        let kv = kv();
+        let route = "POST /api/coupons/campaigns/{id}/claim";
+        assert_eq!(kv.trace(route).map(<[String]>::len), Some(4));
+        assert_eq!(kv.redis_round_trips(route), Some(6));
+        assert_eq!(kv.redis_round_trips("GET /api/me"), Some(1));
+        let groups = top_groups(kv.trace(route).expect("trace"), false);
+        assert_eq!(
+            groups,
+            "`coup:claim:…` 2 calls, 4 keys (1 get-many, 1 set); `coup:campaign:…` 1 call (1 get); \
+             `…:~born (creation markers)` 1 call (1 increment)"
+        );
+    }
+    fn outcome(route: &str, kind: Kind, rps: f64, p50_ms: f64) -> Outcome {
+        Outcome {
+            route: route.to_owned(),
+            kind,
+            rps,
+            p50_ms,
+            p99_ms: p50_ms * 2.0,
+            requests: (rps * 2.0) as u64,
+            non_2xx: 0,
+            socket_errors: 0,
+            peak_rss_kib: 1024,
+            host_cpu_ms: rps,
+            seconds: 2.0,
+            signed: None,
+            statuses: Vec::new(),
+            commits: None,
+        }
+    }
+
+    #[test]
+    fn without_redis_one_line_says_so_and_with_it_the_table_relates_p50_to_round_trips() {
+        let claim = "POST /api/coupons/campaigns/bench_coffee/claim";
+        let host = HostRun {
+            results: vec![outcome("GET /", Kind::Floor, 5000.0, 5.0), outcome(claim, Kind::Write, 600.0, 40.0)],
+            cold_ms: 1.0,
+            warm_ms: 1.0,
+            idle_rss_kib: 1,
+        };
+        let sizes = [("x".to_owned(), 10)];
+        let absent = Err("`redis-server` is not installed".to_owned());
+        let doc = report(&host, None, &absent, &kv(), &[], &sizes).expect("report");
+        assert!(doc.contains("- Redis: `redis-server` is not installed, so this run has no Redis columns."), "{doc}");
+        assert!(!doc.contains("## On Redis"));
+        assert!(
+            doc.contains("| `POST /api/coupons/campaigns/{id}/claim` sequential round trips ≤ 8 | 44 | **not met** |")
+        );
+        assert!(doc.contains("| `GET /api/me` store operations ≤ 3 | 1 | met |"));
+        assert!(doc.contains("| the `kv_ops` test, which enforces the budgets below | failed"));
+        assert!(doc.contains("Of its 4 calls, 1 is a batch and the other 3 each read or write one key"), "{doc}");
+        let redis = Ok(RedisRun {
+            version: "redis-server 7".into(),
+            seconds: "2s".into(),
+            rtt: Some(Rtt { p50_us: 20.0, mean_us: 21.0, samples: 10 }),
+            host: vec![outcome(claim, Kind::Write, 300.0, 50.0)],
+            host_error: None,
+            spin: None,
+        });
+        let doc = report(&host, None, &redis, &kv(), &[], &sizes).expect("report");
+        assert!(doc.contains(&format!("| `{claim}` | 44 | 6 | 50.00 ms / 300 | 0 |")), "{doc}");
+        assert!(doc.contains("6 × 20 µs = 0.1 ms against a p50 of 50.0 ms on the host"), "{doc}");
+    }
 }

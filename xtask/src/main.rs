@@ -9,7 +9,8 @@
 //! - `test-spin [spin-sqlite | spin-redis] [test filters...]`: build, then run the end-to-end suites of
 //!   [`SPIN_SUITES`] (or the filters) under `spin up`, on Spin's SQLite store and on Redis (or the one runtime named).
 //! - `check-invariants`: the architecture invariants a machine can check (see ARCHITECTURE.md).
-//! - `bench`: load-test the host with `wrk` and write docs/BENCHMARKS.md (see `bench.rs`).
+//! - `bench`: load-test the host with `wrk`, then real Spin (SQLite) and both on Redis, count store operations per
+//!   route (the `kv_ops` test) and write docs/BENCHMARKS.md (see `bench.rs`).
 
 mod bench;
 mod reliability;

@@ -270,10 +270,7 @@ where
     T: Serialize + DeserializeOwned,
     E: From<StoreError>,
 {
-    // The document is read through a compare-and-swap handle, so the read that decides is the one the swap
-    // compares against: an update is one read and one swap.
-    let open = store.cas_open(key).await?;
-    update_json_from(store, key, open, decide).await
+    typed(store, key, false, decide).await
 }
 
 /// [`update_json`] for a document that is usually new (a posting, an idempotency record, a record keyed by a
@@ -286,72 +283,107 @@ where
 pub async fn update_json_new<T, R, E>(
     store: &impl Store,
     key: &Key,
-    mut decide: impl FnMut(Option<&T>) -> Result<Step<T, R>, E>,
+    decide: impl FnMut(Option<&T>) -> Result<Step<T, R>, E>,
 ) -> Result<R, E>
 where
     T: Serialize + DeserializeOwned,
     E: From<StoreError>,
 {
-    if let Step::Write(next, result) = decide(None)? {
-        let bytes = encode_doc(key, &next, &write_token()?, b"")?;
-        if let Some(stamp) = claim_creation(store, key).await? {
-            create(store, key, &bytes, stamp).await?;
-            return Ok(result);
-        }
-    }
-    let open = store.cas_open(key).await?;
-    update_json_from(store, key, open, decide).await
+    typed(store, key, true, decide).await
 }
 
-/// The loop of [`update_json`], from a compare-and-swap already opened (`open`: the handle and what it read).
-async fn update_json_from<S, T, R, E>(
-    store: &S,
+/// What a type-erased decision asks for: write this document body (JSON, without write tokens), or stop.
+enum RawStep {
+    Write(Vec<u8>),
+    Stop,
+}
+
+/// A type-erased decision: sees the stored bytes (`None` when absent).
+type RawDecide<'a> = dyn FnMut(Option<&[u8]>) -> Result<RawStep, StoreError> + 'a;
+
+/// Runs a typed decision through the type-erased [`update_raw`], so the store protocol is compiled once per store
+/// rather than once per document type and call site (component size). The decision's result or error is kept from
+/// its last run.
+async fn typed<T, R, E>(
+    store: &impl Store,
     key: &Key,
-    mut open: (S::Cas, Option<Vec<u8>>),
+    fresh: bool,
     mut decide: impl FnMut(Option<&T>) -> Result<Step<T, R>, E>,
 ) -> Result<R, E>
 where
-    S: Store,
     T: Serialize + DeserializeOwned,
     E: From<StoreError>,
 {
+    let mut outcome: Option<Result<R, E>> = None;
+    let mut raw = |current: Option<&[u8]>| -> Result<RawStep, StoreError> {
+        let doc: Option<T> = decode_doc(key, current)?;
+        Ok(match decide(doc.as_ref()) {
+            Err(e) => {
+                outcome = Some(Err(e));
+                RawStep::Stop
+            }
+            Ok(Step::Keep(result)) => {
+                outcome = Some(Ok(result));
+                RawStep::Stop
+            }
+            Ok(Step::Write(next, result)) => {
+                let body = encode(key, &next)?;
+                outcome = Some(Ok(result));
+                RawStep::Write(body)
+            }
+        })
+    };
+    update_raw(store, key, fresh, &mut raw).await?;
+    outcome.unwrap_or_else(|| Err(StoreError::Corrupt { key: key.to_string(), detail: "no decision".into() }.into()))
+}
+
+/// The protocol of [`update_json`] on raw documents; with `fresh`, the creation is claimed before anything is read
+/// ([`update_json_new`]).
+async fn update_raw<S: Store>(store: &S, key: &Key, fresh: bool, decide: &mut RawDecide<'_>) -> Result<(), StoreError> {
+    if fresh {
+        match decide(None)? {
+            RawStep::Stop => {}
+            RawStep::Write(body) => {
+                let bytes = with_tokens(key, &body, &write_token()?, b"")?;
+                if let Some(stamp) = claim_creation(store, key).await? {
+                    return create(store, key, &bytes, stamp).await;
+                }
+            }
+        }
+    }
+    // The document is read through a compare-and-swap handle, so the read that decides is the one the swap
+    // compares against: an update is one read and one swap.
+    let mut open = store.cas_open(key).await?;
     // Whether another writer was found holding this document's creation, and how often it was waited for.
     let mut creation_held = false;
     let mut waits_for_creator = 0;
     let mut retries = Retries::start(store);
     while retries.next(store).await {
         let (cas, current) = open;
-        let doc: Option<T> = decode_doc(key, current.as_deref())?;
-        let (next, result) = match decide(doc.as_ref())? {
-            Step::Keep(result) => return Ok(result),
-            Step::Write(next, result) => (next, result),
-        };
+        let RawStep::Write(body) = decide(current.as_deref())? else { return Ok(()) };
         match current {
             Some(old) => {
                 let token = write_token()?;
-                let bytes = encode_doc(key, &next, &token, &old)?;
+                let bytes = with_tokens(key, &body, &token, &old)?;
                 if let Ok(true) = store.cas_swap(cas, &bytes).await {
-                    return Ok(result);
+                    return Ok(());
                 }
                 // Not reported written (Spin's Redis store reports failure even after writing): the token tells.
                 open = store.cas_open(key).await?;
                 if open.1.as_deref().is_some_and(|now| carries_token(now, &token)) {
-                    return Ok(result);
+                    return Ok(());
                 }
             }
             None => {
                 drop(cas);
-                let bytes = encode_doc(key, &next, &write_token()?, b"")?;
+                let bytes = with_tokens(key, &body, &write_token()?, b"")?;
                 let stamp = if creation_held {
                     take_over_abandoned_creation(store, key).await?
                 } else {
                     claim_creation(store, key).await?
                 };
                 match stamp {
-                    Some(stamp) => {
-                        create(store, key, &bytes, stamp).await?;
-                        return Ok(result);
-                    }
+                    Some(stamp) => return create(store, key, &bytes, stamp).await,
                     None => {
                         creation_held = true;
                         waits_for_creator += 1;
@@ -364,7 +396,7 @@ where
             }
         }
     }
-    Err(StoreError::Contention { key: key.to_string() }.into())
+    Err(StoreError::Contention { key: key.to_string() })
 }
 
 /// The retry budget of a contended operation: at least [`CAS_RETRIES`] attempts and [`CAS_PATIENCE_SECS`] seconds,
@@ -564,7 +596,11 @@ fn carries_token(bytes: &[u8], token: &str) -> bool {
 /// Encodes `value` as a document that carries `token` first, then the latest tokens of `previous` (the bytes it
 /// replaces; empty for a new document).
 fn encode_doc<T: Serialize>(key: &Key, value: &T, token: &str, previous: &[u8]) -> Result<Vec<u8>, StoreError> {
-    let body = encode(key, value)?;
+    with_tokens(key, &encode(key, value)?, token, previous)
+}
+
+/// A document body (a JSON object) with `token` and the latest of `previous`'s tokens in front.
+fn with_tokens(key: &Key, body: &[u8], token: &str, previous: &[u8]) -> Result<Vec<u8>, StoreError> {
     let Some(fields) = body.strip_prefix(b"{") else {
         return Err(StoreError::Corrupt { key: key.to_string(), detail: "a document must be a JSON object".into() });
     };

@@ -274,6 +274,11 @@ pub async fn balance(store: &impl Store, account: &str) -> Result<i64, LedgerErr
     if !valid_name(account) {
         return Err(LedgerError::Invalid("account must be 1 to 120 characters of A-Z a-z 0-9 _ : -".into()));
     }
+    if is_stored_value(account) {
+        // Every line of a stored-value account lands in its one balance document (the floor is decided there).
+        let key = balance_key(account, FLOOR_SHARD);
+        return Ok(get_json::<BalanceShard>(store, &key).await?.map_or(0, |shard| shard.balance_fen));
+    }
     let balances = balances(store, &[account.to_owned()]).await?;
     Ok(balances.into_iter().next().unwrap_or(0))
 }

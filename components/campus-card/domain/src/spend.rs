@@ -212,7 +212,7 @@ pub async fn spend(
             if card.school_id != merchant.school_id {
                 return Err(CampusError::CardNotFound);
             }
-            let fresh = Spend {
+            let mut fresh = Spend {
                 v: 1,
                 spend_id: spend_id.clone(),
                 merchant_id: merchant.id.clone(),
@@ -228,12 +228,42 @@ pub async fn spend(
                 completed_at: None,
                 reversed_at: None,
             };
-            // Read as absent just now: claim its creation first.
-            let record = kv::update_json_new(store, &key, |doc: Option<&Spend>| match doc {
-                Some(existing) => Ok::<_, CampusError>(Step::Keep(existing.clone())),
-                None => Ok(Step::Write(fresh.clone(), fresh.clone())),
+            // The card's checks and its daily limit come before the record, so the record is written once with
+            // their outcome: refused, or pending with the limit taken.
+            let counter = keys::spent(&card.card_id, fresh.day);
+            let mut took = false;
+            match check_card(store, &fresh, &card, input.pay_code.as_deref(), now).await? {
+                Some(refusal) => (fresh.state, fresh.refusal) = (SpendState::Refused, Some(refusal)),
+                None if limits::take(store, &counter, card.daily_limit_fen, input.amount_fen).await? => {
+                    (fresh.limit_taken, took) = (true, true);
+                }
+                None => (fresh.state, fresh.refusal) = (SpendState::Refused, Some(Refusal::DailyLimitExceeded)),
+            }
+            // Read as absent just now: claim its creation first. A concurrent attempt of the same spend that
+            // recorded it first owns the limit: ours goes back.
+            let created = kv::update_json_new(store, &key, |doc: Option<&Spend>| match doc {
+                Some(existing) => Ok::<_, CampusError>(Step::Keep((existing.clone(), false))),
+                None => Ok(Step::Write(fresh.clone(), (fresh.clone(), true))),
             })
-            .await?;
+            .await;
+            let record = match created {
+                Ok((record, ours)) => {
+                    if took && !ours {
+                        limits::give_back(store, &counter, input.amount_fen).await?;
+                    }
+                    record
+                }
+                Err(e) => {
+                    // Not recorded as ours (absent or another attempt's): the take is ours to give back. If the store
+                    // cannot tell, keep it counted (the card may spend a little less today, never more).
+                    if took && let Ok(stored) = get_json::<Spend>(store, &key).await {
+                        if stored.is_none_or(|s| s.created_at != fresh.created_at || !s.limit_taken) {
+                            let _ = limits::give_back(store, &counter, input.amount_fen).await;
+                        }
+                    }
+                    return Err(e);
+                }
+            };
             let card = (record.card_id == card.card_id).then_some(card);
             (record, card)
         }
@@ -258,11 +288,12 @@ async fn resume(
     rules: &LifecycleRules,
     now: Timestamp,
 ) -> Result<Spend, CampusError> {
-    let record = match record.state {
+    // Whether this call completed the spend (its effects are then almost surely not made yet).
+    let (record, first) = match record.state {
         SpendState::Refused => {
             return Err(CampusError::Refused(record.refusal.unwrap_or(Refusal::CardNotActive)));
         }
-        SpendState::Completed | SpendState::Reversed => record,
+        SpendState::Completed | SpendState::Reversed => (record, false),
         SpendState::Pending => {
             if !record.limit_taken {
                 let current = match card.take() {
@@ -314,14 +345,13 @@ async fn resume(
                 })
             })
             .await?
-            .0
         }
     };
     let card = match card {
         Some(c) => c,
         None => cards::get(store, &record.card_id).await?,
     };
-    completed_effects(store, &record, &card, rules).await?;
+    completed_effects(store, &record, &card, rules, first).await?;
     Ok(record)
 }
 
@@ -392,6 +422,7 @@ async fn completed_effects(
     record: &Spend,
     card: &Card,
     rules: &LifecycleRules,
+    first: bool,
 ) -> Result<(), CampusError> {
     let at = record.completed_at.unwrap_or(record.created_at);
     let txn = Txn {
@@ -402,7 +433,11 @@ async fn completed_effects(
         merchant_id: Some(record.merchant_id.clone()),
         at,
     };
-    txns::append(store, &record.card_id, &txn).await?;
+    if first {
+        txns::append_new(store, &record.card_id, &txn).await?;
+    } else {
+        txns::append(store, &record.card_id, &txn).await?;
+    }
     settle(store, &record.merchant_id, record.day, &format!("spend:{}", record.spend_id)).await?;
     // The school's statistics: the spend's behind one claim, the card's first activity behind the card's own.
     let counters = [

@@ -6,7 +6,7 @@
 //! skips gaps.
 
 use scenefin_core::clock::Timestamp;
-use scenefin_core::kv::{self, Step, Store, StoreError, get_json, put_json};
+use scenefin_core::kv::{self, Key, Step, Store, StoreError, get_json, put_json};
 use serde::{Deserialize, Serialize};
 
 use crate::{CampusError, keys};
@@ -61,18 +61,30 @@ pub async fn append(store: &impl Store, card_id: &str, txn: &Txn) -> Result<(), 
     let ref_key = keys::txn_ref(card_id, &txn.txn_id);
     let n = match get_json::<Numbered>(store, &ref_key).await? {
         Some(existing) => existing.n,
-        None => {
-            let fresh = store.increment(&keys::txn_seq(card_id), 1).await?;
-            // Read as absent just now: claim its creation first.
-            kv::update_json_new(store, &ref_key, |doc: Option<&Numbered>| match doc {
-                Some(existing) => Ok::<_, StoreError>(Step::Keep(existing.n)),
-                None => Ok(Step::Write(Numbered { v: 1, n: fresh }, fresh)),
-            })
-            .await?
-        }
+        None => number(store, card_id, &ref_key).await?,
     };
     put_json(store, &keys::txn(card_id, n), txn).await?;
     Ok(())
+}
+
+/// [`append`] for a transaction that is almost surely not listed yet (its effect was just made by this call): the
+/// number is taken without looking first. Should it be listed already, it keeps its number and the one taken is a
+/// gap, which readers skip.
+pub async fn append_new(store: &impl Store, card_id: &str, txn: &Txn) -> Result<(), CampusError> {
+    let n = number(store, card_id, &keys::txn_ref(card_id, &txn.txn_id)).await?;
+    put_json(store, &keys::txn(card_id, n), txn).await?;
+    Ok(())
+}
+
+/// The number of the transaction whose reference is `ref_key`: a fresh one from the card's counter, unless another
+/// attempt recorded one first.
+async fn number(store: &impl Store, card_id: &str, ref_key: &Key) -> Result<i64, CampusError> {
+    let fresh = store.increment(&keys::txn_seq(card_id), 1).await?;
+    Ok(kv::update_json_new(store, ref_key, |doc: Option<&Numbered>| match doc {
+        Some(existing) => Ok::<_, StoreError>(Step::Keep(existing.n)),
+        None => Ok(Step::Write(Numbered { v: 1, n: fresh }, fresh)),
+    })
+    .await?)
 }
 
 /// A page of the card's transactions, newest first, below the `cursor` (a number from a previous page's `next`).

@@ -10,14 +10,14 @@
 
 use scenefin_core::clock::Timestamp;
 use scenefin_core::coupons::{self, Coupon, CouponState};
-use scenefin_core::customers::{self, LifecycleRules};
+use scenefin_core::customers::{self, Customer, LifecycleRules};
 use scenefin_core::events::{self, Event, EventKind};
-use scenefin_core::ids::{hash_key_part, random_bytes};
+use scenefin_core::ids::{Id, hash_key_part, random_bytes};
 use scenefin_core::kv::{self, Key, Step, Store, put_json};
 use scenefin_core::limits::{self, Reserved};
 use serde::{Deserialize, Serialize};
 
-use crate::campaigns::{self, Campaign};
+use crate::campaigns::Campaign;
 use crate::{CouponError, Refusal, SCENARIO, keys};
 
 /// Characters of coupon codes: no `0 O 1 I L`, so a code read aloud or off a screen is unambiguous.
@@ -70,11 +70,25 @@ pub async fn claim(
     rules: &LifecycleRules,
     now: Timestamp,
 ) -> Result<Coupon, CouponError> {
-    let campaign = campaigns::get(store, campaign_id).await?;
+    // The campaign, the coupon this claim may have made already and the customer, in one read.
+    if Id::parse(campaign_id).is_err() {
+        return Err(CouponError::CampaignNotFound);
+    }
+    let coupon_id = coupon_id_for(campaign_id, customer_id, claim_key);
+    let customer_key = customers::valid_id(customer_id).then(|| customers::keys::customer(customer_id));
+    let mut read = vec![keys::campaign(campaign_id), coupons::keys::coupon(&coupon_id)];
+    read.extend(customer_key.iter().cloned());
+    let found = kv::get_all(store, &read).await?;
+    let campaign: Campaign = kv::decode_doc(&read[0], found[0].as_deref())?.ok_or(CouponError::CampaignNotFound)?;
     if !campaign.kind.claimable() {
         return Err(CouponError::Refused(Refusal::NotEligible));
     }
-    issue(store, &campaign, customer_id, claim_key, rules, now).await
+    let existing: Option<Coupon> = kv::decode_doc(&read[1], found[1].as_deref())?;
+    let customer = match &customer_key {
+        Some(key) => kv::decode_doc(key, found.get(2).and_then(Option::as_deref))?,
+        None => None,
+    };
+    issue_read(store, &campaign, customer_id, &coupon_id, existing, customer, rules, now).await
 }
 
 /// Issues a coupon of `campaign` to a customer, once per claim key.
@@ -87,7 +101,25 @@ pub async fn issue(
     now: Timestamp,
 ) -> Result<Coupon, CouponError> {
     let coupon_id = coupon_id_for(&campaign.id, customer_id, claim_key);
-    if let Some(existing) = coupons::get(store, &coupon_id).await? {
+    let existing = coupons::get(store, &coupon_id).await?;
+    let customer = customers::lookup(store, customer_id).await?;
+    issue_read(store, campaign, customer_id, &coupon_id, existing, customer, rules, now).await
+}
+
+/// [`issue`] with the coupon (if it exists) and the customer already read.
+#[allow(clippy::too_many_arguments)]
+async fn issue_read(
+    store: &impl Store,
+    campaign: &Campaign,
+    customer_id: &str,
+    coupon_id: &str,
+    existing: Option<Coupon>,
+    customer: Option<Customer>,
+    rules: &LifecycleRules,
+    now: Timestamp,
+) -> Result<Coupon, CouponError> {
+    let coupon_id = coupon_id.to_owned();
+    if let Some(existing) = existing {
         match existing.state {
             CouponState::Refused => return Err(CouponError::Refused(refusal_of(&existing))),
             // Interrupted: run the claim again below (what it took before stays taken: under-issue, never over).
@@ -99,7 +131,7 @@ pub async fn issue(
     if campaign.status_at(now) != "running" {
         return Err(CouponError::Refused(Refusal::CampaignNotRunning));
     }
-    let customer = customers::lookup(store, customer_id).await?.ok_or(CouponError::Refused(Refusal::NotEligible))?;
+    let customer = customer.ok_or(CouponError::Refused(Refusal::NotEligible))?;
     if !campaign.eligible(&customer, rules, now) {
         return Err(CouponError::Refused(Refusal::NotEligible));
     }

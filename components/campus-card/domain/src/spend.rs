@@ -256,10 +256,11 @@ pub async fn spend(
                 Err(e) => {
                     // Not recorded as ours (absent or another attempt's): the take is ours to give back. If the store
                     // cannot tell, keep it counted (the card may spend a little less today, never more).
-                    if took && let Ok(stored) = get_json::<Spend>(store, &key).await {
-                        if stored.is_none_or(|s| s.created_at != fresh.created_at || !s.limit_taken) {
-                            let _ = limits::give_back(store, &counter, input.amount_fen).await;
-                        }
+                    if took
+                        && let Ok(stored) = get_json::<Spend>(store, &key).await
+                        && stored.is_none_or(|s| s.created_at != fresh.created_at || !s.limit_taken)
+                    {
+                        let _ = limits::give_back(store, &counter, input.amount_fen).await;
                     }
                     return Err(e);
                 }

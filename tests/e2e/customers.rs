@@ -10,7 +10,10 @@ async fn app() -> TestApp {
 }
 
 async fn counter(app: &TestApp, step: FunnelStep, dim: &str) -> i64 {
-    let key = keys::funnel(app.now.shanghai_day(), step.as_str(), dim);
+    stored_counter(app, &keys::funnel(app.now.shanghai_day(), step.as_str(), dim)).await
+}
+
+async fn stored_counter(app: &TestApp, key: &scenefin_core::kv::Key) -> i64 {
     // A decimal string on Redis (`INCRBY`), 8 little-endian bytes on SQLite and in memory.
     let Some(bytes) = app.host.kv.get("default", key.as_str()).await.expect("kv") else { return 0 };
     match std::str::from_utf8(&bytes).ok().and_then(|s| s.parse().ok()) {
@@ -173,6 +176,53 @@ async fn concurrent_first_logins_of_one_identity_register_one_customer() {
     assert_eq!(ids.len(), 1);
     assert_eq!(new, 1);
     assert_eq!(counter(&app, FunnelStep::Registered, "all").await, 1);
+    assert_eq!(stored_counter(&app, &keys::stage("new")).await, 1);
+    app.host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_phones_logging_in_one_new_identity_at_once_register_one_customer_counted_once() {
+    let app = app().await;
+    let code = json!({"code": "RUSH01", "channel": "poster", "campaign_id": "rush", "scenario": "campus"});
+    assert_eq!(app.send("POST", "/api/channels", Some(&code), Some(OPERATOR_TOKEN)).await.status, 201);
+
+    // Act: eight new identities, each logging in from two phones at once, with its verified phone and the code.
+    let identities = 8;
+    let mut logins = tokio::task::JoinSet::new();
+    for i in 0..identities {
+        let phone = format!("1390000{i:04}");
+        let assertion = app.assertion(Provider::Wechat, &format!("wx_two_phones_{i}"), Some(&phone));
+        let body = json!({"assertion": assertion, "channel_code": "RUSH01"});
+        for _ in 0..2 {
+            let (client, url, body, now) =
+                (app.client.clone(), format!("{}/api/sessions", app.base), body.clone(), app.now.to_rfc3339());
+            logins.spawn(async move {
+                let res = client.post(url).header("x-scenefin-now", now).json(&body).send().await.expect("request");
+                (i, res.status().as_u16(), res.json::<serde_json::Value>().await.expect("json"))
+            });
+        }
+    }
+    let mut replies = vec![Vec::new(); identities];
+    while let Some(done) = logins.join_next().await {
+        let (i, status, body) = done.expect("task");
+        replies[i].push((status, body));
+    }
+
+    // Assert: per identity one customer, registered by exactly one of its two logins; every registration counted
+    // once, in every dimension of the code, and in the `new` stage.
+    for (i, pair) in replies.iter().enumerate() {
+        let statuses: Vec<u16> = pair.iter().map(|(status, _)| *status).collect();
+        assert!(statuses.contains(&201) && statuses.contains(&200), "identity {i}: {pair:?}");
+        assert_eq!(pair[0].1["customer_id"], pair[1].1["customer_id"], "identity {i}");
+        assert_eq!(pair.iter().filter(|(_, b)| b["is_new"] == true).count(), 1, "identity {i}");
+    }
+    for dim in ["all", "ch:RUSH01", "cp:rush", "sc:campus"] {
+        assert_eq!(counter(&app, FunnelStep::Registered, dim).await, 8, "{dim}");
+    }
+    assert_eq!(stored_counter(&app, &keys::stage("new")).await, 8);
+    // The phone was indexed: another provider with it joins the same customer.
+    let other = app.login(Provider::App, "app_two_phones_0", Some("13900000000"), None).await;
+    assert_eq!((other.status, &other.body["customer_id"]), (200, &replies[0][0].1["customer_id"]));
     app.host.shutdown().await;
 }
 

@@ -20,6 +20,12 @@
 //!   the profile's stage history (`cust:stagefx:{customer}:{entry}`), not per event, so whichever event or
 //!   replay meets a transition first applies it, and never twice. Dormancy is evaluated on read and never
 //!   stored, so it never moves these counters.
+//!
+//! A registration may instead be written with its profile ([`register`]: the login creates the profile with its
+//! `registered` event applied, one write instead of a creation and a compare-and-swap) and counted by
+//! [`count_registration`] behind the caller's own exactly-once claim, without the per-event and per-entry claims.
+//! Entry 0 of the stage history (registration's `new`) is owed by the `registered` event alone, so no replay of
+//! another event counts it.
 
 use serde::{Deserialize, Serialize};
 
@@ -392,7 +398,9 @@ impl Effects {
             .enumerate()
             .filter(|&(i, t)| match added_from {
                 Some(from) => i >= from || (i == 0 && event.kind == EventKind::Registered),
-                None => t.at == event.at,
+                // Entry 0 is registration's `new`: only the `registered` event owes it (a registration written with
+                // its profile counts it without this claim, see `count_registration`).
+                None => t.at == event.at && (i > 0 || event.kind == EventKind::Registered),
             })
             .map(|(i, t)| (i, i.checked_sub(1).map(|p| c.history[p].stage), t.stage))
             .collect();
@@ -415,8 +423,20 @@ fn replay_steps(c: &Customer, event: &Event) -> Vec<FunnelStep> {
 async fn count(store: &impl Store, event: &Event, effects: &Effects) -> Result<(), StoreError> {
     let event_hash = hash_key_part(&event.id);
     let day = event.at.shanghai_day();
-    let dims = dimensions(effects.touch.as_ref(), Some(&event.scenario));
     // The funnel steps and the time-to-activate histogram the event reached, behind one claim for the event.
+    kv::count_all_once(store, &keys::effect_claim(&event_hash), &funnel_counters(event, effects)).await?;
+    // Each stage history entry's counters, behind one claim for the entry.
+    for &(entry, from, to) in &effects.stages {
+        let changes = stage_counters(day, from, to);
+        kv::count_all_once(store, &keys::stage_claim(&event.customer_id, entry), &changes).await?;
+    }
+    Ok(())
+}
+
+/// The funnel and time-to-activate counters an event's effects move.
+fn funnel_counters(event: &Event, effects: &Effects) -> Vec<(kv::Key, i64)> {
+    let day = event.at.shanghai_day();
+    let dims = dimensions(effects.touch.as_ref(), Some(&event.scenario));
     let mut counters = Vec::new();
     for step in &effects.steps {
         counters.extend(dims.iter().map(|dim| (keys::funnel(day, step.as_str(), dim), 1)));
@@ -425,18 +445,68 @@ async fn count(store: &impl Store, event: &Event, effects: &Effects) -> Result<(
         let bucket = tta_bucket(minutes);
         counters.extend(dims.iter().map(|dim| (keys::tta(day, bucket, dim), 1)));
     }
-    kv::count_all_once(store, &keys::effect_claim(&event_hash), &counters).await?;
-    // Each stage history entry's counters, behind one claim for the entry.
-    for &(entry, from, to) in &effects.stages {
-        let changes = match from {
-            None => vec![(keys::stage(to.as_str()), 1)],
-            Some(from) => vec![
-                (keys::stage(from.as_str()), -1),
-                (keys::stage(to.as_str()), 1),
-                (keys::transitions(day, from.as_str(), to.as_str()), 1),
-            ],
-        };
-        kv::count_all_once(store, &keys::stage_claim(&event.customer_id, entry), &changes).await?;
+    counters
+}
+
+/// The stage counters of a stage history entry: `to` entered (from `from`, unless it is the first entry).
+fn stage_counters(day: u32, from: Option<Stage>, to: Stage) -> Vec<(kv::Key, i64)> {
+    match from {
+        None => vec![(keys::stage(to.as_str()), 1)],
+        Some(from) => vec![
+            (keys::stage(from.as_str()), -1),
+            (keys::stage(to.as_str()), 1),
+            (keys::transitions(day, from.as_str(), to.as_str()), 1),
+        ],
+    }
+}
+
+/// The `registered` event of a profile: `registered:{id}`, at its creation, in the scenario of its first touch
+/// (`customers` without one).
+pub fn registration(customer: &Customer) -> Event {
+    let scenario = customer.first_touch.as_ref().and_then(|t| t.scenario.as_deref()).unwrap_or("customers");
+    let id = format!("registered:{}", customer.id);
+    Event::new(id, &customer.id, EventKind::Registered, scenario, customer.created_at)
+}
+
+/// Whether the profile surely lacks its [`registration`] event: not among its applied events while they are fewer
+/// than [`APPLIED_EVENTS_KEPT`], so none has been forgotten (an old registration may have been).
+pub fn unregistered(customer: &Customer) -> bool {
+    let id = registration(customer).id;
+    customer.applied_events.len() < APPLIED_EVENTS_KEPT && !customer.applied_events.contains(&id)
+}
+
+/// The profile with its [`registration`] event applied (pure): for a registration that writes the profile and its
+/// `registered` event in one write (the login's creation of the profile), instead of a second compare-and-swap
+/// through [`record`]. Its counters are then moved by [`count_registration`], once.
+pub fn register(customer: &Customer, rules: &LifecycleRules) -> Customer {
+    apply(customer, &registration(customer), rules).0
+}
+
+/// Counts a registration written with [`register`]: the `registered` funnel step (per dimension of the first touch
+/// and the event's scenario) and the `new` stage of history entry 0, with plain increments and no claims. The
+/// caller guarantees that each registration is counted once: it holds an exactly-once claim of its own (the
+/// customers component counts when it creates the identity index entry of the identity the customer is derived
+/// from, see `customers_domain::sessions`). So such a profile's `registered` event must never go through [`record`]
+/// (its replay would count again); replays of other events never count entry 0. When an
+/// increment fails, the ones before it are taken back (best effort): the group is counted whole or not at all
+/// (at most once, like every funnel counter).
+pub async fn count_registration(store: &impl Store, customer: &Customer) -> Result<(), StoreError> {
+    let event = registration(customer);
+    let effects = Effects::of(customer, &event, vec![FunnelStep::Registered], Some(customer.history.len()));
+    let day = event.at.shanghai_day();
+    let mut counters = funnel_counters(&event, &effects);
+    for &(_, from, to) in &effects.stages {
+        counters.extend(stage_counters(day, from, to));
+    }
+    for (done, (counter, delta)) in counters.iter().enumerate() {
+        if let Err(e) = store.increment(counter, *delta).await {
+            for (counter, delta) in &counters[..done] {
+                if store.increment(counter, -delta).await.is_err() {
+                    break;
+                }
+            }
+            return Err(e);
+        }
     }
     Ok(())
 }
@@ -523,10 +593,51 @@ mod tests {
         assert_eq!(funnel(&store, FunnelStep::Activated, "sc:utility", 0), 1);
     }
 
+    /// `c1` registered as the login registers it: the profile written with its `registered` event, then counted.
+    fn registered_customer(store: &MemStore) -> Customer {
+        let mut c = Customer::new("c1", at(0));
+        c.first_touch = Some(touch());
+        let c = register(&c, &LifecycleRules::default());
+        pollster::block_on(put_json(store, &customers::keys::customer("c1"), &c)).expect("seed");
+        pollster::block_on(count_registration(store, &c)).expect("count");
+        c
+    }
+
+    #[test]
+    fn a_registration_written_with_its_profile_is_counted_by_the_caller() {
+        let store = MemStore::default();
+        let fresh = Customer::new("c1", at(0));
+        assert!(unregistered(&fresh));
+        let c = registered_customer(&store);
+        assert!(!unregistered(&c));
+        assert_eq!(c.applied_events, vec!["registered:c1".to_owned()]);
+        assert_eq!((c.stage, c.history.len()), (Stage::New, 1));
+        for dim in ["all", "ch:BR001", "cp:spring", "sc:utility"] {
+            assert_eq!(funnel(&store, FunnelStep::Registered, dim, 0), 1, "{dim}");
+        }
+        let counter = |key: crate::kv::Key| pollster::block_on(kv::read_counter(&store, &key)).expect("counter");
+        assert_eq!(counter(keys::stage("new")), 1);
+        // No claim was taken: the caller's own claim made it once.
+        assert!(store.keys().iter().all(|k| !k.starts_with("cust:event:") && !k.starts_with("cust:stagefx:")));
+        // An event at the registration's instant, applied and replayed, never counts entry 0 again.
+        let e = Event::new("bound:x".into(), "c1", EventKind::BoundAccount, "utility", at(0));
+        pollster::block_on(record(&store, &e, &LifecycleRules::default())).expect("record");
+        pollster::block_on(record(&store, &e, &LifecycleRules::default())).expect("replay");
+        assert_eq!(counter(keys::stage("new")), 1);
+        assert_eq!(funnel(&store, FunnelStep::Registered, "all", 0), 1);
+    }
+
+    #[test]
+    fn a_profile_with_forgotten_events_is_not_taken_for_unregistered() {
+        let mut c = Customer::new("c1", at(0));
+        c.applied_events = (0..APPLIED_EVENTS_KEPT).map(|i| format!("paid:o{i}")).collect();
+        assert!(!unregistered(&c), "its registration may be among the forgotten");
+    }
+
     #[test]
     fn concurrent_duplicates_apply_once() {
         let store = MemStore::default();
-        customer(&store);
+        registered_customer(&store);
         let rules = LifecycleRules::default();
         let e = event("paid:o2", EventKind::Paid, 0);
         let results =
@@ -539,7 +650,7 @@ mod tests {
         assert_eq!(counter(keys::tta(day, 0, "cp:spring")), 1);
         assert_eq!(counter(keys::transitions(day, "new", "activated")), 1);
         assert_eq!(counter(keys::stage("activated")), 1);
-        // The profile was created at the payment's instant, so its `new` entry was counted too, then left.
+        // Registered at the payment's instant: its `new` entry, counted by the registration (and by no replay), left.
         assert_eq!(counter(keys::stage("new")), 0);
     }
 

@@ -5,7 +5,7 @@ use scenefin_core::clock::Timestamp;
 use scenefin_core::customers::Touch;
 use scenefin_core::events;
 use scenefin_core::ids::Id;
-use scenefin_core::kv::{self, Store, get_json, put_json};
+use scenefin_core::kv::{self, Key, Store, put_json};
 use serde::{Deserialize, Serialize};
 
 use crate::CustomerError;
@@ -146,8 +146,19 @@ pub async fn create(
 
 /// Looks a code up without counting.
 pub async fn find(store: &impl Store, code: &str) -> Result<ChannelCode, CustomerError> {
+    let key = key_of(code)?;
+    decode(code, &key, store.get(&key).await?.as_deref())
+}
+
+/// The key of code `code`'s document; `unknown_channel` when it is not shaped like a code.
+pub fn key_of(code: &str) -> Result<Key, CustomerError> {
     let code = parse_code(code).map_err(|_| CustomerError::UnknownChannel(code.chars().take(32).collect()))?;
-    get_json(store, &keys::channel(code)).await?.ok_or_else(|| CustomerError::UnknownChannel(code.to_owned()))
+    Ok(keys::channel(code))
+}
+
+/// Code `code`'s document from what its key ([`key_of`]) holds: `unknown_channel` when absent.
+pub fn decode(code: &str, key: &Key, raw: Option<&[u8]>) -> Result<ChannelCode, CustomerError> {
+    kv::decode_doc(key, raw)?.ok_or_else(|| CustomerError::UnknownChannel(code.to_owned()))
 }
 
 /// Every channel code, in the order created (the index, then one batch read; codes indexed but never written are

@@ -118,6 +118,86 @@ fn concurrent_first_logins_converge_on_one_customer() {
     assert_eq!(sessions.iter().filter(|s| s.is_new).count(), 1);
     let registered = pollster::block_on(funnel_count(&store, now().shanghai_day(), FunnelStep::Registered, "all"));
     assert_eq!(registered, Ok(1));
+    assert_eq!(counter(&store, &events::keys::stage("new")), 1);
+}
+
+fn counter(store: &MemStore, key: &kv::Key) -> i64 {
+    pollster::block_on(kv::read_counter(store, key)).expect("counter")
+}
+
+#[test]
+fn a_first_login_is_its_profile_with_the_registration_its_identity_and_the_counts() {
+    let store = MemStore::default();
+    let s = login_with(&store, assertion(Provider::Wechat, "wx_one", None), None).expect("login");
+    let c = pollster::block_on(customers::lookup(&store, &s.customer_id)).expect("read").expect("exists");
+    assert_eq!(c.applied_events, vec![format!("registered:{}", s.customer_id)]);
+    assert!(!events::unregistered(&c));
+    let day = now().shanghai_day();
+    for (key, n) in [
+        (events::keys::funnel(day, "registered", "all"), 1),
+        (events::keys::funnel(day, "registered", "sc:customers"), 1),
+        (events::keys::stage("new"), 1),
+    ] {
+        assert_eq!(counter(&store, &key), n, "{key}");
+    }
+    // No per-event or per-entry claims: the identity's index entry was the claim.
+    assert!(store.keys().iter().all(|k| !k.starts_with("cust:event:") && !k.starts_with("cust:stagefx:")));
+    // A returning login counts nothing and writes nothing.
+    let writes = store.writes();
+    let again = login_with(&store, assertion(Provider::Wechat, "wx_one", None), None).expect("login");
+    assert_eq!((again.customer_id.as_str(), again.is_new), (s.customer_id.as_str(), false));
+    assert_eq!(store.writes(), writes);
+}
+
+#[test]
+fn a_first_login_that_fails_or_crashes_anywhere_is_completed_by_its_retry_and_counted_at_most_once() {
+    // Arrange: the writes of a first login (profile claim and write, identity claim and write, three counters).
+    let probe = MemStore::default();
+    let id = login_with(&probe, assertion(Provider::Wechat, "wx_crash", None), None).expect("login").customer_id;
+    let writes = probe.writes();
+    assert_eq!(writes, 7);
+    let day = now().shanghai_day();
+    let counters = [
+        events::keys::funnel(day, "registered", "all"),
+        events::keys::funnel(day, "registered", "sc:customers"),
+        events::keys::stage("new"),
+    ];
+
+    for crash in [false, true] {
+        for n in 1..=writes {
+            let store = MemStore::default();
+            // Act: the n-th write fails (or lands and the process dies), then a new process retries, after the
+            // creation lease of any claim the first left behind.
+            if crash {
+                store.crash_after_write(n);
+            } else {
+                store.fail_write(n);
+            }
+            let first = login_with(&store, assertion(Provider::Wechat, "wx_crash", None), None);
+            store.heal();
+            store.set_now(1_800_000_000 + kv::CREATION_LEASE_SECS + 1);
+            let retry = login_with(&store, assertion(Provider::Wechat, "wx_crash", None), None).expect("retry");
+            let again = login_with(&store, assertion(Provider::Wechat, "wx_crash", None), None).expect("again");
+
+            // Assert: one customer, registered once, counted at most once; fully when the first login stopped
+            // before its identity's index entry was written (write 4), or failed without dying.
+            let case = format!("{} at write {n}", if crash { "crash" } else { "failure" });
+            assert_eq!((retry.customer_id.as_str(), again.customer_id.as_str()), (id.as_str(), id.as_str()), "{case}");
+            assert!(!again.is_new, "{case}");
+            let registrations = usize::from(first.as_ref().is_ok_and(|s| s.is_new)) + usize::from(retry.is_new);
+            assert_eq!(registrations, usize::from(n < 4 || (!crash && n == 4) || first.is_ok()), "{case}");
+            let c = pollster::block_on(customers::lookup(&store, &id)).expect("read").expect("exists");
+            assert_eq!(c.identities.len(), 1, "{case}");
+            assert_eq!(c.applied_events.len(), 1, "{case}");
+            for key in &counters {
+                let v = counter(&store, key);
+                assert!(v <= 1, "{case}: {key} = {v}");
+                if n < 4 || (!crash && n <= 4) {
+                    assert_eq!(v, 1, "{case}: {key}");
+                }
+            }
+        }
+    }
 }
 
 #[test]

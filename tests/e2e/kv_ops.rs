@@ -119,7 +119,7 @@ async fn key_value_round_trips_per_route_stay_within_budget() {
     counted(app, app.login(Provider::Wechat, "wx_kv_login_0", None, None)).await;
     let login = counted(app, app.login(Provider::Wechat, "wx_kv_login_1", None, None)).await;
     assert_eq!(login.0.status, 201, "login: {:?}", login.0.body);
-    rows.push(("POST /api/sessions (a new customer)", login.1, Budget::new(6, 14, 14)));
+    rows.push(("POST /api/sessions (a new customer)", login.1, Budget::new(6, 8, 8)));
     let me = || app.send("GET", "/api/me", None, Some(customer));
     counted(app, me()).await;
     rows.push(("GET /api/me", counted(app, me()).await.1, Budget::new(3, 1, 1)));
@@ -137,7 +137,7 @@ async fn key_value_round_trips_per_route_stay_within_budget() {
     };
     let o0 = counted(app, place(&q0, "kv-o0")).await.0;
     let (o1, order_ops) = counted(app, place(&q1, "kv-o1")).await;
-    rows.push(("POST /api/utility/orders", order_ops, Budget::new(12, 18, 17)));
+    rows.push(("POST /api/utility/orders", order_ops, Budget::new(12, 20, 19)));
     let pay = |o: &Reply, event: &str| {
         let body = json!({"event_id": event, "order_id": o.body["order"]["order_id"], "status": "succeeded",
             "paid_fen": o.body["order"]["total_fen"], "paid_at": now, "instrument": {"type": "bank_card", "bin": "62258801"}});
@@ -147,7 +147,7 @@ async fn key_value_round_trips_per_route_stay_within_budget() {
     rows.push((
         "POST /api/utility/payments/notify",
         counted(app, pay(&o1, "kv-evt-1")).await.1,
-        Budget::new(25, 46, 43),
+        Budget::new(25, 48, 45),
     ));
 
     let claim = |key: &'static str| {
@@ -164,7 +164,7 @@ async fn key_value_round_trips_per_route_stay_within_budget() {
     };
     let c0 = counted(app, claim("kv-c0")).await.0;
     let (c1, claim_ops) = counted(app, claim("kv-c1")).await;
-    rows.push(("POST /api/coupons/campaigns/{id}/claim", claim_ops, Budget::new(15, 32, 29)));
+    rows.push(("POST /api/coupons/campaigns/{id}/claim", claim_ops, Budget::new(15, 32, 27)));
     let redeem = |c: &Reply, order: &str| {
         let body =
             json!({"code": c.body["code"], "store_id": "s1", "order_amount_fen": 3000, "merchant_order_id": order});
@@ -172,7 +172,7 @@ async fn key_value_round_trips_per_route_stay_within_budget() {
         async move { app.partner(&mid, &msecret, "POST", "/api/coupons/redemptions", Some(&body)).await }
     };
     ok(counted(app, redeem(&c0, "kv-r0")).await.0, "redeem").await;
-    rows.push(("POST /api/coupons/redemptions", counted(app, redeem(&c1, "kv-r1")).await.1, Budget::new(20, 43, 41)));
+    rows.push(("POST /api/coupons/redemptions", counted(app, redeem(&c1, "kv-r1")).await.1, Budget::new(20, 42, 38)));
 
     let spend = |pos_txn: &str| {
         let body = json!({"pos_txn_id": pos_txn, "card_id": card, "amount_fen": 100});
@@ -182,11 +182,11 @@ async fn key_value_round_trips_per_route_stay_within_budget() {
     ok(counted(app, spend("kv-s0")).await.0, "spend").await;
     let (s1, spend_ops) = counted(app, spend("kv-s1")).await;
     ok(s1, "spend").await;
-    rows.push(("POST /api/campus/spend", spend_ops, Budget::new(20, 64, 47)));
+    rows.push(("POST /api/campus/spend", spend_ops, Budget::new(20, 47, 45)));
 
     let funnel = || app.send("GET", "/api/ops/funnel", None, Some(OPERATOR_TOKEN));
     counted(app, funnel()).await;
-    rows.push(("GET /api/ops/funnel (30 days)", counted(app, funnel()).await.1, Budget::new(40, 40, 8)));
+    rows.push(("GET /api/ops/funnel (30 days)", counted(app, funnel()).await.1, Budget::new(40, 40, 1)));
 
     let mut table = String::from(
         "| route | store operations (keys) | target | enforced | sequential round trips (calls) | target | enforced \
@@ -229,8 +229,9 @@ async fn key_value_round_trips_per_route_stay_within_budget() {
 const ROUND_TRIPS_TARGET: u64 = 8;
 
 /// What a route may spend. `keys` is the issue's target of store operations (keys read or written); `max_keys` and
-/// `max_calls` are enforced: what the route costs today (or the target, when met), so a change that adds store
-/// operations or round trips fails here first. docs/BENCHMARKS.md reports each route against the targets.
+/// `max_calls` are enforced: what the route costs today (or the target, when met) with two to spare for a write
+/// route (whether a ledger balance shard or a log chunk already exists varies with the generated ids), so a change
+/// that adds store operations or round trips fails here first. docs/BENCHMARKS.md reports each route against the targets.
 struct Budget {
     keys: u64,
     max_keys: u64,

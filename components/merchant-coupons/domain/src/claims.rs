@@ -46,10 +46,11 @@ fn new_code() -> Result<String, CouponError> {
     Ok(bytes.iter().map(|b| char::from(CODE_ALPHABET[usize::from(*b) % CODE_ALPHABET.len()])).collect())
 }
 
+/// `cpn:code:{code}`: the coupon a code belongs to.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct CodeEntry {
+pub(crate) struct CodeEntry {
     v: u32,
-    coupon_id: String,
+    pub(crate) coupon_id: String,
 }
 
 /// The coupon a code belongs to.

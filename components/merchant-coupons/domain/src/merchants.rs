@@ -152,7 +152,13 @@ pub async fn check_lockout(
     store_id: &str,
     now: Timestamp,
 ) -> Result<(), CouponError> {
-    match get_json::<Lockout>(store, &keys::lockout(merchant_id, store_id)).await? {
+    let key = keys::lockout(merchant_id, store_id);
+    lockout_in(&key, store.get(&key).await?.as_deref(), now)
+}
+
+/// [`check_lockout`] on the lockout document as read (`raw`, from `keys::lockout`).
+pub fn lockout_in(key: &scenefin_core::kv::Key, raw: Option<&[u8]>, now: Timestamp) -> Result<(), CouponError> {
+    match kv::decode_doc::<Lockout>(key, raw)? {
         Some(lock) if now < lock.until => Err(CouponError::LockedOut(lock.until)),
         _ => Ok(()),
     }

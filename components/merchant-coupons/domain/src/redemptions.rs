@@ -108,11 +108,18 @@ pub async fn redeem(
     if !merchant.stores.iter().any(|s| s.store_id == input.store_id) {
         return Err(CouponError::UnknownStore);
     }
-    merchants::check_lockout(store, &merchant.id, &input.store_id, now).await?;
     let code = input.code.trim().to_ascii_uppercase();
     let code_sha = hash_key_part(&code);
     let id = redemption_id_for(&merchant.id, &input.merchant_order_id);
-    if let Some(existing) = get_json::<Redemption>(store, &keys::redemption(&id)).await? {
+    // The store's lockout, the redemption this order may have made already and the code's entry, in one read.
+    let (lock_key, record_key) = (keys::lockout(&merchant.id, &input.store_id), keys::redemption(&id));
+    let mut read = vec![lock_key.clone(), record_key.clone()];
+    if claims::valid_code(&code) {
+        read.push(keys::code(&code));
+    }
+    let found = kv::get_all(store, &read).await?;
+    merchants::lockout_in(&lock_key, found[0].as_deref(), now)?;
+    if let Some(existing) = kv::decode_doc::<Redemption>(&record_key, found[1].as_deref())? {
         let same = existing.code_sha == code_sha
             && existing.store_id == input.store_id
             && existing.order_amount_fen == input.order_amount_fen;
@@ -121,7 +128,15 @@ pub async fn redeem(
         }
         return resume(store, existing, rules, now).await;
     }
-    let coupon = match claims::by_code(store, &code).await? {
+    let entry = match read.get(2) {
+        Some(key) => kv::decode_doc::<claims::CodeEntry>(key, found[2].as_deref())?,
+        None => None,
+    };
+    let coupon = match entry {
+        Some(entry) => coupons::get(store, &entry.coupon_id).await?,
+        None => None,
+    };
+    let coupon = match coupon {
         Some(c) if valid_code(&code) && !matches!(c.state, CouponState::Claiming | CouponState::Refused) => c,
         _ => return Err(miss(store, merchant, &input.store_id, now).await),
     };
@@ -180,14 +195,15 @@ async fn resume(
     rules: &LifecycleRules,
     now: Timestamp,
 ) -> Result<Redemption, CouponError> {
-    let record = match record.state {
+    // The coupon, when this call used it (it is then not read again).
+    let (record, coupon) = match record.state {
         RedemptionState::Refused => return Err(CouponError::AlreadyUsed),
-        RedemptionState::Completed | RedemptionState::Reversed => record,
+        RedemptionState::Completed | RedemptionState::Reversed => (record, None),
         RedemptionState::Pending => {
             let taken = kv::update_json(store, &coupons::keys::coupon(&record.coupon_id), |doc: Option<&Coupon>| {
                 let Some(c) = doc else { return Err(CouponError::CouponNotFound) };
                 if c.used_by.as_deref() == Some(record.redemption_id.as_str()) {
-                    return Ok(Step::Keep(Ok(())));
+                    return Ok(Step::Keep(Ok(c.clone())));
                 }
                 if let Err(e) = check_usable(c, record.order_amount_fen, now) {
                     return Ok(Step::Keep(Err(e)));
@@ -200,32 +216,35 @@ async fn resume(
                     locked_until: None,
                     ..c.clone()
                 };
-                Ok(Step::Write(used, Ok(())))
+                Ok(Step::Write(used.clone(), Ok(used)))
             })
             .await?;
-            if let Err(e) = taken {
-                let final_state =
-                    if e == CouponError::AlreadyUsed { RedemptionState::Refused } else { RedemptionState::Pending };
-                if final_state == RedemptionState::Refused {
-                    update(store, &record.redemption_id, |r| {
-                        (r.state == RedemptionState::Pending)
-                            .then(|| Redemption { state: RedemptionState::Refused, ..r.clone() })
-                    })
-                    .await?;
+            let coupon = match taken {
+                Ok(coupon) => coupon,
+                Err(e) => {
+                    let final_state =
+                        if e == CouponError::AlreadyUsed { RedemptionState::Refused } else { RedemptionState::Pending };
+                    if final_state == RedemptionState::Refused {
+                        update(store, &record.redemption_id, |r| {
+                            (r.state == RedemptionState::Pending)
+                                .then(|| Redemption { state: RedemptionState::Refused, ..r.clone() })
+                        })
+                        .await?;
+                    }
+                    return Err(e);
                 }
-                return Err(e);
-            }
-            let coupon = coupons::get(store, &record.coupon_id).await?.ok_or(CouponError::CouponNotFound)?;
+            };
             limits::commit(store, &Key::from_stored(&coupon.budget), &coupon.reservation_id, now).await?;
             ledger::post(store, &redeem_posting(&record)).await?;
-            update(store, &record.redemption_id, |r| {
+            let completed = update(store, &record.redemption_id, |r| {
                 (r.state == RedemptionState::Pending)
                     .then(|| Redemption { state: RedemptionState::Completed, ..r.clone() })
             })
-            .await?
+            .await?;
+            (completed, Some(coupon))
         }
     };
-    completed_effects(store, &record, rules).await?;
+    completed_effects(store, &record, coupon.as_ref(), rules).await?;
     Ok(record)
 }
 
@@ -257,8 +276,16 @@ async fn update(
     .await
 }
 
-async fn completed_effects(store: &impl Store, r: &Redemption, rules: &LifecycleRules) -> Result<(), CouponError> {
-    let coupon = coupons::get(store, &r.coupon_id).await?.ok_or(CouponError::CouponNotFound)?;
+async fn completed_effects(
+    store: &impl Store,
+    r: &Redemption,
+    coupon: Option<&Coupon>,
+    rules: &LifecycleRules,
+) -> Result<(), CouponError> {
+    let coupon = match coupon {
+        Some(coupon) => coupon.clone(),
+        None => coupons::get(store, &r.coupon_id).await?.ok_or(CouponError::CouponNotFound)?,
+    };
     let once = |what: &str| keys::effect(what, &r.redemption_id);
     // The campaign's statistics, behind one claim for the redemption.
     let counters = [

@@ -257,8 +257,10 @@ pub async fn extend(
     check_id(base, reservation_id)?;
     let key = resv_key(base, reservation_id);
     let current: Option<Resv> = decode_doc(&key, store.get(&key).await?.as_deref())?;
-    if current.is_some_and(|d| d.state == State::Reserved && d.expires_at != new_expires_at) {
-        // Indexed under the new hour first; the old entry is harmless, as the sweep re-reads the document.
+    let hour = |t: Timestamp| t.unix_secs().div_euclid(3600);
+    if current.is_some_and(|d| d.state == State::Reserved && hour(d.expires_at) != hour(new_expires_at)) {
+        // Indexed under the new hour first (within the same hour its entry serves); the old entry is harmless, as
+        // the sweep re-reads the document.
         index_open(store, base, reservation_id, new_expires_at).await?;
     }
     transition(store, base, reservation_id, |doc| match doc.state {

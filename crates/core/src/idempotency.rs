@@ -221,11 +221,35 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Recorded>,
 {
+    // Only the call of `op` is generic over the handler: claiming and recording are compiled once per store
+    // (component size).
+    let rec_key = match begin(store, now, component, principal, key, &request).await? {
+        Begun::Settled(settled) => return settled,
+        Begun::Owned(rec_key) => rec_key,
+    };
+    let response = op().await;
+    finish(store, &rec_key, &request, response).await
+}
+
+/// What [`begin`] found: the answer for a request that does not own the key, or the key of the record it now owns.
+enum Begun {
+    Settled(Result<Recorded, IdempotencyError>),
+    Owned(Key),
+}
+
+/// Validates the key and creates the record `in_flight` (or takes an abandoned one over), or settles against it.
+async fn begin(
+    store: &impl Store,
+    now: Timestamp,
+    component: &str,
+    principal: &str,
+    key: Option<&str>,
+    request: &Fingerprint,
+) -> Result<Begun, IdempotencyError> {
     let key =
         key.filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN && k.bytes().all(|b| b.is_ascii_graphic() || b == b' '));
     let Some(key) = key else { return Err(IdempotencyError::InvalidKey) };
     let rec_key = record_key(component, principal, key);
-    let request = &request;
     let fresh = Record::new(request, State::InFlight { started_at: now });
 
     // The record is created (or an abandoned one taken over) by the one writer `update_json` lets through; everyone
@@ -244,15 +268,23 @@ where
         }
     })
     .await?;
-    if let Some(settled) = settled {
-        return settled;
-    }
+    Ok(match settled {
+        Some(settled) => Begun::Settled(settled),
+        None => Begun::Owned(rec_key),
+    })
+}
 
-    let response = op().await;
+/// Records the response of the request that owns the key (a 5xx as `failed`, so it may run again).
+async fn finish(
+    store: &impl Store,
+    rec_key: &Key,
+    request: &Fingerprint,
+    response: Recorded,
+) -> Result<Recorded, IdempotencyError> {
     let state = if response.status >= 500 { State::Failed } else { State::Done { response: response.clone() } };
     let done = Record::new(request, state);
     let bytes = serde_json::to_vec(&done).map_err(|e| StoreError::Backend(e.to_string()))?;
-    store.set(&rec_key, &bytes).await?;
+    store.set(rec_key, &bytes).await?;
     Ok(response)
 }
 

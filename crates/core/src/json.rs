@@ -12,6 +12,22 @@ pub const DEFAULT_LIMIT_BYTES: usize = 64 * 1024;
 /// Errors: `413 payload_too_large` over `limit`; `400 malformed_json` for syntax; `400 validation_failed` with the
 /// JSON path of the field for wrong types, unknown or missing fields.
 pub fn decode<T: DeserializeOwned>(body: &[u8], limit: usize) -> Result<T, ApiError> {
+    let mut value = None;
+    decode_with(body, limit, &mut |de| {
+        value = Some(serde_path_to_error::deserialize(de)?);
+        Ok(())
+    })?;
+    value.ok_or_else(|| ApiError::internal("no value decoded"))
+}
+
+/// What a DTO's decoding is handed: the deserializer, to read the DTO from with its path tracked.
+type Reader<'a> = dyn FnMut(
+        &mut serde_json::Deserializer<serde_json::de::SliceRead<'_>>,
+    ) -> Result<(), serde_path_to_error::Error<serde_json::Error>>
+    + 'a;
+
+/// The checks and errors of [`decode`], compiled once: only reading the DTO is generic (component size).
+fn decode_with(body: &[u8], limit: usize, read: &mut Reader<'_>) -> Result<(), ApiError> {
     if body.len() > limit {
         return Err(ApiError::new(
             ErrorKind::PayloadTooLarge,
@@ -27,7 +43,7 @@ pub fn decode<T: DeserializeOwned>(body: &[u8], limit: usize) -> Result<T, ApiEr
         ));
     }
     let mut de = serde_json::Deserializer::from_slice(body);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    read(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() {
@@ -40,9 +56,7 @@ pub fn decode<T: DeserializeOwned>(body: &[u8], limit: usize) -> Result<T, ApiEr
             ApiError::validation(field, strip_position(&inner.to_string()))
         }
     })?;
-    de.end()
-        .map_err(|e| ApiError::new(ErrorKind::Invalid, "malformed_json", format!("trailing data after JSON: {e}")))?;
-    Ok(value)
+    de.end().map_err(|e| ApiError::new(ErrorKind::Invalid, "malformed_json", format!("trailing data after JSON: {e}")))
 }
 
 fn missing_field(msg: &str) -> Option<String> {

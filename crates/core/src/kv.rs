@@ -183,12 +183,35 @@ pub async fn get_json<T: DeserializeOwned>(store: &impl Store, key: &Key) -> Res
     decode_doc(key, store.get(key).await?.as_deref())
 }
 
-fn decode<T: DeserializeOwned>(key: &Key, bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt { key: key.to_string(), detail: e.to_string() })
+/// Reads one value from a JSON deserializer (the type-specific part of decoding a document).
+type JsonReader<'a> =
+    dyn FnMut(&mut serde_json::Deserializer<serde_json::de::SliceRead<'_>>) -> serde_json::Result<()> + 'a;
+
+/// Runs `read` on a JSON deserializer over `bytes`, then requires that nothing but whitespace follows: what
+/// `serde_json::from_slice` does, with its error as [`StoreError::Corrupt`]. Not generic, so a document type adds only
+/// its own `deserialize` (component size).
+fn parse_with(key: &Key, bytes: &[u8], read: &mut JsonReader<'_>) -> Result<(), StoreError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    read(&mut de).and_then(|()| de.end()).map_err(|e| corrupt(key, e))
 }
 
+/// `serde_json::to_vec` with its error as [`StoreError::Corrupt`] (only `T::serialize` is generic, as in
+/// [`parse_with`]).
 fn encode<T: Serialize>(key: &Key, value: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(value).map_err(|e| StoreError::Corrupt { key: key.to_string(), detail: e.to_string() })
+    write_with(key, &mut |ser| value.serialize(ser))
+}
+
+fn write_with(
+    key: &Key,
+    write: &mut dyn FnMut(&mut serde_json::Serializer<&mut Vec<u8>>) -> serde_json::Result<()>,
+) -> Result<Vec<u8>, StoreError> {
+    let mut out = Vec::with_capacity(128);
+    write(&mut serde_json::Serializer::new(&mut out)).map_err(|e| corrupt(key, e))?;
+    Ok(out)
+}
+
+fn corrupt(key: &Key, detail: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt { key: key.to_string(), detail: detail.to_string() }
 }
 
 /// Writes a JSON document unconditionally: for write-once documents whose content is determined by their key
@@ -626,18 +649,26 @@ fn with_tokens(key: &Key, body: &[u8], token: &str, previous: &[u8]) -> Result<V
 /// Decodes a JSON document; absent and an old creation marker ([`is_creating`]) both read as `None`. The write tokens
 /// (`"_w"`) are not part of the document.
 pub fn decode_doc<T: DeserializeOwned>(key: &Key, bytes: Option<&[u8]>) -> Result<Option<T>, StoreError> {
-    match bytes {
-        None => Ok(None),
-        Some(bytes) if is_creating(bytes) => Ok(None),
-        Some(bytes) => match split_tokens(bytes) {
-            Some((_, fields)) => {
-                let mut doc = Vec::with_capacity(bytes.len() + 1 - fields);
-                doc.push(b'{');
-                doc.extend_from_slice(&bytes[fields..]);
-                decode(key, &doc).map(Some)
-            }
-            None => decode(key, bytes).map(Some),
-        },
+    let mut doc = None;
+    parse_doc(key, bytes, &mut |de| {
+        doc = Some(T::deserialize(de)?);
+        Ok(())
+    })?;
+    Ok(doc)
+}
+
+/// [`decode_doc`] up to the document type: `read` runs on the document's JSON, without its write tokens, unless it is
+/// absent or an old creation marker.
+fn parse_doc(key: &Key, bytes: Option<&[u8]>, read: &mut JsonReader<'_>) -> Result<(), StoreError> {
+    let Some(bytes) = bytes.filter(|bytes| !is_creating(bytes)) else { return Ok(()) };
+    match split_tokens(bytes) {
+        Some((_, fields)) => {
+            let mut doc = Vec::with_capacity(bytes.len() + 1 - fields);
+            doc.push(b'{');
+            doc.extend_from_slice(&bytes[fields..]);
+            parse_with(key, &doc, read)
+        }
+        None => parse_with(key, bytes, read),
     }
 }
 

@@ -130,7 +130,7 @@ impl ApiError {
     }
 
     /// Converts any problem into an `ApiError`, keeping kind, code, message and field.
-    pub fn from_problem(p: &(impl Problem + ?Sized)) -> Self {
+    pub fn from_problem(p: &dyn Problem) -> Self {
         Self { kind: p.kind(), code: p.code(), detail: p.to_string(), field: p.field().map(str::to_owned) }
     }
 }
@@ -179,8 +179,9 @@ macro_rules! scenario_error_basics {
     };
 }
 
-/// The RFC 9457 body for a problem. `Internal` problems get a fixed detail: causes belong in logs.
-pub fn problem_json(p: &(impl Problem + ?Sized)) -> serde_json::Value {
+/// The RFC 9457 body for a problem. `Internal` problems get a fixed detail: causes belong in logs. Not generic: one
+/// copy serves every error type (component size).
+pub fn problem_json(p: &dyn Problem) -> serde_json::Value {
     let kind = p.kind();
     let detail = if kind == ErrorKind::Internal { "internal error".to_owned() } else { p.to_string() };
     let mut body = serde_json::json!({

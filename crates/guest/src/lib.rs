@@ -307,8 +307,17 @@ pub fn now<B>(req: &http::Request<B>, test_clock_enabled: bool) -> Result<Timest
 
 /// A JSON response.
 pub fn json_response(status: u16, value: &impl Serialize) -> Response {
-    match serde_json::to_vec(value) {
-        Ok(body) => raw_response(status, "application/json", body),
+    json_response_with(status, &mut |ser| value.serialize(ser))
+}
+
+/// [`json_response`] but for writing the value, compiled once (component size).
+fn json_response_with(
+    status: u16,
+    write: &mut dyn FnMut(&mut serde_json::Serializer<&mut Vec<u8>>) -> serde_json::Result<()>,
+) -> Response {
+    let mut body = Vec::with_capacity(128);
+    match write(&mut serde_json::Serializer::new(&mut body)) {
+        Ok(()) => raw_response(status, "application/json", body),
         Err(e) => problem(&ApiError::internal(format!("encoding response: {e}"))),
     }
 }
@@ -325,8 +334,8 @@ pub fn raw_response(status: u16, content_type: &str, body: impl Into<Bytes>) -> 
 }
 
 /// Renders a problem as RFC 9457 problem+json. Internal problems are logged with their cause and shown as
-/// "internal error".
-pub fn problem(p: &(impl Problem + ?Sized)) -> Response {
+/// "internal error". Not generic: one copy serves every error type (component size).
+pub fn problem(p: &dyn Problem) -> Response {
     if p.kind() == ErrorKind::Internal {
         eprintln!("internal error ({}): {p}", p.code());
     }
@@ -491,22 +500,33 @@ where
     Fut: std::future::Future<Output = Response>,
 {
     let key = header(req, "idempotency-key");
-    let target = format!("{} {}", req.method(), req.uri().path());
-    let fingerprint = scenefin_core::idempotency::Fingerprint::of(&target, body);
+    let fingerprint = fingerprint(req.method(), req.uri().path(), body);
     let recorded = scenefin_core::idempotency::run(store, now, component, principal, key, fingerprint, || async {
-        let res = op().await;
-        let status = res.status().as_u16();
-        let content_type = res
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/json")
-            .to_owned();
-        let body = http_body_util_collect(res).await;
-        scenefin_core::idempotency::Recorded { status, content_type, body }
+        record(op().await).await
     })
-    .await
-    .or_problem()?;
+    .await;
+    replay(recorded)
+}
+
+/// What identifies an idempotent request: `METHOD /path` and its body.
+fn fingerprint(method: &http::Method, path: &str, body: &[u8]) -> scenefin_core::idempotency::Fingerprint {
+    scenefin_core::idempotency::Fingerprint::of(&format!("{method} {path}"), body)
+}
+
+/// A response as the idempotency record keeps it.
+async fn record(res: Response) -> scenefin_core::idempotency::Recorded {
+    let status = res.status().as_u16();
+    let content_type =
+        res.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json").to_owned();
+    let body = http_body_util_collect(res).await;
+    scenefin_core::idempotency::Recorded { status, content_type, body }
+}
+
+/// The (possibly replayed) response of an idempotent request, or its problem.
+fn replay(
+    recorded: Result<scenefin_core::idempotency::Recorded, scenefin_core::idempotency::IdempotencyError>,
+) -> Result<Response, Response> {
+    let recorded = recorded.or_problem()?;
     Ok(raw_response(recorded.status, &recorded.content_type, recorded.body))
 }
 

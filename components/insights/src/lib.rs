@@ -87,7 +87,8 @@ async fn channels(req: &Request, route: &Route) -> Handled {
 async fn exceptions(req: &Request, route: &Route) -> Handled {
     require_operator(req).await?;
     let range = day_range(req, route).await?;
-    let items = scenefin_core::orders::exceptions(&store()?, &range.days()).await.or_problem()?;
+    let items =
+        scenefin_core::orders::exceptions_in(&store()?, &range.day_numbers(), range.now()).await.or_problem()?;
     let total_fen: i64 = items.iter().map(|e| e.exception.amount_fen).sum();
     Ok(json_response(200, &serde_json::json!({ "items": items, "total_fen": total_fen })))
 }

@@ -1151,7 +1151,25 @@ pub struct ListedException {
     pub exception: PaymentException,
 }
 
-/// The payment exceptions recorded on the given Shanghai days, oldest first: money to refund.
+/// [`exceptions`] over Asia/Shanghai day numbers as of `now`: which days have any is read from roll-ups of the
+/// days' log counters (a closed day's is fixed), so a year costs about sixty keys, then only those days' logs.
+pub async fn exceptions_in(
+    store: &impl Store,
+    day_numbers: &[i64],
+    now: Timestamp,
+) -> Result<Vec<ListedException>, OrderError> {
+    let counters = |day: u32| vec![kv::log_counter_key(&keys::exceptions(day))];
+    let (per_day, _) = crate::rollups::per_day(store, "exceptions", day_numbers, now, counters, &[]).await?;
+    let days: Vec<u32> = day_numbers
+        .iter()
+        .zip(&per_day)
+        .filter(|(_, counts)| counts.first().is_some_and(|n| *n > 0))
+        .map(|(day, _)| crate::rollups::day_of_number(*day))
+        .collect();
+    exceptions(store, &days).await
+}
+
+/// The payment exceptions recorded on the given Shanghai days (`yyyymmdd`), oldest first: money to refund.
 pub async fn exceptions(store: &impl Store, days: &[u32]) -> Result<Vec<ListedException>, OrderError> {
     let bases: Vec<Key> = days.iter().map(|d| keys::exceptions(*d)).collect();
     let entries: Vec<String> = kv::read_logs(store, &bases).await?.into_iter().flatten().collect();

@@ -64,10 +64,17 @@ const DEFAULT_SECONDS: u64 = 10;
 /// The same for the Redis runs (`SCENEFIN_BENCH_REDIS_SECONDS`).
 const DEFAULT_REDIS_SECONDS: u64 = 5;
 
+/// The share of the floor's rate a write route must reach.
+fn write_ratio(route: &str) -> f64 {
+    if route.contains("/quotes") { QUOTE_RATIO } else { WRITE_RATIO }
+}
+
 /// Targets.
 const MAX_WASM_BYTES: u64 = 1 << 20;
 const READ_RATIO: f64 = 0.60;
 const WRITE_RATIO: f64 = 0.25;
+/// Quotes are asked for more often than anything is paid: the issue wants them at 35% of the floor.
+const QUOTE_RATIO: f64 = 0.35;
 const MAX_P99_MS: f64 = 20.0;
 const MAX_WARM_START_MS: f64 = 1000.0;
 /// Sequential round trips to the store per request, on every route.
@@ -1899,7 +1906,7 @@ fn report(
     for r in results.iter().filter(|r| r.kind != Kind::Floor) {
         let (want, what) = match r.kind {
             Kind::Read => (READ_RATIO, "read"),
-            _ => (WRITE_RATIO, "write"),
+            _ => (write_ratio(&r.route), "write"),
         };
         let ratio = r.rps / floor;
         writeln!(
@@ -2405,7 +2412,7 @@ fn why_not_met(
     let floor_cpu = floor.cpu_us_per_request();
     let mut lines = Vec::new();
     for r in results.iter().filter(|r| r.kind != Kind::Floor) {
-        let want = if r.kind == Kind::Read { READ_RATIO } else { WRITE_RATIO };
+        let want = if r.kind == Kind::Read { READ_RATIO } else { write_ratio(&r.route) };
         let ratio = r.rps / floor.rps;
         if ratio < want {
             lines.push(format!(
@@ -2503,12 +2510,16 @@ fn why_not_met(
             }
             _ => line.push_str(" (no trace of its calls in `target/kv-ops-trace.md`)."),
         }
+        line.push_str(
+            " Done and tried so far, and what is left: docs/PERFORMANCE.md, \"Store operations per request\".",
+        );
         lines.push(line);
     }
     if let Some((id, size)) = largest.filter(|(_, size)| *size > MAX_WASM_BYTES) {
         lines.push(format!(
             "- `{id}` is {:.1} KiB over 1 MiB, already built with `opt-level = \"z\"`, LTO, one codegen unit and \
-             stripped; the rest is its code (serde and the domain).",
+             stripped; the rest is its code (serde and the domain). Done and tried so far, and the leads left: \
+             docs/PERFORMANCE.md, \"What is left\" and \"Tried and not adopted\".",
             (*size - MAX_WASM_BYTES) as f64 / 1024.0
         ));
     }
@@ -2518,7 +2529,14 @@ fn why_not_met(
     writeln!(d)?;
     writeln!(d, "## Why the missed targets are missed")?;
     writeln!(d)?;
-    writeln!(d, "From this run's numbers; where the CPU goes inside a request is profiled in docs/PERFORMANCE.md.")?;
+    writeln!(
+        d,
+        "From this run's numbers. What was changed and tried for each kind of target, measured, is in \
+         docs/PERFORMANCE.md: store operations and round trips under \"Store operations per request\" (with what \
+         reaching the targets would take), component size under \"What is left\", throughput, latency and Spin \
+         under \"Changed because of it\", \"Tried and not adopted\" and \"On real Spin 4\"; where the CPU goes \
+         inside a request is profiled there too."
+    )?;
     writeln!(d)?;
     for line in lines {
         writeln!(d, "{line}")?;

@@ -139,7 +139,7 @@ pub async fn configure(store: &impl Store, base: &Key, total_fen: i64, now: Time
         }
         let since_hour = match doc {
             Some(d) => d.since_hour,
-            None => Some(now.unix_secs().div_euclid(3600) - 1),
+            None => Some(hour_of(now) - 1),
         };
         Ok::<_, LimitError>(Step::Write(Config { v: 1, total_fen, since_hour }, ()))
     })
@@ -172,7 +172,7 @@ pub async fn reserve(
     // 1. Take the amount from the budget, after freeing what expired in the hours since the last sweep. The watermark
     //    and the budget are read together; within an hour of the last sweep nothing else is read.
     let budget = read_budget(store, base).await?;
-    let current = now.unix_secs().div_euclid(3600);
+    let current = hour_of(now);
     let through = watermark(budget.swept_through, budget.since_hour, current);
     let mut taken = if through >= current - 1 {
         take_from(store, base, amount_fen, budget.total, budget.reserved).await?
@@ -257,8 +257,7 @@ pub async fn extend(
     check_id(base, reservation_id)?;
     let key = resv_key(base, reservation_id);
     let current: Option<Resv> = decode_doc(&key, store.get(&key).await?.as_deref())?;
-    let hour = |t: Timestamp| t.unix_secs().div_euclid(3600);
-    if current.is_some_and(|d| d.state == State::Reserved && hour(d.expires_at) != hour(new_expires_at)) {
+    if current.is_some_and(|d| d.state == State::Reserved && hour_of(d.expires_at) != hour_of(new_expires_at)) {
         // Indexed under the new hour first (within the same hour its entry serves); the old entry is harmless, as
         // the sweep re-reads the document.
         index_open(store, base, reservation_id, new_expires_at).await?;
@@ -314,7 +313,7 @@ pub async fn sweep_expired(
     max_hours_back: u32,
 ) -> Result<usize, LimitError> {
     check_base(base)?;
-    let current = now.unix_secs().div_euclid(3600);
+    let current = hour_of(now);
     sweep_hours(store, base, now, current - i64::from(max_hours_back), current).await
 }
 
@@ -329,7 +328,7 @@ pub async fn sweep_expired(
 pub async fn sweep_due(store: &impl Store, base: &Key, now: Timestamp, this_hour: bool) -> Result<usize, LimitError> {
     check_base(base)?;
     let key = swept_key(base);
-    let current = now.unix_secs().div_euclid(3600);
+    let current = hour_of(now);
     let through = swept_through(store, base, current).await?;
     let last = if this_hour { current } else { current - 1 };
     if through >= last {
@@ -356,13 +355,8 @@ pub async fn sweep_due(store: &impl Store, base: &Key, now: Timestamp, this_hour
 pub async fn status_at(store: &impl Store, base: &Key, now: Timestamp) -> Result<BudgetStatus, LimitError> {
     check_base(base)?;
     let budget = read_budget(store, base).await?;
-    let status = BudgetStatus {
-        total_fen: budget.total,
-        reserved_fen: budget.reserved,
-        committed_fen: budget.committed,
-        available_fen: 0,
-    };
-    let current = now.unix_secs().div_euclid(3600);
+    let status = budget.status();
+    let current = hour_of(now);
     let through = watermark(budget.swept_through, budget.since_hour, current);
     let from = (through + 1).max(current - SWEEP_CATCH_UP_HOURS);
     let lapsed: i64 = indexed(store, base, from, current)
@@ -379,12 +373,13 @@ pub async fn status_at(store: &impl Store, base: &Key, now: Timestamp) -> Result
 /// The last expiry hour swept for good: the `{base}:swept` watermark, else the hour before the budget was
 /// configured, else (budgets configured before either existed) a few hours back.
 async fn swept_through(store: &impl Store, base: &Key, current: i64) -> Result<i64, LimitError> {
-    let swept = crate::kv::get_json::<Swept>(store, &swept_key(base)).await?;
-    if let Some(swept) = swept {
-        return Ok(swept.through_hour);
-    }
-    let config: Option<Config> = crate::kv::get_json(store, base).await?;
-    Ok(watermark(None, config.and_then(|c| c.since_hour), current))
+    let budget = read_budget(store, base).await?;
+    Ok(watermark(budget.swept_through, budget.since_hour, current))
+}
+
+/// The Unix hour `t` falls in (expiry hours index reservations).
+fn hour_of(t: Timestamp) -> i64 {
+    t.unix_secs().div_euclid(3600)
 }
 
 /// The last expiry hour swept: the recorded watermark, else the configured start, else a few hours back.
@@ -426,10 +421,7 @@ async fn indexed(store: &impl Store, base: &Key, from: i64, to: i64) -> Result<V
 /// The budget's total and counters (one round trip).
 pub async fn status(store: &impl Store, base: &Key) -> Result<BudgetStatus, LimitError> {
     check_base(base)?;
-    let BudgetRead { total: total_fen, reserved: reserved_fen, committed: committed_fen, .. } =
-        read_budget(store, base).await?;
-    let available_fen = total_fen.saturating_sub(reserved_fen).max(0);
-    Ok(BudgetStatus { total_fen, reserved_fen, committed_fen, available_fen })
+    Ok(read_budget(store, base).await?.status())
 }
 
 /// Adds `amount` to a capped counter (per-subject or per-day limits) if the result stays within `cap`: `true` when
@@ -590,6 +582,18 @@ struct BudgetRead {
     since_hour: Option<i64>,
 }
 
+impl BudgetRead {
+    /// What a budget read shows: total, reserved, committed and what is left.
+    fn status(&self) -> BudgetStatus {
+        BudgetStatus {
+            total_fen: self.total,
+            reserved_fen: self.reserved,
+            committed_fen: self.committed,
+            available_fen: self.total.saturating_sub(self.reserved).max(0),
+        }
+    }
+}
+
 /// Total, reserved, committed and the sweep watermark, in one round trip.
 async fn read_budget(store: &impl Store, base: &Key) -> Result<BudgetRead, LimitError> {
     let keys = [base.clone(), reserved_key(base), committed_key(base), swept_key(base)];
@@ -633,7 +637,7 @@ async fn take_from(store: &impl Store, base: &Key, amount: i64, total: i64, rese
 
 /// Lists a granted reservation under the hour it expires.
 async fn index_open(store: &impl Store, base: &Key, id: &str, expires_at: Timestamp) -> Result<(), LimitError> {
-    let key = open_key(base, expires_at.unix_secs().div_euclid(3600), shard_of(id));
+    let key = open_key(base, hour_of(expires_at), shard_of(id));
     crate::kv::append_to_log(store, &key, id).await?;
     Ok(())
 }

@@ -231,14 +231,16 @@ pub async fn spend(
             // The card's checks and its daily limit come before the record, so the record is written once with
             // their outcome: refused, or pending with the limit taken.
             let counter = keys::spent(&card.card_id, fresh.day);
-            let mut took = false;
-            match check_card(store, &fresh, &card, input.pay_code.as_deref(), now).await? {
-                Some(refusal) => (fresh.state, fresh.refusal) = (SpendState::Refused, Some(refusal)),
-                None if limits::take(store, &counter, card.daily_limit_fen, input.amount_fen).await? => {
-                    (fresh.limit_taken, took) = (true, true);
+            let took = match admit(store, &fresh, &card, input.pay_code.as_deref(), now).await? {
+                Some(refusal) => {
+                    (fresh.state, fresh.refusal) = (SpendState::Refused, Some(refusal));
+                    false
                 }
-                None => (fresh.state, fresh.refusal) = (SpendState::Refused, Some(Refusal::DailyLimitExceeded)),
-            }
+                None => {
+                    fresh.limit_taken = true;
+                    true
+                }
+            };
             // Read as absent just now: claim its creation first. A concurrent attempt of the same spend that
             // recorded it first owns the limit: ours goes back.
             let created = kv::update_json_new(store, &key, |doc: Option<&Spend>| match doc {
@@ -301,15 +303,11 @@ async fn resume(
                     Some(c) => c,
                     None => cards::get(store, &record.card_id).await?,
                 };
-                if let Some(refusal) = check_card(store, &record, &current, pay_code, now).await? {
+                if let Some(refusal) = admit(store, &record, &current, pay_code, now).await? {
                     return refuse(store, &record, refusal).await;
                 }
-                let limit_fen = current.daily_limit_fen;
                 card = Some(current);
                 let counter = keys::spent(&record.card_id, record.day);
-                if !limits::take(store, &counter, limit_fen, record.amount_fen).await? {
-                    return refuse(store, &record, Refusal::DailyLimitExceeded).await;
-                }
                 let flagged = update(store, &record.spend_id, |s| {
                     (s.state == SpendState::Pending && !s.limit_taken).then(|| Spend { limit_taken: true, ..s.clone() })
                 })
@@ -354,6 +352,25 @@ async fn resume(
     };
     completed_effects(store, &record, &card, rules, first).await?;
     Ok(record)
+}
+
+/// Admits a spend on its card: the card-side checks ([`check_card`]), then the day's limit taken. `None` when
+/// admitted (the limit is then taken for the spend); otherwise the refusal, with nothing taken.
+async fn admit(
+    store: &impl Store,
+    record: &Spend,
+    card: &Card,
+    pay_code: Option<&str>,
+    now: Timestamp,
+) -> Result<Option<Refusal>, CampusError> {
+    if let Some(refusal) = check_card(store, record, card, pay_code, now).await? {
+        return Ok(Some(refusal));
+    }
+    let counter = keys::spent(&record.card_id, record.day);
+    if !limits::take(store, &counter, card.daily_limit_fen, record.amount_fen).await? {
+        return Ok(Some(Refusal::DailyLimitExceeded));
+    }
+    Ok(None)
 }
 
 /// The card-side checks before any money or limit moves: state, expiry, and the pay code (claimed for this spend).

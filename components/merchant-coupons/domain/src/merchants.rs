@@ -145,18 +145,8 @@ struct Lockout {
     until: Timestamp,
 }
 
-/// Refuses while the merchant's store `store_id` (a known one) is locked out.
-pub async fn check_lockout(
-    store: &impl Store,
-    merchant_id: &str,
-    store_id: &str,
-    now: Timestamp,
-) -> Result<(), CouponError> {
-    let key = keys::lockout(merchant_id, store_id);
-    lockout_in(&key, store.get(&key).await?.as_deref(), now)
-}
-
-/// [`check_lockout`] on the lockout document as read (`raw`, from `keys::lockout`).
+/// Refuses a store that is locked out: `raw` is its lockout document (`keys::lockout`) as read, usually in one
+/// batch with what the request needs next.
 pub fn lockout_in(key: &scenefin_core::kv::Key, raw: Option<&[u8]>, now: Timestamp) -> Result<(), CouponError> {
     match kv::decode_doc::<Lockout>(key, raw)? {
         Some(lock) if now < lock.until => Err(CouponError::LockedOut(lock.until)),
@@ -167,7 +157,7 @@ pub fn lockout_in(key: &scenefin_core::kv::Key, raw: Option<&[u8]>, now: Timesta
 /// Counts a failed code lookup at a store. Within a clock minute the first [`MAX_MISSES_PER_MINUTE`] are answered
 /// (`Ok`: the caller says "no such coupon"), the last of them locks the store out for [`LOCKOUT_SECS`], and any
 /// beyond is refused as locked out. The count is one atomic `increment` of a counter-only key, never a read then a
-/// write, so however many lookups race past [`check_lockout`], exactly that many are answered.
+/// write, so however many lookups race past [`lockout_in`], exactly that many are answered.
 pub async fn record_miss(
     store: &impl Store,
     merchant_id: &str,

@@ -3,16 +3,19 @@
 //! - `build`: make sure the `wasm32-wasip2` target is installed, then build every component of spin.toml and every
 //!   test fixture in release, in one cargo invocation.
 //! - `up [host args...]`: build, generate development secrets on first run, serve spin.toml on 127.0.0.1:3000.
-//! - `test [cargo test args...]`: build, then `cargo test --workspace`; a full run (no args) regenerates
+//! - `test [cargo test args...]`: build, then `cargo test --workspace`; a full run (no args) first installs what the
+//!   tests need beyond Rust (see `deps.rs`; `test --deps-only` does only that), and at the end regenerates
 //!   docs/RELIABILITY.md from the rows the reliability tests wrote, then runs the money and concurrency suites
 //!   again under the real Spin CLI (`test-spin`) when there is one.
-//! - `test-spin [spin-sqlite | spin-redis] [test filters...]`: build, then run the end-to-end suites of
-//!   [`SPIN_SUITES`] (or the filters) under `spin up`, on Spin's SQLite store and on Redis (or the one runtime named).
+//! - `test-spin [spin-sqlite | spin-redis] [test filters...]`: install what it needs (xz to unpack the Spin CLI,
+//!   redis-server for spin-redis), build, then run the end-to-end suites of [`SPIN_SUITES`] (or the filters) under
+//!   `spin up`, on Spin's SQLite store and on Redis (or the one runtime named).
 //! - `check-invariants`: the architecture invariants a machine can check (see ARCHITECTURE.md).
 //! - `bench`: load-test the host with `wrk`, then real Spin (SQLite) and both on Redis, count store operations per
 //!   route (the `kv_ops` test) and write docs/BENCHMARKS.md (see `bench.rs`).
 
 mod bench;
+mod deps;
 mod reliability;
 
 use std::collections::BTreeMap;
@@ -50,6 +53,16 @@ fn xtask() -> Result<()> {
             bench::bench(&root)
         }
         "test" => {
+            let deps_only = rest.first().is_some_and(|a| a == "--deps-only");
+            if rest.is_empty() || deps_only {
+                let mut needs = vec![&deps::CHROMIUM, &deps::NODE, &deps::NPM, &deps::REDIS];
+                needs.extend(spin_needs(&root, &[]));
+                deps::ensure(&root, &needs, true)?;
+                if deps_only {
+                    println!("xtask: everything the tests need is installed");
+                    return Ok(());
+                }
+            }
             build(&root)?;
             // Tests that kill or multiply hosts run the binary.
             run(Command::new(cargo()).current_dir(&root).args(["build", "-p", "scenefin-host"]))?;
@@ -63,12 +76,13 @@ fn xtask() -> Result<()> {
             Ok(())
         }
         "test-spin" => {
+            deps::ensure(&root, &spin_needs(&root, &rest), false)?;
             build(&root)?;
             test_spin(&root, &rest)
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <build | up [host args] | test [cargo test args] | \
+                "usage: cargo xtask <build | up [host args] | test [--deps-only | cargo test args] | \
                  test-spin [spin-sqlite | spin-redis] [test filters] | check-invariants | bench>"
             );
             bail!("unknown task {task:?}")
@@ -82,6 +96,11 @@ fn root() -> PathBuf {
 
 fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+}
+
+/// `name` in a directory of `PATH`.
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|dir| dir.join(name)).find(|p| p.is_file())
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
@@ -113,9 +132,7 @@ const SPIN_TEST_THREADS: &str = "3";
 /// Runs the e2e `filters` (default [`SPIN_SUITES`]) under `spin up`, on each runtime of `args` (default both);
 /// without a Spin binary, says so in one line and succeeds.
 fn test_spin(root: &Path, args: &[String]) -> Result<()> {
-    let (runtimes, filters): (Vec<&str>, Vec<&str>) =
-        args.iter().map(String::as_str).partition(|a| matches!(*a, "spin-sqlite" | "spin-redis"));
-    let runtimes = if runtimes.is_empty() { vec!["spin-sqlite", "spin-redis"] } else { runtimes };
+    let (runtimes, filters) = spin_args(args);
     let filters = if filters.is_empty() { SPIN_SUITES.to_vec() } else { filters };
     let Some(spin) = spin_binary(root) else {
         println!("xtask: no Spin binary (set SCENEFIN_SPIN or put spin on PATH): the real-Spin suites are skipped");
@@ -148,21 +165,45 @@ fn test_spin(root: &Path, args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// The Spin CLI: `SCENEFIN_SPIN`, else `spin` on `PATH`, else what `../shared/tools/spin/install` unpacks (the
-/// same search as the e2e tests' `runtime::spin_binary`).
+/// `test-spin`'s arguments: the runtimes (default both) and the test filters.
+fn spin_args(args: &[String]) -> (Vec<&str>, Vec<&str>) {
+    let (runtimes, filters): (Vec<&str>, Vec<&str>) =
+        args.iter().map(String::as_str).partition(|a| matches!(*a, "spin-sqlite" | "spin-redis"));
+    (if runtimes.is_empty() { vec!["spin-sqlite", "spin-redis"] } else { runtimes }, filters)
+}
+
+/// What `test-spin` with `args` needs beyond Rust: xz when the Spin CLI is still to be unpacked, redis-server when
+/// there is a Spin CLI to run on Redis.
+fn spin_needs(root: &Path, args: &[String]) -> Vec<&'static deps::Tool> {
+    let on_hand = spin_on_hand().is_some();
+    let unpack = !on_hand && spin_installer(root).is_some();
+    let mut needs = Vec::new();
+    if unpack {
+        needs.push(&deps::XZ);
+    }
+    if (on_hand || unpack) && spin_args(args).0.contains(&"spin-redis") {
+        needs.push(&deps::REDIS);
+    }
+    needs
+}
+
+/// The Spin CLI on hand: `SCENEFIN_SPIN`, else `spin` on `PATH`.
+fn spin_on_hand() -> Option<PathBuf> {
+    std::env::var_os("SCENEFIN_SPIN").filter(|p| !p.is_empty()).map(PathBuf::from).or_else(|| on_path("spin"))
+}
+
+/// The script that unpacks the real Spin CLI beside the checkout.
+fn spin_installer(root: &Path) -> Option<PathBuf> {
+    Some(root.join("../shared/tools/spin/install")).filter(|p| p.is_file())
+}
+
+/// The Spin CLI: [`spin_on_hand`], else what `../shared/tools/spin/install` unpacks (the same search as the e2e
+/// tests' `runtime::spin_binary`).
 fn spin_binary(root: &Path) -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("SCENEFIN_SPIN").filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(path));
+    if let Some(spin) = spin_on_hand() {
+        return Some(spin);
     }
-    let on_path = std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join("spin")).find(|p| p.is_file()));
-    if on_path.is_some() {
-        return on_path;
-    }
-    let install = root.join("../shared/tools/spin/install");
-    if !install.is_file() {
-        return None;
-    }
+    let install = spin_installer(root)?;
     let out = Command::new(&install).current_dir(root).stderr(std::process::Stdio::inherit()).output().ok()?;
     let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     (out.status.success() && path.is_file()).then_some(path)

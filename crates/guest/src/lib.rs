@@ -180,6 +180,18 @@ impl Route {
         self.segments.iter().map(String::as_str).collect()
     }
 
+    /// A page size from query parameter `limit`: a whole number from 1 to `max`, `default` when absent.
+    /// Anything else is `400 validation_failed` naming `limit`, never clamped or ignored.
+    pub fn limit(&self, default: usize, max: usize) -> Result<usize, ApiError> {
+        let Some(raw) = self.query_param("limit") else {
+            return Ok(default);
+        };
+        raw.parse::<usize>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| ApiError::validation("limit", format!("limit: a whole number from 1 to {max}")))
+    }
+
     /// A query parameter.
     pub fn query_param(&self, name: &str) -> Option<String> {
         self.query.as_deref()?.split('&').find_map(|pair| {

@@ -159,7 +159,7 @@ pub fn placed_response(order: &Order) -> Response {
 pub async fn list(req: &Request, route: &Route, owner: &str) -> Handled {
     let now = request_time(req).await?;
     let customer = require_customer(req, now).await?;
-    let limit = route.query_param("limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(20).clamp(1, 100);
+    let limit = route.limit(20, 100).or_problem()?;
     let cursor = route.query_param("cursor");
     let store = SpinStore::open_default().or_problem()?;
     let (items, next) =
@@ -214,12 +214,13 @@ pub async fn refund<E: Problem>(
     let store = SpinStore::open_default().or_problem()?;
     let (head, bytes) = split(req, DEFAULT_LIMIT_BYTES).await?;
     let caller = require_operator_or_partner(&head, &store, owner, &bytes, now).await?;
+    let key = head.headers().get("idempotency-key").and_then(|v| v.to_str().ok());
+    let key = scenefin_core::idempotency::valid_key(key).or_problem()?;
     let order = orders::get_order(&store, owner, id, now).await.or_problem()?;
     caller.require(&resource_of(&order).unwrap_or_default())?;
     let by = caller.id().to_owned();
     let rules = lifecycle_rules().await;
-    // The request's id for a partial refund: its caller and idempotency key (a missing key is refused below).
-    let key = head.headers().get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    // The request's id for a partial refund: its caller and idempotency key.
     let request_id = scenefin_core::ids::hash_key_part(&format!("{by}:{key}"))[..16].to_owned();
     idempotent(&store, &head, owner, &by, &bytes, now, async || {
         let amount_fen = if bytes.iter().all(u8::is_ascii_whitespace) {

@@ -1,6 +1,7 @@
 //! `docs/openapi.yaml` against the components: the document is well formed, it documents exactly the routes of the
-//! components' route tables (the `//! | Method | Path | ... |` tables of `components/*/src/lib.rs`), and every
-//! operation it documents is really routed by some component of the running app.
+//! components' route tables (the `//! | Method | Path | ... |` tables of `components/*/src/lib.rs`), every
+//! operation it documents is really routed by some component of the running app, and `OPTIONS` and `405`s on a
+//! documented path name exactly its methods in `Allow`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -459,4 +460,93 @@ async fn every_documented_operation_is_routed_by_some_component() {
         "documented in docs/openapi.yaml but routed by no component:\n  {}",
         unrouted.join("\n  ")
     );
+}
+
+/// The methods of a response's `Allow` header (RFC 9110 §10.2.1), or `None` without one.
+fn allow(res: &reqwest::Response) -> Option<BTreeSet<String>> {
+    let value = res.headers().get(reqwest::header::ALLOW)?.to_str().ok()?;
+    Some(value.split(',').map(|m| m.trim().to_owned()).filter(|m| !m.is_empty()).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn options_and_405s_allow_exactly_the_documented_methods() {
+    let doc = document();
+    let mut documented: BTreeMap<&str, (String, BTreeSet<String>)> = BTreeMap::new();
+    for op in operations(&doc) {
+        let concrete = concrete_path(&doc, &op);
+        documented.entry(op.path).or_insert_with(|| (concrete, BTreeSet::new())).1.insert(op.method.clone());
+    }
+    let app = TestApp::spawn().await.expect("app starts");
+    let send = |method: &str, path: &str| {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        app.client.request(method, format!("{}{path}", app.base)).send()
+    };
+
+    // Arrange: every documented path, its parameters filled in; the methods it should allow are the documented ones,
+    // OPTIONS, and HEAD exactly where HEAD is really answered (the console's pages).
+    let mut wrong = Vec::new();
+    for (template, (path, methods)) in &documented {
+        let head = send("HEAD", path).await.expect("HEAD");
+        let mut expected = methods.clone();
+        expected.insert("OPTIONS".to_owned());
+        if head.status() != 405 {
+            expected.insert("HEAD".to_owned());
+        }
+
+        // Act
+        let options = send("OPTIONS", path).await.expect("OPTIONS");
+
+        // Assert
+        if (options.status().as_u16(), allow(&options).as_ref()) != (204, Some(&expected)) {
+            wrong.push(format!(
+                "OPTIONS {path} ({template}): {} Allow {:?}, expected 204 Allow {expected:?}",
+                options.status(),
+                allow(&options)
+            ));
+        }
+        let lacking = ["GET", "POST", "PUT", "DELETE"].into_iter().find(|m| !methods.contains(*m));
+        for method in ["TRACE", "PATCH"].into_iter().chain(lacking).filter(|m| !methods.contains(*m)) {
+            let res = send(method, path).await.expect(method);
+            let status = res.status().as_u16();
+            let allowed = allow(&res);
+            let content_type =
+                res.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let body: Value = res.json().await.unwrap_or(Value::Null);
+            if (status, allowed.as_ref(), content_type.as_deref(), body["code"].as_str())
+                != (405, Some(&expected), Some("application/problem+json"), Some("method_not_allowed"))
+            {
+                wrong.push(format!(
+                    "{method} {path} ({template}): {status} {content_type:?} {} Allow {allowed:?}, expected 405 \
+                     problem+json method_not_allowed Allow {expected:?}",
+                    body["code"]
+                ));
+            }
+        }
+    }
+    // An unknown path under each component's prefix is not served with any method.
+    for path in [
+        "/api/utility/x1",
+        "/api/property/orders/x1/x1",
+        "/api/campus/cards/x1",
+        "/api/coupons/x1",
+        "/api/referrals/programs/x1/x1",
+        "/api/ops/x1",
+        "/api/ops/customers/x1/x1",
+        "/api/channels/x1/x1",
+        "/x1",
+        "/assets/x1.css",
+    ] {
+        let res = send("OPTIONS", path).await.expect("OPTIONS");
+        let status = res.status().as_u16();
+        let allowed = allow(&res);
+        let content_type = res.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        if (status, allowed.is_some(), content_type) != (404, false, Some("application/problem+json")) {
+            wrong.push(format!(
+                "OPTIONS {path}: {status} {content_type:?} Allow {allowed:?}, expected 404 problem+json"
+            ));
+        }
+    }
+    app.host.shutdown().await;
+
+    assert!(wrong.is_empty(), "Allow of OPTIONS and 405s against docs/openapi.yaml:\n  {}", wrong.join("\n  "));
 }

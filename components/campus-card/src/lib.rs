@@ -70,31 +70,31 @@ async fn handle(req: Request) -> Response {
         (&Method::POST, ["api", "campus", "partners", id, "revoke-previous-secret"]) => {
             scenefin_guest::partners::revoke_previous_secret(req, campus_card_domain::OWNER, id).await
         }
-        (_, path) => unmatched(known_path(path)),
+        (_, path) => unmatched(&route, allowed(path)),
     };
     result.unwrap_or_else(|response| response)
 }
 
-/// Paths this component serves with some method (a wrong method on them is 405, anything else 404).
-fn known_path(path: &[&str]) -> bool {
-    matches!(
-        path,
-        ["api", "campus", "schools" | "topups" | "orders" | "spend"]
-            | ["api", "campus", "schools", _, "stats" | "merchants" | "members"]
-            | ["api", "campus", "schools", _, "cards", _, "freeze" | "unfreeze"]
-            | ["api", "campus", "cards", "bind" | "me"]
-            | [
-                "api",
-                "campus",
-                "cards",
-                _,
-                "limits" | "report-lost" | "unfreeze" | "reissue" | "pay-code" | "transactions"
-            ]
-            | ["api", "campus", "orders", _]
-            | ["api", "campus", "orders", _, "refund"]
-            | ["api", "campus", "payments", "notify" | "refund-notify"]
-            | ["api", "campus", "spend", _, "reverse"]
-            | ["api", "campus", "merchants", _, "settlement"]
-            | ["api", "campus", "partners", _, "rotate-secret" | "revoke-previous-secret"]
-    )
+/// The methods each path of the route table serves (their `Allow`, for 405s and OPTIONS); `None` for any other path.
+fn allowed(path: &[&str]) -> Option<&'static str> {
+    Some(match path {
+        ["api", "campus", "schools" | "topups" | "spend"] => "POST",
+        ["api", "campus", "orders"] => "GET",
+        ["api", "campus", "schools", _, "stats"] => "GET",
+        ["api", "campus", "schools", _, "merchants"] => "POST",
+        ["api", "campus", "schools", _, "members"] => "PUT",
+        ["api", "campus", "schools", _, "cards", _, "freeze" | "unfreeze"] => "POST",
+        ["api", "campus", "cards", "bind"] => "POST",
+        ["api", "campus", "cards", "me"] => "GET",
+        ["api", "campus", "cards", _, "limits"] => "PUT",
+        ["api", "campus", "cards", _, "report-lost" | "unfreeze" | "reissue" | "pay-code"] => "POST",
+        ["api", "campus", "cards", _, "transactions"] => "GET",
+        ["api", "campus", "orders", _] => "GET",
+        ["api", "campus", "orders", _, "refund"] => "POST",
+        ["api", "campus", "payments", "notify" | "refund-notify"] => "POST",
+        ["api", "campus", "spend", _, "reverse"] => "POST",
+        ["api", "campus", "merchants", _, "settlement"] => "GET",
+        ["api", "campus", "partners", _, "rotate-secret" | "revoke-previous-secret"] => "POST",
+        _ => return None,
+    })
 }

@@ -54,15 +54,24 @@ async fn handle(req: Request) -> Response {
     let path = req.uri().path().trim_end_matches('/');
     let path = if path.is_empty() || path == "/index.html" { "/" } else { path };
     let file = FILES.iter().find(|(p, _, _)| *p == path);
-    let result = match (&route.method, file) {
-        (&Method::GET | &Method::HEAD, Some((_, content_type, body))) => Ok(page(content_type, body)),
-        (_, Some(_)) => unmatched(true),
-        _ => match (&route.method, route.segments().as_slice()) {
-            (&Method::POST, ["api", "demo", "identity"]) => demo::identity(req).await,
-            (&Method::POST, ["api", "demo", "payments"]) => demo::payment(req).await,
-            (_, ["api", "demo", "identity" | "payments"]) => unmatched(true),
-            _ => Err(problem(&scenefin_core::ApiError::not_found("no such page"))),
+    let segments = route.segments();
+    let result = match (&route.method, file, segments.as_slice()) {
+        (&Method::GET | &Method::HEAD, Some((_, content_type, body)), _) => Ok(page(content_type, body)),
+        (&Method::POST, _, ["api", "demo", "identity"]) => demo::identity(req).await,
+        (&Method::POST, _, ["api", "demo", "payments"]) => demo::payment(req).await,
+        (_, file, path) => match allowed(file.is_some(), path) {
+            Some(allow) => unmatched(&route, Some(allow)),
+            None => Err(problem(&scenefin_core::ApiError::not_found("no such page"))),
         },
     };
     result.unwrap_or_else(|response| response)
+}
+
+/// The methods each page and route above serves (their `Allow`, for 405s and OPTIONS); `None` for any other path.
+fn allowed(file: bool, path: &[&str]) -> Option<&'static str> {
+    match (file, path) {
+        (true, _) => Some("GET, HEAD"),
+        (false, ["api", "demo", "identity" | "payments"]) => Some("POST"),
+        _ => None,
+    }
 }

@@ -15,7 +15,7 @@ mod dto;
 mod handlers;
 
 use http::Method;
-use scenefin_guest::{Request, Response, Route, no_route, problem};
+use scenefin_guest::{Request, Response, Route, unmatched};
 use spin_sdk::http_service;
 
 #[http_service]
@@ -31,24 +31,21 @@ async fn handle(req: Request) -> Response {
         (&Method::POST, ["api", "ops", "customers", id, "tags"]) => handlers::add_tag(req, id).await,
         (&Method::DELETE, ["api", "ops", "customers", id, "tags", tag]) => handlers::remove_tag(&req, id, tag).await,
         (&Method::POST, ["api", "ops", "customers", id, "events"]) => handlers::record_event(req, id).await,
-        (_, ["api", "sessions" | "me" | "channels", ..] | ["api", "ops", "customers", ..]) if known_path(&segments) => {
-            Err(problem(&scenefin_core::ApiError::method_not_allowed()))
-        }
-        _ => Err(problem(&no_route())),
+        (_, path) => unmatched(&route, allowed(path)),
     };
     result.unwrap_or_else(|response| response)
 }
 
-fn known_path(segments: &[&str]) -> bool {
-    matches!(
-        segments,
-        ["api", "sessions"]
-            | ["api", "me"]
-            | ["api", "channels"]
-            | ["api", "channels", _]
-            | ["api", "ops", "customers", _]
-            | ["api", "ops", "customers", _, "tags"]
-            | ["api", "ops", "customers", _, "tags", _]
-            | ["api", "ops", "customers", _, "events"]
-    )
+/// The methods each path of the route table serves (their `Allow`, for 405s and OPTIONS); `None` for any other path.
+fn allowed(path: &[&str]) -> Option<&'static str> {
+    Some(match path {
+        ["api", "sessions"] => "POST",
+        ["api", "me"] => "GET",
+        ["api", "channels"] => "POST",
+        ["api", "channels", _] => "GET",
+        ["api", "ops", "customers", _] => "GET",
+        ["api", "ops", "customers", _, "tags" | "events"] => "POST",
+        ["api", "ops", "customers", _, "tags", _] => "DELETE",
+        _ => return None,
+    })
 }

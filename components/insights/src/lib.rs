@@ -39,18 +39,18 @@ async fn handle(req: Request) -> Response {
         (&Method::GET, ["api", "ops", "campaigns"]) => campaigns(&req).await,
         (&Method::GET, ["api", "ops", "exceptions"]) => exceptions(&req, &route).await,
         (&Method::GET, ["api", "ops", "ledger", "check"]) => ledger_check(&req, &route).await,
-        (_, path) => unmatched(known_path(path)),
+        (_, path) => unmatched(&route, allowed(path)),
     };
     result.unwrap_or_else(|response| response)
 }
 
-/// Paths this component serves with some method (a wrong method on them is 405, anything else 404).
-fn known_path(path: &[&str]) -> bool {
-    matches!(
-        path,
+/// The methods each path of the route table serves (their `Allow`, for 405s and OPTIONS); `None` for any other path.
+fn allowed(path: &[&str]) -> Option<&'static str> {
+    Some(match path {
         ["api", "ops", "funnel" | "lifecycle" | "channels" | "campaigns" | "exceptions"]
-            | ["api", "ops", "ledger", "check"]
-    )
+        | ["api", "ops", "ledger", "check"] => "GET",
+        _ => return None,
+    })
 }
 
 /// The operator's range of days (`from`, `to`), relative to the request's day.

@@ -49,19 +49,23 @@ async fn handle(req: Request) -> Response {
         (&Method::POST, ["api", "coupons", "partners", id, "revoke-previous-secret"]) => {
             scenefin_guest::partners::revoke_previous_secret(req, merchant_coupons_domain::OWNER, id).await
         }
-        (_, path) => unmatched(known_path(path)),
+        (_, path) => unmatched(&route, allowed(path)),
     };
     result.unwrap_or_else(|response| response)
 }
 
-/// Paths this component serves with some method (a wrong method on them is 405, anything else 404).
-fn known_path(path: &[&str]) -> bool {
-    matches!(
-        path,
-        ["api", "coupons", "merchants" | "campaigns" | "wallet" | "checkin" | "redemptions"]
-            | ["api", "coupons", "campaigns", _]
-            | ["api", "coupons", "campaigns", _, "pause" | "resume" | "stock" | "stats" | "claim"]
-            | ["api", "coupons", "redemptions", _, "reverse"]
-            | ["api", "coupons", "partners", _, "rotate-secret" | "revoke-previous-secret"]
-    )
+/// The methods each path of the route table serves (their `Allow`, for 405s and OPTIONS); `None` for any other path.
+fn allowed(path: &[&str]) -> Option<&'static str> {
+    Some(match path {
+        ["api", "coupons", "merchants" | "redemptions"] => "POST",
+        ["api", "coupons", "campaigns" | "checkin"] => "GET, POST",
+        ["api", "coupons", "wallet"] => "GET",
+        ["api", "coupons", "campaigns", _] => "GET",
+        ["api", "coupons", "campaigns", _, "pause" | "resume" | "claim"] => "POST",
+        ["api", "coupons", "campaigns", _, "stock"] => "PUT",
+        ["api", "coupons", "campaigns", _, "stats"] => "GET",
+        ["api", "coupons", "redemptions", _, "reverse"] => "POST",
+        ["api", "coupons", "partners", _, "rotate-secret" | "revoke-previous-secret"] => "POST",
+        _ => return None,
+    })
 }

@@ -54,20 +54,22 @@ async fn handle(req: Request) -> Response {
         (&Method::POST, ["api", "property", "partners", id, "revoke-previous-secret"]) => {
             scenefin_guest::partners::revoke_previous_secret(req, property_fees_domain::OWNER, id).await
         }
-        (_, path) => unmatched(known_path(path)),
+        (_, path) => unmatched(&route, allowed(path)),
     };
     result.unwrap_or_else(|response| response)
 }
 
-/// Paths this component serves with some method (a wrong method on them is 405, anything else 404).
-fn known_path(path: &[&str]) -> bool {
-    matches!(
-        path,
-        ["api", "property", "communities" | "households" | "quotes" | "orders"]
-            | ["api", "property", "communities", _, "rooms" | "bills" | "perks" | "stats" | "settlement"]
-            | ["api", "property", "orders", _]
-            | ["api", "property", "orders", _, "refund"]
-            | ["api", "property", "payments", "notify" | "refund-notify"]
-            | ["api", "property", "partners", _, "rotate-secret" | "revoke-previous-secret"]
-    )
+/// The methods each path of the route table serves (their `Allow`, for 405s and OPTIONS); `None` for any other path.
+fn allowed(path: &[&str]) -> Option<&'static str> {
+    Some(match path {
+        ["api", "property", "communities" | "quotes"] => "POST",
+        ["api", "property", "households" | "orders"] => "GET, POST",
+        ["api", "property", "communities", _, "rooms" | "bills"] => "PUT",
+        ["api", "property", "communities", _, "perks" | "stats" | "settlement"] => "GET",
+        ["api", "property", "orders", _] => "GET",
+        ["api", "property", "orders", _, "refund"] => "POST",
+        ["api", "property", "payments", "notify" | "refund-notify"] => "POST",
+        ["api", "property", "partners", _, "rotate-secret" | "revoke-previous-secret"] => "POST",
+        _ => return None,
+    })
 }

@@ -39,19 +39,21 @@ async fn handle(req: Request) -> Response {
         (&Method::GET, ["api", "referrals", "me"]) => me(&req, &route).await,
         (&Method::GET, ["api", "referrals", "programs", id, "stats"]) => stats(&req, id).await,
         (&Method::GET, ["api", "referrals", "programs", id, "leaderboard"]) => leaderboard(&req, &route, id).await,
-        (_, path) => unmatched(known_path(path)),
+        (_, path) => unmatched(&route, allowed(path)),
     };
     result.unwrap_or_else(|response| response)
 }
 
-/// Paths this component serves with some method (a wrong method on them is 405, anything else 404).
-fn known_path(path: &[&str]) -> bool {
-    matches!(
-        path,
-        ["api", "referrals", "programs" | "codes" | "attach" | "me"]
-            | ["api", "referrals", "programs", _]
-            | ["api", "referrals", "programs", _, "stats" | "leaderboard"]
-    )
+/// The methods each path of the route table serves (their `Allow`, for 405s and OPTIONS); `None` for any other path.
+fn allowed(path: &[&str]) -> Option<&'static str> {
+    Some(match path {
+        ["api", "referrals", "programs"] => "GET, POST",
+        ["api", "referrals", "codes" | "attach"] => "POST",
+        ["api", "referrals", "me"] => "GET",
+        ["api", "referrals", "programs", _] => "GET",
+        ["api", "referrals", "programs", _, "stats" | "leaderboard"] => "GET",
+        _ => return None,
+    })
 }
 
 async fn create_program(req: Request) -> Handled {

@@ -57,21 +57,24 @@ async fn handle(req: Request) -> Response {
         (&Method::POST, ["api", "utility", "partners", id, "revoke-previous-secret"]) => {
             scenefin_guest::partners::revoke_previous_secret(req, utility_payments_domain::OWNER, id).await
         }
-        (_, path) => unmatched(known_path(path)),
+        (_, path) => unmatched(&route, allowed(path)),
     };
     result.unwrap_or_else(|response| response)
 }
 
-/// Paths this component serves with some method (a wrong method on them is 405, anything else 404).
-fn known_path(path: &[&str]) -> bool {
-    matches!(
-        path,
-        ["api", "utility", "billers" | "accounts" | "bills" | "quotes" | "orders"]
-            | ["api", "utility", "billers", _, "bills" | "settlement" | "stats"]
-            | ["api", "utility", "accounts", _, _]
-            | ["api", "utility", "orders", _]
-            | ["api", "utility", "orders", _, "refund"]
-            | ["api", "utility", "payments", "notify" | "refund-notify"]
-            | ["api", "utility", "partners", _, "rotate-secret" | "revoke-previous-secret"]
-    )
+/// The methods each path of the route table serves (their `Allow`, for 405s and OPTIONS); `None` for any other path.
+fn allowed(path: &[&str]) -> Option<&'static str> {
+    Some(match path {
+        ["api", "utility", "billers" | "accounts" | "orders"] => "GET, POST",
+        ["api", "utility", "bills"] => "GET",
+        ["api", "utility", "quotes"] => "POST",
+        ["api", "utility", "billers", _, "bills"] => "PUT",
+        ["api", "utility", "billers", _, "settlement" | "stats"] => "GET",
+        ["api", "utility", "accounts", _, _] => "DELETE",
+        ["api", "utility", "orders", _] => "GET",
+        ["api", "utility", "orders", _, "refund"] => "POST",
+        ["api", "utility", "payments", "notify" | "refund-notify"] => "POST",
+        ["api", "utility", "partners", _, "rotate-secret" | "revoke-previous-secret"] => "POST",
+        _ => return None,
+    })
 }

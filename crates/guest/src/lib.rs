@@ -592,10 +592,23 @@ pub fn no_route() -> ApiError {
     ApiError::not_found("no such route")
 }
 
-/// The answer to a request no route of a component's table matched: `405` on a path the component serves with
-/// other methods (`known`), `404` otherwise.
-pub fn unmatched(known: bool) -> Result<Response, Response> {
-    Err(problem(&if known { ApiError::method_not_allowed() } else { no_route() }))
+/// The answer to a request no route of a component's table matched, given the methods its path serves (`allow`,
+/// e.g. `"GET, POST"`; `None` for a path the component does not serve): `OPTIONS` is `204` and any other method
+/// `405` (RFC 9110 §15.5.6), both with `Allow` (those methods and `OPTIONS`); `404` on a path not served.
+pub fn unmatched(route: &Route, allow: Option<&str>) -> Result<Response, Response> {
+    let Some(methods) = allow else { return Err(problem(&no_route())) };
+    let options = route.method == http::Method::OPTIONS;
+    let mut res = if options {
+        let mut res = http::Response::new(FullBody::new(Bytes::new()));
+        *res.status_mut() = StatusCode::NO_CONTENT;
+        res
+    } else {
+        problem(&ApiError::method_not_allowed())
+    };
+    if let Ok(v) = HeaderValue::from_str(&format!("{methods}, OPTIONS")) {
+        res.headers_mut().insert(header::ALLOW, v);
+    }
+    if options { Ok(res) } else { Err(res) }
 }
 
 /// The `default` store, or the problem response to send.

@@ -124,7 +124,7 @@ def _today():
 
 @schemathesis.hook
 def filter_query(ctx, query):
-    """Day ranges (`from`, `to`): `from` on or before `to`, at most 366 days apart, `to` not after tomorrow
+    """Day ranges (`from`, `to`): `from` on or before `to`, at most 366 days in all, `to` not after tomorrow
     (Asia/Shanghai), defaults `to` = today, `from` = 29 days before `to`."""
     if not query or ("from" not in query and "to" not in query):
         return True
@@ -133,4 +133,169 @@ def filter_query(ctx, query):
         return True  # not a date at all: the schema's own business
     end = _day(to) if to is not None else _today()
     start = _day(frm) if frm is not None else end - datetime.timedelta(days=29)
-    return start <= end and (end - start).days <= 366 and end <= _today() + datetime.timedelta(days=1)
+    return start <= end and (end - start).days < 366 and end <= _today() + datetime.timedelta(days=1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Customers, coupons, referrals, insights (/api/ops/...): cross-field rules per case. `filter_case` and `map_case`
+# also run in the coverage phase, where `filter_query` and `filter_body` do not. Schema-valid bodies that break a
+# cross-field rule are repaired (a positive case only: a negative one must stay as invalid as it was generated);
+# query cases that break one are dropped.
+
+
+def _instant(value):
+    try:
+        return datetime.datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def _number(value):
+    """An integer as JSON sends it (`54` or `54.0`)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _fix_schedule(schedule):
+    """`ends_at` after `starts_at` (a day after it, or `starts_at` a day earlier at the end of the calendar)."""
+    if not isinstance(schedule, dict):
+        return
+    start, end = _instant(schedule.get("starts_at")), _instant(schedule.get("ends_at"))
+    if start is None or end is None or end > start:
+        return
+    try:
+        schedule["ends_at"] = (start + datetime.timedelta(days=1)).isoformat()
+    except OverflowError:
+        schedule["starts_at"] = (start - datetime.timedelta(days=1)).isoformat()
+
+
+def _fix_reward(reward):
+    if not isinstance(reward, dict):
+        return
+    if reward.get("kind") in ("cash_fen", "points"):
+        reward.pop("campaign_id", None)
+        reward.setdefault("amount", 1)
+    elif reward.get("kind") == "coupon_campaign":
+        reward.pop("amount", None)
+        reward.setdefault("campaign_id", "st1")
+
+
+def _fix_campaign(body):
+    schedule, validity, coupon = body.get("schedule"), body.get("validity"), body.get("coupon")
+    _fix_schedule(schedule)
+    if not body.get("merchant_ids") and "district" not in body:
+        body["district"] = "d1"
+    if isinstance(validity, dict):
+        if "ends_at" in validity:
+            validity.pop("days_after_claim", None)
+            start, end = _instant((schedule or {}).get("starts_at")), _instant(validity["ends_at"])
+            if start is not None and end is not None and end <= start:
+                validity["ends_at"] = schedule.get("ends_at")
+        else:
+            validity.setdefault("days_after_claim", 1)
+    if isinstance(coupon, dict):
+        if coupon.get("type") == "fixed_off":
+            coupon.setdefault("amount_fen", 1)
+        elif coupon.get("type") == "percent_off":
+            coupon.setdefault("percent_bp", 1)
+            coupon.setdefault("max_off_fen", 1)
+        value = coupon.get("amount_fen") if coupon.get("type") == "fixed_off" else coupon.get("max_off_fen")
+        if _number(value) and _number(body.get("budget_fen")) and body["budget_fen"] < value:
+            body["budget_fen"] = value
+    if body.get("kind") == "checkin":
+        if not body.get("checkin_streaks"):
+            body["checkin_streaks"] = [1]
+    else:
+        body.pop("checkin_streaks", None)
+    if body.get("kind") == "community_perk":
+        eligibility = body.setdefault("eligibility", {})
+        if isinstance(eligibility, dict) and not eligibility.get("community_ids"):
+            eligibility["community_ids"] = ["c1"]
+
+
+def _fix_program(body):
+    tiers = [t for t in body.get("tiers", []) if isinstance(t, dict)] if isinstance(body.get("tiers"), list) else []
+    wanted = [t.get("min_qualified") for t in tiers]
+    if any(b <= a for a, b in zip(wanted, wanted[1:]) if _number(a) and _number(b)):
+        for i, tier in enumerate(tiers):
+            tier["min_qualified"] = i + 1
+    for tier in tiers:
+        _fix_reward(tier.get("reward_per_referral"))
+        _fix_reward(tier.get("tier_bonus"))
+    _fix_reward(body.get("referee_reward"))
+    _fix_schedule(body.get("schedule"))
+
+
+def _repair(case):
+    """Makes a positive case's body keep the cross-field rules of its operation."""
+    _repair_scenario(case)
+    body, path = case.body, case.operation.path
+    if not isinstance(body, dict) or case.operation.method.upper() != "POST":
+        return
+    if path == "/api/ops/customers/{id}/events" and body.get("kind") in ("paid", "topped_up"):
+        body.setdefault("amount_fen", 1)
+    elif path == "/api/coupons/merchants" and isinstance(body.get("stores"), list):
+        for i, store in enumerate(body["stores"]):
+            if isinstance(store, dict):
+                store["store_id"] = f"s{i}"
+    elif path == "/api/coupons/campaigns":
+        _fix_campaign(body)
+    elif path == "/api/referrals/programs":
+        _fix_program(body)
+
+
+def _positive(case):
+    generation = getattr(getattr(case, "meta", None), "generation", None)
+    return generation is None or str(getattr(generation.mode, "value", generation.mode)) == "positive"
+
+
+@schemathesis.hook
+def filter_case(ctx, case):
+    path = case.operation.path
+    if path.startswith("/api/ops/") and case.operation.method.upper() == "GET" and isinstance(case.query, dict):
+        if not filter_query(ctx, case.query):
+            return False
+        if path == "/api/ops/funnel" and sum(k in case.query for k in ("channel", "campaign", "scenario")) > 1:
+            return False
+    return True
+
+
+@schemathesis.hook
+def map_case(ctx, case):
+    if _positive(case):
+        _repair(case)
+    return case
+
+
+@schemathesis.hook
+def before_add_examples(ctx, examples):
+    """The examples phase runs no filter or map hooks: its cases get the same repairs."""
+    for case in examples:
+        _repair(case)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Utility, property, campus (/api/utility/, /api/property/, /api/campus/): their cross-field rules (described in the
+# schemas in docs/openapi.yaml), repaired in positive cases through `_repair`.
+
+
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _repair_scenario(case):
+    body, path = case.body, case.operation.path
+    if not isinstance(body, dict):
+        return
+    rule, prepay = body.get("account_rule"), body.get("prepay")
+    if path == "/api/utility/billers" and isinstance(rule, dict):
+        low, high = rule.get("min_len"), rule.get("max_len")
+        if _number(low) and _number(high) and low > high:
+            rule["min_len"], rule["max_len"] = high, low  # min_len <= max_len
+    elif path == "/api/property/communities" and isinstance(prepay, dict):
+        months, free = prepay.get("months"), prepay.get("free_months")
+        if _number(months) and _number(free) and free >= months:
+            prepay["free_months"] = int(months) - 1  # free_months < months
+    elif path in ("/api/utility/billers/{id}/bills", "/api/property/communities/{id}/bills"):
+        for i, bill in enumerate(body.get("bills") or []):
+            if isinstance(bill, dict):
+                bill["bill_id"] = f"b{i}"  # each bill id once per upload

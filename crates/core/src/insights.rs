@@ -220,7 +220,8 @@ impl Dimension {
                 Ok(Dimension::Channel(value))
             }
             _ => {
-                Id::parse(&value).map_err(|_| InsightsError::invalid(field, "1 to 64 of [A-Za-z0-9_-]"))?;
+                Id::parse(&value)
+                    .map_err(|_| InsightsError::invalid(field, "1 to 64 letters, digits, underscores or hyphens"))?;
                 Ok(if field == "campaign" { Dimension::Campaign(value) } else { Dimension::Scenario(value) })
             }
         }

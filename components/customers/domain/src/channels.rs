@@ -87,10 +87,10 @@ pub fn parse_code(code: &str) -> Result<&str, CustomerError> {
 }
 
 fn optional_id(field: &'static str, value: Option<String>) -> Result<Option<String>, CustomerError> {
-    value
-        .map(|v| Id::parse(&v).map(|id| id.as_str().to_owned()))
-        .transpose()
-        .map_err(|_| CustomerError::Invalid { field, message: "1 to 64 of [A-Za-z0-9_-]".into() })
+    value.map(|v| Id::parse(&v).map(|id| id.as_str().to_owned())).transpose().map_err(|_| CustomerError::Invalid {
+        field,
+        message: "1 to 64 letters, digits, underscores or hyphens".into(),
+    })
 }
 
 /// Validates the request into a document (pure).

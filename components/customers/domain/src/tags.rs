@@ -15,7 +15,14 @@ pub fn parse_tag(tag: &str) -> Result<&str, CustomerError> {
     let ok = !tag.is_empty()
         && tag.len() <= MAX_TAG_LEN
         && tag.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if ok { Ok(tag) } else { Err(CustomerError::Invalid { field: "tag", message: "1 to 32 of [a-z0-9_]".into() }) }
+    if ok {
+        Ok(tag)
+    } else {
+        Err(CustomerError::Invalid {
+            field: "tag",
+            message: "1 to 32 lower-case letters, digits or underscores".into(),
+        })
+    }
 }
 
 /// Reads a customer for an operator.
@@ -77,7 +84,10 @@ pub async fn record_offline(
 ) -> Result<scenefin_core::events::Applied, CustomerError> {
     use scenefin_core::events::{self, Event, EventKind};
     if scenefin_core::ids::Id::parse(&input.event_id).is_err() {
-        return Err(CustomerError::Invalid { field: "event_id", message: "1 to 64 of [A-Za-z0-9_-]".into() });
+        return Err(CustomerError::Invalid {
+            field: "event_id",
+            message: "1 to 64 letters, digits, underscores or hyphens".into(),
+        });
     }
     if !crate::channels::SCENARIOS.contains(&input.scenario.as_str()) {
         return Err(CustomerError::Invalid {

@@ -67,11 +67,17 @@ pub struct NewMerchant {
 }
 
 pub(crate) fn id(field: &str, value: &str) -> Result<(), CouponError> {
-    Id::parse(value).map(drop).map_err(|_| CouponError::invalid(field, "1 to 64 of [A-Za-z0-9_-]"))
+    Id::parse(value)
+        .map(drop)
+        .map_err(|_| CouponError::invalid(field, "1 to 64 letters, digits, underscores or hyphens"))
 }
 
 pub(crate) fn name(field: &str, value: &str, max: usize) -> Result<String, CouponError> {
-    text(value, max).ok_or_else(|| CouponError::invalid(field, format!("1 to {max} characters")))
+    // Counted as sent (the contract's `Label64`/`Label32`): no control character anywhere, at most `max` characters.
+    let as_sent = value.chars().count() <= max && !value.chars().any(char::is_control);
+    as_sent.then(|| text(value, max)).flatten().ok_or_else(|| {
+        CouponError::invalid(field, format!("1 to {max} characters, not only spaces, no control characters"))
+    })
 }
 
 /// Validates a registration (pure).

@@ -99,7 +99,7 @@ pub async fn redeem(
     now: Timestamp,
 ) -> Result<Redemption, CouponError> {
     if Id::parse(&input.merchant_order_id).is_err() {
-        return Err(CouponError::invalid("merchant_order_id", "1 to 64 of [A-Za-z0-9_-]"));
+        return Err(CouponError::invalid("merchant_order_id", "1 to 64 letters, digits, underscores or hyphens"));
     }
     if !(1..=MAX_ORDER_FEN).contains(&input.order_amount_fen) {
         return Err(CouponError::invalid("order_amount_fen", format!("1 to {MAX_ORDER_FEN}")));

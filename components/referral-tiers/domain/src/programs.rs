@@ -96,13 +96,18 @@ async fn check_coupon_campaigns(store: &impl Store, p: &NewProgram) -> Result<()
 
 /// Validates a program (pure).
 pub fn validate(p: &NewProgram) -> Result<(), ReferralError> {
-    Id::parse(&p.id).map_err(|_| ReferralError::invalid("id", "1 to 64 of [A-Za-z0-9_-]"))?;
-    text(&p.title, 64).ok_or_else(|| ReferralError::invalid("title", "1 to 64 characters"))?;
+    Id::parse(&p.id).map_err(|_| ReferralError::invalid("id", "1 to 64 letters, digits, underscores or hyphens"))?;
+    // Counted as sent (the contract's `Label64`): no control character anywhere, at most 64 characters.
+    let as_sent = p.title.chars().count() <= 64 && !p.title.chars().any(char::is_control);
+    as_sent
+        .then(|| text(&p.title, 64))
+        .flatten()
+        .ok_or_else(|| ReferralError::invalid("title", "1 to 64 characters, not only spaces, no control characters"))?;
     if p.qualifying.event != "first_payment" {
         return Err(ReferralError::invalid("qualifying.event", "first_payment"));
     }
     if !(0..=MAX_BUDGET_FEN).contains(&p.qualifying.min_amount_fen) {
-        return Err(ReferralError::invalid("qualifying.min_amount_fen", "0 or more"));
+        return Err(ReferralError::invalid("qualifying.min_amount_fen", format!("0 to {MAX_BUDGET_FEN}")));
     }
     if !(1..=365).contains(&p.qualifying.within_days) {
         return Err(ReferralError::invalid("qualifying.within_days", "1 to 365"));
@@ -116,7 +121,10 @@ pub fn validate(p: &NewProgram) -> Result<(), ReferralError> {
     let mut last = 0;
     for (i, t) in p.tiers.iter().enumerate() {
         if t.min_qualified <= last || t.min_qualified > 100_000 {
-            return Err(ReferralError::invalid(&format!("tiers[{i}].min_qualified"), "ascending, from 1"));
+            return Err(ReferralError::invalid(
+                &format!("tiers[{i}].min_qualified"),
+                "strictly ascending, 1 to 100000",
+            ));
         }
         last = t.min_qualified;
     }

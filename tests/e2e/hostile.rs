@@ -770,3 +770,55 @@ async fn refused_requests_get_the_right_problem_and_write_nothing() {
         ),
     });
 }
+
+/// A query parameter given empty (`?to=`) or a page size outside 1..=100 is refused with `400 validation_failed`
+/// naming it, never read as "absent" or clamped; a body number spelled `54.0` is the integer it equals, and a
+/// fraction or a type error is answered in plain words (no Rust type names).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_query_values_and_page_sizes_are_refused_and_details_are_plain_words() {
+    let app = TestApp::spawn().await.expect("app");
+    let session = app.login(Provider::Phone, "plain-words", Some("13800000042"), None).await;
+    let token = session.body["token"].as_str().expect("token").to_owned();
+    let cases: [(&str, Option<&str>, &str); 6] = [
+        ("/api/ops/lifecycle?to=", Some(OPERATOR_TOKEN), "to"),
+        ("/api/ops/funnel?from=2026-11-01&channel=", Some(OPERATOR_TOKEN), "channel"),
+        ("/api/utility/billers?category=", None, "category"),
+        ("/api/utility/orders?limit=101", Some(&token), "limit"),
+        ("/api/utility/orders?limit=0", Some(&token), "limit"),
+        ("/api/property/orders?cursor", Some(&token), "cursor"),
+    ];
+    let before = app.snapshot().await;
+    for (path, bearer, field) in cases {
+        let r = app.send("GET", path, None, bearer).await;
+        assert_eq!(
+            (r.status, r.body["code"].as_str(), r.body["field"].as_str()),
+            (400, Some("validation_failed"), Some(field)),
+            "{path}: {:?}",
+            r.body
+        );
+    }
+    let channel = |kind: Value| json!({ "channel": kind, "branch_id": "b1" });
+    let r = app.send("POST", "/api/channels", Some(&channel(json!(12.0))), Some(OPERATOR_TOKEN)).await;
+    assert_eq!((r.status, r.body["detail"].as_str()), (400, Some("channel: must be a string")), "{:?}", r.body);
+    assert_eq!(app.snapshot().await, before, "a refused request wrote something");
+    let rotate = |secs: Value| json!({ "overlap_secs": secs });
+    let biller = app
+        .send(
+            "POST",
+            "/api/utility/billers",
+            Some(&json!({
+            "id": "plain", "name": "Plain Water", "category": "water", "city": "shenzhen",
+            "account_rule": { "min_len": 10, "max_len": 10, "charset": "digits" }, "exactness": "exact",
+            "settlement_account": "6222000012345678" })),
+            Some(OPERATOR_TOKEN),
+        )
+        .await;
+    let partner = biller.body["partner_id"].as_str().expect("partner id").to_owned();
+    let path = format!("/api/utility/partners/{partner}/rotate-secret");
+    let r = app.send("POST", &path, Some(&rotate(json!(60.5))), Some(OPERATOR_TOKEN)).await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    let detail = r.body["detail"].as_str().unwrap_or_default();
+    assert!(detail.starts_with("overlap_secs: must be a whole number"), "{detail}");
+    let r = app.send("POST", &path, Some(&rotate(json!(3600.0))), Some(OPERATOR_TOKEN)).await;
+    assert_eq!(r.status, 200, "3600.0 is 3600: {:?}", r.body);
+}

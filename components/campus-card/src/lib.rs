@@ -33,7 +33,10 @@ use spin_sdk::http_service;
 
 #[http_service]
 async fn handle(req: Request) -> Response {
-    let route = Route::of(&req);
+    let route = match Route::checked(&req) {
+        Ok(route) => route,
+        Err(response) => return response,
+    };
     let segments = route.segments();
     let result = match (&route.method, segments.as_slice()) {
         (&Method::POST, ["api", "campus", "schools"]) => handlers::register_school(req).await,

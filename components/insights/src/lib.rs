@@ -30,7 +30,10 @@ const MAX_DAYS: i64 = 366;
 
 #[http_service]
 async fn handle(req: Request) -> Response {
-    let route = Route::of(&req);
+    let route = match Route::checked(&req) {
+        Ok(route) => route,
+        Err(response) => return response,
+    };
     let segments = route.segments();
     let result = match (&route.method, segments.as_slice()) {
         (&Method::GET, ["api", "ops", "funnel"]) => funnel(&req, &route).await,

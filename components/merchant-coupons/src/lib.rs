@@ -26,7 +26,10 @@ use spin_sdk::http_service;
 
 #[http_service]
 async fn handle(req: Request) -> Response {
-    let route = Route::of(&req);
+    let route = match Route::checked(&req) {
+        Ok(route) => route,
+        Err(response) => return response,
+    };
     let segments = route.segments();
     let result = match (&route.method, segments.as_slice()) {
         (&Method::POST, ["api", "coupons", "merchants"]) => handlers::register_merchant(req).await,

@@ -28,7 +28,10 @@ type Handled = Result<Response, Response>;
 
 #[http_service]
 async fn handle(req: Request) -> Response {
-    let route = Route::of(&req);
+    let route = match Route::checked(&req) {
+        Ok(route) => route,
+        Err(response) => return response,
+    };
     let segments = route.segments();
     let result = match (&route.method, segments.as_slice()) {
         (&Method::POST, ["api", "referrals", "programs"]) => create_program(req).await,

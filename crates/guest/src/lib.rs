@@ -175,6 +175,24 @@ impl Route {
         Route { method: req.method().clone(), segments, query: req.uri().query().map(str::to_owned) }
     }
 
+    /// Reads the route of an API request, refusing a query parameter given with an empty value (`?to=`): every
+    /// documented query parameter has a non-empty form, and "empty means absent" would let a typo pass unnoticed.
+    /// `400 validation_failed` naming the parameter.
+    pub fn checked<B>(req: &http::Request<B>) -> Result<Route, Response> {
+        let route = Route::of(req);
+        let empty =
+            route.query.as_deref().unwrap_or_default().split('&').filter(|pair| !pair.is_empty()).find_map(|pair| {
+                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                value.is_empty().then(|| percent_decode(name))
+            });
+        match empty {
+            Some(name) => {
+                Err(problem(&ApiError::validation(name.clone(), format!("{name}: must not be empty when given"))))
+            }
+            None => Ok(route),
+        }
+    }
+
     /// Path segments, for matching: `match route.segments().as_slice() { ["api", "me"] => ... }`.
     pub fn segments(&self) -> Vec<&str> {
         self.segments.iter().map(String::as_str).collect()

@@ -89,7 +89,7 @@ async fn a_household_pays_its_water_bill_end_to_end() {
         app.send("GET", "/api/utility/bills?biller_id=sz_water&account_no=9999999999", None, Some(&token)).await;
     assert_eq!((missing.status, missing.body["code"].as_str()), (404, Some("no_such_account")));
     let bad = app.send("GET", "/api/utility/bills?biller_id=sz_water&account_no=12ab", None, Some(&token)).await;
-    assert_eq!((bad.status, bad.body["code"].as_str()), (400, Some("invalid_account_number")));
+    assert_eq!((bad.status, bad.body["code"].as_str()), (422, Some("invalid_account_number")));
 
     // Quotes: the bank's card gets 5% off (capped at 10 yuan), another card does not.
     let q_other = app.send("POST", "/api/utility/quotes", Some(&json!({"biller_id": "sz_water", "account_no": "1234567890", "bill_ids": ["B2026-10-001"], "pay_with": "other"})), Some(&token)).await;

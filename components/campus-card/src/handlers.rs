@@ -190,8 +190,8 @@ pub async fn transactions(req: &Request, route: &Route, card_id: &str) -> Handle
     let now = request_time(req).await?;
     let customer = require_customer(req, now).await?;
     let store = store()?;
+    let limit = route.limit(20, txns::MAX_PAGE).or_problem()?;
     cards::owned(&store, &customer, card_id).await.or_problem()?;
-    let limit = route.query_param("limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(20);
     let cursor = route.query_param("cursor");
     let (items, next) = txns::list(&store, card_id, cursor.as_deref(), limit).await.or_problem()?;
     Ok(json_response(200, &json!({ "items": items, "next": next })))

@@ -69,7 +69,10 @@ impl AccountRule {
                 Charset::Digits => "digits",
                 Charset::Alphanumeric => "letters and digits",
             };
-            Err(UtilityError::BadAccountNumber(format!("{} to {} {what}", self.min_len, self.max_len)))
+            Err(UtilityError::BadAccountNumber {
+                field: "account_no".into(),
+                rule: format!("{} to {} {what}", self.min_len, self.max_len),
+            })
         }
     }
 }
@@ -138,14 +141,20 @@ fn text(field: &str, value: &str, max: usize) -> Result<String, UtilityError> {
     scenefin_core::json::text(value, max).ok_or_else(|| UtilityError::invalid(field, format!("1 to {max} characters")))
 }
 
+fn check_category(category: &str) -> Result<(), UtilityError> {
+    if CATEGORIES.contains(&category) {
+        Ok(())
+    } else {
+        Err(UtilityError::invalid("category", format!("one of {}", CATEGORIES.join(", "))))
+    }
+}
+
 /// Validates a registration (pure).
 pub fn validate(input: &NewBiller) -> Result<(), UtilityError> {
     Id::parse(&input.id).map_err(|_| UtilityError::invalid("id", "1 to 64 of [A-Za-z0-9_-]"))?;
     text("name", &input.name, 64)?;
     text("city", &input.city, 32)?;
-    if !CATEGORIES.contains(&input.category.as_str()) {
-        return Err(UtilityError::invalid("category", format!("one of {}", CATEGORIES.join(", "))));
-    }
+    check_category(&input.category)?;
     let r = input.account_rule;
     if r.min_len == 0 || r.min_len > r.max_len || r.max_len > 32 {
         return Err(UtilityError::invalid("account_rule", "need 1 <= min_len <= max_len <= 32"));
@@ -202,7 +211,11 @@ pub async fn get(store: &impl Store, id: &str) -> Result<Biller, UtilityError> {
 }
 
 /// Billers, optionally filtered by category and city.
+/// The billers, filtered by category (one of [`CATEGORIES`], else `400`) and city.
 pub async fn list(store: &impl Store, category: Option<&str>, city: Option<&str>) -> Result<Vec<Biller>, UtilityError> {
+    if let Some(c) = category {
+        check_category(c)?;
+    }
     let all: Vec<Biller> = kv::read_indexed(store, &keys::biller_index(), keys::biller).await?;
     Ok(all
         .into_iter()

@@ -169,10 +169,12 @@ pub fn validate(biller: &Biller, bills: &[BillInput]) -> Result<(), UtilityError
         if !seen.insert(b.bill_id.as_str()) {
             return Err(UtilityError::invalid(&field("bill_id"), "appears twice in this upload"));
         }
-        biller
-            .account_rule
-            .check(&b.account_no)
-            .map_err(|e| UtilityError::invalid(&field("account_no"), e.to_string()))?;
+        biller.account_rule.check(&b.account_no).map_err(|e| match e {
+            UtilityError::BadAccountNumber { rule, .. } => {
+                UtilityError::BadAccountNumber { field: field("account_no"), rule }
+            }
+            other => other,
+        })?;
         if b.amount_fen <= 0 || b.amount_fen > 100_000_000 {
             return Err(UtilityError::invalid(&field("amount_fen"), "1 to 100000000"));
         }

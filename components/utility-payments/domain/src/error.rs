@@ -27,8 +27,13 @@ pub enum UtilityError {
     #[error("the biller has no account with this number")]
     NoSuchAccount,
     /// The account number does not fit the biller's rule.
-    #[error("account number does not fit {0}")]
-    BadAccountNumber(String),
+    #[error("{field}: this biller takes account numbers of {rule}")]
+    BadAccountNumber {
+        /// The field it came in.
+        field: String,
+        /// What the biller takes.
+        rule: String,
+    },
     /// A bill in the request is not open (paid, or not this account's).
     #[error("bill {0} is not open for this account")]
     BillNotOpen(String),
@@ -69,14 +74,15 @@ scenefin_core::scenario_error_basics!(UtilityError);
 impl Problem for UtilityError {
     fn kind(&self) -> ErrorKind {
         match self {
-            UtilityError::Invalid { .. } | UtilityError::BadAccountNumber(_) => ErrorKind::Invalid,
+            UtilityError::Invalid { .. } => ErrorKind::Invalid,
             UtilityError::UnknownBiller | UtilityError::NoSuchAccount | UtilityError::NotBound => ErrorKind::NotFound,
             UtilityError::BillerExists(_) | UtilityError::BillNotOpen(_) | UtilityError::BillChanged(_) => {
                 ErrorKind::Conflict
             }
-            UtilityError::AmountRule(_) | UtilityError::NothingDue | UtilityError::TooManyAccounts(_) => {
-                ErrorKind::Unprocessable
-            }
+            UtilityError::AmountRule(_)
+            | UtilityError::NothingDue
+            | UtilityError::TooManyAccounts(_)
+            | UtilityError::BadAccountNumber { .. } => ErrorKind::Unprocessable,
             UtilityError::Partner(e) => e.kind(),
             UtilityError::Order(e) => e.kind(),
             UtilityError::Limit(e) => e.kind(),
@@ -91,7 +97,7 @@ impl Problem for UtilityError {
             UtilityError::UnknownBiller => "biller_not_found",
             UtilityError::BillerExists(_) => "biller_exists",
             UtilityError::NoSuchAccount => "no_such_account",
-            UtilityError::BadAccountNumber(_) => "invalid_account_number",
+            UtilityError::BadAccountNumber { .. } => "invalid_account_number",
             UtilityError::BillNotOpen(_) => "bill_not_open",
             UtilityError::BillChanged(_) => "bill_changed",
             UtilityError::AmountRule(_) => "amount_not_allowed",
@@ -108,8 +114,7 @@ impl Problem for UtilityError {
 
     fn field(&self) -> Option<&str> {
         match self {
-            UtilityError::Invalid { field, .. } => Some(field),
-            UtilityError::BadAccountNumber(_) => Some("account_no"),
+            UtilityError::Invalid { field, .. } | UtilityError::BadAccountNumber { field, .. } => Some(field),
             _ => None,
         }
     }

@@ -80,6 +80,9 @@ pub fn allocate(open: &[Bill], selected: &[String], amount_fen: i64) -> Vec<Bill
     parts
 }
 
+/// Why a request for a biller that takes an amount was refused without one.
+const AMOUNT_REQUIRED: &str = "this biller takes an amount: send amount_fen";
+
 /// The base amount and the bills it settles, by the biller's exactness rule (pure).
 pub fn base_amount(
     exactness: Exactness,
@@ -103,7 +106,8 @@ pub fn base_amount(
                     "this biller takes exact bills: send bill_ids, not amount_fen".into(),
                 ));
             }
-            let ids = bill_ids.ok_or_else(|| UtilityError::invalid("bill_ids", "required for this biller"))?;
+            let ids = bill_ids
+                .ok_or_else(|| UtilityError::AmountRule("this biller takes exact bills: send bill_ids".into()))?;
             if ids.is_empty() {
                 return Err(UtilityError::invalid("bill_ids", "at least one bill"));
             }
@@ -126,8 +130,7 @@ pub fn base_amount(
                     "this biller takes an amount against everything due: send amount_fen".into(),
                 ));
             }
-            let amount =
-                positive(amount_fen.ok_or_else(|| UtilityError::invalid("amount_fen", "required for this biller"))?)?;
+            let amount = positive(amount_fen.ok_or_else(|| UtilityError::AmountRule(AMOUNT_REQUIRED.into()))?)?;
             if due == 0 {
                 return Err(UtilityError::NothingDue);
             }
@@ -145,8 +148,7 @@ pub fn base_amount(
             if bill_ids.is_some() {
                 return Err(UtilityError::AmountRule("this biller takes any amount: send amount_fen".into()));
             }
-            let amount =
-                positive(amount_fen.ok_or_else(|| UtilityError::invalid("amount_fen", "required for this biller"))?)?;
+            let amount = positive(amount_fen.ok_or_else(|| UtilityError::AmountRule(AMOUNT_REQUIRED.into()))?)?;
             let settles = if due > 0 && amount >= due { all_ids() } else { Vec::new() };
             Ok((amount, settles))
         }

@@ -297,7 +297,7 @@ async fn the_reviews_show_exactly_what_customers_and_operators_did() {
     assert_eq!((default["from"].as_str(), default["to"].as_str()), (Some("2026-11-02"), Some("2026-12-01")));
     assert_eq!(steps(&default), steps(&all));
     // One channel code: alice and bob; the median is alice's 90 minutes (the lower of two).
-    let br001 = ops(&app, &format!("/api/ops/funnel?{week}&channel=BR001&campaign=&scenario=")).await;
+    let br001 = ops(&app, &format!("/api/ops/funnel?{week}&channel=BR001")).await;
     assert_eq!(br001["dimension"], "ch:BR001");
     assert_eq!(steps(&br001), funnel_of([3, 2, 2, 1]));
     assert_eq!(br001["median_minutes_to_activate"], 64);
@@ -445,8 +445,15 @@ async fn the_reviews_are_for_operators_and_refuse_bad_parameters() {
         refused(&app.send("GET", path, None, Some(OPERATOR_TOKEN)).await, 400, "validation_failed", None);
     }
 
+    // A parameter given empty is refused, not read as absent.
+    refused(
+        &app.send("GET", "/api/ops/funnel?from=&to=", None, Some(OPERATOR_TOKEN)).await,
+        400,
+        "validation_failed",
+        Some("from"),
+    );
     // An empty store: zeros, no conversions, no median, empty lists.
-    let funnel = ops(&app, "/api/ops/funnel?from=&to=").await;
+    let funnel = ops(&app, "/api/ops/funnel").await;
     assert_eq!(steps(&funnel), funnel_of([0, 0, 0, 0]));
     assert_eq!(
         (funnel["overall_conversion_bp"].clone(), funnel["median_minutes_to_activate"].clone()),

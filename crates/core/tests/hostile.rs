@@ -86,11 +86,7 @@ fn text_with_byte_changed(text: &str, index: usize, delta: u8) -> Option<String>
 fn integral(value: Value) -> Value {
     match value {
         Value::Number(n) => match n.as_f64() {
-            Some(f)
-                if n.is_f64()
-                    && f.fract() == 0.0
-                    && (-9.223_372_036_854_775_808e18..9.223_372_036_854_775_808e18).contains(&f) =>
-            {
+            Some(f) if n.is_f64() && f.fract() == 0.0 && (-(2f64.powi(63))..2f64.powi(63)).contains(&f) => {
                 Value::from(f as i64)
             }
             _ => Value::Number(n),

@@ -367,13 +367,20 @@ pub async fn all(store: &impl Store) -> Result<Vec<Campaign>, CouponError> {
 
 /// The running, claimable campaigns of the public list: with `district`, that district's campaigns; with
 /// `merchant_id`, every campaign the merchant redeems (its own, and its district's: [`Campaign::accepted_by`]); with
-/// both, both. An unknown merchant redeems nothing.
+/// both, both. An unknown merchant redeems nothing; a filter that could name no district or merchant is refused
+/// (`validation_failed`).
 pub async fn listed(
     store: &impl Store,
     district: Option<&str>,
     merchant_id: Option<&str>,
     now: Timestamp,
 ) -> Result<Vec<Campaign>, CouponError> {
+    if let Some(d) = district {
+        name("district", d, 32)?;
+    }
+    if let Some(m) = merchant_id {
+        id("merchant_id", m)?;
+    }
     let merchant = match merchant_id.map(|id| merchants::get(store, id)) {
         None => None,
         Some(found) => match found.await {

@@ -1104,9 +1104,12 @@ async fn a_merchants_listing_includes_the_district_campaigns_it_redeems() {
     // Both filters: what the merchant redeems and is a campaign of that district.
     assert_eq!(listed(&app, "merchant_id=futian_deli&district=luohu").await, ids(&["deli_and_luohu"]));
     assert_eq!(listed(&app, "merchant_id=luohu_tea&district=futian").await, ids(&[]));
-    // An unknown (or malformed) merchant redeems nothing.
+    // An unknown merchant redeems nothing; a malformed id could name none and is refused, like an empty filter.
     assert_eq!(listed(&app, "merchant_id=no_such_shop").await, ids(&[]));
-    assert_eq!(listed(&app, "merchant_id=bad%20id").await, ids(&[]));
+    for query in ["merchant_id=bad%20id", "merchant_id=", "district=%01", &format!("district={}", "x".repeat(33))] {
+        let r = app.send("GET", &format!("/api/coupons/campaigns?{query}"), None, None).await;
+        assert_eq!((r.status, r.body["code"].as_str()), (400, Some("validation_failed")), "{query}: {:?}", r.body);
+    }
 
     // What the listing promises holds at the till: the district coupon is redeemed at the tea house.
     let fay = login(&app, "wx_fay", None).await;

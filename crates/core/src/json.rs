@@ -46,7 +46,9 @@ fn decode_with(body: &[u8], limit: usize, read: &mut Reader<'_>) -> Result<(), A
     let mut de = serde_json::Deserializer::from_slice(body);
     let tree = serde_path_to_error::deserialize::<_, Tree>(&mut de).map_err(|e| {
         let (path, inner) = (e.path().to_string(), e.into_inner());
-        if inner.is_syntax() || inner.is_eof() {
+        if inner.to_string().starts_with("recursion limit exceeded") {
+            ApiError::validation("/", "/: nested too deeply (at most 127 levels of arrays and objects)")
+        } else if inner.is_syntax() || inner.is_eof() {
             ApiError::new(
                 ErrorKind::Invalid,
                 "malformed_json",
@@ -255,6 +257,9 @@ mod tests {
         assert_eq!(decode::<Body>(&[b' '; 2000], 1024).expect_err("size").code, "payload_too_large");
         let e = decode::<Body>(b"{\"name\":", 1024).expect_err("eof");
         assert_eq!(e.detail, "request body is not valid JSON (line 1, column 8); a JSON object is expected");
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let e = decode::<Body>(deep.as_bytes(), 1024).expect_err("deep");
+        assert_eq!((e.code, e.field.as_deref()), ("validation_failed", Some("/")), "{}", e.detail);
         let ok = br#"{"name":"a","inner":{"amount_fen":1}} x"#;
         assert_eq!(decode::<Body>(ok, 1024).expect_err("trailing").code, "malformed_json");
         assert!(decode::<Body>(br#"{"name":"a","inner":{"amount_fen":1}}"#, 1024).is_ok());

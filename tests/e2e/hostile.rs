@@ -258,7 +258,26 @@ async fn send(app: &TestApp, method: &str, path: &str, headers: &[(&str, Vec<u8>
     Reply { status, content_type, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) }
 }
 
-/// What is wrong with a reply, if anything: a 5xx, or a 4xx that is not problem+json with a string `code`.
+/// Words of parsers and Rust types that a problem's `detail` must never show a client.
+const PARSER_WORDS: [&str; 14] = [
+    "i64",
+    "u32",
+    "u64",
+    "usize",
+    "i32",
+    "invalid type:",
+    "invalid value:",
+    "expected struct",
+    " at line ",
+    "serde",
+    "invalid digit",
+    "number too large",
+    "ParseIntError",
+    "EOF while",
+];
+
+/// What is wrong with a reply, if anything: a 5xx, a 4xx that is not problem+json with a string `code`, or a
+/// `detail` in a parser's words instead of plain ones.
 fn misbehaviour(r: &Reply) -> Option<String> {
     if r.status >= 500 {
         return Some(format!("{} {}", r.status, r.body));
@@ -266,6 +285,10 @@ fn misbehaviour(r: &Reply) -> Option<String> {
     let problem = r.content_type.starts_with("application/problem+json") && r.body["code"].is_string();
     if (400..500).contains(&r.status) && !problem {
         return Some(format!("{} {:?} {}", r.status, r.content_type, r.body));
+    }
+    let detail = r.body["detail"].as_str().unwrap_or_default();
+    if (400..500).contains(&r.status) && PARSER_WORDS.iter().any(|w| detail.contains(w)) {
+        return Some(format!("{}: detail not in plain words: {detail}", r.status));
     }
     None
 }

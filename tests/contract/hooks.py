@@ -19,8 +19,9 @@ import schemathesis
 
 CONTEXT = json.loads(open(os.environ["SCENEFIN_CONTRACT_CONTEXT"]).read())
 SHANGHAI = datetime.timezone(datetime.timedelta(hours=8))
-# Partner ids by scenario path prefix, and partner secrets by partner id (updated when the run rotates one).
-PARTNER_BY_PREFIX = {f"/api/{name}/": creds["partner_id"] for name, creds in CONTEXT["partners"].items()}
+# Partner ids by path prefix (longest first), and partner secrets by partner id (updated when the run rotates one).
+PARTNER_BY_PREFIX = sorted(((prefix, creds["partner_id"]) for prefix, creds in CONTEXT["partners"].items()),
+                           key=lambda entry: -len(entry[0]))
 SECRETS = {creds["partner_id"]: creds["secret"] for creds in CONTEXT["partners"].values()}
 PARTNER_HEADERS = ("X-Partner-Id", "X-Timestamp", "X-Nonce", "X-Signature")
 WEBHOOK_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
@@ -32,7 +33,7 @@ def schemes(case):
 
 
 def partner_for(path: str):
-    return next((pid for prefix, pid in PARTNER_BY_PREFIX.items() if path.startswith(prefix)), None)
+    return next((pid for prefix, pid in PARTNER_BY_PREFIX if path.startswith(prefix)), None)
 
 
 @schemathesis.auth(refresh_interval=None, retry_on=[])

@@ -121,11 +121,22 @@ def seed(api: Api) -> dict:
         "qualifying": {"event": "first_payment", "min_amount_fen": 1000, "within_days": 30}, "holding_days": 7,
         "tiers": [{"min_qualified": 1, "reward_per_referral": {"kind": "cash_fen", "amount": 500}}],
         "max_rewarded_per_referrer": 50, "budget_fen": 100000, "schedule": schedule})
+    partners["campus/spend"] = api.partner(school, "POST", f"/api/campus/schools/{SEED_ID}/merchants", {
+        "merchant_id": SEED_ID, "name": "Canteen", "kind": "canteen"})
     channel = api.operator("POST", "/api/channels", {"channel": "branch", "branch_id": "b1"})
     status, session = api.call("POST", "/api/sessions", {"assertion": assertion("contract-1", "13800000001")})
     if status >= 300:
         raise SystemExit(f"seeding failed: login -> {status} {session}")
-    return {"partners": partners, "channel": channel, "session": session}
+    customer = {"authorization": f"Bearer {session['token']}"}
+    # The customer's own card and order, so `{id}` of cards and orders reaches real ones.
+    card = api.ok("POST", "bind", api.call("POST", "/api/campus/cards/bind", {
+        "school_id": SEED_ID, "member_no": "M001", "activation_code": "111111"}, customer))
+    quote = api.ok("POST", "quote", api.call("POST", "/api/utility/quotes", {
+        "biller_id": SEED_ID, "account_no": "8800112233", "bill_ids": ["B-1"], "pay_with": "other"}, customer))
+    order = api.ok("POST", "order", api.call("POST", "/api/utility/orders", {"quote_id": quote["quote_id"]},
+                                             {**customer, "idempotency-key": "contract-order-1"}))
+    return {"partners": partners, "channel": channel, "session": session, "card_id": card["card_id"],
+            "order_id": order["order"]["order_id"]}
 
 
 def main() -> int:
@@ -157,7 +168,9 @@ def main() -> int:
         context = {
             "base": base, "operator_token": OPERATOR_TOKEN, "gateway_secret": GATEWAY_SECRET,
             "session_token": session.get("token") or session.get("session_token"),
-            "partners": {k: {"partner_id": v["partner_id"], "secret": v["partner_secret"]} for k, v in seeded["partners"].items()},
+            # By the path prefix they sign for (the longest prefix wins: a campus POS, else the school).
+            "partners": {f"/api/{k}": {"partner_id": v["partner_id"], "secret": v["partner_secret"]}
+                         for k, v in seeded["partners"].items()},
         }
         (OUT / "context.json").write_text(json.dumps(context, indent=2))
         customer_id = session.get("customer_id") or session.get("customer", {}).get("id")
@@ -181,12 +194,20 @@ expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5x
 [[operations]]
 include-path-regex = "^/api/ops/customers/"
 parameters = {{ "path.id" = "{customer_id}" }}
+
+[[operations]]
+include-path-regex = "^/api/campus/cards/"
+parameters = {{ "path.id" = "{seeded['card_id']}" }}
+
+[[operations]]
+include-path-regex = "^/api/utility/orders/"
+parameters = {{ "path.id" = "{seeded['order_id']}" }}
 """)
         # Bounded and repeatable by default (about three minutes on two cores); arguments override.
         defaults = [] if "--max-examples" in args else ["--max-examples", "60"]
         defaults += [] if "--seed" in args else ["--seed", "1"]
         cmd = [str(Path(sys.executable).parent / "schemathesis"), "--config-file", str(config), "run",
-               str(ROOT / "docs" / "openapi.yaml"), "--url", base, "--workers", "2",
+               str(ROOT / "docs" / "openapi.yaml"), "--url", base, "--workers", "1",
                "--report", "junit", "--report-dir", str(OUT / "report"), *defaults, *args]
         env = dict(os.environ, SCHEMATHESIS_HOOKS="hooks", PYTHONPATH=str(Path(__file__).parent),
                    SCENEFIN_CONTRACT_CONTEXT=str(OUT / "context.json"))

@@ -97,10 +97,12 @@ pub async fn list(
     let limit = limit.clamp(1, MAX_PAGE);
     let cursor = cursor
         .map(|c| {
-            c.parse::<i64>()
-                .ok()
-                .filter(|n| *n >= 1)
-                .ok_or_else(|| CampusError::invalid("cursor", "a cursor from a previous page"))
+            // A transaction number as the contract spells it: 1 to 18 digits, no leading zero or sign.
+            let spelled = (1..=18).contains(&c.len()) && c.bytes().all(|b| b.is_ascii_digit()) && !c.starts_with('0');
+            spelled
+                .then(|| c.parse::<i64>().ok())
+                .flatten()
+                .ok_or_else(|| CampusError::invalid("cursor", "a cursor from a previous page (a transaction number)"))
         })
         .transpose()?;
     // A cursor above the newest number starts from the newest: reading down from a forged `9223372036854775807`

@@ -1,6 +1,6 @@
 //! The console and the mini-program demo in headless Chromium (Debian's `chromium`, driven by `playwright-core`
-//! from npm; `.ci/run` installs both): login → pay a bill → claim a coupon → referral progress, then the console
-//! showing the funnel and the books. Screenshots go to `target/browser-artifacts/`.
+//! from npm; `cargo xtask test` installs both): login → pay a bill → claim a coupon → referral progress, then the
+//! console showing the funnel and the books. Screenshots go to `target/browser-artifacts/`.
 
 use std::process::Command;
 
@@ -37,7 +37,7 @@ async fn the_demo_walks_login_bill_coupon_referral_and_the_console_shows_it() {
     let script_dir = workspace().join("tests/browser");
     assert!(
         std::path::Path::new(&chromium).exists() && script_dir.join("node_modules/playwright-core").exists(),
-        "browser tests need Debian's chromium and `npm ci` in tests/browser (.ci/run installs both)"
+        "browser tests need Debian's chromium and `npm ci` in tests/browser (`cargo xtask test` installs both)"
     );
     let app = TestApp::spawn_demo().await.expect("app");
     // The same seed as `cargo xtask up --demo`, through the real APIs (signed partner calls included).

@@ -298,7 +298,7 @@ pub fn bench(root: &Path) -> Result<()> {
     let seconds = bench_seconds("SCENEFIN_BENCH_SECONDS", DEFAULT_SECONDS)?;
     let redis_seconds = bench_seconds("SCENEFIN_BENCH_REDIS_SECONDS", DEFAULT_REDIS_SECONDS)?;
     let args = wrk_args(seconds);
-    ensure_wrk()?;
+    crate::deps::ensure(root, &[&crate::deps::WRK], false)?;
     run(Command::new(cargo()).current_dir(root).args(["build", "-p", "scenefin-host"]))?;
     let bench_dir = root.join("target/bench");
     let _ = std::fs::remove_dir_all(&bench_dir);
@@ -841,15 +841,6 @@ fn wrk_args(seconds: u64) -> Vec<String> {
         "--latency".into(),
         "--timeout=5s".into(),
     ]
-}
-
-fn ensure_wrk() -> Result<()> {
-    if Command::new("wrk").arg("--version").output().is_ok() {
-        return Ok(());
-    }
-    eprintln!("xtask: installing wrk");
-    run(Command::new("apt-get").arg("update"))?;
-    run(Command::new("apt-get").args(["install", "-y", "wrk"]))
 }
 
 fn ms(d: Duration) -> f64 {

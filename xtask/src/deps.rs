@@ -22,6 +22,7 @@ pub const NODE: Tool = Tool { command: "node", package: "nodejs", why: "the brow
 pub const NPM: Tool = Tool { command: "npm", package: "npm", why: "`npm ci` in tests/browser" };
 pub const REDIS: Tool = Tool { command: "redis-server", package: "redis-server", why: "the Redis store tests" };
 pub const XZ: Tool = Tool { command: "xz", package: "xz-utils", why: "unpacking the Spin CLI" };
+pub const WRK: Tool = Tool { command: "wrk", package: "wrk", why: "the load generator of `cargo xtask bench`" };
 
 const NPM_CI: &str = "(cd tests/browser && npm ci)";
 

@@ -14,7 +14,7 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-export const yuan = (fen) => (fen === null || fen === undefined) ? '-' : `¥${(Number(fen) / 100).toFixed(2)}`;
+export { yuan } from './i18n.js';
 export const pct = (bp) => (bp === null || bp === undefined) ? '-' : `${(Number(bp) / 100).toFixed(1)}%`;
 
 /// Calls the API; resolves to {status, body} (problem+json bodies included), never throws on HTTP errors.

@@ -28,6 +28,7 @@ const FILES: &[(&str, &str, &str)] = &[
     ("/app", "text/html; charset=utf-8", include_str!("../assets/app.html")),
     ("/assets/style.css", "text/css; charset=utf-8", include_str!("../assets/style.css")),
     ("/assets/common.js", "text/javascript; charset=utf-8", include_str!("../assets/common.js")),
+    ("/assets/i18n.js", "text/javascript; charset=utf-8", include_str!("../assets/i18n.js")),
     ("/assets/console.js", "text/javascript; charset=utf-8", include_str!("../assets/console.js")),
     ("/assets/app.js", "text/javascript; charset=utf-8", include_str!("../assets/app.js")),
 ];

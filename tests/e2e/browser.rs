@@ -2,6 +2,7 @@
 //! from npm; `cargo xtask test` installs both): login → pay a bill → claim a coupon → referral progress, then the
 //! console showing the funnel and the books. Screenshots go to `target/browser-artifacts/`.
 
+use std::path::Path;
 use std::process::Command;
 
 use scenefin_e2e::{OPERATOR_TOKEN, TestApp, workspace};
@@ -61,4 +62,21 @@ async fn the_demo_identity_and_gateway_are_refused_outside_demo_mode() {
     assert_eq!(page.status(), 200, "the pages themselves are always served");
     let csp = page.headers().get("content-security-policy").and_then(|v| v.to_str().ok()).unwrap_or_default();
     assert!(csp.contains("default-src 'self'"), "{csp}");
+}
+
+/// The operator console as an operator sees it, at 1440×900 and at 390 px, in Chinese and in English: every view,
+/// ¥ amounts that add up, the conversion explanation, a bad date range explained beside its field (see
+/// tests/browser/console.mjs). Screenshots go to `target/browser-artifacts/console-*.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_shows_every_view_in_both_languages_at_desktop_and_phone_width() {
+    let ready = Path::new(&std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into())).exists()
+        && workspace().join("tests/browser/node_modules/playwright-core").exists();
+    assert!(ready, "the console test needs Debian's chromium and `npm ci` in tests/browser (`cargo xtask test`)");
+    let app = TestApp::spawn_demo().await.expect("app");
+    let seeded = node("seed.mjs", &app, vec![]).await;
+    assert!(seeded.contains("demo data seeded"), "{seeded}");
+    let artefacts = workspace().join("target/browser-artifacts").display().to_string();
+    let stdout = node("console.mjs", &app, vec![artefacts]).await;
+    println!("{stdout}");
+    assert!(stdout.contains("console walk: all checks passed"), "{stdout}");
 }

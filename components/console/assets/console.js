@@ -1,101 +1,537 @@
-// The operator console: every number comes from /api/ops (insights) with the operator token.
-import { $, el, api, yuan, pct, barChart, progress, table } from './common.js';
+// The operator console: every number comes from the operator routes (/api/ops/..., coupon campaigns, referral
+// programmes, settlement statements) with the operator token, kept in this tab's session storage. Simplified Chinese
+// first with an English switch (i18n.js); money as ¥1,234.50; days and times in Asia/Shanghai.
+import { $, el, api, pct, barChart, progress, table } from './common.js';
+import { register, t, applyStatic, yuan, shanghaiTime, langSwitch, currentLang } from './i18n.js';
+import { TEXTS } from './console-texts.js';
+
+register(TEXTS);
+
+const TOKEN_KEY = 'scenefin.operator';
+const MAX_DAYS = 366;
+const STAGES = ['new', 'activated', 'engaged', 'high_value', 'dormant'];
+const SCENARIOS = ['utility', 'property', 'campus', 'coupons', 'referrals'];
+const VIEWS = ['overview', 'channels', 'campaigns', 'exceptions', 'ledger'];
+
+/// What the last load fetched, so a language switch re-renders without asking the server again.
+const state = { token: null, data: {}, view: 'overview' };
+
+// ---------------------------------------------------------------------------------------------- small helpers
 
 const body = (id) => $(`#${id} .body`);
-const show = (id, ...nodes) => { const b = body(id); b.className = 'body'; b.replaceChildren(...nodes); };
-const fail = (id, r) => show(id, el('span', { class: 'bad', text: `${r.status} ${r.body?.code ?? ''} ${r.body?.detail ?? ''}` }));
+const show = (id, ...nodes) => body(id).replaceChildren(...nodes.flat());
+const note = (text, cls = 'help') => el('p', { class: cls, text });
+const num = (label) => ({ label, num: true });
+const count = (n) => (n === null || n === undefined ? '-' : Number(n).toLocaleString('en-US'));
+const label = (prefix, value) => (value === null || value === undefined || value === '' ? '-' : t(`${prefix}.${value}`) === `${prefix}.${value}` ? String(value) : t(`${prefix}.${value}`));
 
-function range() {
+/// A table that scrolls sideways on a narrow screen (a focusable region, so it scrolls by keyboard too).
+function scroller(caption, node) {
+  return el('div', { class: 'scroll', role: 'region', tabindex: '0', 'aria-label': caption }, node);
+}
+
+function captioned(caption, headers, rows, attrs = {}) {
+  const tbl = table(headers, rows);
+  tbl.prepend(el('caption', { class: 'sr-only', text: caption }));
+  for (const [k, v] of Object.entries(attrs)) tbl.setAttribute(k, v);
+  return scroller(caption, tbl);
+}
+
+function chart(rows, caption, options) {
+  const svg = barChart(rows, options);
+  svg.setAttribute('aria-label', caption);
+  const figure = el('figure', { class: 'chart' }, svg, el('figcaption', { class: 'help', text: caption }));
+  return figure;
+}
+
+// ---------------------------------------------------------------------------------------------- days
+
+/// Today's Asia/Shanghai day, `YYYY-MM-DD`.
+function shanghaiToday() {
+  return new Intl.DateTimeFormat('en-CA', { timeZone: 'Asia/Shanghai', year: 'numeric', month: '2-digit', day: '2-digit' }).format(new Date());
+}
+const dayNumber = (iso) => Math.round(Date.parse(`${iso}T00:00:00Z`) / 86400000);
+const dayOf = (n) => new Date(n * 86400000).toISOString().slice(0, 10);
+const validDay = (v) => /^\d{4}-\d{2}-\d{2}$/.test(v) && !Number.isNaN(Date.parse(`${v}T00:00:00Z`));
+
+/// Checks the range as the API does; `{field, key, vars}` for the first problem, or null.
+export function rangeProblem(from, to, today = shanghaiToday()) {
+  if (from && !validDay(from)) return { field: 'from', key: 'range.err.format' };
+  if (to && !validDay(to)) return { field: 'to', key: 'range.err.format' };
+  const last = to ? dayNumber(to) : dayNumber(today);
+  if (last > dayNumber(today) + 1) return { field: 'to', key: 'range.err.future', vars: { tomorrow: dayOf(dayNumber(today) + 1) } };
+  if (!from) return null;
+  const first = dayNumber(from);
+  if (first > last) return { field: 'from', key: 'range.err.order' };
+  if (last - first + 1 > MAX_DAYS) return { field: 'from', key: 'range.err.long', vars: { days: last - first + 1, max: MAX_DAYS } };
+  return null;
+}
+
+function fieldError(field, text) {
+  const box = $(`#${field}-error`);
+  box.textContent = text ?? '';
+  $(`#${field}`).setAttribute('aria-invalid', text ? 'true' : 'false');
+}
+
+function clearRangeErrors() {
+  fieldError('from');
+  fieldError('to');
+}
+
+function rangeQuery() {
   const q = new URLSearchParams();
   if ($('#from').value) q.set('from', $('#from').value);
   if ($('#to').value) q.set('to', $('#to').value);
-  const s = q.toString();
-  return s ? `?${s}` : '';
+  return q;
 }
 
-async function funnel(token) {
-  const r = await api('GET', `/api/ops/funnel${range()}`, { token });
-  if (r.status !== 200) return fail('funnel', r);
+// ---------------------------------------------------------------------------------------------- errors
+
+/// A problem response (or a network failure) in plain words, never the raw code.
+function explain(r) {
+  if (!r || r.status === 0) return t('err.network');
+  const code = r.body?.code;
+  if (code && t(`err.${code}`) !== `err.${code}`) return t(`err.${code}`);
+  if (r.status === 401) return t('err.invalid_operator_token');
+  if (r.status >= 500) return t('err.server');
+  return t('err.generic');
+}
+
+async function call(path, { auth = true } = {}) {
+  try {
+    return await api('GET', path, auth ? { token: state.token } : {});
+  } catch {
+    return { status: 0, body: null };
+  }
+}
+
+/// A server's 400 about the range goes beside its field, not into the panel.
+function rangeRefusal(r) {
+  if (r.status === 400 && ['from', 'to'].includes(r.body?.field)) {
+    fieldError(r.body.field, t('range.err.server', { field: t(`range.${r.body.field}`) }));
+    return true;
+  }
+  return false;
+}
+
+function failed(id, r) {
+  if (rangeRefusal(r)) return show(id, note(t('range.see'), 'warn'));
+  show(id, el('p', { class: 'bad', role: 'alert', text: explain(r) }));
+}
+
+// ---------------------------------------------------------------------------------------------- funnel
+
+const MINUTES_PER_HOUR = 60;
+const MINUTES_PER_DAY = 1440;
+
+/// Minutes in sensible units: minutes under an hour, hours under two days, then days.
+export function duration(minutes) {
+  const round = (n) => (n < 10 ? Math.round(n * 10) / 10 : Math.round(n));
+  if (minutes < MINUTES_PER_HOUR) return t('unit.minutes', { n: minutes });
+  if (minutes < 2 * MINUTES_PER_DAY) return t('unit.hours', { n: round(minutes / MINUTES_PER_HOUR) });
+  return t('unit.days', { n: round(minutes / MINUTES_PER_DAY) });
+}
+
+function medianText(report) {
+  const tta = report.time_to_activate;
+  const b = tta?.median_bucket;
+  if (!b) return t('funnel.median.none');
+  if (b.from_minutes === 0) return t('funnel.median.under', { n: tta.activations });
+  if (b.to_minutes === null) return t('funnel.median.over', { from: duration(b.from_minutes), n: tta.activations });
+  return t('funnel.median.between', { from: duration(b.from_minutes), to: duration(b.to_minutes), n: tta.activations });
+}
+
+function renderFunnel() {
+  const r = state.data.funnel;
+  if (!r) return;
+  if (r.status !== 200) return failed('funnel', r);
   const steps = r.body.steps;
-  show('funnel',
-    barChart(steps.map((s) => ({ label: s.step, value: s.count, note: s.conversion_bp == null ? '' : pct(s.conversion_bp) }))),
-    el('p', { 'data-test': 'funnel-summary' },
-      `Overall conversion ${pct(r.body.overall_conversion_bp)} · median time to activate `,
-      r.body.median_minutes_to_activate == null ? '-' : `${r.body.median_minutes_to_activate} min`));
+  const over = steps.filter((s) => s.conversion_bp !== null && s.conversion_bp > 10000);
+  // A step per the one before, starred when over 100% (explained under the table).
+  const conversion = (s) => (s.conversion_bp === null ? '' : `${pct(s.conversion_bp)}${s.conversion_bp > 10000 ? ' *' : ''}`);
+  const rows = steps.map((s) => ({ label: t(`step.${s.step}`), value: s.count, note: conversion(s) }));
   const registered = steps.find((s) => s.step === 'registered');
   $('#funnel').dataset.registered = String(registered?.count ?? 0);
+  const stepsTable = captioned(t('funnel.title'), [t('funnel.col.step'), num(t('funnel.col.count')), num(t('funnel.col.conversion'))],
+    steps.map((s) => [t(`step.${s.step}`), count(s.count), conversion(s) || '-']),
+    { 'data-test': 'funnel-table' });
+  const why = over.map((s) => el('li', { text: `${t(`step.${s.step}`)} ${pct(s.conversion_bp)}: ${t(`funnel.over.${s.step}`)}` }));
+  show('funnel',
+    note(t('funnel.scope', { from: r.body.from, to: r.body.to, dimension: dimensionText(r.body.dimension) })),
+    chart(rows, t('funnel.chart')),
+    stepsTable,
+    over.length ? el('div', { class: 'callout', 'data-test': 'funnel-why' }, el('p', { text: t('funnel.over.title') }), el('ul', {}, why)) : [],
+    el('p', { 'data-test': 'funnel-summary' }, t('funnel.overall', { rate: pct(r.body.overall_conversion_bp) })),
+    el('p', { 'data-test': 'funnel-median' }, medianText(r.body)),
+    note(t('funnel.how')));
 }
 
-async function lifecycle(token) {
-  const r = await api('GET', `/api/ops/lifecycle${range()}`, { token });
-  if (r.status !== 200) return fail('lifecycle', r);
-  const rows = Object.entries(r.body.stages).map(([label, value]) => ({ label, value }));
-  show('lifecycle', barChart(rows, { color: '#0e9f6e' }));
+function dimensionText(dimension) {
+  if (!dimension || dimension === 'all') return t('funnel.by.all');
+  const [kind, value] = [dimension.slice(0, 2), dimension.slice(3)];
+  const key = { ch: 'funnel.by.channel', cp: 'funnel.by.campaign', sc: 'funnel.by.scenario' }[kind];
+  return `${key ? t(key) : kind} ${kind === 'sc' ? label('scenario', value) : value}`;
 }
 
-async function channels(token) {
-  const r = await api('GET', `/api/ops/channels${range()}`, { token });
-  if (r.status !== 200) return fail('channels', r);
-  const items = r.body.items;
-  show('channels', items.length === 0 ? el('span', { class: 'muted', text: 'No channel codes yet.' }) : table(
-    ['Code', 'Channel', 'Branch', 'Staff', { label: 'Visits', num: true }, { label: 'Registrations', num: true }, { label: 'Activations', num: true }],
-    items.map((c) => [c.code, c.channel, c.branch_id, c.staff_id, c.visits, c.registrations, c.activations])));
-}
-
-function budgetRows(list) {
-  return list.map((c) => {
-    const { total_fen: total, spent_fen: used, remaining_fen: left } = c.budget;
-    const cell = el('div', {}, progress(total ? used / total : 0), el('span', { class: 'muted', text: `${yuan(used)} of ${yuan(total)}` }));
-    return [c.campaign_id ?? c.program_id ?? c.budget_id, c.kind ?? c.scenario ?? '', c.issued ?? '', c.redeemed ?? '', cell, yuan(left)];
-  });
-}
-
-async function campaigns(token) {
-  const r = await api('GET', '/api/ops/campaigns', { token });
-  if (r.status !== 200) { fail('campaigns', r); return []; }
-  const head = ['Id', 'Kind', { label: 'Issued', num: true }, { label: 'Redeemed', num: true }, 'Budget used', { label: 'Left', num: true }];
-  const parts = [];
-  for (const [key, title] of [['coupon_campaigns', 'Coupon campaigns'], ['referral_programs', 'Referral programs'], ['scenario_budgets', 'Scenario budgets']]) {
-    const list = r.body[key];
-    parts.push(el('h3', { text: `${title} (${list.length})` }), list.length ? table(head, budgetRows(list)) : el('p', { class: 'muted', text: 'None.' }));
+/// The values of the funnel's second picker for the chosen dimension.
+function funnelOptions() {
+  const by = $('#funnel-by').value;
+  const select = $('#funnel-value');
+  const keep = select.value;
+  let values = [];
+  if (by === 'channel') values = (state.data.channels?.body?.items ?? []).map((c) => [c.code, `${c.code} · ${label('channel', c.channel)}`]);
+  if (by === 'campaign') {
+    const ids = new Set();
+    for (const c of state.data.campaigns?.body?.coupon_campaigns ?? []) ids.add(c.campaign_id);
+    for (const c of state.data.channels?.body?.items ?? []) if (c.campaign_id) ids.add(c.campaign_id);
+    values = [...ids].map((id) => [id, id]);
   }
+  if (by === 'scenario') values = SCENARIOS.map((s) => [s, label('scenario', s)]);
+  select.disabled = by === 'all';
+  select.replaceChildren(...(by === 'all' ? [el('option', { value: '', text: t('funnel.value.none') })]
+    : values.length ? values.map(([v, text]) => el('option', { value: v, text })) : [el('option', { value: '', text: t('funnel.value.empty') })]));
+  if (values.some(([v]) => v === keep)) select.value = keep;
+}
+
+let funnelAsked = 0;
+
+async function loadFunnel() {
+  const asked = ++funnelAsked;
+  const q = rangeQuery();
+  const by = $('#funnel-by').value;
+  const value = $('#funnel-value').value;
+  if (by !== 'all' && value) q.set(by, value);
+  const r = await call(`/api/ops/funnel?${q}`);
+  if (asked !== funnelAsked) return; // a later choice is on its way
+  state.data.funnel = r;
+  renderFunnel();
+}
+
+// ---------------------------------------------------------------------------------------------- lifecycle
+
+function renderLifecycle() {
+  const r = state.data.lifecycle;
+  if (!r) return;
+  if (r.status !== 200) return failed('lifecycle', r);
+  const b = r.body;
+  const rows = STAGES.map((s) => ({ label: t(`stage.${s}`), value: b.stages[s] ?? 0 }));
+  const days = (/(\d+) days/.exec(b.note ?? '') ?? [])[1] ?? '60';
+  show('lifecycle',
+    el('p', { text: t('lifecycle.summary', { customers: count(b.customers), registered: count(b.registered), from: b.from, to: b.to }) }),
+    chart(rows, t('lifecycle.chart'), { color: '#0b7a4b' }),
+    captioned(t('lifecycle.title'), [t('lifecycle.col.stage'), num(t('lifecycle.col.customers'))],
+      STAGES.map((s) => [t(`stage.${s}`), count(b.stages[s] ?? 0)]), { 'data-test': 'stages' }),
+    b.transitions.length ? captioned(t('lifecycle.transitions'), [t('lifecycle.col.from'), t('lifecycle.col.to'), num(t('lifecycle.col.count'))],
+      b.transitions.map((x) => [t(`stage.${x.from}`), t(`stage.${x.to}`), count(x.count)])) : note(t('lifecycle.no_transitions')),
+    el('div', { class: 'callout', 'data-test': 'dormant-note' },
+      el('p', { text: t('lifecycle.dormant', { days }) }),
+      currentLang() === 'en' ? el('p', { class: 'help', text: `${t('lifecycle.api_note')}: ${b.note}` }) : []));
+}
+
+// ---------------------------------------------------------------------------------------------- channels
+
+function countsRow(c) {
+  return [count(c.visits), count(c.registrations), pct(c.registration_rate_bp), count(c.activations), pct(c.activation_rate_bp)];
+}
+
+const countHeads = () => [num(t('ch.visits')), num(t('ch.registrations')), num(t('ch.reg_rate')), num(t('ch.activations')), num(t('ch.act_rate'))];
+
+function renderChannels() {
+  const r = state.data.channels;
+  if (!r) return;
+  if (r.status !== 200) return failed('channels', r);
+  const b = r.body;
+  if (!b.items.length) return show('channels', note(t('channels.none')));
+  const group = (list, kind) => captioned(t(`channels.by_${kind}`), [t(`ch.${kind}`), t('ch.codes'), ...countHeads()],
+    list.map((g) => [g.id ?? t('ch.unassigned'), g.codes.join(', '), ...countsRow(g)]), { 'data-test': `by-${kind}` });
+  const groupChart = (list, kind) => chart(list.map((g) => ({ label: g.id ?? t('ch.unassigned'), value: g.registrations, note: pct(g.registration_rate_bp) })),
+    t('channels.chart', { by: t(`ch.${kind}`) }), { color: '#1a5fd0' });
+  show('channels',
+    note(t('channels.scope', { from: b.from, to: b.to })),
+    el('p', { 'data-test': 'channel-totals', text: t('channels.totals', { visits: count(b.totals.visits), registrations: count(b.totals.registrations), activations: count(b.totals.activations), reg: pct(b.totals.registration_rate_bp), act: pct(b.totals.activation_rate_bp) }) }),
+    el('h3', { text: t('channels.by_branch') }), groupChart(b.by_branch, 'branch'), group(b.by_branch, 'branch'),
+    el('h3', { text: t('channels.by_staff') }), groupChart(b.by_staff, 'staff'), group(b.by_staff, 'staff'),
+    el('h3', { text: t('channels.codes') }),
+    captioned(t('channels.codes'), [t('ch.code'), t('ch.channel'), t('ch.branch'), t('ch.staff'), t('ch.campaign'), t('ch.scenario'), ...countHeads()],
+      b.items.map((c) => [c.code, label('channel', c.channel), c.branch_id ?? '-', c.staff_id ?? '-', c.campaign_id ?? '-', label('scenario', c.scenario), ...countsRow(c)]),
+      { 'data-test': 'channel-codes' }),
+    note(t('channels.how')));
+}
+
+// ---------------------------------------------------------------------------------------------- campaigns
+
+/// Spent + reserved + left must make the total; the difference (0 when it adds up).
+const budgetGap = (b) => b.total_fen - (b.spent_fen + b.reserved_fen + b.remaining_fen);
+
+function budgetCells(b) {
+  const gap = budgetGap(b);
+  const bar = el('div', { class: 'budget' }, progress(b.total_fen ? b.spent_fen / b.total_fen : 0), el('span', { text: pct(b.progress_bp) }));
+  const check = gap === 0 ? el('span', { class: 'ok', text: t('budget.adds_up') })
+    : el('span', { class: 'bad', text: t('budget.gap', { gap: yuan(gap) }) });
+  return [yuan(b.total_fen), yuan(b.spent_fen), yuan(b.reserved_fen), yuan(b.remaining_fen), bar, check];
+}
+
+const budgetHeads = () => [num(t('budget.total')), num(t('budget.spent')), num(t('budget.reserved')), num(t('budget.left')), t('budget.progress'), t('budget.check')];
+
+function flagRows(wrapper, list) {
+  const rows = wrapper.querySelectorAll('tbody tr');
+  list.forEach((item, i) => { if (budgetGap(item.budget) !== 0) { rows[i].classList.add('flagged'); rows[i].dataset.flag = 'budget'; } });
+  return wrapper;
+}
+
+function renderCampaigns() {
+  const r = state.data.campaigns;
+  if (!r) return;
+  if (r.status !== 200) return failed('campaigns', r);
+  const b = r.body;
+  const coupons = b.coupon_campaigns;
+  const programs = b.referral_programs;
+  const budgets = b.scenario_budgets;
+  const stats = state.data.programStats ?? {};
+  const parts = [note(t('campaigns.as_of', { at: shanghaiTime(b.as_of) })), note(t('budget.how'))];
+  parts.push(el('h3', { text: t('campaigns.coupons', { n: coupons.length }) }));
+  parts.push(coupons.length ? flagRows(captioned(t('campaigns.coupons', { n: coupons.length }),
+    [t('cp.title'), t('cp.kind'), t('cp.status'), num(t('cp.issued')), num(t('cp.redeemed')), num(t('cp.rate')), num(t('cp.discount')), num(t('cp.stock')), ...budgetHeads()],
+    coupons.map((c) => [el('span', {}, c.title, el('br'), el('small', { class: 'help', text: c.campaign_id })), label('kind', c.kind), label('status', c.status),
+      count(c.issued), count(c.redeemed), pct(c.redemption_rate_bp), yuan(c.discount_spent_fen), count(c.remaining_stock), ...budgetCells(c.budget)]),
+    { 'data-test': 'coupon-campaigns' }), coupons) : note(t('none')));
+  parts.push(el('h3', { text: t('campaigns.programs', { n: programs.length }) }));
+  parts.push(programs.length ? flagRows(captioned(t('campaigns.programs', { n: programs.length }),
+    [t('rp.title'), t('rp.running'), num(t('rp.referrals')), num(t('rp.qualified_gross')), num(t('rp.clawed_back')), num(t('rp.qualified_net')), num(t('rp.rate')),
+      num(t('rp.rewarded')), num(t('rp.paid')), num(t('rp.points')), num(t('rp.coupons')), t('rp.rejections'), ...budgetHeads()],
+    programs.map((p) => {
+      const s = stats[p.program_id];
+      const rejections = s?.rejections ? Object.entries(s.rejections).filter(([, n]) => n > 0).map(([k, n]) => `${label('reject', k)} ${n}`).join('; ') : '';
+      return [el('span', {}, p.title, el('br'), el('small', { class: 'help', text: p.program_id })), p.running ? t('yes') : t('no'),
+        count(p.referrals), count(p.qualified_gross), count(p.clawed_back), count(p.qualified_net), s ? pct(s.qualification_rate_bp) : '-',
+        count(p.rewarded), yuan(p.rewards_paid_fen), count(p.points_awarded), count(p.coupons_issued), rejections || t('none.short'), ...budgetCells(p.budget)];
+    }), { 'data-test': 'referral-programs' }), programs) : note(t('none')));
+  parts.push(el('h3', { text: t('campaigns.budgets', { n: budgets.length }) }));
+  parts.push(budgets.length ? flagRows(captioned(t('campaigns.budgets', { n: budgets.length }),
+    [t('sb.scenario'), t('sb.kind'), t('sb.id'), t('sb.funds'), ...budgetHeads()],
+    budgets.map((s) => [label('scenario', s.scenario), label('bkind', s.kind), s.budget_id, s.funds.join(', '), ...budgetCells(s.budget)]),
+    { 'data-test': 'scenario-budgets' }), budgets) : note(t('none')));
+  parts.push(note(t('campaigns.note')));
   show('campaigns', ...parts);
-  return r.body.referral_programs.map((p) => p.program_id);
 }
 
-async function leaderboard(token, programs) {
+function renderLeaderboard() {
+  const boards = state.data.leaderboards;
+  if (!boards) return;
   const parts = [];
-  for (const id of programs) {
-    const r = await api('GET', `/api/referrals/programs/${encodeURIComponent(id)}/leaderboard?limit=10`, { token });
-    if (r.status !== 200) continue;
-    parts.push(el('h3', { text: id }), table(['Referrer', { label: 'Qualified', num: true }, 'Tier'],
-      r.body.items.map((x) => [x.referrer_id, x.qualified, x.tier ?? '-'])));
+  for (const { id, title, r } of boards) {
+    parts.push(el('h3', { text: title ? `${title} (${id})` : id }));
+    if (r.status !== 200) { parts.push(el('p', { class: 'bad', text: explain(r) })); continue; }
+    parts.push(r.body.items.length ? captioned(t('leaderboard.title'), [num(t('lb.rank')), t('lb.referrer'), num(t('lb.qualified')), num(t('lb.tier'))],
+      r.body.items.map((x, i) => [String(i + 1), x.referrer_id, count(x.qualified), x.tier ?? '-']), { 'data-test': 'leaderboard' }) : note(t('leaderboard.empty')));
   }
-  show('leaderboard', ...(parts.length ? parts : [el('span', { class: 'muted', text: 'No referral programs yet.' })]));
+  show('leaderboard', ...(parts.length ? parts : [note(t('leaderboard.none'))]));
 }
 
-async function ledger(token) {
-  const r = await api('GET', `/api/ops/ledger/check${range()}`, { token });
-  if (r.status !== 200) return fail('ledger', r);
-  show('ledger', el('p', { 'data-test': 'ledger-status', class: r.body.balanced ? 'ok' : 'bad',
-    text: r.body.balanced ? `Balanced: ${r.body.postings} postings, ${r.body.accounts.length} accounts` : 'NOT balanced' }),
-  ...(r.body.discrepancies ?? []).map((d) => el('div', { class: 'bad', text: d })));
+async function loadCampaigns() {
+  const first = await call('/api/ops/campaigns');
+  const programs = first.status === 200 ? first.body.referral_programs : [];
+  const results = await Promise.all(programs.map(async (p) => {
+    const path = `/api/referrals/programs/${encodeURIComponent(p.program_id)}`;
+    const [board, stats] = await Promise.all([call(`${path}/leaderboard?limit=10`), call(`${path}/stats`)]);
+    return { id: p.program_id, title: p.title, r: board, stats };
+  }));
+  // Referral rewards settle when a programme's stats or leaderboard is read: read the review again after them.
+  state.data.campaigns = programs.length ? await call('/api/ops/campaigns') : first;
+  state.data.leaderboards = results;
+  state.data.programStats = Object.fromEntries(results.filter((x) => x.stats.status === 200).map((x) => [x.id, x.stats.body]));
 }
 
-async function load(event) {
-  event?.preventDefault();
-  const token = $('#token').value.trim();
-  if (!token) return;
-  sessionStorage.setItem('scenefin.operator', token);
-  $('#message').textContent = 'Loading…';
-  const check = await api('GET', '/api/ops/ledger/check', { token });
-  if (check.status === 401) { $('#message').textContent = 'The operator token was refused.'; return; }
-  await Promise.all([funnel(token), lifecycle(token), channels(token), ledger(token)]);
-  await leaderboard(token, await campaigns(token));
-  $('#message').textContent = `Loaded at ${new Date().toLocaleTimeString()}`;
+// ---------------------------------------------------------------------------------------------- exceptions
+
+function renderExceptions() {
+  const r = state.data.exceptions;
+  if (!r) return;
+  if (r.status !== 200) return failed('exceptions', r);
+  const items = r.body.items;
+  const due = items.filter((x) => x.refund === 'due');
+  const dueFen = due.reduce((sum, x) => sum + x.amount_fen, 0);
+  const q = rangeQuery();
+  show('exceptions',
+    note(t('exceptions.scope', { from: q.get('from') ?? '', to: q.get('to') ?? '' })),
+    el('p', { 'data-test': 'exceptions-total', class: due.length ? 'warn' : 'ok',
+      text: items.length ? t('exceptions.total', { n: items.length, total: yuan(r.body.total_fen), due: due.length, dueTotal: yuan(dueFen) }) : t('exceptions.none') }),
+    items.length ? captioned(t('exceptions.title'),
+      [t('ex.recorded'), t('ex.scenario'), t('ex.order'), t('ex.customer'), t('ex.reason'), num(t('ex.amount')), t('ex.state'), t('ex.instruction')],
+      items.map((x) => [shanghaiTime(x.recorded_at), label('scenario', x.scenario), x.order_id, x.customer_id, label('reason', x.reason), yuan(x.amount_fen),
+        x.refund === 'refunded' ? t('ex.refunded', { at: shanghaiTime(x.refunded_at) }) : el('span', { class: 'bad', text: t('ex.due') }),
+        x.refund === 'refunded' ? '-' : t('ex.instruction.text', { amount: yuan(x.amount_fen), event: x.event_id, scenario: x.scenario })]),
+      { 'data-test': 'exceptions' }) : [],
+    note(t('exceptions.how')));
+}
+
+function renderSettlements() {
+  const s = state.data.settlements;
+  if (!s) return;
+  const rows = s.items.map(({ kind, id, r }) => {
+    if (r.status !== 200) return [label('res', kind), id, '-', '-', '-', el('span', { class: 'bad', text: explain(r) })];
+    const b = r.body;
+    return [label('res', kind), id, count(b.lines.length), yuan(b.total_customer_paid_fen), yuan(b.ledger_total_fen),
+      b.reconciled ? el('span', { class: 'ok', text: t('st.reconciled') }) : el('span', { class: 'bad', text: t('st.not_reconciled') })];
+  });
+  const wrapper = rows.length ? captioned(t('settlements.title'), [t('st.kind'), t('st.id'), num(t('st.lines')), num(t('st.paid')), num(t('st.ledger')), t('st.state')], rows,
+    { 'data-test': 'settlements' }) : note(t('settlements.none'));
+  if (rows.length) {
+    const trs = wrapper.querySelectorAll('tbody tr');
+    s.items.forEach((x, i) => { if (x.r.status === 200 && !x.r.body.reconciled) trs[i].classList.add('flagged'); });
+  }
+  show('settlements', note(t('settlements.scope', { day: s.day })), wrapper, note(t('settlements.not_shown')));
+}
+
+async function loadExceptions() {
+  state.data.exceptions = await call(`/api/ops/exceptions?${rangeQuery()}`);
+  // Statements of the range's last day: every biller (listed publicly) and every community with an owner discount
+  // (named by the campaign review); the API lists no other communities nor campus merchants.
+  const day = $('#to').value || shanghaiToday();
+  const billers = await call('/api/utility/billers', { auth: false });
+  const communities = (state.data.campaigns?.body?.scenario_budgets ?? []).filter((b) => b.scenario === 'property').flatMap((b) => b.funds);
+  const targets = [...(billers.body?.items ?? []).map((b) => ['biller', b.id, `/api/utility/billers/${encodeURIComponent(b.id)}/settlement`]),
+    ...[...new Set(communities)].map((id) => ['community', id, `/api/property/communities/${encodeURIComponent(id)}/settlement`])];
+  const items = await Promise.all(targets.map(async ([kind, id, path]) => ({ kind, id, r: await call(`${path}?date=${day}`) })));
+  state.data.settlements = { day, items };
+}
+
+// ---------------------------------------------------------------------------------------------- ledger
+
+function renderLedger() {
+  const r = state.data.ledger;
+  if (!r) return;
+  if (r.status !== 200) return failed('ledger', r);
+  const b = r.body;
+  show('ledger',
+    el('p', { 'data-test': 'ledger-status', 'data-balanced': String(b.balanced), class: b.balanced ? 'ok' : 'bad',
+      text: b.balanced ? t('ledger.balanced', { postings: count(b.postings), accounts: count(b.accounts.length) }) : t('ledger.unbalanced', { n: b.discrepancies.length }) }),
+    note(t('ledger.scope', { from: b.from, to: b.to, closed: b.closed_through ?? t('ledger.never'), days: b.days_closed })),
+    b.discrepancies.length ? [note(t('ledger.discrepancies')), el('ul', { class: 'bad', lang: 'en' }, b.discrepancies.map((d) => el('li', { text: d })))] : [],
+    b.reopened.length ? note(t('ledger.reopened', { days: b.reopened.map((x) => x.day).join(', ') }), 'warn') : [],
+    captioned(t('ledger.accounts'), [t('lg.account'), num(t('lg.opening')), num(t('lg.movement')), num(t('lg.stored')), num(t('lg.recomputed'))],
+      b.accounts.map((a) => [a.account, yuan(a.opening_fen), yuan(a.movement_fen), yuan(a.stored_fen), yuan(a.recomputed_fen)]), { 'data-test': 'ledger-accounts' }),
+    note(t('ledger.how')));
+}
+
+// ---------------------------------------------------------------------------------------------- page
+
+function renderAll() {
+  renderFunnel(); renderLifecycle(); renderChannels(); renderCampaigns(); renderLeaderboard(); renderExceptions(); renderSettlements(); renderLedger();
+  if (state.data.loadedAt) $('#message').textContent = t('loaded', { at: shanghaiTime(state.data.loadedAt) });
+}
+
+function showView(view) {
+  state.view = VIEWS.includes(view) ? view : 'overview';
+  for (const v of VIEWS) {
+    $(`#${v}`).hidden = v !== state.view;
+    const tab = $(`#tab-${v}`);
+    tab.setAttribute('aria-selected', String(v === state.view));
+    tab.tabIndex = v === state.view ? 0 : -1;
+  }
+}
+
+function signedIn(on) {
+  $('#login').hidden = on;
+  $('#app').hidden = !on;
+  $('#sign-out').hidden = !on;
+}
+
+async function loadAll() {
+  clearRangeErrors();
+  const problem = rangeProblem($('#from').value, $('#to').value);
+  if (problem) {
+    fieldError(problem.field, t(problem.key, problem.vars));
+    $('#message').textContent = t('range.fix');
+    $(`#${problem.field}`).focus();
+    return;
+  }
+  $('#message').textContent = t('loading');
+  const q = rangeQuery();
+  const [channels, lifecycle, ledger] = await Promise.all([
+    call(`/api/ops/channels?${q}`), call(`/api/ops/lifecycle?${q}`), call(`/api/ops/ledger/check?${q}`), loadCampaigns()]);
+  Object.assign(state.data, { channels, lifecycle, ledger });
+  funnelOptions();
+  await Promise.all([loadFunnel(), loadExceptions()]);
+  state.data.loadedAt = new Date().toISOString();
+  renderAll();
   document.body.dataset.loaded = String(Date.now());
 }
 
-$('#token-form').addEventListener('submit', load);
-const saved = sessionStorage.getItem('scenefin.operator');
-if (saved) { $('#token').value = saved; load(); }
+async function signIn(event) {
+  event?.preventDefault();
+  const token = $('#token').value.trim();
+  $('#token-error').textContent = '';
+  if (!token) { $('#token-error').textContent = t('login.empty'); $('#token').focus(); return; }
+  state.token = token;
+  const check = await call('/api/ops/campaigns');
+  if (check.status !== 200) {
+    state.token = null;
+    sessionStorage.removeItem(TOKEN_KEY);
+    $('#token-error').textContent = explain(check);
+    $('#token').setAttribute('aria-invalid', 'true');
+    signedIn(false);
+    return;
+  }
+  $('#token').setAttribute('aria-invalid', 'false');
+  sessionStorage.setItem(TOKEN_KEY, token);
+  $('#token').value = '';
+  signedIn(true);
+  await loadAll();
+}
+
+function signOut() {
+  sessionStorage.removeItem(TOKEN_KEY);
+  state.token = null;
+  state.data = {};
+  for (const id of ['funnel', 'lifecycle', 'channels', 'campaigns', 'leaderboard', 'exceptions', 'settlements', 'ledger']) show(id);
+  delete document.body.dataset.loaded;
+  signedIn(false);
+  $('#token-error').textContent = '';
+  $('#message').textContent = '';
+  $('#token').focus();
+}
+
+function init() {
+  $('#lang').replaceChildren(langSwitch());
+  applyStatic();
+  const today = shanghaiToday();
+  $('#to').value = today;
+  $('#from').value = dayOf(dayNumber(today) - 29);
+  $('#to').max = dayOf(dayNumber(today) + 1);
+  $('#token-form').addEventListener('submit', signIn);
+  $('#range-form').addEventListener('submit', (e) => { e.preventDefault(); loadAll(); });
+  for (const f of ['from', 'to']) $(`#${f}`).addEventListener('change', () => {
+    clearRangeErrors();
+    const problem = rangeProblem($('#from').value, $('#to').value);
+    if (problem) fieldError(problem.field, t(problem.key, problem.vars));
+  });
+  $('#sign-out').addEventListener('click', signOut);
+  $('#funnel-by').addEventListener('change', async () => { funnelOptions(); await loadFunnel(); });
+  $('#funnel-value').addEventListener('change', loadFunnel);
+  const tabs = [...document.querySelectorAll('[role=tab]')];
+  for (const tab of tabs) {
+    tab.addEventListener('click', () => showView(tab.dataset.view));
+    tab.addEventListener('keydown', (e) => {
+      const step = { ArrowRight: 1, ArrowLeft: -1 }[e.key];
+      if (!step) return;
+      const next = tabs[(tabs.indexOf(tab) + step + tabs.length) % tabs.length];
+      showView(next.dataset.view);
+      next.focus();
+    });
+  }
+  document.addEventListener('langchange', () => {
+    document.title = t('page.title');
+    funnelOptions();
+    renderAll();
+    const problem = rangeProblem($('#from').value, $('#to').value);
+    clearRangeErrors();
+    if (problem) fieldError(problem.field, t(problem.key, problem.vars));
+  });
+  document.title = t('page.title');
+  showView('overview');
+  const saved = sessionStorage.getItem(TOKEN_KEY);
+  if (saved) { $('#token').value = saved; signIn(); } else signedIn(false);
+}
+
+init();

@@ -27,9 +27,11 @@ const FILES: &[(&str, &str, &str)] = &[
     ("/console", "text/html; charset=utf-8", include_str!("../assets/console.html")),
     ("/app", "text/html; charset=utf-8", include_str!("../assets/app.html")),
     ("/assets/style.css", "text/css; charset=utf-8", include_str!("../assets/style.css")),
+    ("/assets/console.css", "text/css; charset=utf-8", include_str!("../assets/console.css")),
     ("/assets/common.js", "text/javascript; charset=utf-8", include_str!("../assets/common.js")),
     ("/assets/i18n.js", "text/javascript; charset=utf-8", include_str!("../assets/i18n.js")),
     ("/assets/console.js", "text/javascript; charset=utf-8", include_str!("../assets/console.js")),
+    ("/assets/console-texts.js", "text/javascript; charset=utf-8", include_str!("../assets/console-texts.js")),
     ("/assets/app.js", "text/javascript; charset=utf-8", include_str!("../assets/app.js")),
 ];
 

@@ -1,0 +1,264 @@
+// Walks the operator console in headless Chromium (Debian's, through playwright-core) as an operator would: at
+// 1440×900 and at phone width (390), in Simplified Chinese and in English. Before that, a few real customer actions
+// through the APIs give the panels numbers: two channel codes (three visits), four logins (one through a code),
+// a water bill paid with the simulated gateway and then captured a second time (a duplicate payment to refund), and
+// a coupon claimed. Run after seed.mjs.
+// Usage: node console.mjs <base url> <operator token> <artefact dir>
+// Fails on any browser console error or page error, and on any request leaving the app's origin.
+import { args, harness } from './harness.mjs';
+
+const { base, operatorToken, out } = args('console.mjs');
+
+// ------------------------------------------------------------------------------------------- customer actions
+
+async function call(method, path, { body, token, headers = {} } = {}) {
+  const h = { ...headers };
+  if (token) h.authorization = `Bearer ${token}`;
+  let text = body;
+  if (body !== undefined && typeof body !== 'string') text = JSON.stringify(body);
+  if (text !== undefined) h['content-type'] = 'application/json';
+  const res = await fetch(`${base}${path}`, { method, headers: h, body: text });
+  const reply = await res.text();
+  let parsed = null;
+  try { parsed = reply ? JSON.parse(reply) : null; } catch { parsed = reply; }
+  return { status: res.status, body: parsed };
+}
+
+function must(r, what, ok = [200, 201]) {
+  if (!ok.includes(r.status)) throw new Error(`${what}: ${r.status} ${JSON.stringify(r.body)}`);
+  return r.body;
+}
+
+const key = (what) => `console-${what}-${Date.now()}-${Math.random().toString(36).slice(2, 8)}`;
+
+async function login(persona, channelCode) {
+  const id = must(await call('POST', '/api/demo/identity', { body: { persona } }), `identity ${persona}`);
+  const body = { assertion: id.assertion, ...(channelCode ? { channel_code: channelCode } : {}) };
+  return must(await call('POST', '/api/sessions', { body }), `login ${persona}`).token;
+}
+
+/// A gateway capture of the order from the demo gateway, delivered as the gateway would; the notification's body.
+async function capture(orderId, amount) {
+  const gw = must(await call('POST', '/api/demo/payments', { body: { scenario: 'utility', order_id: orderId, amount_fen: amount, card_bin: '62258801' } }), 'gateway');
+  const notified = must(await call('POST', gw.notify_path, { body: gw.body, headers: gw.headers }), 'notify');
+  return { event: JSON.parse(gw.body), notified };
+}
+
+const operator = { token: operatorToken };
+for (const c of [
+  { code: 'BR01NS', channel: 'branch', branch_id: 'nanshan_branch', staff_id: 'staff_li', campaign_id: 'demo_coffee', scenario: 'utility' },
+  { code: 'ST02FT', channel: 'staff', branch_id: 'futian_branch', staff_id: 'staff_wang', scenario: 'campus' },
+]) must(await call('POST', '/api/channels', { ...operator, body: c }), `channel ${c.code}`, [200, 201, 409]);
+for (let i = 0; i < 2; i++) must(await call('GET', '/api/channels/BR01NS'), 'open the code');
+must(await call('GET', '/api/channels/ST02FT'), 'open the other code');
+
+const carol = await login('carol', 'BR01NS');
+await login('dave');
+await login('alice');
+await login('bob');
+must(await call('POST', '/api/utility/accounts', { token: carol, body: { biller_id: 'demo_water', account_no: '8800112235' } }), 'bind');
+const bills = must(await call('GET', '/api/utility/bills?biller_id=demo_water&account_no=8800112235', { token: carol }), 'bills');
+const quote = must(await call('POST', '/api/utility/quotes', { token: carol, body: {
+  biller_id: 'demo_water', account_no: '8800112235', bill_ids: bills.items.map((b) => b.bill_id), pay_with: 'bank_card', card_bin: '62258801' } }), 'quote');
+const placed = must(await call('POST', '/api/utility/orders', { token: carol, body: { quote_id: quote.quote_id }, headers: { 'idempotency-key': key('order') } }), 'order');
+const orderId = placed.order.order_id;
+const total = placed.payment.amount_fen;
+await capture(orderId, total);
+const twice = await capture(orderId, total);
+if (twice.notified.refund_instruction?.reason !== 'duplicate_payment') throw new Error(`not a duplicate payment: ${JSON.stringify(twice.notified)}`);
+const dave = await login('dave');
+must(await call('POST', '/api/coupons/campaigns/demo_coffee/claim', { token: dave, headers: { 'idempotency-key': key('claim') } }), 'claim');
+console.log(`customer actions done: order ${orderId} of ${total} fen paid twice, a coupon claimed`);
+
+// ------------------------------------------------------------------------------------------- what the operator sees
+
+const { check, newPage: open, run } = await harness(base);
+
+const yuan = (fen) => {
+  const abs = Math.abs(fen);
+  return `${fen < 0 ? '-' : ''}¥${Math.floor(abs / 100).toLocaleString('en-US')}.${String(abs % 100).padStart(2, '0')}`;
+};
+const fen = (text) => {
+  const m = /(-?)¥([\d,]+)\.(\d\d)/.exec(text ?? '');
+  return m ? (m[1] ? -1 : 1) * (Number(m[2].replace(/,/g, '')) * 100 + Number(m[3])) : NaN;
+};
+
+/// What each language must show (a few texts of each view).
+const EXPECT = {
+  'zh-CN': {
+    signIn: '运营令牌', wrongToken: '运营令牌不正确', tabs: ['漏斗与生命周期', '渠道', '活动与预算', '异常', '账务核对'],
+    stages: ['新客', '已激活', '活跃', '高价值', '沉睡'], over: '注册数多于到访数', median: '不到 1 分钟', dormant: '60 天无活动',
+    balanced: '账目平衡', addsUp: '相符', duplicate: '重复支付', refund: '原路退回', reconciled: '已对平',
+    orderErr: '开始日期不能晚于结束日期', futureErr: '结束日期不能晚于明天', longErr: '最长 366 天', english: 'Operator console',
+  },
+  en: {
+    signIn: 'Operator token', wrongToken: 'The operator token is not right', tabs: ['Funnel and lifecycle', 'Channels', 'Campaigns and budgets', 'Exceptions', 'Ledger check'],
+    stages: ['New', 'Activated', 'Engaged', 'High value', 'Dormant'], over: 'more registrations than visits', median: 'under a minute', dormant: 'no activity for 60 days',
+    balanced: 'Balanced', addsUp: 'adds up', duplicate: 'Paid twice', refund: 'Refund ¥', reconciled: 'reconciled',
+    orderErr: 'must not be after the last day', futureErr: 'must not be after tomorrow', longErr: 'at most 366', english: 'Operator console',
+  },
+};
+
+let allowHttpErrors = 0;
+
+/// A page at this size whose first load shows `lang`. A refused token is a 401 the browser itself logs: only the step
+/// that sends a wrong token may cause one.
+const newPage = (width, height, lang) => open({
+  viewport: { width, height },
+  init: (context) => context.addInitScript((code) => {
+    if (!sessionStorage.getItem('lang-set')) { localStorage.setItem('scenefin.lang', code); sessionStorage.setItem('lang-set', '1'); }
+  }, lang),
+  allow: (text) => {
+    if (allowHttpErrors > 0 && /status of 401/.test(text)) { allowHttpErrors -= 1; return true; }
+    return false;
+  },
+});
+
+const text = (page, sel) => page.locator(sel).first().innerText();
+
+/// At any width, nothing but the tables' own scrollers goes sideways.
+async function fits(page, tag, view) {
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  check(overflow <= 1, `${tag}: the ${view} view fits the width (overflow ${overflow}px)`);
+}
+
+/// The ¥ cells of a table's budget columns (the last six: total, spent, reserved, left, progress, check) add up.
+async function budgetsAddUp(page, sel, what, e) {
+  const rows = await page.locator(`${sel} tbody tr`).evaluateAll((trs) => trs.map((tr) => [...tr.cells].map((c) => c.innerText)));
+  check(rows.length > 0, `${what}: rows shown (${rows.length})`);
+  for (const cells of rows) {
+    const [totalCell, spent, reserved, left, , verdict] = cells.slice(-6);
+    const sum = fen(spent) + fen(reserved) + fen(left);
+    check(fen(totalCell) === sum && verdict.includes(e.addsUp), `${what}: ${spent} + ${reserved} + ${left} = ${totalCell} (${verdict})`);
+  }
+  return rows;
+}
+
+async function walk(width, height, lang) {
+  const e = EXPECT[lang];
+  const tag = `${width}-${lang}`;
+  const page = await newPage(width, height, lang);
+  await page.goto(`${base}/console`);
+  check((await text(page, 'label[for=token]')).includes(e.signIn), `${tag}: the token input is labelled "${e.signIn}"`);
+  check((await page.locator('#token').getAttribute('type')) === 'password', `${tag}: the token is typed into a password field`);
+
+  // A wrong token: the refusal in plain words beside the field, not a code.
+  allowHttpErrors = 1;
+  await page.fill('#token', 'not-the-token');
+  await page.click('#load');
+  await page.waitForFunction(() => document.querySelector('#token-error')?.textContent.length > 0);
+  const refused = await text(page, '#token-error');
+  check(refused.includes(e.wrongToken) && !/invalid_operator_token|401/.test(refused), `${tag}: a wrong token is explained ("${refused}")`);
+
+  await page.fill('#token', operatorToken);
+  await page.click('#load');
+  await page.waitForSelector('body[data-loaded]');
+  check(await page.evaluate(() => sessionStorage.getItem('scenefin.operator')) === operatorToken, `${tag}: the token is kept in the tab's session storage`);
+  const tabs = await page.locator('[role=tab]').allInnerTexts();
+  check(JSON.stringify(tabs) === JSON.stringify(e.tabs), `${tag}: the views are ${tabs.join(' | ')}`);
+
+  // Funnel and lifecycle.
+  const funnelRows = await page.locator('[data-test=funnel-table] tbody tr').evaluateAll((trs) => trs.map((tr) => [...tr.cells].map((c) => c.innerText)));
+  const counts = Object.fromEntries(funnelRows.map((r) => [r[0], Number(r[1].replace(/,/g, ''))]));
+  check(funnelRows.length === 4, `${tag}: four funnel steps (${funnelRows.map((r) => r.join(' ')).join('; ')})`);
+  const conversions = funnelRows.slice(1).map((r) => parseFloat(r[2]));
+  if (conversions.some((c) => c > 100)) {
+    check((await text(page, '[data-test=funnel-why]')).includes(e.over), `${tag}: a conversion over 100% says why ("${e.over}")`);
+  } else check(false, `${tag}: the seeded data has more registrations than visits (${JSON.stringify(counts)})`);
+  check((await text(page, '[data-test=funnel-median]')).includes(e.median), `${tag}: median time to activate in words: ${await text(page, '[data-test=funnel-median]')}`);
+  const stages = await page.locator('[data-test=stages] tbody tr td:first-child').allInnerTexts();
+  check(JSON.stringify(stages) === JSON.stringify(e.stages), `${tag}: lifecycle stages in lifecycle order (${stages.join(' → ')})`);
+  check((await text(page, '[data-test=dormant-note]')).includes(e.dormant), `${tag}: the dormant rule is explained`);
+  check(await page.locator('#funnel svg rect').count() === 4 && await page.locator('#lifecycle svg rect').count() === 5, `${tag}: funnel and lifecycle charts drawn`);
+  await fits(page, tag, 'overview');
+  await page.screenshot({ path: `${out}/console-${tag}-1-overview.png`, fullPage: true });
+
+  // One filter at a time: the channel code carol came through.
+  await page.selectOption('#funnel-by', 'channel');
+  await page.selectOption('#funnel-value', 'BR01NS');
+  await page.waitForFunction(() => document.querySelector('#funnel .body')?.textContent.includes('BR01NS'));
+  const byCode = await page.locator('[data-test=funnel-table] tbody tr').evaluateAll((trs) => trs.map((tr) => tr.cells[1].innerText));
+  check(JSON.stringify(byCode.slice(0, 3)) === '["2","1","1"]', `${tag}: funnel of code BR01NS: 2 visits, 1 registration, 1 activation (${byCode})`);
+  await page.selectOption('#funnel-by', 'scenario');
+  await page.selectOption('#funnel-value', 'utility');
+  await page.waitForFunction(() => /utility|生活缴费|Utility/.test(document.querySelector('#funnel .body p')?.textContent ?? ''));
+  check(true, `${tag}: funnel filtered by scenario`);
+
+  // Channels.
+  await page.click('#tab-channels');
+  check(await page.locator('#channels').isVisible() && !(await page.locator('#overview').isVisible()), `${tag}: the channels view replaces the overview`);
+  const branches = await page.locator('[data-test=by-branch] tbody tr').evaluateAll((trs) => trs.map((tr) => [...tr.cells].map((c) => c.innerText)));
+  const nanshan = branches.find((r) => r[0] === 'nanshan_branch');
+  check(nanshan && nanshan[2] === '2' && nanshan[3] === '1' && nanshan[4] === '50.0%', `${tag}: branch nanshan_branch: 2 visits, 1 registration, 50.0% (${nanshan})`);
+  check(await page.locator('[data-test=by-staff] tbody tr').count() >= 2 && await page.locator('#channels svg').count() >= 2, `${tag}: staff table and charts`);
+  await fits(page, tag, 'channels');
+  await page.screenshot({ path: `${out}/console-${tag}-2-channels.png`, fullPage: true });
+
+  // Campaigns and budgets: spent + reserved + left = total on every row.
+  await page.click('#tab-campaigns');
+  const coupons = await budgetsAddUp(page, '[data-test=coupon-campaigns]', `${tag}: coupon budgets`, e);
+  check(coupons.some((r) => r[0].includes('demo_coffee') && r.some((c) => c === '¥5.00')), `${tag}: the claimed coupon's ¥5.00 is reserved in demo_coffee`);
+  await budgetsAddUp(page, '[data-test=referral-programs]', `${tag}: referral budgets`, e);
+  await budgetsAddUp(page, '[data-test=scenario-budgets]', `${tag}: scenario budgets`, e);
+  check((await page.locator('[data-test=referral-programs] thead th').count()) >= 18, `${tag}: referral programmes with their columns`);
+  check(await page.locator('#leaderboard h3').count() >= 1, `${tag}: a leaderboard per programme`);
+  await fits(page, tag, 'campaigns');
+  await page.screenshot({ path: `${out}/console-${tag}-3-campaigns.png`, fullPage: true });
+
+  // Exceptions: the duplicate payment with its amount and refund instruction.
+  await page.click('#tab-exceptions');
+  const exceptions = await page.locator('[data-test=exceptions] tbody tr').evaluateAll((trs) => trs.map((tr) => [...tr.cells].map((c) => c.innerText)));
+  const dup = exceptions.find((r) => r[2] === orderId);
+  check(dup && dup[4] === e.duplicate && dup[5] === yuan(total) && dup[7].includes(e.refund) && dup[7].includes(twice.event.event_id),
+    `${tag}: the duplicate payment of ${yuan(total)} with its refund instruction (${dup})`);
+  const sum = exceptions.reduce((s, r) => s + fen(r[5]), 0);
+  check((await text(page, '[data-test=exceptions-total]')).includes(yuan(sum)), `${tag}: the exceptions total is the rows' sum ${yuan(sum)}`);
+  const statements = await page.locator('[data-test=settlements] tbody tr').allInnerTexts();
+  check(statements.some((r) => r.includes('demo_water') && r.includes(e.reconciled)), `${tag}: demo_water's statement reconciles`);
+  await fits(page, tag, 'exceptions');
+  await page.screenshot({ path: `${out}/console-${tag}-4-exceptions.png`, fullPage: true });
+
+  // Ledger.
+  await page.click('#tab-ledger');
+  check((await page.getAttribute('[data-test=ledger-status]', 'data-balanced')) === 'true' && (await text(page, '[data-test=ledger-status]')).includes(e.balanced), `${tag}: the ledger is balanced`);
+  await fits(page, tag, 'ledger');
+  await page.screenshot({ path: `${out}/console-${tag}-5-ledger.png`, fullPage: true });
+
+  // Bad ranges: explained beside the field, no panel turns red, nothing is asked of the server.
+  const panelsBefore = await page.locator('.view .bad[role=alert]').count();
+  await page.fill('#from', '2026-03-10');
+  await page.fill('#to', '2026-03-01');
+  await page.click('#apply');
+  check((await text(page, '#from-error')).includes(e.orderErr), `${tag}: from after to is explained beside "from": ${await text(page, '#from-error')}`);
+  await page.fill('#from', '2024-01-01');
+  await page.fill('#to', '2026-03-01');
+  await page.click('#apply');
+  check((await text(page, '#from-error')).includes(e.longErr), `${tag}: a range over 366 days is explained beside "from"`);
+  await page.fill('#from', '2026-03-01');
+  await page.fill('#to', '2099-01-01');
+  await page.click('#apply');
+  check((await text(page, '#to-error')).includes(e.futureErr) && (await text(page, '#from-error')) === '', `${tag}: a last day after tomorrow is explained beside "to"`);
+  check(await page.locator('#to').getAttribute('aria-invalid') === 'true', `${tag}: the field is marked invalid`);
+  check(await page.locator('.view .bad[role=alert]').count() === panelsBefore, `${tag}: no panel shows an error for a bad range`);
+  await page.screenshot({ path: `${out}/console-${tag}-6-bad-range.png`, fullPage: false });
+
+  // No raw codes anywhere.
+  const all = await page.evaluate(() => document.body.innerText);
+  check(!/validation_failed|invalid_operator_token|duplicate_payment|high_value\b/.test(all), `${tag}: no raw API codes on the page`);
+
+  if (lang === 'zh-CN' && width > 1000) {
+    await page.click('.lang-switch button[lang=en]');
+    check((await text(page, 'h1')).includes(e.english) && (await text(page, '#tab-ledger')) === 'Ledger check', `${tag}: the English switch re-labels the page`);
+    await page.click('.lang-switch button[lang=zh-CN]');
+  }
+
+  await page.click('#sign-out');
+  check(await page.locator('#login').isVisible() && await page.evaluate(() => sessionStorage.getItem('scenefin.operator')) === null, `${tag}: sign-out forgets the token`);
+  await page.context().close();
+}
+
+await run(async () => {
+  for (const [width, height] of [[1440, 900], [390, 844]]) {
+    for (const lang of ['zh-CN', 'en']) await walk(width, height, lang);
+  }
+}, 'console walk: all checks passed');

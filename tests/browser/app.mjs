@@ -1,12 +1,17 @@
-// Drives the mini-program demo and the operator console in headless Chromium (Debian's, through playwright-core).
-// Usage: node demo.mjs <base url> <operator token> <artefact dir>
-// Every request outside the app's origin is aborted, so the pages are proven to work with the network off.
+// The customer's mini-program (/app) as a customer uses it on a phone (390×844) in headless Chromium (Debian's,
+// through playwright-core), in Chinese and in English: log in (a friend's code, a stale promotion link, a mistyped
+// code), pay a water bill with a coupon (a double tap places one order), coupons and check-in, the campus card (bind,
+// top-up, pay code, report lost, transactions), property fees (claim, prepay, an order whose answer is lost and a
+// reload), referral progress. Asserts what the person sees; fails on any page error and any console error but the
+// API's own 4xx answers the page explains; saves screenshots.
+// Usage: node app.mjs <base url> <operator token> <artefact dir>
+// Every request outside the app's origin is aborted, so the page is proven to work with the network off.
 import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
 
 const [base, operatorToken, out] = process.argv.slice(2);
 if (!base || !operatorToken || !out) {
-  console.error('usage: node demo.mjs <base url> <operator token> <artefact dir>');
+  console.error('usage: node app.mjs <base url> <operator token> <artefact dir>');
   process.exit(2);
 }
 mkdirSync(out, { recursive: true });
@@ -18,9 +23,14 @@ const browser = await chromium.launch({
 });
 const failures = [];
 const offsite = [];
+let lostAnswers = false; // while true, the page is expected to see failed requests (the lost-answer test)
 
-async function newPage() {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+async function newPage(lang) {
+  const context = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 });
+  // The language a person chose before: set once per tab, so a reload keeps what the page switched to.
+  await context.addInitScript((code) => {
+    if (!sessionStorage.getItem('test.lang')) { localStorage.setItem('scenefin.lang', code); sessionStorage.setItem('test.lang', code); }
+  }, lang);
   await context.route('**/*', (route) => {
     const url = route.request().url();
     if (url.startsWith(base)) return route.continue();
@@ -29,7 +39,14 @@ async function newPage() {
   });
   const page = await context.newPage();
   page.on('pageerror', (e) => failures.push(`page error: ${e.message}`));
-  page.on('console', (m) => { if (m.type() === 'error') failures.push(`console: ${m.text()}`); });
+  page.on('console', (m) => {
+    if (m.type() !== 'error') return;
+    const text = m.text();
+    // Chromium logs every 4xx fetch; those are the API's answers the page turns into plain words (checked below).
+    if (/^Failed to load resource: the server responded with a status of 4\d\d/.test(text)) return;
+    if (lostAnswers && /^Failed to load resource: net::ERR_FAILED/.test(text)) return;
+    failures.push(`console: ${text}`);
+  });
   page.setDefaultTimeout(15000);
   return page;
 }
@@ -39,76 +56,291 @@ function check(condition, what) {
   console.log(`${condition ? 'ok  ' : 'FAIL'} ${what}`);
 }
 
-async function login(page, persona, referralCode) {
-  await page.goto(`${base}/app`);
-  await page.selectOption('#persona', persona);
-  if (referralCode) await page.fill('#referral-code', referralCode);
-  await page.click('#login-button');
-  await page.waitForSelector('[data-test=customer]');
+const squash = (s) => (s ?? '').replace(/\s+/g, ' ').trim();
+const text = async (page, selector) => squash(await page.locator(selector).first().textContent());
+
+/// Waits until the element's text contains `want`, then records the check (with what was there if it never did).
+async function sees(page, selector, want, what) {
+  try {
+    await page.waitForFunction(([s, w]) => [...document.querySelectorAll(s)].some((n) => n.textContent.includes(w)), [selector, want], { timeout: 10000 });
+    check(true, `${what}: "${want}"`);
+  } catch {
+    const all = await page.locator(selector).allTextContents().catch(() => []);
+    check(false, `${what}: "${want}" not in ${selector} (${all.map(squash).join(' | ') || 'nothing'})`);
+  }
 }
 
+async function shot(page, name) {
+  await page.screenshot({ path: `${out}/app-${name}.png`, fullPage: true });
+}
+
+async function login(page, persona, { path = '/app', referral } = {}) {
+  await page.goto(`${base}${path}`);
+  await page.waitForSelector('body[data-ready]');
+  await page.selectOption('#persona', persona);
+  if (referral !== undefined) await page.fill('#referral-code', referral);
+  await page.click('#login-button');
+  await page.waitForSelector('[data-test=customer]');
+  await page.waitForSelector('body[data-ready]');
+}
+
+async function tab(page, name) {
+  await page.click(`#tab-${name}`);
+  await page.waitForSelector(`#panel-${name}:not([hidden])`);
+}
+
+/// The customer's orders of a scenario as the server has them (through the page's own session).
+const serverOrders = (page, scenario) => page.evaluate(async (s) => {
+  const token = sessionStorage.getItem('scenefin.session');
+  const r = await fetch(`/api/${s}/orders`, { headers: { authorization: `Bearer ${token}` } });
+  return (await r.json()).items;
+}, scenario);
+
+function countOrderPosts(page, scenario) {
+  const posts = [];
+  page.on('request', (r) => {
+    if (r.method() === 'POST' && new URL(r.url()).pathname === `/api/${scenario}/orders`) posts.push(r.headers()['idempotency-key']);
+  });
+  return posts;
+}
+
+async function journey(name, body) {
+  try {
+    await body();
+  } catch (e) {
+    failures.push(`${name}: ${e.stack ?? e}`);
+    console.log(`FAIL ${name}: ${e.message}`);
+  }
+}
+
+let code = '';
+
 try {
-  // 1. Alice logs in and shares her referral code.
-  const alice = await newPage();
-  await login(alice, 'alice');
-  await alice.waitForSelector('#program option', { state: 'attached' });
-  await alice.click('#get-code');
-  const code = (await alice.textContent('[data-test=referral-code]')).trim();
-  check(/^[A-Z0-9]{8}$/.test(code), `alice has a referral code (${code})`);
-  await alice.screenshot({ path: `${out}/1-alice-referral-code.png`, fullPage: true });
+  // 1. Before login every action is disabled and says why; Alice logs in (Chinese) and shares her referral code.
+  await journey('alice shares her code', async () => {
+    const alice = await newPage('zh-CN');
+    await alice.goto(`${base}/app`);
+    await alice.waitForSelector('body[data-ready]');
+    check(await alice.getAttribute('html', 'lang') === 'zh-CN', 'the page opens in Simplified Chinese');
+    check(await alice.isDisabled('#bind-form button[type=submit]'), 'before login the bind button is disabled');
+    await sees(alice, '#panel-utility .login-needed', '请先登录', 'before login the page says why');
+    await tab(alice, 'coupons');
+    await alice.waitForSelector('[data-test=campaign] [data-test=claim]');
+    check(await alice.isDisabled('[data-test=campaign] [data-test=claim]'), 'before login the claim button is disabled');
+    await shot(alice, '01-before-login');
+    await tab(alice, 'utility');
+    await login(alice, 'alice');
+    await sees(alice, '[data-test=stage]', '新客户', 'the header shows the lifecycle stage');
+    await tab(alice, 'referrals');
+    await alice.click('[data-test=get-code]');
+    await alice.waitForSelector('[data-test=referral-code]');
+    code = await text(alice, '[data-test=referral-code]');
+    check(/^[A-Z0-9]{8}$/.test(code), `alice has a referral code (${code})`);
+    await sees(alice, '[data-test=share-text]', `/app?ref=${code}`, 'the share text carries her link');
+    await sees(alice, '[data-test=referral-progress]', '已成功邀请 0 位好友', 'her progress starts at zero');
+    await sees(alice, '[data-test=next-tier]', '再邀请 1 位即可升至第 1 档', 'and says what the next tier needs');
+    await shot(alice, '02-alice-referral-code');
+    await alice.context().close();
+  });
 
-  // 2. Bob registers with it, binds his water account and pays the bill through the simulated gateway.
-  const bob = await newPage();
-  await login(bob, 'bob', code);
-  await bob.waitForSelector('#biller option', { state: 'attached' });
-  await bob.fill('#account-no', '8800112233');
-  await bob.click('#bind-form button');
-  await bob.waitForSelector('[data-test=account] [data-test=pay]');
-  check((await bob.textContent('[data-test=due]')).includes('¥125.00'), 'the bound account shows ¥125.00 due');
-  await bob.screenshot({ path: `${out}/2-bob-bill.png`, fullPage: true });
-  await bob.click('[data-test=pay]');
-  await bob.waitForSelector('[data-test=receipt]');
-  const receipt = await bob.textContent('[data-test=receipt]');
-  check(receipt.includes('paid'), `the receipt says paid (${receipt.replace(/\s+/g, ' ').slice(0, 120)})`);
-  await bob.waitForSelector('[data-test=account] .ok');
-  check((await bob.textContent('[data-test=account]')).includes('Nothing due'), 'nothing is due after paying');
-  await bob.screenshot({ path: `${out}/3-bob-receipt.png`, fullPage: true });
+  // 2. Bob opens Alice's link, binds his water account, claims a bill coupon, checks in and pays with a double tap.
+  await journey('bob pays his water bill', async () => {
+    const bob = await newPage('zh-CN');
+    await login(bob, 'bob', { path: `/app?ref=${code}` });
+    await sees(bob, '[data-test=notice]', `已关联好友的邀请码 ${code}`, "bob is told his friend's code took");
+    const stageBefore = await bob.getAttribute('[data-test=stage]', 'data-stage');
+    await bob.waitForSelector('#biller option', { state: 'attached' });
+    await bob.fill('#account-no', '12');
+    await bob.click('#bind-form button[type=submit]');
+    await sees(bob, '#bind-error', '户号', 'a mistyped account number is explained beside the form');
+    check(!/[a-z]+_[a-z_]+/.test(await text(bob, '#bind-error')), 'the explanation shows no raw problem code');
+    await bob.fill('#account-no', '8800112233');
+    await bob.click('#bind-form button[type=submit]');
+    await sees(bob, '#bind-ok', '鲍*', "the holder's two-character name is masked as 鲍*");
+    await sees(bob, '[data-test=account] [data-test=due]', '应缴 ¥125.00', 'the bound account shows ¥125.00 due');
 
-  // 3. Bob claims a coupon; it shows in his wallet with its code.
-  await bob.waitForSelector('[data-test=claim]');
-  await bob.click('[data-test=claim]');
-  await bob.waitForSelector('[data-test=coupon] .code');
-  const coupon = (await bob.textContent('[data-test=coupon] .code')).trim();
-  check(/^[2-9A-Z]{12}$/.test(coupon), `bob's wallet shows the coupon code (${coupon})`);
-  await bob.screenshot({ path: `${out}/4-bob-coupon.png`, fullPage: true });
+    await tab(bob, 'coupons');
+    await bob.click('[data-test=checkin]');
+    await sees(bob, '[data-test=streak]', '已连续签到 1 天', 'check-in starts a streak');
+    await sees(bob, '#checkin-message', '签到奖励', 'the streak earns the check-in coupon');
+    check(await bob.isDisabled('[data-test=checkin]'), 'checking in twice a day is not offered');
+    await bob.click('[data-campaign=demo_bill] [data-test=claim]');
+    await sees(bob, '[data-campaign=demo_bill] .ok', '已放入卡包', 'the claimed coupon is in the wallet');
+    await sees(bob, '[data-test=coupon]', '可用于生活缴费', 'the wallet says the coupon works on bills');
+    await shot(bob, '03-bob-coupons');
 
-  // 4. Bob binds his campus card and sees its balance.
-  await bob.fill('#member-no', 'D001');
-  await bob.fill('#activation', '111111');
-  await bob.click('#card-form button');
-  await bob.waitForSelector('[data-test=campus-card]');
-  const card = await bob.textContent('[data-test=campus-card]');
-  check(card.includes('¥0.00') && card.includes('D001') && card.includes('active'), `bob's campus card shows (${card})`);
+    await tab(bob, 'utility');
+    await bob.click('[data-test=account] [data-test=pay]');
+    await bob.waitForSelector('[data-test=checkout] [data-test=coupon-choice]');
+    await sees(bob, '[data-test=checkout]', '本行持卡优惠', 'the checkout shows the cardholder discount');
+    const couponValue = await bob.$eval('[data-test=coupon-choice]', (s) => [...s.options].find((o) => o.text.includes('生活缴费立减'))?.value);
+    await bob.selectOption('[data-test=coupon-choice]', couponValue);
+    await sees(bob, '[data-test=checkout]', '优惠券：生活缴费立减 ¥3', 'the coupon is priced into the bill');
+    await sees(bob, '[data-test=checkout-total]', '¥115.90', 'the total is ¥125.00 less the coupon and 5%');
+    await shot(bob, '04-bob-checkout');
 
-  // 5. Alice sees her referral progress: bob's payment qualified him.
-  await alice.reload();
-  await alice.waitForSelector('[data-test=referral-progress]');
-  await alice.waitForFunction(() => document.querySelector('[data-test=referral-progress]')?.textContent.startsWith('1 qualified'));
-  const next = await alice.textContent('[data-test=next-tier]');
-  check(next === '2 more to reach tier 2', `alice's next tier: "${next}"`);
-  await alice.screenshot({ path: `${out}/5-alice-progress.png`, fullPage: true });
+    const posts = countOrderPosts(bob, 'utility');
+    // The gateway takes a moment, so the pending state shows.
+    await bob.route('**/api/demo/payments', async (route) => { await new Promise((r) => { setTimeout(r, 1500); }); await route.continue(); });
+    await bob.dblclick('[data-test=confirm-pay]');
+    await sees(bob, '[data-test=pay-status]', '等待银行确认', 'a pending state shows while the bank confirms');
+    check(await bob.isDisabled('[data-test=confirm-pay]'), 'the Pay button is disabled while the payment is in flight');
+    await shot(bob, '05-bob-pending');
+    await bob.waitForSelector('[data-test=receipt]');
+    await sees(bob, '[data-test=receipt]', '支付成功', 'the receipt says the payment succeeded');
+    await sees(bob, '[data-test=receipt-amount]', '已支付 ¥115.90', 'the receipt shows what was paid');
+    check(posts.length === 1, `a double tap sent exactly one POST /api/utility/orders (${posts.length})`);
+    const orders = await serverOrders(bob, 'utility');
+    check(orders.length === 1 && orders[0].state === 'paid', `the server has one paid order (${orders.map((o) => o.state).join(', ')})`);
+    await sees(bob, '[data-test=account] [data-test=nothing-due]', '暂无欠费', 'nothing is due after paying');
+    await sees(bob, '[data-test=order]', '已支付', 'the payment history lists the paid order');
+    await bob.waitForFunction((before) => document.querySelector('[data-test=stage]')?.dataset.stage !== before, stageBefore);
+    check(true, `the header's lifecycle stage moved on after paying (${stageBefore} → ${await bob.getAttribute('[data-test=stage]', 'data-stage')})`);
+    await shot(bob, '06-bob-receipt');
 
-  // 6. The operator console shows the funnel moving and the books balanced.
-  const ops = await newPage();
-  await ops.goto(`${base}/console`);
-  await ops.fill('#token', operatorToken);
-  await ops.click('#load');
-  await ops.waitForSelector('body[data-loaded]');
-  const registered = Number(await ops.getAttribute('#funnel', 'data-registered'));
-  check(registered >= 2, `the funnel counts the registrations (${registered})`);
-  check((await ops.textContent('[data-test=ledger-status]')).startsWith('Balanced'), 'the console shows the ledger balanced');
-  check((await ops.locator('#campaigns table').count()) > 0, 'the console lists campaigns and budgets');
-  await ops.screenshot({ path: `${out}/6-console.png`, fullPage: true });
+    // 3. Campus card: a wrong code explained, then bound; top-up, pay code countdown, report lost and back.
+    await tab(bob, 'campus');
+    await bob.fill('#member-no', 'D001');
+    await bob.fill('#activation', '999999');
+    await bob.click('#card-form button[type=submit]');
+    await sees(bob, '#card-error', '学号或激活码不正确', 'a wrong activation code is explained beside the form');
+    await bob.fill('#activation', '111111');
+    await bob.click('#card-form button[type=submit]');
+    await bob.waitForSelector('[data-test=campus-card]');
+    await sees(bob, '[data-test=balance]', '¥0.00', 'the new card shows its balance');
+    await sees(bob, '[data-test=card-status]', '正常', 'and its status');
+    await bob.selectOption('[data-test=topup-amount]', '5000');
+    await bob.click('[data-test=topup]');
+    await bob.click('[data-test=confirm-pay]');
+    await sees(bob, '#campus-receipt [data-test=receipt]', '支付成功', 'the top-up gets a receipt');
+    await sees(bob, '[data-test=balance]', '¥51.00', 'the balance includes the ¥50.00 top-up and the 2% bank-card bonus');
+    await sees(bob, '[data-test=txn]', '充值', 'the transactions list the top-up');
+    await bob.click('[data-test=paycode]');
+    await bob.waitForSelector('[data-test=paycode-digits]');
+    check(/^\d{4} \d{4} \d{4} \d{4} \d{2}$/.test(await text(bob, '[data-test=paycode-digits]')), 'the pay code shows 18 digits in groups');
+    const left = async () => Number((await text(bob, '[data-test=paycode-left]')).match(/\d+/)?.[0]);
+    const first = await left();
+    await bob.waitForTimeout(2100);
+    const later = await left();
+    check(first > 0 && later < first, `the pay code counts down (${first} s → ${later} s)`);
+    await shot(bob, '07-bob-campus-paycode');
+    await bob.click('[data-test=report-lost]');
+    await bob.click('[data-test=confirm-lost]');
+    await sees(bob, '[data-test=card-status]', '已挂失', 'reporting the card lost shows at once');
+    check(await bob.isDisabled('[data-test=topup]'), 'a lost card cannot be topped up');
+    await bob.click('[data-test=unfreeze]');
+    await sees(bob, '[data-test=card-status]', '正常', 'unblocking brings it back');
+    await shot(bob, '08-bob-campus');
+    await tab(bob, 'utility');
+    await bob.click('#logout');
+    await sees(bob, '[data-test=notice]', '已退出登录', 'logging out says so');
+    check(await bob.isVisible('#login'), 'and shows the login form again');
+    await bob.context().close();
+  });
+
+  // 4. Carol, in English: a stale promotion link and a mistyped code do not block her; she enters Alice's code
+  //    later on the Invite page and pays her bill; switching to Chinese re-renders what she sees.
+  await journey('carol in English', async () => {
+    const carol = await newPage('en');
+    await login(carol, 'carol', { path: '/app?ch=STALE9', referral: 'NOPE1234' });
+    check(await carol.getAttribute('html', 'lang') === 'en', 'the page is in English');
+    await sees(carol, '[data-test=notice]', 'promotion link you opened has expired', 'a stale channel code is explained, and she is logged in');
+    await sees(carol, '[data-test=notice]', 'There is no such referral code', 'a mistyped referral code is explained');
+    await sees(carol, '[data-test=notice]', 'Invite page', 'and she is told where to enter one later');
+    await shot(carol, '09-carol-login-notices');
+    await tab(carol, 'referrals');
+    check(await carol.inputValue('#attach-code') === 'NOPE1234', 'the Invite page keeps the code she typed to correct');
+    await carol.fill('#attach-code', code);
+    await carol.click('#attach-form button[type=submit]');
+    await sees(carol, '#attach-ok', "Linked to your friend's code", "she attaches Alice's code afterwards");
+    await tab(carol, 'utility');
+    await carol.fill('#account-no', '8800112235');
+    await carol.click('#bind-form button[type=submit]');
+    await sees(carol, '#bind-ok', 'holder 卡*尔', 'the holder name is masked');
+    await sees(carol, '[data-test=due]', '¥145.00 due', 'the bill shows in English');
+    await carol.click('[data-test=account] [data-test=pay]');
+    await sees(carol, '[data-test=checkout-total]', 'You pay ¥137.75', 'the English checkout shows the total');
+    await carol.click('[data-test=confirm-pay]');
+    await sees(carol, '[data-test=receipt]', 'Payment successful', 'the English receipt');
+    await sees(carol, '[data-test=receipt-amount]', 'Paid ¥137.75', 'with the amount paid');
+    await shot(carol, '10-carol-receipt-en');
+    await carol.click('.lang-switch button[lang=zh-CN]');
+    await sees(carol, '[data-test=receipt]', '支付成功', 'switching to Chinese re-renders the receipt');
+    await sees(carol, '#tab-utility', '生活缴费', 'and the tabs');
+    check(await carol.getAttribute('html', 'lang') === 'zh-CN', 'and the document language');
+    await shot(carol, '11-carol-receipt-zh');
+    await carol.context().close();
+  });
+
+  // 5. Dave claims his room (a wrong owner name explained), pays fees and six months ahead; the first order's answer
+  //    is lost and the page reloaded: the retry carries the same Idempotency-Key and the server has one order.
+  await journey('dave pays property fees', async () => {
+    const dave = await newPage('zh-CN');
+    await login(dave, 'dave');
+    await tab(dave, 'property');
+    await dave.fill('#room-id', 'A1-1201');
+    await dave.fill('#owner-name', '王小明');
+    await dave.click('#claim-form button[type=submit]');
+    await sees(dave, '#claim-error', '业主姓名与物业登记不一致', 'a wrong owner name is explained beside the form');
+    await dave.fill('#owner-name', '王芳');
+    await dave.click('#claim-form button[type=submit]');
+    await dave.waitForSelector('[data-test=room]');
+    await sees(dave, '[data-test=owner]', '业主 王*', 'the owner shows masked as 王*');
+    await sees(dave, '[data-test=arrears]', '欠费 ¥418.50', 'the fees due show');
+    await dave.selectOption('[data-test=prepay]', '6');
+    await dave.click('[data-test=property-pay]');
+    await sees(dave, '[data-test=checkout]', '预缴 6 个月', 'the checkout prices six months ahead');
+    await sees(dave, '[data-test=checkout]', '预缴赠送月份', 'with the free month');
+    const total = await text(dave, '[data-test=checkout-total]');
+    await shot(dave, '12-dave-checkout');
+
+    const posts = countOrderPosts(dave, 'property');
+    lostAnswers = true;
+    // The order reaches the server, its answer never reaches the page.
+    await dave.route('**/api/property/orders', async (route) => {
+      if (route.request().method() !== 'POST') return route.continue();
+      await route.fetch();
+      return route.abort('failed');
+    });
+    await dave.click('[data-test=confirm-pay]');
+    await sees(dave, '[data-test=pay-error]', '网络不稳定', 'a lost answer is explained in plain words');
+    await dave.unroute('**/api/property/orders');
+    lostAnswers = false;
+    await dave.reload();
+    await dave.waitForSelector('body[data-ready]');
+    await dave.waitForSelector('#panel-property:not([hidden]) [data-test=room]');
+    await dave.selectOption('[data-test=prepay]', '6');
+    await dave.click('[data-test=property-pay]');
+    await dave.waitForSelector('[data-test=confirm-pay]');
+    await dave.click('[data-test=confirm-pay]');
+    await sees(dave, '#property-receipt [data-test=receipt]', '支付成功', 'after the reload the payment completes');
+    check(posts.length >= 2 && new Set(posts).size === 1, `every attempt carried the same Idempotency-Key (${posts.length} POSTs, ${new Set(posts).size} key)`);
+    const orders = await serverOrders(dave, 'property');
+    check(orders.length === 1 && orders[0].state === 'paid', `the server has exactly one paid property order (${orders.map((o) => o.state).join(', ')})`);
+    await sees(dave, '#property-receipt [data-test=receipt-amount]', total.replace(/^实付 /, '已支付 '), 'the receipt shows the checkout total');
+    await sees(dave, '[data-test=arrears]', '暂无欠费', 'nothing is due afterwards');
+    await sees(dave, '[data-test=room]', '已预缴 7 个月', 'six months paid ahead plus one free');
+    await shot(dave, '13-dave-receipt');
+    await dave.click('.lang-switch button[lang=en]');
+    await sees(dave, '[data-test=arrears]', 'Nothing due', 'switching to English re-renders the room');
+    await sees(dave, '[data-test=room]', '7 month(s) prepaid', 'in English');
+    await shot(dave, '14-dave-en');
+    await dave.context().close();
+  });
+
+  // 6. Alice sees both friends qualified and what the next tier needs.
+  await journey('alice sees her progress', async () => {
+    const alice = await newPage('zh-CN');
+    await login(alice, 'alice');
+    await tab(alice, 'referrals');
+    await sees(alice, '[data-test=referral-progress]', '已成功邀请 2 位好友', 'both friends who paid count');
+    await sees(alice, '[data-test=tier]', '当前第 1 档', 'she is on tier 1');
+    await sees(alice, '[data-test=next-tier]', '再邀请 1 位即可升至第 2 档', 'one more reaches tier 2');
+    check((await alice.locator('[data-test=referral]').count()) === 2, 'her friends are listed');
+    await sees(alice, '[data-test=referral]', '已达标', 'as qualified');
+    await shot(alice, '15-alice-progress');
+    await alice.context().close();
+  });
 } catch (e) {
   failures.push(`exception: ${e.stack ?? e}`);
 } finally {
@@ -120,4 +352,4 @@ if (failures.length) {
   console.error(failures.join('\n'));
   process.exit(1);
 }
-console.log('browser demo: all checks passed');
+console.log('mini-program: all checks passed');

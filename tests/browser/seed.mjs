@@ -1,5 +1,6 @@
-// Seeds demo data through the real APIs: a water biller with bills, a campus school with cards, a coffee-shop
-// coupon campaign and a referral programme. Used by `cargo xtask up --demo` and by the browser tests.
+// Seeds demo data through the real APIs: a water biller with bills, a campus school with cards, coupon campaigns (a
+// coffee shop's, one usable on bills, a check-in streak), a community with rooms and fee bills, and a referral
+// programme. Used by `cargo xtask up --demo` and by the browser tests.
 // Usage: node seed.mjs <base url> <operator token>. Safe to run again: what exists already is left alone.
 import { createHash, createHmac, randomBytes } from 'node:crypto';
 
@@ -70,6 +71,34 @@ expect(await operator('POST', '/api/coupons/campaigns', {
   coupon: { type: 'fixed_off', amount_fen: 500, min_spend_fen: 1500 }, validity: { days_after_claim: 7 },
   schedule, stock_total: 100, budget_fen: 50000,
 }), 'campaign');
+expect(await operator('POST', '/api/coupons/campaigns', {
+  id: 'demo_bill', title: '生活缴费立减 ¥3', kind: 'daily', merchant_ids: ['demo_cafe'],
+  coupon: { type: 'fixed_off', amount_fen: 300, min_spend_fen: 5000 }, validity: { days_after_claim: 7 },
+  schedule, stock_total: 1000, budget_fen: 100000, applies_to: ['merchant', 'utility', 'property'],
+}), 'bill coupon campaign');
+expect(await operator('POST', '/api/coupons/campaigns', {
+  id: 'demo_checkin', title: '签到礼 ¥2 咖啡券', kind: 'checkin', merchant_ids: ['demo_cafe'],
+  coupon: { type: 'fixed_off', amount_fen: 200, min_spend_fen: 1000 }, validity: { days_after_claim: 7 },
+  schedule, stock_total: 1000, budget_fen: 50000, checkin_streaks: [1, 3, 7],
+}), 'check-in campaign');
+
+const garden = expect(await operator('POST', '/api/property/communities', {
+  id: 'demo_garden', name: '示范花园', city: '深圳', property_company: '示范物业', settlement_account: '6222000099990001',
+  owner_discount: { percent_bp: 200, cap_fen: 2000, budget_id: 'demo_garden_owner', budget_fen: 100000 },
+  prepay: { months: 6, free_months: 1 }, late_fee: { late_fee_bp_per_day: 5, grace_days: 15, cap_bp: 1000 },
+}), 'community');
+if (garden) {
+  const rooms = [['A1-1201', '1201', '王芳'], ['A1-1202', '1202', '张三丰'], ['A1-1203', '1203', '李娜']].map(([room_id, number, owner_name]) => ({
+    room_id, building: 'A1', unit: '1', number, owner_name, area_m2: 89.5, monthly_fee_fen: 26850,
+  }));
+  expect(await partner(garden, 'PUT', '/api/property/communities/demo_garden/rooms', { rooms }), 'rooms');
+  const bills = rooms.flatMap((r) => [
+    { bill_id: `DG-2026-11-P-${r.number}`, room_id: r.room_id, cost_type: 'property', period: '2026-11', amount_fen: 26850, due_date: '2027-01-31' },
+    { bill_id: `DG-2026-11-C-${r.number}`, room_id: r.room_id, cost_type: 'parking', period: '2026-11', amount_fen: 15000, due_date: '2027-01-31' },
+  ]);
+  expect(await partner(garden, 'PUT', '/api/property/communities/demo_garden/bills', { bills }), 'fee bills');
+}
+
 expect(await operator('POST', '/api/referrals/programs', {
   id: 'demo_friends', title: 'Bring a friend',
   qualifying: { event: 'first_payment', min_amount_fen: 1000, within_days: 30 }, holding_days: 7,
@@ -78,4 +107,4 @@ expect(await operator('POST', '/api/referrals/programs', {
   max_rewarded_per_referrer: 50, budget_fen: 100000, schedule,
 }), 'referral program');
 
-console.log('demo data seeded: water accounts 8800112233-36, campus cards D001-D004 (codes 111111-111114), demo_coffee, demo_friends');
+console.log('demo data seeded: water accounts 8800112233-36, campus cards D001-D004 (codes 111111-111114), community demo_garden rooms A1-1201..1203 (owners 王芳, 张三丰, 李娜), campaigns demo_coffee, demo_bill, demo_checkin, programme demo_friends');

@@ -1,6 +1,6 @@
-//! The console and the mini-program demo in headless Chromium (Debian's `chromium`, driven by `playwright-core`
-//! from npm; `cargo xtask test` installs both): login → pay a bill → claim a coupon → referral progress, then the
-//! console showing the funnel and the books. Screenshots go to `target/browser-artifacts/`.
+//! The pages in headless Chromium (Debian's `chromium`, driven by `playwright-core` from npm; `cargo xtask test`
+//! installs both): the customer's mini-program (tests/browser/app.mjs) and the operator console. Screenshots go to
+//! `target/browser-artifacts/`.
 
 use std::path::Path;
 use std::process::Command;
@@ -32,8 +32,11 @@ async fn node(script: &'static str, app: &TestApp, extra: Vec<String>) -> String
     stdout
 }
 
+/// The customer's mini-program on a 390×844 phone, in Chinese and in English: login (a friend's code, a stale
+/// promotion link, a mistyped code), a bill paid with a coupon where a double tap places one order, coupons and
+/// check-in, the campus card, property fees with a lost answer and a reload (one order), referral progress.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demo_walks_login_bill_coupon_referral_and_the_console_shows_it() {
+async fn the_mini_program_walks_every_customer_journey_in_both_languages() {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     let script_dir = workspace().join("tests/browser");
     assert!(
@@ -47,8 +50,8 @@ async fn the_demo_walks_login_bill_coupon_referral_and_the_console_shows_it() {
     let again = node("seed.mjs", &app, vec![]).await;
     assert!(again.contains("exists already"), "seeding twice leaves the data alone: {again}");
     let artefacts = workspace().join("target/browser-artifacts").display().to_string();
-    let stdout = node("demo.mjs", &app, vec![artefacts]).await;
-    assert!(stdout.contains("all checks passed"), "{stdout}");
+    let stdout = node("app.mjs", &app, vec![artefacts]).await;
+    assert!(stdout.contains("mini-program: all checks passed"), "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,6 +20,12 @@ pub struct Tool {
 pub const CHROMIUM: Tool = Tool { command: "chromium", package: "chromium", why: "the browser tests" };
 pub const NODE: Tool = Tool { command: "node", package: "nodejs", why: "the browser tests" };
 pub const NPM: Tool = Tool { command: "npm", package: "npm", why: "`npm ci` in tests/browser" };
+/// Not a command: a font with Chinese glyphs (the pages are Chinese first; without one Chromium draws boxes).
+pub const CJK_FONT: Tool = Tool {
+    command: "a Chinese font (fc-list :lang=zh)",
+    package: "fonts-noto-cjk",
+    why: "Chinese text in the browser tests",
+};
 pub const REDIS: Tool = Tool { command: "redis-server", package: "redis-server", why: "the Redis store tests" };
 pub const XZ: Tool = Tool { command: "xz", package: "xz-utils", why: "unpacking the Spin CLI" };
 pub const WRK: Tool = Tool { command: "wrk", package: "wrk", why: "the load generator of `cargo xtask bench`" };
@@ -73,8 +79,15 @@ pub fn ensure(root: &Path, tools: &[&Tool], browser: bool) -> Result<()> {
     Ok(())
 }
 
-/// Everything is looked up on `PATH` but Chromium: the browser tests run `CHROMIUM`, else Debian's /usr/bin/chromium.
+/// Everything is looked up on `PATH` but Chromium (the browser tests run `CHROMIUM`, else Debian's /usr/bin/chromium)
+/// and the Chinese font (fontconfig knows one for `zh`).
 fn present(tool: &Tool) -> bool {
+    if *tool == CJK_FONT {
+        return Command::new("fc-list")
+            .args([":lang=zh", "family"])
+            .output()
+            .is_ok_and(|o| o.status.success() && !o.stdout.trim_ascii().is_empty());
+    }
     if *tool == CHROMIUM {
         return std::env::var_os("CHROMIUM").is_some_and(|p| !p.is_empty()) || Path::new("/usr/bin/chromium").is_file();
     }

@@ -55,7 +55,7 @@ fn xtask() -> Result<()> {
         "test" => {
             let deps_only = rest.first().is_some_and(|a| a == "--deps-only");
             if rest.is_empty() || deps_only {
-                let mut needs = vec![&deps::CHROMIUM, &deps::NODE, &deps::NPM, &deps::REDIS];
+                let mut needs = vec![&deps::CHROMIUM, &deps::CJK_FONT, &deps::NODE, &deps::NPM, &deps::REDIS];
                 needs.extend(spin_needs(&root, &[]));
                 deps::ensure(&root, &needs, true)?;
                 if deps_only {

@@ -33,6 +33,7 @@ const FILES: &[(&str, &str, &str)] = &[
     ("/assets/console.js", "text/javascript; charset=utf-8", include_str!("../assets/console.js")),
     ("/assets/console-texts.js", "text/javascript; charset=utf-8", include_str!("../assets/console-texts.js")),
     ("/assets/app.js", "text/javascript; charset=utf-8", include_str!("../assets/app.js")),
+    ("/assets/app-text.js", "text/javascript; charset=utf-8", include_str!("../assets/app-text.js")),
 ];
 
 fn page(content_type: &'static str, body: &'static str) -> Response {

@@ -109,7 +109,7 @@ pub async fn bills(req: &Request, route: &Route) -> Handled {
         &json!({
             "biller_id": biller.id,
             "account_no": account.account_no,
-            "holder_masked": scenefin_core::customers::mask(&account.holder_name),
+            "holder_masked": scenefin_core::customers::mask_name(&account.holder_name),
             "exactness": biller.exactness,
             "items": items,
             "outstanding_fen": due,

@@ -298,6 +298,18 @@ pub fn mask(value: &str) -> String {
     }
 }
 
+/// Masks a person's name the way Chinese banks show it: a two-character name keeps its first character (`王芳` →
+/// `王*`), a longer one its first and last (`张三丰` → `张*丰`), a single character is fully masked. Unlike [`mask`],
+/// which hides a two-character identifier completely, the customer must recognise the name to confirm it is theirs.
+pub fn mask_name(name: &str) -> String {
+    let chars: Vec<char> = name.chars().collect();
+    match chars.len() {
+        0 | 1 => "*".into(),
+        2 => format!("{}*", chars[0]),
+        _ => mask(name),
+    }
+}
+
 /// Masks a phone number as `138****5678`.
 pub fn mask_phone(phone: &str) -> String {
     let chars: Vec<char> = phone.chars().collect();
@@ -390,6 +402,10 @@ mod tests {
     fn masks_hide_the_middle() {
         assert_eq!(mask("wx_abcdef"), "w*******f");
         assert_eq!(mask("ab"), "**");
+        assert_eq!(mask_name("王芳"), "王*");
+        assert_eq!(mask_name("张三丰"), "张*丰");
+        assert_eq!(mask_name("欧阳娜娜"), "欧**娜");
+        assert_eq!(mask_name("李"), "*");
         assert_eq!(mask_phone("13812345678"), "138****5678");
     }
 }

@@ -8,7 +8,7 @@
 
 use scenefin_core::auth::{constant_time_eq, sha256_hex};
 use scenefin_core::clock::Timestamp;
-use scenefin_core::customers::{LifecycleRules, mask};
+use scenefin_core::customers::{LifecycleRules, mask_name};
 use scenefin_core::events::{self, Event, EventKind};
 use scenefin_core::ids::{Id, hash_key_part};
 use scenefin_core::json::text;
@@ -595,7 +595,7 @@ pub async fn view(store: &impl Store, card: &Card, now: Timestamp) -> Result<Car
         school_id: card.school_id.clone(),
         member_no: card.member_no.clone(),
         kind: card.kind,
-        holder_masked: mask(&card.holder_name),
+        holder_masked: mask_name(&card.holder_name),
         status: card.shown_status(now),
         balance_fen: balance,
         daily_limit_fen: card.daily_limit_fen,

@@ -2,7 +2,7 @@
 //! names a day lock the room for that customer) and what they owe.
 
 use scenefin_core::clock::Timestamp;
-use scenefin_core::customers::{LifecycleRules, mask};
+use scenefin_core::customers::{LifecycleRules, mask_name};
 use scenefin_core::events::{self, Event, EventKind};
 use scenefin_core::kv::{self, Step, Store, get_json};
 use scenefin_core::limits;
@@ -196,7 +196,7 @@ pub async fn list(store: &impl Store, customer_id: &str, now: Timestamp) -> Resu
             community_name: community.name.clone(),
             community_id: community.id,
             address: format!("{}-{}-{}", room.building, room.unit, room.number),
-            owner_masked: mask(&room.owner_name),
+            owner_masked: mask_name(&room.owner_name),
             monthly_fee_fen: room.monthly_fee_fen,
             prepaid_months: room.prepaid.iter().map(|p| p.months).sum(),
             room_id: room.room_id,

@@ -2,7 +2,7 @@
 //! customer can confirm it is theirs without learning anyone else's name.
 
 use scenefin_core::clock::Timestamp;
-use scenefin_core::customers::{LifecycleRules, mask};
+use scenefin_core::customers::{LifecycleRules, mask_name};
 use scenefin_core::events::{self, Event, EventKind};
 use scenefin_core::ids::hash_key_part;
 use scenefin_core::kv::{self, Step, Store, claim_once, get_json};
@@ -71,7 +71,7 @@ pub async fn bind(
         biller_id: biller.id.clone(),
         account_no: account.account_no.clone(),
         alias: alias.map(|a| a.trim().to_owned()),
-        holder_masked: mask(&account.holder_name),
+        holder_masked: mask_name(&account.holder_name),
         bound_at: now,
     };
     let bound = kv::update_json(store, &keys::bindings(customer_id), |current: Option<&Bindings>| {

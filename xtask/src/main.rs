@@ -2,7 +2,8 @@
 //!
 //! - `build`: make sure the `wasm32-wasip2` target is installed, then build every component of spin.toml and every
 //!   test fixture in release, in one cargo invocation.
-//! - `up [host args...]`: build, generate development secrets on first run, serve spin.toml on 127.0.0.1:3000.
+//! - `up [host args...]`: build, generate development secrets on first run, serve spin.toml on 127.0.0.1:3000, and
+//!   print (every time) the console's address and the operator token with where it is kept.
 //! - `test [cargo test args...]`: build, then `cargo test --workspace`; a full run (no args) first installs what the
 //!   tests need beyond Rust (see `deps.rs`; `test --deps-only` does only that), and at the end regenerates
 //!   docs/RELIABILITY.md from the rows the reliability tests wrote, then runs the money and concurrency suites
@@ -329,22 +330,29 @@ fn up(root: &Path, host_args: &[String]) -> Result<()> {
     if demo {
         cmd.env("SPIN_VARIABLE_DEMO_MODE", "true");
     }
-    let operator_token =
-        std::env::var("SPIN_VARIABLE_OPERATOR_TOKEN").ok().or_else(|| vars.get("operator_token").cloned());
+    let from_env = std::env::var("SPIN_VARIABLE_OPERATOR_TOKEN").ok();
+    let token_source = if from_env.is_some() {
+        "from SPIN_VARIABLE_OPERATOR_TOKEN in your environment".to_owned()
+    } else {
+        format!("kept as operator_token in {}", root.join(".spin/dev-variables.toml").display())
+    };
+    let operator_token = from_env.or_else(|| vars.get("operator_token").cloned());
     for (name, value) in vars {
         let key = format!("SPIN_VARIABLE_{}", name.to_ascii_uppercase());
         if std::env::var(&key).is_err() {
             cmd.env(key, value);
         }
     }
-    if !demo {
-        return run(&mut cmd);
-    }
     let listen = host_args
         .iter()
         .position(|a| *a == "--listen")
         .and_then(|i| host_args.get(i + 1))
         .map_or_else(|| "127.0.0.1:3000".to_owned(), |s| (*s).clone());
+    let console = console_banner(&listen, operator_token.as_deref(), &token_source);
+    if !demo {
+        println!("{console}");
+        return run(&mut cmd);
+    }
     let mut child = cmd.spawn().with_context(|| format!("running {cmd:?}"))?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
     while std::net::TcpStream::connect(&listen).is_err() {
@@ -362,11 +370,22 @@ fn up(root: &Path, host_args: &[String]) -> Result<()> {
         Ok(s) if s.success() => println!("demo: open http://{listen}/app (personas alice, bob, carol, dave)"),
         other => eprintln!("demo: seeding failed ({other:?}); the app still runs"),
     }
+    println!("{console}");
     let status = child.wait()?;
     if !status.success() {
         bail!("the host exited with {status}");
     }
     Ok(())
+}
+
+/// Where the operator console is and how to sign in to it, printed by every `up` (not only the first, which also
+/// shows the generated secrets): the address, the token (a local development value) and where it is kept.
+fn console_banner(listen: &str, token: Option<&str>, source: &str) -> String {
+    let token = token.unwrap_or("(none: set SPIN_VARIABLE_OPERATOR_TOKEN)");
+    format!(
+        "console: open http://{listen}/console and sign in with the operator token\n  operator token: {token}\n  \
+         ({source}; the console keeps it in the tab's session storage until you sign out)"
+    )
 }
 
 /// Checks what ARCHITECTURE.md promises and a machine can check:

@@ -6,54 +6,24 @@
 // API's own 4xx answers the page explains; saves screenshots.
 // Usage: node app.mjs <base url> <operator token> <artefact dir>
 // Every request outside the app's origin is aborted, so the page is proven to work with the network off.
-import { chromium } from 'playwright-core';
-import { mkdirSync } from 'node:fs';
+import { args, harness } from './harness.mjs';
 
-const [base, operatorToken, out] = process.argv.slice(2);
-if (!base || !operatorToken || !out) {
-  console.error('usage: node app.mjs <base url> <operator token> <artefact dir>');
-  process.exit(2);
-}
-mkdirSync(out, { recursive: true });
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync'],
-});
-const failures = [];
-const offsite = [];
+const { base, out } = args('app.mjs');
+const { check, newPage: harnessPage, run, failures } = await harness(base);
 let lostAnswers = false; // while true, the page is expected to see failed requests (the lost-answer test)
 
-async function newPage(lang) {
-  const context = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 });
-  // The language a person chose before: set once per tab, so a reload keeps what the page switched to.
-  await context.addInitScript((code) => {
-    if (!sessionStorage.getItem('test.lang')) { localStorage.setItem('scenefin.lang', code); sessionStorage.setItem('test.lang', code); }
-  }, lang);
-  await context.route('**/*', (route) => {
-    const url = route.request().url();
-    if (url.startsWith(base)) return route.continue();
-    offsite.push(url);
-    return route.abort();
+/// A phone-sized page in `lang`. Chromium logs every 4xx fetch; those are the API's answers the page turns into plain
+/// words (checked below), so they are excused, and failed requests only while answers are being lost on purpose.
+function newPage(lang) {
+  return harnessPage({
+    viewport: { width: 390, height: 844 },
+    // The language a person chose before: set once per tab, so a reload keeps what the page switched to.
+    init: (context) => context.addInitScript((code) => {
+      if (!sessionStorage.getItem('test.lang')) { localStorage.setItem('scenefin.lang', code); sessionStorage.setItem('test.lang', code); }
+    }, lang),
+    allow: (text) => /^Failed to load resource: the server responded with a status of 4\d\d/.test(text)
+      || (lostAnswers && /^Failed to load resource: net::ERR_FAILED/.test(text)),
   });
-  const page = await context.newPage();
-  page.on('pageerror', (e) => failures.push(`page error: ${e.message}`));
-  page.on('console', (m) => {
-    if (m.type() !== 'error') return;
-    const text = m.text();
-    // Chromium logs every 4xx fetch; those are the API's answers the page turns into plain words (checked below).
-    if (/^Failed to load resource: the server responded with a status of 4\d\d/.test(text)) return;
-    if (lostAnswers && /^Failed to load resource: net::ERR_FAILED/.test(text)) return;
-    failures.push(`console: ${text}`);
-  });
-  page.setDefaultTimeout(15000);
-  return page;
-}
-
-function check(condition, what) {
-  if (!condition) failures.push(what);
-  console.log(`${condition ? 'ok  ' : 'FAIL'} ${what}`);
 }
 
 const squash = (s) => (s ?? '').replace(/\s+/g, ' ').trim();
@@ -115,7 +85,7 @@ async function journey(name, body) {
 
 let code = '';
 
-try {
+await run(async () => {
   // 1. Before login every action is disabled and says why; Alice logs in (Chinese) and shares her referral code.
   await journey('alice shares her code', async () => {
     const alice = await newPage('zh-CN');
@@ -341,15 +311,4 @@ try {
     await shot(alice, '15-alice-progress');
     await alice.context().close();
   });
-} catch (e) {
-  failures.push(`exception: ${e.stack ?? e}`);
-} finally {
-  await browser.close();
-}
-
-check(offsite.length === 0, `no request left the app's origin (${offsite.join(', ')})`);
-if (failures.length) {
-  console.error(failures.join('\n'));
-  process.exit(1);
-}
-console.log('mini-program: all checks passed');
+}, 'mini-program: all checks passed');

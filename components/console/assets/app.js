@@ -790,6 +790,9 @@ function rewardText(r) {
   return t('reward.coupon_campaign');
 }
 
+/// A masked id shortened for a phone screen (`c**********0` → `c***0`).
+const shortMask = (s) => (s && s.length > 6 ? `${s[0]}***${s.at(-1)}` : s ?? '');
+
 function renderReferral() {
   const program = state.programs.find((p) => p.id === $('#program').value);
   const box = $('#referral');
@@ -826,7 +829,7 @@ function renderReferral() {
   parts.push(ladder);
   parts.push(el('h3', { text: t('referrals.friends') }));
   parts.push(me.referrals.length ? el('ul', { class: 'list' }, me.referrals.map((x) => el('li', { 'data-test': 'referral' },
-    el('span', { text: x.referee_masked }),
+    el('span', {}, el('span', { text: shortMask(x.referee_masked) }), ' ', el('span', { class: 'muted small', text: t('referrals.friend_since', { date: shanghaiTime(x.attached_at, { time: false }) }) })),
     el('span', { class: `state state-${x.status}`, text: t(`referral.${x.status}`) }),
     x.reason ? el('span', { class: 'muted small', text: t(`err.${x.reason}`) === `err.${x.reason}` ? t('err.referral_rejected') : t(`err.${x.reason}`) }) : ''))) : emptyNote('referrals.no_friends'));
   box.replaceChildren(...parts);

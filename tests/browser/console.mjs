@@ -216,8 +216,10 @@ async function walk(width, height, lang) {
     `${tag}: the duplicate payment of ${yuan(total)} with its refund instruction (${dup})`);
   const sum = exceptions.reduce((s, r) => s + fen(r[5]), 0);
   check((await text(page, '[data-test=exceptions-total]')).includes(yuan(sum)), `${tag}: the exceptions total is the rows' sum ${yuan(sum)}`);
-  const statements = await page.locator('[data-test=settlements] tbody tr').allInnerTexts();
-  check(statements.some((r) => r.includes('demo_water') && r.includes(e.reconciled)), `${tag}: demo_water's statement reconciles`);
+  const statements = await page.locator('[data-test=settlements] tbody tr').evaluateAll((trs) => trs.map((tr) => [...tr.cells].map((c) => c.innerText)));
+  const water = statements.find((r) => r[1] === 'demo_water') ?? [];
+  check(water[7]?.includes(e.reconciled) && fen(water[3]) === fen(water[4]) + fen(water[5]) && fen(water[3]) === fen(water[6]),
+    `${tag}: demo_water's statement reconciles: gross ${water[3]} = discount ${water[4]} + paid ${water[5]} = ledger ${water[6]}`);
   await fits(page, tag, 'exceptions');
   await page.screenshot({ path: `${out}/console-${tag}-4-exceptions.png`, fullPage: true });
 

@@ -181,10 +181,10 @@ function funnelOptions() {
   let values = [];
   if (by === 'channel') values = (state.data.channels?.body?.items ?? []).map((c) => [c.code, `${c.code} · ${label('channel', c.channel)}`]);
   if (by === 'campaign') {
-    const ids = new Set();
-    for (const c of state.data.campaigns?.body?.coupon_campaigns ?? []) ids.add(c.campaign_id);
-    for (const c of state.data.channels?.body?.items ?? []) if (c.campaign_id) ids.add(c.campaign_id);
-    values = [...ids].map((id) => [id, id]);
+    const titles = new Map();
+    for (const c of state.data.campaigns?.body?.coupon_campaigns ?? []) titles.set(c.campaign_id, c.title);
+    for (const c of state.data.channels?.body?.items ?? []) if (c.campaign_id && !titles.has(c.campaign_id)) titles.set(c.campaign_id, '');
+    values = [...titles].map(([id, title]) => [id, title ? `${title} (${id})` : id]);
   }
   if (by === 'scenario') values = SCENARIOS.map((s) => [s, label('scenario', s)]);
   select.disabled = by === 'all';
@@ -361,7 +361,7 @@ function renderExceptions() {
       items.map((x) => [shanghaiTime(x.recorded_at), label('scenario', x.scenario), x.order_id, x.customer_id, label('reason', x.reason), yuan(x.amount_fen),
         x.refund === 'refunded' ? t('ex.refunded', { at: shanghaiTime(x.refunded_at) }) : el('span', { class: 'bad', text: t('ex.due') }),
         x.refund === 'refunded' ? '-' : t('ex.instruction.text', { amount: yuan(x.amount_fen), event: x.event_id, scenario: x.scenario })]),
-      { 'data-test': 'exceptions' }) : [],
+      { 'data-test': 'exceptions', class: 'wrap-last' }) : [],
     note(t('exceptions.how')));
 }
 
@@ -369,12 +369,12 @@ function renderSettlements() {
   const s = state.data.settlements;
   if (!s) return;
   const rows = s.items.map(({ kind, id, r }) => {
-    if (r.status !== 200) return [label('res', kind), id, '-', '-', '-', el('span', { class: 'bad', text: explain(r) })];
+    if (r.status !== 200) return [label('res', kind), id, '-', '-', '-', '-', '-', el('span', { class: 'bad', text: explain(r) })];
     const b = r.body;
-    return [label('res', kind), id, count(b.lines.length), yuan(b.total_customer_paid_fen), yuan(b.ledger_total_fen),
+    return [label('res', kind), id, count(b.lines.length), yuan(b.total_gross_fen), yuan(b.total_discount_fen), yuan(b.total_customer_paid_fen), yuan(b.ledger_total_fen),
       b.reconciled ? el('span', { class: 'ok', text: t('st.reconciled') }) : el('span', { class: 'bad', text: t('st.not_reconciled') })];
   });
-  const wrapper = rows.length ? captioned(t('settlements.title'), [t('st.kind'), t('st.id'), num(t('st.lines')), num(t('st.paid')), num(t('st.ledger')), t('st.state')], rows,
+  const wrapper = rows.length ? captioned(t('settlements.title'), [t('st.kind'), t('st.id'), num(t('st.lines')), num(t('st.gross')), num(t('st.discount')), num(t('st.paid')), num(t('st.ledger')), t('st.state')], rows,
     { 'data-test': 'settlements' }) : note(t('settlements.none'));
   if (rows.length) {
     const trs = wrapper.querySelectorAll('tbody tr');

@@ -125,6 +125,39 @@ async function fits(page, tag, view) {
   check(overflow <= 1, `${tag}: the ${view} view fits the width (overflow ${overflow}px)`);
 }
 
+/// Every visible text of the page against its background meets WCAG AA (4.5:1; 3:1 for large text): `{checked, bad}`.
+async function contrastFailures(page) {
+  return page.evaluate(() => {
+    const rgb = (c) => (c.match(/[\d.]+/g) ?? []).map(Number);
+    const lum = ([r, g, b]) => {
+      const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+      return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+    };
+    const background = (node) => {
+      for (let n = node; n; n = n.parentElement) {
+        const c = rgb(getComputedStyle(n).backgroundColor);
+        if (c.length === 3 || (c.length === 4 && c[3] > 0)) return c.slice(0, 3);
+      }
+      return [255, 255, 255];
+    };
+    const bad = [];
+    let checked = 0;
+    for (const node of document.querySelectorAll('body *')) {
+      if (node.closest('svg') || node.disabled || !node.checkVisibility?.()) continue;
+      const text = [...node.childNodes].filter((c) => c.nodeType === 3).map((c) => c.textContent.trim()).join('');
+      if (!text) continue;
+      checked += 1;
+      const style = getComputedStyle(node);
+      const [a, b] = [lum(rgb(style.color).slice(0, 3)), lum(background(node))];
+      const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+      const size = parseFloat(style.fontSize);
+      const large = size >= 24 || (size >= 18.66 && Number(style.fontWeight) >= 700);
+      if (ratio < (large ? 3 : 4.5)) bad.push(`${text.slice(0, 30)} ${ratio.toFixed(2)}`);
+    }
+    return { checked, bad };
+  });
+}
+
 /// The ¥ cells of a table's budget columns (the last six: total, spent, reserved, left, progress, check) add up.
 async function budgetsAddUp(page, sel, what, e) {
   const rows = await page.locator(`${sel} tbody tr`).evaluateAll((trs) => trs.map((tr) => [...tr.cells].map((c) => c.innerText)));
@@ -145,6 +178,12 @@ async function walk(width, height, lang) {
   check((await text(page, 'label[for=token]')).includes(e.signIn), `${tag}: the token input is labelled "${e.signIn}"`);
   check((await page.locator('#token').getAttribute('type')) === 'password', `${tag}: the token is typed into a password field`);
 
+  // Keyboard focus is visible.
+  await page.keyboard.press('Tab');
+  await page.keyboard.press('Tab');
+  const focus = await page.evaluate(() => { const s = getComputedStyle(document.activeElement); return `${document.activeElement.id || document.activeElement.tagName} ${s.outlineStyle} ${s.outlineWidth}`; });
+  check(!/ none /.test(focus) && !/ 0px$/.test(focus), `${tag}: the focused control shows an outline (${focus})`);
+
   // A wrong token: the refusal in plain words beside the field, not a code.
   allowHttpErrors = 1;
   await page.fill('#token', 'not-the-token');
@@ -156,7 +195,8 @@ async function walk(width, height, lang) {
   await page.fill('#token', operatorToken);
   await page.click('#load');
   await page.waitForSelector('body[data-loaded]');
-  check(await page.evaluate(() => sessionStorage.getItem('scenefin.operator')) === operatorToken, `${tag}: the token is kept in the tab's session storage`);
+  check(await page.evaluate((token) => sessionStorage.getItem('scenefin.operator') === token && !Object.values(localStorage).includes(token) && !location.href.includes(token), operatorToken),
+    `${tag}: the token is kept in the tab's session storage only`);
   const tabs = await page.locator('[role=tab]').allInnerTexts();
   check(JSON.stringify(tabs) === JSON.stringify(e.tabs), `${tag}: the views are ${tabs.join(' | ')}`);
 
@@ -174,6 +214,8 @@ async function walk(width, height, lang) {
   check((await text(page, '[data-test=dormant-note]')).includes(e.dormant), `${tag}: the dormant rule is explained`);
   check(await page.locator('#funnel svg rect').count() === 4 && await page.locator('#lifecycle svg rect').count() === 5, `${tag}: funnel and lifecycle charts drawn`);
   await fits(page, tag, 'overview');
+  const contrast = await contrastFailures(page);
+  check(contrast.checked > 50 && contrast.bad.length === 0, `${tag}: ${contrast.checked} texts meet WCAG AA contrast (${contrast.bad.join('; ')})`);
   await page.screenshot({ path: `${out}/console-${tag}-1-overview.png`, fullPage: true });
 
   // One filter at a time: the channel code carol came through.
@@ -224,6 +266,8 @@ async function walk(width, height, lang) {
   await page.screenshot({ path: `${out}/console-${tag}-4-exceptions.png`, fullPage: true });
 
   // Ledger.
+  const exceptionsContrast = await contrastFailures(page);
+  check(exceptionsContrast.bad.length === 0, `${tag}: the exceptions view meets WCAG AA contrast (${exceptionsContrast.bad.join('; ')})`);
   await page.click('#tab-ledger');
   check((await page.getAttribute('[data-test=ledger-status]', 'data-balanced')) === 'true' && (await text(page, '[data-test=ledger-status]')).includes(e.balanced), `${tag}: the ledger is balanced`);
   await fits(page, tag, 'ledger');

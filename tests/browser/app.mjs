@@ -230,9 +230,23 @@ await run(async () => {
     await sees(carol, '[data-test=due]', '¥145.00 due', 'the bill shows in English');
     await carol.click('[data-test=account] [data-test=pay]');
     await sees(carol, '[data-test=checkout-total]', 'You pay ¥137.75', 'the English checkout shows the total');
+    // The bank declines the first attempt: explained, nothing charged, and the next tap starts a fresh payment.
+    let declined = false;
+    await carol.route('**/api/demo/payments', (route) => {
+      if (declined) return route.continue();
+      declined = true;
+      return route.continue({ postData: JSON.stringify({ ...route.request().postDataJSON(), status: 'failed' }) });
+    });
+    await carol.click('[data-test=confirm-pay]');
+    await sees(carol, '[data-test=pay-error]', 'nothing was charged', 'a declined payment is explained');
+    await sees(carol, '[data-test=confirm-pay]', 'Start the payment again', 'and the button offers a fresh start');
+    await carol.click('[data-test=confirm-pay]');
+    await carol.waitForSelector('[data-test=confirm-pay]:has-text("Pay ¥137.75")');
     await carol.click('[data-test=confirm-pay]');
     await sees(carol, '[data-test=receipt]', 'Payment successful', 'the English receipt');
     await sees(carol, '[data-test=receipt-amount]', 'Paid ¥137.75', 'with the amount paid');
+    const states = (await serverOrders(carol, 'utility')).map((o) => o.state).sort().join(', ');
+    check(states === 'failed, paid', `the server has the declined order and one paid order (${states})`);
     await shot(carol, '10-carol-receipt-en');
     await carol.click('.lang-switch button[lang=zh-CN]');
     await sees(carol, '[data-test=receipt]', '支付成功', 'switching to Chinese re-renders the receipt');

@@ -302,16 +302,22 @@ async function placeOnce(place, key) {
   return r;
 }
 
-/// The payment gateway's part (simulated in demo mode): it signs the notification, the page delivers it, then the
-/// page reads the order until it is paid.
-async function settle(scenario, orderId, amountFen) {
-  const gw = await call('POST', '/api/demo/payments', { body: { scenario, order_id: orderId, amount_fen: amountFen, card_bin: BANK_CARD_BIN } });
-  if (gw.status !== 201) return gw;
-  const delivered = await call('POST', gw.body.notify_path, { body: gw.body.body, headers: gw.body.headers });
+/// The payment gateway's part (simulated in demo mode): it signs one notification per intent, kept with the intent so
+/// a retry delivers the same event again (the server dedupes it by event id) instead of paying twice; then the page
+/// reads the order until it is no longer pending.
+async function settle(scenario, sig, record) {
+  let notification = record.notification;
+  if (!notification) {
+    const gw = await call('POST', '/api/demo/payments', { body: { scenario, order_id: record.order_id, amount_fen: record.amount_fen, card_bin: BANK_CARD_BIN } });
+    if (gw.status !== 201) return gw;
+    notification = gw.body;
+    saveIntent(sig, { ...record, notification });
+  }
+  const delivered = await call('POST', notification.notify_path, { body: notification.body, headers: notification.headers });
   if (!ok(delivered) && delivered.status !== 409) return delivered;
   let order;
   for (let i = 0; i < 10; i += 1) {
-    order = await call('GET', `/api/${scenario}/orders/${encodeURIComponent(orderId)}`, { auth: true });
+    order = await call('GET', `/api/${scenario}/orders/${encodeURIComponent(record.order_id)}`, { auth: true });
     if (!ok(order) || order.body.state !== 'pending_payment') return order;
     await sleep(500);
   }
@@ -340,7 +346,8 @@ function renderCheckout(box, intent) {
   const resuming = Boolean(record?.order_id);
   const pay = el('button', { type: 'button', class: 'primary wide', 'data-test': 'confirm-pay' },
     resuming ? t('checkout.resume') : t('checkout.pay', { amount: yuan(intent.total_fen) }));
-  pay.addEventListener('click', () => confirmPay(intent, pay, error, status));
+  // A quote that ran out (or an order that failed) is not paid again: the button starts a fresh quote instead.
+  pay.addEventListener('click', () => (intent.stale && intent.restart ? intent.restart() : confirmPay(intent, pay, error, status)));
   box.hidden = false;
   box.replaceChildren(el('div', { class: 'card', 'data-test': 'checkout' },
     el('h3', { text: t('checkout.heading') }),
@@ -370,23 +377,27 @@ async function confirmPay(intent, pay, error, status) {
     if (!record.order_id) {
       const placed = await placeOnce(intent.place, record.key);
       if (!ok(placed)) {
-        if (['quote_expired', 'quote_not_found', 'idempotency_key_reused', 'order_not_payable'].includes(placed.body?.code)) dropIntent(intent.sig);
+        intent.stale = ['quote_expired', 'quote_not_found', 'idempotency_key_reused', 'order_not_payable'].includes(placed.body?.code);
+        if (intent.stale) dropIntent(intent.sig);
         say(error, problemText(placed));
         pay.disabled = false;
-        pay.textContent = t('checkout.retry');
+        pay.textContent = intent.stale && intent.restart ? t('checkout.restart') : t('checkout.retry');
         return;
       }
       record = { ...record, order_id: placed.body.order.order_id, amount_fen: placed.body.payment.amount_fen };
       saveIntent(intent.sig, record);
     }
     say(status, t('checkout.pending'), 'pending');
-    const order = await settle(intent.scenario, record.order_id, record.amount_fen);
+    const order = await settle(intent.scenario, intent.sig, record);
     if (!ok(order) || order.body?.state !== 'paid') {
-      if (ok(order) && ['failed', 'expired'].includes(order.body.state)) dropIntent(intent.sig);
+      const state = ok(order) ? order.body.state : null;
+      intent.stale = ['failed', 'expired'].includes(state);
+      if (intent.stale) dropIntent(intent.sig);
       say(status, '');
-      say(error, ok(order) ? t(`order.${order.body.state}`) : problemText(order));
+      const key = `checkout.order_${state}`;
+      say(error, state ? (t(key) === key ? t('err.generic') : t(key)) : problemText(order));
       pay.disabled = false;
-      pay.textContent = t('checkout.retry');
+      pay.textContent = intent.stale && intent.restart ? t('checkout.restart') : t('checkout.retry');
       return;
     }
     dropIntent(intent.sig);
@@ -495,6 +506,7 @@ async function startUtility(account, couponId, error) {
     extra,
     place: (key) => call('POST', '/api/utility/orders', { auth: true, body: { quote_id: quote.quote_id }, headers: { 'idempotency-key': key } }),
     receiptBox: $('#receipt'),
+    restart: () => startUtility(account, couponId, error),
     after: () => Promise.all([loadUtility(), loadWallet().then(renderCoupons), loadReferral()]),
   });
   $('#checkout').scrollIntoView?.({ block: 'nearest' });
@@ -759,6 +771,7 @@ async function startProperty(h, months, error) {
     bankCardOnly: quote.lines.some((l) => l.kind === 'cardholder_discount'),
     place: (key) => call('POST', '/api/property/orders', { auth: true, body: { quote_id: quote.quote_id }, headers: { 'idempotency-key': key } }),
     receiptBox: $('#property-receipt'),
+    restart: () => startProperty(h, months, error),
     after: () => Promise.all([loadProperty(), loadReferral()]),
   });
   $('#property-checkout').scrollIntoView?.({ block: 'nearest' });

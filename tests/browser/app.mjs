@@ -271,8 +271,16 @@ await run(async () => {
     await dave.waitForSelector('[data-test=room]');
     await sees(dave, '[data-test=owner]', '业主 王*', 'the owner shows masked as 王*');
     await sees(dave, '[data-test=arrears]', '欠费 ¥418.50', 'the fees due show');
+    await tab(dave, 'coupons');
+    await dave.click('[data-campaign=demo_bill] [data-test=claim]');
+    await sees(dave, '[data-campaign=demo_bill] .ok', '已放入卡包', 'dave claims a coupon usable on property fees');
+    await tab(dave, 'property');
     await dave.selectOption('[data-test=prepay]', '6');
     await dave.click('[data-test=property-pay]');
+    await dave.waitForSelector('[data-test=checkout] [data-test=coupon-choice]');
+    const coupon = await dave.$eval('[data-test=coupon-choice]', (s) => s.options[1]?.value);
+    await dave.selectOption('[data-test=coupon-choice]', coupon);
+    await sees(dave, '[data-test=checkout]', '优惠券：生活缴费立减 ¥3', 'the coupon is priced into the property fees');
     await sees(dave, '[data-test=checkout]', '预缴 6 个月', 'the checkout prices six months ahead');
     await sees(dave, '[data-test=checkout]', '预缴赠送月份', 'with the free month');
     const total = await text(dave, '[data-test=checkout-total]');

@@ -459,57 +459,70 @@ async function startUtility(account, couponId, error) {
   const [bills] = await Promise.all([call('GET', `/api/utility/bills?${q}`, { auth: true }), loadWallet()]);
   if (!ok(bills)) return say(error, problemText(bills));
   const billIds = (bills.body.items ?? []).map((b) => b.bill_id).sort();
-  const sig = `utility:${account.biller_id}:${account.account_no}:${billIds.join(',')}`;
+  return quoteCheckout({
+    scenario: 'utility',
+    sig: `utility:${account.biller_id}:${account.account_no}:${billIds.join(',')}`,
+    body: { biller_id: account.biller_id, account_no: account.account_no, bill_ids: billIds },
+    couponId,
+    box: $('#checkout'),
+    receiptBox: $('#receipt'),
+    error,
+    restart: (coupon) => startUtility(account, coupon, error),
+    after: () => Promise.all([loadUtility(), loadWallet().then(renderCoupons), loadReferral()]),
+  });
+}
+
+/// Prices and shows one payment intent of a quoted scenario (utility, property): an order placed before (a reload,
+/// a lost answer, another tab) is resumed rather than placed again, the intent's unexpired quote is reused, else a
+/// quote is asked for; the wallet's coupons for the scenario can be chosen (choosing one re-prices).
+async function quoteCheckout({ scenario, sig, body, couponId, box, receiptBox, error, restart, after }) {
+  const orderPath = (id) => `/api/${scenario}/orders/${encodeURIComponent(id)}`;
   const record = loadIntent(sig);
-  let quote = record?.quote && !record.order_id && (record.quote.coupon_id ?? null) === couponId
-    && Date.parse(record.quote.expires_at) > Date.now() + 30000 ? record.quote : null;
+  let quote = null;
   if (record?.order_id) {
-    const order = await call('GET', `/api/utility/orders/${encodeURIComponent(record.order_id)}`, { auth: true });
+    const order = await call('GET', orderPath(record.order_id), { auth: true });
     if (ok(order) && order.body.state === 'pending_payment') quote = { ...order.body, quote_id: record.ref };
     else dropIntent(sig);
+  } else if (record?.quote && (record.quote.coupon_id ?? null) === couponId && Date.parse(record.quote.expires_at) > Date.now() + 30000) {
+    quote = record.quote;
   }
   if (!quote) {
-    const body = { biller_id: account.biller_id, account_no: account.account_no, bill_ids: billIds, pay_with: 'bank_card', card_bin: BANK_CARD_BIN, coupon_id: couponId };
-    const r = await call('POST', '/api/utility/quotes', { auth: true, body });
+    const r = await call('POST', `/api/${scenario}/quotes`, { auth: true, body: { ...body, pay_with: 'bank_card', card_bin: BANK_CARD_BIN, coupon_id: couponId } });
     if (r.status === 409 && r.body?.code === 'bill_in_payment' && r.body.open_order_id) {
-      // An order placed before (another tab, a lost answer): finish paying that one rather than a second.
-      const order = await call('GET', `/api/utility/orders/${encodeURIComponent(r.body.open_order_id)}`, { auth: true });
+      const order = await call('GET', orderPath(r.body.open_order_id), { auth: true });
       if (ok(order) && order.body.state === 'pending_payment') {
         saveIntent(sig, { key: newKey(), ref: 'open', order_id: order.body.order_id, amount_fen: order.body.total_fen });
         quote = { ...order.body, quote_id: 'open' };
       }
     }
-    if (!quote && !ok(r)) return say(error, problemText(r));
-    quote ??= { ...r.body, coupon_id: couponId };
-    if (!record?.order_id && !loadIntent(sig)?.order_id) saveIntent(sig, { key: newKey(), ref: quote.quote_id, quote, at: Date.now() });
+    if (!quote) {
+      if (!ok(r)) return say(error, problemText(r));
+      quote = { ...r.body, coupon_id: couponId };
+      saveIntent(sig, { key: newKey(), ref: quote.quote_id, quote, at: Date.now() });
+    }
   }
-  const coupons = usableCoupons('utility');
-  const extra = coupons.length ? el('div', { class: 'field' },
-    el('label', { for: 'coupon-choice', text: t('checkout.coupon') }),
-    (() => {
-      const s = el('select', { id: 'coupon-choice', 'data-test': 'coupon-choice' },
-        el('option', { value: '', text: t('checkout.no_coupon') }),
-        coupons.map((c) => el('option', { value: c.coupon_id, text: `${c.title} · ${discountText(c.discount)}` })));
-      s.value = couponId ?? '';
-      s.disabled = Boolean(loadIntent(sig)?.order_id);
-      s.addEventListener('change', () => startUtility(account, s.value || null, error));
-      return s;
-    })()) : null;
-  renderCheckout($('#checkout'), {
+  const coupons = usableCoupons(scenario);
+  const choice = el('select', { id: `${scenario}-coupon`, 'data-test': 'coupon-choice' },
+    el('option', { value: '', text: t('checkout.no_coupon') }),
+    coupons.map((c) => el('option', { value: c.coupon_id, text: `${c.title} · ${discountText(c.discount)}` })));
+  choice.value = couponId ?? '';
+  choice.disabled = Boolean(loadIntent(sig)?.order_id);
+  choice.addEventListener('change', () => restart(choice.value || null));
+  renderCheckout(box, {
     sig,
     ref: quote.quote_id,
-    scenario: 'utility',
+    scenario,
     lines: quote.lines,
     total_fen: quote.total_fen,
     expires_at: quote.expires_at,
     bankCardOnly: quote.lines.some((l) => l.kind === 'cardholder_discount'),
-    extra,
-    place: (key) => call('POST', '/api/utility/orders', { auth: true, body: { quote_id: quote.quote_id }, headers: { 'idempotency-key': key } }),
-    receiptBox: $('#receipt'),
-    restart: () => startUtility(account, couponId, error),
-    after: () => Promise.all([loadUtility(), loadWallet().then(renderCoupons), loadReferral()]),
+    extra: coupons.length ? el('div', { class: 'field' }, el('label', { for: choice.id, text: t('checkout.coupon') }), choice) : null,
+    place: (key) => call('POST', `/api/${scenario}/orders`, { auth: true, body: { quote_id: quote.quote_id }, headers: { 'idempotency-key': key } }),
+    receiptBox,
+    restart: () => restart(couponId),
+    after,
   });
-  $('#checkout').scrollIntoView?.({ block: 'nearest' });
+  box.scrollIntoView?.({ block: 'nearest' });
 }
 
 
@@ -741,40 +754,23 @@ function roomCard(h) {
     error);
 }
 
-async function startProperty(h, months, error) {
+async function startProperty(h, months, error, couponId = null) {
   say(error, '');
   $('#property-receipt').replaceChildren();
   receipts.delete('property-receipt');
+  await loadWallet();
   const billIds = h.bills.map((b) => b.bill_id).sort();
-  const sig = `property:${h.community_id}:${h.room_id}:${billIds.join(',')}:${months}`;
-  const record = loadIntent(sig);
-  let quote = record?.quote && Date.parse(record.quote.expires_at) > Date.now() + 30000 ? record.quote : null;
-  if (record?.order_id) {
-    const order = await call('GET', `/api/property/orders/${encodeURIComponent(record.order_id)}`, { auth: true });
-    if (ok(order) && order.body.state === 'pending_payment') quote = { ...order.body, quote_id: record.ref };
-    else { dropIntent(sig); quote = null; }
-  }
-  if (!quote) {
-    const body = { community_id: h.community_id, room_id: h.room_id, bill_ids: billIds, prepay_months: months, pay_with: 'bank_card', card_bin: BANK_CARD_BIN };
-    const r = await call('POST', '/api/property/quotes', { auth: true, body });
-    if (!ok(r)) return say(error, problemText(r));
-    quote = r.body;
-    saveIntent(sig, { key: newKey(), ref: quote.quote_id, quote, at: Date.now() });
-  }
-  renderCheckout($('#property-checkout'), {
-    sig,
-    ref: quote.quote_id,
+  return quoteCheckout({
     scenario: 'property',
-    lines: quote.lines,
-    total_fen: quote.total_fen,
-    expires_at: quote.expires_at,
-    bankCardOnly: quote.lines.some((l) => l.kind === 'cardholder_discount'),
-    place: (key) => call('POST', '/api/property/orders', { auth: true, body: { quote_id: quote.quote_id }, headers: { 'idempotency-key': key } }),
+    sig: `property:${h.community_id}:${h.room_id}:${billIds.join(',')}:${months}`,
+    body: { community_id: h.community_id, room_id: h.room_id, bill_ids: billIds, prepay_months: months },
+    couponId,
+    box: $('#property-checkout'),
     receiptBox: $('#property-receipt'),
-    restart: () => startProperty(h, months, error),
-    after: () => Promise.all([loadProperty(), loadReferral()]),
+    error,
+    restart: (coupon) => startProperty(h, months, error, coupon),
+    after: () => Promise.all([loadProperty(), loadWallet().then(renderCoupons), loadReferral()]),
   });
-  $('#property-checkout').scrollIntoView?.({ block: 'nearest' });
 }
 
 

@@ -223,6 +223,17 @@ await run(async () => {
     await carol.fill('#attach-code', code);
     await carol.click('#attach-form button[type=submit]');
     await sees(carol, '#attach-ok', "Linked to your friend's code", "she attaches Alice's code afterwards");
+    // A problem code the page does not know yet gets the generic words, never the code or the server's detail.
+    await tab(carol, 'coupons');
+    await carol.route('**/api/coupons/campaigns/demo_coffee/claim', (route) => route.fulfill({
+      status: 422, contentType: 'application/problem+json',
+      body: JSON.stringify({ type: '/problems/brand_new_rule', title: 'Unprocessable Content', status: 422, code: 'brand_new_rule', detail: 'rule 7b tripped' }),
+    }));
+    await carol.click('[data-campaign=demo_coffee] [data-test=claim]');
+    await sees(carol, '[data-campaign=demo_coffee] .error', 'This could not be done right now', 'an unknown problem code gets the generic message beside the button');
+    const shown = await text(carol, '[data-campaign=demo_coffee] .error');
+    check(!shown.includes('brand_new_rule') && !shown.includes('rule 7b') && !shown.includes('422'), `and shows neither the code, the detail nor the status (${shown})`);
+    await carol.unroute('**/api/coupons/campaigns/demo_coffee/claim');
     await tab(carol, 'utility');
     await carol.fill('#account-no', '8800112235');
     await carol.click('#bind-form button[type=submit]');

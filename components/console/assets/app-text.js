@@ -228,7 +228,7 @@ register({
     'common.cancel': '取消',
     'common.busy': '处理中…',
 
-    'err.generic': '服务暂时不可用，请稍后再试。',
+    'err.generic': '暂时无法完成，请稍后再试或联系客服。',
     'err.network': '网络不稳定，请检查网络后重试。',
     'err.validation_failed': '填写的内容有误，请检查后重试。',
     'err.validation_failed.account_no': '户号格式不对，请核对账单上的户号。',
@@ -538,7 +538,7 @@ register({
     'common.cancel': 'Cancel',
     'common.busy': 'Working…',
 
-    'err.generic': 'The service is unavailable right now. Please try again later.',
+    'err.generic': 'This could not be done right now. Please try again later or contact customer service.',
     'err.network': 'The connection is unstable. Check your network and try again.',
     'err.validation_failed': 'Something in the form is not right. Please check and try again.',
     'err.validation_failed.account_no': 'That account number does not look right. Please check your bill.',

@@ -55,9 +55,11 @@ export function shanghaiTime(iso, { date = true, time = true } = {}) {
   const at = new Date(iso);
   if (Number.isNaN(at.getTime())) return String(iso);
   const options = { timeZone: 'Asia/Shanghai', hour12: false };
-  if (date) Object.assign(options, { year: 'numeric', month: '2-digit', day: '2-digit' });
+  // English reads as `7 Dec 2026, 19:44` (a numeric day and month would be read either way round).
+  const english = lang === 'en';
+  if (date) Object.assign(options, { year: 'numeric', month: english ? 'short' : '2-digit', day: english ? 'numeric' : '2-digit' });
   if (time) Object.assign(options, { hour: '2-digit', minute: '2-digit' });
-  return new Intl.DateTimeFormat(lang, options).format(at);
+  return new Intl.DateTimeFormat(english ? 'en-GB' : lang, options).format(at);
 }
 
 /// A language switch (buttons, the current one pressed) for a page header.

@@ -40,6 +40,23 @@ async function sees(page, selector, want, what) {
   }
 }
 
+/// Every visible field has a label, nothing goes sideways at 390 px, and the keyboard focus is drawn.
+async function usable(page, what) {
+  const r = await page.evaluate(() => ({
+    unlabeled: [...document.querySelectorAll('input, select, textarea')]
+      .filter((n) => n.checkVisibility() && !n.labels?.length && !n.getAttribute('aria-label')).map((n) => n.id || n.outerHTML.slice(0, 40)),
+    overflow: document.documentElement.scrollWidth - window.innerWidth,
+  }));
+  check(r.unlabeled.length === 0, `${what}: every field has a label (${r.unlabeled.join(', ')})`);
+  check(r.overflow <= 1, `${what}: nothing goes sideways at 390 px (${r.overflow}px)`);
+  await page.keyboard.press('Shift+Tab');
+  const outline = await page.evaluate(() => {
+    const s = getComputedStyle(document.activeElement);
+    return document.activeElement === document.body || s.outlineStyle === 'none' ? 0 : parseFloat(s.outlineWidth);
+  });
+  check(outline >= 2, `${what}: the focused control shows an outline (${outline}px)`);
+}
+
 async function shot(page, name) {
   await page.screenshot({ path: `${out}/app-${name}.png`, fullPage: true });
 }
@@ -97,6 +114,7 @@ await run(async () => {
     await tab(alice, 'coupons');
     await alice.waitForSelector('[data-test=campaign] [data-test=claim]');
     check(await alice.isDisabled('[data-test=campaign] [data-test=claim]'), 'before login the claim button is disabled');
+    await usable(alice, 'before login');
     await shot(alice, '01-before-login');
     await tab(alice, 'utility');
     await login(alice, 'alice');
@@ -200,6 +218,7 @@ await run(async () => {
     check(await bob.isDisabled('[data-test=topup]'), 'a lost card cannot be topped up');
     await bob.click('[data-test=unfreeze]');
     await sees(bob, '[data-test=card-status]', '正常', 'unblocking brings it back');
+    await usable(bob, 'the campus card');
     await shot(bob, '08-bob-campus');
     await tab(bob, 'utility');
     await bob.click('#logout');
@@ -258,6 +277,7 @@ await run(async () => {
     await sees(carol, '[data-test=receipt-amount]', 'Paid ¥137.75', 'with the amount paid');
     const states = (await serverOrders(carol, 'utility')).map((o) => o.state).sort().join(', ');
     check(states === 'failed, paid', `the server has the declined order and one paid order (${states})`);
+    await usable(carol, 'bills in English');
     await shot(carol, '10-carol-receipt-en');
     await carol.click('.lang-switch button[lang=zh-CN]');
     await sees(carol, '[data-test=receipt]', '支付成功', 'switching to Chinese re-renders the receipt');
@@ -295,6 +315,7 @@ await run(async () => {
     await sees(dave, '[data-test=checkout]', '预缴 6 个月', 'the checkout prices six months ahead');
     await sees(dave, '[data-test=checkout]', '预缴赠送月份', 'with the free month');
     const total = await text(dave, '[data-test=checkout-total]');
+    await usable(dave, 'the property checkout');
     await shot(dave, '12-dave-checkout');
 
     const posts = countOrderPosts(dave, 'property');
@@ -341,6 +362,7 @@ await run(async () => {
     await sees(alice, '[data-test=next-tier]', '再邀请 1 位即可升至第 2 档', 'one more reaches tier 2');
     check((await alice.locator('[data-test=referral]').count()) === 2, 'her friends are listed');
     await sees(alice, '[data-test=referral]', '已达标', 'as qualified');
+    await usable(alice, 'referrals');
     await shot(alice, '15-alice-progress');
     await alice.context().close();
   });

@@ -83,10 +83,11 @@ const serverOrders = (page, scenario) => page.evaluate(async (s) => {
   return (await r.json()).items;
 }, scenario);
 
-function countOrderPosts(page, scenario) {
+/// The Idempotency-Key of every POST to `path` the page sends from now on.
+function countPosts(page, path) {
   const posts = [];
   page.on('request', (r) => {
-    if (r.method() === 'POST' && new URL(r.url()).pathname === `/api/${scenario}/orders`) posts.push(r.headers()['idempotency-key']);
+    if (r.method() === 'POST' && new URL(r.url()).pathname === path) posts.push(r.headers()['idempotency-key']);
   });
   return posts;
 }
@@ -167,7 +168,7 @@ await run(async () => {
     await sees(bob, '[data-test=checkout-total]', '¥115.90', 'the total is ¥125.00 less the coupon and 5%');
     await shot(bob, '04-bob-checkout');
 
-    const posts = countOrderPosts(bob, 'utility');
+    const posts = countPosts(bob, '/api/utility/orders');
     // The gateway takes a moment, so the pending state shows.
     await bob.route('**/api/demo/payments', async (route) => { await new Promise((r) => { setTimeout(r, 1500); }); await route.continue(); });
     await bob.dblclick('[data-test=confirm-pay]');
@@ -197,10 +198,26 @@ await run(async () => {
     await bob.waitForSelector('[data-test=campus-card]');
     await sees(bob, '[data-test=balance]', '¥0.00', 'the new card shows its balance');
     await sees(bob, '[data-test=card-status]', '正常', 'and its status');
+    // The gateway cannot be reached after the top-up order is placed; after a reload the same order is paid.
+    const topups = countPosts(bob, '/api/campus/topups');
+    const unreachable = (route) => route.abort('failed');
+    lostAnswers = true;
+    await bob.route('**/api/demo/payments', unreachable);
     await bob.selectOption('[data-test=topup-amount]', '5000');
     await bob.click('[data-test=topup]');
     await bob.click('[data-test=confirm-pay]');
+    await sees(bob, '[data-test=pay-error]', '网络不稳定', 'an unreachable gateway is explained');
+    await bob.unroute('**/api/demo/payments', unreachable);
+    lostAnswers = false;
+    await bob.reload();
+    await bob.waitForSelector('body[data-ready] [data-test=campus-card]');
+    await bob.click('[data-test=topup]');
+    await sees(bob, '[data-test=confirm-pay]', '继续完成支付', 'after a reload the placed top-up is resumed, not placed again');
+    await bob.click('[data-test=confirm-pay]');
     await sees(bob, '#campus-receipt [data-test=receipt]', '支付成功', 'the top-up gets a receipt');
+    check(topups.length === 1, `one top-up order was placed (${topups.length} POST /api/campus/topups)`);
+    const campusOrders = await serverOrders(bob, 'campus');
+    check(campusOrders.length === 1 && campusOrders[0].state === 'paid', `the server has one paid top-up (${campusOrders.map((o) => o.state).join(', ')})`);
     await sees(bob, '[data-test=balance]', '¥51.00', 'the balance includes the ¥50.00 top-up and the 2% bank-card bonus');
     await sees(bob, '[data-test=txn]', '充值', 'the transactions list the top-up');
     await bob.click('[data-test=paycode]');
@@ -318,7 +335,7 @@ await run(async () => {
     await usable(dave, 'the property checkout');
     await shot(dave, '12-dave-checkout');
 
-    const posts = countOrderPosts(dave, 'property');
+    const posts = countPosts(dave, '/api/property/orders');
     lostAnswers = true;
     // The order reaches the server, its answer never reaches the page.
     await dave.route('**/api/property/orders', async (route) => {

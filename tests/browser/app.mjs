@@ -156,6 +156,8 @@ await run(async () => {
     await bob.click('[data-campaign=demo_bill] [data-test=claim]');
     await sees(bob, '[data-campaign=demo_bill] .ok', '已放入卡包', 'the claimed coupon is in the wallet');
     await sees(bob, '[data-test=coupon]', '可用于生活缴费', 'the wallet says the coupon works on bills');
+    await sees(bob, '[data-campaign=demo_bill] [data-test=claim]', '已领取', 'a coupon held already is not offered again');
+    check(await bob.isDisabled('[data-campaign=demo_bill] [data-test=claim]'), 'its claim button is disabled');
     await shot(bob, '03-bob-coupons');
 
     await tab(bob, 'utility');

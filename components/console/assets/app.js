@@ -563,10 +563,12 @@ function renderCoupons() {
     el('p', { id: 'checkin-message', class: 'ok', role: 'status', text: message }));
   $('#campaigns').replaceChildren(...(state.campaigns.length ? state.campaigns.map((k) => {
     const error = el('p', { class: 'error', role: 'alert' });
+    // As many as a customer may hold are in the wallet already: say so rather than offer a claim that is refused.
+    const full = state.wallet.filter((w) => w.campaign_id === k.id).length >= (k.per_customer_limit ?? 1);
     return el('div', { class: 'card', 'data-test': 'campaign', 'data-campaign': k.id },
       el('div', { class: 'row spread' }, el('strong', { text: k.title }), el('span', { class: 'muted small', text: t('coupons.left', { n: k.remaining_stock }) })),
       el('div', { class: 'row spread' }, el('span', { class: 'offer', text: discountText(k.coupon) }),
-        button(t('coupons.claim'), { class: 'primary', 'data-test': 'claim', onclick: (e) => claim(k, e.currentTarget, error) }, { disabled: k.remaining_stock <= 0 })),
+        button(full ? t('coupons.claimed_short') : t('coupons.claim'), { class: 'primary', 'data-test': 'claim', onclick: (e) => claim(k, e.currentTarget, error) }, { disabled: full || k.remaining_stock <= 0 })),
       error);
   }) : [emptyNote('coupons.none')]));
   $('#wallet').replaceChildren(...(state.wallet.length ? state.wallet.map((w) => el('div', { class: `card coupon coupon-${w.status}`, 'data-test': 'coupon' },

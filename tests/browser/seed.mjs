@@ -53,7 +53,7 @@ if (water) {
 }
 
 const school = expect(await operator('POST', '/api/campus/schools', {
-  id: 'demo_school', name: 'Demo University', topup_bonus: { percent_bp: 200, cap_fen: 500, budget_id: 'demo_bonus', budget_fen: 100000 },
+  id: 'demo_school', name: '示范大学', topup_bonus: { percent_bp: 200, cap_fen: 500, budget_id: 'demo_bonus', budget_fen: 100000 },
 }), 'school');
 if (school) {
   const members = ['D001', 'D002', 'D003', 'D004'].map((no, i) => ({

@@ -1148,3 +1148,30 @@ async fn bad_requests_are_stable_problems_and_write_nothing() {
     app.ledger_check().await;
     app.host.shutdown().await;
 }
+
+/// The public directories a customer picks from: every school and community, in the order registered, with id,
+/// name and city only (no partner id, settlement account or company); no session needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schools_and_communities_are_listed_publicly_without_private_fields() {
+    let app = TestApp::spawn().await.expect("app");
+    let empty = app.send("GET", "/api/campus/schools", None, None).await;
+    assert_eq!((empty.status, empty.body.clone()), (200, json!({ "items": [], "next": null })));
+    onboard_school(&app, "pku", None).await;
+    onboard_school(&app, "thu", None).await;
+    let community = json!({ "id": "garden", "name": "示范花园", "city": "深圳", "property_company": "示范物业",
+        "settlement_account": "6222000099990001" });
+    let r = app.send("POST", "/api/property/communities", Some(&community), Some(OPERATOR_TOKEN)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let schools = app.send("GET", "/api/campus/schools", None, None).await;
+    assert_eq!(schools.status, 200, "{:?}", schools.body);
+    assert_eq!(
+        schools.body["items"],
+        json!([
+            { "id": "pku", "name": "pku University", "city": "beijing" },
+            { "id": "thu", "name": "thu University", "city": "beijing" }
+        ])
+    );
+    let communities = app.send("GET", "/api/property/communities", None, None).await;
+    assert_eq!(communities.body["items"], json!([{ "id": "garden", "name": "示范花园", "city": "深圳" }]));
+    app.host.shutdown().await;
+}

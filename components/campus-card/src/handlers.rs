@@ -291,3 +291,10 @@ pub async fn settlement(req: Request, route: &Route, merchant_id: &str) -> Handl
     });
     Ok(json_response(200, &spend::statement(&store, &merchant, &date).await.or_problem()?))
 }
+
+/// `GET /api/campus/schools`: the schools a customer can bind a card of, in the order registered (public: id,
+/// name and city only).
+pub async fn list_schools() -> Handled {
+    let all = schools::all(&store()?).await.or_problem()?;
+    Ok(scenefin_guest::directory(all.iter().map(|s| (s.id.as_str(), s.name.as_str(), s.city.as_deref()))))
+}

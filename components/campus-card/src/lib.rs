@@ -5,6 +5,7 @@
 //! | Method | Path | Who |
 //! |---|---|---|
 //! | POST | `/api/campus/schools` | operator |
+//! | GET | `/api/campus/schools` | public: the schools a customer can bind a card of (id, name, city) |
 //! | GET | `/api/campus/schools/{id}/stats` | the school (signed) or operator |
 //! | POST | `/api/campus/schools/{id}/merchants` | the school (signed) |
 //! | PUT | `/api/campus/schools/{id}/members` | the school (signed) |
@@ -40,6 +41,7 @@ async fn handle(req: Request) -> Response {
     let segments = route.segments();
     let result = match (&route.method, segments.as_slice()) {
         (&Method::POST, ["api", "campus", "schools"]) => handlers::register_school(req).await,
+        (&Method::GET, ["api", "campus", "schools"]) => handlers::list_schools().await,
         (&Method::GET, ["api", "campus", "schools", id, "stats"]) => handlers::school_stats(req, id).await,
         (&Method::POST, ["api", "campus", "schools", id, "merchants"]) => handlers::add_merchant(req, id).await,
         (&Method::PUT, ["api", "campus", "schools", id, "members"]) => handlers::upload_members(req, id).await,
@@ -81,7 +83,8 @@ async fn handle(req: Request) -> Response {
 /// The methods each path of the route table serves (their `Allow`, for 405s and OPTIONS); `None` for any other path.
 fn allowed(path: &[&str]) -> Option<&'static str> {
     Some(match path {
-        ["api", "campus", "schools" | "topups" | "spend"] => "POST",
+        ["api", "campus", "schools"] => "GET, POST",
+        ["api", "campus", "topups" | "spend"] => "POST",
         ["api", "campus", "orders"] => "GET",
         ["api", "campus", "schools", _, "stats"] => "GET",
         ["api", "campus", "schools", _, "merchants"] => "POST",

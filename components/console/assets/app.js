@@ -14,8 +14,6 @@ const TOKEN_KEY = 'scenefin.session';
 const INTENT_PREFIX = 'scenefin.intent:';
 // The schools and communities this mini-program serves (the bank's configuration of the deployment; the API has no
 // public list of them).
-const SCHOOLS = [{ id: 'demo_school', name: { 'zh-CN': '示范大学', en: 'Demo University' } }];
-const COMMUNITIES = [{ id: 'demo_garden', name: { 'zh-CN': '示范花园', en: 'Demo Garden' } }];
 const TOPUP_AMOUNTS = [5000, 10000, 20000];
 const PREPAY_MONTHS = [0, 3, 6, 12];
 const TABS = ['utility', 'coupons', 'campus', 'property', 'referrals'];
@@ -32,6 +30,8 @@ const state = {
   cards: [],
   txns: {},
   rooms: [],
+  schools: [],
+  communities: [],
   programs: [],
   referral: null,
   payCode: null,
@@ -74,7 +74,6 @@ function say(node, text, kind = 'error') {
 }
 
 const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
-const localName = (names) => names[currentLang()] ?? names['zh-CN'];
 const button = (text, attrs = {}, { needsLogin = true, disabled = false } = {}) => {
   const b = el('button', { type: 'button', ...attrs }, text);
   if (needsLogin) b.dataset.needsLogin = '';
@@ -607,6 +606,9 @@ async function checkIn() {
 // Campus card ----------------------------------------------------------------------------------------------------
 
 async function loadCampus() {
+  // The schools to bind a card of: the public directory (names as each school registered them).
+  const schools = await call('GET', '/api/campus/schools');
+  state.schools = schools.body?.items ?? state.schools;
   if (state.token) {
     const r = await call('GET', '/api/campus/cards/me', { auth: true });
     state.cards = (r.body?.items ?? []).filter((c) => c.status !== 'replaced');
@@ -617,7 +619,7 @@ async function loadCampus() {
 }
 
 function renderCampus() {
-  fillSelect($('#school-id'), SCHOOLS.map((s) => [s.id, localName(s.name)]));
+  fillSelect($('#school-id'), state.schools.map((s) => [s.id, s.name]));
   $('#card-bind').hidden = state.cards.length > 0;
   $('#cards').replaceChildren(...state.cards.map(campusCard));
   if (state.payCode) renderPayCode();
@@ -625,7 +627,7 @@ function renderCampus() {
 
 function campusCard(k) {
   const error = el('p', { class: 'error', role: 'alert', 'data-test': 'card-error' });
-  const schoolName = localName(SCHOOLS.find((s) => s.id === k.school_id)?.name ?? { 'zh-CN': k.school_id });
+  const schoolName = state.schools.find((s) => s.id === k.school_id)?.name ?? k.school_id;
   const amount = el('select', { id: `topup-${k.card_id}`, 'data-test': 'topup-amount' }, TOPUP_AMOUNTS.map((a) => el('option', { value: String(a), text: yuan(a) })));
   const topup = button(t('campus.topup', { amount: yuan(TOPUP_AMOUNTS[0]) }), { class: 'primary', 'data-test': 'topup' }, { disabled: k.status !== 'active' });
   amount.addEventListener('change', () => { topup.textContent = t('campus.topup', { amount: yuan(Number(amount.value)) }); });
@@ -725,6 +727,9 @@ function renderPayCode() {
 // Property fees --------------------------------------------------------------------------------------------------
 
 async function loadProperty() {
+  // The communities to claim a room in: the public directory.
+  const communities = await call('GET', '/api/property/communities');
+  state.communities = communities.body?.items ?? state.communities;
   if (state.token) {
     const r = await call('GET', '/api/property/households', { auth: true });
     state.rooms = r.body?.items ?? [];
@@ -733,7 +738,7 @@ async function loadProperty() {
 }
 
 function renderProperty() {
-  fillSelect($('#community'), COMMUNITIES.map((c) => [c.id, localName(c.name)]));
+  fillSelect($('#community'), state.communities.map((c) => [c.id, c.name]));
   $('#rooms').replaceChildren(...(state.rooms.length ? state.rooms.map(roomCard) : [emptyNote(state.token ? 'property.no_rooms' : 'login.needed')]));
 }
 

@@ -215,3 +215,10 @@ pub async fn notify(req: Request) -> Handled {
     flow::notify(req, async |store, event, bins, rules, now| payments::notify(store, event, bins, rules, now).await)
         .await
 }
+
+/// `GET /api/property/communities`: the communities an owner can claim a room in, in the order registered
+/// (public: id, name and city only).
+pub async fn list_communities() -> Handled {
+    let all = communities::all(&store()?).await.or_problem()?;
+    Ok(scenefin_guest::directory(all.iter().map(|c| (c.id.as_str(), c.name.as_str(), Some(c.city.as_str())))))
+}

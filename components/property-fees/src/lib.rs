@@ -4,6 +4,7 @@
 //! | Method | Path | Who |
 //! |---|---|---|
 //! | POST | `/api/property/communities` | operator |
+//! | GET | `/api/property/communities` | public: the communities an owner can claim a room in (id, name, city) |
 //! | PUT | `/api/property/communities/{id}/rooms` | the property company (signed) |
 //! | PUT | `/api/property/communities/{id}/bills` | the property company (signed) |
 //! | GET | `/api/property/communities/{id}/perks` | public |
@@ -33,6 +34,7 @@ async fn handle(req: Request) -> Response {
     let segments = route.segments();
     let result = match (&route.method, segments.as_slice()) {
         (&Method::POST, ["api", "property", "communities"]) => handlers::register(req).await,
+        (&Method::GET, ["api", "property", "communities"]) => handlers::list_communities().await,
         (&Method::PUT, ["api", "property", "communities", id, "rooms"]) => handlers::rooms(req, id).await,
         (&Method::PUT, ["api", "property", "communities", id, "bills"]) => handlers::bills(req, id).await,
         (&Method::GET, ["api", "property", "communities", id, "perks"]) => handlers::perks(id).await,
@@ -65,7 +67,8 @@ async fn handle(req: Request) -> Response {
 /// The methods each path of the route table serves (their `Allow`, for 405s and OPTIONS); `None` for any other path.
 fn allowed(path: &[&str]) -> Option<&'static str> {
     Some(match path {
-        ["api", "property", "communities" | "quotes"] => "POST",
+        ["api", "property", "communities"] => "GET, POST",
+        ["api", "property", "quotes"] => "POST",
         ["api", "property", "households" | "orders"] => "GET, POST",
         ["api", "property", "communities", _, "rooms" | "bills"] => "PUT",
         ["api", "property", "communities", _, "perks" | "stats" | "settlement"] => "GET",

@@ -605,6 +605,16 @@ pub async fn lifecycle_rules() -> scenefin_core::customers::LifecycleRules {
     rules
 }
 
+/// A public directory (`{items: [{id, name, city}], next: null}`): what a customer picks a school or a community
+/// from, and nothing private.
+pub fn directory<'a>(entries: impl IntoIterator<Item = (&'a str, &'a str, Option<&'a str>)>) -> Response {
+    let items: Vec<serde_json::Value> = entries
+        .into_iter()
+        .map(|(id, name, city)| serde_json::json!({ "id": id, "name": name, "city": city }))
+        .collect();
+    json_response(200, &serde_json::json!({ "items": items, "next": null }))
+}
+
 /// `404 not_found` for a path no route matches.
 pub fn no_route() -> ApiError {
     ApiError::not_found("no such route")

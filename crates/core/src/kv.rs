@@ -108,6 +108,15 @@ impl Key {
         Key::new(&stored.split(':').collect::<Vec<_>>())
     }
 
+    /// [`Key::from_stored`] for text that may not be a key (a log entry): `None` instead of a panic.
+    pub fn try_from_stored(stored: &str) -> Option<Key> {
+        let parts: Vec<&str> = stored.split(':').collect();
+        let valid = stored.len() <= MAX_KEY_BYTES
+            && stored.bytes().all(|b| b.is_ascii_graphic())
+            && parts.iter().all(|p| !p.is_empty());
+        valid.then(|| Key::new(&parts))
+    }
+
     /// This key with more parts appended.
     pub fn child(&self, parts: &[&str]) -> Key {
         let mut all = vec![self.0.as_str()];

@@ -17,6 +17,9 @@
 //! - `{base}:swept`: `{v, through_hour}`, the last expiry hour whose reservations were all swept ([`sweep_due`]),
 //!   so every exhausted reserve frees expired reservations of any age, each hour once, and a budget read counts
 //!   the expired ones of the hours since as free.
+//! - `ops:lapsed:{yyyymmdd}`: a log of `{base}/{id}` of the reservations a sweep released because they expired,
+//!   by the Shanghai day of the sweep, for every budget: what operators review as reservations nobody came back
+//!   for ([`lapsed_in`]; [`expired_unreleased`] lists those expired and not swept yet).
 //!
 //! Hundreds of concurrent quotes reserve from one budget, so the budget is an atomic counter rather than a CAS'd
 //! document: a reserver adds its amount and, if the sum passes the total, subtracts it again at once.
@@ -199,8 +202,15 @@ pub async fn reserve(
     //    recorded outcome stands.
     let key = resv_key(base, reservation_id);
     let state = if taken { State::Reserved } else { State::Rejected };
-    let fresh =
-        Resv { v: 1, id: reservation_id.to_owned(), amount_fen, state, expires_at, counters_pending: Vec::new() };
+    let fresh = Resv {
+        v: 1,
+        id: reservation_id.to_owned(),
+        amount_fen,
+        state,
+        expires_at,
+        counters_pending: Vec::new(),
+        lapsed_on: None,
+    };
     let recorded = crate::kv::update_json_new(store, &key, |doc: Option<&Resv>| match doc {
         None => Ok(Step::Write(fresh.clone(), (fresh.clone(), true))),
         Some(doc) if doc.amount_fen != amount_fen => Err(LimitError::Conflict { id: reservation_id.to_owned() }),
@@ -356,18 +366,99 @@ pub async fn status_at(store: &impl Store, base: &Key, now: Timestamp) -> Result
     check_base(base)?;
     let budget = read_budget(store, base).await?;
     let status = budget.status();
-    let current = hour_of(now);
-    let through = watermark(budget.swept_through, budget.since_hour, current);
-    let from = (through + 1).max(current - SWEEP_CATCH_UP_HOURS);
-    let lapsed: i64 = indexed(store, base, from, current)
-        .await?
-        .iter()
-        .filter(|r| r.state == State::Reserved && r.expires_at <= now)
-        .map(|r| r.amount_fen)
-        .sum();
+    let lapsed: i64 = unswept_expired(store, base, &budget, now).await?.iter().map(|r| r.amount_fen).sum();
     let reserved_fen = (status.reserved_fen - lapsed).max(status.committed_fen);
     let available_fen = status.total_fen.saturating_sub(reserved_fen).max(0);
     Ok(BudgetStatus { reserved_fen, available_fen, ..status })
+}
+
+/// A reservation that expired with nobody coming back for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Lapsed {
+    /// The budget's key.
+    pub budget: String,
+    /// The reservation id (a quote, a claimed coupon, a reward).
+    pub reservation_id: String,
+    /// What it held.
+    pub amount_fen: i64,
+    /// When it expired.
+    pub expired_at: Timestamp,
+    /// The Shanghai day (`yyyymmdd`) a sweep gave the amount back to the budget; `None` while not swept yet (budget
+    /// reads already count it free; the next reserve that needs the room, or [`sweep_due`], releases it).
+    pub released_on: Option<u32>,
+}
+
+/// The reservations of the budget that have expired by `now` and are still held (not swept yet), oldest expiry
+/// first. Writes nothing.
+pub async fn expired_unreleased(store: &impl Store, base: &Key, now: Timestamp) -> Result<Vec<Lapsed>, LimitError> {
+    check_base(base)?;
+    let budget = read_budget(store, base).await?;
+    let mut held = unswept_expired(store, base, &budget, now).await?;
+    held.sort_by(|a, b| (a.expires_at, &a.id).cmp(&(b.expires_at, &b.id)));
+    Ok(held
+        .into_iter()
+        .map(|r| Lapsed {
+            budget: base.as_str().to_owned(),
+            reservation_id: r.id,
+            amount_fen: r.amount_fen,
+            expired_at: r.expires_at,
+            released_on: None,
+        })
+        .collect())
+}
+
+/// The reservations of every budget that sweeps released on the given Asia/Shanghai days (day numbers) because they
+/// had expired, by day of release, each once. Which days have any comes from roll-ups (a year costs about sixty
+/// keys); a sweep whose log entry a crash delayed past the next day's close is counted released but not listed.
+pub async fn lapsed_in(store: &impl Store, day_numbers: &[i64], now: Timestamp) -> Result<Vec<Lapsed>, LimitError> {
+    let days = crate::rollups::days_with_entries(store, "lapsed", day_numbers, now, lapsed_log).await?;
+    let logs: Vec<Key> = days.iter().map(|d| lapsed_log(*d)).collect();
+    let mut seen = BTreeSet::new();
+    let mut listed: Vec<(u32, Key, String)> = Vec::new();
+    for (day, entries) in days.iter().zip(crate::kv::read_logs(store, &logs).await?) {
+        for entry in entries {
+            let Some((base, id)) = entry.rsplit_once('/') else { continue };
+            let Some(base) = Key::try_from_stored(base) else { continue };
+            if check_id(&base, id).is_ok() && seen.insert(entry.clone()) {
+                listed.push((*day, base, id.to_owned()));
+            }
+        }
+    }
+    let keys: Vec<Key> = listed.iter().map(|(_, base, id)| resv_key(base, id)).collect();
+    let mut out = Vec::with_capacity(listed.len());
+    for ((key, raw), (day, base, _)) in keys.iter().zip(get_all(store, &keys).await?).zip(&listed) {
+        if let Some(doc) = decode_doc::<Resv>(key, raw.as_deref())? {
+            out.push(Lapsed {
+                budget: base.as_str().to_owned(),
+                reservation_id: doc.id,
+                amount_fen: doc.amount_fen,
+                expired_at: doc.expires_at,
+                released_on: Some(*day),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// `ops:lapsed:{yyyymmdd}`: the log of reservations swept that Shanghai day because they had expired.
+pub fn lapsed_log(day: u32) -> Key {
+    Key::new(&["ops", "lapsed", &day.to_string()])
+}
+
+/// The reservations still `reserved` past their expiry in the hours since the last sweep (at most
+/// [`SWEEP_CATCH_UP_HOURS`] back), for a budget just read.
+async fn unswept_expired(
+    store: &impl Store,
+    base: &Key,
+    budget: &BudgetRead,
+    now: Timestamp,
+) -> Result<Vec<Resv>, LimitError> {
+    let current = hour_of(now);
+    let through = watermark(budget.swept_through, budget.since_hour, current);
+    let from = (through + 1).max(current - SWEEP_CATCH_UP_HOURS);
+    let mut docs = indexed(store, base, from, current).await?;
+    docs.retain(|r| r.state == State::Reserved && r.expires_at <= now);
+    Ok(docs)
 }
 
 /// The last expiry hour swept for good: the `{base}:swept` watermark, else the hour before the budget was
@@ -393,7 +484,10 @@ async fn sweep_hours(store: &impl Store, base: &Key, now: Timestamp, from: i64, 
     for doc in indexed(store, base, from, to).await? {
         if doc.state == State::Reserved && doc.expires_at <= now {
             let (_, changed) = transition(store, base, &doc.id, |doc| match doc.state {
-                State::Reserved if doc.expires_at <= now => Ok(Some(doc.moved(State::Released, &[Effect::Release]))),
+                State::Reserved if doc.expires_at <= now => Ok(Some(Resv {
+                    lapsed_on: Some(now.shanghai_day()),
+                    ..doc.moved(State::Released, &[Effect::Release, Effect::Lapse])
+                })),
                 _ => Ok(None),
             })
             .await?;
@@ -482,6 +576,9 @@ enum Effect {
     Uncommit,
     /// `reserved_fen -= amount`.
     Release,
+    /// An entry in the day's log of lapsed reservations (`ops:lapsed:{lapsed_on}`): at least once, without a claim
+    /// (a repeat lists the id again; [`lapsed_in`] keeps one).
+    Lapse,
 }
 
 impl Effect {
@@ -490,6 +587,7 @@ impl Effect {
             Effect::Commit => "commit",
             Effect::Uncommit => "uncommit",
             Effect::Release => "release",
+            Effect::Lapse => "lapse",
         }
     }
 }
@@ -513,9 +611,12 @@ struct Resv {
     amount_fen: i64,
     state: State,
     expires_at: Timestamp,
-    /// Counter changes owed by the last transition and not yet confirmed made.
+    /// Counter changes (and the lapsed log's entry) owed by the last transition and not yet confirmed made.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     counters_pending: Vec<Effect>,
+    /// The Shanghai day (`yyyymmdd`) a sweep released it because it had expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lapsed_on: Option<u32>,
 }
 
 impl Resv {
@@ -669,13 +770,19 @@ async fn complete(store: &impl Store, base: &Key, doc: &Resv) -> Result<(), Limi
         return Ok(());
     }
     for &effect in &doc.counters_pending {
+        if effect == Effect::Lapse {
+            if let Some(day) = doc.lapsed_on {
+                crate::kv::append_to_log(store, &lapsed_log(day), &format!("{base}/{}", doc.id)).await?;
+            }
+            continue;
+        }
         // Claim first: a crash between claim and increment loses the change, which for every effect errs towards
         // under-use (reserved stays high) or an understated committed figure, never towards over-use.
         if claim_once(store, &effect_key(base, &doc.id, effect)).await? {
             let (counter, delta) = match effect {
                 Effect::Commit => (committed_key(base), doc.amount_fen),
                 Effect::Uncommit => (committed_key(base), -doc.amount_fen),
-                Effect::Release => (reserved_key(base), -doc.amount_fen),
+                Effect::Release | Effect::Lapse => (reserved_key(base), -doc.amount_fen),
             };
             store.increment(&counter, delta).await?;
         }
@@ -858,6 +965,39 @@ mod tests {
         let swept: Swept =
             pollster::block_on(crate::kv::get_json(&store, &swept_key(&budget()))).expect("read").expect("swept");
         assert_eq!(swept.through_hour, t(days).unix_secs().div_euclid(3600) - 1);
+    }
+
+    #[test]
+    fn a_reservation_nobody_came_back_for_is_listed_as_held_then_once_as_released_on_the_sweeps_day() {
+        let store = configured(100);
+        let b = &budget();
+        assert_eq!(reserve_at(&store, "abandoned", 60, 0), Ok(Reserved::Granted)); // expires at t(900)
+        assert_eq!(reserve_at(&store, "paid", 40, 0), Ok(Reserved::Granted));
+        pollster::block_on(commit(&store, b, "paid", t(10))).expect("commit");
+        let held = |at: i64| pollster::block_on(expired_unreleased(&store, b, t(at))).expect("held");
+        assert_eq!(held(600), vec![], "not expired yet");
+        let expected = Lapsed {
+            budget: b.as_str().to_owned(),
+            reservation_id: "abandoned".into(),
+            amount_fen: 60,
+            expired_at: t(900),
+            released_on: None,
+        };
+        assert_eq!(held(901), vec![expected.clone()], "expired and still held; the committed one never lapses");
+
+        // A day later a reserve needing the room sweeps it; sweeping again (and a repeat of the log entry after a
+        // crash before the entry was confirmed) lists it once, on the sweep's day.
+        let later = 24 * 3600;
+        assert_eq!(reserve_at(&store, "fresh", 60, later), Ok(Reserved::Granted));
+        pollster::block_on(sweep_expired(&store, b, t(later + 1), 48)).expect("sweep again");
+        let entry = format!("{}/abandoned", b.as_str());
+        let log = lapsed_log(t(later).shanghai_day());
+        pollster::block_on(crate::kv::append_to_log(&store, &log, &entry)).expect("repeat");
+        assert_eq!(held(later + 1), vec![], "released");
+        let days: Vec<i64> = (0..=1).map(|d| t(d * 24 * 3600).shanghai_day_number()).collect();
+        let listed = pollster::block_on(lapsed_in(&store, &days, t(later + 2))).expect("lapsed");
+        assert_eq!(listed, vec![Lapsed { released_on: Some(t(later).shanghai_day()), ..expected }]);
+        assert_eq!(status_of(&store).reserved_fen, 100, "fresh 60 + paid 40");
     }
 
     #[test]

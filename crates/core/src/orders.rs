@@ -1158,14 +1158,7 @@ pub async fn exceptions_in(
     day_numbers: &[i64],
     now: Timestamp,
 ) -> Result<Vec<ListedException>, OrderError> {
-    let counters = |day: u32| vec![kv::log_counter_key(&keys::exceptions(day))];
-    let (per_day, _) = crate::rollups::per_day(store, "exceptions", day_numbers, now, counters, &[]).await?;
-    let days: Vec<u32> = day_numbers
-        .iter()
-        .zip(&per_day)
-        .filter(|(_, counts)| counts.first().is_some_and(|n| *n > 0))
-        .map(|(day, _)| crate::rollups::day_of_number(*day))
-        .collect();
+    let days = crate::rollups::days_with_entries(store, "exceptions", day_numbers, now, keys::exceptions).await?;
     exceptions(store, &days).await
 }
 

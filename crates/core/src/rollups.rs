@@ -134,6 +134,26 @@ pub fn counters_of(raws: &[Option<Vec<u8>>], keys: &[Key]) -> Result<Vec<i64>, S
         .collect()
 }
 
+/// The days (`yyyymmdd`) among `day_numbers` whose log `log_of(yyyymmdd)` has entries, oldest first: found from
+/// roll-ups of the logs' slot counters (series `series`), so a year costs about sixty keys, then only those days'
+/// logs need reading. The logs must be appended at request time for the request's day (see "When a day is closed").
+pub async fn days_with_entries(
+    store: &impl Store,
+    series: &str,
+    day_numbers: &[i64],
+    now: Timestamp,
+    log_of: impl Fn(u32) -> Key,
+) -> Result<Vec<u32>, StoreError> {
+    let counters = |day: u32| vec![kv::log_counter_key(&log_of(day))];
+    let (per_day, _) = per_day(store, series, day_numbers, now, counters, &[]).await?;
+    Ok(day_numbers
+        .iter()
+        .zip(&per_day)
+        .filter(|(_, counts)| counts.first().is_some_and(|n| *n > 0))
+        .map(|(day, _)| day_of_number(*day))
+        .collect())
+}
+
 /// The counters of each of `day_numbers` (Asia/Shanghai day numbers) in `series` at `now`: `counters(yyyymmdd)`
 /// lists a day's counter keys, the same number for every day, and `series` names that list (a key part). Also
 /// reads `extra` keys in the same batch and returns their raw values. Closed days come from roll-ups, built and

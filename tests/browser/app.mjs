@@ -2,8 +2,9 @@
 // through playwright-core), in Chinese and in English: log in (a friend's code, a stale promotion link, a mistyped
 // code), pay a water bill with a coupon (a double tap places one order), coupons and check-in, the campus card (bind,
 // top-up, pay code, report lost, transactions), property fees (claim, prepay, an order whose answer is lost and a
-// reload), referral progress. Asserts what the person sees; fails on any page error and any console error but the
-// API's own 4xx answers the page explains; saves screenshots.
+// reload), referral progress; coupons and the campus card again in English by a new customer, every screen checked
+// for Chinese page text, untranslated keys and raw problem codes. Asserts what the person sees; fails on any page error
+// and any console error but the API's own 4xx answers the page explains; saves screenshots.
 // Usage: node app.mjs <base url> <operator token> <artefact dir>
 // Every request outside the app's origin is aborted, so the page is proven to work with the network off.
 import { args, harness } from './harness.mjs';
@@ -90,6 +91,80 @@ function countPosts(page, path) {
     if (r.method() === 'POST' && new URL(r.url()).pathname === path) posts.push(r.headers()['idempotency-key']);
   });
   return posts;
+}
+
+/// Binds the demo school's card `memberNo`, first with a wrong activation code (explained beside the form in `wrong`,
+/// no raw problem code; `explained()` then looks on), then with its `code`.
+async function bindCard(page, memberNo, code, wrong, explained = async () => {}) {
+  await page.fill('#member-no', memberNo);
+  await page.fill('#activation', '999999');
+  await page.click('#card-form button[type=submit]');
+  await sees(page, '#card-error', wrong, 'a wrong activation code is explained beside the form');
+  check(!/[a-z]+_[a-z_]+/.test(await text(page, '#card-error')), 'the explanation shows no raw problem code');
+  await explained();
+  await page.fill('#activation', code);
+  await page.click('#card-form button[type=submit]');
+  await page.waitForSelector('[data-test=campus-card]');
+}
+
+/// The ¥50.00 top-up is paid once: one POST /api/campus/topups (`topups`), one paid order on the server, and the
+/// balance shows it with the 2% bank-card bonus.
+async function oneTopUpPaid(page, topups) {
+  check(topups.length === 1, `one top-up order was placed (${topups.length} POST /api/campus/topups)`);
+  const orders = await serverOrders(page, 'campus');
+  check(orders.length === 1 && orders[0].state === 'paid', `the server has one paid top-up (${orders.map((o) => o.state).join(', ')})`);
+  await sees(page, '[data-test=balance]', '¥51.00', 'the balance includes the ¥50.00 top-up and the 2% bank-card bonus');
+}
+
+/// Shows the card's pay code: 18 digits in groups and a countdown that runs.
+async function payCodeCountsDown(page) {
+  await page.click('[data-test=paycode]');
+  await page.waitForSelector('[data-test=paycode-digits]');
+  check(/^\d{4} \d{4} \d{4} \d{4} \d{2}$/.test(await text(page, '[data-test=paycode-digits]')), 'the pay code shows 18 digits in groups');
+  const left = async () => Number((await text(page, '[data-test=paycode-left]')).match(/\d+/)?.[0]);
+  const first = await left();
+  await page.waitForTimeout(2100);
+  const later = await left();
+  check(first > 0 && later < first, `the pay code counts down (${first} s → ${later} s)`);
+}
+
+/// Reports the card lost (asked first) and unblocks it, seeing the words `w` of each step in the page's language.
+async function lostAndBack(page, w) {
+  await page.click('[data-test=report-lost]');
+  await sees(page, '[role=alertdialog]', w.confirm, 'reporting the card lost asks first');
+  await page.click('[data-test=confirm-lost]');
+  await sees(page, '[data-test=card-status]', w.lost, 'reporting the card lost shows at once');
+  await sees(page, '[data-test=card-error]', w.reported, 'and says what it means');
+  check(await page.isDisabled('[data-test=topup]'), 'a lost card cannot be topped up');
+  check(await page.isDisabled('[data-test=paycode]'), 'nor show a pay code');
+  await page.click('[data-test=unfreeze]');
+  await sees(page, '[data-test=card-status]', w.active, 'unblocking brings it back');
+  await sees(page, '[data-test=card-error]', w.back, 'and says so');
+}
+
+/// The names the bank and its partners registered (schools, billers, communities, campaigns and the titles of the
+/// coupons in the customer's wallet, a check-in reward's included): shown as registered, in whatever language that was.
+const registeredNames = (page) => page.evaluate(async () => {
+  const headers = { authorization: `Bearer ${sessionStorage.getItem('scenefin.session')}` };
+  const names = async (path, field) => ((await (await fetch(path, { headers })).json()).items ?? []).map((x) => x[field]);
+  return (await Promise.all([names('/api/campus/schools', 'name'), names('/api/utility/billers', 'name'),
+    names('/api/property/communities', 'name'), names('/api/coupons/campaigns', 'title'), names('/api/coupons/wallet', 'title')]))
+    .flat().filter(Boolean);
+});
+
+/// Everything on the screen reads in English: no Chinese but registered names and the language switch's 中文, no text
+/// key left untranslated, and no raw problem code in a message.
+async function readsEnglish(page, what) {
+  const seen = await page.evaluate(() => ({
+    all: document.body.innerText,
+    said: [...document.querySelectorAll('[role=alert], [role=status]:not(.receipt), [data-test=notice]')].map((n) => n.innerText).join(' '),
+  }));
+  const rest = [...await registeredNames(page), '中文'].reduce((s, n) => s.replaceAll(n, ' '), seen.all);
+  const chinese = rest.match(/[\u3000-\u303f\u3400-\u9fff\uff00-\uffef]+/g) ?? [];
+  const keys = rest.match(/\b(?:app|nav|tab|login|stage|utility|checkout|line|receipt|order|coupons?|discount|campus|card|txn|property|cost|referrals?|reward|common|err)\.[a-z_.]+/g) ?? [];
+  const codes = seen.said.match(/\b[a-z]+(?:_[a-z]+)+\b/g) ?? [];
+  const found = [...chinese, ...keys, ...codes];
+  check(found.length === 0, `${what}: reads in English (${found.join(', ') || 'no Chinese, text key or problem code'})`);
 }
 
 async function journey(name, body) {
@@ -191,13 +266,7 @@ await run(async () => {
 
     // 3. Campus card: a wrong code explained, then bound; top-up, pay code countdown, report lost and back.
     await tab(bob, 'campus');
-    await bob.fill('#member-no', 'D001');
-    await bob.fill('#activation', '999999');
-    await bob.click('#card-form button[type=submit]');
-    await sees(bob, '#card-error', '学号或激活码不正确', 'a wrong activation code is explained beside the form');
-    await bob.fill('#activation', '111111');
-    await bob.click('#card-form button[type=submit]');
-    await bob.waitForSelector('[data-test=campus-card]');
+    await bindCard(bob, 'D001', '111111', '学号或激活码不正确');
     await sees(bob, '[data-test=balance]', '¥0.00', 'the new card shows its balance');
     await sees(bob, '[data-test=card-status]', '正常', 'and its status');
     // The gateway cannot be reached after the top-up order is placed; after a reload the same order is paid.
@@ -217,26 +286,11 @@ await run(async () => {
     await sees(bob, '[data-test=confirm-pay]', '继续完成支付', 'after a reload the placed top-up is resumed, not placed again');
     await bob.click('[data-test=confirm-pay]');
     await sees(bob, '#campus-receipt [data-test=receipt]', '支付成功', 'the top-up gets a receipt');
-    check(topups.length === 1, `one top-up order was placed (${topups.length} POST /api/campus/topups)`);
-    const campusOrders = await serverOrders(bob, 'campus');
-    check(campusOrders.length === 1 && campusOrders[0].state === 'paid', `the server has one paid top-up (${campusOrders.map((o) => o.state).join(', ')})`);
-    await sees(bob, '[data-test=balance]', '¥51.00', 'the balance includes the ¥50.00 top-up and the 2% bank-card bonus');
+    await oneTopUpPaid(bob, topups);
     await sees(bob, '[data-test=txn]', '充值', 'the transactions list the top-up');
-    await bob.click('[data-test=paycode]');
-    await bob.waitForSelector('[data-test=paycode-digits]');
-    check(/^\d{4} \d{4} \d{4} \d{4} \d{2}$/.test(await text(bob, '[data-test=paycode-digits]')), 'the pay code shows 18 digits in groups');
-    const left = async () => Number((await text(bob, '[data-test=paycode-left]')).match(/\d+/)?.[0]);
-    const first = await left();
-    await bob.waitForTimeout(2100);
-    const later = await left();
-    check(first > 0 && later < first, `the pay code counts down (${first} s → ${later} s)`);
+    await payCodeCountsDown(bob);
     await shot(bob, '07-bob-campus-paycode');
-    await bob.click('[data-test=report-lost]');
-    await bob.click('[data-test=confirm-lost]');
-    await sees(bob, '[data-test=card-status]', '已挂失', 'reporting the card lost shows at once');
-    check(await bob.isDisabled('[data-test=topup]'), 'a lost card cannot be topped up');
-    await bob.click('[data-test=unfreeze]');
-    await sees(bob, '[data-test=card-status]', '正常', 'unblocking brings it back');
+    await lostAndBack(bob, { confirm: '确定挂失吗', lost: '已挂失', reported: '卡片已停止消费', active: '正常', back: '已解除挂失' });
     await usable(bob, 'the campus card');
     await shot(bob, '08-bob-campus');
     await tab(bob, 'utility');
@@ -383,6 +437,96 @@ await run(async () => {
     await sees(alice, '[data-test=referral]', '已达标', 'as qualified');
     await usable(alice, 'referrals');
     await shot(alice, '15-alice-progress');
+    await alice.context().close();
+  });
+
+  // 7. Alice, still a new customer, now in English: the offers nearby, a claim and her wallet, a check-in streak; her
+  //    campus card bound from the school list (a wrong code first), ¥0.00, topped up, the pay code counting down,
+  //    reported lost and back, the transactions. Every screen reads in English, amounts in ¥.
+  await journey('alice in English: coupons and the campus card', async () => {
+    const alice = await newPage('en');
+    await login(alice, 'alice');
+    check(await alice.getAttribute('html', 'lang') === 'en', 'the page is in English');
+    await sees(alice, '[data-test=stage]', 'New customer', 'the header says she is a new customer');
+
+    await tab(alice, 'coupons');
+    await sees(alice, '#panel-coupons h2', 'Offers nearby', 'the coupons page lists the offers nearby');
+    await sees(alice, '[data-campaign=demo_coffee]', '¥5 off coffee', "the coffee shop's campaign is listed");
+    await sees(alice, '[data-campaign=demo_coffee] .offer', '¥5.00 off ¥15.00 or more', 'its offer is said in ¥');
+    check(/^\d+ left$/.test(await text(alice, '[data-campaign=demo_coffee] .muted')), 'with how many are left');
+    check(await text(alice, '[data-campaign=demo_coffee] [data-test=claim]') === 'Claim', 'and a Claim button');
+    await sees(alice, '[data-test=streak]', '0-day streak', 'her check-in streak starts at zero');
+    await sees(alice, '#wallet', 'Your wallet is empty', 'her wallet is empty');
+    await readsEnglish(alice, 'the offers nearby');
+    await alice.click('[data-campaign=demo_coffee] [data-test=claim]');
+    await sees(alice, '[data-campaign=demo_coffee] .ok', 'is in your wallet', 'the claim says the coupon is in her wallet');
+    check(await text(alice, '[data-campaign=demo_coffee] [data-test=claim]') === 'Claimed', 'a coupon held already says Claimed');
+    check(await alice.isDisabled('[data-campaign=demo_coffee] [data-test=claim]'), 'and is not offered again');
+    const coffee = alice.locator('[data-test=coupon]', { hasText: '¥5 off coffee' });
+    await coffee.waitFor();
+    const held = squash(await coffee.textContent());
+    check(held.includes('Ready to use') && held.includes('¥5.00 off ¥15.00 or more') && /Valid until \d{1,2} [A-Z][a-z]{2} \d{4}/.test(held),
+      `the wallet shows the coupon ready to use, its offer and until when (${held})`);
+    await alice.click('[data-test=checkin]');
+    await sees(alice, '[data-test=streak]', '1-day streak', 'checking in starts her streak');
+    await sees(alice, '#checkin-message', 'Your streak is 1 day(s)', 'and says so');
+    await sees(alice, '#checkin-message', 'Check-in reward', 'the streak earns the check-in coupon');
+    await sees(alice, '[data-test=checkin]', 'Checked in today', 'the button says she checked in today');
+    check(await alice.isDisabled('[data-test=checkin]'), 'and is not offered twice a day');
+    check((await alice.locator('[data-test=coupon]').count()) === 2, 'her wallet holds the claimed and the check-in coupon');
+    await readsEnglish(alice, 'coupons after a claim and a check-in');
+    await usable(alice, 'coupons in English');
+    await shot(alice, '16-alice-coupons-en');
+
+    await tab(alice, 'campus');
+    const schools = await alice.$$eval('#school-id option', (os) => os.map((o) => [o.value, o.text]));
+    const school = schools.find(([id]) => id === 'demo_school');
+    check(Boolean(school), `the school list offers the demo school (${schools.map(([, name]) => name).join(', ')})`);
+    await alice.selectOption('#school-id', 'demo_school');
+    await sees(alice, '#card-bind', 'Add your campus card', 'the bind form is in English');
+    await usable(alice, 'adding a campus card in English');
+    await bindCard(alice, 'D002', '111112', 'The number or activation code is wrong', async () => {
+      await readsEnglish(alice, 'a wrong activation code');
+      await shot(alice, '17-alice-wrong-code-en');
+    });
+    await sees(alice, '[data-test=card-error]', 'Campus card added', 'the card is added');
+    await sees(alice, '[data-test=campus-card] strong', school?.[1] ?? 'demo_school', "under the school's name from the list");
+    check(await text(alice, '[data-test=balance]') === '¥0.00', 'the new card shows its balance as ¥0.00');
+    await sees(alice, '[data-test=card-status]', 'Active', 'and its status as Active');
+    await sees(alice, '[data-test=campus-card]', 'D002', 'and her student number');
+    await sees(alice, '[data-test=campus-card]', 'No transactions yet', 'and no transactions yet');
+    await readsEnglish(alice, 'the new campus card');
+
+    const topups = countPosts(alice, '/api/campus/topups');
+    await alice.selectOption('[data-test=topup-amount]', '5000');
+    await sees(alice, '[data-test=topup]', 'Top up ¥50.00', 'the top-up button names the amount');
+    await alice.click('[data-test=topup]');
+    await sees(alice, '#campus-receipt [data-test=checkout]', 'Top-up', 'the checkout lists the top-up');
+    await sees(alice, '#campus-receipt [data-test=checkout-total]', 'You pay ¥50.00', 'and what she pays');
+    await readsEnglish(alice, 'the top-up checkout');
+    await alice.click('[data-test=confirm-pay]');
+    await sees(alice, '#campus-receipt [data-test=receipt]', 'Payment successful', 'the top-up gets a receipt');
+    await sees(alice, '#campus-receipt [data-test=receipt-amount]', 'Paid ¥50.00', 'with the amount paid');
+    await sees(alice, '#campus-receipt [data-test=receipt]', "Bonus for topping up with the bank's card", "and the bank card's bonus");
+    await oneTopUpPaid(alice, topups);
+    await alice.waitForFunction(() => document.querySelector('[data-test=stage]')?.dataset.stage !== 'new');
+    const stage = await text(alice, '[data-test=stage]');
+    check(['Activated', 'Engaged', 'High value'].includes(stage), `her first payment moves her on, said in English (${stage})`);
+    await readsEnglish(alice, 'the top-up receipt');
+
+    await payCodeCountsDown(alice);
+    await sees(alice, '[data-test=paycode-box] h3', 'Pay code', 'the pay code is headed in English');
+    await sees(alice, '[data-test=paycode-left]', 'Expires in', 'and its countdown too');
+    await readsEnglish(alice, 'the pay code');
+    await usable(alice, 'the pay code in English');
+    await shot(alice, '18-alice-paycode-en');
+    await lostAndBack(alice, { confirm: 'Report it lost?', lost: 'Reported lost', reported: 'the card cannot be used', active: 'Active', back: 'The card works again' });
+    const txns = await alice.$$eval('[data-test=txn]', (ns) => ns.map((n) => [...n.children].map((c) => c.textContent.trim())));
+    check(txns.length === 1 && txns[0][0] === 'Top-up' && txns[0][1] === '+¥51.00' && /^\d{1,2} [A-Z][a-z]{2} \d{4}, \d{2}:\d{2}$/.test(txns[0][2]),
+      `the transactions list the top-up in English, in ¥, with an English date (${txns.map((x) => x.join(' | ')).join('; ')})`);
+    await readsEnglish(alice, 'the campus card after reporting it lost and back');
+    await usable(alice, 'the campus card in English');
+    await shot(alice, '19-alice-campus-en');
     await alice.context().close();
   });
 }, 'mini-program: all checks passed');

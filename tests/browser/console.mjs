@@ -3,11 +3,15 @@
 // through the APIs give the panels numbers: two channel codes (three visits), four logins (one through a code),
 // a water bill paid with the simulated gateway and then captured a second time (a duplicate payment to refund), and
 // a coupon claimed. Run after seed.mjs.
-// Usage: node console.mjs <base url> <operator token> <artefact dir>
+// Usage: node console.mjs <base url> <operator token> <artefact dir> <staff identity secret>
+// (the last signs a staff member's sign-in assertion, as the bank's staff identity provider would).
 // Fails on any browser console error or page error, and on any request leaving the app's origin.
+import { createHmac } from 'node:crypto';
 import { args, harness } from './harness.mjs';
 
 const { base, operatorToken, out } = args('console.mjs');
+const staffSecret = process.argv[5];
+if (!staffSecret) { console.error('usage: node console.mjs <base url> <operator token> <artefact dir> <staff identity secret>'); process.exit(2); }
 
 // ------------------------------------------------------------------------------------------- customer actions
 
@@ -45,6 +49,19 @@ async function capture(orderId, amount) {
 }
 
 const operator = { token: operatorToken };
+
+// Three days ago (the test clock, which tests enable): a one-day coupon campaign, and alice claims one she never
+// uses: its budget reservation expired two days ago, held until a reserve or the operator releases it.
+const LAPSE_TITLE = '过期未用测试券';
+const then = { 'x-scenefin-now': new Date(Date.now() - 3 * 86400000).toISOString() };
+must(await call('POST', '/api/coupons/campaigns', { ...operator, headers: then, body: {
+  id: 'console_lapse', title: LAPSE_TITLE, kind: 'daily', merchant_ids: ['demo_cafe'],
+  coupon: { type: 'fixed_off', amount_fen: 300, min_spend_fen: 1000 }, validity: { days_after_claim: 1 },
+  schedule: { starts_at: new Date(Date.now() - 10 * 86400000).toISOString(), ends_at: new Date(Date.now() + 30 * 86400000).toISOString() },
+  stock_total: 10, budget_fen: 10000 } }), 'a one-day campaign');
+const aliceThen = must(await call('POST', '/api/demo/identity', { headers: then, body: { persona: 'alice' } }), 'identity then');
+const aliceSession = must(await call('POST', '/api/sessions', { headers: then, body: { assertion: aliceThen.assertion } }), 'login then').token;
+must(await call('POST', '/api/coupons/campaigns/console_lapse/claim', { token: aliceSession, headers: { ...then, 'idempotency-key': key('lapse') } }), 'claim then');
 for (const c of [
   { code: 'BR01NS', channel: 'branch', branch_id: 'nanshan_branch', staff_id: 'staff_li', campaign_id: 'demo_coffee', scenario: 'utility' },
   { code: 'ST02FT', channel: 'staff', branch_id: 'futian_branch', staff_id: 'staff_wang', scenario: 'campus' },
@@ -86,22 +103,24 @@ const fen = (text) => {
 /// What each language must show (a few texts of each view).
 const EXPECT = {
   'zh-CN': {
-    signIn: '运营令牌', wrongToken: '运营令牌不正确', tabs: ['漏斗与生命周期', '渠道', '活动与预算', '异常', '账务核对'],
+    signIn: '运营令牌', breakGlass: '应急运营令牌', staff: '王审阅（查看）', forbidden: '你的角色无权查看这部分', wrongToken: '运营令牌不正确', tabs: ['漏斗与生命周期', '渠道', '活动与预算', '异常', '账务核对'],
     stages: ['新客', '已激活', '活跃', '高价值', '沉睡'], over: '注册数多于到访数', median: '不到 1 分钟', dormant: '60 天无活动',
     balanced: '账目平衡', addsUp: '相符', duplicate: '重复支付', refund: '原路退回', reconciled: '已对平',
     orderErr: '开始日期不能晚于结束日期', futureErr: '结束日期不能晚于明天', longErr: '最长 366 天', english: 'Operator console',
-    serverErr: '服务器不接受这个结束日期', see: '请看上方日期旁的说明',
+    serverErr: '服务器不接受这个结束日期', see: '请看上方日期旁的说明', held: '仍占用', releasedOn: '已释放（', releasedOne: '已释放 1 笔',
   },
   en: {
-    signIn: 'Operator token', wrongToken: 'The operator token is not right', tabs: ['Funnel and lifecycle', 'Channels', 'Campaigns and budgets', 'Exceptions', 'Ledger check'],
+    signIn: 'Operator token', breakGlass: 'Break-glass operator token', staff: '王审阅 (viewer)', forbidden: 'Your roles do not cover this part', wrongToken: 'The operator token is not right', tabs: ['Funnel and lifecycle', 'Channels', 'Campaigns and budgets', 'Exceptions', 'Ledger check'],
     stages: ['New', 'Activated', 'Engaged', 'High value', 'Dormant'], over: 'more registrations than visits', median: 'under a minute', dormant: 'no activity for 60 days',
     balanced: 'Balanced', addsUp: 'adds up', duplicate: 'Paid twice', refund: 'Refund ¥', reconciled: 'reconciled',
     orderErr: 'must not be after the last day', futureErr: 'must not be after tomorrow', longErr: 'at most 366', english: 'Operator console',
-    serverErr: 'The server refused this To date', see: 'see the note beside the dates above',
+    serverErr: 'The server refused this To date', see: 'see the note beside the dates above', held: 'Still held', releasedOn: 'Released (', releasedOne: '1 released',
   },
 };
 
 let allowHttpErrors = 0;
+let allowForbidden = false;
+let lapseReleased = false;
 let allowBadRequests = false;
 
 /// A page at this size whose first load shows `lang`. A refused token is a 401 the browser itself logs: only the step
@@ -113,6 +132,7 @@ const newPage = (width, height, lang) => open({
   }, lang),
   allow: (text) => {
     if (allowHttpErrors > 0 && /status of 401/.test(text)) { allowHttpErrors -= 1; return true; }
+    if (allowForbidden && /status of 403/.test(text)) return true;
     return allowBadRequests && /status of 400/.test(text);
   },
 });
@@ -195,6 +215,7 @@ async function walk(width, height, lang) {
   await page.fill('#token', operatorToken);
   await page.click('#load');
   await page.waitForSelector('body[data-loaded]');
+  check((await text(page, '[data-test=who]')).includes(e.breakGlass), `${tag}: the header warns that the break-glass token is in use`);
   check(await page.evaluate((token) => sessionStorage.getItem('scenefin.operator') === token && !Object.values(localStorage).includes(token) && !location.href.includes(token), operatorToken),
     `${tag}: the token is kept in the tab's session storage only`);
   const tabs = await page.locator('[role=tab]').allInnerTexts();
@@ -282,6 +303,24 @@ async function walk(width, height, lang) {
   const water = statements.find((r) => r[1] === 'demo_water') ?? [];
   check(water[7]?.includes(e.reconciled) && fen(water[3]) === fen(water[4]) + fen(water[5]) && fen(water[3]) === fen(water[6]),
     `${tag}: demo_water's statement reconciles: gross ${water[3]} = discount ${water[4]} + paid ${water[5]} = ledger ${water[6]}`);
+  // Expired reservations: alice's coupon is held until the first walk releases it (once); then it is listed as
+  // released today.
+  const lapsedRows = async () => (await page.locator('[data-test=expired] tbody tr').evaluateAll((trs) => trs.map((tr) => [...tr.cells].map((c) => c.innerText))))
+    .filter((r) => r[0].includes(LAPSE_TITLE));
+  if (!lapseReleased) {
+    const held = await lapsedRows();
+    check(held.length === 1 && held[0][2] === yuan(300) && held[0][4].includes(e.held) && (await text(page, '[data-test=expired-total]')).includes(yuan(300)),
+      `${tag}: the coupon nobody used is shown still holding ${yuan(300)} of its budget (${held})`);
+    const before = await page.getAttribute('body', 'data-loaded');
+    await page.click('[data-test=release-expired]');
+    await page.waitForFunction((b) => document.body.dataset.loaded !== b, before);
+    check((await text(page, '[data-test=release-result]')).includes(e.releasedOne), `${tag}: releasing says what it did (${await text(page, '[data-test=release-result]')})`);
+    lapseReleased = true;
+  }
+  const released = await lapsedRows();
+  const today = new Intl.DateTimeFormat('en-CA', { timeZone: 'Asia/Shanghai' }).format(new Date());
+  check(released.length === 1 && released[0][4].includes(e.releasedOn) && released[0][4].includes(today),
+    `${tag}: the coupon's reservation is listed once, released today (${released})`);
   await fits(page, tag, 'exceptions');
   await page.screenshot({ path: `${out}/console-${tag}-4-exceptions.png`, fullPage: true });
 
@@ -346,8 +385,36 @@ async function walk(width, height, lang) {
   await page.context().close();
 }
 
+/// A staff member signed in as herself with the viewer role only: her name and role in the header, the reviews
+/// shown, the finance-only ledger check explained instead of shown, nothing raw.
+async function staffWalk(lang) {
+  const e = EXPECT[lang];
+  const tag = `staff-${lang}`;
+  const claims = Buffer.from(JSON.stringify({ staff_id: 's_wang_viewer', name: '王审阅', roles: ['viewer'], iat: Math.floor(Date.now() / 1000) })).toString('base64url');
+  const assertion = `${claims}.${createHmac('sha256', staffSecret).update(claims).digest('base64url')}`;
+  const session = must(await call('POST', '/api/staff/sessions', { body: { assertion } }), 'staff sign-in');
+  check(session.token.startsWith('stf.') && session.roles.join() === 'viewer', `${tag}: the staff member signs in with the viewer role`);
+  const page = await newPage(1440, 900, lang);
+  allowForbidden = true;
+  await page.goto(`${base}/console`);
+  await page.fill('#token', session.token);
+  await page.click('#load');
+  await page.waitForSelector('body[data-loaded]');
+  check((await text(page, '[data-test=who]')) === e.staff, `${tag}: the header names her and her role (${await text(page, '[data-test=who]')})`);
+  check((await page.locator('[data-test=funnel-table] tbody tr').count()) > 0, `${tag}: the funnel is shown`);
+  await page.click('#tab-ledger');
+  check((await text(page, '#ledger .body')).includes(e.forbidden), `${tag}: the finance-only ledger check is explained, not shown (${await text(page, '#ledger .body')})`);
+  const all = await page.evaluate(() => document.body.innerText);
+  check(!/forbidden_role|403/.test(all), `${tag}: no raw code or status on the page`);
+  await page.screenshot({ path: `${out}/console-${tag}-ledger-forbidden.png`, fullPage: false });
+  await page.click('#sign-out');
+  allowForbidden = false;
+  await page.context().close();
+}
+
 await run(async () => {
   for (const [width, height] of [[1440, 900], [390, 844]]) {
     for (const lang of ['zh-CN', 'en']) await walk(width, height, lang);
   }
+  for (const lang of ['zh-CN', 'en']) await staffWalk(lang);
 }, 'console walk: all checks passed');

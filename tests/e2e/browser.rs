@@ -79,7 +79,8 @@ async fn the_console_shows_every_view_in_both_languages_at_desktop_and_phone_wid
     let seeded = node("seed.mjs", &app, vec![]).await;
     assert!(seeded.contains("demo data seeded"), "{seeded}");
     let artefacts = workspace().join("target/browser-artifacts").display().to_string();
-    let stdout = node("console.mjs", &app, vec![artefacts]).await;
+    let staff_secret = scenefin_e2e::STAFF_IDENTITY_SECRET.to_owned();
+    let stdout = node("console.mjs", &app, vec![artefacts, staff_secret]).await;
     println!("{stdout}");
     assert!(stdout.contains("console walk: all checks passed"), "{stdout}");
 }

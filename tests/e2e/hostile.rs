@@ -644,8 +644,8 @@ async fn refused_requests_get_the_right_problem_and_write_nothing() {
     let r = send(&app, "POST", "/api/campus/topups", &h, topup).await;
     checks.refused(&app, &before, "customer 2 tops up customer 1's card", &r, 404, "card_not_found").await;
     let r = app.send("POST", &format!("/api/utility/orders/{order_id}/refund"), None, Some(&c2_token)).await;
-    // Neither the operator token nor a partner signature: refused as a partner call without its headers.
-    checks.refused(&app, &before, "customer 2 refunds customer 1's order", &r, 401, "missing_credentials").await;
+    // A bearer credential that is no operator's (staff session or break-glass token): refused as an operator call.
+    checks.refused(&app, &before, "customer 2 refunds customer 1's order", &r, 401, "invalid_operator_token").await;
     let mine = app.send("GET", "/api/utility/orders", None, Some(&c2_token)).await;
     assert_eq!((mine.status, &mine.body["items"]), (200, &json!([])), "customer 2 lists no order of customer 1");
 

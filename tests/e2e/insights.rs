@@ -151,6 +151,32 @@ async fn claim(app: &TestApp, c: &Cust, campaign_id: &str, key: &str) -> Value {
     r.body
 }
 
+/// The power biller (5% off with the bank's card from budget `power_card`), district merchant sunny_cafe and its
+/// campaign cafe5 (¥5 off, coupons valid `validity_days` after the claim); the merchant's partner credentials.
+async fn biller_and_cafe(app: &TestApp, validity_days: i64) -> (String, String) {
+    let biller = json!({
+        "id": BILLER, "name": "Insight Power", "category": "power", "city": "shenzhen",
+        "account_rule": {"min_len": 6, "max_len": 12, "charset": "digits"},
+        "exactness": "adhoc", "settlement_account": "6222000055556666",
+        "discount": {"percent_bp": 500, "cap_fen": 1000, "budget_id": "power_card", "budget_fen": 100_000}
+    });
+    assert_eq!(app.send("POST", "/api/utility/billers", Some(&biller), Some(OPERATOR_TOKEN)).await.status, 201);
+    let merchant = json!({"merchant_id": "sunny_cafe", "name": "Sunny Cafe", "district": "nanshan",
+                          "stores": [{"store_id": "s1", "name": "Sunny Cafe 1"}]});
+    let m = app.send("POST", "/api/coupons/merchants", Some(&merchant), Some(OPERATOR_TOKEN)).await;
+    assert_eq!(m.status, 201, "{:?}", m.body);
+    let campaign = json!({
+        "id": "cafe5", "title": "¥5 off at Sunny Cafe", "kind": "daily", "merchant_ids": ["sunny_cafe"],
+        "coupon": {"type": "fixed_off", "amount_fen": 500, "min_spend_fen": 2000},
+        "validity": {"days_after_claim": validity_days},
+        "schedule": {"starts_at": "2026-11-20T00:00:00+08:00", "ends_at": "2026-12-31T23:59:59+08:00"},
+        "stock_total": 1000, "per_customer_limit": 1, "budget_fen": 500_000, "applies_to": ["merchant"]
+    });
+    let r = app.send("POST", "/api/coupons/campaigns", Some(&campaign), Some(OPERATOR_TOKEN)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    (str_of(&m.body, "partner_id"), str_of(&m.body, "partner_secret"))
+}
+
 /// Everything the scenario's customers and operators do; the test then reads the reviews.
 struct World {
     app: TestApp,
@@ -174,27 +200,7 @@ async fn world() -> World {
     create_code(&app, json!({"code": "ST007", "channel": "staff", "branch_id": "futian", "staff_id": "li", "campaign_id": "spring26"})).await;
     create_code(&app, json!({"code": "PO100", "channel": "poster", "campaign_id": "autumn", "scenario": "coupons"}))
         .await;
-    let biller = json!({
-        "id": BILLER, "name": "Insight Power", "category": "power", "city": "shenzhen",
-        "account_rule": {"min_len": 6, "max_len": 12, "charset": "digits"},
-        "exactness": "adhoc", "settlement_account": "6222000055556666",
-        "discount": {"percent_bp": 500, "cap_fen": 1000, "budget_id": "power_card", "budget_fen": 100_000}
-    });
-    assert_eq!(app.send("POST", "/api/utility/billers", Some(&biller), Some(OPERATOR_TOKEN)).await.status, 201);
-    let merchant = json!({"merchant_id": "sunny_cafe", "name": "Sunny Cafe", "district": "nanshan",
-                          "stores": [{"store_id": "s1", "name": "Sunny Cafe 1"}]});
-    let m = app.send("POST", "/api/coupons/merchants", Some(&merchant), Some(OPERATOR_TOKEN)).await;
-    assert_eq!(m.status, 201, "{:?}", m.body);
-    let (merchant_partner, merchant_secret) = (str_of(&m.body, "partner_id"), str_of(&m.body, "partner_secret"));
-    let campaign = json!({
-        "id": "cafe5", "title": "¥5 off at Sunny Cafe", "kind": "daily", "merchant_ids": ["sunny_cafe"],
-        "coupon": {"type": "fixed_off", "amount_fen": 500, "min_spend_fen": 2000},
-        "validity": {"days_after_claim": 7},
-        "schedule": {"starts_at": "2026-11-20T00:00:00+08:00", "ends_at": "2026-12-31T23:59:59+08:00"},
-        "stock_total": 1000, "per_customer_limit": 1, "budget_fen": 500_000, "applies_to": ["merchant"]
-    });
-    let r = app.send("POST", "/api/coupons/campaigns", Some(&campaign), Some(OPERATOR_TOKEN)).await;
-    assert_eq!(r.status, 201, "{:?}", r.body);
+    let (merchant_partner, merchant_secret) = biller_and_cafe(&app, 7).await;
     let program = json!({
         "id": "friends", "title": "Bring a friend",
         "qualifying": {"event": "first_payment", "min_amount_fen": 1000, "within_days": 30},
@@ -613,4 +619,103 @@ async fn closed_days_are_read_from_roll_ups_that_equal_the_counters() {
         println!("{path}: {} keys, {} calls", kv.key_count() - keys, kv.op_count() - calls);
     }
     app.host.shutdown().await;
+}
+
+/// The expired reservations of `GET /api/ops/exceptions` (range `query`), as `(budget_kind, budget_id, amount_fen,
+/// state, released_on)`, and the held and released totals.
+async fn expired(app: &TestApp, query: &str) -> (Vec<(String, String, i64, String, Option<String>)>, i64, i64) {
+    let r = ops(app, &format!("/api/ops/exceptions{query}")).await;
+    let e = &r["expired_reservations"];
+    let items = e["items"].as_array().unwrap_or_else(|| panic!("no expired reservations in {r}"));
+    let rows = items
+        .iter()
+        .map(|i| {
+            let released_on = i["released_on"].as_str().map(str::to_owned);
+            (str_of(i, "budget_kind"), str_of(i, "budget_id"), int_of(i, "amount_fen"), str_of(i, "state"), released_on)
+        })
+        .collect();
+    (rows, int_of(e, "held_fen"), int_of(e, "released_fen"))
+}
+
+/// Releases every expired reservation now; how many.
+async fn release_expired(app: &TestApp) -> i64 {
+    let r = app.send("POST", "/api/ops/reservations/release-expired", None, Some(OPERATOR_TOKEN)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    int_of(&r.body, "released")
+}
+
+/// A quote nobody orders and a coupon nobody uses: operators see each expired reservation held, then released —
+/// by the budget's next reserve or by the operator's release, which eight concurrent calls make exactly once — on
+/// the day it was released, each once, and the budget's reserved figure follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservations_nobody_came_back_for_are_listed_held_then_released_once() {
+    let mut app = TestApp::spawn().await.expect("app starts");
+    let t0 = app.now;
+    biller_and_cafe(&app, 1).await;
+
+    // Day 0, 10:00: alice takes a quote with the bank's card (¥2.50 of the budget) and never orders; bob pays
+    // (his reservation is committed, never expires); carol claims a coupon (¥5 held until it expires a day later).
+    let (alice, bob, carol) = (
+        register(&app, "wx_exp_alice", None, None).await,
+        register(&app, "wx_exp_bob", None, None).await,
+        register(&app, "wx_exp_carol", None, None).await,
+    );
+    let quote = json!({"biller_id": BILLER, "account_no": "12345678", "amount_fen": 5_000, "pay_with": "bank_card",
+                       "card_bin": BANK_BIN});
+    let q = app.send("POST", "/api/utility/quotes", Some(&quote), Some(&alice.token)).await;
+    assert_eq!(q.status, 201, "{:?}", q.body);
+    pay(&app, &bob, 5_000, true, "exp-bob").await;
+    claim(&app, &carol, "cafe5", "exp-carol").await;
+    assert_eq!(expired(&app, "").await, (vec![], 0, 0), "nothing has expired yet");
+
+    // 11:00: the quote expired at 10:15 and is still held; the budget already counts it free.
+    app.now = t0.plus_secs(3600);
+    let held = ("utility".to_owned(), "power_card".to_owned(), 250, "held".to_owned(), None);
+    assert_eq!(expired(&app, "").await, (vec![held], 250, 0));
+    let review = ops(&app, "/api/ops/campaigns").await;
+    assert_eq!(budget(find(&review["scenario_budgets"], "budget_id", "power_card")).2, 0, "reserved: none live");
+
+    // Eight operators release at once: one release, once; a repeat finds nothing.
+    let r = app.send("POST", "/api/ops/reservations/release-expired", None, None).await;
+    refused(&r, 401, "missing_credentials", None);
+    let r = app.send("GET", "/api/ops/reservations/release-expired", None, Some(OPERATOR_TOKEN)).await;
+    refused(&r, 405, "method_not_allowed", None);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let api = app.api.clone();
+        tasks.spawn(async move {
+            let r = api.send("POST", "/api/ops/reservations/release-expired", None, Some(OPERATOR_TOKEN)).await;
+            assert_eq!((r.status, r.body["budgets"].as_i64()), (200, Some(2)), "{:?}", r.body);
+            int_of(&r.body, "released")
+        });
+    }
+    let mut released = 0;
+    while let Some(n) = tasks.join_next().await {
+        released += n.expect("task");
+    }
+    assert_eq!(released, 1, "eight concurrent releases release the quote's reservation once");
+    assert_eq!(release_expired(&app).await, 0);
+    let swept = ("utility".to_owned(), "power_card".to_owned(), 250, "released".to_owned(), Some("2026-11-23".into()));
+    assert_eq!(expired(&app, "").await, (vec![swept.clone()], 0, 250));
+    let status = |review: &Value, id: &str| budget(find(&review["scenario_budgets"], "budget_id", id));
+    assert_eq!(status(&ops(&app, "/api/ops/campaigns").await, "power_card").1, 250, "bob's discount stays spent");
+
+    // Day 2: carol's coupon expired (day 1, 10:00, plus the grace); a claim by dave, the campaign's next reserve,
+    // releases it on its own, listed on day 2.
+    app.now = t0.plus_days(2);
+    let coupon_held = ("coupon_campaign".to_owned(), "cafe5".to_owned(), 500, "held".to_owned(), None);
+    assert_eq!(expired(&app, "").await, (vec![coupon_held, swept.clone()], 500, 250));
+    let dave = register(&app, "wx_exp_dave", None, None).await;
+    claim(&app, &dave, "cafe5", "exp-dave").await;
+    let coupon =
+        ("coupon_campaign".to_owned(), "cafe5".to_owned(), 500, "released".to_owned(), Some("2026-11-25".into()));
+    assert_eq!(expired(&app, "").await, (vec![swept.clone(), coupon.clone()], 0, 750));
+    assert_eq!(expired(&app, "?from=2026-11-25&to=2026-11-25").await, (vec![coupon], 0, 500), "by day of release");
+    assert_eq!(expired(&app, "?from=2026-11-23&to=2026-11-24").await, (vec![swept], 0, 250));
+    assert_eq!(release_expired(&app).await, 0, "nothing left to release");
+    let campaigns = ops(&app, "/api/ops/campaigns").await;
+    let cafe = budget(find(&campaigns["coupon_campaigns"], "campaign_id", "cafe5"));
+    assert_eq!((cafe.1, cafe.2), (0, 500), "only dave's live coupon is reserved");
+    let check = ops(&app, "/api/ops/ledger/check").await;
+    assert_eq!(check["balanced"], true, "{check}");
 }

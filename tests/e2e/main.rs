@@ -19,4 +19,5 @@ mod partner_secrets;
 mod property_fees;
 mod referral_tiers;
 mod scale;
+mod staff;
 mod utility_payments;

@@ -415,7 +415,7 @@ fn openapi_documents_exactly_the_routes_of_the_components_route_tables() {
 }
 
 /// The request path of an operation: each path parameter replaced by its schema's first example, or a placeholder.
-fn concrete_path(doc: &Value, op: &Operation) -> String {
+pub(crate) fn concrete_path(doc: &Value, op: &Operation) -> String {
     let params = op.parameters(doc);
     let mut path = op.path.to_owned();
     for name in template_names(op.path) {

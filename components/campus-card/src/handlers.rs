@@ -9,9 +9,9 @@ use scenefin_core::clock::Timestamp;
 use scenefin_core::json::DEFAULT_LIMIT_BYTES;
 use scenefin_guest::orders as flow;
 use scenefin_guest::{
-    Head, OrProblem, Request, Response, Route, SpinStore, bank_card_bins, body, decode, idempotent, is_operator, json,
-    json_response, lifecycle_rules, problem, request_time, require_customer, require_operator, require_partner, split,
-    store,
+    Head, OrProblem, Request, Response, Role, Route, SpinStore, bank_card_bins, body, decode, has_operator_credentials,
+    idempotent, json, json_response, lifecycle_rules, problem, request_time, require_customer, require_partner,
+    require_role, split, store,
 };
 use serde_json::json;
 
@@ -25,9 +25,10 @@ type Handled = Result<Response, Response>;
 /// Member uploads are larger than ordinary JSON (up to 1,000 members).
 const UPLOAD_LIMIT_BYTES: usize = 512 * 1024;
 
-/// The school itself (signed), or the operator.
+/// The school itself (signed), or an operator who may read its numbers.
 async fn school_or_operator(head: &Head, store: &SpinStore, school_id: &str, bytes: &[u8], now: Timestamp) -> Handled {
-    if is_operator(head).await {
+    if has_operator_credentials(head) {
+        require_role(head, Role::Viewer).await?;
         return Ok(json_response(200, &()));
     }
     let partner = require_partner(head, store, OWNER, bytes, now).await?;
@@ -55,7 +56,7 @@ async fn signed_merchant(head: &Head, store: &SpinStore, bytes: &[u8], now: Time
 }
 
 pub async fn register_school(req: Request) -> Handled {
-    require_operator(&req).await?;
+    require_role(&req, Role::PartnerAdmin).await?;
     let now = request_time(&req).await?;
     let input: SchoolBody = decode(req).await?;
     let new = schools::NewSchool { id: input.id, name: input.name, city: input.city, topup_bonus: input.topup_bonus };
@@ -274,7 +275,8 @@ pub async fn settlement(req: Request, route: &Route, merchant_id: &str) -> Handl
     let store = store()?;
     let now = request_time(&req).await?;
     let (head, bytes) = split(req, DEFAULT_LIMIT_BYTES).await?;
-    let merchant = if is_operator(&head).await {
+    let merchant = if has_operator_credentials(&head) {
+        require_role(&head, Role::Finance).await?;
         schools::merchant(&store, merchant_id).await.or_problem()?
     } else {
         let partner = require_partner(&head, &store, OWNER, &bytes, now).await?;

@@ -365,6 +365,48 @@ function renderExceptions() {
     note(t('exceptions.how')));
 }
 
+function renderExpired() {
+  const r = state.data.exceptions;
+  if (!r) return;
+  if (r.status !== 200) return failed('expired', r);
+  const x = r.body.expired_reservations;
+  const held = x.items.filter((i) => i.state === 'held');
+  const released = x.items.length - held.length;
+  const q = rangeQuery();
+  const button = el('button', { type: 'button', 'data-test': 'release-expired', text: t('expired.release') });
+  const result = el('p', { 'data-test': 'release-result', role: 'status', 'aria-live': 'polite', class: 'help', text: state.data.releaseResult ?? '' });
+  button.addEventListener('click', () => releaseExpired(button, result));
+  show('expired',
+    note(t('expired.scope', { from: q.get('from') ?? '', to: q.get('to') ?? '' })),
+    el('p', { 'data-test': 'expired-total', class: held.length ? 'warn' : 'ok',
+      text: x.items.length ? t('expired.total', { held: held.length, heldTotal: yuan(x.held_fen), released, releasedTotal: yuan(x.released_fen) }) : t('expired.none') }),
+    x.items.length ? captioned(t('expired.title'), [t('xp.budget'), t('xp.reservation'), num(t('xp.amount')), t('xp.expired'), t('xp.state')],
+      x.items.map((i) => [`${label('bk', i.budget_kind)}: ${i.budget_title}`, i.reservation_id, yuan(i.amount_fen), shanghaiTime(i.expired_at),
+        i.state === 'held' ? el('span', { class: 'warn', text: t('xp.held') }) : t('xp.released', { day: i.released_on })]),
+      { 'data-test': 'expired', class: 'wrap-first' }) : [],
+    el('div', { class: 'actions' }, button), result,
+    note(t('expired.how')));
+}
+
+/// Gives every budget back what its expired reservations hold, then reloads the view.
+async function releaseExpired(button, result) {
+  button.disabled = true;
+  result.textContent = t('expired.releasing');
+  let r;
+  try {
+    r = await api('POST', '/api/ops/reservations/release-expired', { token: state.token });
+  } catch {
+    r = { status: 0, body: null };
+  }
+  state.data.releaseResult = r.status === 200 ? t('expired.released', { n: r.body.released, budgets: r.body.budgets }) : explain(r);
+  if (r.status !== 200) {
+    result.textContent = state.data.releaseResult;
+    button.disabled = false;
+    return;
+  }
+  await loadAll();
+}
+
 function renderSettlements() {
   const s = state.data.settlements;
   if (!s) return;
@@ -416,8 +458,20 @@ function renderLedger() {
 
 // ---------------------------------------------------------------------------------------------- page
 
+/// Who is signed in, beside the sign-out button: a staff member's name and roles, or the break-glass warning.
+function renderWho() {
+  const me = state.data.me;
+  const who = $('#who');
+  who.hidden = !me;
+  if (!me) return;
+  const roles = me.roles.map((r) => label('role', r)).join(t('list.sep'));
+  who.textContent = me.kind === 'break_glass' ? t('who.break_glass') : t('who.staff', { name: me.name, roles });
+  who.className = me.kind === 'break_glass' ? 'who warn-box' : 'who';
+}
+
 function renderAll() {
-  renderFunnel(); renderLifecycle(); renderChannels(); renderCampaigns(); renderLeaderboard(); renderExceptions(); renderSettlements(); renderLedger();
+  renderWho();
+  renderFunnel(); renderLifecycle(); renderChannels(); renderCampaigns(); renderLeaderboard(); renderExceptions(); renderExpired(); renderSettlements(); renderLedger();
   if (state.data.loadedAt) $('#message').textContent = t('loaded', { at: shanghaiTime(state.data.loadedAt) });
 }
 
@@ -464,7 +518,8 @@ async function signIn(event) {
   $('#token-error').textContent = '';
   if (!token) { $('#token-error').textContent = t('login.empty'); $('#token').focus(); return; }
   state.token = token;
-  const check = await call('/api/ops/campaigns');
+  // Who the token acts as (any staff role, or break-glass): a staff member without the viewer role still signs in.
+  const check = await call('/api/staff/me');
   if (check.status !== 200) {
     state.token = null;
     sessionStorage.removeItem(TOKEN_KEY);
@@ -474,6 +529,8 @@ async function signIn(event) {
     return;
   }
   $('#token').setAttribute('aria-invalid', 'false');
+  state.data.me = check.body;
+  renderWho();
   sessionStorage.setItem(TOKEN_KEY, token);
   $('#token').value = '';
   signedIn(true);
@@ -484,7 +541,8 @@ function signOut() {
   sessionStorage.removeItem(TOKEN_KEY);
   state.token = null;
   state.data = {};
-  for (const id of ['funnel', 'lifecycle', 'channels', 'campaigns', 'leaderboard', 'exceptions', 'settlements', 'ledger']) show(id);
+  renderWho();
+  for (const id of ['funnel', 'lifecycle', 'channels', 'campaigns', 'leaderboard', 'exceptions', 'expired', 'settlements', 'ledger']) show(id);
   delete document.body.dataset.loaded;
   signedIn(false);
   $('#token-error').textContent = '';

@@ -5,7 +5,7 @@ use customers_domain::sessions::{self, Login, Secrets};
 use customers_domain::tags;
 use scenefin_core::json::DEFAULT_LIMIT_BYTES;
 use scenefin_guest::{
-    OrProblem, Request, Response, body, header, json, json_response, lifecycle_rules, request_time, require_operator,
+    OrProblem, Request, Response, Role, body, header, json, json_response, lifecycle_rules, request_time, require_role,
     required_variable, store,
 };
 
@@ -36,7 +36,7 @@ pub async fn me(req: Request) -> Handled {
 }
 
 pub async fn create_channel(req: Request) -> Handled {
-    require_operator(&req).await?;
+    require_role(&req, Role::Marketing).await?;
     let now = request_time(&req).await?;
     let input: ChannelBody =
         json(&body(req, DEFAULT_LIMIT_BYTES).await.or_problem()?, DEFAULT_LIMIT_BYTES).or_problem()?;
@@ -57,14 +57,14 @@ pub async fn resolve_channel(req: &Request, code: &str) -> Handled {
 }
 
 pub async fn ops_customer(req: &Request, id: &str) -> Handled {
-    require_operator(req).await?;
+    require_role(req, Role::Marketing).await?;
     let now = request_time(req).await?;
     let customer = tags::get(&store()?, id).await.or_problem()?;
     Ok(json_response(200, &OpsView::new(&customer, now, &lifecycle_rules().await)))
 }
 
 pub async fn add_tag(req: Request, id: &str) -> Handled {
-    require_operator(&req).await?;
+    require_role(&req, Role::Marketing).await?;
     let now = request_time(&req).await?;
     let input: TagBody = json(&body(req, DEFAULT_LIMIT_BYTES).await.or_problem()?, DEFAULT_LIMIT_BYTES).or_problem()?;
     let customer = tags::set_tag(&store()?, id, &input.tag, true).await.or_problem()?;
@@ -72,14 +72,14 @@ pub async fn add_tag(req: Request, id: &str) -> Handled {
 }
 
 pub async fn remove_tag(req: &Request, id: &str, tag: &str) -> Handled {
-    require_operator(req).await?;
+    require_role(req, Role::Marketing).await?;
     let now = request_time(req).await?;
     let customer = tags::set_tag(&store()?, id, tag, false).await.or_problem()?;
     Ok(json_response(200, &OpsView::new(&customer, now, &lifecycle_rules().await)))
 }
 
 pub async fn record_event(req: Request, id: &str) -> Handled {
-    require_operator(&req).await?;
+    require_role(&req, Role::Marketing).await?;
     let now = request_time(&req).await?;
     let input: crate::dto::EventBody =
         json(&body(req, DEFAULT_LIMIT_BYTES).await.or_problem()?, DEFAULT_LIMIT_BYTES).or_problem()?;

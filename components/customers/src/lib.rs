@@ -10,9 +10,14 @@
 //! | POST | `/api/ops/customers/{id}/tags` | operator | add an operator tag |
 //! | DELETE | `/api/ops/customers/{id}/tags/{tag}` | operator | remove an operator tag |
 //! | POST | `/api/ops/customers/{id}/events` | operator | record an offline activity (branch payment, backfill) |
+//! | POST | `/api/staff/sessions` | staff with a signed assertion from the bank's identity provider | sign in, get a staff session token |
+//! | GET | `/api/staff/me` | staff (or the break-glass token) | who the token acts as, with which roles |
+//! | DELETE | `/api/staff/sessions/current` | staff | sign this session out |
+//! | POST | `/api/staff/members/{staff_id}/revoke` | admin | end every session of a staff member |
 
 mod dto;
 mod handlers;
+mod staff;
 
 use http::Method;
 use scenefin_guest::{Request, Response, Route, unmatched};
@@ -34,6 +39,10 @@ async fn handle(req: Request) -> Response {
         (&Method::POST, ["api", "ops", "customers", id, "tags"]) => handlers::add_tag(req, id).await,
         (&Method::DELETE, ["api", "ops", "customers", id, "tags", tag]) => handlers::remove_tag(&req, id, tag).await,
         (&Method::POST, ["api", "ops", "customers", id, "events"]) => handlers::record_event(req, id).await,
+        (&Method::POST, ["api", "staff", "sessions"]) => staff::sign_in(req).await,
+        (&Method::GET, ["api", "staff", "me"]) => staff::me(req).await,
+        (&Method::DELETE, ["api", "staff", "sessions", "current"]) => staff::sign_out(req).await,
+        (&Method::POST, ["api", "staff", "members", id, "revoke"]) => staff::revoke(req, id).await,
         (_, path) => unmatched(&route, allowed(path)),
     };
     result.unwrap_or_else(|response| response)
@@ -49,6 +58,10 @@ fn allowed(path: &[&str]) -> Option<&'static str> {
         ["api", "ops", "customers", _] => "GET",
         ["api", "ops", "customers", _, "tags" | "events"] => "POST",
         ["api", "ops", "customers", _, "tags", _] => "DELETE",
+        ["api", "staff", "sessions"] => "POST",
+        ["api", "staff", "me"] => "GET",
+        ["api", "staff", "sessions", "current"] => "DELETE",
+        ["api", "staff", "members", _, "revoke"] => "POST",
         _ => return None,
     })
 }

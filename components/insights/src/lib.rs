@@ -9,7 +9,8 @@
 //! | GET | `/api/ops/lifecycle?from=&to=` | customers per stored stage now, stage transitions in the days |
 //! | GET | `/api/ops/channels?from=&to=` | per channel code: visits, registrations, activations; grouped by branch and by staff |
 //! | GET | `/api/ops/campaigns` | every coupon campaign, referral program and scenario budget: issued, redeemed, spent, reserved, left, progress |
-//! | GET | `/api/ops/exceptions?from=&to=` | payment exceptions of the days (default: the last 30): money held in suspense for orders that could not take it, each with its refund instruction |
+//! | GET | `/api/ops/exceptions?from=&to=` | payment exceptions of the days (default: the last 30): money held in suspense for orders that could not take it, each with its refund instruction; and reservations nobody came back for: expired and still held, or released on those days |
+//! | POST | `/api/ops/reservations/release-expired` | gives every budget back what its expired reservations hold, now (what each budget's next reserve would do); safe to repeat |
 //! | GET | `/api/ops/ledger/check?from=YYYY-MM-DD&to=YYYY-MM-DD` | checks the postings of those days (default: the last 31) against the daily checkpoints (opening + postings = closing) and today's balances against the stored ones, exact for any age of the ledger |
 
 use http::Method;
@@ -17,7 +18,7 @@ use scenefin_core::clock::Timestamp;
 use scenefin_core::insights::{self, DayRange, Dimension};
 use scenefin_core::{ApiError, ledger};
 use scenefin_guest::{
-    OrProblem, Request, Response, Route, SpinStore, json_response, problem, request_time, require_operator, store,
+    OrProblem, Request, Response, Role, Route, SpinStore, json_response, problem, request_time, require_role, store,
     unmatched,
 };
 use spin_sdk::http_service;
@@ -41,6 +42,7 @@ async fn handle(req: Request) -> Response {
         (&Method::GET, ["api", "ops", "channels"]) => channels(&req, &route).await,
         (&Method::GET, ["api", "ops", "campaigns"]) => campaigns(&req).await,
         (&Method::GET, ["api", "ops", "exceptions"]) => exceptions(&req, &route).await,
+        (&Method::POST, ["api", "ops", "reservations", "release-expired"]) => release_expired(&req).await,
         (&Method::GET, ["api", "ops", "ledger", "check"]) => ledger_check(&req, &route).await,
         (_, path) => unmatched(&route, allowed(path)),
     };
@@ -52,6 +54,7 @@ fn allowed(path: &[&str]) -> Option<&'static str> {
     Some(match path {
         ["api", "ops", "funnel" | "lifecycle" | "channels" | "campaigns" | "exceptions"]
         | ["api", "ops", "ledger", "check"] => "GET",
+        ["api", "ops", "reservations", "release-expired"] => "POST",
         _ => return None,
     })
 }
@@ -64,7 +67,7 @@ async fn day_range(req: &Request, route: &Route) -> Result<DayRange, Response> {
 }
 
 async fn funnel(req: &Request, route: &Route) -> Handled {
-    require_operator(req).await?;
+    require_role(req, Role::Viewer).await?;
     let range = day_range(req, route).await?;
     let (channel, campaign, scenario) =
         (route.query_param("channel"), route.query_param("campaign"), route.query_param("scenario"));
@@ -74,30 +77,44 @@ async fn funnel(req: &Request, route: &Route) -> Handled {
 }
 
 async fn lifecycle(req: &Request, route: &Route) -> Handled {
-    require_operator(req).await?;
+    require_role(req, Role::Viewer).await?;
     let range = day_range(req, route).await?;
     Ok(json_response(200, &insights::lifecycle(&store()?, &range).await.or_problem()?))
 }
 
 async fn channels(req: &Request, route: &Route) -> Handled {
-    require_operator(req).await?;
+    require_role(req, Role::Viewer).await?;
     let range = day_range(req, route).await?;
     Ok(json_response(200, &insights_domain::channels::review(&store()?, &range).await.or_problem()?))
 }
 
 /// `GET /api/ops/exceptions?from=&to=`: money that arrived for orders that could not take it (paid twice, paid
-/// after failure or expiry, items re-issued), held in suspense, each with its refund instruction.
+/// after failure or expiry, items re-issued), held in suspense, each with its refund instruction; and the
+/// reservations nobody came back for (`expired_reservations`).
 async fn exceptions(req: &Request, route: &Route) -> Handled {
-    require_operator(req).await?;
+    require_role(req, Role::Viewer).await?;
     let range = day_range(req, route).await?;
-    let items =
-        scenefin_core::orders::exceptions_in(&store()?, &range.day_numbers(), range.now()).await.or_problem()?;
+    let (store, days, now) = (store()?, range.day_numbers(), range.now());
+    let items = scenefin_core::orders::exceptions_in(&store, &days, now).await.or_problem()?;
     let total_fen: i64 = items.iter().map(|e| e.exception.amount_fen).sum();
-    Ok(json_response(200, &serde_json::json!({ "items": items, "total_fen": total_fen })))
+    let expired = insights_domain::reservations::expired(&store, &days, now).await.or_problem()?;
+    Ok(json_response(
+        200,
+        &serde_json::json!({ "items": items, "total_fen": total_fen, "expired_reservations": expired }),
+    ))
+}
+
+/// `POST /api/ops/reservations/release-expired`: every budget gets back what its expired reservations hold, up to
+/// the current hour. Naturally idempotent (a repeat finds nothing more to release), so it takes no
+/// `Idempotency-Key`.
+async fn release_expired(req: &Request) -> Handled {
+    require_role(req, Role::Finance).await?;
+    let now = request_time(req).await?;
+    Ok(json_response(200, &insights_domain::reservations::release_expired(&store()?, now).await.or_problem()?))
 }
 
 async fn campaigns(req: &Request) -> Handled {
-    require_operator(req).await?;
+    require_role(req, Role::Viewer).await?;
     let now = request_time(req).await?;
     Ok(json_response(200, &insights_domain::campaigns::review(&store()?, now).await.or_problem()?))
 }
@@ -110,7 +127,7 @@ fn day(param: &str, value: &str) -> Result<Timestamp, ApiError> {
 }
 
 async fn ledger_check(req: &Request, route: &Route) -> Handled {
-    require_operator(req).await?;
+    require_role(req, Role::Finance).await?;
     let now = request_time(req).await?;
     let to = match route.query_param("to") {
         Some(v) => day("to", &v).or_problem()?,

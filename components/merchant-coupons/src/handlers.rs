@@ -7,8 +7,8 @@ use merchant_coupons_domain::{OWNER, checkin, claims};
 use scenefin_core::clock::Timestamp;
 use scenefin_core::json::DEFAULT_LIMIT_BYTES;
 use scenefin_guest::{
-    Head, OrProblem, Request, Response, Route, SpinStore, body, decode, idempotent, json, json_response,
-    lifecycle_rules, problem, request_time, require_customer, require_operator, require_partner, split, store,
+    Head, OrProblem, Request, Response, Role, Route, SpinStore, body, decode, idempotent, json, json_response,
+    lifecycle_rules, problem, request_time, require_customer, require_partner, require_role, split, store,
 };
 use serde_json::json;
 
@@ -43,7 +43,7 @@ enum Audience {
 }
 
 pub async fn register_merchant(req: Request) -> Handled {
-    require_operator(&req).await?;
+    require_role(&req, Role::PartnerAdmin).await?;
     let now = request_time(&req).await?;
     let input: NewMerchant = decode(req).await?;
     let (merchant, creds) = merchants::register(&store()?, input, now).await.or_problem()?;
@@ -54,7 +54,7 @@ pub async fn register_merchant(req: Request) -> Handled {
 }
 
 pub async fn create_campaign(req: Request) -> Handled {
-    require_operator(&req).await?;
+    require_role(&req, Role::Marketing).await?;
     let now = request_time(&req).await?;
     let input: NewCampaign = decode(req).await?;
     let store = store()?;
@@ -81,7 +81,7 @@ pub async fn get_campaign(req: &Request, id: &str) -> Handled {
 }
 
 pub async fn pause(req: Request, id: &str, paused: bool) -> Handled {
-    require_operator(&req).await?;
+    require_role(&req, Role::Marketing).await?;
     let now = request_time(&req).await?;
     let store = store()?;
     let campaign = campaigns::set_paused(&store, id, paused).await.or_problem()?;
@@ -89,7 +89,7 @@ pub async fn pause(req: Request, id: &str, paused: bool) -> Handled {
 }
 
 pub async fn set_stock(req: Request, id: &str) -> Handled {
-    require_operator(&req).await?;
+    require_role(&req, Role::Marketing).await?;
     let now = request_time(&req).await?;
     let input: StockBody = decode(req).await?;
     let store = store()?;
@@ -98,7 +98,7 @@ pub async fn set_stock(req: Request, id: &str) -> Handled {
 }
 
 pub async fn stats(req: &Request, id: &str) -> Handled {
-    require_operator(req).await?;
+    require_role(req, Role::Viewer).await?;
     let now = request_time(req).await?;
     let store = store()?;
     let campaign = campaigns::get(&store, id).await.or_problem()?;

@@ -7,8 +7,8 @@ use scenefin_core::json::DEFAULT_LIMIT_BYTES;
 use scenefin_core::orders::{CardDiscount, PayWith};
 use scenefin_guest::orders as flow;
 use scenefin_guest::{
-    OrProblem, Request, Response, Route, SpinStore, bank_card_bins, body, json, json_response, lifecycle_rules,
-    operator_or_partner, request_time, require_customer, require_operator, require_partner, split, store,
+    OrProblem, Request, Response, Role, Route, SpinStore, bank_card_bins, body, json, json_response, lifecycle_rules,
+    operator_or_partner, request_time, require_customer, require_partner, require_role, split, store,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -35,7 +35,7 @@ struct CommunityBody {
 }
 
 pub async fn register(req: Request) -> Handled {
-    require_operator(&req).await?;
+    require_role(&req, Role::PartnerAdmin).await?;
     let now = request_time(&req).await?;
     let b: CommunityBody =
         json(&body(req, DEFAULT_LIMIT_BYTES).await.or_problem()?, DEFAULT_LIMIT_BYTES).or_problem()?;
@@ -112,14 +112,14 @@ pub async fn perks(community_id: &str) -> Handled {
 pub async fn stats(req: Request, community_id: &str) -> Handled {
     let store = store()?;
     let now = request_time(&req).await?;
-    operator_or_partner(&req, &store, OWNER, community_id, b"", now).await?;
+    operator_or_partner(&req, &store, OWNER, Role::Viewer, community_id, b"", now).await?;
     Ok(json_response(200, &reports::stats(&store, community_id).await.or_problem()?))
 }
 
 pub async fn settlement(req: Request, route: &Route, community_id: &str) -> Handled {
     let store = store()?;
     let now = request_time(&req).await?;
-    operator_or_partner(&req, &store, OWNER, community_id, b"", now).await?;
+    operator_or_partner(&req, &store, OWNER, Role::Finance, community_id, b"", now).await?;
     let day = match route.query_param("date") {
         Some(date) => scenefin_core::settlement::parse_date(&date)
             .ok_or(PropertyError::invalid("date", "YYYY-MM-DD"))

@@ -17,8 +17,8 @@ use http::Method;
 use referral_tiers_domain::programs::{self, NewProgram};
 use referral_tiers_domain::{ReferralError, codes, reports};
 use scenefin_guest::{
-    OrProblem, Request, Response, Route, decode, json_response, lifecycle_rules, request_time, require_customer,
-    require_operator, store, unmatched,
+    OrProblem, Request, Response, Role, Route, decode, json_response, lifecycle_rules, request_time, require_customer,
+    require_role, store, unmatched,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -60,7 +60,7 @@ fn allowed(path: &[&str]) -> Option<&'static str> {
 }
 
 async fn create_program(req: Request) -> Handled {
-    require_operator(&req).await?;
+    require_role(&req, Role::Marketing).await?;
     let now = request_time(&req).await?;
     let input: NewProgram = decode(req).await?;
     let program = programs::create(&store()?, input, now).await.or_problem()?;
@@ -130,14 +130,14 @@ async fn me(req: &Request, route: &Route) -> Handled {
 }
 
 async fn stats(req: &Request, id: &str) -> Handled {
-    require_operator(req).await?;
+    require_role(req, Role::Viewer).await?;
     let now = request_time(req).await?;
     let rules = lifecycle_rules().await;
     Ok(json_response(200, &reports::stats(&store()?, id, &rules, now).await.or_problem()?))
 }
 
 async fn leaderboard(req: &Request, route: &Route, id: &str) -> Handled {
-    require_operator(req).await?;
+    require_role(req, Role::Viewer).await?;
     let limit = match route.query_param("limit") {
         Some(l) => l
             .parse::<usize>()

@@ -3,8 +3,8 @@
 use scenefin_core::json::DEFAULT_LIMIT_BYTES;
 use scenefin_guest::orders as flow;
 use scenefin_guest::{
-    OrProblem, Request, Response, Route, bank_card_bins, body, json, json_response, lifecycle_rules,
-    operator_or_partner, request_time, require_customer, require_operator, require_partner, split, store,
+    OrProblem, Request, Response, Role, Route, bank_card_bins, body, json, json_response, lifecycle_rules,
+    operator_or_partner, request_time, require_customer, require_partner, require_role, split, store,
 };
 use serde_json::json;
 use utility_payments_domain::{OWNER, UtilityError, accounts, billers, bills, payments, pricing, reports};
@@ -17,7 +17,7 @@ type Handled = Result<Response, Response>;
 const UPLOAD_LIMIT_BYTES: usize = 512 * 1024;
 
 pub async fn register_biller(req: Request) -> Handled {
-    require_operator(&req).await?;
+    require_role(&req, Role::PartnerAdmin).await?;
     let now = request_time(&req).await?;
     let input: BillerBody =
         json(&body(req, DEFAULT_LIMIT_BYTES).await.or_problem()?, DEFAULT_LIMIT_BYTES).or_problem()?;
@@ -50,7 +50,7 @@ pub async fn upload_bills(req: Request, biller_id: &str) -> Handled {
 pub async fn settlement(req: Request, route: &Route, biller_id: &str) -> Handled {
     let store = store()?;
     let now = request_time(&req).await?;
-    operator_or_partner(&req, &store, OWNER, biller_id, b"", now).await?;
+    operator_or_partner(&req, &store, OWNER, Role::Finance, biller_id, b"", now).await?;
     let day = match route.query_param("date") {
         Some(date) => reports::parse_date(&date).or_problem()?,
         None => now.shanghai_day(),
@@ -61,7 +61,7 @@ pub async fn settlement(req: Request, route: &Route, biller_id: &str) -> Handled
 pub async fn stats(req: Request, biller_id: &str) -> Handled {
     let store = store()?;
     let now = request_time(&req).await?;
-    operator_or_partner(&req, &store, OWNER, biller_id, b"", now).await?;
+    operator_or_partner(&req, &store, OWNER, Role::Viewer, biller_id, b"", now).await?;
     Ok(json_response(200, &reports::stats(&store, biller_id).await.or_problem()?))
 }
 

@@ -202,7 +202,7 @@ pub fn bearer(authorization: Option<&str>) -> Option<&str> {
 // Sealed tokens (sessions and identity assertions)
 // ---------------------------------------------------------------------------------------------------------------
 
-fn seal(secret: &[u8], claims: &impl Serialize) -> String {
+pub(crate) fn seal(secret: &[u8], claims: &impl Serialize) -> String {
     // Serialising these plain structs of strings and integers cannot fail; if it ever did, the empty payload would
     // fail verification, so the failure is closed rather than a panic.
     let json = serde_json::to_vec(claims).unwrap_or_default();
@@ -213,7 +213,7 @@ fn seal(secret: &[u8], claims: &impl Serialize) -> String {
 
 /// The JSON inside a sealed token whose MAC matches, or why not. The MAC covers the base64 text, so it is checked
 /// before anything is decoded.
-fn unseal(secret: &[u8], token: &str) -> Result<Vec<u8>, &'static str> {
+pub(crate) fn unseal(secret: &[u8], token: &str) -> Result<Vec<u8>, &'static str> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err("longer than 4096 bytes");
     }
@@ -516,15 +516,21 @@ pub fn verify_assertion(secret: &[u8], assertion: &str, now: i64) -> Result<Iden
     let parsed: IdentityAssertion = serde_json::from_slice(&json).map_err(|_| {
         AuthError::InvalidAssertion("the payload is not a valid assertion (provider must be wechat, app or phone)")
     })?;
-    let ahead = parsed.iat.saturating_sub(now);
+    check_assertion_time(parsed.iat, now)?;
+    Ok(parsed)
+}
+
+/// An assertion issued at `iat` is valid at `now` while `iat <= now + 60` and `now < iat + 300`.
+pub(crate) fn check_assertion_time(iat: i64, now: i64) -> Result<(), AuthError> {
+    let ahead = iat.saturating_sub(now);
     if ahead > ASSERTION_MAX_FUTURE_SECS {
         return Err(AuthError::AssertionNotYetValid { ahead });
     }
-    let age = now.saturating_sub(parsed.iat);
+    let age = now.saturating_sub(iat);
     if age >= ASSERTION_TTL_SECS {
         return Err(AuthError::AssertionExpired { age });
     }
-    Ok(parsed)
+    Ok(())
 }
 
 #[cfg(test)]

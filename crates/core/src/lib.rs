@@ -27,5 +27,6 @@ pub mod problem;
 pub mod referrals;
 pub mod rollups;
 pub mod settlement;
+pub mod staff;
 
 pub use problem::{ApiError, ErrorKind, Problem};

@@ -20,6 +20,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use spin_sdk::http::FullBody;
 
+pub use scenefin_core::staff::{Actor, Role};
 pub use spin_sdk::http::Request;
 
 /// Generated bindings for `wasi:keyvalue@0.2.0-draft2` (`store`, `atomics`, `batch`).
@@ -391,10 +392,52 @@ impl<T, E: Problem> OrProblem<T> for Result<T, E> {
     }
 }
 
-/// Checks the operator bearer token against variable `operator_token` (constant-time).
-pub async fn require_operator<B>(req: &http::Request<B>) -> Result<(), Response> {
-    let expected = required_variable("operator_token").await.or_problem()?;
-    scenefin_core::auth::verify_operator(&expected, header(req, "authorization")).or_problem()
+/// The operator acting through this request, if they may act in `role` (`403 forbidden_role` otherwise): a staff
+/// member with a session token (`Authorization: Bearer stf.…`, checked against `session_secret`, not revoked nor
+/// signed out), or the break-glass operator token (variable `operator_token`, constant-time), which holds every
+/// role and is logged loudly on every use.
+pub async fn require_role<B>(req: &http::Request<B>, role: Role) -> Result<Actor, Response> {
+    let actor = require_staff(req).await?;
+    actor.require(role).or_problem()?;
+    Ok(actor)
+}
+
+/// The operator acting through this request, whatever their roles (see [`require_role`]).
+pub async fn require_staff<B>(req: &http::Request<B>) -> Result<Actor, Response> {
+    let authorization = header(req, "authorization");
+    match scenefin_core::auth::bearer(authorization) {
+        Some(token) if scenefin_core::staff::is_staff_token(token) => {
+            let secret = required_variable("session_secret").await.or_problem()?;
+            let now = request_time(req).await?;
+            let session =
+                scenefin_core::staff::verify_staff_session(secret.as_bytes(), token, now.unix_secs()).or_problem()?;
+            let keys = [
+                scenefin_core::staff::keys::revoked(&session.staff_id),
+                scenefin_core::staff::keys::signed_out(&session.sid),
+            ];
+            let values = scenefin_core::kv::get_all(&store()?, &keys).await.or_problem()?;
+            let revoked: Option<scenefin_core::staff::Revocation> =
+                scenefin_core::kv::decode_doc(&keys[0], values[0].as_deref()).or_problem()?;
+            scenefin_core::staff::check_revoked(&session, revoked.as_ref(), values[1].is_some()).or_problem()?;
+            Ok(Actor::Staff(session))
+        }
+        _ => {
+            let expected = required_variable("operator_token").await.or_problem()?;
+            scenefin_core::auth::verify_operator(&expected, authorization).or_problem()?;
+            eprintln!(
+                "BREAK-GLASS: the operator token was used for {} {}; staff should sign in as themselves",
+                req.method(),
+                req.uri().path()
+            );
+            Ok(Actor::BreakGlass)
+        }
+    }
+}
+
+/// Whether the request carries operator credentials at all (`Authorization`): such a request is judged as an
+/// operator's ([`require_role`]), never as a partner's.
+pub fn has_operator_credentials<B>(req: &http::Request<B>) -> bool {
+    header(req, "authorization").is_some()
 }
 
 /// The customer a session token (`Authorization: Bearer`) belongs to, checked against `session_secret`.
@@ -407,25 +450,18 @@ pub async fn require_customer<B>(req: &http::Request<B>, now: Timestamp) -> Resu
     Ok(claims.customer_id)
 }
 
-/// Whether the request carries the operator token (without failing when it does not).
-pub async fn is_operator<B>(req: &http::Request<B>) -> bool {
-    match variable("operator_token").await {
-        Some(expected) => scenefin_core::auth::verify_operator(&expected, header(req, "authorization")).is_ok(),
-        None => false,
-    }
-}
-
-/// The operator, or the partner of `resource_id` itself through a signed request; returns who it was
-/// (`operator` or the partner id).
+/// An operator in `role`, or the partner of `resource_id` itself through a signed request; returns who it was
+/// (the staff id, `break-glass`, or the partner id).
 pub async fn operator_or_partner<B>(
     req: &http::Request<B>,
     store: &SpinStore,
     owner: &str,
+    role: Role,
     resource_id: &str,
     body: &[u8],
     now: Timestamp,
 ) -> Result<String, Response> {
-    let caller = require_operator_or_partner(req, store, owner, body, now).await?;
+    let caller = require_operator_or_partner(req, store, owner, role, body, now).await?;
     caller.require(resource_id)?;
     Ok(caller.id().to_owned())
 }
@@ -433,40 +469,42 @@ pub async fn operator_or_partner<B>(
 /// Who an operator-or-partner call comes from: authenticated, not yet checked against a resource (for routes that
 /// must read something to learn its resource, and must not read anything before authenticating).
 pub enum Caller {
-    /// The operator.
-    Operator,
+    /// An operator holding the route's role.
+    Operator(Actor),
     /// A partner, through a signed request.
     Partner(scenefin_core::partners::Partner),
 }
 
 impl Caller {
-    /// `operator` or the partner id.
+    /// The staff id, `break-glass`, or the partner id.
     pub fn id(&self) -> &str {
         match self {
-            Caller::Operator => "operator",
+            Caller::Operator(actor) => actor.id(),
             Caller::Partner(p) => &p.partner_id,
         }
     }
 
-    /// Refuses a partner acting on a resource that is not its own (the operator acts on any).
+    /// Refuses a partner acting on a resource that is not its own (an operator acts on any).
     pub fn require(&self, resource_id: &str) -> Result<(), Response> {
         match self {
-            Caller::Operator => Ok(()),
+            Caller::Operator(_) => Ok(()),
             Caller::Partner(p) => p.require(resource_id).or_problem(),
         }
     }
 }
 
-/// The operator, or a partner through a signed request (signature, timestamp window and nonce checked).
+/// An operator in `role` (when the request carries `Authorization`), or else a partner through a signed request
+/// (signature, timestamp window and nonce checked).
 pub async fn require_operator_or_partner<B>(
     req: &http::Request<B>,
     store: &SpinStore,
     owner: &str,
+    role: Role,
     body: &[u8],
     now: Timestamp,
 ) -> Result<Caller, Response> {
-    if is_operator(req).await {
-        return Ok(Caller::Operator);
+    if has_operator_credentials(req) {
+        return Ok(Caller::Operator(require_role(req, role).await?));
     }
     Ok(Caller::Partner(require_partner(req, store, owner, body, now).await?))
 }

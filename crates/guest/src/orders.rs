@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::{
-    OrProblem, Request, Response, Route, SpinStore, bank_card_bins, idempotent, json, json_response, lifecycle_rules,
-    problem, request_time, require_customer, require_operator_or_partner, split, verify_gateway,
+    OrProblem, Request, Response, Role, Route, SpinStore, bank_card_bins, idempotent, json, json_response,
+    lifecycle_rules, problem, request_time, require_customer, require_operator_or_partner, split, verify_gateway,
 };
 
 type Handled = Result<Response, Response>;
@@ -213,7 +213,7 @@ pub async fn refund<E: Problem>(
     let now = request_time(&req).await?;
     let store = SpinStore::open_default().or_problem()?;
     let (head, bytes) = split(req, DEFAULT_LIMIT_BYTES).await?;
-    let caller = require_operator_or_partner(&head, &store, owner, &bytes, now).await?;
+    let caller = require_operator_or_partner(&head, &store, owner, Role::Finance, &bytes, now).await?;
     let key = head.headers().get("idempotency-key").and_then(|v| v.to_str().ok());
     let key = scenefin_core::idempotency::valid_key(key).or_problem()?;
     let order = orders::get_order(&store, owner, id, now).await.or_problem()?;

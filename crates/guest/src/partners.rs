@@ -7,7 +7,7 @@ use scenefin_core::partners::{self, DEFAULT_OVERLAP_SECS};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::{OrProblem, Request, Response, json, json_response, request_time, require_operator, split, store};
+use crate::{OrProblem, Request, Response, Role, json, json_response, request_time, require_role, split, store};
 
 type Handled = Result<Response, Response>;
 
@@ -22,7 +22,7 @@ struct RotateBody {
 /// `POST …/partners/{partner_id}/rotate-secret` `{overlap_secs?}`: a new secret for partner `partner_id` of scenario
 /// `owner` (returned once), the current one accepted for `overlap_secs` more (default 24 h, at most 7 days).
 pub async fn rotate_secret(req: Request, owner: &str, partner_id: &str) -> Handled {
-    require_operator(&req).await?;
+    require_role(&req, Role::PartnerAdmin).await?;
     let now = request_time(&req).await?;
     let (_, body) = split(req, DEFAULT_LIMIT_BYTES).await?;
     let overlap_secs = if body.iter().all(u8::is_ascii_whitespace) {
@@ -37,7 +37,7 @@ pub async fn rotate_secret(req: Request, owner: &str, partner_id: &str) -> Handl
 /// `POST …/partners/{partner_id}/revoke-previous-secret`: ends the overlap of partner `partner_id`'s earlier secrets
 /// at once; `{partner_id, revoked}` says how many were still accepted.
 pub async fn revoke_previous_secret(req: Request, owner: &str, partner_id: &str) -> Handled {
-    require_operator(&req).await?;
+    require_role(&req, Role::PartnerAdmin).await?;
     let now = request_time(&req).await?;
     // Nothing to read in a body, but it is read all the same: Spin cuts an answer off while the body is unread.
     let _ = split(req, DEFAULT_LIMIT_BYTES).await?;

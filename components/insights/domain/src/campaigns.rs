@@ -2,7 +2,7 @@
 //! every referral program (referral-tiers' `ref:programs` index, its counters and budget) and every scenario budget
 //! — the cardholder discounts of utility billers (`util:billers:idx`), the owner discounts of property communities
 //! (`prop:communities:idx`) and the top-up bonuses of campus schools (`campus:schools`) — with what each has spent
-//! (committed), holds (reserved), has left, and its progress.
+//! (committed), holds (reserved), has left, and its progress. [`known_budgets`] names every budget the same way.
 
 use std::collections::BTreeMap;
 
@@ -152,42 +152,95 @@ pub async fn review(store: &impl Store, now: Timestamp) -> Result<Campaigns, Api
     }
 
     let mut scenario_budgets = Vec::new();
-    let utility = billers::list(store, None, None).await.map_err(problem)?;
-    let utility = utility.iter().filter_map(|b| b.discount.as_ref().map(|d| (b.id.as_str(), d)));
-    let utility_key = utility_payments_domain::keys::budget;
-    scenario_budgets.extend(budgets(store, "utility", "cardholder_discount", utility, utility_key, now).await?);
-    let property = communities::all(store).await.map_err(problem)?;
-    let property = property.iter().filter_map(|c| c.owner_discount.as_ref().map(|d| (c.id.as_str(), d)));
-    let property_key = property_fees_domain::keys::budget;
-    scenario_budgets.extend(budgets(store, "property", "owner_discount", property, property_key, now).await?);
-    let campus = schools::all(store).await.map_err(problem)?;
-    let campus = campus.iter().filter_map(|s| s.topup_bonus.as_ref().map(|d| (s.id.as_str(), d)));
-    let campus_key = campus_card_domain::keys::budget;
-    scenario_budgets.extend(budgets(store, "campus", "topup_bonus", campus, campus_key, now).await?);
+    for f in scenario_funds(store).await? {
+        // A budget read frees expired reservations first: reserved is what live quotes and orders hold.
+        let status = limits::status_at(store, &f.key, now).await.map_err(problem)?;
+        let ScenarioFunds { scenario, kind, budget_id, funds, .. } = f;
+        scenario_budgets.push(ScenarioBudget { scenario, kind, budget_id, funds, budget: status.into() });
+    }
 
     Ok(Campaigns { as_of: now, coupon_campaigns, referral_programs, scenario_budgets, note: NOTE })
 }
 
-/// The budgets of one scenario, each once however many owners share it.
-async fn budgets<'a>(
-    store: &impl Store,
+/// A budget an operator knows by its owner's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownBudget {
+    /// `coupon_campaign`, `referral_program`, or the scenario (`utility`, `property`, `campus`) of a scenario
+    /// budget.
+    pub kind: &'static str,
+    /// The campaign, programme or budget id.
+    pub id: String,
+    /// The campaign's or programme's title; a scenario budget's id and the owners it funds.
+    pub title: String,
+    /// The budget's base key.
+    pub key: Key,
+}
+
+/// Every budget: coupon campaigns and referral programmes in the order created, then the scenario budgets as in the
+/// review.
+pub async fn known_budgets(store: &impl Store) -> Result<Vec<KnownBudget>, ApiError> {
+    let mut known = Vec::new();
+    for c in campaigns::all(store).await.map_err(problem)? {
+        let key = merchant_coupons_domain::keys::budget(&c.id);
+        known.push(KnownBudget { kind: "coupon_campaign", id: c.id, title: c.title, key });
+    }
+    for p in programs::all(store).await.map_err(problem)? {
+        let key = referral_tiers_domain::keys::budget(&p.id);
+        known.push(KnownBudget { kind: "referral_program", id: p.id, title: p.title, key });
+    }
+    for f in scenario_funds(store).await? {
+        let title = format!("{} ({})", f.budget_id, f.funds.join(", "));
+        known.push(KnownBudget { kind: f.scenario, id: f.budget_id, title, key: f.key });
+    }
+    Ok(known)
+}
+
+/// A scenario budget and the owners it funds.
+struct ScenarioFunds {
+    scenario: &'static str,
+    kind: &'static str,
+    budget_id: String,
+    funds: Vec<String>,
+    key: Key,
+}
+
+/// Every scenario budget: utility, then property, then campus, each by budget id, each once however many owners
+/// share it.
+async fn scenario_funds(store: &impl Store) -> Result<Vec<ScenarioFunds>, ApiError> {
+    let mut out = Vec::new();
+    let utility = billers::list(store, None, None).await.map_err(problem)?;
+    let utility = utility.iter().filter_map(|b| b.discount.as_ref().map(|d| (b.id.as_str(), d)));
+    out.extend(funds("utility", "cardholder_discount", utility, utility_payments_domain::keys::budget));
+    let property = communities::all(store).await.map_err(problem)?;
+    let property = property.iter().filter_map(|c| c.owner_discount.as_ref().map(|d| (c.id.as_str(), d)));
+    out.extend(funds("property", "owner_discount", property, property_fees_domain::keys::budget));
+    let campus = schools::all(store).await.map_err(problem)?;
+    let campus = campus.iter().filter_map(|s| s.topup_bonus.as_ref().map(|d| (s.id.as_str(), d)));
+    out.extend(funds("campus", "topup_bonus", campus, campus_card_domain::keys::budget));
+    Ok(out)
+}
+
+/// The budgets of one scenario's owners, each once with the owners it funds.
+fn funds<'a>(
     scenario: &'static str,
     kind: &'static str,
     owners: impl Iterator<Item = (&'a str, &'a CardDiscount)>,
     key: impl Fn(&str) -> Key,
-    now: Timestamp,
-) -> Result<Vec<ScenarioBudget>, ApiError> {
+) -> Vec<ScenarioFunds> {
     let mut funds: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (owner, discount) in owners {
         funds.entry(discount.budget_id.as_str()).or_default().push(owner.to_owned());
     }
-    let mut out = Vec::with_capacity(funds.len());
-    for (budget_id, funds) in funds {
-        // A budget read frees expired reservations first: reserved is what live quotes and orders hold.
-        let status = limits::status_at(store, &key(budget_id), now).await.map_err(problem)?;
-        out.push(ScenarioBudget { scenario, kind, budget_id: budget_id.to_owned(), funds, budget: status.into() });
-    }
-    Ok(out)
+    funds
+        .into_iter()
+        .map(|(budget_id, funds)| ScenarioFunds {
+            scenario,
+            kind,
+            budget_id: budget_id.to_owned(),
+            funds,
+            key: key(budget_id),
+        })
+        .collect()
 }
 
 #[cfg(test)]

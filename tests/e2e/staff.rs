@@ -1,0 +1,173 @@
+//! Bank staff as operators: sign-in with the identity provider's assertion, roles on every operator route (each
+//! route's `x-required-role` in docs/openapi.yaml, refused to every other role with `403 forbidden_role`), sign-out
+//! and revocation, and the operator token as break-glass access.
+
+use scenefin_core::staff::{Role, StaffAssertion, sign_staff_assertion};
+use scenefin_e2e::{OPERATOR_TOKEN, Reply, STAFF_IDENTITY_SECRET, TestApp};
+use serde_json::{Value, json};
+
+use crate::openapi::{concrete_path, document, operations};
+
+/// Idempotency-Keys, each once.
+static KEYS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A signed staff assertion issued at the app's clock.
+fn assertion(app: &TestApp, staff_id: &str, roles: &[Role]) -> String {
+    let claims = StaffAssertion {
+        staff_id: staff_id.to_owned(),
+        name: format!("Staff {staff_id}"),
+        roles: roles.to_vec(),
+        iat: app.now.unix_secs(),
+    };
+    sign_staff_assertion(STAFF_IDENTITY_SECRET.as_bytes(), &claims)
+}
+
+/// Signs a staff member in; their session token.
+async fn sign_in(app: &TestApp, staff_id: &str, roles: &[Role]) -> String {
+    let r = app
+        .send("POST", "/api/staff/sessions", Some(&json!({"assertion": assertion(app, staff_id, roles)})), None)
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let token = r.body["token"].as_str().expect("token").to_owned();
+    assert!(token.starts_with("stf."), "{token}");
+    token
+}
+
+#[track_caller]
+fn refused(r: &Reply, status: u16, code: &str) {
+    assert_eq!((r.status, r.body["code"].as_str()), (status, Some(code)), "{:?}", r.body);
+    assert!(r.content_type.starts_with("application/problem+json"), "{}", r.content_type);
+}
+
+/// Sends an operation of the document with `token`: path parameters filled with placeholders, an empty JSON object
+/// as the body of writes, a fresh Idempotency-Key.
+async fn call(app: &TestApp, doc: &Value, method: &str, path: &str, token: &str) -> Reply {
+    let op = operations(doc).into_iter().find(|o| o.method == method && o.path == path).expect("operation");
+    let url = concrete_path(doc, &op);
+    let body = if matches!(method, "POST" | "PUT") { b"{}".to_vec() } else { Vec::new() };
+    let headers = vec![
+        ("authorization".to_owned(), format!("Bearer {token}")),
+        ("content-type".to_owned(), "application/json".to_owned()),
+        ("idempotency-key".to_owned(), format!("role-{}", KEYS.fetch_add(1, std::sync::atomic::Ordering::Relaxed))),
+    ];
+    app.send_raw(method, &url, body, &headers).await
+}
+
+/// Every operation open to operators names the one role it needs, and a staff member holding every other role
+/// (but not that one) is refused with `403 forbidden_role` before anything is read or written; the role itself,
+/// and the break-glass token, get past authorization.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operator_route_refuses_every_role_but_its_own() {
+    let app = TestApp::spawn().await.expect("app");
+    let doc = document();
+    let roles = Role::ALL;
+    let mut tokens = Vec::new();
+    for role in roles {
+        let others: Vec<Role> = roles.iter().copied().filter(|r| *r != role).collect();
+        tokens.push((role, sign_in(&app, &format!("only_{}", role.as_str()), &[role]).await, {
+            sign_in(&app, &format!("all_but_{}", role.as_str()), &others).await
+        }));
+    }
+    let mut checked = 0;
+    for op in operations(&doc) {
+        let operator = op.op["security"].as_array().is_some_and(|s| s.iter().any(|s| s.get("operatorToken").is_some()));
+        if !operator || op.path.starts_with("/api/staff/") && op.op["x-required-role"].is_null() {
+            continue;
+        }
+        let name = op.name();
+        let needed = op.op["x-required-role"].as_str().unwrap_or_else(|| panic!("{name} declares no x-required-role"));
+        let (_, only, all_but) = tokens
+            .iter()
+            .find(|(r, ..)| r.as_str() == needed)
+            .unwrap_or_else(|| panic!("{name}: unknown role {needed}"));
+        let r = call(&app, &doc, &op.method, op.path, all_but).await;
+        refused(&r, 403, "forbidden_role");
+        assert!(r.body["detail"].as_str().is_some_and(|d| d.contains(needed)), "{name}: {:?}", r.body);
+        for (who, token) in [("the role", only.as_str()), ("break-glass", OPERATOR_TOKEN)] {
+            let r = call(&app, &doc, &op.method, op.path, token).await;
+            assert!(![401, 403].contains(&r.status), "{name} as {who}: {} {:?}", r.status, r.body);
+        }
+        checked += 1;
+    }
+    assert!(checked >= 40, "only {checked} operator operations found");
+}
+
+/// Sign-in, who a token is, sign-out, revocation by an admin and expiry; a customer's session is no staff session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staff_sign_in_out_and_revocation() {
+    let mut app = TestApp::spawn().await.expect("app");
+    let t0 = app.now;
+    let finance = sign_in(&app, "s_wang", &[Role::Finance, Role::Viewer]).await;
+    let me = app.send("GET", "/api/staff/me", None, Some(&finance)).await;
+    assert_eq!(me.status, 200, "{:?}", me.body);
+    assert_eq!((me.body["staff_id"].as_str(), me.body["kind"].as_str()), (Some("s_wang"), Some("staff")));
+    assert_eq!(me.body["roles"], json!(["viewer", "finance"]));
+    assert_eq!(app.send("GET", "/api/ops/ledger/check", None, Some(&finance)).await.status, 200);
+    let glass = app.send("GET", "/api/staff/me", None, Some(OPERATOR_TOKEN)).await;
+    assert_eq!(
+        (glass.body["kind"].as_str(), glass.body["roles"].as_array().map(Vec::len)),
+        (Some("break_glass"), Some(5))
+    );
+    refused(
+        &app.send("DELETE", "/api/staff/sessions/current", None, Some(OPERATOR_TOKEN)).await,
+        409,
+        "break_glass_token",
+    );
+
+    // Forged, stale and malformed assertions; a customer's token on an operator route.
+    let forged = sign_staff_assertion(
+        b"not-the-idp",
+        &StaffAssertion { staff_id: "x".into(), name: "X".into(), roles: vec![Role::Admin], iat: t0.unix_secs() },
+    );
+    for (assertion, code) in [
+        (forged, "invalid_assertion"),
+        (assertion(&app, "s_old", &[Role::Viewer]).replace('.', ".x"), "invalid_assertion"),
+    ] {
+        refused(
+            &app.send("POST", "/api/staff/sessions", Some(&json!({"assertion": assertion})), None).await,
+            401,
+            code,
+        );
+    }
+    let stale = assertion(&app, "s_old", &[Role::Viewer]);
+    app.now = t0.plus_secs(301);
+    refused(
+        &app.send("POST", "/api/staff/sessions", Some(&json!({"assertion": stale})), None).await,
+        401,
+        "assertion_expired",
+    );
+    app.now = t0;
+    refused(
+        &app.send("POST", "/api/staff/sessions", Some(&json!({"assertion": 7})), None).await,
+        400,
+        "validation_failed",
+    );
+    let customer = app.login(scenefin_core::auth::Provider::Wechat, "wx_staff_test", None, None).await;
+    let customer = customer.body["token"].as_str().expect("customer token").to_owned();
+    refused(&app.send("GET", "/api/ops/funnel", None, Some(&customer)).await, 401, "invalid_operator_token");
+    refused(&app.send("GET", "/api/ops/funnel", None, Some(&format!("stf.{customer}"))).await, 401, "invalid_token");
+
+    // Sign-out ends that session only.
+    let second = sign_in(&app, "s_wang", &[Role::Viewer]).await;
+    let out = app.send("DELETE", "/api/staff/sessions/current", None, Some(&second)).await;
+    assert_eq!(out.status, 200, "{:?}", out.body);
+    refused(&app.send("GET", "/api/ops/funnel", None, Some(&second)).await, 401, "session_revoked");
+    assert_eq!(app.send("GET", "/api/ops/funnel", None, Some(&finance)).await.status, 200, "the other session stays");
+
+    // Only an admin revokes; then every session of that staff member stops at once; a sign-in later works again.
+    refused(&app.send("POST", "/api/staff/members/s_wang/revoke", None, Some(&finance)).await, 403, "forbidden_role");
+    let admin = sign_in(&app, "s_admin", &[Role::Admin]).await;
+    refused(&app.send("GET", "/api/ops/funnel", None, Some(&admin)).await, 403, "forbidden_role");
+    refused(&app.send("POST", "/api/staff/members/bad:id/revoke", None, Some(&admin)).await, 400, "validation_failed");
+    let r = app.send("POST", "/api/staff/members/s_wang/revoke", None, Some(&admin)).await;
+    assert_eq!((r.status, r.body["by"].as_str()), (200, Some("s_admin")), "{:?}", r.body);
+    refused(&app.send("GET", "/api/ops/ledger/check", None, Some(&finance)).await, 401, "session_revoked");
+    refused(&app.send("GET", "/api/staff/me", None, Some(&finance)).await, 401, "session_revoked");
+    app.now = t0.plus_secs(2);
+    let again = sign_in(&app, "s_wang", &[Role::Finance]).await;
+    assert_eq!(app.send("GET", "/api/ops/ledger/check", None, Some(&again)).await.status, 200);
+
+    // Eight hours later the session has expired.
+    app.now = t0.plus_secs(2 + 8 * 3600);
+    refused(&app.send("GET", "/api/ops/ledger/check", None, Some(&again)).await, 401, "token_expired");
+}

@@ -112,8 +112,8 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// The end-to-end modules that move money or race, which run under the real Spin CLI too (libtest filters: a test's
-/// name starts with its module).
+/// The end-to-end modules that move money or race, and the operators' access and budget reviews, which run under the
+/// real Spin CLI too (libtest filters: a test's name starts with its module).
 const SPIN_SUITES: &[&str] = &[
     "utility_payments::",
     "property_fees::",
@@ -124,6 +124,8 @@ const SPIN_SUITES: &[&str] = &[
     "bursts::",
     "money_edges::",
     "mixed_day::",
+    "staff::",
+    "insights::reservations_nobody_came_back_for",
 ];
 
 /// Tests run at once under Spin: each starts its own `spin up` (and Redis), and Spin's SQLite store syncs every write

@@ -171,3 +171,133 @@ async fn staff_sign_in_out_and_revocation() {
     app.now = t0.plus_secs(2 + 8 * 3600);
     refused(&app.send("GET", "/api/ops/ledger/check", None, Some(&again)).await, 401, "token_expired");
 }
+
+/// A paid utility order of `amount_fen` (biller `mc_power`, any amount to any account): its id and its customer's
+/// session token.
+async fn paid_order(app: &TestApp, customer: &str, amount_fen: i64) -> (String, String) {
+    let session = app.login(scenefin_core::auth::Provider::Wechat, customer, None, None).await;
+    let token = session.body["token"].as_str().expect("token").to_owned();
+    let quote =
+        json!({"biller_id": "mc_power", "account_no": "12345678", "amount_fen": amount_fen, "pay_with": "other"});
+    let q = app.send("POST", "/api/utility/quotes", Some(&quote), Some(&token)).await;
+    assert_eq!(q.status, 201, "{:?}", q.body);
+    let key = format!("mc-{customer}-{amount_fen}");
+    let placed =
+        app.place_order("/api/utility/orders", &token, q.body["quote_id"].as_str().expect("quote"), &key).await;
+    assert_eq!(placed.status, 201, "{:?}", placed.body);
+    let order_id = placed.body["order"]["order_id"].as_str().expect("order").to_owned();
+    let event = json!({"event_id": format!("evt_{key}"), "order_id": order_id, "status": "succeeded",
+                       "paid_fen": placed.body["order"]["total_fen"], "paid_at": app.now.to_rfc3339(),
+                       "instrument": {"type": "wallet"}});
+    let r = app.notify("/api/utility/payments/notify", &event).await;
+    assert_eq!((r.status, r.body["state"].as_str()), (200, Some("paid")), "{:?}", r.body);
+    (order_id, token)
+}
+
+/// An order's state as its customer sees it.
+async fn order_state(app: &TestApp, (order_id, token): &(String, String)) -> String {
+    let r = app.send("GET", &format!("/api/utility/orders/{order_id}"), None, Some(token)).await;
+    let state = r.body["state"].as_str();
+    state.unwrap_or_else(|| panic!("no state for {order_id}: {} {:?}", r.status, r.body)).to_owned()
+}
+
+async fn refund_as(app: &TestApp, token: &str, order_id: &str, key: &str) -> Reply {
+    let headers =
+        vec![("authorization".to_owned(), format!("Bearer {token}")), ("idempotency-key".to_owned(), key.to_owned())];
+    app.send_raw("POST", &format!("/api/utility/orders/{order_id}/refund"), Vec::new(), &headers).await
+}
+
+/// Maker-checker: a staff member's refund above the threshold (¥1,000) is only proposed; its maker cannot approve
+/// it, a viewer cannot, and of finance staff approving at once (one of them five times) exactly one carries it
+/// out, once; a proposal nobody approves expires; smaller refunds, and break-glass, refund at once; the ledger
+/// stays balanced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_above_the_threshold_needs_a_second_finance_staff_member() {
+    let mut app = TestApp::spawn().await.expect("app");
+    let t0 = app.now;
+    let biller = json!({
+        "id": "mc_power", "name": "Maker-checker Power", "category": "power", "city": "shenzhen",
+        "account_rule": {"min_len": 6, "max_len": 12, "charset": "digits"},
+        "exactness": "adhoc", "settlement_account": "6222000055556666"
+    });
+    assert_eq!(app.send("POST", "/api/utility/billers", Some(&biller), Some(OPERATOR_TOKEN)).await.status, 201);
+    let big = paid_order(&app, "wx_mc_1", 150_000).await;
+    let small = paid_order(&app, "wx_mc_2", 50_000).await;
+    let stale = paid_order(&app, "wx_mc_3", 200_000).await;
+    let glass = paid_order(&app, "wx_mc_4", 300_000).await;
+    let maker = sign_in(&app, "s_maker", &[Role::Finance]).await;
+    let viewer = sign_in(&app, "s_viewer", &[Role::Viewer, Role::Marketing]).await;
+    let checkers =
+        [sign_in(&app, "s_check_1", &[Role::Finance]).await, sign_in(&app, "s_check_2", &[Role::Finance]).await];
+
+    // Proposed, not refunded; a retry answers the same proposal.
+    let r = refund_as(&app, &maker, &big.0, "mc-big").await;
+    assert_eq!((r.status, r.body["approval"]["state"].as_str()), (202, Some("pending")), "{:?}", r.body);
+    assert_eq!(
+        (r.body["approval"]["maker"].as_str(), r.body["approval"]["value_fen"].as_i64()),
+        (Some("s_maker"), Some(150_000))
+    );
+    let proposal = r.body["approval"]["id"].as_str().expect("id").to_owned();
+    let again = refund_as(&app, &maker, &big.0, "mc-big").await;
+    assert_eq!((again.status, again.body["approval"]["id"].as_str()), (202, Some(proposal.as_str())));
+    assert_eq!(order_state(&app, &big).await, "paid");
+    let approve = format!("/api/utility/refund-approvals/{proposal}/approve");
+    refused(&app.send("POST", &approve, None, Some(&maker)).await, 403, "same_staff");
+    refused(&app.send("POST", &approve, None, Some(&viewer)).await, 403, "forbidden_role");
+    refused(
+        &app.send("POST", "/api/utility/refund-approvals/apr_nope/approve", None, Some(&checkers[0])).await,
+        404,
+        "proposal_not_found",
+    );
+
+    // Six approvals at once: checker 1 five times, checker 2 once. One checker wins; the refund happens once.
+    let mut tasks = tokio::task::JoinSet::new();
+    for token in [&checkers[0], &checkers[0], &checkers[0], &checkers[0], &checkers[0], &checkers[1]] {
+        let (api, token, path) = (app.api.clone(), token.clone(), approve.clone());
+        tasks.spawn(async move { api.send("POST", &path, None, Some(&token)).await });
+    }
+    let mut winners = std::collections::BTreeSet::new();
+    let mut refused_count = 0;
+    while let Some(r) = tasks.join_next().await {
+        let r = r.expect("task");
+        match r.status {
+            200 => {
+                assert_eq!(r.body["approval"]["state"], "executed", "{:?}", r.body);
+                assert_eq!(r.body["order"]["state"], "refunded", "{:?}", r.body);
+                winners.insert(r.body["approval"]["checker"].as_str().expect("checker").to_owned());
+            }
+            409 => {
+                assert_eq!(r.body["code"], "proposal_decided", "{:?}", r.body);
+                refused_count += 1;
+            }
+            _ => panic!("approval: {} {:?}", r.status, r.body),
+        }
+    }
+    assert_eq!(winners.len(), 1, "one checker decided: {winners:?}");
+    assert!(refused_count == 1 || refused_count == 5, "the other checker's approvals were refused ({refused_count})");
+    assert_eq!(order_state(&app, &big).await, "refunded");
+    let got = app.send("GET", &format!("/api/utility/refund-approvals/{proposal}"), None, Some(&checkers[1])).await;
+    assert_eq!((got.status, got.body["approval"]["state"].as_str()), (200, Some("executed")), "{:?}", got.body);
+
+    // At or below the threshold, and break-glass, refund at once.
+    let r = refund_as(&app, &maker, &small.0, "mc-small").await;
+    assert_eq!((r.status, r.body["state"].as_str()), (200, Some("refunded")), "{:?}", r.body);
+    let r = refund_as(&app, OPERATOR_TOKEN, &glass.0, "mc-glass").await;
+    assert_eq!((r.status, r.body["state"].as_str()), (200, Some("refunded")), "{:?}", r.body);
+
+    // A proposal nobody approves within a day expires; it can still be rejected, and nothing is refunded.
+    let r = refund_as(&app, &maker, &stale.0, "mc-stale").await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    let stale_proposal = r.body["approval"]["id"].as_str().expect("id").to_owned();
+    app.now = t0.plus_secs(24 * 3600);
+    let late = sign_in(&app, "s_check_1", &[Role::Finance]).await;
+    let path = format!("/api/utility/refund-approvals/{stale_proposal}");
+    refused(&app.send("POST", &format!("{path}/approve"), None, Some(&late)).await, 409, "proposal_expired");
+    let r = app.send("POST", &format!("{path}/reject"), None, Some(&late)).await;
+    assert_eq!((r.status, r.body["approval"]["state"].as_str()), (200, Some("rejected")), "{:?}", r.body);
+    refused(&app.send("POST", &format!("{path}/approve"), None, Some(&late)).await, 409, "proposal_decided");
+    assert_eq!(order_state(&app, &stale).await, "paid");
+
+    let check = app.send("GET", "/api/ops/ledger/check", None, Some(OPERATOR_TOKEN)).await;
+    assert_eq!((check.status, &check.body["balanced"]), (200, &json!(true)), "{:?}", check.body);
+}

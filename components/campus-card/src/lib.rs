@@ -18,6 +18,9 @@
 //! | POST | `/api/campus/topups` (Idempotency-Key) | customer |
 //! | GET | `/api/campus/orders?cursor=&limit=`, `/api/campus/orders/{id}` | customer |
 //! | POST | `/api/campus/orders/{id}/refund` (Idempotency-Key) | operator or the card's school (signed): a top-up back to the instrument that paid it, while the card still holds it |
+//! | POST | `/api/campus/refund-approvals/{id}/approve` | finance staff other than the maker: carries out a proposed refund, once |
+//! | POST | `/api/campus/refund-approvals/{id}/reject` | finance staff (or the maker withdrawing it): the proposed refund is not made |
+//! | GET | `/api/campus/refund-approvals/{id}` | finance staff: a proposed refund as it stands |
 //! | POST | `/api/campus/payments/notify` | payment gateway (Standard Webhooks) |
 //! | POST | `/api/campus/payments/refund-notify` | payment gateway (Standard Webhooks): the money of a payment exception was returned |
 //! | POST | `/api/campus/spend` | a merchant POS (signed) |
@@ -62,6 +65,15 @@ async fn handle(req: Request) -> Response {
         (&Method::GET, ["api", "campus", "orders"]) => handlers::orders(&req, &route).await,
         (&Method::GET, ["api", "campus", "orders", id]) => handlers::order(&req, id).await,
         (&Method::POST, ["api", "campus", "orders", id, "refund"]) => handlers::refund(req, id).await,
+        (&Method::POST, ["api", "campus", "refund-approvals", id, "approve"]) => {
+            handlers::approve_refund(req, id).await
+        }
+        (&Method::POST, ["api", "campus", "refund-approvals", id, "reject"]) => {
+            scenefin_guest::orders::reject_refund(req, campus_card_domain::OWNER, id).await
+        }
+        (&Method::GET, ["api", "campus", "refund-approvals", id]) => {
+            scenefin_guest::orders::get_refund_approval(req, campus_card_domain::OWNER, id).await
+        }
         (&Method::POST, ["api", "campus", "payments", "notify"]) => handlers::notify(req).await,
         (&Method::POST, ["api", "campus", "payments", "refund-notify"]) => {
             scenefin_guest::orders::refund_notify(req, campus_card_domain::OWNER).await
@@ -97,6 +109,8 @@ fn allowed(path: &[&str]) -> Option<&'static str> {
         ["api", "campus", "cards", _, "transactions"] => "GET",
         ["api", "campus", "orders", _] => "GET",
         ["api", "campus", "orders", _, "refund"] => "POST",
+        ["api", "campus", "refund-approvals", _, "approve" | "reject"] => "POST",
+        ["api", "campus", "refund-approvals", _] => "GET",
         ["api", "campus", "payments", "notify" | "refund-notify"] => "POST",
         ["api", "campus", "spend", _, "reverse"] => "POST",
         ["api", "campus", "merchants", _, "settlement"] => "GET",

@@ -17,6 +17,9 @@
 //! | POST | `/api/property/payments/notify` | payment gateway (Standard Webhooks) |
 //! | POST | `/api/property/payments/refund-notify` | payment gateway (Standard Webhooks): the money of a payment exception was returned |
 //! | POST | `/api/property/orders/{id}/refund` (Idempotency-Key) | operator or the property company (signed) |
+//! | POST | `/api/property/refund-approvals/{id}/approve` | finance staff other than the maker: carries out a proposed refund, once |
+//! | POST | `/api/property/refund-approvals/{id}/reject` | finance staff (or the maker withdrawing it): the proposed refund is not made |
+//! | GET | `/api/property/refund-approvals/{id}` | finance staff: a proposed refund as it stands |
 //! | POST | `/api/property/partners/{partner_id}/rotate-secret`, `…/revoke-previous-secret` | operator: a partner's new secret (the old one accepted for `overlap_secs`, default a day), or the overlap ended early |
 
 mod handlers;
@@ -49,6 +52,15 @@ async fn handle(req: Request) -> Response {
         (&Method::GET, ["api", "property", "orders"]) => handlers::orders(&req, &route).await,
         (&Method::GET, ["api", "property", "orders", id]) => handlers::order(&req, id).await,
         (&Method::POST, ["api", "property", "orders", id, "refund"]) => handlers::refund(req, id).await,
+        (&Method::POST, ["api", "property", "refund-approvals", id, "approve"]) => {
+            handlers::approve_refund(req, id).await
+        }
+        (&Method::POST, ["api", "property", "refund-approvals", id, "reject"]) => {
+            scenefin_guest::orders::reject_refund(req, property_fees_domain::OWNER, id).await
+        }
+        (&Method::GET, ["api", "property", "refund-approvals", id]) => {
+            scenefin_guest::orders::get_refund_approval(req, property_fees_domain::OWNER, id).await
+        }
         (&Method::POST, ["api", "property", "payments", "notify"]) => handlers::notify(req).await,
         (&Method::POST, ["api", "property", "payments", "refund-notify"]) => {
             scenefin_guest::orders::refund_notify(req, property_fees_domain::OWNER).await
@@ -74,6 +86,8 @@ fn allowed(path: &[&str]) -> Option<&'static str> {
         ["api", "property", "communities", _, "perks" | "stats" | "settlement"] => "GET",
         ["api", "property", "orders", _] => "GET",
         ["api", "property", "orders", _, "refund"] => "POST",
+        ["api", "property", "refund-approvals", _, "approve" | "reject"] => "POST",
+        ["api", "property", "refund-approvals", _] => "GET",
         ["api", "property", "payments", "notify" | "refund-notify"] => "POST",
         ["api", "property", "partners", _, "rotate-secret" | "revoke-previous-secret"] => "POST",
         _ => return None,

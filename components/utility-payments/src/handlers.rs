@@ -160,6 +160,14 @@ pub async fn refund(req: Request, id: &str) -> Handled {
     .await
 }
 
+/// A refund a second finance staff member approves (see `scenefin_guest::orders::approve_refund`).
+pub async fn approve_refund(req: Request, id: &str) -> Handled {
+    flow::approve_refund(req, OWNER, id, async |store, id, by, request, rules, now| {
+        payments::refund(store, id, by, request, rules, now).await
+    })
+    .await
+}
+
 pub async fn notify(req: Request) -> Handled {
     flow::notify(req, async |store, event, bins, rules, now| payments::notify(store, event, bins, rules, now).await)
         .await

@@ -17,6 +17,9 @@
 //! | POST | `/api/utility/payments/notify` | payment gateway (Standard Webhooks) |
 //! | POST | `/api/utility/payments/refund-notify` | payment gateway (Standard Webhooks): the money of a payment exception was returned |
 //! | POST | `/api/utility/orders/{id}/refund` (Idempotency-Key) | operator or the biller (signed) |
+//! | POST | `/api/utility/refund-approvals/{id}/approve` | finance staff other than the maker: carries out a proposed refund, once |
+//! | POST | `/api/utility/refund-approvals/{id}/reject` | finance staff (or the maker withdrawing it): the proposed refund is not made |
+//! | GET | `/api/utility/refund-approvals/{id}` | finance staff: a proposed refund as it stands |
 //! | POST | `/api/utility/partners/{partner_id}/rotate-secret`, `…/revoke-previous-secret` | operator: a partner's new secret (the old one accepted for `overlap_secs`, default a day), or the overlap ended early |
 
 mod dto;
@@ -50,6 +53,15 @@ async fn handle(req: Request) -> Response {
         (&Method::GET, ["api", "utility", "orders"]) => handlers::orders(&req, &route).await,
         (&Method::GET, ["api", "utility", "orders", id]) => handlers::order(&req, id).await,
         (&Method::POST, ["api", "utility", "orders", id, "refund"]) => handlers::refund(req, id).await,
+        (&Method::POST, ["api", "utility", "refund-approvals", id, "approve"]) => {
+            handlers::approve_refund(req, id).await
+        }
+        (&Method::POST, ["api", "utility", "refund-approvals", id, "reject"]) => {
+            scenefin_guest::orders::reject_refund(req, utility_payments_domain::OWNER, id).await
+        }
+        (&Method::GET, ["api", "utility", "refund-approvals", id]) => {
+            scenefin_guest::orders::get_refund_approval(req, utility_payments_domain::OWNER, id).await
+        }
         (&Method::POST, ["api", "utility", "payments", "notify"]) => handlers::notify(req).await,
         (&Method::POST, ["api", "utility", "payments", "refund-notify"]) => {
             scenefin_guest::orders::refund_notify(req, utility_payments_domain::OWNER).await
@@ -76,6 +88,8 @@ fn allowed(path: &[&str]) -> Option<&'static str> {
         ["api", "utility", "accounts", _, _] => "DELETE",
         ["api", "utility", "orders", _] => "GET",
         ["api", "utility", "orders", _, "refund"] => "POST",
+        ["api", "utility", "refund-approvals", _, "approve" | "reject"] => "POST",
+        ["api", "utility", "refund-approvals", _] => "GET",
         ["api", "utility", "payments", "notify" | "refund-notify"] => "POST",
         ["api", "utility", "partners", _, "rotate-secret" | "revoke-previous-secret"] => "POST",
         _ => return None,

@@ -12,10 +12,18 @@ use scenefin_core::problem::Problem;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use scenefin_core::approvals::{self, Decision, PROPOSAL_TTL_SECS, Proposal, ProposalState};
+use scenefin_core::staff::Actor;
+
 use crate::{
-    OrProblem, Request, Response, Role, Route, SpinStore, bank_card_bins, idempotent, json, json_response,
-    lifecycle_rules, problem, request_time, require_customer, require_operator_or_partner, split, verify_gateway,
+    Caller, OrProblem, Request, Response, Role, Route, SpinStore, bank_card_bins, idempotent, json, json_response,
+    lifecycle_rules, problem, request_time, require_customer, require_operator_or_partner, require_role, split,
+    variable, verify_gateway,
 };
+
+/// Refunds above this many fen, asked for by a staff member, need a second staff member's approval (variable
+/// `refund_approval_threshold_fen`, default ¥1,000).
+const DEFAULT_REFUND_APPROVAL_THRESHOLD_FEN: i64 = 100_000;
 
 type Handled = Result<Response, Response>;
 
@@ -202,7 +210,8 @@ pub async fn notify<E: Problem>(
 
 /// `POST …/orders/{id}/refund` with `Idempotency-Key`, by the operator or the order's partner (`resource_of`).
 /// The caller is authenticated before the order is read, so a caller without valid credentials learns nothing
-/// about which orders exist.
+/// about which orders exist. A staff member asking for more than `refund_approval_threshold_fen` only proposes it:
+/// `202` with the pending approval, carried out once another finance staff member approves it ([`approve_refund`]).
 pub async fn refund<E: Problem>(
     req: Request,
     owner: &str,
@@ -220,6 +229,9 @@ pub async fn refund<E: Problem>(
     caller.require(&resource_of(&order).unwrap_or_default())?;
     let by = caller.id().to_owned();
     let rules = lifecycle_rules().await;
+    // Staff need a checker above the threshold; partners refund their own orders, break-glass is logged instead.
+    let needs_checker = matches!(caller, Caller::Operator(Actor::Staff(_)));
+    let threshold = refund_approval_threshold().await;
     // The request's id for a partial refund: its caller and idempotency key.
     let request_id = scenefin_core::ids::hash_key_part(&format!("{by}:{key}"))[..16].to_owned();
     idempotent(&store, &head, owner, &by, &bytes, now, async || {
@@ -231,6 +243,27 @@ pub async fn refund<E: Problem>(
                 Err(e) => return problem(&e),
             }
         };
+        let value_fen = amount_fen.unwrap_or(order.total_fen - order.partially_refunded_fen());
+        if needs_checker && order.state == OrderState::Paid && value_fen > threshold {
+            let proposal = Proposal {
+                v: 1,
+                id: format!("apr_{request_id}"),
+                action: "refund".into(),
+                resource: order.id.clone(),
+                amount_fen,
+                value_fen,
+                maker: by.clone(),
+                created_at: now,
+                expires_at: now.plus_secs(PROPOSAL_TTL_SECS),
+                state: ProposalState::Pending,
+                checker: None,
+                decided_at: None,
+            };
+            return match approvals::propose(&store, owner, proposal).await {
+                Ok(p) => json_response(202, &json!({ "approval": p, "threshold_fen": threshold })),
+                Err(e) => problem(&e),
+            };
+        }
         let request = RefundRequest { id: request_id.clone(), amount_fen };
         match refund(&store, id, &by, &request, &rules, now).await {
             Ok(order) => json_response(200, &OrderView::from(&order)),
@@ -238,6 +271,64 @@ pub async fn refund<E: Problem>(
         }
     })
     .await
+}
+
+/// The refund above which a staff member's refund needs a second staff member (variable
+/// `refund_approval_threshold_fen`).
+async fn refund_approval_threshold() -> i64 {
+    variable("refund_approval_threshold_fen")
+        .await
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .filter(|v| *v >= 0)
+        .unwrap_or(DEFAULT_REFUND_APPROVAL_THRESHOLD_FEN)
+}
+
+/// `POST …/refund-approvals/{id}/approve` (finance, not the maker): approves a proposed refund and carries it out,
+/// exactly once (an approval retried after a crash completes the same refund).
+pub async fn approve_refund<E: Problem>(
+    req: Request,
+    owner: &str,
+    proposal_id: &str,
+    refund: impl AsyncFnOnce(&SpinStore, &str, &str, &RefundRequest, &LifecycleRules, Timestamp) -> Result<Order, E>,
+) -> Handled {
+    let now = request_time(&req).await?;
+    let checker = require_role(&req, Role::Finance).await?;
+    let proposal_id = checked_proposal_id(proposal_id)?;
+    let store = SpinStore::open_default().or_problem()?;
+    let proposal =
+        approvals::decide(&store, owner, proposal_id, checker.id(), now, Decision::Approve).await.or_problem()?;
+    let request = RefundRequest { id: proposal.id.clone(), amount_fen: proposal.amount_fen };
+    let by = format!("{}+{}", proposal.maker, checker.id());
+    let order = refund(&store, &proposal.resource, &by, &request, &lifecycle_rules().await, now).await.or_problem()?;
+    let proposal = approvals::executed(&store, owner, &proposal.id).await.or_problem()?;
+    Ok(json_response(200, &json!({ "approval": proposal, "order": OrderView::from(&order) })))
+}
+
+/// `POST …/refund-approvals/{id}/reject` (finance, or the maker withdrawing it): the refund is not made.
+pub async fn reject_refund(req: Request, owner: &str, proposal_id: &str) -> Handled {
+    let now = request_time(&req).await?;
+    let checker = require_role(&req, Role::Finance).await?;
+    let proposal_id = checked_proposal_id(proposal_id)?;
+    let store = SpinStore::open_default().or_problem()?;
+    let proposal =
+        approvals::decide(&store, owner, proposal_id, checker.id(), now, Decision::Reject).await.or_problem()?;
+    Ok(json_response(200, &json!({ "approval": proposal })))
+}
+
+/// `GET …/refund-approvals/{id}` (finance): the proposal as it stands.
+pub async fn get_refund_approval(req: Request, owner: &str, proposal_id: &str) -> Handled {
+    require_role(&req, Role::Finance).await?;
+    let proposal_id = checked_proposal_id(proposal_id)?;
+    let store = SpinStore::open_default().or_problem()?;
+    Ok(json_response(200, &json!({ "approval": approvals::get(&store, owner, proposal_id).await.or_problem()? })))
+}
+
+/// A proposal id from a path: key-safe, else `404` (no proposal has such an id).
+fn checked_proposal_id(id: &str) -> Result<&str, Response> {
+    match scenefin_core::ids::Id::parse(id) {
+        Ok(_) => Ok(id),
+        Err(_) => Err(problem(&approvals::ApprovalError::NotFound)),
+    }
 }
 
 /// `POST …/payments/refund-notify`: the gateway (Standard Webhooks) confirms it returned the money of a payment

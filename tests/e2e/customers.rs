@@ -263,3 +263,40 @@ async fn a_recorded_payment_activates_the_customer_and_moves_the_funnel_once() {
     assert_eq!((r.status, r.body["field"].as_str()), (400, Some("amount_fen")));
     app.host.shutdown().await;
 }
+
+/// Personal information at rest: after customers log in with verified phones (one by SMS, whose subject is the
+/// number itself), bind a utility account and are read by an operator, no key and no value of the whole store holds
+/// a phone number in the clear — only masks (`138****2222`) and hashes. Runs on every runtime's store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_dump_holds_no_plain_phone_number() {
+    use scenefin_host::kv::{Op, Output};
+    let app = app().await;
+    let phones = ["13800002222", "13912345678", "15000000042"];
+    let mut ids = Vec::new();
+    for (i, phone) in phones.iter().enumerate() {
+        let r = app.login(Provider::Wechat, &format!("wx_pii_{i}"), Some(phone), None).await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        ids.push(r.body["customer_id"].as_str().expect("id").to_owned());
+    }
+    let sms = app.login(Provider::Phone, phones[1], Some(phones[1]), None).await;
+    assert_eq!((sms.status, &sms.body["customer_id"]), (200, &json!(ids[1])), "the SMS login joins by phone");
+    for id in &ids {
+        let r = app.send("GET", &format!("/api/ops/customers/{id}"), None, Some(OPERATOR_TOKEN)).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let shown = r.body.to_string();
+        assert!(phones.iter().all(|p| !shown.contains(p)), "the operator sees masks only: {shown}");
+    }
+
+    let Ok(Output::Keys(keys)) = app.host.kv.exec("default", Op::Keys).await else { panic!("listing the store") };
+    let Ok(Output::Values(values)) = app.host.kv.exec("default", Op::GetMany { keys: keys.clone() }).await else {
+        panic!("reading the store")
+    };
+    assert!(keys.len() > 10, "the dump holds the customers' records ({} keys)", keys.len());
+    for (key, value) in values {
+        let text = String::from_utf8_lossy(value.as_deref().unwrap_or_default()).into_owned();
+        for phone in phones {
+            assert!(!key.contains(phone) && !text.contains(phone), "{phone} in the clear at {key}: {text}");
+        }
+    }
+    app.host.shutdown().await;
+}

@@ -386,7 +386,9 @@ fn console_banner(listen: &str, token: Option<&str>, source: &str) -> String {
     let token = token.unwrap_or("(none: set SPIN_VARIABLE_OPERATOR_TOKEN)");
     format!(
         "console: open http://{listen}/console and sign in with the operator token\n  operator token: {token}\n  \
-         ({source}; the console keeps it in the tab's session storage until you sign out)"
+         ({source}; the console keeps it in the tab's session storage until you sign out)\n  \
+         It is the break-glass token (every role, logged on every use); bank staff sign in as themselves with a \
+         staff session token (docs/SECURITY.md)."
     )
 }
 

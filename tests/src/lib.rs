@@ -116,12 +116,15 @@ pub fn ledger_account(report: &Value, name: &str) -> i64 {
 }
 
 impl TestApp {
-    /// Every key and value of the store, but partners' used nonces and idempotency records (which a refused
-    /// request may legitimately leave): compare two snapshots to prove a request wrote nothing.
+    /// Every key and value of the store, but partners' used nonces, idempotency records and the audit log (which a
+    /// refused request may legitimately leave: the audit log records refused operator and partner writes on
+    /// purpose): compare two snapshots to prove a request wrote nothing.
     pub async fn snapshot(&self) -> BTreeMap<String, Vec<u8>> {
         let Ok(Output::Keys(keys)) = self.host.kv.exec("default", Op::Keys).await else { panic!("listing keys") };
-        let keys: Vec<String> =
-            keys.into_iter().filter(|k| !k.contains(":nonce:") && !k.starts_with("idem:")).collect();
+        let keys: Vec<String> = keys
+            .into_iter()
+            .filter(|k| !k.contains(":nonce:") && !k.starts_with("idem:") && !k.starts_with("audit:"))
+            .collect();
         let Ok(Output::Values(values)) = self.host.kv.exec("default", Op::GetMany { keys }).await else {
             panic!("reading keys")
         };

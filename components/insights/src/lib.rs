@@ -10,6 +10,7 @@
 //! | GET | `/api/ops/channels?from=&to=` | per channel code: visits, registrations, activations; grouped by branch and by staff |
 //! | GET | `/api/ops/campaigns` | every coupon campaign, referral program and scenario budget: issued, redeemed, spent, reserved, left, progress |
 //! | GET | `/api/ops/exceptions?from=&to=` | payment exceptions of the days (default: the last 30): money held in suspense for orders that could not take it, each with its refund instruction; and reservations nobody came back for: expired and still held, or released on those days |
+//! | GET | `/api/ops/audit?day=YYYY-MM-DD&actor=&resource=` | the audit log of a day (default: the request's), every entry verified (MAC, chain, the day's seal), then filtered by actor and by a part of the path |
 //! | POST | `/api/ops/reservations/release-expired` | gives every budget back what its expired reservations hold, now (what each budget's next reserve would do); safe to repeat |
 //! | GET | `/api/ops/ledger/check?from=YYYY-MM-DD&to=YYYY-MM-DD` | checks the postings of those days (default: the last 31) against the daily checkpoints (opening + postings = closing) and today's balances against the stored ones, exact for any age of the ledger |
 
@@ -35,6 +36,7 @@ async fn handle(req: Request) -> Response {
         Ok(route) => route,
         Err(response) => return response,
     };
+    let audit = scenefin_guest::audit::begin(&req).await;
     let segments = route.segments();
     let result = match (&route.method, segments.as_slice()) {
         (&Method::GET, ["api", "ops", "funnel"]) => funnel(&req, &route).await,
@@ -44,15 +46,18 @@ async fn handle(req: Request) -> Response {
         (&Method::GET, ["api", "ops", "exceptions"]) => exceptions(&req, &route).await,
         (&Method::POST, ["api", "ops", "reservations", "release-expired"]) => release_expired(&req).await,
         (&Method::GET, ["api", "ops", "ledger", "check"]) => ledger_check(&req, &route).await,
+        (&Method::GET, ["api", "ops", "audit"]) => audit_log(&req, &route).await,
         (_, path) => unmatched(&route, allowed(path)),
     };
-    result.unwrap_or_else(|response| response)
+    let response = result.unwrap_or_else(|response| response);
+    scenefin_guest::audit::finish(audit, &response).await;
+    response
 }
 
 /// The methods each path of the route table serves (their `Allow`, for 405s and OPTIONS); `None` for any other path.
 fn allowed(path: &[&str]) -> Option<&'static str> {
     Some(match path {
-        ["api", "ops", "funnel" | "lifecycle" | "channels" | "campaigns" | "exceptions"]
+        ["api", "ops", "funnel" | "lifecycle" | "channels" | "campaigns" | "exceptions" | "audit"]
         | ["api", "ops", "ledger", "check"] => "GET",
         ["api", "ops", "reservations", "release-expired"] => "POST",
         _ => return None,
@@ -117,6 +122,36 @@ async fn campaigns(req: &Request) -> Handled {
     require_role(req, Role::Viewer).await?;
     let now = request_time(req).await?;
     Ok(json_response(200, &insights_domain::campaigns::review(&store()?, now).await.or_problem()?))
+}
+
+/// `GET /api/ops/audit?day=&actor=&resource=` (admin): a day of the audit log, verified, then filtered.
+async fn audit_log(req: &Request, route: &Route) -> Handled {
+    require_role(req, Role::Admin).await?;
+    let now = request_time(req).await?;
+    let day = match route.query_param("day") {
+        Some(v) => day("day", &v).or_problem()?,
+        None => now,
+    }
+    .shanghai_day();
+    let actor = route.query_param("actor");
+    if let Some(a) = &actor
+        && (a.is_empty() || a.len() > 64 || !a.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+    {
+        return Err(problem(&ApiError::validation("actor", "a staff id, break-glass or a partner id")));
+    }
+    let resource = route.query_param("resource");
+    if let Some(r) = &resource
+        && (r.is_empty() || r.chars().count() > 200 || r.chars().any(char::is_control))
+    {
+        return Err(problem(&ApiError::validation("resource", "1 to 200 characters of a path")));
+    }
+    let secret = scenefin_guest::required_variable("session_secret").await.or_problem()?;
+    let filter = scenefin_core::audit::Filter { actor: actor.as_deref(), resource: resource.as_deref() };
+    let key = scenefin_core::audit::audit_key(secret.as_bytes());
+    let report = scenefin_core::audit::day_report(&store()?, &key, day, &filter, now).await.or_problem()?;
+    let mut body = serde_json::to_value(&report).unwrap_or_default();
+    body["day"] = format!("{:04}-{:02}-{:02}", day / 10_000, day / 100 % 100, day % 100).into();
+    Ok(json_response(200, &body))
 }
 
 fn day(param: &str, value: &str) -> Result<Timestamp, ApiError> {

@@ -35,6 +35,7 @@ async fn handle(req: Request) -> Response {
         Ok(route) => route,
         Err(response) => return response,
     };
+    let audit = scenefin_guest::audit::begin(&req).await;
     let segments = route.segments();
     let result = match (&route.method, segments.as_slice()) {
         (&Method::POST, ["api", "utility", "billers"]) => handlers::register_biller(req).await,
@@ -74,7 +75,9 @@ async fn handle(req: Request) -> Response {
         }
         (_, path) => unmatched(&route, allowed(path)),
     };
-    result.unwrap_or_else(|response| response)
+    let response = result.unwrap_or_else(|response| response);
+    scenefin_guest::audit::finish(audit, &response).await;
+    response
 }
 
 /// The methods each path of the route table serves (their `Allow`, for 405s and OPTIONS); `None` for any other path.

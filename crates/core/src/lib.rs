@@ -7,6 +7,7 @@
 //! API boundary: every `pub` item here is shared by all scenarios; adding one is a design change.
 
 pub mod approvals;
+pub mod audit;
 pub mod auth;
 pub mod clock;
 pub mod coupons;

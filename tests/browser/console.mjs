@@ -103,14 +103,14 @@ const fen = (text) => {
 /// What each language must show (a few texts of each view).
 const EXPECT = {
   'zh-CN': {
-    signIn: '运营令牌', breakGlass: '应急运营令牌', staff: '王审阅（查看）', forbidden: '你的角色无权查看这部分', wrongToken: '运营令牌不正确', tabs: ['漏斗与生命周期', '渠道', '活动与预算', '异常', '账务核对'],
+    signIn: '运营令牌', breakGlass: '应急运营令牌', staff: '王审阅（查看）', forbidden: '你的角色无权查看这部分', wrongToken: '运营令牌不正确', tabs: ['漏斗与生命周期', '渠道', '活动与预算', '异常', '账务核对', '审计日志'], auditOk: '记录完整', breakGlassKind: '应急令牌',
     stages: ['新客', '已激活', '活跃', '高价值', '沉睡'], over: '注册数多于到访数', median: '不到 1 分钟', dormant: '60 天无活动',
     balanced: '账目平衡', addsUp: '相符', duplicate: '重复支付', refund: '原路退回', reconciled: '已对平',
     orderErr: '开始日期不能晚于结束日期', futureErr: '结束日期不能晚于明天', longErr: '最长 366 天', english: 'Operator console',
     serverErr: '服务器不接受这个结束日期', see: '请看上方日期旁的说明', held: '仍占用', releasedOn: '已释放（', releasedOne: '已释放 1 笔',
   },
   en: {
-    signIn: 'Operator token', breakGlass: 'Break-glass operator token', staff: '王审阅 (viewer)', forbidden: 'Your roles do not cover this part', wrongToken: 'The operator token is not right', tabs: ['Funnel and lifecycle', 'Channels', 'Campaigns and budgets', 'Exceptions', 'Ledger check'],
+    signIn: 'Operator token', breakGlass: 'Break-glass operator token', staff: '王审阅 (viewer)', forbidden: 'Your roles do not cover this part', wrongToken: 'The operator token is not right', tabs: ['Funnel and lifecycle', 'Channels', 'Campaigns and budgets', 'Exceptions', 'Ledger check', 'Audit log'], auditOk: 'entries of the day verify', breakGlassKind: 'break-glass token',
     stages: ['New', 'Activated', 'Engaged', 'High value', 'Dormant'], over: 'more registrations than visits', median: 'under a minute', dormant: 'no activity for 60 days',
     balanced: 'Balanced', addsUp: 'adds up', duplicate: 'Paid twice', refund: 'Refund ¥', reconciled: 'reconciled',
     orderErr: 'must not be after the last day', futureErr: 'must not be after tomorrow', longErr: 'at most 366', english: 'Operator console',
@@ -332,6 +332,17 @@ async function walk(width, height, lang) {
   await fits(page, tag, 'ledger');
   await page.screenshot({ path: `${out}/console-${tag}-5-ledger.png`, fullPage: true });
 
+  // Audit log: today's writes verify, and the channel codes created above with the break-glass token are there.
+  await page.click('#tab-audit');
+  check((await text(page, '[data-test=audit-status]')).includes(e.auditOk), `${tag}: the day's audit log verifies (${await text(page, '[data-test=audit-status]')})`);
+  const audited = await page.locator('[data-test=audit] tbody tr').evaluateAll((trs) => trs.map((tr) => [...tr.cells].map((c) => c.innerText)));
+  check(audited.some((r) => r[1].includes(e.breakGlassKind) && r[2].startsWith('POST /api/channels')),
+    `${tag}: the break-glass channel codes are in the audit log (${audited.length} rows)`);
+  await fits(page, tag, 'audit');
+  const auditContrast = await contrastFailures(page);
+  check(auditContrast.bad.length === 0, `${tag}: the audit view meets WCAG AA contrast (${auditContrast.bad.join('; ')})`);
+  await page.screenshot({ path: `${out}/console-${tag}-5b-audit.png`, fullPage: true });
+
   // Bad ranges: explained beside the field, no panel turns red, nothing is asked of the server.
   const panelsBefore = await page.locator('.view .bad[role=alert]').count();
   await page.fill('#from', '2026-03-10');
@@ -404,6 +415,8 @@ async function staffWalk(lang) {
   check((await page.locator('[data-test=funnel-table] tbody tr').count()) > 0, `${tag}: the funnel is shown`);
   await page.click('#tab-ledger');
   check((await text(page, '#ledger .body')).includes(e.forbidden), `${tag}: the finance-only ledger check is explained, not shown (${await text(page, '#ledger .body')})`);
+  await page.click('#tab-audit');
+  check((await text(page, '#audit-log .body')).includes(e.forbidden), `${tag}: the admin-only audit log is explained, not shown`);
   const all = await page.evaluate(() => document.body.innerText);
   check(!/forbidden_role|403/.test(all), `${tag}: no raw code or status on the page`);
   await page.screenshot({ path: `${out}/console-${tag}-ledger-forbidden.png`, fullPage: false });

@@ -11,7 +11,7 @@ const TOKEN_KEY = 'scenefin.operator';
 const MAX_DAYS = 366;
 const STAGES = ['new', 'activated', 'engaged', 'high_value', 'dormant'];
 const SCENARIOS = ['utility', 'property', 'campus', 'coupons', 'referrals'];
-const VIEWS = ['overview', 'channels', 'campaigns', 'exceptions', 'ledger'];
+const VIEWS = ['overview', 'channels', 'campaigns', 'exceptions', 'ledger', 'audit'];
 
 /// What the last load fetched, so a language switch re-renders without asking the server again.
 const state = { token: null, data: {}, view: 'overview' };
@@ -456,6 +456,27 @@ function renderLedger() {
     note(t('ledger.how')));
 }
 
+// ---------------------------------------------------------------------------------------------- audit
+
+function renderAudit() {
+  const r = state.data.audit;
+  if (!r) return;
+  if (r.status !== 200) return failed('audit-log', r);
+  const b = r.body;
+  const status = b.intact
+    ? el('p', { 'data-test': 'audit-status', class: 'ok', text: t('audit.intact', { n: count(b.total), sealed: b.sealed ? t('audit.sealed') : '' }) })
+    : el('div', { 'data-test': 'audit-status', class: 'bad', role: 'alert' }, el('p', { text: t('audit.broken') }),
+      el('ul', { lang: 'en' }, b.problems.map((p) => el('li', { text: p }))));
+  show('audit-log',
+    note(t('audit.scope', { day: b.day })),
+    status,
+    b.entries.length ? captioned(t('audit.title'), [t('au.time'), t('au.actor'), t('au.what'), num(t('au.status')), t('au.from'), t('xp.state')],
+      b.entries.map((e) => [shanghaiTime(e.at), `${e.actor} (${label('akind', e.actor_kind)})`, `${e.method} ${e.path}`, String(e.status), e.from ?? '-',
+        e.intact ? t('au.ok') : el('span', { class: 'bad', text: t('au.bad') })]),
+      { 'data-test': 'audit', class: 'wrap-first' }) : note(t('audit.none')),
+    note(t('audit.how')));
+}
+
 // ---------------------------------------------------------------------------------------------- page
 
 /// Who is signed in, beside the sign-out button: a staff member's name and roles, or the break-glass warning.
@@ -471,7 +492,7 @@ function renderWho() {
 
 function renderAll() {
   renderWho();
-  renderFunnel(); renderLifecycle(); renderChannels(); renderCampaigns(); renderLeaderboard(); renderExceptions(); renderExpired(); renderSettlements(); renderLedger();
+  renderFunnel(); renderLifecycle(); renderChannels(); renderCampaigns(); renderLeaderboard(); renderExceptions(); renderExpired(); renderSettlements(); renderLedger(); renderAudit();
   if (state.data.loadedAt) $('#message').textContent = t('loaded', { at: shanghaiTime(state.data.loadedAt) });
 }
 
@@ -502,9 +523,11 @@ async function loadAll() {
   }
   $('#message').textContent = t('loading');
   const q = rangeQuery();
-  const [channels, lifecycle, ledger] = await Promise.all([
-    call(`/api/ops/channels?${q}`), call(`/api/ops/lifecycle?${q}`), call(`/api/ops/ledger/check?${q}`), loadCampaigns()]);
-  Object.assign(state.data, { channels, lifecycle, ledger });
+  const auditDay = $('#to').value || shanghaiToday();
+  const [channels, lifecycle, ledger, audit] = await Promise.all([
+    call(`/api/ops/channels?${q}`), call(`/api/ops/lifecycle?${q}`), call(`/api/ops/ledger/check?${q}`),
+    call(`/api/ops/audit?day=${auditDay}`), loadCampaigns()]);
+  Object.assign(state.data, { channels, lifecycle, ledger, audit });
   funnelOptions();
   await Promise.all([loadFunnel(), loadExceptions()]);
   state.data.loadedAt = new Date().toISOString();
@@ -542,7 +565,7 @@ function signOut() {
   state.token = null;
   state.data = {};
   renderWho();
-  for (const id of ['funnel', 'lifecycle', 'channels', 'campaigns', 'leaderboard', 'exceptions', 'expired', 'settlements', 'ledger']) show(id);
+  for (const id of ['funnel', 'lifecycle', 'channels', 'campaigns', 'leaderboard', 'exceptions', 'expired', 'settlements', 'ledger', 'audit-log']) show(id);
   delete document.body.dataset.loaded;
   signedIn(false);
   $('#token-error').textContent = '';

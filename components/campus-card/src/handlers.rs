@@ -295,10 +295,7 @@ pub async fn settlement(req: Request, route: &Route, merchant_id: &str) -> Handl
         }
         merchant
     };
-    let date = route.query_param("date").unwrap_or_else(|| {
-        let day = now.shanghai_day();
-        format!("{:04}-{:02}-{:02}", day / 10_000, day / 100 % 100, day % 100)
-    });
+    let date = route.query_param("date").unwrap_or_else(|| scenefin_core::clock::iso_day(now.shanghai_day()));
     Ok(json_response(200, &spend::statement(&store, &merchant, &date).await.or_problem()?))
 }
 

@@ -150,7 +150,7 @@ async fn audit_log(req: &Request, route: &Route) -> Handled {
     let key = scenefin_core::audit::audit_key(secret.as_bytes());
     let report = scenefin_core::audit::day_report(&store()?, &key, day, &filter, now).await.or_problem()?;
     let mut body = serde_json::to_value(&report).unwrap_or_default();
-    body["day"] = format!("{:04}-{:02}-{:02}", day / 10_000, day / 100 % 100, day % 100).into();
+    body["day"] = scenefin_core::clock::iso_day(day).into();
     Ok(json_response(200, &body))
 }
 

@@ -16,8 +16,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{hmac_sha256, sha256_hex};
-use crate::clock::Timestamp;
+use crate::auth::{hex, hmac_sha256, sha256_hex};
+use crate::clock::{Timestamp, number_of_day};
 use crate::kv::{self, Key, Store, StoreError, decode_doc, get_all, get_json, put_json};
 
 /// A day is sealed once it ended this long ago (Asia/Shanghai): appends in flight have landed.
@@ -191,19 +191,9 @@ pub async fn day_report(
     Ok(DayReport { day, total: count, entries, intact: problems.is_empty(), problems, head, sealed })
 }
 
-fn day_number(day: u32) -> i64 {
-    let (y, m, d) = (day / 10_000, day / 100 % 100, day % 100);
-    let noon = Timestamp::parse_rfc3339(&format!("{y:04}-{m:02}-{d:02}T12:00:00+08:00"));
-    noon.map_or(0, |t| t.shanghai_day_number())
-}
-
 /// When Shanghai day `day` ends, Unix seconds.
 fn day_end(day: u32) -> i64 {
-    (day_number(day) + 1) * 86_400 - crate::clock::SHANGHAI_OFFSET_SECS
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    (number_of_day(day).unwrap_or(0) + 1) * 86_400 - crate::clock::SHANGHAI_OFFSET_SECS
 }
 
 #[cfg(test)]

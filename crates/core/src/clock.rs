@@ -210,6 +210,22 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// `YYYY-MM-DD` of a Shanghai day `yyyymmdd`.
+pub fn iso_day(day: u32) -> String {
+    format!("{:04}-{:02}-{:02}", day / 10_000, day / 100 % 100, day % 100)
+}
+
+/// `yyyymmdd` of a Shanghai day number (days since the epoch, [`Timestamp::shanghai_day_number`]).
+pub fn day_of_number(number: i64) -> u32 {
+    Timestamp::from_unix_ms(number.saturating_mul(MS_PER_DAY)).shanghai_day()
+}
+
+/// The Shanghai day number of `yyyymmdd`, if that is a date.
+pub fn number_of_day(day: u32) -> Option<i64> {
+    let number = Timestamp::parse_rfc3339(&format!("{}T12:00:00+08:00", iso_day(day))).ok()?.shanghai_day_number();
+    (day_of_number(number) == day).then_some(number)
+}
+
 /// The date of a day number since 1970-01-01.
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;

@@ -42,7 +42,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::clock::Timestamp;
+use crate::clock::{Timestamp, day_of_number, iso_day, number_of_day};
 use crate::ids::hash_key_part;
 use crate::kv::{
     Key, Retries, Step, Store, StoreError, Tried, decode_counter, decode_doc, get_all, get_json, log_counter_key,
@@ -328,7 +328,7 @@ pub async fn check_range(
 pub async fn check(store: &impl Store, days: &[u32]) -> Result<CheckReport, LedgerError> {
     let numbers = days
         .iter()
-        .map(|day| number_of(*day).ok_or_else(|| LedgerError::Invalid(format!("{day} is not a yyyymmdd date"))))
+        .map(|day| number_of_day(*day).ok_or_else(|| LedgerError::Invalid(format!("{day} is not a yyyymmdd date"))))
         .collect::<Result<Vec<i64>, _>>()?;
     let (Some(&from), Some(&to)) = (numbers.iter().min(), numbers.iter().max()) else {
         return Err(LedgerError::Invalid("a check needs at least one day".into()));
@@ -351,7 +351,7 @@ async fn check_days(store: &impl Store, from: i64, to: i64, today: i64) -> Resul
     };
     let numbers: BTreeSet<i64> = (from..=to).chain(through + 1..=end).collect();
     let numbers: Vec<i64> = numbers.into_iter().collect();
-    let days: Vec<u32> = numbers.iter().map(|n| day_of(*n)).collect();
+    let days: Vec<u32> = numbers.iter().map(|n| day_of_number(*n)).collect();
     let reads = read_days(store, &days).await?;
 
     let mut discrepancies = Vec::new();
@@ -405,7 +405,7 @@ async fn check_days(store: &impl Store, from: i64, to: i64, today: i64) -> Resul
                 discrepancies.push(format!(
                     "account {account}: its checkpoint closes {} at {c} fen, but its opening {o} plus the range's \
                      postings {m} make {}",
-                    iso(day_of(to)),
+                    iso_day(day_of_number(to)),
                     o + m
                 ));
             }
@@ -447,10 +447,10 @@ async fn check_days(store: &impl Store, from: i64, to: i64, today: i64) -> Resul
     let head = chain.head.as_ref();
     Ok(CheckReport {
         balanced: discrepancies.is_empty(),
-        from: iso(day_of(from)),
-        to: iso(day_of(to)),
+        from: iso_day(day_of_number(from)),
+        to: iso_day(day_of_number(to)),
         postings,
-        closed_through: head.filter(|h| h.through != 0).map(|h| iso(h.through)),
+        closed_through: head.filter(|h| h.through != 0).map(|h| iso_day(h.through)),
         days_closed: chain.closed_now,
         reopened: head.map(|h| h.reopened.clone()).unwrap_or_default(),
         accounts,
@@ -937,7 +937,6 @@ const AHEAD_DAYS: i64 = 1;
 const CLOSE_MAX_DAYS: i64 = 366;
 /// How many reopened days the head remembers.
 const REOPENED_KEPT: usize = 20;
-const MS_PER_DAY: i64 = 86_400_000;
 
 /// Balances or movements per account, in `i128` so that sums cannot overflow.
 type Balances = BTreeMap<String, i128>;
@@ -1034,25 +1033,8 @@ fn checkpoint_key(day: u32) -> Key {
     Key::new(&["ledger", "checkpoint", &day.to_string()])
 }
 
-/// `yyyymmdd` of a Shanghai day number.
-fn day_of(number: i64) -> u32 {
-    Timestamp::from_unix_ms(number.saturating_mul(MS_PER_DAY)).shanghai_day()
-}
-
-/// The Shanghai day number of `yyyymmdd`, if that is a date.
-fn number_of(day: u32) -> Option<i64> {
-    let (y, m, d) = (day / 10_000, day / 100 % 100, day % 100);
-    let number = Timestamp::parse_rfc3339(&format!("{y:04}-{m:02}-{d:02}T12:00:00+08:00")).ok()?.shanghai_day_number();
-    (day_of(number) == day).then_some(number)
-}
-
-/// `YYYY-MM-DD` of `yyyymmdd`.
-fn iso(day: u32) -> String {
-    format!("{:04}-{:02}-{:02}", day / 10_000, day / 100 % 100, day % 100)
-}
-
 fn is_month_end(number: i64) -> bool {
-    day_of(number + 1) % 100 == 1
+    day_of_number(number + 1) % 100 == 1
 }
 
 fn corrupt(key: &Key, detail: &str) -> LedgerError {
@@ -1062,8 +1044,8 @@ fn corrupt(key: &Key, detail: &str) -> LedgerError {
 /// The head's `genesis` and `through` as day numbers; `through` is the day before `genesis` when nothing is closed.
 fn head_bounds(head: &Head) -> Result<(i64, i64), LedgerError> {
     let bad = || corrupt(&head_key(), "not a yyyymmdd day");
-    let genesis = number_of(head.genesis).ok_or_else(bad)?;
-    let through = if head.through == 0 { genesis - 1 } else { number_of(head.through).ok_or_else(bad)? };
+    let genesis = number_of_day(head.genesis).ok_or_else(bad)?;
+    let through = if head.through == 0 { genesis - 1 } else { number_of_day(head.through).ok_or_else(bad)? };
     Ok((genesis, through))
 }
 
@@ -1126,12 +1108,12 @@ fn reopen(head: &Head, day: u32, posting_id: Option<&str>) -> Result<Head, Ledge
         next.genesis = day;
         next.through = 0;
     } else if closed {
-        let number = number_of(day).ok_or_else(|| LedgerError::Invalid(format!("{day} is not a yyyymmdd date")))?;
-        next.through = if day == head.genesis { 0 } else { day_of(number - 1) };
+        let number = number_of_day(day).ok_or_else(|| LedgerError::Invalid(format!("{day} is not a yyyymmdd date")))?;
+        next.through = if day == head.genesis { 0 } else { day_of_number(number - 1) };
     }
     next.epoch += 1;
     if closed {
-        next.reopened.push(Reopened { day: iso(day), posting_id: posting_id.map(str::to_owned) });
+        next.reopened.push(Reopened { day: iso_day(day), posting_id: posting_id.map(str::to_owned) });
         trim_front(&mut next.reopened, REOPENED_KEPT);
     }
     Ok(next)
@@ -1180,7 +1162,7 @@ async fn close_days(store: &impl Store, today: i64) -> Result<Chain, LedgerError
     let (genesis, through) = head_bounds(&head)?;
     let last = target.min(through + CLOSE_MAX_DAYS);
     let numbers: Vec<i64> = (through + 1..=last).collect();
-    let reads = read_days(store, &numbers.iter().map(|n| day_of(*n)).collect::<Vec<_>>()).await?;
+    let reads = read_days(store, &numbers.iter().map(|n| day_of_number(*n)).collect::<Vec<_>>()).await?;
     let mut balances = closing_at(store, genesis, through).await?;
     let mut written: Vec<Checkpoint> = Vec::new();
     for (number, read) in numbers.iter().zip(reads) {
@@ -1221,7 +1203,7 @@ async fn close_days(store: &impl Store, today: i64) -> Result<Chain, LedgerError
         let mut next = Head { lease: None, ..current.clone() };
         let advance = current.epoch == head.epoch && closed > through;
         if advance {
-            next.through = day_of(closed);
+            next.through = day_of_number(closed);
         }
         Ok(Step::Write(next.clone(), Some((next, advance))))
     })
@@ -1286,9 +1268,9 @@ async fn closing_at(store: &impl Store, genesis: i64, number: i64) -> Result<Bal
     if number < genesis {
         return Ok(Balances::new());
     }
-    let month_end = if is_month_end(number) { number } else { number - i64::from(day_of(number) % 100) };
+    let month_end = if is_month_end(number) { number } else { number - i64::from(day_of_number(number) % 100) };
     let numbers: Vec<i64> = (month_end.max(genesis)..=number).collect();
-    let keys: Vec<Key> = numbers.iter().map(|n| checkpoint_key(day_of(*n))).collect();
+    let keys: Vec<Key> = numbers.iter().map(|n| checkpoint_key(day_of_number(*n))).collect();
     let mut balances = Balances::new();
     for ((n, key), raw) in numbers.iter().zip(&keys).zip(get_all(store, &keys).await?) {
         let checkpoint: Checkpoint =
@@ -1806,7 +1788,7 @@ mod tests {
     }
 
     fn date(day: i64) -> String {
-        iso(day_of(d0() + day))
+        iso_day(day_of_number(d0() + day))
     }
 
     fn head(store: &MemStore) -> Head {
@@ -1816,14 +1798,14 @@ mod tests {
     #[test]
     fn day_numbers_and_dates_convert_both_ways_and_month_ends_are_found() {
         for n in [d0(), d0() + 400, 0, 20_000] {
-            assert_eq!(number_of(day_of(n)), Some(n));
+            assert_eq!(number_of_day(day_of_number(n)), Some(n));
         }
-        assert_eq!(day_of(d0()), 20251123);
-        assert_eq!((number_of(20250230), number_of(20251301), number_of(0)), (None, None, None));
-        assert!(is_month_end(number_of(20251130).expect("date")));
-        assert!(is_month_end(number_of(20240229).expect("leap day")));
-        assert!(!is_month_end(number_of(20251129).expect("date")));
-        assert_eq!(iso(20251123), "2025-11-23");
+        assert_eq!(day_of_number(d0()), 20251123);
+        assert_eq!((number_of_day(20250230), number_of_day(20251301), number_of_day(0)), (None, None, None));
+        assert!(is_month_end(number_of_day(20251130).expect("date")));
+        assert!(is_month_end(number_of_day(20240229).expect("leap day")));
+        assert!(!is_month_end(number_of_day(20251129).expect("date")));
+        assert_eq!(iso_day(20251123), "2025-11-23");
     }
 
     #[test]
@@ -1883,12 +1865,12 @@ mod tests {
     fn a_late_posting_for_a_closed_day_reopens_it_and_the_check_stays_exact() {
         let store = paid(&[("pay:a", 0, 100)]);
         assert!(check_on(&store, 0, 10, 10).balanced);
-        assert_eq!(head(&store).through, day_of(d0() + 7));
+        assert_eq!(head(&store).through, day_of_number(d0() + 7));
 
         // Arrive late for day 3.
         pollster::block_on(post(&store, &pay_on("pay:late", 3, 50))).expect("post");
 
-        assert_eq!(head(&store).through, day_of(d0() + 2), "day 3 and later reopened");
+        assert_eq!(head(&store).through, day_of_number(d0() + 2), "day 3 and later reopened");
         let report = check_on(&store, 5, 10, 10);
         assert!(report.balanced, "{:?}", report.discrepancies);
         assert_eq!(account(&report, CLEARING).opening_fen, 150);
@@ -1903,7 +1885,7 @@ mod tests {
 
         pollster::block_on(post(&store, &pay_on("pay:early", 0, 30))).expect("post");
 
-        assert_eq!((head(&store).genesis, head(&store).through), (day_of(d0()), 0));
+        assert_eq!((head(&store).genesis, head(&store).through), (day_of_number(d0()), 0));
         let report = check_on(&store, 15, 20, 20);
         assert!(report.balanced, "{:?}", report.discrepancies);
         assert_eq!(account(&report, CLEARING).opening_fen, 130);
@@ -1997,7 +1979,7 @@ mod tests {
     fn a_check_of_an_empty_ledger_reads_only_its_range_however_old() {
         // Year 14 to 2026 is ~735,000 days: reading them all ran the component out of memory.
         let store = MemStore::default();
-        let (from, to) = (number_of(140_101).expect("day"), number_of(140_421).expect("day"));
+        let (from, to) = (number_of_day(140_101).expect("day"), number_of_day(140_421).expect("day"));
         let report = pollster::block_on(check_days(&store, from, to, d0())).expect("check");
         assert!(report.balanced, "{:?}", report.discrepancies);
         assert_eq!(report.postings, 0);

@@ -70,10 +70,7 @@ struct Rollup {
     days: Vec<Vec<i64>>,
 }
 
-/// The `yyyymmdd` of an Asia/Shanghai day number.
-pub fn day_of_number(day_number: i64) -> u32 {
-    Timestamp::from_unix_secs(day_number * SECS_PER_DAY - SHANGHAI_OFFSET_SECS + SECS_PER_DAY / 2).shanghai_day()
-}
+pub use crate::clock::day_of_number;
 
 /// The last closed day number at `now`: the day that ended at least [`CLOSE_MARGIN_SECS`] ago.
 pub fn last_closed_day(now: Timestamp) -> i64 {

@@ -148,7 +148,7 @@ pub async fn statement(
     let ledger_total_fen = lines.iter().map(|l| l.ledger_fen).sum();
     Ok(Statement {
         resource_id: resource_id.to_owned(),
-        date: format!("{:04}-{:02}-{:02}", day / 10_000, day / 100 % 100, day % 100),
+        date: crate::clock::iso_day(day),
         total_discount_fen: lines.iter().map(|l| l.discount_fen).sum(),
         total_customer_paid_fen: lines.iter().map(|l| l.customer_paid_fen).sum(),
         reconciled: reconciled && total_gross_fen == ledger_total_fen,

@@ -99,11 +99,6 @@ fn listed(by_key: &BTreeMap<&str, &KnownBudget>, r: Lapsed) -> ExpiredReservatio
         amount_fen: r.amount_fen,
         expired_at: r.expired_at,
         state: if r.released_on.is_some() { "released" } else { "held" },
-        released_on: r.released_on.map(iso_day),
+        released_on: r.released_on.map(scenefin_core::clock::iso_day),
     }
-}
-
-/// `yyyymmdd` as `YYYY-MM-DD`.
-fn iso_day(day: u32) -> String {
-    format!("{:04}-{:02}-{:02}", day / 10000, day / 100 % 100, day % 100)
 }

@@ -42,7 +42,7 @@ pub struct CheckedIn {
 }
 
 fn date(yyyymmdd: u32) -> String {
-    format!("{:04}-{:02}-{:02}", yyyymmdd / 10_000, yyyymmdd / 100 % 100, yyyymmdd % 100)
+    scenefin_core::clock::iso_day(yyyymmdd)
 }
 
 /// Checks the customer in for today.

@@ -35,15 +35,17 @@ use http::Method;
 use scenefin_guest::{Request, Response, Route, unmatched};
 use spin_sdk::http_service;
 
+type Handled = Result<Response, Response>;
+
 #[http_service]
 async fn handle(req: Request) -> Response {
-    let route = match Route::checked(&req) {
-        Ok(route) => route,
-        Err(response) => return response,
-    };
-    let audit = scenefin_guest::audit::begin(&req).await;
+    scenefin_guest::serve(req, dispatch).await
+}
+
+/// Routes a checked request to its handler.
+async fn dispatch(req: Request, route: &Route) -> Handled {
     let segments = route.segments();
-    let result = match (&route.method, segments.as_slice()) {
+    match (&route.method, segments.as_slice()) {
         (&Method::POST, ["api", "campus", "schools"]) => handlers::register_school(req).await,
         (&Method::GET, ["api", "campus", "schools"]) => handlers::list_schools().await,
         (&Method::GET, ["api", "campus", "schools", id, "stats"]) => handlers::school_stats(req, id).await,
@@ -59,11 +61,9 @@ async fn handle(req: Request) -> Response {
             &Method::POST,
             ["api", "campus", "cards", id, action @ ("report-lost" | "unfreeze" | "reissue" | "pay-code")],
         ) => handlers::holder_action(req, id, action).await,
-        (&Method::GET, ["api", "campus", "cards", id, "transactions"]) => {
-            handlers::transactions(&req, &route, id).await
-        }
+        (&Method::GET, ["api", "campus", "cards", id, "transactions"]) => handlers::transactions(&req, route, id).await,
         (&Method::POST, ["api", "campus", "topups"]) => handlers::topup(req).await,
-        (&Method::GET, ["api", "campus", "orders"]) => handlers::orders(&req, &route).await,
+        (&Method::GET, ["api", "campus", "orders"]) => handlers::orders(&req, route).await,
         (&Method::GET, ["api", "campus", "orders", id]) => handlers::order(&req, id).await,
         (&Method::POST, ["api", "campus", "orders", id, "refund"]) => handlers::refund(req, id).await,
         (&Method::POST, ["api", "campus", "refund-approvals", id, "approve"]) => {
@@ -81,18 +81,15 @@ async fn handle(req: Request) -> Response {
         }
         (&Method::POST, ["api", "campus", "spend"]) => handlers::spend(req).await,
         (&Method::POST, ["api", "campus", "spend", id, "reverse"]) => handlers::reverse(req, id).await,
-        (&Method::GET, ["api", "campus", "merchants", id, "settlement"]) => handlers::settlement(req, &route, id).await,
+        (&Method::GET, ["api", "campus", "merchants", id, "settlement"]) => handlers::settlement(req, route, id).await,
         (&Method::POST, ["api", "campus", "partners", id, "rotate-secret"]) => {
             scenefin_guest::partners::rotate_secret(req, campus_card_domain::OWNER, id).await
         }
         (&Method::POST, ["api", "campus", "partners", id, "revoke-previous-secret"]) => {
             scenefin_guest::partners::revoke_previous_secret(req, campus_card_domain::OWNER, id).await
         }
-        (_, path) => unmatched(&route, allowed(path)),
-    };
-    let response = result.unwrap_or_else(|response| response);
-    scenefin_guest::audit::finish(audit, &response).await;
-    response
+        (_, path) => unmatched(route, allowed(path)),
+    }
 }
 
 /// The methods each path of the route table serves (their `Allow`, for 405s and OPTIONS); `None` for any other path.

@@ -23,15 +23,17 @@ use http::Method;
 use scenefin_guest::{Request, Response, Route, unmatched};
 use spin_sdk::http_service;
 
+type Handled = Result<Response, Response>;
+
 #[http_service]
 async fn handle(req: Request) -> Response {
-    let route = match Route::checked(&req) {
-        Ok(route) => route,
-        Err(response) => return response,
-    };
-    let audit = scenefin_guest::audit::begin(&req).await;
+    scenefin_guest::serve(req, dispatch).await
+}
+
+/// Routes a checked request to its handler.
+async fn dispatch(req: Request, route: &Route) -> Handled {
     let segments = route.segments();
-    let result = match (&route.method, segments.as_slice()) {
+    match (&route.method, segments.as_slice()) {
         (&Method::POST, ["api", "sessions"]) => handlers::login(req).await,
         (&Method::GET, ["api", "me"]) => handlers::me(req).await,
         (&Method::POST, ["api", "channels"]) => handlers::create_channel(req).await,
@@ -44,11 +46,8 @@ async fn handle(req: Request) -> Response {
         (&Method::GET, ["api", "staff", "me"]) => staff::me(req).await,
         (&Method::DELETE, ["api", "staff", "sessions", "current"]) => staff::sign_out(req).await,
         (&Method::POST, ["api", "staff", "members", id, "revoke"]) => staff::revoke(req, id).await,
-        (_, path) => unmatched(&route, allowed(path)),
-    };
-    let response = result.unwrap_or_else(|response| response);
-    scenefin_guest::audit::finish(audit, &response).await;
-    response
+        (_, path) => unmatched(route, allowed(path)),
+    }
 }
 
 /// The methods each path of the route table serves (their `Allow`, for 405s and OPTIONS); `None` for any other path.

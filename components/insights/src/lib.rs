@@ -32,26 +32,23 @@ const MAX_DAYS: i64 = 366;
 
 #[http_service]
 async fn handle(req: Request) -> Response {
-    let route = match Route::checked(&req) {
-        Ok(route) => route,
-        Err(response) => return response,
-    };
-    let audit = scenefin_guest::audit::begin(&req).await;
+    scenefin_guest::serve(req, dispatch).await
+}
+
+/// Routes a checked request to its handler.
+async fn dispatch(req: Request, route: &Route) -> Handled {
     let segments = route.segments();
-    let result = match (&route.method, segments.as_slice()) {
-        (&Method::GET, ["api", "ops", "funnel"]) => funnel(&req, &route).await,
-        (&Method::GET, ["api", "ops", "lifecycle"]) => lifecycle(&req, &route).await,
-        (&Method::GET, ["api", "ops", "channels"]) => channels(&req, &route).await,
+    match (&route.method, segments.as_slice()) {
+        (&Method::GET, ["api", "ops", "funnel"]) => funnel(&req, route).await,
+        (&Method::GET, ["api", "ops", "lifecycle"]) => lifecycle(&req, route).await,
+        (&Method::GET, ["api", "ops", "channels"]) => channels(&req, route).await,
         (&Method::GET, ["api", "ops", "campaigns"]) => campaigns(&req).await,
-        (&Method::GET, ["api", "ops", "exceptions"]) => exceptions(&req, &route).await,
+        (&Method::GET, ["api", "ops", "exceptions"]) => exceptions(&req, route).await,
         (&Method::POST, ["api", "ops", "reservations", "release-expired"]) => release_expired(&req).await,
-        (&Method::GET, ["api", "ops", "ledger", "check"]) => ledger_check(&req, &route).await,
-        (&Method::GET, ["api", "ops", "audit"]) => audit_log(&req, &route).await,
-        (_, path) => unmatched(&route, allowed(path)),
-    };
-    let response = result.unwrap_or_else(|response| response);
-    scenefin_guest::audit::finish(audit, &response).await;
-    response
+        (&Method::GET, ["api", "ops", "ledger", "check"]) => ledger_check(&req, route).await,
+        (&Method::GET, ["api", "ops", "audit"]) => audit_log(&req, route).await,
+        (_, path) => unmatched(route, allowed(path)),
+    }
 }
 
 /// The methods each path of the route table serves (their `Allow`, for 405s and OPTIONS); `None` for any other path.

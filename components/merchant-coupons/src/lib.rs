@@ -24,25 +24,27 @@ use http::Method;
 use scenefin_guest::{Request, Response, Route, unmatched};
 use spin_sdk::http_service;
 
+type Handled = Result<Response, Response>;
+
 #[http_service]
 async fn handle(req: Request) -> Response {
-    let route = match Route::checked(&req) {
-        Ok(route) => route,
-        Err(response) => return response,
-    };
-    let audit = scenefin_guest::audit::begin(&req).await;
+    scenefin_guest::serve(req, dispatch).await
+}
+
+/// Routes a checked request to its handler.
+async fn dispatch(req: Request, route: &Route) -> Handled {
     let segments = route.segments();
-    let result = match (&route.method, segments.as_slice()) {
+    match (&route.method, segments.as_slice()) {
         (&Method::POST, ["api", "coupons", "merchants"]) => handlers::register_merchant(req).await,
         (&Method::POST, ["api", "coupons", "campaigns"]) => handlers::create_campaign(req).await,
-        (&Method::GET, ["api", "coupons", "campaigns"]) => handlers::list_campaigns(&req, &route).await,
+        (&Method::GET, ["api", "coupons", "campaigns"]) => handlers::list_campaigns(&req, route).await,
         (&Method::GET, ["api", "coupons", "campaigns", id]) => handlers::get_campaign(&req, id).await,
         (&Method::POST, ["api", "coupons", "campaigns", id, "pause"]) => handlers::pause(req, id, true).await,
         (&Method::POST, ["api", "coupons", "campaigns", id, "resume"]) => handlers::pause(req, id, false).await,
         (&Method::PUT, ["api", "coupons", "campaigns", id, "stock"]) => handlers::set_stock(req, id).await,
         (&Method::GET, ["api", "coupons", "campaigns", id, "stats"]) => handlers::stats(&req, id).await,
         (&Method::POST, ["api", "coupons", "campaigns", id, "claim"]) => handlers::claim(req, id).await,
-        (&Method::GET, ["api", "coupons", "wallet"]) => handlers::wallet(&req, &route).await,
+        (&Method::GET, ["api", "coupons", "wallet"]) => handlers::wallet(&req, route).await,
         (&Method::POST, ["api", "coupons", "checkin"]) => handlers::check_in(req).await,
         (&Method::GET, ["api", "coupons", "checkin"]) => handlers::checkin_status(&req).await,
         (&Method::POST, ["api", "coupons", "redemptions"]) => handlers::redeem(req).await,
@@ -53,11 +55,8 @@ async fn handle(req: Request) -> Response {
         (&Method::POST, ["api", "coupons", "partners", id, "revoke-previous-secret"]) => {
             scenefin_guest::partners::revoke_previous_secret(req, merchant_coupons_domain::OWNER, id).await
         }
-        (_, path) => unmatched(&route, allowed(path)),
-    };
-    let response = result.unwrap_or_else(|response| response);
-    scenefin_guest::audit::finish(audit, &response).await;
-    response
+        (_, path) => unmatched(route, allowed(path)),
+    }
 }
 
 /// The methods each path of the route table serves (their `Allow`, for 405s and OPTIONS); `None` for any other path.

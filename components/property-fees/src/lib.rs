@@ -28,15 +28,17 @@ use http::Method;
 use scenefin_guest::{Request, Response, Route, unmatched};
 use spin_sdk::http_service;
 
+type Handled = Result<Response, Response>;
+
 #[http_service]
 async fn handle(req: Request) -> Response {
-    let route = match Route::checked(&req) {
-        Ok(route) => route,
-        Err(response) => return response,
-    };
-    let audit = scenefin_guest::audit::begin(&req).await;
+    scenefin_guest::serve(req, dispatch).await
+}
+
+/// Routes a checked request to its handler.
+async fn dispatch(req: Request, route: &Route) -> Handled {
     let segments = route.segments();
-    let result = match (&route.method, segments.as_slice()) {
+    match (&route.method, segments.as_slice()) {
         (&Method::POST, ["api", "property", "communities"]) => handlers::register(req).await,
         (&Method::GET, ["api", "property", "communities"]) => handlers::list_communities().await,
         (&Method::PUT, ["api", "property", "communities", id, "rooms"]) => handlers::rooms(req, id).await,
@@ -44,13 +46,13 @@ async fn handle(req: Request) -> Response {
         (&Method::GET, ["api", "property", "communities", id, "perks"]) => handlers::perks(id).await,
         (&Method::GET, ["api", "property", "communities", id, "stats"]) => handlers::stats(req, id).await,
         (&Method::GET, ["api", "property", "communities", id, "settlement"]) => {
-            handlers::settlement(req, &route, id).await
+            handlers::settlement(req, route, id).await
         }
         (&Method::POST, ["api", "property", "households"]) => handlers::claim(req).await,
         (&Method::GET, ["api", "property", "households"]) => handlers::households(&req).await,
         (&Method::POST, ["api", "property", "quotes"]) => handlers::quote(req).await,
         (&Method::POST, ["api", "property", "orders"]) => handlers::place_order(req).await,
-        (&Method::GET, ["api", "property", "orders"]) => handlers::orders(&req, &route).await,
+        (&Method::GET, ["api", "property", "orders"]) => handlers::orders(&req, route).await,
         (&Method::GET, ["api", "property", "orders", id]) => handlers::order(&req, id).await,
         (&Method::POST, ["api", "property", "orders", id, "refund"]) => handlers::refund(req, id).await,
         (&Method::POST, ["api", "property", "refund-approvals", id, "approve"]) => {
@@ -72,11 +74,8 @@ async fn handle(req: Request) -> Response {
         (&Method::POST, ["api", "property", "partners", id, "revoke-previous-secret"]) => {
             scenefin_guest::partners::revoke_previous_secret(req, property_fees_domain::OWNER, id).await
         }
-        (_, path) => unmatched(&route, allowed(path)),
-    };
-    let response = result.unwrap_or_else(|response| response);
-    scenefin_guest::audit::finish(audit, &response).await;
-    response
+        (_, path) => unmatched(route, allowed(path)),
+    }
 }
 
 /// The methods each path of the route table serves (their `Allow`, for 405s and OPTIONS); `None` for any other path.

@@ -28,26 +28,23 @@ type Handled = Result<Response, Response>;
 
 #[http_service]
 async fn handle(req: Request) -> Response {
-    let route = match Route::checked(&req) {
-        Ok(route) => route,
-        Err(response) => return response,
-    };
-    let audit = scenefin_guest::audit::begin(&req).await;
+    scenefin_guest::serve(req, dispatch).await
+}
+
+/// Routes a checked request to its handler.
+async fn dispatch(req: Request, route: &Route) -> Handled {
     let segments = route.segments();
-    let result = match (&route.method, segments.as_slice()) {
+    match (&route.method, segments.as_slice()) {
         (&Method::POST, ["api", "referrals", "programs"]) => create_program(req).await,
         (&Method::GET, ["api", "referrals", "programs"]) => list_programs(&req).await,
         (&Method::GET, ["api", "referrals", "programs", id]) => get_program(id).await,
         (&Method::POST, ["api", "referrals", "codes"]) => code(req).await,
         (&Method::POST, ["api", "referrals", "attach"]) => attach(req).await,
-        (&Method::GET, ["api", "referrals", "me"]) => me(&req, &route).await,
+        (&Method::GET, ["api", "referrals", "me"]) => me(&req, route).await,
         (&Method::GET, ["api", "referrals", "programs", id, "stats"]) => stats(&req, id).await,
-        (&Method::GET, ["api", "referrals", "programs", id, "leaderboard"]) => leaderboard(&req, &route, id).await,
-        (_, path) => unmatched(&route, allowed(path)),
-    };
-    let response = result.unwrap_or_else(|response| response);
-    scenefin_guest::audit::finish(audit, &response).await;
-    response
+        (&Method::GET, ["api", "referrals", "programs", id, "leaderboard"]) => leaderboard(&req, route, id).await,
+        (_, path) => unmatched(route, allowed(path)),
+    }
 }
 
 /// The methods each path of the route table serves (their `Allow`, for 405s and OPTIONS); `None` for any other path.

@@ -29,29 +29,31 @@ use http::Method;
 use scenefin_guest::{Request, Response, Route, unmatched};
 use spin_sdk::http_service;
 
+type Handled = Result<Response, Response>;
+
 #[http_service]
 async fn handle(req: Request) -> Response {
-    let route = match Route::checked(&req) {
-        Ok(route) => route,
-        Err(response) => return response,
-    };
-    let audit = scenefin_guest::audit::begin(&req).await;
+    scenefin_guest::serve(req, dispatch).await
+}
+
+/// Routes a checked request to its handler.
+async fn dispatch(req: Request, route: &Route) -> Handled {
     let segments = route.segments();
-    let result = match (&route.method, segments.as_slice()) {
+    match (&route.method, segments.as_slice()) {
         (&Method::POST, ["api", "utility", "billers"]) => handlers::register_biller(req).await,
-        (&Method::GET, ["api", "utility", "billers"]) => handlers::list_billers(&route).await,
+        (&Method::GET, ["api", "utility", "billers"]) => handlers::list_billers(route).await,
         (&Method::PUT, ["api", "utility", "billers", id, "bills"]) => handlers::upload_bills(req, id).await,
-        (&Method::GET, ["api", "utility", "billers", id, "settlement"]) => handlers::settlement(req, &route, id).await,
+        (&Method::GET, ["api", "utility", "billers", id, "settlement"]) => handlers::settlement(req, route, id).await,
         (&Method::GET, ["api", "utility", "billers", id, "stats"]) => handlers::stats(req, id).await,
         (&Method::POST, ["api", "utility", "accounts"]) => handlers::bind(req).await,
         (&Method::GET, ["api", "utility", "accounts"]) => handlers::accounts(&req).await,
         (&Method::DELETE, ["api", "utility", "accounts", biller, account]) => {
             handlers::unbind(&req, biller, account).await
         }
-        (&Method::GET, ["api", "utility", "bills"]) => handlers::bills(&req, &route).await,
+        (&Method::GET, ["api", "utility", "bills"]) => handlers::bills(&req, route).await,
         (&Method::POST, ["api", "utility", "quotes"]) => handlers::quote(req).await,
         (&Method::POST, ["api", "utility", "orders"]) => handlers::place_order(req).await,
-        (&Method::GET, ["api", "utility", "orders"]) => handlers::orders(&req, &route).await,
+        (&Method::GET, ["api", "utility", "orders"]) => handlers::orders(&req, route).await,
         (&Method::GET, ["api", "utility", "orders", id]) => handlers::order(&req, id).await,
         (&Method::POST, ["api", "utility", "orders", id, "refund"]) => handlers::refund(req, id).await,
         (&Method::POST, ["api", "utility", "refund-approvals", id, "approve"]) => {
@@ -73,11 +75,8 @@ async fn handle(req: Request) -> Response {
         (&Method::POST, ["api", "utility", "partners", id, "revoke-previous-secret"]) => {
             scenefin_guest::partners::revoke_previous_secret(req, utility_payments_domain::OWNER, id).await
         }
-        (_, path) => unmatched(&route, allowed(path)),
-    };
-    let response = result.unwrap_or_else(|response| response);
-    scenefin_guest::audit::finish(audit, &response).await;
-    response
+        (_, path) => unmatched(route, allowed(path)),
+    }
 }
 
 /// The methods each path of the route table serves (their `Allow`, for 405s and OPTIONS); `None` for any other path.

@@ -381,6 +381,23 @@ pub fn problem(p: &dyn Problem) -> Response {
     res
 }
 
+/// Every API component's request handling: the route checked (`400` for empty query values), the request routed by
+/// `dispatch`, and a write with operator or partner credentials recorded in the audit log once answered
+/// ([`audit`]).
+pub async fn serve(
+    req: Request,
+    dispatch: impl AsyncFnOnce(Request, &Route) -> Result<Response, Response>,
+) -> Response {
+    let route = match Route::checked(&req) {
+        Ok(route) => route,
+        Err(response) => return response,
+    };
+    let audit = audit::begin(&req).await;
+    let response = dispatch(req, &route).await.unwrap_or_else(|response| response);
+    audit::finish(audit, &response).await;
+    response
+}
+
 /// Turns any `Result<T, impl Problem>` into `Result<T, Response>`, so handlers can use `?` and return problems.
 pub trait OrProblem<T> {
     /// The value, or the error rendered as problem+json.

@@ -147,6 +147,7 @@ def main() -> int:
     env = dict(os.environ,
                SPIN_VARIABLE_OPERATOR_TOKEN=OPERATOR_TOKEN, SPIN_VARIABLE_SESSION_SECRET=SESSION_SECRET,
                SPIN_VARIABLE_STAFF_IDENTITY_SECRET=secrets.token_hex(32),
+               SPIN_VARIABLE_PII_SECRET=secrets.token_hex(32),
                SPIN_VARIABLE_IDENTITY_SECRET=IDENTITY_SECRET, SPIN_VARIABLE_GATEWAY_SECRET=GATEWAY_SECRET)
     log = open(OUT / "host.log", "w")
     host = subprocess.Popen([str(HOST), "up", "--from", str(ROOT / "spin.toml"), "--listen", f"127.0.0.1:{port}",

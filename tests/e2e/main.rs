@@ -16,6 +16,7 @@ mod mixed_day;
 mod money_edges;
 mod openapi;
 mod partner_secrets;
+mod privacy;
 mod property_fees;
 mod referral_tiers;
 mod scale;

@@ -181,7 +181,7 @@ async fn register_many(app: &Arc<TestApp>, prefix: &str, n: usize, code: &str) -
 
 /// A running program (Nov 2026 to Jan 2027): first payment of at least ¥10 within 30 days, 7 holding days,
 /// at most 50 referrals per referrer, a ¥10,000 budget, no referee reward.
-fn program(id: &str, tiers: Value) -> Value {
+pub(crate) fn program(id: &str, tiers: Value) -> Value {
     json!({
         "id": id,
         "title": format!("Bring a friend ({id})"),
@@ -205,7 +205,7 @@ fn readme_ladder() -> Value {
     ])
 }
 
-fn cash_tier(min_qualified: i64, amount: i64, bonus: Option<i64>) -> Value {
+pub(crate) fn cash_tier(min_qualified: i64, amount: i64, bonus: Option<i64>) -> Value {
     let mut t = json!({"min_qualified": min_qualified, "reward_per_referral": {"kind": "cash_fen", "amount": amount}});
     if let Some(b) = bonus {
         t["tier_bonus"] = json!({"kind": "cash_fen", "amount": b});
@@ -213,7 +213,7 @@ fn cash_tier(min_qualified: i64, amount: i64, bonus: Option<i64>) -> Value {
     t
 }
 
-async fn create_program(app: &TestApp, body: &Value) -> Value {
+pub(crate) async fn create_program(app: &TestApp, body: &Value) -> Value {
     let r = app.send("POST", PROGRAMS, Some(body), Some(OPERATOR_TOKEN)).await;
     assert_eq!((r.status, &r.body["id"]), (201, &body["id"]), "{body}: {:?}", r.body);
     r.body

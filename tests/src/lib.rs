@@ -25,6 +25,8 @@ pub const OPERATOR_TOKEN: &str = "test-operator-token";
 pub const IDENTITY_SECRET: &str = "test-identity-secret";
 /// The staff identity provider's signing secret in tests.
 pub const STAFF_IDENTITY_SECRET: &str = "test-staff-identity-secret";
+/// Keys the phone and identity indexes and seals phone numbers in tests.
+pub const PII_SECRET: &str = "test-pii-secret";
 /// Signs session tokens.
 pub const SESSION_SECRET: &str = "test-session-secret";
 /// Gateway webhook secret (`whsec_` + base64 of "test-gateway-key").
@@ -45,6 +47,7 @@ pub fn test_variables() -> HashMap<String, String> {
         ("SPIN_VARIABLE_IDENTITY_SECRET".into(), IDENTITY_SECRET.into()),
         ("SPIN_VARIABLE_SESSION_SECRET".into(), SESSION_SECRET.into()),
         ("SPIN_VARIABLE_STAFF_IDENTITY_SECRET".into(), STAFF_IDENTITY_SECRET.into()),
+        ("SPIN_VARIABLE_PII_SECRET".into(), PII_SECRET.into()),
         ("SPIN_VARIABLE_GATEWAY_SECRET".into(), GATEWAY_SECRET.into()),
         ("SPIN_VARIABLE_TEST_CLOCK_ENABLED".into(), "true".into()),
         ("SPIN_VARIABLE_BANK_CARD_BINS".into(), BANK_BIN.into()),

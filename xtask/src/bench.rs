@@ -365,11 +365,12 @@ pub fn bench(root: &Path) -> Result<()> {
 }
 
 /// The app's variables, as `SPIN_VARIABLE_*` environment (the host and Spin read them the same way).
-const APP_ENV: [(&str, &str); 6] = [
+const APP_ENV: [(&str, &str); 7] = [
     ("SPIN_VARIABLE_OPERATOR_TOKEN", OPERATOR_TOKEN),
     ("SPIN_VARIABLE_IDENTITY_SECRET", IDENTITY_SECRET),
     ("SPIN_VARIABLE_SESSION_SECRET", SESSION_SECRET),
     ("SPIN_VARIABLE_STAFF_IDENTITY_SECRET", "bench-staff-identity-secret"),
+    ("SPIN_VARIABLE_PII_SECRET", "bench-pii-secret"),
     ("SPIN_VARIABLE_GATEWAY_SECRET", GATEWAY_SECRET),
     ("SPIN_VARIABLE_BANK_CARD_BINS", BANK_BIN),
 ];

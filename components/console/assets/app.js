@@ -839,7 +839,8 @@ function renderReferral() {
   parts.push(el('div', { class: 'card' },
     el('div', { class: 'row spread' }, el('strong', { 'data-test': 'referral-progress', text: t('referrals.progress', { n: me.qualified_count }) }),
       el('span', { class: 'muted', 'data-test': 'tier', text: tier ? t('referrals.tier', { tier }) : t('referrals.tier_none') })),
-    next ? el('div', {}, progress(me.qualified_count / next.min_qualified), el('p', { 'data-test': 'next-tier', text: t('referrals.next', { n: next.remaining, tier: next.tier }) }))
+    // No nudge to invite more for a customer who turned marketing off (next.message is null then).
+    next ? el('div', {}, progress(me.qualified_count / next.min_qualified), next.message === null ? '' : el('p', { 'data-test': 'next-tier', text: t('referrals.next', { n: next.remaining, tier: next.tier }) }))
       : el('p', { class: 'ok', 'data-test': 'next-tier', text: t('referrals.top') }),
     el('p', { 'data-test': 'rewards', text: t('referrals.rewards', { cash: yuan(me.rewards.cash_fen), points: me.rewards.points, coupons: me.rewards.coupons }) })));
   parts.push(ladder);

@@ -99,6 +99,9 @@ pub struct MeView<'a> {
     pub lifecycle: Lifecycle,
     pub first_touch: Option<&'a Touch>,
     pub last_touch: Option<&'a Touch>,
+    pub marketing_consent: Option<scenefin_core::customers::Consent>,
+    pub marketing_allowed: bool,
+    pub erased_at: Option<Timestamp>,
 }
 
 impl<'a> MeView<'a> {
@@ -120,6 +123,9 @@ impl<'a> MeView<'a> {
             lifecycle: Lifecycle { stage: c.stage_at(now, rules).as_str(), history: c.history_at(now, rules) },
             first_touch: c.first_touch.as_ref(),
             last_touch: c.last_touch.as_ref(),
+            marketing_consent: c.marketing_consent,
+            marketing_allowed: c.marketing_allowed(),
+            erased_at: c.erased_at,
         }
     }
 }
@@ -186,4 +192,38 @@ impl From<&scenefin_core::events::Applied> for RecordedView {
     fn from(a: &scenefin_core::events::Applied) -> Self {
         RecordedView { first_time: a.first_time, stage: a.stage.as_str() }
     }
+}
+
+/// `PUT /api/me/consent`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentBody {
+    pub marketing: bool,
+}
+
+/// `POST /api/me/erasure`: the customer confirms, in so many words.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErasureBody {
+    pub confirm: ErasureConfirm,
+}
+
+#[derive(Deserialize)]
+pub enum ErasureConfirm {
+    #[serde(rename = "erase my personal information")]
+    Erase,
+}
+
+/// `POST /api/ops/customers/{id}/unmask`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnmaskBody {
+    pub field: UnmaskField,
+    pub reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnmaskField {
+    Phone,
 }

@@ -4,6 +4,7 @@ use customers_domain::channels;
 use customers_domain::sessions::{self, Login, Secrets};
 use customers_domain::tags;
 use scenefin_core::json::DEFAULT_LIMIT_BYTES;
+use scenefin_guest::audit::summarize;
 use scenefin_guest::{
     OrProblem, Request, Response, Role, body, header, json, json_response, lifecycle_rules, request_time, require_role,
     required_variable, store,
@@ -19,7 +20,9 @@ pub async fn login(req: Request) -> Handled {
     let session_secret = required_variable("session_secret").await.or_problem()?;
     let input: LoginBody =
         json(&body(req, DEFAULT_LIMIT_BYTES).await.or_problem()?, DEFAULT_LIMIT_BYTES).or_problem()?;
-    let secrets = Secrets { identity_secret: identity_secret.as_bytes(), session_secret: session_secret.as_bytes() };
+    let pii = crate::privacy::pii_keys().await?;
+    let secrets =
+        Secrets { identity_secret: identity_secret.as_bytes(), session_secret: session_secret.as_bytes(), pii: &pii };
     let login =
         Login { assertion: input.assertion, channel_code: input.channel_code, referral_code: input.referral_code };
     let session = sessions::login(&store()?, &secrets, &lifecycle_rules().await, login, now).await.or_problem()?;
@@ -68,14 +71,16 @@ pub async fn add_tag(req: Request, id: &str) -> Handled {
     let now = request_time(&req).await?;
     let input: TagBody = json(&body(req, DEFAULT_LIMIT_BYTES).await.or_problem()?, DEFAULT_LIMIT_BYTES).or_problem()?;
     let customer = tags::set_tag(&store()?, id, &input.tag, true).await.or_problem()?;
-    Ok(json_response(200, &OpsView::new(&customer, now, &lifecycle_rules().await)))
+    let view = json_response(200, &OpsView::new(&customer, now, &lifecycle_rules().await));
+    Ok(summarize(view, format!("customer {id} operator tag {}: → present", input.tag)))
 }
 
 pub async fn remove_tag(req: &Request, id: &str, tag: &str) -> Handled {
     require_role(req, Role::Marketing).await?;
     let now = request_time(req).await?;
     let customer = tags::set_tag(&store()?, id, tag, false).await.or_problem()?;
-    Ok(json_response(200, &OpsView::new(&customer, now, &lifecycle_rules().await)))
+    let view = json_response(200, &OpsView::new(&customer, now, &lifecycle_rules().await));
+    Ok(summarize(view, format!("customer {id} operator tag {tag}: → absent")))
 }
 
 pub async fn record_event(req: Request, id: &str) -> Handled {

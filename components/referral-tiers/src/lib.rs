@@ -126,7 +126,10 @@ async fn me(req: &Request, route: &Route) -> Handled {
     let program_id =
         route.query_param("program_id").ok_or(ReferralError::invalid("program_id", "required")).or_problem()?;
     let rules = lifecycle_rules().await;
-    Ok(json_response(200, &reports::me(&store()?, &program_id, &customer, &rules, now).await.or_problem()?))
+    let store = store()?;
+    let profile = scenefin_core::customers::lookup(&store, &customer).await.or_problem()?;
+    let nudge = profile.is_none_or(|c| c.marketing_allowed());
+    Ok(json_response(200, &reports::me(&store, &program_id, &customer, &rules, nudge, now).await.or_problem()?))
 }
 
 async fn stats(req: &Request, id: &str) -> Handled {

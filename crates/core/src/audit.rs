@@ -47,6 +47,9 @@ pub struct Entry {
     /// Where the request came from (the runtime's client address), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    /// What changed, before → after, as the handler summarised it (e.g. `stock_total 100 → 150`), when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
     /// HMAC-SHA256 (hex) of the entry without this field, under [`audit_key`].
     #[serde(default)]
     pub mac: String,
@@ -217,6 +220,7 @@ mod tests {
             path: path.into(),
             status: 200,
             from: None,
+            summary: None,
             mac: String::new(),
         }
     }

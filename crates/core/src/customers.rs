@@ -217,6 +217,28 @@ pub struct Customer {
     /// Identity-link journal, newest last.
     #[serde(default)]
     pub journal: Vec<LinkEntry>,
+    /// The verified phone number sealed ([`crate::pii`]), for the customer's own export and a logged unmask.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone_sealed: Option<String>,
+    /// The customer's marketing choice; absent when never made ([`Customer::marketing_allowed`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marketing_consent: Option<Consent>,
+    /// When the customer's personal information was erased: the profile is pseudonymous from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erased_at: Option<Timestamp>,
+    /// Index entries an erasure still has to delete (their keys), emptied once they are gone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub erasure_pending: Vec<String>,
+}
+
+/// A marketing choice: whether the customer's profile (tags, lifecycle stage, cards) may be used to target offers
+/// and referral nudges at them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consent {
+    /// Granted (`true`) or withdrawn.
+    pub granted: bool,
+    /// When the choice was made.
+    pub at: Timestamp,
 }
 
 impl Customer {
@@ -242,7 +264,18 @@ impl Customer {
             retained: false,
             applied_events: Vec::new(),
             journal: Vec::new(),
+            phone_sealed: None,
+            marketing_consent: None,
+            erased_at: None,
+            erasure_pending: Vec::new(),
         }
+    }
+
+    /// Whether offers and nudges may be targeted at the customer by their profile: unless they withdrew marketing
+    /// consent (PIPL art. 24 asks for a convenient way to refuse profile-based marketing; the mini-program's privacy
+    /// settings offer it) or had their data erased.
+    pub fn marketing_allowed(&self) -> bool {
+        self.erased_at.is_none() && self.marketing_consent.is_none_or(|c| c.granted)
     }
 
     /// All tags, automatic and operator.

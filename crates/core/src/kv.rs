@@ -324,6 +324,15 @@ where
     typed(store, key, true, decide).await
 }
 
+/// Deletes a document written by [`update_json`] and its variants, with its creation claim, so the key can be
+/// created afresh at once (a creation claim left behind would make the next creator wait out the lease). The
+/// document goes first: a crash between the two leaves only the claim, which the next creator takes over after the
+/// lease.
+pub async fn delete_doc(store: &impl Store, key: &Key) -> Result<(), StoreError> {
+    store.delete(key).await?;
+    store.delete(&key.creation()).await
+}
+
 /// What a type-erased decision asks for: write this document body (JSON, without write tokens), or stop.
 enum RawStep {
     Write(Vec<u8>),

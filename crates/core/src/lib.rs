@@ -25,6 +25,7 @@ pub mod money;
 pub mod orders;
 pub mod partners;
 pub mod perks;
+pub mod pii;
 pub mod problem;
 pub mod referrals;
 pub mod rollups;

@@ -1,7 +1,8 @@
 //! The audit hook every API component wraps its routes in (`scenefin_core::audit`): a mutating request that carries
 //! operator or partner credentials is recorded once its response is decided — who (the staff id from the verified
 //! session token, `break-glass`, or the partner), what (method, path and query), when, from where (the runtime's
-//! client address) and the result (status).
+//! client address), the result (status) and, where the handler gives one ([`summarize`]), what changed, before →
+//! after.
 //!
 //! Recorded: staff and break-glass requests with any status but `401` (their credential is verified here again:
 //! an HMAC, no store read), partner requests with any status but `401` and `400` (a partner's signature is checked
@@ -15,6 +16,17 @@ use scenefin_core::clock::Timestamp;
 use scenefin_core::staff;
 
 use crate::{Response, SpinStore, header, path_and_query, request_time, variable};
+
+/// What a handler says changed, for the audit entry of its request ([`summarize`]).
+#[derive(Clone)]
+struct Summary(String);
+
+/// Gives the audit entry of the request `response` answers a before → after summary (`tag vip_guest: absent →
+/// present`). It travels in the response's extensions, never on the wire.
+pub fn summarize(mut response: Response, summary: impl Into<String>) -> Response {
+    response.extensions_mut().insert(Summary(summary.into()));
+    response
+}
 
 /// A request being audited.
 pub struct Audit {
@@ -82,6 +94,7 @@ pub async fn finish(audit: Option<Audit>, response: &Response) {
         path: a.path,
         status,
         from: a.from,
+        summary: response.extensions().get::<Summary>().map(|s| s.0.chars().take(500).collect()),
         mac: String::new(),
     };
     let recorded = match SpinStore::open_default() {

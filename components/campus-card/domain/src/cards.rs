@@ -89,7 +89,7 @@ pub struct Member {
     pub member_no: String,
     /// Kind.
     pub kind: MemberKind,
-    /// Name.
+    /// Name, masked (the full name is never stored).
     pub name: String,
     /// Last valid day, `YYYY-MM-DD`.
     pub valid_until: String,
@@ -129,7 +129,7 @@ pub struct Card {
     pub member_no: String,
     /// Kind.
     pub kind: MemberKind,
-    /// Holder's name (shown masked).
+    /// Holder's name, masked as uploaded (the full name is never stored).
     pub holder_name: String,
     /// Last valid day, `YYYY-MM-DD`.
     pub valid_until: String,
@@ -260,7 +260,8 @@ fn check_row(row: &MemberInput) -> Result<Row, &'static str> {
         "staff" => MemberKind::Staff,
         _ => return Err("invalid_kind"),
     };
-    let name = text(&row.name, 64).ok_or("invalid_name")?;
+    // Only the masked name is ever stored (PIPL: a store dump shows `张*丰`); it is all anyone is shown.
+    let name = mask_name(&text(&row.name, 64).ok_or("invalid_name")?);
     if parse_date(&row.valid_until).is_none() {
         return Err("invalid_valid_until");
     }

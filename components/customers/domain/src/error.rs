@@ -42,6 +42,15 @@ pub enum CustomerError {
     /// No such customer (or not visible to the caller).
     #[error("no such customer")]
     NotFound,
+    /// The customer's personal information was erased at their request: the session no longer names anyone.
+    #[error("this customer's personal information was erased at their request; sign in again to start afresh")]
+    Erased,
+    /// An operator unmasking personal information gave no usable reason.
+    #[error("reason: say why the value is needed (5 to 200 characters, logged and shown to the customer)")]
+    ReasonRequired,
+    /// The customer has no such value to unmask.
+    #[error("the customer has no {0} on record")]
+    NothingToUnmask(&'static str),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -64,7 +73,9 @@ impl Problem for CustomerError {
             CustomerError::InvalidPhone | CustomerError::Invalid { .. } => ErrorKind::Invalid,
             CustomerError::IdentityLimit { .. } | CustomerError::ChannelExists(_) => ErrorKind::Conflict,
             CustomerError::UnknownChannel(_) => ErrorKind::Invalid,
-            CustomerError::NotFound => ErrorKind::NotFound,
+            CustomerError::NotFound | CustomerError::NothingToUnmask(_) => ErrorKind::NotFound,
+            CustomerError::Erased => ErrorKind::Unauthenticated,
+            CustomerError::ReasonRequired => ErrorKind::Invalid,
             CustomerError::Store(e) => e.kind(),
         }
     }
@@ -79,6 +90,9 @@ impl Problem for CustomerError {
             CustomerError::UnknownChannel(_) => "unknown_channel_code",
             CustomerError::ChannelExists(_) => "channel_code_exists",
             CustomerError::NotFound => "customer_not_found",
+            CustomerError::Erased => "customer_erased",
+            CustomerError::ReasonRequired => "reason_required",
+            CustomerError::NothingToUnmask(_) => "nothing_to_unmask",
             CustomerError::Store(e) => e.code(),
         }
     }
@@ -87,6 +101,7 @@ impl Problem for CustomerError {
         match self {
             CustomerError::Invalid { field, .. } => Some(field),
             CustomerError::UnknownChannel(_) => Some("channel_code"),
+            CustomerError::ReasonRequired => Some("reason"),
             _ => None,
         }
     }

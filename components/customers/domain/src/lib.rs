@@ -5,6 +5,7 @@
 pub mod channels;
 pub mod error;
 pub mod keys;
+pub mod privacy;
 pub mod sessions;
 pub mod tags;
 

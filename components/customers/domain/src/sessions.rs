@@ -19,6 +19,7 @@ use scenefin_core::customers::{self, Customer, Identity, JOURNAL_KEPT, Lifecycle
 use scenefin_core::events;
 use scenefin_core::ids::hash_key_part;
 use scenefin_core::kv::{self, Step, Store};
+use scenefin_core::pii::PiiKeys;
 use scenefin_core::referrals::{self, AttachError};
 use serde::{Deserialize, Serialize};
 
@@ -62,6 +63,8 @@ pub struct Secrets<'a> {
     pub identity_secret: &'a [u8],
     /// Signs session tokens.
     pub session_secret: &'a [u8],
+    /// Keys the identity and phone indexes and seals the phone number (`scenefin_core::pii`).
+    pub pii: &'a PiiKeys,
 }
 
 /// Checks the assertion's business content (pure).
@@ -82,10 +85,19 @@ pub fn check_identity(a: &IdentityAssertion) -> Result<(), CustomerError> {
     Ok(())
 }
 
-/// The customer id a new identity registers under: derived, so concurrent first logins agree.
-pub fn derived_customer_id(provider: &str, subject_hash: &str) -> String {
-    format!("c_{}", &hash_key_part(&format!("{provider}:{subject_hash}"))[..24])
+/// The customer id a new identity registers under: derived, so concurrent first logins agree. `generation` counts
+/// the identity's erased customers: after an erasure the same identity registers afresh under the next id.
+pub fn derived_customer_id(provider: &str, subject_hash: &str, generation: u32) -> String {
+    let seed = match generation {
+        0 => format!("{provider}:{subject_hash}"),
+        n => format!("{provider}:{subject_hash}:{n}"),
+    };
+    format!("c_{}", &hash_key_part(&seed)[..24])
 }
+
+/// Erased customers one identity may leave behind before a login gives up (each erasure moves the identity's next
+/// registration one id on).
+const MAX_GENERATIONS: u32 = 16;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct IndexEntry {
@@ -114,7 +126,14 @@ async fn index_claim(store: &impl Store, key: &kv::Key, customer_id: &str) -> Re
 /// What a login writes into the profile it lands on.
 struct Facts<'a> {
     identity: Identity,
+    /// Older hashes of the same subject (the previous key's, the unkeyed one): a profile linked under one moves to
+    /// the current hash.
+    older_subject_hashes: &'a [String],
+    /// The phone's current hash and number, its older hashes, and the number sealed for the target profile.
     phone: Option<(String, &'a str)>,
+    older_phone_hashes: &'a [String],
+    phone_sealed: Option<String>,
+    pii: &'a PiiKeys,
     card_fingerprint: Option<&'a str>,
     touch: Option<Touch>,
     referral_code: Option<String>,
@@ -131,8 +150,16 @@ fn link(
     now: Timestamp,
 ) -> Result<Step<Customer, Customer>, CustomerError> {
     let identity = &facts.identity;
+    if current.is_some_and(|c| c.erased_at.is_some()) {
+        return Err(CustomerError::Erased);
+    }
     let mut c = current.cloned().unwrap_or_else(|| Customer::new(target, now));
     let is_new_profile = current.is_none();
+    for i in c.identities.iter_mut().filter(|i| i.provider == identity.provider) {
+        if facts.older_subject_hashes.contains(&i.subject_hash) {
+            i.subject_hash.clone_from(&identity.subject_hash);
+        }
+    }
     if !c.identities.iter().any(|i| i.provider == identity.provider && i.subject_hash == identity.subject_hash) {
         let same_provider = c.identities.iter().filter(|i| i.provider == identity.provider).count();
         if same_provider >= MAX_IDENTITIES_PER_PROVIDER {
@@ -152,11 +179,16 @@ fn link(
         let excess = c.journal.len().saturating_sub(JOURNAL_KEPT);
         c.journal.drain(..excess);
     }
-    if let Some((ph, phone)) = &facts.phone
-        && c.phone_hash.is_none()
-    {
-        c.phone_hash = Some(ph.clone());
-        c.phone_masked = Some(customers::mask_phone(phone));
+    if let Some((ph, phone)) = &facts.phone {
+        let older = c.phone_hash.as_ref().is_some_and(|h| facts.older_phone_hashes.contains(h));
+        if c.phone_hash.is_none() || older {
+            c.phone_hash = Some(ph.clone());
+            c.phone_masked = Some(customers::mask_phone(phone));
+        }
+        // The number itself only sealed, and sealed again under a rotated key.
+        if c.phone_hash.as_ref() == Some(ph) && c.phone_sealed.as_ref().is_none_or(|s| !facts.pii.is_current(s)) {
+            c.phone_sealed.clone_from(&facts.phone_sealed);
+        }
     }
     if let Some(fp) = facts.card_fingerprint
         && fp.len() <= 128
@@ -200,6 +232,7 @@ pub async fn login(
     input: Login,
     now: Timestamp,
 ) -> Result<Session, CustomerError> {
+    let retry = input.clone();
     let assertion = auth::verify_assertion(secrets.identity_secret, &input.assertion, now.unix_secs())?;
     check_identity(&assertion)?;
     let channel_key = input.channel_code.as_deref().map(channels::key_of).transpose()?;
@@ -216,60 +249,88 @@ pub async fn login(
         .transpose();
 
     let provider = assertion.provider.as_str();
-    let subject_hash = hash_key_part(assertion.subject.trim());
-    let identity_key = keys::identity(provider, &subject_hash);
-    let phone_hash = assertion.phone.as_deref().map(hash_key_part);
-    let phone_key = phone_hash.as_deref().map(keys::phone);
+    let subject_hashes = secrets.pii.lookups(assertion.subject.trim());
+    let subject_hash = subject_hashes[0].clone();
+    let identity_keys: Vec<kv::Key> = subject_hashes.iter().map(|h| keys::identity(provider, h)).collect();
+    let phone_hashes = assertion.phone.as_deref().map(|p| secrets.pii.lookups(p)).unwrap_or_default();
+    let phone_keys: Vec<kv::Key> = phone_hashes.iter().map(|h| keys::phone(h)).collect();
 
-    // Everything the login needs to know, in one batch: the identity, the phone, the channel code.
-    let mut wanted = vec![identity_key.clone()];
-    wanted.extend(phone_key.iter().cloned());
+    // Everything the login needs to know, in one batch: the identity and the phone (under their current hash and
+    // any older one), the channel code.
+    let mut wanted = identity_keys.clone();
+    wanted.extend(phone_keys.iter().cloned());
     wanted.extend(channel_key.iter().cloned());
     let mut read = kv::get_all(store, &wanted).await?.into_iter();
-    let known = index_entry(&identity_key, read.next().flatten())?;
-    let phone_owner = match &phone_key {
-        Some(key) => index_entry(key, read.next().flatten())?,
-        None => None,
+    let mut entries = |keys: &[kv::Key]| -> Result<Vec<Option<String>>, CustomerError> {
+        keys.iter().map(|k| index_entry(k, read.next().flatten())).collect()
     };
+    let identity_owners = entries(&identity_keys)?;
+    let phone_owners = entries(&phone_keys)?;
     let channel = match (&input.channel_code, &channel_key) {
         (Some(code), Some(key)) => Some(channels::decode(code, key, read.next().flatten().as_deref())?),
         _ => None,
     };
     let referral_code = referral_code?;
+    let known = identity_owners.iter().flatten().next().cloned();
+    let phone_owner = phone_owners.iter().flatten().next().cloned();
 
     // Who is this? Known identity, else the customer of a known phone, else a new customer whose id is derived
     // from the identity (so concurrent first logins converge on it).
-    let derived = derived_customer_id(provider, &subject_hash);
-    let (target, registers) = match (&known, &phone_owner) {
-        (Some(id), _) | (None, Some(id)) => (id.clone(), false),
-        (None, None) => (derived, true),
-    };
-    let facts = Facts {
+    let mut facts = Facts {
         identity: Identity {
             provider: provider.to_owned(),
             subject_hash: subject_hash.clone(),
             subject_masked: customers::mask(assertion.subject.trim()),
             linked_at: now,
         },
-        phone: phone_hash.clone().zip(assertion.phone.as_deref()),
+        older_subject_hashes: &subject_hashes[1..],
+        phone: phone_hashes.first().cloned().zip(assertion.phone.as_deref()),
+        older_phone_hashes: phone_hashes.get(1..).unwrap_or_default(),
+        phone_sealed: None,
+        pii: secrets.pii,
         card_fingerprint: assertion.card_fingerprint.as_deref(),
         touch: channel.as_ref().map(|c: &ChannelCode| c.touch(now)),
         referral_code,
     };
-    let profile_key = customers::keys::customer(&target);
-    let decide = |current: Option<&Customer>| link(current, &target, &facts, registers.then_some(rules), now);
-    let customer = if registers {
-        // Usually new: claimed first, without a read.
-        kv::update_json_new(store, &profile_key, decide).await?
-    } else {
-        kv::update_json(store, &profile_key, decide).await?
+    let nonce = scenefin_core::ids::random_bytes::<12>()
+        .map_err(|e| CustomerError::Store(scenefin_core::kv::StoreError::Backend(e.to_string())))?;
+    let mut generation = 0;
+    let (target, registers, customer) = loop {
+        let (target, registers) = match (&known, &phone_owner) {
+            (Some(id), _) | (None, Some(id)) => (id.clone(), false),
+            (None, None) => (derived_customer_id(provider, &subject_hash, generation), true),
+        };
+        facts.phone_sealed = assertion.phone.as_deref().map(|p| secrets.pii.seal(&phone_context(&target), p, nonce));
+        let profile_key = customers::keys::customer(&target);
+        let decide = |current: Option<&Customer>| link(current, &target, &facts, registers.then_some(rules), now);
+        let linked = if registers {
+            // Usually new: claimed first, without a read.
+            kv::update_json_new(store, &profile_key, decide).await
+        } else {
+            kv::update_json(store, &profile_key, decide).await
+        };
+        match linked {
+            Ok(customer) => break (target, registers, customer),
+            // An index still pointing at an erased customer (an erasure cut short): finish that erasure, then
+            // look again.
+            Err(CustomerError::Erased) if !registers => {
+                let pointing = identity_keys.iter().zip(&identity_owners).chain(phone_keys.iter().zip(&phone_owners));
+                let stale: Vec<kv::Key> =
+                    pointing.filter(|(_, owner)| owner.as_deref() == Some(&target)).map(|(k, _)| k.clone()).collect();
+                crate::privacy::finish_erasure(store, &target, &stale).await?;
+                return Box::pin(login(store, secrets, rules, retry, now)).await;
+            }
+            // The identity's customer was erased: it registers afresh under its next id.
+            Err(CustomerError::Erased) if generation < MAX_GENERATIONS => generation += 1,
+            Err(e) => return Err(e),
+        }
     };
 
     let mut is_new = false;
-    if known.is_none() {
+    if identity_owners[0].is_none() {
         // The identity index is the truth for One ID: if a concurrent login linked this identity elsewhere first,
         // that customer wins and our profile change is undone.
-        let (owner, created) = index_claim(store, &identity_key, &target).await?;
+        let (owner, created) = index_claim(store, &identity_keys[0], &target).await?;
         if owner != target {
             unlink(store, &target, &facts.identity, now).await?;
             return Box::pin(login_existing(store, secrets, &owner, now)).await;
@@ -282,8 +343,13 @@ pub async fn login(
             is_new = true;
         }
     }
-    if let (Some(key), None) = (&phone_key, &phone_owner) {
-        index_claim(store, key, &target).await?;
+    if phone_owners.first().is_some_and(Option::is_none) && phone_owner.as_ref().is_none_or(|o| *o == target) {
+        index_claim(store, &phone_keys[0], &target).await?;
+    }
+    // This customer's entries under older hashes now live under the current one: the older ones go.
+    let older = identity_keys.iter().zip(&identity_owners).skip(1).chain(phone_keys.iter().zip(&phone_owners).skip(1));
+    for (key, _) in older.filter(|(_, owner)| owner.as_deref() == Some(&target)) {
+        kv::delete_doc(store, key).await?;
     }
     // A profile registered before registrations were written with it, and never completed: record it now.
     if events::unregistered(&customer) {
@@ -347,7 +413,16 @@ pub async fn authenticate(
     let token = auth::bearer(authorization)
         .ok_or(CustomerError::Auth(auth::AuthError::MissingCredentials("Authorization: Bearer <session token>")))?;
     let claims = auth::verify_session(session_secret, token, now.unix_secs())?;
-    customers::lookup(store, &claims.customer_id).await?.ok_or(CustomerError::NotFound)
+    let customer = customers::lookup(store, &claims.customer_id).await?.ok_or(CustomerError::NotFound)?;
+    if customer.erased_at.is_some() {
+        return Err(CustomerError::Erased);
+    }
+    Ok(customer)
+}
+
+/// The context a customer's phone number is sealed for.
+pub fn phone_context(customer_id: &str) -> String {
+    format!("{customer_id}:phone")
 }
 
 #[cfg(test)]

@@ -216,6 +216,14 @@ impl Campaign {
         self.merchant_ids.iter().any(|m| m == merchant_id) || self.district.as_deref() == Some(district)
     }
 
+    /// Whether the campaign picks its customers by their profile (operator tags, lifecycle stage, the bank's card):
+    /// such targeting needs the customer's marketing consent (`Customer::marketing_allowed`). New-customer offers and
+    /// community perks follow from the customer's relationship with the bank, not their profile.
+    pub fn targets_profile(&self) -> bool {
+        let e = &self.eligibility;
+        !e.tags_any.is_empty() || e.cardholders_only || !e.lifecycle_in.is_empty()
+    }
+
     /// Whether the customer meets the eligibility rules at `now` (pure).
     pub fn eligible(&self, customer: &Customer, rules: &LifecycleRules, now: Timestamp) -> bool {
         let e = &self.eligibility;
@@ -410,16 +418,24 @@ pub async fn set_paused(store: &impl Store, id: &str, paused: bool) -> Result<Ca
     change(store, id, |c| Ok((c.state != state).then(|| Campaign { state, ..c.clone() }))).await
 }
 
-/// Changes the total stock: raising is free, lowering stops at what was issued.
-pub async fn set_stock(store: &impl Store, id: &str, stock_total: i64) -> Result<Campaign, CouponError> {
+/// Checks a change of the total stock without writing: the total, the campaign, and that it is not below what was
+/// issued; the campaign as it stands (a raise needs a second staff member's approval).
+pub async fn check_stock(store: &impl Store, id: &str, stock_total: i64) -> Result<Campaign, CouponError> {
     if !(1..=MAX_STOCK).contains(&stock_total) {
         return Err(CouponError::invalid("stock_total", format!("1 to {MAX_STOCK}")));
     }
-    get(store, id).await?;
+    let campaign = get(store, id).await?;
     let before = issued(store, id).await?;
     if stock_total < before {
         return Err(CouponError::StockBelowIssued(before));
     }
+    Ok(campaign)
+}
+
+/// Changes the total stock: raising is free, lowering stops at what was issued. Setting the same total again
+/// changes nothing, so an approved raise carried out twice raises once.
+pub async fn set_stock(store: &impl Store, id: &str, stock_total: i64) -> Result<Campaign, CouponError> {
+    check_stock(store, id, stock_total).await?;
     let updated =
         change(store, id, |c| Ok((c.stock_total != stock_total).then(|| Campaign { stock_total, ..c.clone() })))
             .await?;

@@ -133,6 +133,9 @@ async fn issue_read(
         return Err(CouponError::Refused(Refusal::CampaignNotRunning));
     }
     let customer = customer.ok_or(CouponError::Refused(Refusal::NotEligible))?;
+    if campaign.targets_profile() && !customer.marketing_allowed() {
+        return Err(CouponError::Refused(Refusal::MarketingConsentWithdrawn));
+    }
     if !campaign.eligible(&customer, rules, now) {
         return Err(CouponError::Refused(Refusal::NotEligible));
     }

@@ -22,6 +22,8 @@ pub enum Refusal {
     CampaignNotRunning,
     /// The budget cannot fund another coupon.
     BudgetExhausted,
+    /// The campaign picks its customers by their profile, and this customer withdrew marketing consent.
+    MarketingConsentWithdrawn,
 }
 
 impl Refusal {
@@ -33,6 +35,7 @@ impl Refusal {
             Refusal::NotEligible => "not_eligible",
             Refusal::CampaignNotRunning => "campaign_not_running",
             Refusal::BudgetExhausted => "budget_exhausted",
+            Refusal::MarketingConsentWithdrawn => "marketing_consent_withdrawn",
         }
     }
 
@@ -43,6 +46,10 @@ impl Refusal {
             Refusal::NotEligible => "you are not eligible for this campaign",
             Refusal::CampaignNotRunning => "the campaign is not running",
             Refusal::BudgetExhausted => "the campaign's budget is spent",
+            Refusal::MarketingConsentWithdrawn => {
+                "this offer is chosen by customers' profiles and you turned profile-based offers off; turn them on in \
+                 your privacy settings to claim it"
+            }
         }
     }
 }

@@ -71,8 +71,8 @@ pub struct NextTier {
     pub min_qualified: i64,
     /// How many more.
     pub remaining: i64,
-    /// `"2 more to reach tier 3"`.
-    pub message: String,
+    /// `"2 more to reach tier 3"`: a nudge to invite more, so `null` for a customer who withdrew marketing consent.
+    pub message: Option<String>,
 }
 
 /// Rewards earned.
@@ -120,12 +120,14 @@ fn add(earned: &mut Earned, reward: &Reward, sign: i64) {
     }
 }
 
-/// The referrer's page for a program (settles first).
+/// The referrer's page for a program (settles first). `nudge`: whether the customer may be nudged to invite more
+/// (their marketing consent, `Customer::marketing_allowed`).
 pub async fn me(
     store: &impl Store,
     program_id: &str,
     customer_id: &str,
     rules: &LifecycleRules,
+    nudge: bool,
     now: Timestamp,
 ) -> Result<Me, ReferralError> {
     let program = crate::programs::get(store, program_id).await?;
@@ -163,7 +165,7 @@ pub async fn me(
             tier: i + 1,
             min_qualified: t.min_qualified,
             remaining,
-            message: format!("{remaining} more to reach tier {}", i + 1),
+            message: nudge.then(|| format!("{remaining} more to reach tier {}", i + 1)),
         }
     });
     let mut earned = Earned::default();

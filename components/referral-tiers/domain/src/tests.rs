@@ -87,7 +87,7 @@ fn days() -> Vec<u32> {
 }
 
 fn me(store: &MemStore, at: Timestamp) -> reports::Me {
-    run(reports::me(store, "friends", "c_referrer", &LifecycleRules::default(), at)).expect("me")
+    run(reports::me(store, "friends", "c_referrer", &LifecycleRules::default(), true, at)).expect("me")
 }
 
 #[test]
@@ -142,7 +142,7 @@ fn a_refund_in_the_holding_period_claws_back_the_referral_and_the_bonus_it_carri
     assert!(page.rewards.bonuses.contains(&(2, Outcome::ClawedBack)));
     let statuses: Vec<Status> = page.referrals.iter().map(|r| r.status).collect();
     assert_eq!(statuses.iter().filter(|s| **s == Status::ClawedBack).count(), 1);
-    assert_eq!(page.next_tier.map(|t| t.message), Some("1 more to reach tier 2".to_owned()));
+    assert_eq!(page.next_tier.and_then(|t| t.message), Some("1 more to reach tier 2".to_owned()));
     let report = run(ledger::check(&store, &days())).expect("check");
     assert!(report.balanced, "{:?}", report.discrepancies);
 }

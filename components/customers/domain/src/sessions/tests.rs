@@ -9,8 +9,10 @@ use crate::channels::{NewChannel, create};
 const IDENTITY: &[u8] = b"identity-secret";
 const SESSION: &[u8] = b"session-secret";
 
+static PII: std::sync::LazyLock<PiiKeys> = std::sync::LazyLock::new(|| PiiKeys::new(b"pii-secret", None));
+
 fn secrets() -> Secrets<'static> {
-    Secrets { identity_secret: IDENTITY, session_secret: SESSION }
+    Secrets { identity_secret: IDENTITY, session_secret: SESSION, pii: &PII }
 }
 
 fn now() -> Timestamp {
@@ -236,4 +238,92 @@ fn sessions_authenticate_their_customer_only_until_expiry() {
     assert!(pollster::block_on(authenticate(&store, SESSION, Some(&header), later)).is_err());
     assert!(pollster::block_on(authenticate(&store, b"other", Some(&header), now())).is_err());
     assert!(pollster::block_on(authenticate(&store, SESSION, None, now())).is_err());
+}
+
+#[test]
+fn records_under_the_unkeyed_hash_are_found_and_moved_to_the_keyed_one() {
+    let store = MemStore::default();
+    // A customer written before keyed hashes: its identity and phone indexed under plain SHA-256 prefixes.
+    let legacy_subject = hash_key_part("wx_old");
+    let legacy_phone = hash_key_part("13912345678");
+    let id = derived_customer_id("wechat", &legacy_subject, 0);
+    let mut old = Customer::new(&id, now());
+    old.identities.push(Identity {
+        provider: "wechat".into(),
+        subject_hash: legacy_subject.clone(),
+        subject_masked: "w****d".into(),
+        linked_at: now(),
+    });
+    old.phone_hash = Some(legacy_phone.clone());
+    old.phone_masked = Some("139****5678".into());
+    let old = events::register(&old, &LifecycleRules::default());
+    pollster::block_on(kv::update_json_new(&store, &customers::keys::customer(&id), |_: Option<&Customer>| {
+        Ok::<_, CustomerError>(Step::Write(old.clone(), ()))
+    }))
+    .expect("profile");
+    for key in [keys::identity("wechat", &legacy_subject), keys::phone(&legacy_phone)] {
+        pollster::block_on(index_claim(&store, &key, &id)).expect("index");
+    }
+
+    let again = login_with(&store, assertion(Provider::Wechat, "wx_old", Some("13912345678")), None).expect("login");
+    assert_eq!(again.customer_id, id, "the old record is found");
+    assert!(!again.is_new);
+    let c = pollster::block_on(customers::lookup(&store, &id)).expect("read").expect("exists");
+    assert_eq!(c.identities.len(), 1, "moved, not linked twice: {:?}", c.identities);
+    assert_eq!(c.identities[0].subject_hash, PII.lookup("wx_old"));
+    assert_eq!(c.phone_hash, Some(PII.lookup("13912345678")));
+    let sealed = c.phone_sealed.clone().expect("the number is sealed now");
+    assert_eq!(PII.open(&phone_context(&id), &sealed).as_deref(), Some("13912345678"));
+    let keys_now = store.keys();
+    assert!(!keys_now.iter().any(|k| k.contains(&legacy_subject) || k.contains(&legacy_phone)), "{keys_now:?}");
+    // Another provider with the same phone finds the customer through the keyed phone entry.
+    let app = login_with(&store, assertion(Provider::App, "app_old", Some("13912345678")), None).expect("login");
+    assert_eq!(app.customer_id, id);
+}
+
+#[test]
+fn an_erased_customer_is_gone_and_their_identity_registers_afresh() {
+    let store = MemStore::default();
+    let first = login_with(&store, assertion(Provider::Wechat, "wx_gone", Some("13700001111")), None).expect("login");
+    let erased = pollster::block_on(crate::privacy::erase(&store, &first.customer_id, now())).expect("erase");
+    assert_eq!(erased.index_entries_deleted, 2, "identity and phone");
+    let again = pollster::block_on(crate::privacy::erase(&store, &first.customer_id, now())).expect("erase again");
+    assert_eq!(again.erased_at, erased.erased_at, "erasing twice is erasing once");
+    let c = pollster::block_on(customers::lookup(&store, &first.customer_id)).expect("read").expect("kept");
+    assert!(
+        c.identities.is_empty() && c.phone_hash.is_none() && c.phone_sealed.is_none() && c.erasure_pending.is_empty()
+    );
+    let auth = format!("Bearer {}", first.token);
+    let refused = pollster::block_on(authenticate(&store, SESSION, Some(&auth), now()));
+    assert_eq!(refused.map(|c| c.id), Err(CustomerError::Erased));
+
+    let next = login_with(&store, assertion(Provider::Wechat, "wx_gone", Some("13700001111")), None).expect("login");
+    assert!(next.is_new, "a new customer");
+    assert_ne!(next.customer_id, first.customer_id);
+    let again = login_with(&store, assertion(Provider::Wechat, "wx_gone", None), None).expect("login");
+    assert_eq!(again.customer_id, next.customer_id, "and the same one from then on");
+}
+
+#[test]
+fn a_stale_index_entry_left_by_a_cut_short_erasure_is_cleared_by_the_next_login() {
+    let store = MemStore::default();
+    let first = login_with(&store, assertion(Provider::Wechat, "wx_cut", None), None).expect("login");
+    // The profile pseudonymised, the index entries not yet deleted (a crash after the first write).
+    pollster::block_on(kv::update_json(
+        &store,
+        &customers::keys::customer(&first.customer_id),
+        |c: Option<&Customer>| {
+            let c = c.expect("profile");
+            let pending = vec![keys::identity("wechat", &PII.lookup("wx_cut")).as_str().to_owned()];
+            let next =
+                Customer { identities: Vec::new(), erased_at: Some(now()), erasure_pending: pending, ..c.clone() };
+            Ok::<_, CustomerError>(Step::Write(next, ()))
+        },
+    ))
+    .expect("cut short");
+    let next = login_with(&store, assertion(Provider::Wechat, "wx_cut", None), None).expect("login");
+    assert_ne!(next.customer_id, first.customer_id);
+    assert!(next.is_new);
+    let c = pollster::block_on(customers::lookup(&store, &first.customer_id)).expect("read").expect("kept");
+    assert!(c.erasure_pending.is_empty(), "the erasure was finished");
 }

@@ -125,6 +125,7 @@ const SPIN_SUITES: &[&str] = &[
     "money_edges::",
     "mixed_day::",
     "staff::",
+    "privacy::",
     "insights::reservations_nobody_came_back_for",
 ];
 

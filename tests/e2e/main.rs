@@ -1,5 +1,6 @@
 //! End-to-end tests of the app in spin.toml, one module per component.
 
+mod approvals;
 mod browser;
 mod bursts;
 mod campus_card;

@@ -18,6 +18,12 @@ pub struct SchoolBody {
     pub topup_bonus: Option<TopupBonus>,
 }
 
+impl From<SchoolBody> for campus_card_domain::schools::NewSchool {
+    fn from(b: SchoolBody) -> Self {
+        campus_card_domain::schools::NewSchool { id: b.id, name: b.name, city: b.city, topup_bonus: b.topup_bonus }
+    }
+}
+
 /// A school as its partner and operators see it (the bonus budget included).
 #[derive(Serialize)]
 pub struct SchoolView<'a> {

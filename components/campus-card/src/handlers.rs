@@ -5,15 +5,16 @@ use campus_card_domain::schools::{self, Merchant, School};
 use campus_card_domain::spend::{self, SpendInput};
 use campus_card_domain::topups::{self, TopupRequest};
 use campus_card_domain::{CampusError, OWNER, txns};
+use scenefin_core::approvals::Proposal;
 use scenefin_core::clock::Timestamp;
 use scenefin_core::json::DEFAULT_LIMIT_BYTES;
 use scenefin_guest::orders as flow;
 use scenefin_guest::{
-    Head, OrProblem, Request, Response, Role, Route, SpinStore, bank_card_bins, body, decode, has_operator_credentials,
-    idempotent, json, json_response, lifecycle_rules, problem, request_time, require_customer, require_partner,
-    require_role, split, store,
+    Head, OrProblem, Request, Response, Role, Route, SpinStore, approvals, bank_card_bins, body, decode,
+    has_operator_credentials, idempotent, json, json_response, lifecycle_rules, problem, request_time,
+    require_customer, require_partner, require_role, split, store,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::dto::{
     BindBody, LimitsBody, MembersBody, MerchantBody, MerchantView, SchoolBody, SchoolView, SpendBody, SpendView,
@@ -55,16 +56,36 @@ async fn signed_merchant(head: &Head, store: &SpinStore, bytes: &[u8], now: Time
     schools::merchant_of(store, &partner).await.or_problem()
 }
 
+/// `POST /api/campus/schools` (partner admin): checked, then proposed by staff or registered at once (break-glass);
+/// see [`execute`].
 pub async fn register_school(req: Request) -> Handled {
-    require_role(&req, Role::PartnerAdmin).await?;
-    let now = request_time(&req).await?;
-    let input: SchoolBody = decode(req).await?;
-    let new = schools::NewSchool { id: input.id, name: input.name, city: input.city, topup_bonus: input.topup_bonus };
-    let (school, creds) = schools::register(&store()?, new, now).await.or_problem()?;
-    Ok(json_response(
-        201,
-        &json!({ "school": SchoolView::from(&school), "partner_id": creds.partner_id, "partner_secret": creds.partner_secret }),
-    ))
+    approvals::register_partner(
+        req,
+        OWNER,
+        async |store, input: SchoolBody| {
+            let new = input.into();
+            schools::check_new(store, &new).await.or_problem()?;
+            Ok(new.id)
+        },
+        execute,
+    )
+    .await
+}
+
+/// Carries out an approved proposal of this component (or a break-glass request): a refund, a school's
+/// registration, a partner secret rotation.
+pub async fn execute(store: &SpinStore, proposal: &Proposal, now: Timestamp) -> Result<Value, Response> {
+    approvals::run_scenario(
+        store,
+        OWNER,
+        proposal,
+        now,
+        async |store, id, by, request, rules, now| topups::refund(store, id, by, request, rules, now).await,
+        "school",
+        async |store, input: SchoolBody, creds, at| schools::register_with(store, input.into(), creds, at).await,
+        |school| json!(SchoolView::from(school)),
+    )
+    .await
 }
 
 pub async fn school_stats(req: Request, school_id: &str) -> Handled {
@@ -235,14 +256,6 @@ pub async fn order(req: &Request, id: &str) -> Handled {
 /// paid it, while the card still holds it (`422 insufficient_funds` otherwise).
 pub async fn refund(req: Request, id: &str) -> Handled {
     flow::refund(req, OWNER, id, topups::school_of, async |store, id, by, request, rules, now| {
-        topups::refund(store, id, by, request, rules, now).await
-    })
-    .await
-}
-
-/// A refund a second finance staff member approves (see `scenefin_guest::orders::approve_refund`).
-pub async fn approve_refund(req: Request, id: &str) -> Handled {
-    flow::approve_refund(req, OWNER, id, async |store, id, by, request, rules, now| {
         topups::refund(store, id, by, request, rules, now).await
     })
     .await

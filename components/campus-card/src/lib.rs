@@ -21,6 +21,8 @@
 //! | POST | `/api/campus/refund-approvals/{id}/approve` | finance staff other than the maker: carries out a proposed refund, once |
 //! | POST | `/api/campus/refund-approvals/{id}/reject` | finance staff (or the maker withdrawing it): the proposed refund is not made |
 //! | GET | `/api/campus/refund-approvals/{id}` | finance staff: a proposed refund as it stands |
+//! | GET | `/api/campus/approvals?state=pending`, `/api/campus/approvals/{id}` | any staff: proposals (refunds, registrations, rotations) awaiting a checker |
+//! | POST | `/api/campus/approvals/{id}/approve`, `…/reject` | staff holding the proposal's role, other than its maker: carried out once, or not at all |
 //! | POST | `/api/campus/payments/notify` | payment gateway (Standard Webhooks) |
 //! | POST | `/api/campus/payments/refund-notify` | payment gateway (Standard Webhooks): the money of a payment exception was returned |
 //! | POST | `/api/campus/spend` | a merchant POS (signed) |
@@ -31,7 +33,9 @@
 mod dto;
 mod handlers;
 
+use campus_card_domain::OWNER;
 use http::Method;
+use scenefin_guest::approvals::{self, scope};
 use scenefin_guest::{Request, Response, Route, unmatched};
 use spin_sdk::http_service;
 
@@ -66,27 +70,28 @@ async fn dispatch(req: Request, route: &Route) -> Handled {
         (&Method::GET, ["api", "campus", "orders"]) => handlers::orders(&req, route).await,
         (&Method::GET, ["api", "campus", "orders", id]) => handlers::order(&req, id).await,
         (&Method::POST, ["api", "campus", "orders", id, "refund"]) => handlers::refund(req, id).await,
-        (&Method::POST, ["api", "campus", "refund-approvals", id, "approve"]) => {
-            handlers::approve_refund(req, id).await
+        (&Method::GET, ["api", "campus", "approvals"]) => approvals::list(&req, route, OWNER).await,
+        (&Method::GET, ["api", "campus", kind @ ("approvals" | "refund-approvals"), id]) => {
+            approvals::get(&req, OWNER, id, scope(kind)).await
         }
-        (&Method::POST, ["api", "campus", "refund-approvals", id, "reject"]) => {
-            scenefin_guest::orders::reject_refund(req, campus_card_domain::OWNER, id).await
+        (&Method::POST, ["api", "campus", kind @ ("approvals" | "refund-approvals"), id, "approve"]) => {
+            approvals::approve(req, OWNER, id, scope(kind), handlers::execute).await
         }
-        (&Method::GET, ["api", "campus", "refund-approvals", id]) => {
-            scenefin_guest::orders::get_refund_approval(req, campus_card_domain::OWNER, id).await
+        (&Method::POST, ["api", "campus", kind @ ("approvals" | "refund-approvals"), id, "reject"]) => {
+            approvals::reject(req, OWNER, id, scope(kind)).await
         }
         (&Method::POST, ["api", "campus", "payments", "notify"]) => handlers::notify(req).await,
         (&Method::POST, ["api", "campus", "payments", "refund-notify"]) => {
-            scenefin_guest::orders::refund_notify(req, campus_card_domain::OWNER).await
+            scenefin_guest::orders::refund_notify(req, OWNER).await
         }
         (&Method::POST, ["api", "campus", "spend"]) => handlers::spend(req).await,
         (&Method::POST, ["api", "campus", "spend", id, "reverse"]) => handlers::reverse(req, id).await,
         (&Method::GET, ["api", "campus", "merchants", id, "settlement"]) => handlers::settlement(req, route, id).await,
         (&Method::POST, ["api", "campus", "partners", id, "rotate-secret"]) => {
-            scenefin_guest::partners::rotate_secret(req, campus_card_domain::OWNER, id).await
+            scenefin_guest::partners::rotate_secret(req, OWNER, id, handlers::execute).await
         }
         (&Method::POST, ["api", "campus", "partners", id, "revoke-previous-secret"]) => {
-            scenefin_guest::partners::revoke_previous_secret(req, campus_card_domain::OWNER, id).await
+            scenefin_guest::partners::revoke_previous_secret(req, OWNER, id).await
         }
         (_, path) => unmatched(route, allowed(path)),
     }
@@ -109,8 +114,9 @@ fn allowed(path: &[&str]) -> Option<&'static str> {
         ["api", "campus", "cards", _, "transactions"] => "GET",
         ["api", "campus", "orders", _] => "GET",
         ["api", "campus", "orders", _, "refund"] => "POST",
-        ["api", "campus", "refund-approvals", _, "approve" | "reject"] => "POST",
-        ["api", "campus", "refund-approvals", _] => "GET",
+        ["api", "campus", "approvals"] => "GET",
+        ["api", "campus", "approvals" | "refund-approvals", _, "approve" | "reject"] => "POST",
+        ["api", "campus", "approvals" | "refund-approvals", _] => "GET",
         ["api", "campus", "payments", "notify" | "refund-notify"] => "POST",
         ["api", "campus", "spend", _, "reverse"] => "POST",
         ["api", "campus", "merchants", _, "settlement"] => "GET",

@@ -13,12 +13,16 @@
 //! | POST | `/api/ops/customers/{id}/tags` | operator | add an operator tag |
 //! | DELETE | `/api/ops/customers/{id}/tags/{tag}` | operator | remove an operator tag |
 //! | POST | `/api/ops/customers/{id}/events` | operator | record an offline activity (branch payment, backfill) |
+//! | POST | `/api/ops/customers/tags/bulk` | marketing | add or remove a tag on up to 500 customers; a proposal when asked by staff (`bulk.rs`) |
+//! | GET | `/api/ops/customers/approvals?state=pending`, `/api/ops/customers/approvals/{id}` | any staff | bulk tag proposals awaiting a checker |
+//! | POST | `/api/ops/customers/approvals/{id}/approve`, `…/reject` | marketing, not the maker | a bulk tag change carried out once, or not at all |
 //! | POST | `/api/ops/customers/{id}/unmask` | finance, with a reason | the phone number; the reason is logged on the customer |
 //! | POST | `/api/staff/sessions` | staff with a signed assertion from the bank's identity provider | sign in, get a staff session token |
 //! | GET | `/api/staff/me` | staff (or the break-glass token) | who the token acts as, with which roles |
 //! | DELETE | `/api/staff/sessions/current` | staff | sign this session out |
 //! | POST | `/api/staff/members/{staff_id}/revoke` | admin | end every session of a staff member |
 
+mod bulk;
 mod dto;
 mod handlers;
 mod privacy;
@@ -39,6 +43,9 @@ async fn handle(req: Request) -> Response {
 async fn dispatch(req: Request, route: &Route) -> Handled {
     let segments = route.segments();
     match (&route.method, segments.as_slice()) {
+        (_, ["api", "ops", "customers", "tags", "bulk"] | ["api", "ops", "customers", "approvals", ..]) => {
+            bulk::dispatch(req, route).await
+        }
         (&Method::POST, ["api", "sessions"]) => handlers::login(req).await,
         (&Method::GET, ["api", "me"]) => handlers::me(req).await,
         (&Method::GET, ["api", "me", "export"]) => privacy::export(req).await,

@@ -4,8 +4,10 @@ use merchant_coupons_domain::campaigns::{self, Campaign, NewCampaign};
 use merchant_coupons_domain::merchants::{self, Merchant, NewMerchant};
 use merchant_coupons_domain::redemptions::{self, RedeemInput};
 use merchant_coupons_domain::{OWNER, checkin, claims};
+use scenefin_core::approvals::Proposal;
 use scenefin_core::clock::Timestamp;
 use scenefin_core::json::DEFAULT_LIMIT_BYTES;
+use scenefin_guest::approvals::{self, Action};
 use scenefin_guest::{
     Head, OrProblem, Request, Response, Role, Route, SpinStore, body, decode, idempotent, json, json_response,
     lifecycle_rules, problem, request_time, require_customer, require_partner, require_role, split, store,
@@ -42,15 +44,44 @@ enum Audience {
     Public,
 }
 
+/// `POST /api/coupons/merchants` (partner admin): checked, then proposed by staff or registered at once
+/// (break-glass); see [`execute`].
 pub async fn register_merchant(req: Request) -> Handled {
-    require_role(&req, Role::PartnerAdmin).await?;
-    let now = request_time(&req).await?;
-    let input: NewMerchant = decode(req).await?;
-    let (merchant, creds) = merchants::register(&store()?, input, now).await.or_problem()?;
-    Ok(json_response(
-        201,
-        &json!({ "merchant": MerchantView::from(&merchant), "partner_id": creds.partner_id, "partner_secret": creds.partner_secret }),
-    ))
+    approvals::register_partner(
+        req,
+        OWNER,
+        async |store, input: NewMerchant| {
+            merchants::check_new(store, &input).await.or_problem()?;
+            Ok(input.merchant_id)
+        },
+        execute,
+    )
+    .await
+}
+
+/// Carries out an approved proposal of this component (or a request that needs no checker): a stock change, a
+/// merchant's registration, a partner secret rotation.
+pub async fn execute(store: &SpinStore, proposal: &Proposal, now: Timestamp) -> Result<serde_json::Value, Response> {
+    match proposal.action.as_str() {
+        "increase_stock" => {
+            let input: StockBody = approvals::payload(proposal)?;
+            let campaign = campaigns::set_stock(store, &proposal.resource, input.stock_total).await.or_problem()?;
+            campaign_view(store, &campaign, now, Audience::Operator).await
+        }
+        "register_partner" => {
+            approvals::run_registration(
+                store,
+                proposal,
+                now,
+                "merchant",
+                async |store, input: NewMerchant, creds, at| merchants::register_with(store, input, creds, at).await,
+                |merchant| json!(MerchantView::from(merchant)),
+            )
+            .await
+        }
+        "rotate_secret" => scenefin_guest::partners::execute_rotation(store, OWNER, proposal, now).await,
+        _ => Err(approvals::unknown(proposal)),
+    }
 }
 
 pub async fn create_campaign(req: Request) -> Handled {
@@ -88,13 +119,23 @@ pub async fn pause(req: Request, id: &str, paused: bool) -> Handled {
     Ok(json_response(200, &campaign_view(&store, &campaign, now, Audience::Operator).await?))
 }
 
+/// `PUT /api/coupons/campaigns/{id}/stock` (marketing): checked; a staff member's raise is proposed (a second
+/// marketing staff member approves it), a lowering or a break-glass change is made at once.
 pub async fn set_stock(req: Request, id: &str) -> Handled {
-    require_role(&req, Role::Marketing).await?;
+    let actor = require_role(&req, Role::Marketing).await?;
     let now = request_time(&req).await?;
-    let input: StockBody = decode(req).await?;
-    let store = store()?;
-    let campaign = campaigns::set_stock(&store, id, input.stock_total).await.or_problem()?;
-    Ok(json_response(200, &campaign_view(&store, &campaign, now, Audience::Operator).await?))
+    let (head, bytes) = split(req, DEFAULT_LIMIT_BYTES).await?;
+    let input: StockBody = json(&bytes, DEFAULT_LIMIT_BYTES).or_problem()?;
+    let current = campaigns::check_stock(&store()?, id, input.stock_total).await.or_problem()?;
+    let raise = input.stock_total > current.stock_total;
+    let action = Action {
+        name: "increase_stock",
+        role: Role::Marketing,
+        resource: current.id,
+        payload: json!({ "stock_total": input.stock_total }),
+        credentials: None,
+    };
+    approvals::propose_or_run(&head, &actor, OWNER, action, raise, 200, now, execute).await
 }
 
 pub async fn stats(req: &Request, id: &str) -> Handled {

@@ -16,11 +16,15 @@
 //! | POST | `/api/coupons/redemptions` | the merchant (signed) |
 //! | POST | `/api/coupons/redemptions/{id}/reverse` | the same merchant (signed) |
 //! | POST | `/api/coupons/partners/{partner_id}/rotate-secret`, `…/revoke-previous-secret` | operator: a merchant's new secret (the old one accepted for `overlap_secs`, default a day), or the overlap ended early |
+//! | GET | `/api/coupons/approvals?state=pending`, `/api/coupons/approvals/{id}` | any staff: proposals (stock raises, merchant registrations, rotations) awaiting a checker |
+//! | POST | `/api/coupons/approvals/{id}/approve`, `…/reject` | staff holding the proposal's role, other than its maker: carried out once, or not at all |
 
 mod dto;
 mod handlers;
 
 use http::Method;
+use merchant_coupons_domain::OWNER;
+use scenefin_guest::approvals;
 use scenefin_guest::{Request, Response, Route, unmatched};
 use spin_sdk::http_service;
 
@@ -50,10 +54,16 @@ async fn dispatch(req: Request, route: &Route) -> Handled {
         (&Method::POST, ["api", "coupons", "redemptions"]) => handlers::redeem(req).await,
         (&Method::POST, ["api", "coupons", "redemptions", id, "reverse"]) => handlers::reverse(req, id).await,
         (&Method::POST, ["api", "coupons", "partners", id, "rotate-secret"]) => {
-            scenefin_guest::partners::rotate_secret(req, merchant_coupons_domain::OWNER, id).await
+            scenefin_guest::partners::rotate_secret(req, OWNER, id, handlers::execute).await
         }
+        (&Method::GET, ["api", "coupons", "approvals"]) => approvals::list(&req, route, OWNER).await,
+        (&Method::GET, ["api", "coupons", "approvals", id]) => approvals::get(&req, OWNER, id, None).await,
+        (&Method::POST, ["api", "coupons", "approvals", id, "approve"]) => {
+            approvals::approve(req, OWNER, id, None, handlers::execute).await
+        }
+        (&Method::POST, ["api", "coupons", "approvals", id, "reject"]) => approvals::reject(req, OWNER, id, None).await,
         (&Method::POST, ["api", "coupons", "partners", id, "revoke-previous-secret"]) => {
-            scenefin_guest::partners::revoke_previous_secret(req, merchant_coupons_domain::OWNER, id).await
+            scenefin_guest::partners::revoke_previous_secret(req, OWNER, id).await
         }
         (_, path) => unmatched(route, allowed(path)),
     }
@@ -71,6 +81,8 @@ fn allowed(path: &[&str]) -> Option<&'static str> {
         ["api", "coupons", "campaigns", _, "stats"] => "GET",
         ["api", "coupons", "redemptions", _, "reverse"] => "POST",
         ["api", "coupons", "partners", _, "rotate-secret" | "revoke-previous-secret"] => "POST",
+        ["api", "coupons", "approvals"] | ["api", "coupons", "approvals", _] => "GET",
+        ["api", "coupons", "approvals", _, "approve" | "reject"] => "POST",
         _ => return None,
     })
 }

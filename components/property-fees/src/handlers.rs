@@ -3,15 +3,17 @@
 use property_fees_domain::communities::{self, LateFee, NewCommunity, Prepay, RoomInput};
 use property_fees_domain::fees::{self, BillInput};
 use property_fees_domain::{OWNER, PropertyError, households, payments, pricing, reports};
+use scenefin_core::approvals::Proposal;
+use scenefin_core::clock::Timestamp;
 use scenefin_core::json::DEFAULT_LIMIT_BYTES;
 use scenefin_core::orders::{CardDiscount, PayWith};
 use scenefin_guest::orders as flow;
 use scenefin_guest::{
-    OrProblem, Request, Response, Role, Route, SpinStore, bank_card_bins, body, json, json_response, lifecycle_rules,
-    operator_or_partner, request_time, require_customer, require_partner, require_role, split, store,
+    OrProblem, Request, Response, Role, Route, SpinStore, approvals, bank_card_bins, body, json, json_response,
+    lifecycle_rules, operator_or_partner, request_time, require_customer, require_partner, split, store,
 };
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 
 type Handled = Result<Response, Response>;
 
@@ -20,7 +22,7 @@ const UPLOAD_LIMIT_BYTES: usize = 512 * 1024;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CommunityBody {
+pub struct CommunityBody {
     id: String,
     name: String,
     city: String,
@@ -34,32 +36,58 @@ struct CommunityBody {
     late_fee: Option<LateFee>,
 }
 
+/// `POST /api/property/communities` (partner admin): checked, then proposed by staff or registered at once
+/// (break-glass); see [`execute`].
 pub async fn register(req: Request) -> Handled {
-    require_role(&req, Role::PartnerAdmin).await?;
-    let now = request_time(&req).await?;
-    let b: CommunityBody =
-        json(&body(req, DEFAULT_LIMIT_BYTES).await.or_problem()?, DEFAULT_LIMIT_BYTES).or_problem()?;
-    let input = NewCommunity {
-        id: b.id,
-        name: b.name,
-        city: b.city,
-        property_company: b.property_company,
-        settlement_account: b.settlement_account,
-        owner_discount: b.owner_discount,
-        prepay: b.prepay,
-        late_fee: b.late_fee,
-    };
-    let (c, creds) = communities::register(&store()?, input, now).await.or_problem()?;
-    Ok(json_response(
-        201,
-        &json!({
-            "community": {"id": c.id, "name": c.name, "city": c.city, "property_company": c.property_company,
-                "prepay": c.prepay, "late_fee": c.late_fee,
-                "owner_discount": c.owner_discount.as_ref().map(|d| json!({"percent_bp": d.percent_bp, "cap_fen": d.cap_fen}))},
-            "partner_id": creds.partner_id,
-            "partner_secret": creds.partner_secret,
-        }),
-    ))
+    approvals::register_partner(
+        req,
+        OWNER,
+        async |store, b: CommunityBody| {
+            let input = b.into();
+            communities::check_new(store, &input).await.or_problem()?;
+            Ok(input.id)
+        },
+        execute,
+    )
+    .await
+}
+
+impl From<CommunityBody> for NewCommunity {
+    fn from(b: CommunityBody) -> Self {
+        NewCommunity {
+            id: b.id,
+            name: b.name,
+            city: b.city,
+            property_company: b.property_company,
+            settlement_account: b.settlement_account,
+            owner_discount: b.owner_discount,
+            prepay: b.prepay,
+            late_fee: b.late_fee,
+        }
+    }
+}
+
+/// Carries out an approved proposal of this component (or a break-glass request): a refund, a community's
+/// registration, a partner secret rotation.
+pub async fn execute(store: &SpinStore, proposal: &Proposal, now: Timestamp) -> Result<Value, Response> {
+    approvals::run_scenario(
+        store,
+        OWNER,
+        proposal,
+        now,
+        async |store, id, by, request, rules, now| payments::refund(store, id, by, request, rules, now).await,
+        "community",
+        async |store, b: CommunityBody, creds, at| communities::register_with(store, b.into(), creds, at).await,
+        community_view,
+    )
+    .await
+}
+
+/// A community as its registration answers it.
+fn community_view(c: &communities::Community) -> Value {
+    json!({"id": c.id, "name": c.name, "city": c.city, "property_company": c.property_company,
+        "prepay": c.prepay, "late_fee": c.late_fee,
+        "owner_discount": c.owner_discount.as_ref().map(|d| json!({"percent_bp": d.percent_bp, "cap_fen": d.cap_fen}))})
 }
 
 /// Reads a signed partner upload for `community_id`.
@@ -206,14 +234,6 @@ pub async fn order(req: &Request, id: &str) -> Handled {
 
 pub async fn refund(req: Request, id: &str) -> Handled {
     flow::refund(req, OWNER, id, pricing::community_of, async |store, id, by, request, rules, now| {
-        payments::refund(store, id, by, request, rules, now).await
-    })
-    .await
-}
-
-/// A refund a second finance staff member approves (see `scenefin_guest::orders::approve_refund`).
-pub async fn approve_refund(req: Request, id: &str) -> Handled {
-    flow::approve_refund(req, OWNER, id, async |store, id, by, request, rules, now| {
         payments::refund(store, id, by, request, rules, now).await
     })
     .await

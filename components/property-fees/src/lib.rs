@@ -20,11 +20,15 @@
 //! | POST | `/api/property/refund-approvals/{id}/approve` | finance staff other than the maker: carries out a proposed refund, once |
 //! | POST | `/api/property/refund-approvals/{id}/reject` | finance staff (or the maker withdrawing it): the proposed refund is not made |
 //! | GET | `/api/property/refund-approvals/{id}` | finance staff: a proposed refund as it stands |
+//! | GET | `/api/property/approvals?state=pending`, `/api/property/approvals/{id}` | any staff: proposals (refunds, registrations, rotations) awaiting a checker |
+//! | POST | `/api/property/approvals/{id}/approve`, `…/reject` | staff holding the proposal's role, other than its maker: carried out once, or not at all |
 //! | POST | `/api/property/partners/{partner_id}/rotate-secret`, `…/revoke-previous-secret` | operator: a partner's new secret (the old one accepted for `overlap_secs`, default a day), or the overlap ended early |
 
 mod handlers;
 
 use http::Method;
+use property_fees_domain::OWNER;
+use scenefin_guest::approvals::{self, scope};
 use scenefin_guest::{Request, Response, Route, unmatched};
 use spin_sdk::http_service;
 
@@ -55,24 +59,25 @@ async fn dispatch(req: Request, route: &Route) -> Handled {
         (&Method::GET, ["api", "property", "orders"]) => handlers::orders(&req, route).await,
         (&Method::GET, ["api", "property", "orders", id]) => handlers::order(&req, id).await,
         (&Method::POST, ["api", "property", "orders", id, "refund"]) => handlers::refund(req, id).await,
-        (&Method::POST, ["api", "property", "refund-approvals", id, "approve"]) => {
-            handlers::approve_refund(req, id).await
+        (&Method::GET, ["api", "property", "approvals"]) => approvals::list(&req, route, OWNER).await,
+        (&Method::GET, ["api", "property", kind @ ("approvals" | "refund-approvals"), id]) => {
+            approvals::get(&req, OWNER, id, scope(kind)).await
         }
-        (&Method::POST, ["api", "property", "refund-approvals", id, "reject"]) => {
-            scenefin_guest::orders::reject_refund(req, property_fees_domain::OWNER, id).await
+        (&Method::POST, ["api", "property", kind @ ("approvals" | "refund-approvals"), id, "approve"]) => {
+            approvals::approve(req, OWNER, id, scope(kind), handlers::execute).await
         }
-        (&Method::GET, ["api", "property", "refund-approvals", id]) => {
-            scenefin_guest::orders::get_refund_approval(req, property_fees_domain::OWNER, id).await
+        (&Method::POST, ["api", "property", kind @ ("approvals" | "refund-approvals"), id, "reject"]) => {
+            approvals::reject(req, OWNER, id, scope(kind)).await
         }
         (&Method::POST, ["api", "property", "payments", "notify"]) => handlers::notify(req).await,
         (&Method::POST, ["api", "property", "payments", "refund-notify"]) => {
-            scenefin_guest::orders::refund_notify(req, property_fees_domain::OWNER).await
+            scenefin_guest::orders::refund_notify(req, OWNER).await
         }
         (&Method::POST, ["api", "property", "partners", id, "rotate-secret"]) => {
-            scenefin_guest::partners::rotate_secret(req, property_fees_domain::OWNER, id).await
+            scenefin_guest::partners::rotate_secret(req, OWNER, id, handlers::execute).await
         }
         (&Method::POST, ["api", "property", "partners", id, "revoke-previous-secret"]) => {
-            scenefin_guest::partners::revoke_previous_secret(req, property_fees_domain::OWNER, id).await
+            scenefin_guest::partners::revoke_previous_secret(req, OWNER, id).await
         }
         (_, path) => unmatched(route, allowed(path)),
     }
@@ -88,8 +93,9 @@ fn allowed(path: &[&str]) -> Option<&'static str> {
         ["api", "property", "communities", _, "perks" | "stats" | "settlement"] => "GET",
         ["api", "property", "orders", _] => "GET",
         ["api", "property", "orders", _, "refund"] => "POST",
-        ["api", "property", "refund-approvals", _, "approve" | "reject"] => "POST",
-        ["api", "property", "refund-approvals", _] => "GET",
+        ["api", "property", "approvals"] => "GET",
+        ["api", "property", "approvals" | "refund-approvals", _, "approve" | "reject"] => "POST",
+        ["api", "property", "approvals" | "refund-approvals", _] => "GET",
         ["api", "property", "payments", "notify" | "refund-notify"] => "POST",
         ["api", "property", "partners", _, "rotate-secret" | "revoke-previous-secret"] => "POST",
         _ => return None,

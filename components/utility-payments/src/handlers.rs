@@ -1,12 +1,14 @@
 //! Handlers: authenticate, decode (size-limited), call one domain function, encode.
 
+use scenefin_core::approvals::Proposal;
+use scenefin_core::clock::Timestamp;
 use scenefin_core::json::DEFAULT_LIMIT_BYTES;
 use scenefin_guest::orders as flow;
 use scenefin_guest::{
-    OrProblem, Request, Response, Role, Route, bank_card_bins, body, json, json_response, lifecycle_rules,
-    operator_or_partner, request_time, require_customer, require_partner, require_role, split, store,
+    OrProblem, Request, Response, Role, Route, SpinStore, approvals, bank_card_bins, body, json, json_response,
+    lifecycle_rules, operator_or_partner, request_time, require_customer, require_partner, split, store,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 use utility_payments_domain::{OWNER, UtilityError, accounts, billers, bills, payments, pricing, reports};
 
 use crate::dto::{BillView, BillerBody, BillerView, BillsBody, BindBody, QuoteBody};
@@ -16,16 +18,36 @@ type Handled = Result<Response, Response>;
 /// Upload bodies are larger than ordinary JSON (up to 1,000 bills).
 const UPLOAD_LIMIT_BYTES: usize = 512 * 1024;
 
+/// `POST /api/utility/billers` (partner admin): checked, then proposed by staff or registered at once
+/// (break-glass); see [`execute`].
 pub async fn register_biller(req: Request) -> Handled {
-    require_role(&req, Role::PartnerAdmin).await?;
-    let now = request_time(&req).await?;
-    let input: BillerBody =
-        json(&body(req, DEFAULT_LIMIT_BYTES).await.or_problem()?, DEFAULT_LIMIT_BYTES).or_problem()?;
-    let (biller, creds) = billers::register(&store()?, input.into(), now).await.or_problem()?;
-    Ok(json_response(
-        201,
-        &json!({ "biller": BillerView::from(&biller), "partner_id": creds.partner_id, "partner_secret": creds.partner_secret }),
-    ))
+    approvals::register_partner(
+        req,
+        OWNER,
+        async |store, input: BillerBody| {
+            let input = input.into();
+            billers::check_new(store, &input).await.or_problem()?;
+            Ok(input.id)
+        },
+        execute,
+    )
+    .await
+}
+
+/// Carries out an approved proposal of this component (or a break-glass request): a refund, a biller's
+/// registration, a partner secret rotation.
+pub async fn execute(store: &SpinStore, proposal: &Proposal, now: Timestamp) -> Result<Value, Response> {
+    approvals::run_scenario(
+        store,
+        OWNER,
+        proposal,
+        now,
+        async |store, id, by, request, rules, now| payments::refund(store, id, by, request, rules, now).await,
+        "biller",
+        async |store, input: BillerBody, creds, at| billers::register_with(store, input.into(), creds, at).await,
+        |biller| json!(BillerView::from(biller)),
+    )
+    .await
 }
 
 pub async fn list_billers(route: &Route) -> Handled {
@@ -155,14 +177,6 @@ pub async fn order(req: &Request, id: &str) -> Handled {
 
 pub async fn refund(req: Request, id: &str) -> Handled {
     flow::refund(req, OWNER, id, payments::biller_of, async |store, id, by, request, rules, now| {
-        payments::refund(store, id, by, request, rules, now).await
-    })
-    .await
-}
-
-/// A refund a second finance staff member approves (see `scenefin_guest::orders::approve_refund`).
-pub async fn approve_refund(req: Request, id: &str) -> Handled {
-    flow::approve_refund(req, OWNER, id, async |store, id, by, request, rules, now| {
         payments::refund(store, id, by, request, rules, now).await
     })
     .await

@@ -20,14 +20,18 @@
 //! | POST | `/api/utility/refund-approvals/{id}/approve` | finance staff other than the maker: carries out a proposed refund, once |
 //! | POST | `/api/utility/refund-approvals/{id}/reject` | finance staff (or the maker withdrawing it): the proposed refund is not made |
 //! | GET | `/api/utility/refund-approvals/{id}` | finance staff: a proposed refund as it stands |
+//! | GET | `/api/utility/approvals?state=pending`, `/api/utility/approvals/{id}` | any staff: proposals (refunds, registrations, rotations) awaiting a checker |
+//! | POST | `/api/utility/approvals/{id}/approve`, `…/reject` | staff holding the proposal's role, other than its maker: carried out once, or not at all |
 //! | POST | `/api/utility/partners/{partner_id}/rotate-secret`, `…/revoke-previous-secret` | operator: a partner's new secret (the old one accepted for `overlap_secs`, default a day), or the overlap ended early |
 
 mod dto;
 mod handlers;
 
 use http::Method;
+use scenefin_guest::approvals::{self, scope};
 use scenefin_guest::{Request, Response, Route, unmatched};
 use spin_sdk::http_service;
+use utility_payments_domain::OWNER;
 
 type Handled = Result<Response, Response>;
 
@@ -56,24 +60,25 @@ async fn dispatch(req: Request, route: &Route) -> Handled {
         (&Method::GET, ["api", "utility", "orders"]) => handlers::orders(&req, route).await,
         (&Method::GET, ["api", "utility", "orders", id]) => handlers::order(&req, id).await,
         (&Method::POST, ["api", "utility", "orders", id, "refund"]) => handlers::refund(req, id).await,
-        (&Method::POST, ["api", "utility", "refund-approvals", id, "approve"]) => {
-            handlers::approve_refund(req, id).await
+        (&Method::GET, ["api", "utility", "approvals"]) => approvals::list(&req, route, OWNER).await,
+        (&Method::GET, ["api", "utility", kind @ ("approvals" | "refund-approvals"), id]) => {
+            approvals::get(&req, OWNER, id, scope(kind)).await
         }
-        (&Method::POST, ["api", "utility", "refund-approvals", id, "reject"]) => {
-            scenefin_guest::orders::reject_refund(req, utility_payments_domain::OWNER, id).await
+        (&Method::POST, ["api", "utility", kind @ ("approvals" | "refund-approvals"), id, "approve"]) => {
+            approvals::approve(req, OWNER, id, scope(kind), handlers::execute).await
         }
-        (&Method::GET, ["api", "utility", "refund-approvals", id]) => {
-            scenefin_guest::orders::get_refund_approval(req, utility_payments_domain::OWNER, id).await
+        (&Method::POST, ["api", "utility", kind @ ("approvals" | "refund-approvals"), id, "reject"]) => {
+            approvals::reject(req, OWNER, id, scope(kind)).await
         }
         (&Method::POST, ["api", "utility", "payments", "notify"]) => handlers::notify(req).await,
         (&Method::POST, ["api", "utility", "payments", "refund-notify"]) => {
-            scenefin_guest::orders::refund_notify(req, utility_payments_domain::OWNER).await
+            scenefin_guest::orders::refund_notify(req, OWNER).await
         }
         (&Method::POST, ["api", "utility", "partners", id, "rotate-secret"]) => {
-            scenefin_guest::partners::rotate_secret(req, utility_payments_domain::OWNER, id).await
+            scenefin_guest::partners::rotate_secret(req, OWNER, id, handlers::execute).await
         }
         (&Method::POST, ["api", "utility", "partners", id, "revoke-previous-secret"]) => {
-            scenefin_guest::partners::revoke_previous_secret(req, utility_payments_domain::OWNER, id).await
+            scenefin_guest::partners::revoke_previous_secret(req, OWNER, id).await
         }
         (_, path) => unmatched(route, allowed(path)),
     }
@@ -90,8 +95,9 @@ fn allowed(path: &[&str]) -> Option<&'static str> {
         ["api", "utility", "accounts", _, _] => "DELETE",
         ["api", "utility", "orders", _] => "GET",
         ["api", "utility", "orders", _, "refund"] => "POST",
-        ["api", "utility", "refund-approvals", _, "approve" | "reject"] => "POST",
-        ["api", "utility", "refund-approvals", _] => "GET",
+        ["api", "utility", "approvals"] => "GET",
+        ["api", "utility", "approvals" | "refund-approvals", _, "approve" | "reject"] => "POST",
+        ["api", "utility", "approvals" | "refund-approvals", _] => "GET",
         ["api", "utility", "payments", "notify" | "refund-notify"] => "POST",
         ["api", "utility", "partners", _, "rotate-secret" | "revoke-previous-secret"] => "POST",
         _ => return None,

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::{self, AuthError, PartnerHeaders};
 use crate::clock::Timestamp;
 use crate::ids::{Id, hash_key_part, new_id, random_bytes};
-use crate::kv::{Key, Step, Store, StoreError, claim_once, get_json, put_json, update_json};
+use crate::kv::{Key, Step, Store, StoreError, claim_once, get_json, update_json, update_json_new};
 use crate::problem::{ErrorKind, Problem};
 
 /// A partner.
@@ -145,21 +145,44 @@ pub async fn onboard(
     resource_id: &str,
     now: Timestamp,
 ) -> Result<Credentials, PartnerError> {
+    let creds = new_credentials(now)?;
+    onboard_with(store, owner, kind, resource_id, &creds, now).await?;
+    Ok(creds)
+}
+
+/// Fresh credentials: a new partner id and secret (minted before they are installed, e.g. when a registration is
+/// proposed, so every run of the approved registration installs the same ones).
+pub fn new_credentials(now: Timestamp) -> Result<Credentials, PartnerError> {
     let id_err = |e: crate::ids::IdError| StoreError::Backend(e.to_string());
-    let partner_id = new_id("p", now.unix_ms()).map_err(id_err)?;
-    let secret = new_secret()?;
+    Ok(Credentials { partner_id: new_id("p", now.unix_ms()).map_err(id_err)?, partner_secret: new_secret()? })
+}
+
+/// Onboards a partner for `resource_id` with the given credentials; idempotent (a partner already recorded under
+/// this id, a run repeated after a crash, is kept as it stands: it may have rotated its secret since).
+pub async fn onboard_with(
+    store: &impl Store,
+    owner: &str,
+    kind: &str,
+    resource_id: &str,
+    creds: &Credentials,
+    now: Timestamp,
+) -> Result<(), PartnerError> {
     let partner = Partner {
         v: 1,
-        partner_id: partner_id.clone(),
-        secret: secret.clone(),
+        partner_id: creds.partner_id.clone(),
+        secret: creds.partner_secret.clone(),
         kind: kind.to_owned(),
         resource_id: resource_id.to_owned(),
         created_at: now,
         previous_secrets: Vec::new(),
     };
-    // A fresh random id: nobody else can be writing it.
-    put_json(store, &partner_key(owner, &partner_id), &partner).await?;
-    Ok(Credentials { partner_id, partner_secret: secret })
+    update_json_new(store, &partner_key(owner, &creds.partner_id), |current: Option<&Partner>| {
+        Ok::<_, PartnerError>(match current {
+            Some(_) => Step::Keep(()),
+            None => Step::Write(partner.clone(), ()),
+        })
+    })
+    .await
 }
 
 /// 32 random bytes, hex.
@@ -186,15 +209,52 @@ pub async fn rotate_secret(
     overlap_secs: i64,
     now: Timestamp,
 ) -> Result<Rotated, PartnerError> {
+    rotate_secret_to(store, owner, partner_id, &new_secret()?, overlap_secs, now).await
+}
+
+/// Checks a rotation's input without writing: the overlap, and that partner `partner_id` of `owner` exists.
+pub async fn check_rotation(
+    store: &impl Store,
+    owner: &str,
+    partner_id: &str,
+    overlap_secs: i64,
+) -> Result<(), PartnerError> {
+    if !(0..=MAX_OVERLAP_SECS).contains(&overlap_secs) {
+        return Err(PartnerError::InvalidOverlap);
+    }
+    let key = existing_key(owner, partner_id)?;
+    match get_json::<Partner>(store, &key).await? {
+        Some(_) => Ok(()),
+        None => Err(PartnerError::NotFound(partner_id.chars().take(64).collect())),
+    }
+}
+
+/// [`rotate_secret`] to a given new secret (minted when the rotation was proposed); idempotent: a partner that
+/// holds `secret` already (the rotation repeated after a crash) is kept as it stands.
+pub async fn rotate_secret_to(
+    store: &impl Store,
+    owner: &str,
+    partner_id: &str,
+    secret: &str,
+    overlap_secs: i64,
+    now: Timestamp,
+) -> Result<Rotated, PartnerError> {
     if !(0..=MAX_OVERLAP_SECS).contains(&overlap_secs) {
         return Err(PartnerError::InvalidOverlap);
     }
     let key = existing_key(owner, partner_id)?;
     let not_found = || PartnerError::NotFound(partner_id.chars().take(64).collect());
-    let secret = new_secret()?;
     let expires_at = now.plus_secs(overlap_secs);
     update_json(store, &key, |partner: Option<&Partner>| {
         let partner = partner.ok_or_else(not_found)?;
+        let rotated = Rotated {
+            partner_id: partner.partner_id.clone(),
+            partner_secret: secret.to_owned(),
+            previous_secret_expires_at: expires_at,
+        };
+        if partner.secret == secret {
+            return Ok(Step::Keep(rotated));
+        }
         let mut next = partner.clone();
         next.previous_secrets.retain(|p| p.expires_at > now);
         if overlap_secs > 0 {
@@ -203,12 +263,7 @@ pub async fn rotate_secret(
             }
             next.previous_secrets.push(PreviousSecret { secret: partner.secret.clone(), expires_at });
         }
-        next.secret = secret.clone();
-        let rotated = Rotated {
-            partner_id: partner.partner_id.clone(),
-            partner_secret: secret.clone(),
-            previous_secret_expires_at: expires_at,
-        };
+        next.secret = secret.to_owned();
         Ok(Step::Write(next, rotated))
     })
     .await

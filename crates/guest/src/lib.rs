@@ -38,6 +38,7 @@ pub mod wasi_keyvalue {
 
 use wasi_keyvalue::{atomics, batch, store};
 
+pub mod approvals;
 pub mod audit;
 pub mod orders;
 pub mod partners;

@@ -12,13 +12,13 @@ use scenefin_core::problem::Problem;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use scenefin_core::approvals::{self, Decision, PROPOSAL_TTL_SECS, Proposal, ProposalState};
+use scenefin_core::approvals::{self, Proposal};
 use scenefin_core::staff::Actor;
 
 use crate::{
     Caller, OrProblem, Request, Response, Role, Route, SpinStore, bank_card_bins, idempotent, json, json_response,
-    lifecycle_rules, problem, request_time, require_customer, require_operator_or_partner, require_role, split,
-    variable, verify_gateway,
+    lifecycle_rules, problem, request_time, require_customer, require_operator_or_partner, split, variable,
+    verify_gateway,
 };
 
 /// Refunds above this many fen, asked for by a staff member, need a second staff member's approval (variable
@@ -211,7 +211,7 @@ pub async fn notify<E: Problem>(
 /// `POST …/orders/{id}/refund` with `Idempotency-Key`, by the operator or the order's partner (`resource_of`).
 /// The caller is authenticated before the order is read, so a caller without valid credentials learns nothing
 /// about which orders exist. A staff member asking for more than `refund_approval_threshold_fen` only proposes it:
-/// `202` with the pending approval, carried out once another finance staff member approves it ([`approve_refund`]).
+/// `202` with the pending approval, carried out once another finance staff member approves it ([`execute_refund`]).
 pub async fn refund<E: Problem>(
     req: Request,
     owner: &str,
@@ -245,22 +245,19 @@ pub async fn refund<E: Problem>(
         };
         let value_fen = amount_fen.unwrap_or(order.total_fen - order.partially_refunded_fen());
         if needs_checker && order.state == OrderState::Paid && value_fen > threshold {
-            let proposal = Proposal {
-                v: 1,
-                id: format!("apr_{request_id}"),
-                action: "refund".into(),
-                resource: order.id.clone(),
-                amount_fen,
+            let mut proposal = Proposal::new(
+                format!("apr_{request_id}"),
+                "refund",
+                Role::Finance.as_str(),
+                order.id.clone(),
+                serde_json::Value::Null,
                 value_fen,
-                maker: by.clone(),
-                created_at: now,
-                expires_at: now.plus_secs(PROPOSAL_TTL_SECS),
-                state: ProposalState::Pending,
-                checker: None,
-                decided_at: None,
-            };
+                &by,
+                now,
+            );
+            proposal.amount_fen = amount_fen;
             return match approvals::propose(&store, owner, proposal).await {
-                Ok(p) => json_response(202, &json!({ "approval": p, "threshold_fen": threshold })),
+                Ok(p) => json_response(202, &json!({ "approval": p.public(), "threshold_fen": threshold })),
                 Err(e) => problem(&e),
             };
         }
@@ -283,52 +280,18 @@ async fn refund_approval_threshold() -> i64 {
         .unwrap_or(DEFAULT_REFUND_APPROVAL_THRESHOLD_FEN)
 }
 
-/// `POST …/refund-approvals/{id}/approve` (finance, not the maker): approves a proposed refund and carries it out,
-/// exactly once (an approval retried after a crash completes the same refund).
-pub async fn approve_refund<E: Problem>(
-    req: Request,
-    owner: &str,
-    proposal_id: &str,
+/// Carries out an approved refund proposal (see `crate::approvals::approve`): the refund under the proposal's id,
+/// so a run repeated after a crash completes the same refund; its answer is the order.
+pub async fn execute_refund<E: Problem>(
+    store: &SpinStore,
+    proposal: &Proposal,
+    now: Timestamp,
     refund: impl AsyncFnOnce(&SpinStore, &str, &str, &RefundRequest, &LifecycleRules, Timestamp) -> Result<Order, E>,
-) -> Handled {
-    let now = request_time(&req).await?;
-    let checker = require_role(&req, Role::Finance).await?;
-    let proposal_id = checked_proposal_id(proposal_id)?;
-    let store = SpinStore::open_default().or_problem()?;
-    let proposal =
-        approvals::decide(&store, owner, proposal_id, checker.id(), now, Decision::Approve).await.or_problem()?;
+) -> Result<serde_json::Value, Response> {
     let request = RefundRequest { id: proposal.id.clone(), amount_fen: proposal.amount_fen };
-    let by = format!("{}+{}", proposal.maker, checker.id());
-    let order = refund(&store, &proposal.resource, &by, &request, &lifecycle_rules().await, now).await.or_problem()?;
-    let proposal = approvals::executed(&store, owner, &proposal.id).await.or_problem()?;
-    Ok(json_response(200, &json!({ "approval": proposal, "order": OrderView::from(&order) })))
-}
-
-/// `POST …/refund-approvals/{id}/reject` (finance, or the maker withdrawing it): the refund is not made.
-pub async fn reject_refund(req: Request, owner: &str, proposal_id: &str) -> Handled {
-    let now = request_time(&req).await?;
-    let checker = require_role(&req, Role::Finance).await?;
-    let proposal_id = checked_proposal_id(proposal_id)?;
-    let store = SpinStore::open_default().or_problem()?;
-    let proposal =
-        approvals::decide(&store, owner, proposal_id, checker.id(), now, Decision::Reject).await.or_problem()?;
-    Ok(json_response(200, &json!({ "approval": proposal })))
-}
-
-/// `GET …/refund-approvals/{id}` (finance): the proposal as it stands.
-pub async fn get_refund_approval(req: Request, owner: &str, proposal_id: &str) -> Handled {
-    require_role(&req, Role::Finance).await?;
-    let proposal_id = checked_proposal_id(proposal_id)?;
-    let store = SpinStore::open_default().or_problem()?;
-    Ok(json_response(200, &json!({ "approval": approvals::get(&store, owner, proposal_id).await.or_problem()? })))
-}
-
-/// A proposal id from a path: key-safe, else `404` (no proposal has such an id).
-fn checked_proposal_id(id: &str) -> Result<&str, Response> {
-    match scenefin_core::ids::Id::parse(id) {
-        Ok(_) => Ok(id),
-        Err(_) => Err(problem(&approvals::ApprovalError::NotFound)),
-    }
+    let by = format!("{}+{}", proposal.maker, proposal.checker.as_deref().unwrap_or_default());
+    let order = refund(store, &proposal.resource, &by, &request, &lifecycle_rules().await, now).await.or_problem()?;
+    Ok(json!(OrderView::from(&order)))
 }
 
 /// `POST …/payments/refund-notify`: the gateway (Standard Webhooks) confirms it returned the money of a payment

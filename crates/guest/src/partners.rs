@@ -1,18 +1,25 @@
 //! HTTP handlers of partner secret rotation (`scenefin_core::partners`), shared by every scenario that onboards
 //! partners: `POST /api/{scenario}/partners/{partner_id}/rotate-secret` and
-//! `POST /api/{scenario}/partners/{partner_id}/revoke-previous-secret`, both for the operator only.
+//! `POST /api/{scenario}/partners/{partner_id}/revoke-previous-secret`, both for the operator only. A staff member's
+//! rotation is only proposed (maker-checker, [`crate::approvals`]); the new secret is minted with the proposal and
+//! installed, and shown to the checker, when another partner admin approves it.
 
+use scenefin_core::approvals::Proposal;
+use scenefin_core::clock::Timestamp;
 use scenefin_core::json::DEFAULT_LIMIT_BYTES;
-use scenefin_core::partners::{self, DEFAULT_OVERLAP_SECS};
-use serde::Deserialize;
+use scenefin_core::partners::{self, Credentials, DEFAULT_OVERLAP_SECS};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::{OrProblem, Request, Response, Role, json, json_response, request_time, require_role, split, store};
+use crate::approvals::{self, Action, Run};
+use crate::{
+    OrProblem, Request, Response, Role, SpinStore, json, json_response, request_time, require_role, split, store,
+};
 
 type Handled = Result<Response, Response>;
 
 /// The body of a rotation (optional: no body means the default overlap).
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RotateBody {
     /// How long the current secret stays accepted, in seconds.
@@ -20,18 +27,44 @@ struct RotateBody {
 }
 
 /// `POST …/partners/{partner_id}/rotate-secret` `{overlap_secs?}`: a new secret for partner `partner_id` of scenario
-/// `owner` (returned once), the current one accepted for `overlap_secs` more (default 24 h, at most 7 days).
-pub async fn rotate_secret(req: Request, owner: &str, partner_id: &str) -> Handled {
-    require_role(&req, Role::PartnerAdmin).await?;
+/// `owner` (returned once), the current one accepted for `overlap_secs` more (default 24 h, at most 7 days). Checked
+/// first (bad input writes nothing); a staff member's rotation is a proposal, carried out by `run` on approval.
+pub async fn rotate_secret(req: Request, owner: &str, partner_id: &str, run: impl Run) -> Handled {
+    let actor = require_role(&req, Role::PartnerAdmin).await?;
     let now = request_time(&req).await?;
-    let (_, body) = split(req, DEFAULT_LIMIT_BYTES).await?;
+    let (head, body) = split(req, DEFAULT_LIMIT_BYTES).await?;
     let overlap_secs = if body.iter().all(u8::is_ascii_whitespace) {
         DEFAULT_OVERLAP_SECS
     } else {
         json::<RotateBody>(&body, DEFAULT_LIMIT_BYTES).or_problem()?.overlap_secs.unwrap_or(DEFAULT_OVERLAP_SECS)
     };
-    let rotated = partners::rotate_secret(&store()?, owner, partner_id, overlap_secs, now).await.or_problem()?;
-    Ok(json_response(200, &rotated))
+    partners::check_rotation(&store()?, owner, partner_id, overlap_secs).await.or_problem()?;
+    let minted = partners::new_credentials(now).or_problem()?;
+    let action = Action {
+        name: "rotate_secret",
+        role: Role::PartnerAdmin,
+        resource: partner_id.to_owned(),
+        payload: json!(RotateBody { overlap_secs: Some(overlap_secs) }),
+        credentials: Some(Credentials { partner_id: partner_id.to_owned(), partner_secret: minted.partner_secret }),
+    };
+    approvals::propose_or_run(&head, &actor, owner, action, true, 200, now, run).await
+}
+
+/// Carries out a rotation proposal of scenario `owner`: its partner gets the proposal's secret (idempotent), the
+/// overlap counted from the approval.
+pub async fn execute_rotation(
+    store: &SpinStore,
+    owner: &str,
+    proposal: &Proposal,
+    now: Timestamp,
+) -> Result<serde_json::Value, Response> {
+    let body: RotateBody = approvals::payload(proposal)?;
+    let secret = &approvals::credentials(proposal)?.partner_secret;
+    let at = proposal.decided_at.unwrap_or(now);
+    let overlap_secs = body.overlap_secs.unwrap_or(DEFAULT_OVERLAP_SECS);
+    let rotated =
+        partners::rotate_secret_to(store, owner, &proposal.resource, secret, overlap_secs, at).await.or_problem()?;
+    Ok(json!(rotated))
 }
 
 /// `POST …/partners/{partner_id}/revoke-previous-secret`: ends the overlap of partner `partner_id`'s earlier secrets

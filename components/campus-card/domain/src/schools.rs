@@ -99,16 +99,47 @@ pub async fn register(
     input: NewSchool,
     now: Timestamp,
 ) -> Result<(School, Credentials), CampusError> {
+    let creds = partners::new_credentials(now)?;
+    register_with(store, input, creds, now).await
+}
+
+/// The school's name and city, checked with the rest of the input.
+fn validate(input: &NewSchool) -> Result<(String, Option<String>), CampusError> {
     id("id", &input.id)?;
     let school_name = name("name", &input.name, 64)?;
     let city = input.city.as_deref().map(|c| name("city", c, 32)).transpose()?;
     if let Some(b) = &input.topup_bonus {
         b.validate("topup_bonus").map_err(|(field, message)| CampusError::invalid(&field, message))?;
     }
-    if !kv::claim_new(store, &keys::school_claim(&input.id)).await? {
-        return Err(CampusError::SchoolExists(input.id));
+    Ok((school_name, city))
+}
+
+/// Checks a registration without writing anything: the input, and that the id is free (`409` otherwise).
+pub async fn check_new(store: &impl Store, input: &NewSchool) -> Result<(), CampusError> {
+    validate(input)?;
+    if store.get(&keys::school_claim(&input.id)).await?.is_some() {
+        return Err(CampusError::SchoolExists(input.id.clone()));
     }
-    let creds = partners::onboard(store, OWNER, SCHOOL_PARTNER, &input.id, now).await?;
+    Ok(())
+}
+
+/// [`register`] with the given credentials (minted when the registration was proposed, so every run installs the
+/// same ones). A run repeated after it completed (an approval retried) finds its own school and answers it again;
+/// an id registered by anyone else is `409`.
+pub async fn register_with(
+    store: &impl Store,
+    input: NewSchool,
+    creds: Credentials,
+    now: Timestamp,
+) -> Result<(School, Credentials), CampusError> {
+    let (school_name, city) = validate(&input)?;
+    if !kv::claim_new(store, &keys::school_claim(&input.id)).await? {
+        return match get_json::<School>(store, &keys::school(&input.id)).await? {
+            Some(done) if done.partner_id == creds.partner_id => Ok((done, creds)),
+            _ => Err(CampusError::SchoolExists(input.id)),
+        };
+    }
+    partners::onboard_with(store, OWNER, SCHOOL_PARTNER, &input.id, &creds, now).await?;
     if let Some(b) = &input.topup_bonus {
         limits::configure(store, &keys::budget(&b.budget_id), b.budget_fen, now).await?;
     }

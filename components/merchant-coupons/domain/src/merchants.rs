@@ -108,11 +108,36 @@ pub async fn register(
     input: NewMerchant,
     now: Timestamp,
 ) -> Result<(Merchant, Credentials), CouponError> {
+    let creds = partners::new_credentials(now)?;
+    register_with(store, input, creds, now).await
+}
+
+/// Checks a registration without writing anything: the input, and that the id is free (`409` otherwise).
+pub async fn check_new(store: &impl Store, input: &NewMerchant) -> Result<(), CouponError> {
+    validate(input)?;
+    if store.get(&keys::merchant_claim(&input.merchant_id)).await?.is_some() {
+        return Err(CouponError::MerchantExists(input.merchant_id.clone()));
+    }
+    Ok(())
+}
+
+/// [`register`] with the given credentials (minted when the registration was proposed, so every run installs the
+/// same ones). A run repeated after it completed (an approval retried) finds its own merchant and answers it again;
+/// an id registered by anyone else is `409`.
+pub async fn register_with(
+    store: &impl Store,
+    input: NewMerchant,
+    creds: Credentials,
+    now: Timestamp,
+) -> Result<(Merchant, Credentials), CouponError> {
     validate(&input)?;
     if !kv::claim_new(store, &keys::merchant_claim(&input.merchant_id)).await? {
-        return Err(CouponError::MerchantExists(input.merchant_id));
+        return match get_json::<Merchant>(store, &keys::merchant(&input.merchant_id)).await? {
+            Some(done) if done.partner_id == creds.partner_id => Ok((done, creds)),
+            _ => Err(CouponError::MerchantExists(input.merchant_id)),
+        };
     }
-    let creds = partners::onboard(store, OWNER, MERCHANT_PARTNER, &input.merchant_id, now).await?;
+    partners::onboard_with(store, OWNER, MERCHANT_PARTNER, &input.merchant_id, &creds, now).await?;
     let merchant = Merchant {
         v: 1,
         id: input.merchant_id,

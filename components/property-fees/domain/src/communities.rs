@@ -140,11 +140,36 @@ pub async fn register(
     input: NewCommunity,
     now: Timestamp,
 ) -> Result<(Community, Credentials), PropertyError> {
+    let creds = partners::new_credentials(now)?;
+    register_with(store, input, creds, now).await
+}
+
+/// Checks a registration without writing anything: the input, and that the id is free (`409` otherwise).
+pub async fn check_new(store: &impl Store, input: &NewCommunity) -> Result<(), PropertyError> {
+    validate(input)?;
+    if store.get(&keys::community_claim(&input.id)).await?.is_some() {
+        return Err(PropertyError::CommunityExists(input.id.clone()));
+    }
+    Ok(())
+}
+
+/// [`register`] with the given credentials (minted when the registration was proposed, so every run installs the
+/// same ones). A run repeated after it completed (an approval retried) finds its own community and answers it again;
+/// an id registered by anyone else is `409`.
+pub async fn register_with(
+    store: &impl Store,
+    input: NewCommunity,
+    creds: Credentials,
+    now: Timestamp,
+) -> Result<(Community, Credentials), PropertyError> {
     validate(&input)?;
     if !kv::claim_new(store, &keys::community_claim(&input.id)).await? {
-        return Err(PropertyError::CommunityExists(input.id));
+        return match get_json::<Community>(store, &keys::community(&input.id)).await? {
+            Some(done) if done.partner_id == creds.partner_id => Ok((done, creds)),
+            _ => Err(PropertyError::CommunityExists(input.id)),
+        };
     }
-    let creds = partners::onboard(store, OWNER, "property_company", &input.id, now).await?;
+    partners::onboard_with(store, OWNER, "property_company", &input.id, &creds, now).await?;
     if let Some(d) = &input.owner_discount {
         limits::configure(store, &keys::budget(&d.budget_id), d.budget_fen, now).await?;
     }

@@ -175,11 +175,36 @@ pub async fn register(
     input: NewBiller,
     now: Timestamp,
 ) -> Result<(Biller, Credentials), UtilityError> {
+    let creds = partners::new_credentials(now)?;
+    register_with(store, input, creds, now).await
+}
+
+/// Checks a registration without writing anything: the input, and that the id is free (`409` otherwise).
+pub async fn check_new(store: &impl Store, input: &NewBiller) -> Result<(), UtilityError> {
+    validate(input)?;
+    if store.get(&keys::biller_claim(&input.id)).await?.is_some() {
+        return Err(UtilityError::BillerExists(input.id.clone()));
+    }
+    Ok(())
+}
+
+/// [`register`] with the given credentials (minted when the registration was proposed, so every run installs the
+/// same ones). A run repeated after it completed (an approval retried) finds its own biller and answers it again;
+/// an id registered by anyone else is `409`.
+pub async fn register_with(
+    store: &impl Store,
+    input: NewBiller,
+    creds: Credentials,
+    now: Timestamp,
+) -> Result<(Biller, Credentials), UtilityError> {
     validate(&input)?;
     if !kv::claim_new(store, &keys::biller_claim(&input.id)).await? {
-        return Err(UtilityError::BillerExists(input.id));
+        return match get_json::<Biller>(store, &keys::biller(&input.id)).await? {
+            Some(done) if done.partner_id == creds.partner_id => Ok((done, creds)),
+            _ => Err(UtilityError::BillerExists(input.id)),
+        };
     }
-    let creds = partners::onboard(store, OWNER, "biller", &input.id, now).await?;
+    partners::onboard_with(store, OWNER, "biller", &input.id, &creds, now).await?;
     if let Some(d) = &input.discount {
         limits::configure(store, &keys::budget(&d.budget_id), d.budget_fen, now).await?;
     }

@@ -64,6 +64,25 @@ async fn a_customer_exports_then_erases_their_data_and_the_books_keep_balancing(
     let token = login.body["token"].as_str().expect("token").to_owned();
     let id = login.body["customer_id"].as_str().expect("id").to_owned();
     let card = bind_card(&app, &token, "pipl_uni", "P1", "246810").await;
+    // A property company's roster: the owner's name is matched through its keyed hash, never kept whole.
+    let community = json!({"id": "pipl_garden", "name": "PIPL Garden", "city": "shenzhen",
+        "property_company": "Vanke Service", "settlement_account": "6222000055556666"});
+    let r = app.send("POST", "/api/property/communities", Some(&community), Some(OPERATOR_TOKEN)).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let (pid, secret) =
+        (r.body["partner_id"].as_str().expect("id"), r.body["partner_secret"].as_str().expect("secret"));
+    let rooms = json!({"rooms": [{"room_id": "R1", "building": "1", "unit": "1", "number": "101",
+        "owner_name": "司马相如", "area_m2": 90, "monthly_fee_fen": 25000}]});
+    let r = app.partner(pid, secret, "PUT", "/api/property/communities/pipl_garden/rooms", Some(&rooms)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let claim_room = |name: &str| {
+        let body = json!({"community_id": "pipl_garden", "room_id": "R1", "owner_name": name});
+        let (app, token) = (&app, token.clone());
+        async move { app.send("POST", "/api/property/households", Some(&body), Some(&token)).await }
+    };
+    refused(&claim_room("司马相").await, 422, "owner_name_mismatch");
+    let claimed = claim_room(" 司马 相如 ").await;
+    assert_eq!(claimed.status, 201, "{:?}", claimed.body);
     top_up(&app, &token, &card, 5_000, "pipl-1").await;
     let second = top_up(&app, &token, &card, 3_000, "pipl-2").await;
 
@@ -163,6 +182,8 @@ async fn a_customer_exports_then_erases_their_data_and_the_books_keep_balancing(
     nowhere(&d, &pii.lookup(subject), "the erased identity index");
     nowhere(&d, subject, "the login subject");
     nowhere(&d, "欧阳娜娜", "the card holder's name");
+    nowhere(&d, "司马相如", "the room owner's name");
+    assert!(d.iter().any(|(_, v)| v.contains("司**如")), "the masked owner name is what is kept");
     assert!(d.iter().any(|(_, v)| v.contains("欧**娜")), "the masked name is what is kept");
 
     // The same person signing in again is a new customer.

@@ -20,7 +20,7 @@ pub async fn login(req: Request) -> Handled {
     let session_secret = required_variable("session_secret").await.or_problem()?;
     let input: LoginBody =
         json(&body(req, DEFAULT_LIMIT_BYTES).await.or_problem()?, DEFAULT_LIMIT_BYTES).or_problem()?;
-    let pii = crate::privacy::pii_keys().await?;
+    let pii = scenefin_guest::pii_keys().await?;
     let secrets =
         Secrets { identity_secret: identity_secret.as_bytes(), session_secret: session_secret.as_bytes(), pii: &pii };
     let login =
@@ -45,7 +45,8 @@ pub async fn create_channel(req: Request) -> Handled {
         json(&body(req, DEFAULT_LIMIT_BYTES).await.or_problem()?, DEFAULT_LIMIT_BYTES).or_problem()?;
     let generated = channels::generated_code(&scenefin_core::ids::random_bytes::<8>().or_problem()?);
     let created = channels::create(&store()?, input.into(), &generated, now).await.or_problem()?;
-    Ok(json_response(201, &ChannelView::from(&created)))
+    let summary = format!("channel code {}: → {}", created.code, created.channel);
+    Ok(summarize(json_response(201, &ChannelView::from(&created)), summary))
 }
 
 pub async fn resolve_channel(req: &Request, code: &str) -> Handled {
@@ -88,9 +89,13 @@ pub async fn record_event(req: Request, id: &str) -> Handled {
     let now = request_time(&req).await?;
     let input: crate::dto::EventBody =
         json(&body(req, DEFAULT_LIMIT_BYTES).await.or_problem()?, DEFAULT_LIMIT_BYTES).or_problem()?;
+    let event_id = input.event_id.clone();
     let recorded =
         customers_domain::tags::record_offline(&store()?, id, input.into_offline(), now, &lifecycle_rules().await)
             .await
             .or_problem()?;
-    Ok(json_response(200, &crate::dto::RecordedView::from(&recorded)))
+    let view = crate::dto::RecordedView::from(&recorded);
+    let outcome = if view.first_time { "recorded" } else { "already recorded" };
+    let summary = format!("customer {id} offline event {event_id}: {outcome}, stage {}", view.stage);
+    Ok(summarize(json_response(200, &view), summary))
 }

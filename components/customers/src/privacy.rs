@@ -3,23 +3,15 @@
 
 use customers_domain::privacy;
 use customers_domain::sessions;
-use scenefin_core::pii::PiiKeys;
 use scenefin_guest::{
-    OrProblem, Request, Response, Role, decode, header, json_response, lifecycle_rules, request_time, require_role,
-    required_variable, store, variable,
+    OrProblem, Request, Response, Role, decode, header, json_response, lifecycle_rules, pii_keys, request_time,
+    require_role, required_variable, store,
 };
 use serde_json::json;
 
 use crate::dto::{ConsentBody, ErasureBody, MeView, UnmaskBody};
 
 type Handled = Result<Response, Response>;
-
-/// The personal-information keys: `pii_secret`, and `pii_secret_previous` during a rotation.
-pub async fn pii_keys() -> Result<PiiKeys, Response> {
-    let current = required_variable("pii_secret").await.or_problem()?;
-    let previous = variable("pii_secret_previous").await;
-    Ok(PiiKeys::new(current.as_bytes(), previous.as_deref().map(str::as_bytes)))
-}
 
 /// The signed-in customer's profile (an erased one is refused: `401 customer_erased`).
 async fn me(req: &Request) -> Result<scenefin_core::customers::Customer, Response> {

@@ -115,12 +115,11 @@ pub async fn revoke(req: Request, staff_id: &str) -> Handled {
     .await
     .or_problem()?;
     eprintln!("staff revoked: {} by {}", staff_id.as_str(), actor.id());
-    Ok(json_response(
+    let before = Timestamp::from_unix_secs(revocation.before);
+    let answer = json_response(
         200,
-        &serde_json::json!({
-            "staff_id": staff_id.as_str(),
-            "sessions_issued_before": Timestamp::from_unix_secs(revocation.before),
-            "by": revocation.by,
-        }),
-    ))
+        &serde_json::json!({ "staff_id": staff_id.as_str(), "sessions_issued_before": before, "by": revocation.by }),
+    );
+    let summary = format!("staff {}: sessions issued before {} → revoked", staff_id.as_str(), before.to_rfc3339());
+    Ok(scenefin_guest::audit::summarize(answer, summary))
 }

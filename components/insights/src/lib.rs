@@ -112,7 +112,9 @@ async fn exceptions(req: &Request, route: &Route) -> Handled {
 async fn release_expired(req: &Request) -> Handled {
     require_role(req, Role::Finance).await?;
     let now = request_time(req).await?;
-    Ok(json_response(200, &insights_domain::reservations::release_expired(&store()?, now).await.or_problem()?))
+    let released = insights_domain::reservations::release_expired(&store()?, now).await.or_problem()?;
+    let summary = format!("{} expired reservations released across {} budgets", released.released, released.budgets);
+    Ok(scenefin_guest::audit::summarize(json_response(200, &released), summary))
 }
 
 async fn campaigns(req: &Request) -> Handled {

@@ -113,7 +113,8 @@ struct RoomsBody {
 pub async fn rooms(req: Request, community_id: &str) -> Handled {
     let (store, community, bytes) = partner_upload(req, community_id).await?;
     let input: RoomsBody = json(&bytes, UPLOAD_LIMIT_BYTES).or_problem()?;
-    let created = communities::upsert_rooms(&store, &community, &input.rooms).await.or_problem()?;
+    let pii = scenefin_guest::pii_keys().await?;
+    let created = communities::upsert_rooms(&store, &community, &input.rooms, &pii).await.or_problem()?;
     Ok(json_response(200, &json!({ "received": input.rooms.len(), "created": created })))
 }
 
@@ -170,9 +171,9 @@ pub async fn claim(req: Request) -> Handled {
     let customer = require_customer(&req, now).await?;
     let b: ClaimBody = json(&body(req, DEFAULT_LIMIT_BYTES).await.or_problem()?, DEFAULT_LIMIT_BYTES).or_problem()?;
     let rules = lifecycle_rules().await;
-    let claimed = households::claim(&store()?, &customer, &b.community_id, &b.room_id, &b.owner_name, &rules, now)
-        .await
-        .or_problem()?;
+    let pii = scenefin_guest::pii_keys().await?;
+    let wanted = households::Claim { community_id: &b.community_id, room_id: &b.room_id, owner_name: &b.owner_name };
+    let claimed = households::claim(&store()?, &customer, wanted, &pii, &rules, now).await.or_problem()?;
     Ok(json_response(201, &claimed))
 }
 

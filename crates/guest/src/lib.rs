@@ -459,6 +459,13 @@ pub fn has_operator_credentials<B>(req: &http::Request<B>) -> bool {
     header(req, "authorization").is_some()
 }
 
+/// The personal-information keys (`scenefin_core::pii`): `pii_secret`, and `pii_secret_previous` during a rotation.
+pub async fn pii_keys() -> Result<scenefin_core::pii::PiiKeys, Response> {
+    let current = required_variable("pii_secret").await.or_problem()?;
+    let previous = variable("pii_secret_previous").await;
+    Ok(scenefin_core::pii::PiiKeys::new(current.as_bytes(), previous.as_deref().map(str::as_bytes)))
+}
+
 /// The customer a session token (`Authorization: Bearer`) belongs to, checked against `session_secret`.
 pub async fn require_customer<B>(req: &http::Request<B>, now: Timestamp) -> Result<String, Response> {
     let secret = required_variable("session_secret").await.or_problem()?;

@@ -1,11 +1,13 @@
 //! Communities (run by property companies) and their rooms.
 
 use scenefin_core::clock::Timestamp;
+use scenefin_core::customers::mask_name;
 use scenefin_core::ids::Id;
 use scenefin_core::kv::{self, Step, Store, get_json, put_json};
 use scenefin_core::limits;
 use scenefin_core::orders::CardDiscount;
 use scenefin_core::partners::{self, Credentials};
+use scenefin_core::pii::PiiKeys;
 use serde::{Deserialize, Serialize};
 
 use crate::{OWNER, PropertyError, keys};
@@ -220,8 +222,12 @@ pub struct Room {
     pub unit: String,
     /// Number.
     pub number: String,
-    /// Owner's name (shown only masked).
+    /// Owner's name, masked (`张*丰`): the full name is never stored.
     pub owner_name: String,
+    /// Keyed hash of the owner's normalised name (`scenefin_core::pii`), which a claim's name must match. Absent on
+    /// rooms uploaded before names were hashed: their `owner_name` is the name as uploaded, until the next upload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_hash: Option<String>,
     /// Area in hundredths of a square metre.
     pub area_cm2: i64,
     /// Monthly property fee.
@@ -277,6 +283,7 @@ pub async fn upsert_rooms(
     store: &impl Store,
     community: &Community,
     rooms: &[RoomInput],
+    pii: &PiiKeys,
 ) -> Result<usize, PropertyError> {
     if rooms.is_empty() || rooms.len() > MAX_ROOMS {
         return Err(PropertyError::invalid("rooms", format!("1 to {MAX_ROOMS} rooms")));
@@ -306,7 +313,8 @@ pub async fn upsert_rooms(
                 building: building.clone(),
                 unit: unit.clone(),
                 number: number.clone(),
-                owner_name: owner_name.clone(),
+                owner_name: mask_name(&owner_name),
+                owner_hash: Some(pii.lookup(&crate::fees::normalise_name(&owner_name))),
                 area_cm2,
                 monthly_fee_fen: r.monthly_fee_fen,
                 prepaid: current.map(|c| c.prepaid.clone()).unwrap_or_default(),

@@ -6,6 +6,7 @@ use scenefin_core::customers::{LifecycleRules, mask_name};
 use scenefin_core::events::{self, Event, EventKind};
 use scenefin_core::kv::{self, Step, Store, get_json};
 use scenefin_core::limits;
+use scenefin_core::pii::PiiKeys;
 use serde::{Deserialize, Serialize};
 
 use crate::communities::{self, Community, Room};
@@ -76,13 +77,22 @@ pub struct HouseholdView {
     pub arrears_fen: i64,
 }
 
-/// Claims a room if `owner_name` matches (normalised).
+/// A customer's claim of a room: the owner's name as they typed it.
+pub struct Claim<'a> {
+    /// The community.
+    pub community_id: &'a str,
+    /// The room.
+    pub room_id: &'a str,
+    /// The owner's name.
+    pub owner_name: &'a str,
+}
+
+/// Claims a room if `owner_name` matches (normalised, through its keyed hash: the room keeps no full name).
 pub async fn claim(
     store: &impl Store,
     customer_id: &str,
-    community_id: &str,
-    room_id: &str,
-    owner_name: &str,
+    Claim { community_id, room_id, owner_name }: Claim<'_>,
+    pii: &PiiKeys,
     rules: &LifecycleRules,
     now: Timestamp,
 ) -> Result<Household, PropertyError> {
@@ -92,9 +102,12 @@ pub async fn claim(
     if kv::read_counter(store, &failures).await? >= MAX_FAILED_CLAIMS {
         return Err(PropertyError::ClaimLocked);
     }
-    if fees::normalise_name(owner_name).is_empty()
-        || fees::normalise_name(owner_name) != fees::normalise_name(&room.owner_name)
-    {
+    let given = fees::normalise_name(owner_name);
+    let matches = match &room.owner_hash {
+        Some(hash) => pii.lookups(&given).contains(hash),
+        None => given == fees::normalise_name(&room.owner_name),
+    };
+    if given.is_empty() || !matches {
         limits::take(store, &failures, MAX_FAILED_CLAIMS, 1).await?;
         return Err(PropertyError::OwnerMismatch);
     }

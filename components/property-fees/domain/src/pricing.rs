@@ -266,6 +266,7 @@ mod tests {
             unit: "1".into(),
             number: "101".into(),
             owner_name: "x".into(),
+            owner_hash: None,
             area_cm2: 9000,
             monthly_fee_fen: 25_000,
             prepaid: vec![],

@@ -1,15 +1,16 @@
 // The customer's mini-program (/app) as a customer uses it on a phone (390×844) in headless Chromium (Debian's,
 // through playwright-core), in Chinese and in English: log in (a friend's code, a stale promotion link, a mistyped
 // code), pay a water bill with a coupon (a double tap places one order), coupons and check-in, the campus card (bind,
-// top-up, pay code, report lost, transactions), property fees (claim, prepay, an order whose answer is lost and a
-// reload), referral progress; coupons and the campus card again in English by a new customer, every screen checked
+// top-up, pay code, report lost, transactions), privacy (profile-based offers off and on, a download of one's data
+// with the staff look-ups, erasure after a confirmation), property fees (claim, prepay, an order whose answer is lost
+// and a reload), referral progress; coupons and the campus card again in English by a new customer, every screen checked
 // for Chinese page text, untranslated keys and raw problem codes. Asserts what the person sees; fails on any page error
 // and any console error but the API's own 4xx answers the page explains; saves screenshots.
 // Usage: node app.mjs <base url> <operator token> <artefact dir>
 // Every request outside the app's origin is aborted, so the page is proven to work with the network off.
 import { args, harness } from './harness.mjs';
 
-const { base, out } = args('app.mjs');
+const { base, operatorToken, out } = args('app.mjs');
 const { check, newPage: harnessPage, run, failures } = await harness(base);
 let lostAnswers = false; // while true, the page is expected to see failed requests (the lost-answer test)
 
@@ -29,6 +30,11 @@ function newPage(lang) {
 
 const squash = (s) => (s ?? '').replace(/\s+/g, ' ').trim();
 const text = async (page, selector) => squash(await page.locator(selector).first().textContent());
+/// GET `path` with the page's own customer session (or `token`): {status, body}.
+const asCustomer = (page, path, token) => page.evaluate(async ([p, tk]) => {
+  const r = await fetch(p, { headers: { authorization: `Bearer ${tk ?? sessionStorage.getItem('scenefin.session')}` } });
+  return { status: r.status, body: await r.json() };
+}, [path, token]);
 
 /// Waits until the element's text contains `want`, then records the check (with what was there if it never did).
 async function sees(page, selector, want, what) {
@@ -78,11 +84,7 @@ async function tab(page, name) {
 }
 
 /// The customer's orders of a scenario as the server has them (through the page's own session).
-const serverOrders = (page, scenario) => page.evaluate(async (s) => {
-  const token = sessionStorage.getItem('scenefin.session');
-  const r = await fetch(`/api/${s}/orders`, { headers: { authorization: `Bearer ${token}` } });
-  return (await r.json()).items;
-}, scenario);
+const serverOrders = async (page, scenario) => (await asCustomer(page, `/api/${scenario}/orders`)).body.items;
 
 /// The Idempotency-Key of every POST to `path` the page sends from now on.
 function countPosts(page, path) {
@@ -161,10 +163,21 @@ async function readsEnglish(page, what) {
   }));
   const rest = [...await registeredNames(page), '中文'].reduce((s, n) => s.replaceAll(n, ' '), seen.all);
   const chinese = rest.match(/[\u3000-\u303f\u3400-\u9fff\uff00-\uffef]+/g) ?? [];
-  const keys = rest.match(/\b(?:app|nav|tab|login|stage|utility|checkout|line|receipt|order|coupons?|discount|campus|card|txn|property|cost|referrals?|reward|common|err)\.[a-z_.]+/g) ?? [];
+  const keys = rest.match(/\b(?:app|nav|tab|login|stage|utility|checkout|line|receipt|order|coupons?|discount|campus|card|txn|property|cost|referrals?|reward|privacy|common|err)\.[a-z_.]+/g) ?? [];
   const codes = seen.said.match(/\b[a-z]+(?:_[a-z]+)+\b/g) ?? [];
   const found = [...chinese, ...keys, ...codes];
   check(found.length === 0, `${what}: reads in English (${found.join(', ') || 'no Chinese, text key or problem code'})`);
+}
+
+/// Flips the profile-based offers switch on the privacy page: the page says what the choice means (`said`), and after
+/// a reload the switch and its state (`shown`) still say the same.
+async function flipOffers(page, { said, shown, on }) {
+  await page.click('#marketing');
+  await sees(page, '#marketing-ok', said, `turning profile-based offers ${on ? 'on' : 'off'} says what it means`);
+  await page.reload();
+  await page.waitForSelector('body[data-ready] #panel-privacy:not([hidden])');
+  await sees(page, '[data-test=marketing-state]', shown, 'the choice and when it was made survive a reload');
+  check(await page.isChecked('#marketing') === on, `the switch shows ${on ? 'on' : 'off'} after the reload`);
 }
 
 async function journey(name, body) {
@@ -360,7 +373,102 @@ await run(async () => {
     await carol.context().close();
   });
 
-  // 5. Dave claims his room (a wrong owner name explained), pays fees and six months ahead; the first order's answer
+
+  // 5. Dave, a new customer, on the privacy page: profile-based offers off (no invite nudge) and on again, each
+  //    surviving a reload; a finance look-up of his phone number, then his data downloaded (the file has his id and
+  //    number, the screen masks it and lists the look-up with its time and reason), also in English; erasure only
+  //    after ticking the confirmation: logged out, told what went and what the bank keeps in the page's language,
+  //    the erased session refused, and logging in again makes him a new customer.
+  await journey('dave guards his privacy', async () => {
+    const dave = await newPage('zh-CN');
+    await login(dave, 'dave');
+    await sees(dave, '[data-test=notice]', '欢迎新用户', 'dave starts as a new customer');
+    const before = (await asCustomer(dave, '/api/me')).body;
+    await tab(dave, 'privacy');
+    await sees(dave, '#panel-privacy', '个性化推荐', 'the privacy page offers the choice of profile-based offers');
+    await sees(dave, '#marketing-hint', '邀请好友', 'and says what it changes');
+    await sees(dave, '[data-test=marketing-state]', '默认开启', 'a customer who never chose has it on');
+    check(await dave.isChecked('#marketing'), 'the switch shows on');
+    await usable(dave, 'the privacy page');
+    await shot(dave, 'privacy-1-dave');
+    await flipOffers(dave, { said: '已关闭个性化推荐', shown: '已关闭', on: false });
+    await tab(dave, 'referrals');
+    const noNudge = await dave.waitForFunction(() => document.querySelector('[data-test=referral-progress]') && !document.querySelector('[data-test=next-tier]'), null, { timeout: 10000 })
+      .then(() => true, () => false);
+    check(noNudge, 'with offers off the invite page carries no nudge to invite more');
+    await tab(dave, 'privacy');
+    await flipOffers(dave, { said: '已开启个性化推荐', shown: '已开启', on: true });
+    await tab(dave, 'referrals');
+    await sees(dave, '[data-test=next-tier]', '再邀请 1 位', 'with offers on the invite page nudges again');
+    await tab(dave, 'privacy');
+
+    const reason = 'customer called about a refund, ticket CS-2041';
+    const unmasked = await fetch(`${base}/api/ops/customers/${before.customer_id}/unmask`, {
+      method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${operatorToken}` },
+      body: JSON.stringify({ field: 'phone', reason }),
+    });
+    check(unmasked.status === 200, `the bank unmasks his phone number for a reason (${unmasked.status})`);
+    await dave.click('[data-test=export]');
+    await dave.waitForSelector('[data-test=export-download]');
+    const [download] = await Promise.all([dave.waitForEvent('download'), dave.click('[data-test=export-download]')]);
+    const { readFile } = await import('node:fs/promises');
+    const file = JSON.parse(await readFile(await download.path(), 'utf8'));
+    check(file.customer_id === before.customer_id && file.phone === '13800000004',
+      `the downloaded file has his customer id and phone number (${download.suggestedFilename()}: ${file.customer_id}, ${file.phone})`);
+    await sees(dave, '[data-test=export-phone]', '138****0004', 'the screen shows his number masked');
+    check(!(await dave.innerText('body')).includes('13800000004'), 'and never in the clear');
+    check(await text(dave, '[data-test=export-access]') === '1', 'the summary counts one staff look-up');
+    const at = new Intl.DateTimeFormat('zh-CN', { timeZone: 'Asia/Shanghai', hour12: false, year: 'numeric', month: '2-digit', day: '2-digit', hour: '2-digit', minute: '2-digit' })
+      .format(new Date(file.staff_access?.[0]?.at));
+    await sees(dave, '[data-test=staff-access]', at, 'the look-up is listed at its Beijing time');
+    await sees(dave, '[data-test=staff-access]', `原因：${reason}`, 'with the reason staff gave');
+    await usable(dave, 'the data download');
+    await shot(dave, 'privacy-2-dave-export');
+    await dave.click('.lang-switch button[lang=en]');
+    await sees(dave, '[data-test=export-summary]', 'Your data is ready', 'the download summary in English');
+    await sees(dave, '[data-test=staff-access]', `Reason: ${reason}`, 'and the look-up');
+    await sees(dave, '[data-test=marketing-state]', 'On (set', 'and the choice');
+    await readsEnglish(dave, 'the privacy page');
+    await dave.focus('#marketing');
+    await usable(dave, 'the privacy page in English');
+    await shot(dave, 'privacy-3-dave-en');
+    await dave.click('.lang-switch button[lang=zh-CN]');
+
+    await dave.click('[data-test=erase]');
+    await sees(dave, '[data-test=erase-dialog]', '确定要删除您的个人信息吗', 'erasing asks first, saying what is deleted');
+    check(await dave.isDisabled('[data-test=confirm-erase]'), 'the erase button waits for the confirmation to be ticked');
+    await usable(dave, 'the erasure confirmation');
+    await shot(dave, 'privacy-4-dave-erase-confirm');
+    const token = await dave.evaluate(() => sessionStorage.getItem('scenefin.session'));
+    await dave.check('[data-test=erase-tick]');
+    await dave.click('[data-test=confirm-erase]');
+    await dave.waitForSelector('#login:not([hidden])');
+    await sees(dave, '[data-test=notice]', '您的个人信息已删除', 'after erasing he is logged out and told so');
+    await sees(dave, '[data-test=erasure-report]', '手机号', 'the report says what was deleted');
+    await sees(dave, '[data-test=erasure-kept]', '记账分录和订单', 'and what the bank keeps, in Chinese');
+    const kept = await text(dave, '[data-test=erasure-kept]');
+    check(!/[A-Za-z]{3,}/.test(kept), `the server's English sentences are not shown on the Chinese page (${kept})`);
+    check(await dave.evaluate(() => !sessionStorage.getItem('scenefin.session')), 'the page forgot the session');
+    const gone = await asCustomer(dave, '/api/me', token);
+    check(gone.status === 401 && gone.body?.code === 'customer_erased', `the erased session is refused (${gone.status} ${gone.body?.code})`);
+    await shot(dave, 'privacy-5-dave-erased');
+    await dave.click('.lang-switch button[lang=en]');
+    await sees(dave, '[data-test=erasure-kept]', 'Ledger postings and orders', 'the report in English');
+    await readsEnglish(dave, 'the erasure report');
+    await dave.click('.lang-switch button[lang=zh-CN]');
+    await dave.selectOption('#persona', 'dave');
+    await dave.click('#login-button');
+    await dave.waitForSelector('[data-test=customer]');
+    await sees(dave, '[data-test=notice]', '欢迎新用户', 'logging in again registers him afresh');
+    await sees(dave, '[data-test=customer]', '138****0004', 'the same person (his phone number)');
+    await sees(dave, '[data-test=marketing-state]', '默认开启', 'with no choice carried over');
+    const after = (await asCustomer(dave, '/api/me')).body;
+    check(after.customer_id && after.customer_id !== before.customer_id, `as a new customer (${before.customer_id} → ${after.customer_id})`);
+    check((await dave.locator('[data-test=erasure-report]').count()) === 0, 'the erasure report is gone once he is back');
+    await dave.context().close();
+  });
+
+  // 6. Dave claims his room (a wrong owner name explained), pays fees and six months ahead; the first order's answer
   //    is lost and the page reloaded: the retry carries the same Idempotency-Key and the server has one order.
   await journey('dave pays property fees', async () => {
     const dave = await newPage('zh-CN');
@@ -425,7 +533,7 @@ await run(async () => {
     await dave.context().close();
   });
 
-  // 6. Alice sees both friends qualified and what the next tier needs.
+  // 7. Alice sees both friends qualified and what the next tier needs.
   await journey('alice sees her progress', async () => {
     const alice = await newPage('zh-CN');
     await login(alice, 'alice');
@@ -440,7 +548,7 @@ await run(async () => {
     await alice.context().close();
   });
 
-  // 7. Alice, still a new customer, now in English: the offers nearby, a claim and her wallet, a check-in streak; her
+  // 8. Alice, still a new customer, now in English: the offers nearby, a claim and her wallet, a check-in streak; her
   //    campus card bound from the school list (a wrong code first), ¥0.00, topped up, the pay code counting down,
   //    reported lost and back, the transactions. Every screen reads in English, amounts in ¥.
   await journey('alice in English: coupons and the campus card', async () => {

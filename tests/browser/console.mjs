@@ -85,6 +85,10 @@ const twice = await capture(orderId, total);
 if (twice.notified.refund_instruction?.reason !== 'duplicate_payment') throw new Error(`not a duplicate payment: ${JSON.stringify(twice.notified)}`);
 const dave = await login('dave');
 must(await call('POST', '/api/coupons/campaigns/demo_coffee/claim', { token: dave, headers: { 'idempotency-key': key('claim') } }), 'claim');
+// Finance reads dave's phone number for a reason: the audit log's entry carries the reason as its summary.
+const UNMASK_REASON = 'refund dispute call-back, ticket CS-2041';
+const daveId = must(await call('GET', '/api/me', { token: dave }), 'dave').customer_id;
+must(await call('POST', `/api/ops/customers/${daveId}/unmask`, { ...operator, body: { field: 'phone', reason: UNMASK_REASON } }), 'unmask');
 console.log(`customer actions done: order ${orderId} of ${total} fen paid twice, a coupon claimed`);
 
 // ------------------------------------------------------------------------------------------- what the operator sees
@@ -107,14 +111,14 @@ const EXPECT = {
     stages: ['新客', '已激活', '活跃', '高价值', '沉睡'], over: '注册数多于到访数', median: '不到 1 分钟', dormant: '60 天无活动',
     balanced: '账目平衡', addsUp: '相符', duplicate: '重复支付', refund: '原路退回', reconciled: '已对平',
     orderErr: '开始日期不能晚于结束日期', futureErr: '结束日期不能晚于明天', longErr: '最长 366 天', english: 'Operator console',
-    serverErr: '服务器不接受这个结束日期', see: '请看上方日期旁的说明', held: '仍占用', releasedOn: '已释放（', releasedOne: '已释放 1 笔',
+    serverErr: '服务器不接受这个结束日期', see: '请看上方日期旁的说明', changed: '变更：', held: '仍占用', releasedOn: '已释放（', releasedOne: '已释放 1 笔',
   },
   en: {
     signIn: 'Operator token', breakGlass: 'Break-glass operator token', staff: '王审阅 (viewer)', forbidden: 'Your roles do not cover this part', wrongToken: 'The operator token is not right', tabs: ['Funnel and lifecycle', 'Channels', 'Campaigns and budgets', 'Exceptions', 'Ledger check', 'Audit log'], auditOk: 'entries of the day verify', breakGlassKind: 'break-glass token',
     stages: ['New', 'Activated', 'Engaged', 'High value', 'Dormant'], over: 'more registrations than visits', median: 'under a minute', dormant: 'no activity for 60 days',
     balanced: 'Balanced', addsUp: 'adds up', duplicate: 'Paid twice', refund: 'Refund ¥', reconciled: 'reconciled',
     orderErr: 'must not be after the last day', futureErr: 'must not be after tomorrow', longErr: 'at most 366', english: 'Operator console',
-    serverErr: 'The server refused this To date', see: 'see the note beside the dates above', held: 'Still held', releasedOn: 'Released (', releasedOne: '1 released',
+    serverErr: 'The server refused this To date', see: 'see the note beside the dates above', changed: 'Changed: ', held: 'Still held', releasedOn: 'Released (', releasedOne: '1 released',
   },
 };
 
@@ -338,6 +342,9 @@ async function walk(width, height, lang) {
   const audited = await page.locator('[data-test=audit] tbody tr').evaluateAll((trs) => trs.map((tr) => [...tr.cells].map((c) => c.innerText)));
   check(audited.some((r) => r[1].includes(e.breakGlassKind) && r[2].startsWith('POST /api/channels')),
     `${tag}: the break-glass channel codes are in the audit log (${audited.length} rows)`);
+  const unmasked = audited.find((r) => r[2].startsWith(`POST /api/ops/customers/${daveId}/unmask`));
+  check(Boolean(unmasked?.[2].includes(`${e.changed}`) && unmasked[2].includes(UNMASK_REASON)),
+    `${tag}: the phone unmask's entry says what changed, with the reason (${unmasked?.[2] ?? 'no entry'})`);
   await fits(page, tag, 'audit');
   const auditContrast = await contrastFailures(page);
   check(auditContrast.bad.length === 0, `${tag}: the audit view meets WCAG AA contrast (${auditContrast.bad.join('; ')})`);

@@ -1,5 +1,5 @@
-// The customer's mini-program (H5): utility bills, coupons, campus card, property fees and referrals through the real
-// APIs. Only the bank's login gateway and the payment gateway are simulated (POST /api/demo/identity and
+// The customer's mini-program (H5): utility bills, coupons, campus card, property fees, referrals and the customer's
+// privacy rights (profile-based offers on or off, a copy of their data, erasure) through the real APIs. Only the bank's login gateway and the payment gateway are simulated (POST /api/demo/identity and
 // /api/demo/payments, demo mode only): the page delivers the signed notification as the gateway would.
 //
 // Paying is one intent, once: the Pay button is disabled while in flight, one Idempotency-Key per intent is kept in
@@ -16,7 +16,7 @@ const INTENT_PREFIX = 'scenefin.intent:';
 // public list of them).
 const TOPUP_AMOUNTS = [5000, 10000, 20000];
 const PREPAY_MONTHS = [0, 3, 6, 12];
-const TABS = ['utility', 'coupons', 'campus', 'property', 'referrals'];
+const TABS = ['utility', 'coupons', 'campus', 'property', 'referrals', 'privacy'];
 
 const state = {
   token: sessionStorage.getItem(TOKEN_KEY),
@@ -36,6 +36,8 @@ const state = {
   referral: null,
   payCode: null,
   notices: [],
+  exported: null,
+  erasure: null,
 };
 const inFlight = new Set();
 const claimKeys = new Map();
@@ -109,6 +111,8 @@ function fillSelect(select, options) {
   select.replaceChildren(...options.map(([value, text]) => el('option', { value, text })));
   if (chosen) select.value = chosen;
 }
+/// The text of `key`, or of `fallback` when the page has no words for it (a code the server added later).
+const textOr = (key, fallback) => (t(key) === key ? t(fallback) : t(key));
 const emptyNote = (key) => el('p', { class: 'muted empty', text: t(key) });
 
 function loadIntent(sig) {
@@ -143,7 +147,8 @@ function renderWho() {
 }
 
 function renderNotices() {
-  $('#notice').replaceChildren(...state.notices.map((n) => el('p', { class: `notice ${n.kind}`, 'data-test': 'notice', text: t(n.key, n.vars) })));
+  $('#notice').replaceChildren(...state.notices.map((n) => el('p', { class: `notice ${n.kind}`, 'data-test': 'notice', text: t(n.key, n.vars) })),
+    state.erasure ? erasureReport(state.erasure) : '');
 }
 function notify(key, vars = {}, kind = 'info') {
   state.notices = [{ key, vars, kind }];
@@ -155,27 +160,36 @@ async function loadMe() {
   const me = await call('GET', '/api/me', { auth: true });
   if (ok(me)) state.me = me.body;
   renderWho();
+  renderPrivacy();
+}
+
+/// Ends the session on this device: the token, and the copy of the customer's data made for a download.
+function dropSession() {
+  state.token = null;
+  state.me = null;
+  sessionStorage.removeItem(TOKEN_KEY);
+  forgetExport();
+  $('#erase-confirm').replaceChildren();
+  say($('#marketing-ok'), '', 'ok');
 }
 
 function expireSession() {
   if (!state.token) return;
-  state.token = null;
-  state.me = null;
-  sessionStorage.removeItem(TOKEN_KEY);
+  dropSession();
   notify('login.session_expired', {}, 'error');
   applyLoginState();
   renderWho();
+  renderPrivacy();
 }
 
-function logout() {
-  state.token = null;
-  state.me = null;
-  sessionStorage.removeItem(TOKEN_KEY);
-  for (const key of ['accounts', 'orders', 'wallet', 'cards', 'rooms']) state[key] = [];
+/// Signs out and forgets what the page showed of the customer; `key` says why (logged out, or erased).
+function signOut(key, kind = 'info') {
+  dropSession();
+  for (const list of ['accounts', 'orders', 'wallet', 'cards', 'rooms']) state[list] = [];
   state.checkin = null;
   state.referral = null;
   stopPayCode();
-  notify('login.logged_out');
+  notify(key, {}, kind);
   $('#checkout').hidden = true;
   $('#property-checkout').hidden = true;
   for (const id of ['#receipt', '#campus-receipt', '#property-receipt']) $(id).replaceChildren();
@@ -183,6 +197,7 @@ function logout() {
   applyLoginState();
   renderAll();
 }
+const logout = () => signOut('login.logged_out');
 
 const CHANNEL = new URLSearchParams(location.search).get('ch');
 
@@ -219,6 +234,7 @@ async function login(event) {
       s = await call('POST', '/api/sessions', { body });
     }
     if (!ok(s)) { say(error, problemText(s)); return; }
+    state.erasure = null;
     state.token = s.body.token;
     sessionStorage.setItem(TOKEN_KEY, state.token);
     if (s.body.is_new) notes.unshift({ key: 'login.new_customer', kind: 'ok' });
@@ -270,14 +286,11 @@ function lineLabel(line) {
   switch (line.kind) {
     case 'fee': {
       const [cost, period] = d.split(' ');
-      return t('line.fee', { cost: t(`cost.${cost}`) === `cost.${cost}` ? t('cost.other') : t(`cost.${cost}`), period: period ?? '' });
+      return t('line.fee', { cost: textOr(`cost.${cost}`, 'cost.other'), period: period ?? '' });
     }
     case 'prepay': return t('line.prepay', { months: (d.match(/^\d+/) ?? [''])[0] });
     case 'coupon': return t('line.coupon', { title: d });
-    default: {
-      const key = `line.${line.kind}`;
-      return t(key) === key ? t('line.other') : t(key);
-    }
+    default: return textOr(`line.${line.kind}`, 'line.other');
   }
 }
 
@@ -393,8 +406,7 @@ async function confirmPay(intent, pay, error, status) {
       intent.stale = ['failed', 'expired'].includes(state);
       if (intent.stale) dropIntent(intent.sig);
       say(status, '');
-      const key = `checkout.order_${state}`;
-      say(error, state ? (t(key) === key ? t('err.generic') : t(key)) : problemText(order));
+      say(error, state ? textOr(`checkout.order_${state}`, 'err.generic') : problemText(order));
       pay.disabled = false;
       pay.textContent = intent.stale && intent.restart ? t('checkout.restart') : t('checkout.retry');
       return;
@@ -753,7 +765,7 @@ function roomCard(h) {
     h.arrears_fen > 0 ? el('div', { class: 'due', 'data-test': 'arrears', text: t('property.arrears', { amount: yuan(h.arrears_fen) }) })
       : el('div', { class: 'ok', 'data-test': 'arrears', text: t('property.no_arrears') }),
     h.bills.length ? el('ul', { class: 'list' }, h.bills.map((b) => el('li', { 'data-test': 'fee' },
-      el('span', { text: `${t(`cost.${b.cost_type}`) === `cost.${b.cost_type}` ? t('cost.other') : t(`cost.${b.cost_type}`)} ${b.period}` }),
+      el('span', { text: `${textOr(`cost.${b.cost_type}`, 'cost.other')} ${b.period}` }),
       el('strong', { text: yuan(b.amount_fen + b.late_fee_fen) }),
       b.late_fee_fen ? el('span', { class: 'muted small', text: t('property.late_fee', { amount: yuan(b.late_fee_fen) }) }) : ''))) : '',
     el('div', { class: 'row' }, el('label', { for: id, class: 'inline', text: t('property.prepay') }), prepay,
@@ -848,7 +860,7 @@ function renderReferral() {
   parts.push(me.referrals.length ? el('ul', { class: 'list' }, me.referrals.map((x) => el('li', { 'data-test': 'referral' },
     el('span', {}, el('span', { text: shortMask(x.referee_masked) }), ' ', el('span', { class: 'muted small', text: t('referrals.friend_since', { date: shanghaiTime(x.attached_at, { time: false }) }) })),
     el('span', { class: `state state-${x.status}`, text: t(`referral.${x.status}`) }),
-    x.reason ? el('span', { class: 'muted small', text: t(`err.${x.reason}`) === `err.${x.reason}` ? t('err.referral_rejected') : t(`err.${x.reason}`) }) : ''))) : emptyNote('referrals.no_friends'));
+    x.reason ? el('span', { class: 'muted small', text: textOr(`err.${x.reason}`, 'err.referral_rejected') }) : ''))) : emptyNote('referrals.no_friends'));
   box.replaceChildren(...parts);
 }
 
@@ -858,6 +870,127 @@ async function getCode() {
   const r = await call('POST', '/api/referrals/codes', { auth: true, body: { program_id: $('#program').value } });
   if (!ok(r)) { b.disabled = false; b.after(el('p', { class: 'error', role: 'alert', text: problemText(r) })); return; }
   await loadReferral();
+}
+
+
+// Privacy --------------------------------------------------------------------------------------------------------
+
+/// The erasure's fixed confirmation, in so many words (the API refuses anything else).
+const ERASE_PHRASE = 'erase my personal information';
+/// What an erasure deletes (docs/openapi.yaml, POST /api/me/erasure), said in the page's language.
+const ERASED = ['identities', 'phone', 'cards', 'tags', 'journal', 'access', 'consent'];
+/// The server's English sentences of what the bank keeps, recognised by their subject and said in the page's language;
+/// one it does not know yet is said in general words rather than in English on a Chinese page.
+const KEPT = [[/ledger|order/i, 'ledger'], [/settlement/i, 'settlements'], [/lifecycle|stage/i, 'stages'], [/channel/i, 'channel']];
+const erasedList = () => el('ul', {}, ERASED.map((k) => el('li', { text: t(`privacy.deleted.${k}`) })));
+const keptKey = (sentence) => `privacy.kept.${KEPT.find(([re]) => re.test(sentence))?.[1] ?? 'other'}`;
+
+function renderPrivacy() {
+  const me = state.token ? state.me : null;
+  const box = $('#marketing');
+  box.checked = Boolean(me?.marketing_allowed);
+  const consent = me?.marketing_consent;
+  let status = '';
+  if (me) status = consent ? t(consent.granted ? 'privacy.consent_on_since' : 'privacy.consent_off_since', { time: shanghaiTime(consent.at) }) : t('privacy.consent_default');
+  $('#marketing-state').textContent = status;
+  renderExport();
+}
+
+async function setConsent(event) {
+  const box = event.currentTarget;
+  const want = box.checked;
+  say($('#marketing-error'), '');
+  say($('#marketing-ok'), '', 'ok');
+  await guarded(box, async () => {
+    const r = await call('PUT', '/api/me/consent', { auth: true, body: { marketing: want } });
+    if (!ok(r)) { box.checked = !want; return say($('#marketing-error'), problemText(r)); }
+    state.me = r.body;
+    renderPrivacy();
+    say($('#marketing-ok'), t(want ? 'privacy.consent_saved_on' : 'privacy.consent_saved_off'), 'ok');
+    await loadReferral();
+  });
+}
+
+/// Drops the copy of the customer's data the page holds for a download.
+function forgetExport() {
+  if (state.exported) URL.revokeObjectURL(state.exported.url);
+  state.exported = null;
+}
+
+async function exportData(event) {
+  say($('#export-error'), '');
+  await guarded(event.currentTarget, async () => {
+    const r = await call('GET', '/api/me/export', { auth: true });
+    if (!ok(r)) return say($('#export-error'), problemText(r));
+    forgetExport();
+    const blob = new Blob([JSON.stringify(r.body, null, 2)], { type: 'application/json' });
+    state.exported = { data: r.body, url: URL.createObjectURL(blob), name: `scenefin-${r.body.customer_id}.json` };
+    renderExport();
+    $('[data-test=export-download]')?.focus();
+  });
+}
+
+/// The export's summary (the phone number masked on screen; it is in the clear in the file) and every time bank staff
+/// read the customer's masked information, with their reason.
+function renderExport() {
+  const x = state.exported;
+  if (!x) { $('#export-result').replaceChildren(); return; }
+  const access = x.data.staff_access ?? [];
+  $('#export-result').replaceChildren(el('div', { class: 'card', 'data-test': 'export-summary' },
+    el('h3', { text: t('privacy.export_ready') }),
+    el('dl', { class: 'lines' },
+      el('dt', { text: t('privacy.export_phone') }), el('dd', { 'data-test': 'export-phone', text: state.me?.phone_masked ?? '-' }),
+      el('dt', { text: t('privacy.export_payments') }), el('dd', { 'data-test': 'export-payments', text: String((x.data.payments ?? []).length) }),
+      el('dt', { text: t('privacy.export_access') }), el('dd', { 'data-test': 'export-access', text: String(access.length) })),
+    el('a', { class: 'download', href: x.url, download: x.name, 'data-test': 'export-download', text: t('privacy.export_save', { file: x.name }) }),
+    el('h3', { text: t('privacy.access_heading') }),
+    access.length ? el('ul', { class: 'list' }, access.map((a) => el('li', { 'data-test': 'staff-access' },
+      el('span', { class: 'muted small', text: shanghaiTime(a.at) }),
+      el('span', { text: t('privacy.access_row', { by: a.by, field: textOr(`privacy.field.${a.field}`, 'privacy.field.other') }) }),
+      el('span', { class: 'reason', text: t('privacy.access_reason', { reason: a.reason }) })))) : emptyNote('privacy.no_access')));
+}
+
+/// Erasure asks first: what goes and what the bank keeps, and a box to tick before the button works.
+function confirmErase() {
+  const holder = $('#erase-confirm');
+  if (holder.firstChild) return;
+  const tick = el('input', { type: 'checkbox', id: 'erase-tick', 'data-test': 'erase-tick' });
+  const go = button(t('privacy.erase_yes'), { class: 'danger', 'data-test': 'confirm-erase', onclick: (e) => erase(e.currentTarget, error) }, { disabled: true });
+  const error = el('p', { class: 'error', role: 'alert' });
+  tick.addEventListener('change', () => { go.dataset.off = String(!tick.checked); go.disabled = !tick.checked || !state.token; });
+  holder.replaceChildren(el('div', { class: 'confirm', role: 'alertdialog', 'aria-labelledby': 'erase-q', 'data-test': 'erase-dialog' },
+    el('p', { id: 'erase-q', text: t('privacy.erase_confirm') }),
+    erasedList(),
+    el('p', { text: t('privacy.erase_keeps') }),
+    el('div', { class: 'tick' }, tick, el('label', { for: 'erase-tick', text: t('privacy.erase_tick') })),
+    el('div', { class: 'row' }, go, button(t('common.cancel'), { class: 'secondary', onclick: () => holder.replaceChildren() })),
+    error));
+  tick.focus();
+}
+
+async function erase(node, error) {
+  say(error, '');
+  await guarded(node, async () => {
+    const r = await call('POST', '/api/me/erasure', { auth: true, body: { confirm: ERASE_PHRASE } });
+    if (!ok(r)) return say(error, problemText(r));
+    $('#erase-confirm').replaceChildren();
+    state.erasure = r.body;
+    signOut('privacy.erased', 'ok');
+    window.scrollTo(0, 0);
+  });
+}
+
+/// What the erasure did, in the page's language: what was deleted, and what the bank keeps under a pseudonym.
+function erasureReport(e) {
+  const kept = [...new Set((e.kept ?? []).map(keptKey))];
+  return el('div', { class: 'card', 'data-test': 'erasure-report', role: 'status' },
+    el('p', { text: t('privacy.erased_at', { time: shanghaiTime(e.erased_at) }) }),
+    el('h3', { text: t('privacy.deleted_heading') }),
+    erasedList(),
+    el('h3', { text: t('privacy.kept_heading') }),
+    el('ul', { 'data-test': 'erasure-kept' }, kept.map((k) => el('li', { text: t(k) }))),
+    el('p', { class: 'muted small', text: t('privacy.erased_again') }),
+    button(t('privacy.report_close'), { class: 'link', onclick: () => { state.erasure = null; renderNotices(); } }, { needsLogin: false }));
 }
 
 
@@ -873,6 +1006,7 @@ function renderAll() {
   renderCampus();
   renderProperty();
   renderReferral();
+  renderPrivacy();
   applyLoginState();
 }
 
@@ -888,6 +1022,7 @@ document.addEventListener('langchange', () => {
   renderAll();
   // An open checkout re-renders on its next action; close it rather than show it half in the old language.
   for (const id of ['#checkout', '#property-checkout']) { $(id).hidden = true; $(id).replaceChildren(); }
+  $('#erase-confirm').replaceChildren();
   for (const [id, order] of receipts) renderReceipt(document.getElementById(id), order);
 });
 $('#login-form').addEventListener('submit', login);
@@ -921,6 +1056,9 @@ formAction('#attach-form', {
   done: () => say($('#attach-ok'), t('referrals.attached'), 'ok'),
 });
 $('#program').addEventListener('change', loadReferral);
+$('#marketing').addEventListener('change', setConsent);
+$('#export').addEventListener('click', exportData);
+$('#erase').addEventListener('click', confirmErase);
 for (const b of document.querySelectorAll('[role=tab]')) b.addEventListener('click', () => selectTab(b.dataset.tab));
 $('.tabs').addEventListener('keydown', tabKeys);
 const ref = new URLSearchParams(location.search).get('ref');

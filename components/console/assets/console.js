@@ -458,6 +458,11 @@ function renderLedger() {
 
 // ---------------------------------------------------------------------------------------------- audit
 
+/// The request, and under it what it changed when the server said (e.g. the reason given for unmasking a phone number).
+const auditWhat = (e) => (e.summary
+  ? el('span', {}, `${e.method} ${e.path}`, el('br'), el('span', { class: 'muted', 'data-test': 'audit-summary', text: t('au.summary', { summary: e.summary }) }))
+  : `${e.method} ${e.path}`);
+
 function renderAudit() {
   const r = state.data.audit;
   if (!r) return;
@@ -471,7 +476,7 @@ function renderAudit() {
     note(t('audit.scope', { day: b.day })),
     status,
     b.entries.length ? captioned(t('audit.title'), [t('au.time'), t('au.actor'), t('au.what'), num(t('au.status')), t('au.from'), t('xp.state')],
-      b.entries.map((e) => [shanghaiTime(e.at), `${e.actor} (${label('akind', e.actor_kind)})`, `${e.method} ${e.path}`, String(e.status), e.from ?? '-',
+      b.entries.map((e) => [shanghaiTime(e.at), `${e.actor} (${label('akind', e.actor_kind)})`, auditWhat(e), String(e.status), e.from ?? '-',
         e.intact ? t('au.ok') : el('span', { class: 'bad', text: t('au.bad') })]),
       { 'data-test': 'audit', class: 'wrap-first' }) : note(t('audit.none')),
     note(t('audit.how')));

@@ -147,6 +147,26 @@ async fn a_coupon_stock_raise_needs_a_second_marketing_staff_member() {
     assert!(!pending_ids(&app, scope, &staff.maker).await.contains(&id));
     let got = app.send("GET", &format!("{scope}/{id}"), None, Some(&staff.other)).await;
     assert_eq!(got.body["approval"]["state"], "executed", "{:?}", got.body);
+    // The audit log says what changed: the maker's proposal (1000 → 1500) and its execution, once.
+    let day = app.now.to_rfc3339()[..10].to_owned();
+    let audit = app.send("GET", &format!("/api/ops/audit?day={day}&resource={id}"), None, Some(OPERATOR_TOKEN)).await;
+    let summaries: Vec<String> = audit.body["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["summary"].as_str().map(str::to_owned))
+        .collect();
+    let executed = summaries.iter().filter(|s| s.contains("approved → executed")).count();
+    assert_eq!(executed, 1, "{summaries:?}");
+    let path_entries =
+        app.send("GET", &format!("/api/ops/audit?day={day}&actor=stock_maker"), None, Some(OPERATOR_TOKEN)).await;
+    assert!(
+        path_entries.body["entries"].as_array().expect("entries").iter().any(|e| e["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("stock_total 1000 → 1500: proposed, pending a checker"))),
+        "{:?}",
+        path_entries.body
+    );
 
     // Break-glass raises at once.
     let r = app.send("PUT", path, Some(&stock(1600)), Some(OPERATOR_TOKEN)).await;

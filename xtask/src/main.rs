@@ -126,6 +126,7 @@ const SPIN_SUITES: &[&str] = &[
     "mixed_day::",
     "staff::",
     "privacy::",
+    "approvals::",
     "insights::reservations_nobody_came_back_for",
 ];
 

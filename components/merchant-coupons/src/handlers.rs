@@ -128,6 +128,7 @@ pub async fn set_stock(req: Request, id: &str) -> Handled {
     let input: StockBody = json(&bytes, DEFAULT_LIMIT_BYTES).or_problem()?;
     let current = campaigns::check_stock(&store()?, id, input.stock_total).await.or_problem()?;
     let raise = input.stock_total > current.stock_total;
+    let change = format!("campaign {id} stock_total {} → {}", current.stock_total, input.stock_total);
     let action = Action {
         name: "increase_stock",
         role: Role::Marketing,
@@ -135,7 +136,9 @@ pub async fn set_stock(req: Request, id: &str) -> Handled {
         payload: json!({ "stock_total": input.stock_total }),
         credentials: None,
     };
-    approvals::propose_or_run(&head, &actor, OWNER, action, raise, 200, now, execute).await
+    let answer = approvals::propose_or_run(&head, &actor, OWNER, action, raise, 200, now, execute).await?;
+    let outcome = if answer.status() == 202 { "proposed, pending a checker" } else { "applied" };
+    Ok(scenefin_guest::audit::summarize(answer, format!("{change}: {outcome}")))
 }
 
 pub async fn stats(req: &Request, id: &str) -> Handled {

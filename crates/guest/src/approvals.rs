@@ -17,6 +17,7 @@ use scenefin_core::partners::Credentials;
 use scenefin_core::problem::ApiError;
 use serde_json::{Value, json};
 
+use crate::audit::summarize;
 use crate::{
     Actor, Head, OrProblem, Request, Response, Role, Route, SpinStore, body, header, json, json_response, problem,
     request_time, require_role, require_staff, split, store,
@@ -84,12 +85,14 @@ pub async fn propose_or_run(
     proposal.credentials = action.credentials;
     if needs_checker && matches!(actor, Actor::Staff(_)) {
         let proposal = approvals::propose(&store, owner, proposal).await.or_problem()?;
-        return Ok(json_response(202, &json!({ "approval": proposal.public() })));
+        let answer = json_response(202, &json!({ "approval": proposal.public() }));
+        return Ok(summarize(answer, format!("{}: → pending {}", what(&proposal), proposal.id)));
     }
     proposal.state = ProposalState::Approved;
     proposal.checker = Some(actor.id().to_owned());
     proposal.decided_at = Some(now);
-    Ok(json_response(status, &run(&store, &proposal, now).await?))
+    let answer = json_response(status, &run(&store, &proposal, now).await?);
+    Ok(summarize(answer, format!("{}: → done at once (no checker needed)", what(&proposal))))
 }
 
 /// `POST` of a partner registration (a biller, community, school or merchant; partner admin): the body decoded as
@@ -149,7 +152,8 @@ pub async fn reject(req: Request, owner: &str, id: &str, scope: Option<&Scope>) 
     let (store, actor, now, proposal) = checker(req, owner, id, scope).await?;
     let proposal =
         approvals::decide(&store, owner, &proposal.id, actor.id(), now, Decision::Reject).await.or_problem()?;
-    Ok(json_response(200, &json!({ "approval": proposal.public() })))
+    let answer = json_response(200, &json!({ "approval": proposal.public() }));
+    Ok(summarize(answer, format!("{} ({}): pending → rejected", what(&proposal), proposal.id)))
 }
 
 /// `POST …/approvals/{id}/approve` (the proposal's role, not its maker): approves the proposal and carries it out
@@ -171,22 +175,29 @@ pub async fn approve(req: Request, owner: &str, id: &str, scope: Option<&Scope>,
                 }
             };
             let done = approvals::executed(&store, owner, &id, result).await.or_problem()?;
-            return Ok(answer(&done, field));
+            return Ok(answer(&done, field, true));
         }
         if proposal.state == ProposalState::Executed {
-            return Ok(answer(&proposal, field));
+            return Ok(answer(&proposal, field, false));
         }
         store.pause(round.min(7) + 1).await;
     }
     Err(problem(&ApprovalError::InProgress))
 }
 
-/// `{approval, <field>: result}`.
-fn answer(proposal: &Proposal, field: &str) -> Response {
+/// `{approval, <field>: result}`; `ran` when this request carried it out (else it answers what another did).
+fn answer(proposal: &Proposal, field: &str, ran: bool) -> Response {
     let mut body = serde_json::Map::new();
     body.insert("approval".into(), json!(proposal.public()));
     body.insert(field.into(), proposal.result.clone());
-    json_response(200, &body)
+    let change = if ran { "approved → executed" } else { "already executed, answer replayed" };
+    let summary = format!("{} ({}, proposed by {}): {change}", what(proposal), proposal.id, proposal.maker);
+    summarize(json_response(200, &body), summary)
+}
+
+/// What a proposal does, for the audit log: its action and resource (`refund o_123`).
+fn what(proposal: &Proposal) -> String {
+    format!("{} {}", proposal.action, proposal.resource)
 }
 
 /// The checker of a decision: authenticated (with the scope's role first, if any), the proposal read, and the

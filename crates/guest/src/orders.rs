@@ -234,7 +234,8 @@ pub async fn refund<E: Problem>(
     let threshold = refund_approval_threshold().await;
     // The request's id for a partial refund: its caller and idempotency key.
     let request_id = scenefin_core::ids::hash_key_part(&format!("{by}:{key}"))[..16].to_owned();
-    idempotent(&store, &head, owner, &by, &bytes, now, async || {
+    let before = format!("order {} {:?}, {} fen refunded", order.id, order.state, order.partially_refunded_fen());
+    let answered = idempotent(&store, &head, owner, &by, &bytes, now, async || {
         let amount_fen = if bytes.iter().all(u8::is_ascii_whitespace) {
             None
         } else {
@@ -267,7 +268,16 @@ pub async fn refund<E: Problem>(
             Err(e) => problem(&e),
         }
     })
-    .await
+    .await?;
+    let after = match answered.status().as_u16() {
+        200 => match orders::get_order(&store, owner, id, now).await {
+            Ok(o) => format!("{:?}, {} fen refunded", o.state, o.partially_refunded_fen()),
+            Err(_) => "refunded".into(),
+        },
+        202 => "a refund proposal pending a checker".into(),
+        status => format!("unchanged ({status})"),
+    };
+    Ok(crate::audit::summarize(answered, format!("{before} → {after}")))
 }
 
 /// The refund above which a staff member's refund needs a second staff member (variable

@@ -81,6 +81,12 @@ async fn a_customer_exports_then_erases_their_data_and_the_books_keep_balancing(
         async move { app.send("POST", "/api/property/households", Some(&body), Some(&token)).await }
     };
     refused(&claim_room("司马相").await, 422, "owner_name_mismatch");
+    // A water company's bills carry the account holder's name: kept masked only.
+    let w = crate::utility_payments::register(&app, crate::utility_payments::water(100_000)).await;
+    let bills = json!({"bills": [{"bill_id": "PB-1", "account_no": "5550001111", "period": "2026-10",
+        "amount_fen": 8000, "due_date": "2026-11-30", "holder_name": "诸葛孔明"}]});
+    let r = app.partner(&w.partner_id, &w.secret, "PUT", "/api/utility/billers/sz_water/bills", Some(&bills)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
     let claimed = claim_room(" 司马 相如 ").await;
     assert_eq!(claimed.status, 201, "{:?}", claimed.body);
     top_up(&app, &token, &card, 5_000, "pipl-1").await;
@@ -183,6 +189,7 @@ async fn a_customer_exports_then_erases_their_data_and_the_books_keep_balancing(
     nowhere(&d, subject, "the login subject");
     nowhere(&d, "欧阳娜娜", "the card holder's name");
     nowhere(&d, "司马相如", "the room owner's name");
+    nowhere(&d, "诸葛孔明", "the bill holder's name");
     assert!(d.iter().any(|(_, v)| v.contains("司**如")), "the masked owner name is what is kept");
     assert!(d.iter().any(|(_, v)| v.contains("欧**娜")), "the masked name is what is kept");
 

@@ -10,6 +10,7 @@
 //! account's bills, so lookups never list the store.
 
 use scenefin_core::clock::Timestamp;
+use scenefin_core::customers::mask_name;
 use scenefin_core::holds::{Hold, Holdable};
 use scenefin_core::ids::Id;
 use scenefin_core::kv::{self, Step, Store, get_json};
@@ -103,7 +104,7 @@ pub struct Account {
     pub biller_id: String,
     /// Account number.
     pub account_no: String,
-    /// Holder name (shown only masked).
+    /// Holder name, masked (`王*`): the full name is never stored, and the mask is all anyone is shown.
     pub holder_name: String,
     /// Bill ids, oldest first.
     pub bills: Vec<String>,
@@ -253,20 +254,21 @@ pub async fn upload(
             Outcome::Updated => result.updated += 1,
             Outcome::Created => result.created += 1,
         }
-        // Index the bill under its account (idempotent).
+        // Index the bill under its account (idempotent), with the holder's name masked.
+        let holder = mask_name(input.holder_name.trim());
         kv::update_json(store, &keys::account(&biller.id, &input.account_no), |current: Option<&Account>| {
             let mut acct = current.cloned().unwrap_or(Account {
                 v: 1,
                 biller_id: biller.id.clone(),
                 account_no: input.account_no.clone(),
-                holder_name: input.holder_name.trim().to_owned(),
+                holder_name: holder.clone(),
                 bills: Vec::new(),
             });
-            let changed_name = acct.holder_name != input.holder_name.trim();
+            let changed_name = acct.holder_name != holder;
             if acct.bills.contains(&input.bill_id) && !changed_name && current.is_some() {
                 return Ok::<_, UtilityError>(Step::Keep(()));
             }
-            acct.holder_name = input.holder_name.trim().to_owned();
+            acct.holder_name.clone_from(&holder);
             if !acct.bills.contains(&input.bill_id) {
                 acct.bills.push(input.bill_id.clone());
                 let excess = acct.bills.len().saturating_sub(MAX_BILLS_PER_ACCOUNT);

@@ -2,7 +2,9 @@
 // 1440×900 and at phone width (390), in Simplified Chinese and in English. Before that, a few real customer actions
 // through the APIs give the panels numbers: two channel codes (three visits), four logins (one through a code),
 // a water bill paid with the simulated gateway and then captured a second time (a duplicate payment to refund), and
-// a coupon claimed. Run after seed.mjs.
+// a coupon claimed. Run after seed.mjs. Then maker-checker: a staff member's proposals approved by another in the
+// Approvals view (a stock raise at both widths and languages; a partner registration's one-time credentials and a
+// proposal withdrawn meanwhile at desktop width).
 // Usage: node console.mjs <base url> <operator token> <artefact dir> <staff identity secret>
 // (the last signs a staff member's sign-in assertion, as the bank's staff identity provider would).
 // Fails on any browser console error or page error, and on any request leaving the app's origin.
@@ -107,18 +109,20 @@ const fen = (text) => {
 /// What each language must show (a few texts of each view).
 const EXPECT = {
   'zh-CN': {
-    signIn: '运营令牌', breakGlass: '应急运营令牌', staff: '王审阅（查看）', forbidden: '你的角色无权查看这部分', wrongToken: '运营令牌不正确', tabs: ['漏斗与生命周期', '渠道', '活动与预算', '异常', '账务核对', '审计日志'], auditOk: '记录完整', breakGlassKind: '应急令牌',
+    signIn: '运营令牌', breakGlass: '应急运营令牌', staff: '王审阅（查看）', forbidden: '你的角色无权查看这部分', wrongToken: '运营令牌不正确', tabs: ['漏斗与生命周期', '渠道', '活动与预算', '异常', '账务核对', '审计日志', '待审批'], auditOk: '记录完整', breakGlassKind: '应急令牌',
     stages: ['新客', '已激活', '活跃', '高价值', '沉睡'], over: '注册数多于到访数', median: '不到 1 分钟', dormant: '60 天无活动',
     balanced: '账目平衡', addsUp: '相符', duplicate: '重复支付', refund: '原路退回', reconciled: '已对平',
     orderErr: '开始日期不能晚于结束日期', futureErr: '结束日期不能晚于明天', longErr: '最长 366 天', english: 'Operator console',
     serverErr: '服务器不接受这个结束日期', see: '请看上方日期旁的说明', changed: '变更：', held: '仍占用', releasedOn: '已释放（', releasedOne: '已释放 1 笔',
+    apDecided: '已被其他员工处理', apMerchant: '登记新的商户', credsOnce: '只显示这一次', apStock: '库存总量提高到', apMaker: '这是你发起的申请', withdraw: '撤回申请', marketing: '营销', apDone: '已批准并执行', apNone: '没有待审批的申请', you: '（你）',
   },
   en: {
-    signIn: 'Operator token', breakGlass: 'Break-glass operator token', staff: '王审阅 (viewer)', forbidden: 'Your roles do not cover this part', wrongToken: 'The operator token is not right', tabs: ['Funnel and lifecycle', 'Channels', 'Campaigns and budgets', 'Exceptions', 'Ledger check', 'Audit log'], auditOk: 'entries of the day verify', breakGlassKind: 'break-glass token',
+    signIn: 'Operator token', breakGlass: 'Break-glass operator token', staff: '王审阅 (viewer)', forbidden: 'Your roles do not cover this part', wrongToken: 'The operator token is not right', tabs: ['Funnel and lifecycle', 'Channels', 'Campaigns and budgets', 'Exceptions', 'Ledger check', 'Audit log', 'Approvals'], auditOk: 'entries of the day verify', breakGlassKind: 'break-glass token',
     stages: ['New', 'Activated', 'Engaged', 'High value', 'Dormant'], over: 'more registrations than visits', median: 'under a minute', dormant: 'no activity for 60 days',
     balanced: 'Balanced', addsUp: 'adds up', duplicate: 'Paid twice', refund: 'Refund ¥', reconciled: 'reconciled',
     orderErr: 'must not be after the last day', futureErr: 'must not be after tomorrow', longErr: 'at most 366', english: 'Operator console',
     serverErr: 'The server refused this To date', see: 'see the note beside the dates above', changed: 'Changed: ', held: 'Still held', releasedOn: 'Released (', releasedOne: '1 released',
+    apDecided: 'already decided', apMerchant: 'Register a new merchant', credsOnce: 'shown only now', apStock: 'Raise the stock of coupon campaign', apMaker: 'You asked for this', withdraw: 'Withdraw', marketing: 'marketing', apDone: 'Approved and carried out', apNone: 'Nothing is waiting', you: ' (you)',
   },
 };
 
@@ -126,6 +130,7 @@ let allowHttpErrors = 0;
 let allowForbidden = false;
 let lapseReleased = false;
 let allowBadRequests = false;
+let allowConflict = false;
 
 /// A page at this size whose first load shows `lang`. A refused token is a 401 the browser itself logs: only the step
 /// that sends a wrong token may cause one.
@@ -137,6 +142,7 @@ const newPage = (width, height, lang) => open({
   allow: (text) => {
     if (allowHttpErrors > 0 && /status of 401/.test(text)) { allowHttpErrors -= 1; return true; }
     if (allowForbidden && /status of 403/.test(text)) return true;
+    if (allowConflict && /status of 409/.test(text)) return true;
     return allowBadRequests && /status of 400/.test(text);
   },
 });
@@ -372,7 +378,7 @@ async function walk(width, height, lang) {
     // A range the server refuses (its clock may be a day off the browser's): its 400 naming `to` is shown beside
     // "to", and every panel points there instead of turning red. The server's answers are stood in for here.
     allowBadRequests = true;
-    await page.route('**/api/ops/**', (route) => (route.request().url().includes('/api/ops/campaigns') ? route.continue()
+    await page.route('**/api/ops/**', (route) => (/\/api\/ops\/(campaigns|customers\/approvals)/.test(route.request().url()) ? route.continue()
       : route.fulfill({ status: 400, contentType: 'application/problem+json', body: JSON.stringify({
         type: '/problems/validation_failed', title: 'Bad Request', status: 400, code: 'validation_failed', field: 'to', detail: 'to must not be after tomorrow' }) })));
     await page.fill('#from', '2026-11-01');
@@ -403,21 +409,31 @@ async function walk(width, height, lang) {
   await page.context().close();
 }
 
+/// A staff member's session, signed in with an assertion as the bank's staff identity provider would sign it.
+async function staffSession(staffId, name, roles) {
+  const claims = Buffer.from(JSON.stringify({ staff_id: staffId, name, roles, iat: Math.floor(Date.now() / 1000) })).toString('base64url');
+  const assertion = `${claims}.${createHmac('sha256', staffSecret).update(claims).digest('base64url')}`;
+  return must(await call('POST', '/api/staff/sessions', { body: { assertion } }), `staff sign-in ${staffId}`);
+}
+
+/// The console signed in with `token`, every view loaded.
+async function signInAs(page, token) {
+  await page.goto(`${base}/console`);
+  await page.fill('#token', token);
+  await page.click('#load');
+  await page.waitForSelector('body[data-loaded]');
+}
+
 /// A staff member signed in as herself with the viewer role only: her name and role in the header, the reviews
 /// shown, the finance-only ledger check explained instead of shown, nothing raw.
 async function staffWalk(lang) {
   const e = EXPECT[lang];
   const tag = `staff-${lang}`;
-  const claims = Buffer.from(JSON.stringify({ staff_id: 's_wang_viewer', name: '王审阅', roles: ['viewer'], iat: Math.floor(Date.now() / 1000) })).toString('base64url');
-  const assertion = `${claims}.${createHmac('sha256', staffSecret).update(claims).digest('base64url')}`;
-  const session = must(await call('POST', '/api/staff/sessions', { body: { assertion } }), 'staff sign-in');
+  const session = await staffSession('s_wang_viewer', '王审阅', ['viewer']);
   check(session.token.startsWith('stf.') && session.roles.join() === 'viewer', `${tag}: the staff member signs in with the viewer role`);
   const page = await newPage(1440, 900, lang);
   allowForbidden = true;
-  await page.goto(`${base}/console`);
-  await page.fill('#token', session.token);
-  await page.click('#load');
-  await page.waitForSelector('body[data-loaded]');
+  await signInAs(page, session.token);
   check((await text(page, '[data-test=who]')) === e.staff, `${tag}: the header names her and her role (${await text(page, '[data-test=who]')})`);
   check((await page.locator('[data-test=funnel-table] tbody tr').count()) > 0, `${tag}: the funnel is shown`);
   await page.click('#tab-ledger');
@@ -432,9 +448,118 @@ async function staffWalk(lang) {
   await page.context().close();
 }
 
+/// Each approvals walk proposes a raise above the last one (demo_coffee starts at 100 coupons).
+let stockTotal = 1000;
+let makerToken;
+let checkerToken;
+/// `HH:MM` of an instant in Asia/Shanghai, as the console shows it in either language.
+const shanghaiClock = (iso) => new Intl.DateTimeFormat('en-GB', { timeZone: 'Asia/Shanghai', hour: '2-digit', minute: '2-digit', hour12: false }).format(new Date(iso));
+
+/// Maker-checker: a marketing staff member (the maker) proposes a coupon stock raise through the API; her own
+/// console lists it with Approve disabled and the reason beside it (she may withdraw it); a second marketing staff
+/// member (the checker) sees it described in plain words, approves it, sees what it did, and the list is empty.
+async function approvalsWalk(width, height, lang) {
+  const e = EXPECT[lang];
+  const tag = `approvals-${width}-${lang}`;
+  makerToken ??= (await staffSession('s_li_maker', '李发起', ['viewer', 'marketing', 'partner_admin'])).token;
+  checkerToken ??= (await staffSession('s_zhao_checker', '赵复核', ['viewer', 'marketing', 'partner_admin'])).token;
+  stockTotal += 10;
+  const total = stockTotal.toLocaleString('en-US');
+  const proposed = await call('PUT', '/api/coupons/campaigns/demo_coffee/stock', { token: makerToken, body: { stock_total: stockTotal } });
+  check(proposed.status === 202 && proposed.body?.approval?.state === 'pending', `${tag}: the maker's stock raise to ${total} is only proposed (${proposed.status})`);
+  const proposal = proposed.body.approval;
+  allowForbidden = true; // marketing staff may not read the ledger check or the audit log
+
+  const own = await newPage(width, height, lang);
+  await signInAs(own, makerToken);
+  await own.click('#tab-approvals');
+  const mine = own.locator(`[data-test=approval][data-id="${proposal.id}"]`);
+  const ownWhy = await mine.locator('[data-test=approval-why]').innerText();
+  check(await mine.locator('[data-test=approve]').isDisabled() && ownWhy.includes(e.apMaker) && ownWhy.includes(e.marketing),
+    `${tag}: the maker's own console disables Approve and says why ("${ownWhy}")`);
+  check(await mine.locator('[data-test=approve]').getAttribute('aria-describedby') === `why-${proposal.id}`, `${tag}: the disabled button points to its reason`);
+  const withdraw = mine.locator('[data-test=reject]');
+  check(await withdraw.isEnabled() && (await withdraw.innerText()) === e.withdraw, `${tag}: the maker may withdraw it instead`);
+  check((await mine.locator('dl').innerText()).includes(`s_li_maker${e.you}`), `${tag}: the maker is named as herself`);
+  await fits(own, tag, 'approvals (maker)');
+  await own.screenshot({ path: `${out}/console-${tag}-1-maker.png`, fullPage: true });
+  await own.context().close();
+
+  const page = await newPage(width, height, lang);
+  await signInAs(page, checkerToken);
+  await page.click('#tab-approvals');
+  check(await page.locator('#approvals').isVisible() && !(await page.locator('#overview').isVisible()), `${tag}: the approvals view replaces the overview`);
+  const card = page.locator(`[data-test=approval][data-id="${proposal.id}"]`);
+  const what = await card.locator('[data-test=approval-what]').innerText();
+  check(what.includes(e.apStock) && what.includes('demo_coffee') && what.includes(total), `${tag}: the proposal is described in plain words ("${what}")`);
+  const facts = await card.locator('dl').innerText();
+  check(facts.includes('s_li_maker') && facts.includes(e.marketing) && facts.includes(shanghaiClock(proposal.created_at)) && facts.includes(shanghaiClock(proposal.expires_at)),
+    `${tag}: maker, role needed and Beijing times shown (${facts.replace(/\s+/g, ' ')})`);
+  check(await card.locator('[data-test=approve]').isEnabled() && await card.locator('[data-test=approval-why]').count() === 0, `${tag}: the checker may approve it`);
+  await fits(page, tag, 'approvals');
+  const contrast = await contrastFailures(page);
+  check(contrast.bad.length === 0, `${tag}: the approvals view meets WCAG AA contrast (${contrast.bad.join('; ')})`);
+  await page.screenshot({ path: `${out}/console-${tag}-2-checker.png`, fullPage: true });
+
+  await card.locator('[data-test=approve]').click();
+  await page.waitForSelector('[data-test=approval-outcome]');
+  const result = await text(page, '[data-test=approval-outcome]');
+  check(result.includes(e.apDone) && result.includes(total), `${tag}: the approval says what it did ("${result}")`);
+  check(await page.locator('[data-test=approval]').count() === 0 && (await text(page, '[data-test=approvals-count]')).includes(e.apNone), `${tag}: the list is empty afterwards`);
+  const after = must(await call('GET', `/api/coupons/approvals/${proposal.id}`, { token: checkerToken }), 'the proposal').approval;
+  check(after.state === 'executed' && after.checker === 's_zhao_checker', `${tag}: the proposal was carried out by the checker (${after.state})`);
+  const all = await page.evaluate(() => document.body.innerText);
+  check(!/increase_stock|same_staff|forbidden_role|proposal_/.test(all), `${tag}: no raw codes on the approvals view`);
+  await fits(page, tag, 'approvals (approved)');
+  await page.screenshot({ path: `${out}/console-${tag}-3-approved.png`, fullPage: true });
+  if (width > 1000) await credentialsAndRefusals(page, tag, e);
+  await page.context().close();
+  allowForbidden = false;
+}
+
+/// A partner registration's one-time credentials, shown once with the warning and hidden for good when handed over;
+/// a proposal the maker withdrew while the checker's list still showed it is refused in plain words.
+async function credentialsAndRefusals(page, tag, e) {
+  const merchantId = `console_m_${tag.replace(/\W/g, '_').toLowerCase()}`;
+  const registration = must(await call('POST', '/api/coupons/merchants', { token: makerToken, body: {
+    merchant_id: merchantId, name: '复核测试商户', district: 'nanshan', stores: [{ store_id: 's1', name: 'Main' }] } }), 'propose a merchant', [202]).approval;
+  stockTotal += 10;
+  const stale = must(await call('PUT', '/api/coupons/campaigns/demo_coffee/stock', { token: makerToken, body: { stock_total: stockTotal } }), 'propose a raise', [202]).approval;
+  const before = await page.getAttribute('body', 'data-loaded');
+  await page.click('#apply');
+  await page.waitForFunction((b) => document.body.dataset.loaded !== b, before);
+  check(await page.locator('[data-test=approval]').count() === 2, `${tag}: both new proposals are listed`);
+  must(await call('POST', `/api/coupons/approvals/${stale.id}/reject`, { token: makerToken }), 'the maker withdraws');
+  allowConflict = true;
+  await page.locator(`[data-test=approval][data-id="${stale.id}"] [data-test=approve]`).click();
+  await page.waitForSelector('[data-test=approval-outcome][role=alert]');
+  const refused = await text(page, '[data-test=approval-outcome]');
+  check(refused.includes(e.apDecided) && !/proposal_decided|409/.test(refused), `${tag}: a proposal decided meanwhile is explained ("${refused}")`);
+  check(await page.locator('[data-test=approval]').count() === 1, `${tag}: the list is read again (the withdrawn one is gone)`);
+  allowConflict = false;
+
+  const card = page.locator(`[data-test=approval][data-id="${registration.id}"]`);
+  const what = await card.locator('[data-test=approval-what]').innerText();
+  check(what.includes(e.apMerchant) && what.includes(merchantId), `${tag}: the registration is described ("${what}")`);
+  await card.locator('[data-test=approve]').click();
+  await page.waitForSelector('[data-test=credentials]');
+  const partnerId = await text(page, '[data-test=partner-id]');
+  const secret = await text(page, '[data-test=partner-secret]');
+  check(partnerId.length > 0 && secret.length >= 16 && (await text(page, '[data-test=credentials]')).includes(e.credsOnce),
+    `${tag}: the new partner's credentials are shown once, with the warning (${partnerId})`);
+  await page.screenshot({ path: `${out}/console-${tag}-4-credentials.png`, fullPage: false });
+  await page.click('[data-test=credentials-done]');
+  check(await page.locator('[data-test=credentials]').count() === 0 && !(await page.evaluate(() => document.body.innerText)).includes(secret),
+    `${tag}: once handed over, the secret is gone from the page`);
+  check(await page.locator('[data-test=approval]').count() === 0, `${tag}: nothing is left to approve`);
+}
+
 await run(async () => {
   for (const [width, height] of [[1440, 900], [390, 844]]) {
     for (const lang of ['zh-CN', 'en']) await walk(width, height, lang);
   }
   for (const lang of ['zh-CN', 'en']) await staffWalk(lang);
+  for (const [width, height] of [[1440, 900], [390, 844]]) {
+    for (const lang of ['zh-CN', 'en']) await approvalsWalk(width, height, lang);
+  }
 }, 'console walk: all checks passed');

@@ -1,6 +1,7 @@
 // The operator console: every number comes from the operator routes (/api/ops/..., coupon campaigns, referral
-// programmes, settlement statements) with the operator token, kept in this tab's session storage. Simplified Chinese
-// first with an English switch (i18n.js); money as ¥1,234.50; days and times in Asia/Shanghai.
+// programmes, settlement statements, maker-checker approvals) with the operator token, kept in this tab's session
+// storage. Simplified Chinese first with an English switch (i18n.js); money as ¥1,234.50; days and times in
+// Asia/Shanghai.
 import { $, el, api, pct, barChart, progress, table } from './common.js';
 import { register, t, applyStatic, yuan, shanghaiTime, langSwitch, currentLang } from './i18n.js';
 import { TEXTS } from './console-texts.js';
@@ -11,7 +12,16 @@ const TOKEN_KEY = 'scenefin.operator';
 const MAX_DAYS = 366;
 const STAGES = ['new', 'activated', 'engaged', 'high_value', 'dormant'];
 const SCENARIOS = ['utility', 'property', 'campus', 'coupons', 'referrals'];
-const VIEWS = ['overview', 'channels', 'campaigns', 'exceptions', 'ledger', 'audit'];
+const VIEWS = ['overview', 'channels', 'campaigns', 'exceptions', 'ledger', 'audit', 'approvals'];
+/// Where each scope lists its proposals awaiting a checker (`?state=pending`); `ap.kind.<scope>` names the kind of
+/// partner a scope registers.
+const APPROVAL_SCOPES = [
+  { scope: 'utility', path: '/api/utility/approvals' },
+  { scope: 'property', path: '/api/property/approvals' },
+  { scope: 'campus', path: '/api/campus/approvals' },
+  { scope: 'coupons', path: '/api/coupons/approvals' },
+  { scope: 'customers', path: '/api/ops/customers/approvals' },
+];
 
 /// What the last load fetched, so a language switch re-renders without asking the server again.
 const state = { token: null, data: {}, view: 'overview' };
@@ -87,19 +97,20 @@ function rangeQuery() {
 
 // ---------------------------------------------------------------------------------------------- errors
 
-/// A problem response (or a network failure) in plain words, never the raw code.
-function explain(r) {
+/// A problem response (or a network failure) in plain words, never the raw code; `prefix` names texts of the
+/// action at hand that say it better than the general ones (e.g. `ap.err.forbidden_role`).
+function explain(r, prefix) {
   if (!r || r.status === 0) return t('err.network');
   const code = r.body?.code;
-  if (code && t(`err.${code}`) !== `err.${code}`) return t(`err.${code}`);
+  for (const p of [prefix, 'err']) if (p && code && t(`${p}.${code}`) !== `${p}.${code}`) return t(`${p}.${code}`);
   if (r.status === 401) return t('err.invalid_operator_token');
   if (r.status >= 500) return t('err.server');
   return t('err.generic');
 }
 
-async function call(path, { auth = true } = {}) {
+async function call(path, { auth = true, method = 'GET' } = {}) {
   try {
-    return await api('GET', path, auth ? { token: state.token } : {});
+    return await api(method, path, auth ? { token: state.token } : {});
   } catch {
     return { status: 0, body: null };
   }
@@ -392,12 +403,7 @@ function renderExpired() {
 async function releaseExpired(button, result) {
   button.disabled = true;
   result.textContent = t('expired.releasing');
-  let r;
-  try {
-    r = await api('POST', '/api/ops/reservations/release-expired', { token: state.token });
-  } catch {
-    r = { status: 0, body: null };
-  }
+  const r = await call('/api/ops/reservations/release-expired', { method: 'POST' });
   state.data.releaseResult = r.status === 200 ? t('expired.released', { n: r.body.released, budgets: r.body.budgets }) : explain(r);
   if (r.status !== 200) {
     result.textContent = state.data.releaseResult;
@@ -482,6 +488,146 @@ function renderAudit() {
     note(t('audit.how')));
 }
 
+// ---------------------------------------------------------------------------------------------- approvals
+
+/// Every scope's pending proposals together, oldest first, each knowing its scope; the scopes that could not be read.
+async function loadApprovals() {
+  const answers = await Promise.all(APPROVAL_SCOPES.map(async (s) => ({ s, r: await call(`${s.path}?state=pending`) })));
+  const items = answers.filter((a) => a.r.status === 200).flatMap(({ s, r }) => r.body.items.map((p) => ({ ...p, scope: s })));
+  items.sort((a, b) => Date.parse(a.created_at) - Date.parse(b.created_at));
+  state.data.approvals = { items, failed: answers.filter((a) => a.r.status !== 200) };
+}
+
+const scopeName = (s) => (s.scope === 'customers' ? t('ap.scope.customers') : label('scenario', s.scope));
+
+/// A coupon campaign by id from the campaign review (when this staff member may read it), its title beside the id.
+function campaignOf(id) {
+  const c = (state.data.campaigns?.body?.coupon_campaigns ?? []).find((x) => x.campaign_id === id);
+  return { name: c?.title ? `${c.title} · ${id}` : id, total: c ? c.issued + c.remaining_stock : null };
+}
+
+/// What a proposal would do, in plain words.
+function describe(p) {
+  const payload = p.payload ?? {};
+  switch (p.action) {
+    case 'increase_stock': {
+      const c = campaignOf(p.resource);
+      return t('ap.what.increase_stock', { campaign: c.name, total: count(payload.stock_total), from: c.total === null ? '' : t('ap.what.from', { n: count(c.total) }) });
+    }
+    case 'register_partner':
+      return t('ap.what.register_partner', { kind: t(`ap.kind.${p.scope.scope}`), id: p.resource, name: payload.name ? t('ap.what.name', { name: payload.name }) : '' });
+    case 'rotate_secret':
+      return t('ap.what.rotate_secret', { scope: scopeName(p.scope), id: p.resource, overlap: duration(Math.round((payload.overlap_secs ?? 86400) / 60)) });
+    case 'refund':
+      return t('ap.what.refund', { scope: scopeName(p.scope), order: p.resource, amount: yuan(p.value_fen || p.amount_fen) });
+    case 'bulk_tags':
+      return t(`ap.what.bulk_tags.${payload.action === 'remove' ? 'remove' : 'add'}`, { tag: payload.tag ?? p.resource, n: count(payload.customer_ids?.length) });
+    default:
+      return t('ap.what.other', { action: label('ap.action', p.action), resource: p.resource });
+  }
+}
+
+/// What an approved proposal did, from the action's own answer.
+function outcome(p, result) {
+  const r = result ?? {};
+  switch (p.action) {
+    case 'increase_stock':
+      return t('ap.done.increase_stock', { campaign: campaignOf(p.resource).name, total: count(r.stock_total ?? p.payload?.stock_total), left: count(r.remaining_stock) });
+    case 'register_partner': return t('ap.done.register_partner', { kind: t(`ap.kind.${p.scope.scope}`), id: p.resource });
+    case 'rotate_secret': return t('ap.done.rotate_secret', { id: p.resource, until: shanghaiTime(r.previous_secret_expires_at) });
+    case 'refund': return t('ap.done.refund', { order: p.resource, amount: yuan(p.value_fen || p.amount_fen) });
+    case 'bulk_tags': return t('ap.done.bulk_tags', { tag: r.tag ?? p.resource, applied: count(r.applied), skipped: count(r.skipped) });
+    default: return describe(p);
+  }
+}
+
+/// Why this staff member may not approve (or decide at all) a proposal: `{approve, decide}` texts, empty when allowed.
+function refusal(p) {
+  const me = state.data.me ?? { roles: [] };
+  const role = label('role', p.role);
+  if (!me.roles.includes(p.role)) {
+    const why = t('ap.why.role', { role, roles: me.roles.map((r) => label('role', r)).join(t('list.sep')) || '-' });
+    return { approve: why, decide: why };
+  }
+  return { approve: me.staff_id === p.maker ? t('ap.why.maker', { role }) : '', decide: '' };
+}
+
+/// The one-time partner credentials of an approval's answer, with the warning; hidden for good once handed over.
+function credentials(o) {
+  const hide = el('button', { type: 'button', class: 'secondary', 'data-test': 'credentials-done', text: t('ap.creds.done') });
+  hide.addEventListener('click', () => {
+    delete o.result.partner_secret;
+    renderApprovals();
+    $('[data-test=approval-outcome]')?.focus();
+  });
+  return el('div', { class: 'credentials', 'data-test': 'credentials' },
+    el('p', { class: 'warn', text: t('ap.creds.title') }),
+    el('p', { text: t('ap.creds.warn') }),
+    el('dl', { class: 'facts' },
+      el('dt', { text: t('ap.creds.id') }), el('dd', {}, el('code', { 'data-test': 'partner-id', text: o.result.partner_id ?? o.p.resource })),
+      el('dt', { text: t('ap.creds.secret') }), el('dd', {}, el('code', { 'data-test': 'partner-secret', text: o.result.partner_secret }))),
+    hide);
+}
+
+/// The last decision's answer, above the list: what was done (credentials once), or why it was refused.
+function outcomeNode() {
+  const o = state.data.approvalOutcome;
+  if (!o) return [];
+  const attrs = { tabindex: '-1', 'data-test': 'approval-outcome' };
+  if (o.error) return el('div', { ...attrs, class: 'outcome bad-box', role: 'alert' }, el('p', { text: `${describe(o.p)} ${explain(o.error, 'ap.err')}` }));
+  const text = o.verb === 'approve' ? t('ap.done', { what: outcome(o.p, o.result) }) : t(o.withdrawn ? 'ap.withdrawn' : 'ap.rejected', { what: describe(o.p) });
+  return el('div', { ...attrs, class: 'outcome ok-box', role: 'status' }, el('p', { text }), o.result?.partner_secret ? credentials(o) : []);
+}
+
+/// Approves or rejects a proposal, then reads the lists again; the answer is shown above them.
+async function decide(p, verb, buttons) {
+  for (const b of buttons) b.disabled = true;
+  $('#approvals-message').textContent = t('ap.working');
+  const r = await call(`${p.scope.path}/${encodeURIComponent(p.id)}/${verb}`, { method: 'POST' });
+  state.data.approvalOutcome = r.status === 200
+    ? { p, verb, result: r.body.result, withdrawn: p.maker === state.data.me?.staff_id }
+    : { p, verb, error: r };
+  await loadApprovals();
+  $('#approvals-message').textContent = '';
+  renderApprovals();
+  $('[data-test=approval-outcome]')?.focus();
+}
+
+function approvalCard(p) {
+  const why = refusal(p);
+  const mine = p.maker === state.data.me?.staff_id;
+  const whyId = `why-${p.id}`;
+  const approve = el('button', { type: 'button', 'data-test': 'approve', text: t('ap.approve') });
+  const reject = el('button', { type: 'button', class: 'secondary', 'data-test': 'reject', text: t(mine ? 'ap.withdraw' : 'ap.reject') });
+  const buttons = [approve, reject];
+  approve.disabled = Boolean(why.approve);
+  reject.disabled = Boolean(why.decide);
+  for (const b of buttons) {
+    if (b.disabled) b.setAttribute('aria-describedby', whyId);
+    b.addEventListener('click', () => decide(p, b === approve ? 'approve' : 'reject', buttons));
+  }
+  const fact = (name, value) => [el('dt', { text: t(name) }), el('dd', { text: value })];
+  return el('article', { class: 'approval', 'data-test': 'approval', 'data-id': p.id, 'aria-labelledby': `title-${p.id}` },
+    el('h3', { id: `title-${p.id}`, text: `${label('ap.action', p.action)} · ${scopeName(p.scope)}` }),
+    el('p', { 'data-test': 'approval-what', text: describe(p) }),
+    el('dl', { class: 'facts' },
+      fact('ap.maker', `${p.maker}${mine ? t('ap.you') : ''}`), fact('ap.created', shanghaiTime(p.created_at)),
+      fact('ap.expires', shanghaiTime(p.expires_at)), fact('ap.role', label('role', p.role))),
+    el('div', { class: 'actions' }, buttons),
+    why.approve ? el('p', { id: whyId, class: 'help', 'data-test': 'approval-why', text: why.approve }) : []);
+}
+
+function renderApprovals() {
+  const a = state.data.approvals;
+  if (!a) return;
+  show('approvals-list',
+    note(t('approvals.how')),
+    outcomeNode(),
+    a.failed.map(({ s, r }) => el('p', { class: 'bad', role: 'alert', text: t('approvals.failed', { scope: scopeName(s), why: explain(r) }) })),
+    el('p', { 'data-test': 'approvals-count', class: a.items.length ? 'warn' : 'ok', text: a.items.length ? t('approvals.count', { n: a.items.length }) : t('approvals.none') }),
+    el('div', { class: 'approvals' }, a.items.map(approvalCard)));
+}
+
 // ---------------------------------------------------------------------------------------------- page
 
 /// Who is signed in, beside the sign-out button: a staff member's name and roles, or the break-glass warning.
@@ -497,7 +643,7 @@ function renderWho() {
 
 function renderAll() {
   renderWho();
-  renderFunnel(); renderLifecycle(); renderChannels(); renderCampaigns(); renderLeaderboard(); renderExceptions(); renderExpired(); renderSettlements(); renderLedger(); renderAudit();
+  renderFunnel(); renderLifecycle(); renderChannels(); renderCampaigns(); renderLeaderboard(); renderExceptions(); renderExpired(); renderSettlements(); renderLedger(); renderAudit(); renderApprovals();
   if (state.data.loadedAt) $('#message').textContent = t('loaded', { at: shanghaiTime(state.data.loadedAt) });
 }
 
@@ -531,7 +677,7 @@ async function loadAll() {
   const auditDay = $('#to').value || shanghaiToday();
   const [channels, lifecycle, ledger, audit] = await Promise.all([
     call(`/api/ops/channels?${q}`), call(`/api/ops/lifecycle?${q}`), call(`/api/ops/ledger/check?${q}`),
-    call(`/api/ops/audit?day=${auditDay}`), loadCampaigns()]);
+    call(`/api/ops/audit?day=${auditDay}`), loadCampaigns(), loadApprovals()]);
   Object.assign(state.data, { channels, lifecycle, ledger, audit });
   funnelOptions();
   await Promise.all([loadFunnel(), loadExceptions()]);
@@ -570,7 +716,7 @@ function signOut() {
   state.token = null;
   state.data = {};
   renderWho();
-  for (const id of ['funnel', 'lifecycle', 'channels', 'campaigns', 'leaderboard', 'exceptions', 'expired', 'settlements', 'ledger', 'audit-log']) show(id);
+  for (const id of ['funnel', 'lifecycle', 'channels', 'campaigns', 'leaderboard', 'exceptions', 'expired', 'settlements', 'ledger', 'audit-log', 'approvals-list']) show(id);
   delete document.body.dataset.loaded;
   signedIn(false);
   $('#token-error').textContent = '';

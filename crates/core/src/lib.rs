@@ -13,6 +13,7 @@ pub mod clock;
 pub mod coupons;
 pub mod customers;
 pub mod events;
+pub mod feed;
 pub mod holds;
 pub mod idempotency;
 pub mod ids;

@@ -335,6 +335,8 @@ struct UtilityFlow<'a> {
     biller: utility::Biller,
     /// Flows run (each pays one bill).
     runs: i64,
+    /// Their orders, in order.
+    orders: Vec<String>,
     counters: Counters,
 }
 
@@ -422,6 +424,12 @@ impl UtilityFlow<'_> {
         for counter in ["orders_paid", "orders_paid_bank_card", "bills_paid"] {
             self.counters.check(&ctx, counter, &stats.body, n);
         }
+        // The biller's feed has each payment once (a fault between the money step and the event's append, then
+        // the retry, yields one event), in the order the flows paid.
+        self.orders.push(order_id.clone());
+        let events = crate::partner_events::feed(app, &b.partner_id, &b.secret, "utility", 100).await;
+        let paid: Vec<&str> = events.iter().filter_map(|e| e["id"].as_str()?.strip_prefix("bill.paid:")).collect();
+        assert_eq!(paid, self.orders, "{ctx}: the biller's feed");
         match target {
             UtilityStep::Order => placed,
             UtilityStep::Notify => notified,
@@ -435,7 +443,7 @@ async fn a_utility_payment_survives_a_fault_at_every_operation_of_its_order_and_
     let app = TestApp::spawn_faulty(KvKind::Memory(CasMode::SpinUpsert)).await.expect("app");
     let started = std::time::Instant::now();
     let biller = utility::register(&app, utility::water(100_000_000)).await;
-    let mut flow = UtilityFlow { app: &app, biller, runs: 0, counters: Counters::default() };
+    let mut flow = UtilityFlow { app: &app, biller, runs: 0, orders: Vec::new(), counters: Counters::default() };
     let order = sweep("utility order", async |fault| flow.run(UtilityStep::Order, fault).await).await;
     let notify = sweep("utility notification", async |fault| flow.run(UtilityStep::Notify, fault).await).await;
     eprintln!("utility: {} flows in {:?}; {}", flow.runs, started.elapsed(), flow.counters.describe());

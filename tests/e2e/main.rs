@@ -16,6 +16,7 @@ mod merchant_coupons;
 mod mixed_day;
 mod money_edges;
 mod openapi;
+mod partner_events;
 mod partner_secrets;
 mod privacy;
 mod property_fees;

@@ -127,6 +127,7 @@ const SPIN_SUITES: &[&str] = &[
     "staff::",
     "privacy::",
     "approvals::",
+    "partner_events::",
     "insights::reservations_nobody_came_back_for",
 ];
 

@@ -22,6 +22,7 @@
 //! | GET | `/api/utility/refund-approvals/{id}` | finance staff: a proposed refund as it stands |
 //! | GET | `/api/utility/approvals?state=pending`, `/api/utility/approvals/{id}` | any staff: proposals (refunds, registrations, rotations) awaiting a checker |
 //! | POST | `/api/utility/approvals/{id}/approve`, `…/reject` | staff holding the proposal's role, other than its maker: carried out once, or not at all |
+//! | GET | `/api/utility/partners/events?after=&limit=` | the biller (signed): its event feed (`bill.paid`, `bill.refunded`), in order, each event once |
 //! | POST | `/api/utility/partners/{partner_id}/rotate-secret`, `…/revoke-previous-secret` | operator: a partner's new secret (the old one accepted for `overlap_secs`, default a day), or the overlap ended early |
 
 mod dto;
@@ -74,6 +75,9 @@ async fn dispatch(req: Request, route: &Route) -> Handled {
         (&Method::POST, ["api", "utility", "payments", "refund-notify"]) => {
             scenefin_guest::orders::refund_notify(req, OWNER).await
         }
+        (&Method::GET, ["api", "utility", "partners", "events"]) => {
+            scenefin_guest::partners::events(req, route, OWNER).await
+        }
         (&Method::POST, ["api", "utility", "partners", id, "rotate-secret"]) => {
             scenefin_guest::partners::rotate_secret(req, OWNER, id, handlers::execute).await
         }
@@ -99,6 +103,7 @@ fn allowed(path: &[&str]) -> Option<&'static str> {
         ["api", "utility", "approvals" | "refund-approvals", _, "approve" | "reject"] => "POST",
         ["api", "utility", "approvals" | "refund-approvals", _] => "GET",
         ["api", "utility", "payments", "notify" | "refund-notify"] => "POST",
+        ["api", "utility", "partners", "events"] => "GET",
         ["api", "utility", "partners", _, "rotate-secret" | "revoke-previous-secret"] => "POST",
         _ => return None,
     })

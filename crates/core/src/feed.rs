@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use crate::clock::Timestamp;
 use crate::ids::hash_key_part;
-use crate::kv::{Key, Step, Store, StoreError, get_all, get_json, read_counter, update_json, update_json_new};
+use crate::kv::{Key, Step, Store, StoreError, get_all, read_counter, update_json, update_json_new};
 
 /// How long a reserved slot may stay empty, after a reader first saw it so, before readers give up on it.
 pub const ABANDONED_AFTER_SECS: i64 = 30;
@@ -70,6 +70,12 @@ struct Seen {
     at: Timestamp,
 }
 
+/// The feed of partner resource `resource_id` (a biller, community, school or merchant) of scenario `owner`:
+/// `{owner}:feed:{resource_id}`.
+pub fn key(owner: &str, resource_id: &str) -> Key {
+    Key::new(&[owner, "feed", resource_id])
+}
+
 fn counter_key(feed: &Key) -> Key {
     feed.child(&["n"])
 }
@@ -89,7 +95,9 @@ fn placed_key(feed: &Key, event_id: &str) -> Key {
 /// Appends `event` to the feed at `feed` unless its id is already there; its place (`seq`, from 1).
 pub async fn append(store: &impl Store, feed: &Key, event: &FeedEvent) -> Result<i64, StoreError> {
     let placed_key = placed_key(feed, &event.id);
-    let mut placed = get_json::<Placed>(store, &placed_key).await?.map(|p| p.seq);
+    // Not read first: an append is usually the first for its id, and `place` finds an earlier placement itself
+    // (a replay then costs a reservation it voids).
+    let mut placed: Option<i64> = None;
     for _ in 0..MAX_ATTEMPTS {
         let seq = match placed {
             Some(seq) => seq,

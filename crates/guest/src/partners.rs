@@ -77,3 +77,32 @@ pub async fn revoke_previous_secret(req: Request, owner: &str, partner_id: &str)
     let revoked = partners::revoke_previous_secrets(&store()?, owner, partner_id, now).await.or_problem()?;
     Ok(json_response(200, &json!({ "partner_id": partner_id, "revoked": revoked })))
 }
+
+/// `GET /api/{scenario}/partners/events?after=&limit=` (signed as the partner): what happened to the partner's
+/// biller, community, school or merchant, in order, from the cursor (`after`: the `next` of the previous page;
+/// absent: from the start). Each event once; a page stops before an event still being recorded
+/// (`scenefin_core::feed`).
+pub async fn events(req: Request, route: &crate::Route, owner: &str) -> Handled {
+    let store = store()?;
+    let now = request_time(&req).await?;
+    let (head, bytes) = split(req, DEFAULT_LIMIT_BYTES).await?;
+    let partner = crate::require_partner(&head, &store, owner, &bytes, now).await?;
+    let after = match route.query_param("after") {
+        None => 0,
+        Some(raw) => raw.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+            crate::problem(&scenefin_core::ApiError::validation("after", "after: the `next` cursor of an earlier page"))
+        })?,
+    };
+    let limit = route.limit(50, 200).or_problem()?;
+    let feed = scenefin_core::feed::key(owner, &partner.resource_id);
+    let page = scenefin_core::feed::read(&store, &feed, after, limit, now).await.or_problem()?;
+    let items: Vec<serde_json::Value> = page
+        .events
+        .iter()
+        .map(|(seq, e)| json!({ "seq": seq, "id": e.id, "type": e.kind, "occurred_at": e.occurred_at, "data": e.data }))
+        .collect();
+    Ok(json_response(
+        200,
+        &json!({ "items": items, "next": page.next.to_string(), "has_more": page.next < page.appended }),
+    ))
+}

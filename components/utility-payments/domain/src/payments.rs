@@ -3,11 +3,13 @@
 
 use scenefin_core::clock::Timestamp;
 use scenefin_core::customers::LifecycleRules;
+use scenefin_core::feed::{self, FeedEvent};
 use scenefin_core::holds;
 use scenefin_core::kv::{self, Step, Store};
 use scenefin_core::orders::{self, Fulfilment, GatewayEvent, Order, OrderError, PartialRefund, RefundRequest};
 use scenefin_core::problem::{ErrorKind, Problem};
 use scenefin_core::settlement;
+use serde_json::json;
 
 use crate::bills::{Bill, BillStatus};
 use crate::pricing::{BillPart, Payload};
@@ -44,17 +46,18 @@ impl<S: Store> Fulfilment for Utility<'_, S> {
 
     async fn fulfil(&self, order: &Order, at: Timestamp) -> Result<(), OrderError> {
         let p = payload(order)?;
+        let mut settled = Vec::new();
         for part in parts(&p) {
-            kv::update_json(self.store, &keys::bill(&p.biller_id, &part.bill_id), |bill: Option<&Bill>| {
-                let Some(bill) = bill else { return Ok::<_, OrderError>(Step::Keep(())) };
+            let bill = kv::update_json(self.store, &keys::bill(&p.biller_id, &part.bill_id), |bill: Option<&Bill>| {
+                let Some(bill) = bill else { return Ok::<_, OrderError>(Step::Keep(None)) };
                 let mut next = bill.clone();
                 if bill.applied.contains(&order.id) || bill.paid_by.as_deref() == Some(&order.id) {
-                    return Ok(Step::Keep(()));
+                    return Ok(Step::Keep(Some(bill.clone())));
                 }
                 if bill.status == BillStatus::Paid {
                     // Paid before holds existed (two orders raced for it): keep the money trail for the biller.
                     if bill.duplicate_payments.contains(&order.id) {
-                        return Ok(Step::Keep(()));
+                        return Ok(Step::Keep(Some(bill.clone())));
                     }
                     next.duplicate_payments.push(order.id.clone());
                 } else {
@@ -72,11 +75,20 @@ impl<S: Store> Fulfilment for Utility<'_, S> {
                     next.hold = None;
                 }
                 next.updated_at = at;
-                Ok(Step::Write(next, ()))
+                Ok(Step::Write(next.clone(), Some(next)))
             })
             .await?;
+            settled.extend(bill.map(|b| bill_view(&b, &order.id)));
         }
         settlement::record(self.store, OWNER, &p.biller_id, &order.id, "pay", at).await?;
+        let paid_at = order.payment.as_ref().map_or(at, |pay| pay.paid_at);
+        let data = json!({
+            "biller_id": p.biller_id, "account_no": p.account_no, "order_id": order.id,
+            "paid_fen": order.total_fen, "paid_at": paid_at, "bills": settled,
+        });
+        let event =
+            FeedEvent { id: format!("bill.paid:{}", order.id), kind: "bill.paid".into(), occurred_at: paid_at, data };
+        feed::append(self.store, &feed::key(OWNER, &p.biller_id), &event).await?;
         // The biller's statistics, behind one claim for the order.
         let mut counters = vec![
             (keys::stat(&p.biller_id, "orders_paid"), 1),
@@ -121,6 +133,13 @@ impl<S: Store> Fulfilment for Utility<'_, S> {
             .await?;
         }
         settlement::record(self.store, OWNER, &p.biller_id, &order.id, "refund", at).await?;
+        let data = json!({
+            "biller_id": p.biller_id, "account_no": p.account_no, "order_id": order.id,
+            "refunded_fen": order.total_fen - order.partially_refunded_fen(), "refunded_at": at, "bill_ids": p.bill_ids,
+        });
+        let id = format!("bill.refunded:{}", order.id);
+        let event = FeedEvent { id, kind: "bill.refunded".into(), occurred_at: at, data };
+        feed::append(self.store, &feed::key(OWNER, &p.biller_id), &event).await?;
         self.count_once(&order.id, "refunded", &p.biller_id, "orders_refunded", 1).await?;
         Ok(())
     }
@@ -160,6 +179,22 @@ impl<S: Store> Fulfilment for Utility<'_, S> {
 
 /// The bills an order pays toward: its parts, or (orders of before bill versions) each settled bill whole
 /// (`version` 0 and `amount_fen` 0: whatever was due).
+/// A bill as the biller's `bill.paid` event shows it: paid in full (write it off) or in part, by this payment or
+/// (a duplicate) after another one.
+fn bill_view(bill: &Bill, order_id: &str) -> serde_json::Value {
+    let outcome = if bill.duplicate_payments.iter().any(|o| o == order_id) {
+        "duplicate_payment"
+    } else if bill.status == BillStatus::Paid {
+        "paid"
+    } else {
+        "part_paid"
+    };
+    json!({
+        "bill_id": bill.bill_id, "period": bill.period, "amount_fen": bill.amount_fen, "paid_fen": bill.paid_fen,
+        "outcome": outcome,
+    })
+}
+
 fn parts(p: &Payload) -> Vec<BillPart> {
     if !p.parts.is_empty() {
         return p.parts.clone();

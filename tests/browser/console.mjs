@@ -4,7 +4,9 @@
 // a water bill paid with the simulated gateway and then captured a second time (a duplicate payment to refund), and
 // a coupon claimed. Run after seed.mjs. Then maker-checker: a staff member's proposals approved by another in the
 // Approvals view (a stock raise at both widths and languages; a partner registration's one-time credentials and a
-// proposal withdrawn meanwhile at desktop width).
+// proposal withdrawn meanwhile at desktop width). Then the Customers view: a customer looked up with the phone
+// number masked, the full number shown only for a reason that then appears in the audit log, and a staff member
+// without the finance role seeing why the button is disabled; last, a customer who erased their data.
 // Usage: node console.mjs <base url> <operator token> <artefact dir> <staff identity secret>
 // (the last signs a staff member's sign-in assertion, as the bank's staff identity provider would).
 // Fails on any browser console error or page error, and on any request leaving the app's origin.
@@ -109,19 +111,25 @@ const fen = (text) => {
 /// What each language must show (a few texts of each view).
 const EXPECT = {
   'zh-CN': {
-    signIn: '运营令牌', breakGlass: '应急运营令牌', staff: '王审阅（查看）', forbidden: '你的角色无权查看这部分', wrongToken: '运营令牌不正确', tabs: ['漏斗与生命周期', '渠道', '活动与预算', '异常', '账务核对', '审计日志', '待审批'], auditOk: '记录完整', breakGlassKind: '应急令牌',
+    signIn: '运营令牌', breakGlass: '应急运营令牌', staff: '王审阅（查看）', forbidden: '你的角色无权查看这部分', wrongToken: '运营令牌不正确', tabs: ['漏斗与生命周期', '渠道', '活动与预算', '异常', '账务核对', '审计日志', '待审批', '客户'], auditOk: '记录完整', breakGlassKind: '应急令牌',
     stages: ['新客', '已激活', '活跃', '高价值', '沉睡'], over: '注册数多于到访数', median: '不到 1 分钟', dormant: '60 天无活动',
     balanced: '账目平衡', addsUp: '相符', duplicate: '重复支付', refund: '原路退回', reconciled: '已对平',
     orderErr: '开始日期不能晚于结束日期', futureErr: '结束日期不能晚于明天', longErr: '最长 366 天', english: 'Operator console',
     serverErr: '服务器不接受这个结束日期', see: '请看上方日期旁的说明', changed: '变更：', held: '仍占用', releasedOn: '已释放（', releasedOne: '已释放 1 笔',
+    cuTab: '客户', cuInvalid: '客户编号只能包含', cuNotFound: '没有找到这个编号的客户', cuConsent: '客户未作选择', cuSeen: '客户下载个人数据时能看到',
+    cuErased: '该客户已于', cuErasedConsent: '个人信息已删除', none: '无',
+    cuReason: '退款争议回访，工单 CS-2041', cuTagInvalid: '标签只能用小写英文字母', cuNeedsFinance: '查看完整手机号需要「财务」角色',
     apDecided: '已被其他员工处理', apMerchant: '登记新的商户', credsOnce: '只显示这一次', apStock: '库存总量提高到', apMaker: '这是你发起的申请', withdraw: '撤回申请', marketing: '营销', apDone: '已批准并执行', apNone: '没有待审批的申请', you: '（你）',
   },
   en: {
-    signIn: 'Operator token', breakGlass: 'Break-glass operator token', staff: '王审阅 (viewer)', forbidden: 'Your roles do not cover this part', wrongToken: 'The operator token is not right', tabs: ['Funnel and lifecycle', 'Channels', 'Campaigns and budgets', 'Exceptions', 'Ledger check', 'Audit log', 'Approvals'], auditOk: 'entries of the day verify', breakGlassKind: 'break-glass token',
+    signIn: 'Operator token', breakGlass: 'Break-glass operator token', staff: '王审阅 (viewer)', forbidden: 'Your roles do not cover this part', wrongToken: 'The operator token is not right', tabs: ['Funnel and lifecycle', 'Channels', 'Campaigns and budgets', 'Exceptions', 'Ledger check', 'Audit log', 'Approvals', 'Customers'], auditOk: 'entries of the day verify', breakGlassKind: 'break-glass token',
     stages: ['New', 'Activated', 'Engaged', 'High value', 'Dormant'], over: 'more registrations than visits', median: 'under a minute', dormant: 'no activity for 60 days',
     balanced: 'Balanced', addsUp: 'adds up', duplicate: 'Paid twice', refund: 'Refund ¥', reconciled: 'reconciled',
     orderErr: 'must not be after the last day', futureErr: 'must not be after tomorrow', longErr: 'at most 366', english: 'Operator console',
     serverErr: 'The server refused this To date', see: 'see the note beside the dates above', changed: 'Changed: ', held: 'Still held', releasedOn: 'Released (', releasedOne: '1 released',
+    cuTab: 'Customers', cuInvalid: 'A customer id has only', cuNotFound: 'No customer has this id', cuConsent: 'has not chosen', cuSeen: 'the customer sees who looked',
+    cuErased: 'erased their personal information on', cuErasedConsent: 'Personal information erased', none: 'none',
+    cuReason: 'refund dispute call-back, ticket CS-2042', cuTagInvalid: 'A tag has only lower-case', cuNeedsFinance: 'needs the finance role',
     apDecided: 'already decided', apMerchant: 'Register a new merchant', credsOnce: 'shown only now', apStock: 'Raise the stock of coupon campaign', apMaker: 'You asked for this', withdraw: 'Withdraw', marketing: 'marketing', apDone: 'Approved and carried out', apNone: 'Nothing is waiting', you: ' (you)',
   },
 };
@@ -131,6 +139,7 @@ let allowForbidden = false;
 let lapseReleased = false;
 let allowBadRequests = false;
 let allowConflict = false;
+let allowNotFound = false;
 
 /// A page at this size whose first load shows `lang`. A refused token is a 401 the browser itself logs: only the step
 /// that sends a wrong token may cause one.
@@ -143,6 +152,7 @@ const newPage = (width, height, lang) => open({
     if (allowHttpErrors > 0 && /status of 401/.test(text)) { allowHttpErrors -= 1; return true; }
     if (allowForbidden && /status of 403/.test(text)) return true;
     if (allowConflict && /status of 409/.test(text)) return true;
+    if (allowNotFound && /status of 404/.test(text)) return true;
     return allowBadRequests && /status of 400/.test(text);
   },
 });
@@ -554,6 +564,151 @@ async function credentialsAndRefusals(page, tag, e) {
   check(await page.locator('[data-test=approval]').count() === 0, `${tag}: nothing is left to approve`);
 }
 
+/// Dave's phone number (the demo persona's, components/console/src/demo.rs): shown only after a logged reason.
+const DAVE_PHONE = '13800000004';
+let financeToken;
+let marketingToken;
+
+/// The Customers view: a staff member holding marketing, finance and admin looks dave up by id, sees his profile
+/// with the number masked, cannot ask for the full number without a reason (the button stays disabled until five
+/// characters), gives one, sees the number with the reason and the time it was recorded, and finds that reason in
+/// the audit log's summary line; the number is hidden again after 60 s (desktop, on the page's clock) or on leaving
+/// the view. A marketing-only staff member sees the button disabled with the reason why.
+async function customersWalk(width, height, lang) {
+  const e = EXPECT[lang];
+  const tag = `customers-${width}-${lang}`;
+  financeToken ??= (await staffSession('s_qian_finance', '钱财务', ['viewer', 'marketing', 'finance', 'admin'])).token;
+  marketingToken ??= (await staffSession('s_sun_marketing', '孙营销', ['marketing'])).token;
+  const reason = `${e.cuReason} ${tag}`;
+  allowForbidden = true; // a staff member without the viewer or finance role meets 403s in the other views
+  const page = await newPage(width, height, lang);
+  if (width > 1000) await page.clock.install();
+  await signInAs(page, financeToken);
+  await page.click('#tab-customers');
+  check(await page.locator('#customers').isVisible() && !(await page.locator('#overview').isVisible()) && (await text(page, '#tab-customers')) === e.cuTab,
+    `${tag}: the customers view replaces the overview`);
+
+  await page.fill('#customer-id', 'dave smith!');
+  await page.click('#customer-find');
+  const invalid = await text(page, '#customer-id-error');
+  check(invalid.includes(e.cuInvalid) && await page.locator('#customer-id').getAttribute('aria-invalid') === 'true', `${tag}: a malformed id is explained beside the field ("${invalid}")`);
+  if (width > 1000) {
+    allowNotFound = true;
+    await page.fill('#customer-id', 'nobody_here');
+    await page.click('#customer-find');
+    await page.waitForSelector('[data-test=customer-error]');
+    const missing = await text(page, '[data-test=customer-error]');
+    check(missing.includes(e.cuNotFound) && !/customer_not_found|404/.test(missing), `${tag}: an unknown id is explained ("${missing}")`);
+    allowNotFound = false;
+  }
+
+  await page.fill('#customer-id', daveId);
+  await page.click('#customer-find');
+  await page.waitForSelector('[data-test=customer-phone]');
+  const phone = (await text(page, '[data-test=customer-phone]')).trim();
+  const shown = await page.evaluate(() => document.body.innerText);
+  check(phone === '138****0004' && !shown.includes(DAVE_PHONE), `${tag}: only the masked number is shown (${phone})`);
+  const identities = await text(page, '[data-test=customer-identities]');
+  check(identities.includes('*') && !identities.includes('demo_dave'), `${tag}: the sign-in identities are masked (${identities.replace(/\s+/g, ' ')})`);
+  check(e.stages.includes((await text(page, '[data-test=customer-stage]')).trim()) && (await page.locator('[data-test=stage-history] tbody tr').count()) > 0,
+    `${tag}: the stage is named, with its history`);
+  check((await text(page, '[data-test=customer-consent]')).includes(e.cuConsent), `${tag}: the marketing consent state is said (${await text(page, '[data-test=customer-consent]')})`);
+  check(await page.locator('[data-test=customer-erased]').count() === 0, `${tag}: no erasure banner for a customer who did not erase`);
+
+  const unmask = page.locator('[data-test=unmask]');
+  check(await unmask.isDisabled(), `${tag}: the full number cannot be asked for without a reason`);
+  check((await text(page, '#unmask-help')).includes(e.cuSeen), `${tag}: the reason is said to be recorded and shown to the customer`);
+  await page.fill('#unmask-reason', '  abc  ');
+  check(await unmask.isDisabled(), `${tag}: nor with a reason under five characters`);
+  await page.fill('#unmask-reason', reason);
+  check(await unmask.isEnabled(), `${tag}: a reason enables it`);
+  await unmask.click();
+  await page.waitForSelector('[data-test=unmask-value]');
+  const logged = await text(page, '[data-test=unmask-logged-at]');
+  check((await text(page, '[data-test=unmask-value]')) === DAVE_PHONE && (await text(page, '[data-test=unmask-reason-logged]')) === reason && /\d{2}:\d{2}/.test(logged),
+    `${tag}: the full number is shown with the reason and when it was recorded (${logged})`);
+  await fits(page, tag, 'customers');
+  const contrast = await contrastFailures(page);
+  check(contrast.bad.length === 0, `${tag}: the customers view meets WCAG AA contrast (${contrast.bad.join('; ')})`);
+  await page.screenshot({ path: `${out}/console-${tag}-1-unmasked.png`, fullPage: true });
+
+  if (width > 1000) {
+    await page.clock.fastForward(61000);
+    await page.waitForSelector('[data-test=unmask-value]', { state: 'detached' });
+    check(!(await page.evaluate(() => document.body.innerText)).includes(DAVE_PHONE), `${tag}: after 60 s the number is hidden again`);
+    // Operator tags: a malformed one is explained; one is added, then removed.
+    await page.fill('#tag-new', 'Bad Tag');
+    await page.click('[data-test=add-tag]');
+    check((await text(page, '[data-test=tag-error]')).includes(e.cuTagInvalid), `${tag}: a malformed tag is explained`);
+    await page.fill('#tag-new', 'console_vip');
+    await page.click('[data-test=add-tag]');
+    await page.waitForSelector('[data-test=remove-tag][data-tag=console_vip]');
+    check((await text(page, '#customer-message')).includes('console_vip'), `${tag}: the tag is added`);
+    await page.click('[data-test=remove-tag][data-tag=console_vip]');
+    await page.waitForSelector('[data-test=remove-tag][data-tag=console_vip]', { state: 'detached' });
+    check(true, `${tag}: and removed`);
+  }
+
+  // The audit log's entry for the unmask carries the reason as its summary; leaving the view hid the number.
+  const before = await page.getAttribute('body', 'data-loaded');
+  await page.click('#tab-audit');
+  await page.click('#apply');
+  await page.waitForFunction((b) => document.body.dataset.loaded !== b, before);
+  const summary = page.locator('[data-test=audit-summary]', { hasText: reason });
+  check(await summary.count() === 1 && (await summary.innerText()).includes(e.changed), `${tag}: the audit log's summary line carries the reason (${await summary.count()} found)`);
+  await page.screenshot({ path: `${out}/console-${tag}-2-audit.png`, fullPage: false });
+  await page.click('#tab-customers');
+  check(await page.locator('[data-test=unmask-value]').count() === 0 && await page.locator('[data-test=unmask]').isDisabled(), `${tag}: back in the view, the number is hidden and a new reason is needed`);
+  const all = await page.evaluate(() => document.body.innerText);
+  check(!all.includes(DAVE_PHONE) && !/customer_not_found|reason_required|forbidden_role|high_value\b/.test(all), `${tag}: no full number and no raw codes left on the page`);
+  await page.click('#sign-out');
+  await page.context().close();
+
+  const other = await newPage(width, height, lang);
+  await signInAs(other, marketingToken);
+  await other.click('#tab-customers');
+  await other.fill('#customer-id', daveId);
+  await other.press('#customer-id', 'Enter');
+  await other.waitForSelector('[data-test=unmask]');
+  const why = await text(other, '[data-test=unmask-why]');
+  check(await other.locator('[data-test=unmask]').isDisabled() && await other.locator('#unmask-reason').isDisabled() && why.includes(e.cuNeedsFinance),
+    `${tag}: without the finance role the button is disabled and says why ("${why}")`);
+  check(await other.locator('[data-test=unmask]').getAttribute('aria-describedby') === 'unmask-why', `${tag}: the disabled button points to its reason`);
+  check(await other.locator('[data-test=add-tag]').isEnabled(), `${tag}: marketing may still change tags`);
+  await fits(other, tag, 'customers (no finance)');
+  await other.screenshot({ path: `${out}/console-${tag}-3-no-finance.png`, fullPage: true });
+  await other.context().close();
+  allowForbidden = false;
+}
+
+/// A customer who erased their personal information (bob, last of all, so the other walks' numbers stand): the
+/// profile says when, above what is left, and there is no number to unmask.
+let bobId;
+async function erasedWalk(lang) {
+  const e = EXPECT[lang];
+  const tag = `customers-erased-${lang}`;
+  if (!bobId) {
+    const bob = await login('bob');
+    bobId = must(await call('GET', '/api/me', { token: bob }), 'bob').customer_id;
+    must(await call('POST', '/api/me/erasure', { token: bob, body: { confirm: 'erase my personal information' } }), 'bob erases his data');
+  }
+  allowForbidden = true;
+  const page = await newPage(1440, 900, lang);
+  await signInAs(page, financeToken);
+  await page.click('#tab-customers');
+  await page.fill('#customer-id', bobId);
+  await page.click('#customer-find');
+  await page.waitForSelector('[data-test=customer-erased]');
+  const banner = await text(page, '[data-test=customer-erased]');
+  check(banner.includes(e.cuErased) && /\d{2}:\d{2}/.test(banner), `${tag}: the erasure is said, with when ("${banner}")`);
+  check((await text(page, '[data-test=customer-phone]')).trim() === e.none && await page.locator('[data-test=unmask]').count() === 0,
+    `${tag}: no phone number is left to show`);
+  check((await text(page, '[data-test=customer-consent]')).includes(e.cuErasedConsent), `${tag}: profile-based offers are said to be off`);
+  await page.screenshot({ path: `${out}/console-${tag}.png`, fullPage: true });
+  await page.context().close();
+  allowForbidden = false;
+}
+
 await run(async () => {
   for (const [width, height] of [[1440, 900], [390, 844]]) {
     for (const lang of ['zh-CN', 'en']) await walk(width, height, lang);
@@ -562,4 +717,8 @@ await run(async () => {
   for (const [width, height] of [[1440, 900], [390, 844]]) {
     for (const lang of ['zh-CN', 'en']) await approvalsWalk(width, height, lang);
   }
+  for (const [width, height] of [[1440, 900], [390, 844]]) {
+    for (const lang of ['zh-CN', 'en']) await customersWalk(width, height, lang);
+  }
+  for (const lang of ['zh-CN', 'en']) await erasedWalk(lang);
 }, 'console walk: all checks passed');

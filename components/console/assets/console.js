@@ -1,5 +1,5 @@
 // The operator console: every number comes from the operator routes (/api/ops/..., coupon campaigns, referral
-// programmes, settlement statements, maker-checker approvals) with the operator token, kept in this tab's session
+// programmes, settlement statements, maker-checker approvals, a customer's profile) with the operator token, kept in this tab's session
 // storage. Simplified Chinese first with an English switch (i18n.js); money as ¥1,234.50; days and times in
 // Asia/Shanghai.
 import { $, el, api, pct, barChart, progress, table } from './common.js';
@@ -12,7 +12,12 @@ const TOKEN_KEY = 'scenefin.operator';
 const MAX_DAYS = 366;
 const STAGES = ['new', 'activated', 'engaged', 'high_value', 'dormant'];
 const SCENARIOS = ['utility', 'property', 'campus', 'coupons', 'referrals'];
-const VIEWS = ['overview', 'channels', 'campaigns', 'exceptions', 'ledger', 'audit', 'approvals'];
+const VIEWS = ['overview', 'channels', 'campaigns', 'exceptions', 'ledger', 'audit', 'approvals', 'customers'];
+/// Customer ids and operator tags as the API accepts them; an unmasked phone number is hidden again after this long.
+const CUSTOMER_ID = /^[A-Za-z0-9_-]{1,64}$/;
+const OPERATOR_TAG = /^[a-z0-9_]{1,32}$/;
+const UNMASK_REASON_MIN = 5;
+const UNMASK_SHOWN_MS = 60000;
 /// Where each scope lists its proposals awaiting a checker (`?state=pending`); `ap.kind.<scope>` names the kind of
 /// partner a scope registers.
 const APPROVAL_SCOPES = [
@@ -108,9 +113,9 @@ function explain(r, prefix) {
   return t('err.generic');
 }
 
-async function call(path, { auth = true, method = 'GET' } = {}) {
+async function call(path, { auth = true, method = 'GET', body } = {}) {
   try {
-    return await api(method, path, auth ? { token: state.token } : {});
+    return await api(method, path, { ...(auth ? { token: state.token } : {}), body });
   } catch {
     return { status: 0, body: null };
   }
@@ -546,7 +551,7 @@ function refusal(p) {
   const me = state.data.me ?? { roles: [] };
   const role = label('role', p.role);
   if (!me.roles.includes(p.role)) {
-    const why = t('ap.why.role', { role, roles: me.roles.map((r) => label('role', r)).join(t('list.sep')) || '-' });
+    const why = t('ap.why.role', { role, roles: rolesText(me) });
     return { approve: why, decide: why };
   }
   return { approve: me.staff_id === p.maker ? t('ap.why.maker', { role }) : '', decide: '' };
@@ -628,6 +633,198 @@ function renderApprovals() {
     el('div', { class: 'approvals' }, a.items.map(approvalCard)));
 }
 
+// ---------------------------------------------------------------------------------------------- customers
+
+/// Whether the signed-in staff member holds `role` (the break-glass token holds every role).
+const holds = (role) => Boolean(state.data.me?.roles.includes(role));
+/// The signed-in staff member's roles in words.
+const rolesText = (me = state.data.me) => (me?.roles ?? []).map((r) => label('role', r)).join(t('list.sep')) || '-';
+/// Why this staff member may not do something that needs `role` ('' when they may).
+const lacking = (role, action) => (holds(role) ? '' : t('cu.why.role', { action: t(action), role: label('role', role), roles: rolesText() }));
+
+/// The customer on screen: `{id, r}` of the last look-up, the drafts typed, the unmasked number while shown.
+const customer = () => state.data.customer;
+
+/// Hides an unmasked phone number (leaving the view, 60 s after it was shown, a new look-up, signing out).
+function hideUnmasked() {
+  const c = customer();
+  if (!c?.unmasked) return;
+  clearTimeout(c.unmasked.timer);
+  delete c.unmasked;
+  renderCustomer();
+}
+
+async function lookUpCustomer(event) {
+  event?.preventDefault();
+  const id = $('#customer-id').value.trim();
+  const problem = !id ? 'cu.id.empty' : CUSTOMER_ID.test(id) ? '' : 'cu.id.invalid';
+  fieldError('customer-id', problem ? t(problem) : '');
+  if (problem) { $('#customer-id').focus(); return; }
+  hideUnmasked();
+  $('#customer-message').textContent = t('loading');
+  const r = await call(`/api/ops/customers/${encodeURIComponent(id)}`);
+  state.data.customer = { id, r, reason: '', tag: '' };
+  $('#customer-message').textContent = '';
+  renderCustomer();
+}
+
+/// Adds or removes an operator tag; the answer is the profile as it now is.
+async function changeTag(tag, add) {
+  const c = customer();
+  const path = `/api/ops/customers/${encodeURIComponent(c.id)}/tags`;
+  $('#customer-message').textContent = t('ap.working');
+  const r = add ? await call(path, { method: 'POST', body: { tag } }) : await call(`${path}/${encodeURIComponent(tag)}`, { method: 'DELETE' });
+  $('#customer-message').textContent = r.status === 200 ? t(add ? 'cu.tags.added' : 'cu.tags.removed', { tag }) : '';
+  if (r.status === 200) Object.assign(c, { r, tag: add ? '' : c.tag, tagError: null });
+  else c.tagError = explain(r, 'cu.tags.err');
+  renderCustomer();
+  $(add ? '#tag-new' : '[data-test=customer-tags]')?.focus();
+}
+
+async function unmask() {
+  const c = customer();
+  const reason = c.reason.trim();
+  $('#customer-message').textContent = t('ap.working');
+  const r = await call(`/api/ops/customers/${encodeURIComponent(c.id)}/unmask`, { method: 'POST', body: { field: 'phone', reason } });
+  $('#customer-message').textContent = '';
+  if (r.status === 200) {
+    clearTimeout(c.unmasked?.timer);
+    c.unmasked = { ...r.body, timer: setTimeout(hideUnmasked, UNMASK_SHOWN_MS) };
+    c.reason = '';
+    c.unmaskError = null;
+  } else c.unmaskError = explain(r, 'cu.unmask.err');
+  renderCustomer();
+  $('[data-test=unmask-result], [data-test=unmask-error]')?.focus();
+}
+
+/// Where the customer came from: channel, code and when.
+const touchText = (touch) => (touch
+  ? t('cu.touch', { channel: label('channel', touch.channel), code: touch.code, at: shanghaiTime(touch.at) })
+  : t('none.short'));
+
+/// Whether profile-based offers may reach the customer, and the choice they made.
+function consentText(p) {
+  if (p.erased_at) return t('cu.consent.erased');
+  const choice = p.marketing_consent;
+  if (!choice) return t('cu.consent.never');
+  return t(choice.granted ? 'cu.consent.granted' : 'cu.consent.withdrawn', { at: shanghaiTime(choice.at) });
+}
+
+/// Operator tags, each removable, and a field to add one (marketing); automatic tags are only shown.
+function tagsNode(p) {
+  const c = customer();
+  const why = lacking('marketing', 'cu.tags.action');
+  const describedBy = why ? { 'aria-describedby': 'tags-why' } : {};
+  const chips = p.operator_tags.map((tag) => {
+    const remove = el('button', { type: 'button', class: 'secondary', 'data-test': 'remove-tag', 'data-tag': tag,
+      'aria-label': t('cu.tags.remove', { tag }), text: '×', ...describedBy });
+    remove.disabled = Boolean(why);
+    remove.addEventListener('click', () => changeTag(tag, false));
+    return el('li', { class: 'tag' }, el('span', { text: tag }), remove);
+  });
+  const input = el('input', { id: 'tag-new', type: 'text', autocomplete: 'off', spellcheck: 'false', maxlength: '32', size: '20',
+    'aria-describedby': `tag-help tag-error${why ? ' tags-why' : ''}`, 'aria-invalid': c.tagError ? 'true' : 'false' });
+  input.value = c.tag;
+  input.disabled = Boolean(why);
+  input.addEventListener('input', () => { c.tag = input.value; });
+  const add = el('button', { type: 'submit', 'data-test': 'add-tag', text: t('cu.tags.add'), ...describedBy });
+  add.disabled = Boolean(why);
+  const form = el('form', { class: 'filters', novalidate: '' },
+    el('div', { class: 'field' }, el('label', { for: 'tag-new', text: t('cu.tags.new') }), input,
+      el('p', { id: 'tag-error', class: 'field-error', role: 'alert', 'data-test': 'tag-error', text: c.tagError ?? '' })),
+    el('div', { class: 'field actions' }, add),
+    el('p', { id: 'tag-help', class: 'help full', text: t('cu.tags.help') }));
+  form.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const tag = input.value.trim();
+    if (!OPERATOR_TAG.test(tag)) {
+      c.tagError = t('cu.tags.invalid');
+      renderCustomer();
+      $('#tag-new').focus();
+      return;
+    }
+    changeTag(tag, true);
+  });
+  return [
+    el('h3', { text: t('cu.tags') }),
+    el('dl', { class: 'facts' },
+      el('dt', { text: t('cu.tags.auto') }),
+      el('dd', { 'data-test': 'auto-tags', text: p.tags.length ? p.tags.map((tag) => label('autotag', tag)).join(t('list.sep')) : t('none.short') }),
+      el('dt', { text: t('cu.tags.operator') }),
+      el('dd', {}, chips.length ? el('ul', { class: 'tags', 'data-test': 'customer-tags', tabindex: '-1' }, chips)
+        : el('span', { 'data-test': 'customer-tags', tabindex: '-1', text: t('cu.tags.none') }))),
+    form,
+    why ? el('p', { id: 'tags-why', class: 'help', 'data-test': 'tags-why', text: why }) : [],
+  ];
+}
+
+/// The full phone number for a reason that is logged (finance), or the number as shown once given, with the reason.
+function unmaskNode(p) {
+  const c = customer();
+  if (!p.phone_masked) return [el('h3', { text: t('cu.unmask.title') }), note(t('cu.unmask.no_phone'))];
+  if (c.unmasked) {
+    const u = c.unmasked;
+    const hide = el('button', { type: 'button', class: 'secondary', 'data-test': 'unmask-hide', text: t('cu.unmask.hide') });
+    hide.addEventListener('click', () => { hideUnmasked(); $('#unmask-reason')?.focus(); });
+    return [el('h3', { text: t('cu.unmask.title') }),
+      el('div', { class: 'credentials', 'data-test': 'unmask-result', tabindex: '-1', role: 'status' },
+        el('dl', { class: 'facts' },
+          el('dt', { text: t('cu.phone.full') }), el('dd', {}, el('code', { 'data-test': 'unmask-value', text: u.value })),
+          el('dt', { text: t('cu.unmask.reason.logged') }), el('dd', { 'data-test': 'unmask-reason-logged', text: u.reason }),
+          el('dt', { text: t('cu.unmask.logged_at') }), el('dd', { 'data-test': 'unmask-logged-at', text: shanghaiTime(u.logged_at) })),
+        el('p', { class: 'help', text: t('cu.unmask.hides', { s: UNMASK_SHOWN_MS / 1000 }) }),
+        hide)];
+  }
+  const why = lacking('finance', 'cu.unmask.action');
+  const field = el('input', { id: 'unmask-reason', type: 'text', autocomplete: 'off', maxlength: '200', size: '40',
+    'aria-describedby': `unmask-help${why ? ' unmask-why' : ''}` });
+  field.value = c.reason;
+  field.disabled = Boolean(why);
+  const button = el('button', { type: 'submit', 'data-test': 'unmask', text: t('cu.unmask.button'), 'aria-describedby': why ? 'unmask-why' : 'unmask-help' });
+  const ready = () => { button.disabled = Boolean(why) || c.reason.trim().length < UNMASK_REASON_MIN; };
+  ready();
+  field.addEventListener('input', () => { c.reason = field.value; ready(); });
+  const form = el('form', { class: 'filters', novalidate: '' },
+    el('div', { class: 'field grow' }, el('label', { for: 'unmask-reason', text: t('cu.unmask.reason') }), field),
+    el('div', { class: 'field actions' }, button),
+    el('p', { id: 'unmask-help', class: 'help full', text: t('cu.unmask.help', { min: UNMASK_REASON_MIN }) }));
+  form.addEventListener('submit', (e) => { e.preventDefault(); if (!button.disabled) unmask(); });
+  return [el('h3', { text: t('cu.unmask.title') }), form,
+    why ? el('p', { id: 'unmask-why', class: 'help', 'data-test': 'unmask-why', text: why }) : [],
+    c.unmaskError ? el('p', { class: 'bad', role: 'alert', tabindex: '-1', 'data-test': 'unmask-error', text: c.unmaskError }) : []];
+}
+
+function renderCustomer() {
+  const c = customer();
+  if (!c) return show('customer');
+  if (c.r.status !== 200) return show('customer', el('p', { class: 'bad', role: 'alert', 'data-test': 'customer-error', text: explain(c.r, 'cu.err') }));
+  const p = c.r.body;
+  const fact = (name, value, test) => [el('dt', { text: t(name) }), el('dd', { ...(test ? { 'data-test': test } : {}) }, value)];
+  const identities = p.identities.length
+    ? el('ul', { class: 'plain' }, p.identities.map((i) => el('li', { text: t('cu.identity', { provider: label('provider', i.provider), subject: i.subject_masked, at: shanghaiTime(i.linked_at) }) })))
+    : t('none.short');
+  show('customer',
+    p.erased_at ? el('p', { class: 'outcome bad-box', 'data-test': 'customer-erased', text: t('cu.erased', { at: shanghaiTime(p.erased_at) }) }) : [],
+    el('dl', { class: 'facts', 'data-test': 'customer-facts' },
+      fact('cu.id', el('code', { text: p.customer_id })),
+      fact('cu.created', shanghaiTime(p.created_at)),
+      fact('cu.phone', p.phone_masked ?? t('none.short'), 'customer-phone'),
+      fact('cu.identities', identities, 'customer-identities'),
+      fact('cu.stage', label('stage', p.lifecycle.stage), 'customer-stage'),
+      fact('cu.first_touch', touchText(p.first_touch)),
+      fact('cu.last_touch', touchText(p.last_touch)),
+      fact('cu.activated', p.activated_at ? shanghaiTime(p.activated_at) : t('none.short')),
+      fact('cu.last_activity', p.last_activity_at ? shanghaiTime(p.last_activity_at) : t('none.short')),
+      fact('cu.referral_code', p.referral_code ?? t('none.short')),
+      fact('cu.consent', consentText(p), 'customer-consent')),
+    el('h3', { text: t('cu.history') }),
+    p.lifecycle.history.length ? captioned(t('cu.history'), [t('cu.history.stage'), t('cu.history.at')],
+      p.lifecycle.history.map((h) => [label('stage', h.stage), shanghaiTime(h.at)]), { 'data-test': 'stage-history' }) : note(t('cu.history.none')),
+    tagsNode(p),
+    unmaskNode(p),
+    note(t('cu.how')));
+}
+
 // ---------------------------------------------------------------------------------------------- page
 
 /// Who is signed in, beside the sign-out button: a staff member's name and roles, or the break-glass warning.
@@ -636,19 +833,19 @@ function renderWho() {
   const who = $('#who');
   who.hidden = !me;
   if (!me) return;
-  const roles = me.roles.map((r) => label('role', r)).join(t('list.sep'));
-  who.textContent = me.kind === 'break_glass' ? t('who.break_glass') : t('who.staff', { name: me.name, roles });
+  who.textContent = me.kind === 'break_glass' ? t('who.break_glass') : t('who.staff', { name: me.name, roles: rolesText(me) });
   who.className = me.kind === 'break_glass' ? 'who warn-box' : 'who';
 }
 
 function renderAll() {
   renderWho();
-  renderFunnel(); renderLifecycle(); renderChannels(); renderCampaigns(); renderLeaderboard(); renderExceptions(); renderExpired(); renderSettlements(); renderLedger(); renderAudit(); renderApprovals();
+  renderFunnel(); renderLifecycle(); renderChannels(); renderCampaigns(); renderLeaderboard(); renderExceptions(); renderExpired(); renderSettlements(); renderLedger(); renderAudit(); renderApprovals(); renderCustomer();
   if (state.data.loadedAt) $('#message').textContent = t('loaded', { at: shanghaiTime(state.data.loadedAt) });
 }
 
 function showView(view) {
   state.view = VIEWS.includes(view) ? view : 'overview';
+  if (state.view !== 'customers') hideUnmasked();
   for (const v of VIEWS) {
     $(`#${v}`).hidden = v !== state.view;
     const tab = $(`#tab-${v}`);
@@ -714,9 +911,12 @@ async function signIn(event) {
 function signOut() {
   sessionStorage.removeItem(TOKEN_KEY);
   state.token = null;
+  hideUnmasked();
   state.data = {};
   renderWho();
-  for (const id of ['funnel', 'lifecycle', 'channels', 'campaigns', 'leaderboard', 'exceptions', 'expired', 'settlements', 'ledger', 'audit-log', 'approvals-list']) show(id);
+  for (const id of ['funnel', 'lifecycle', 'channels', 'campaigns', 'leaderboard', 'exceptions', 'expired', 'settlements', 'ledger', 'audit-log', 'approvals-list', 'customer']) show(id);
+  $('#customer-id').value = '';
+  fieldError('customer-id');
   delete document.body.dataset.loaded;
   signedIn(false);
   $('#token-error').textContent = '';
@@ -739,6 +939,7 @@ function init() {
     if (problem) fieldError(problem.field, t(problem.key, problem.vars));
   });
   $('#sign-out').addEventListener('click', signOut);
+  $('#customer-form').addEventListener('submit', lookUpCustomer);
   $('#funnel-by').addEventListener('change', async () => { funnelOptions(); await loadFunnel(); });
   $('#funnel-value').addEventListener('change', loadFunnel);
   const tabs = [...document.querySelectorAll('[role=tab]')];

@@ -680,7 +680,7 @@ fn generated_id(token: &str) -> Option<&str> {
 
 /// Event and posting ids made from a generated id (`{kind}:{id}`), whose hashes (`ids::hash_key_part`) are key
 /// parts: `cust:event:{hash(paid:o_…)}:…`.
-const DERIVED_ID_KINDS: &[&str] = &["paid", "refunded", "pay", "refund"];
+const DERIVED_ID_KINDS: &[&str] = &["paid", "refunded", "pay", "refund", "bill.paid", "bill.refunded"];
 
 /// Replaces what differs between two runs of the same script by design: generated ids become `{prefix}_#{n}`,
 /// numbered in order of first appearance, hashes of ids derived from them `h({kind}:{placeholder})`, and known
@@ -949,6 +949,16 @@ fn normalized_reply(reply: &Reply, norm: &mut Normalizer) -> String {
 struct Merged {
     balances: BTreeMap<String, Vec<Value>>,
     logs: BTreeMap<String, Log>,
+    /// Partner event feeds: their events as (slot, id); which slots concurrent duplicates reserved and voided, the
+    /// counter and the placements' slot numbers depend on the interleaving, the events in order do not.
+    feeds: BTreeMap<String, Vec<(i64, String)>>,
+}
+
+/// `{owner}:feed:{resource}:…` → (`{owner}:feed:{resource}`, what follows).
+fn feed_part(key: &str) -> Option<(&str, &str)> {
+    let mut parts = key.splitn(4, ':');
+    let (owner, feed, resource, rest) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    (feed == "feed").then_some((&key[..owner.len() + feed.len() + resource.len() + 2], rest))
 }
 
 /// A log read back: whether it is merged across shards, and its entries as (slot, id).
@@ -1063,6 +1073,18 @@ fn normalized_store(
             }
             continue;
         }
+        if let Some((base, rest)) = feed_part(key) {
+            let slot = rest.strip_prefix("s:").and_then(|n| n.parse::<i64>().ok());
+            if let (Some(slot), Some(doc)) = (slot, decode_json(raw))
+                && doc["slot"] == "event"
+            {
+                let id = norm.text(doc["event"]["id"].as_str().unwrap_or_default());
+                merged.feeds.entry(norm.text(base)).or_default().push((slot, id));
+            } else if rest.starts_with("id:") && !rest.ends_with(":~born") {
+                insert(&mut out, norm.text(key), "placed".to_owned());
+            }
+            continue;
+        }
         if let Some((base, slot)) = log_part(key) {
             let (base, sharded) = match base.rsplit_once(':') {
                 Some((rest, shard))
@@ -1083,6 +1105,11 @@ fn normalized_store(
         let k = norm.text(key);
         let v = normalized_value(key, raw, norm, &mut attempts);
         insert(&mut out, k, v);
+    }
+    for (base, mut events) in merged.feeds {
+        events.sort();
+        let ids: Vec<String> = events.into_iter().map(|(_, id)| id).collect();
+        insert(&mut out, format!("{base} (events in order)"), ids.join(", "));
     }
     for (account, shards) in merged.balances {
         let mut balance = 0;

@@ -239,9 +239,15 @@ pub async fn pending(store: &impl Store, owner: &str, now: Timestamp) -> Result<
     let keys: Vec<Key> = ids.iter().map(|id| key(owner, id)).collect();
     let mut out = Vec::new();
     for (k, raw) in keys.iter().zip(get_all(store, &keys).await?) {
+        // Pending ones, and approved ones whose run has not completed (a checker's retry, or another checker's
+        // approval, carries them out).
+        let open = |p: &Proposal| match p.state {
+            ProposalState::Pending => now < p.expires_at,
+            ProposalState::Approved => true,
+            _ => false,
+        };
         if let Some(p) = decode_doc::<Proposal>(k, raw.as_deref())?
-            && p.state == ProposalState::Pending
-            && now < p.expires_at
+            && open(&p)
             && out.len() < MAX_LISTED
         {
             out.push(p);
@@ -259,7 +265,8 @@ pub async fn get(store: &impl Store, owner: &str, id: &str) -> Result<Proposal, 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     /// Approve a pending, unexpired proposal; the checker must not be its maker. Approving again as the same checker
-    /// returns it as it stands (a retry, which then completes the action).
+    /// returns it as it stands (a retry, which then completes the action); so does another checker's approval of a
+    /// proposal approved but not yet carried out.
     Approve,
     /// Reject a pending proposal (its maker may, withdrawing it).
     Reject,
@@ -288,6 +295,12 @@ pub async fn decide(
             {
                 return Ok(Step::Keep(p.clone()));
             }
+            // Approved but stuck (its run failed or was cut short, and its checker has not come back for a run lease):
+            // another checker with the role (not the maker) may carry it out. Sooner, the checker's own approval is
+            // running or about to: the answer (which may hold one-time credentials) stays theirs.
+            ProposalState::Approved if to == ProposalState::Approved && p.maker != checker && stuck(p, now) => {
+                return Ok(Step::Keep(p.clone()));
+            }
             ProposalState::Rejected if to == ProposalState::Rejected && decided_by_checker => {
                 return Ok(Step::Keep(p.clone()));
             }
@@ -310,6 +323,12 @@ pub async fn decide(
         Ok(Step::Write(next.clone(), next))
     })
     .await
+}
+
+/// Whether approved proposal `p` has waited a whole run lease since its approval and is not running now.
+fn stuck(p: &Proposal, now: Timestamp) -> bool {
+    let since = |t: Option<Timestamp>| t.is_none_or(|t| now >= t.plus_secs(RUN_LEASE_SECS));
+    since(p.decided_at) && since(p.running_since)
 }
 
 /// Takes the lease to run approved proposal `id` at `now`: `(true, proposal)` when this caller runs the action;
@@ -458,5 +477,20 @@ mod tests {
             "maker": "s_a", "created_at": t(0), "expires_at": t(9), "state": "pending"});
         let p: Proposal = serde_json::from_value(stored).expect("old proposal");
         assert_eq!((p.role.as_str(), p.payload.is_null(), p.credentials.is_none()), ("finance", true, true));
+    }
+
+    #[test]
+    fn an_approval_whose_run_never_completed_can_be_carried_out_by_another_checker_after_a_lease() {
+        let store = MemStore::default();
+        pollster::block_on(propose(&store, "util", proposal("p2"))).expect("propose");
+        pollster::block_on(decide(&store, "util", "p2", "s_b", t(10), Decision::Approve)).expect("approve");
+        let soon = pollster::block_on(decide(&store, "util", "p2", "s_c", t(20), Decision::Approve));
+        assert!(matches!(soon, Err(ApprovalError::Decided { .. })), "the checker's own run comes first: {soon:?}");
+        let later = pollster::block_on(decide(&store, "util", "p2", "s_c", t(10 + RUN_LEASE_SECS), Decision::Approve));
+        assert_eq!(later.map(|p| p.state), Ok(ProposalState::Approved), "stuck: another checker may carry it out");
+        let maker = pollster::block_on(decide(&store, "util", "p2", "s_a", t(10 + RUN_LEASE_SECS), Decision::Approve));
+        assert!(matches!(maker, Err(ApprovalError::Decided { .. })), "never the maker: {maker:?}");
+        let listed = pollster::block_on(pending(&store, "util", t(100))).expect("list");
+        assert_eq!(listed.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["p2"], "listed until carried out");
     }
 }

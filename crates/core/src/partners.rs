@@ -37,6 +37,10 @@ pub struct Partner {
     /// [`MAX_PREVIOUS_SECRETS`] live ones.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub previous_secrets: Vec<PreviousSecret>,
+    /// Hashes of the secrets rotations installed, newest last (the last [`ROTATIONS_REMEMBERED`]): a rotation run
+    /// again after a later one finds its secret here and changes nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rotated_in: Vec<String>,
 }
 
 /// A secret a rotation replaced, accepted until `expires_at`.
@@ -175,6 +179,7 @@ pub async fn onboard_with(
         resource_id: resource_id.to_owned(),
         created_at: now,
         previous_secrets: Vec::new(),
+        rotated_in: Vec::new(),
     };
     update_json_new(store, &partner_key(owner, &creds.partner_id), |current: Option<&Partner>| {
         Ok::<_, PartnerError>(match current {
@@ -184,6 +189,54 @@ pub async fn onboard_with(
     })
     .await
 }
+
+/// Where the registration of a partner resource stands for the run holding `creds` ([`claim_registration`]).
+pub enum Registration<T> {
+    /// Registered by this registration already (a retried run): its document.
+    Done(T),
+    /// This registration holds the id: go on (first run, or one resuming a run a crash cut short).
+    Ours,
+    /// Another registration holds the id.
+    Taken,
+}
+
+/// Who holds a resource id's registration: `{claim}:by`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Holder {
+    v: u32,
+    partner_id: String,
+}
+
+/// Claims resource id `claim` (whose document is `doc`) for the registration minting `creds`, so that a run cut
+/// short after the claim is resumed by its retry instead of finding the id taken: the holder is recorded
+/// (create-once, by the partner id the registration minted) before the id's claim (`claim`, which
+/// `check_new`-style pre-checks read).
+pub async fn claim_registration<T: serde::de::DeserializeOwned>(
+    store: &impl Store,
+    claim: &Key,
+    doc: &Key,
+    creds: &Credentials,
+    partner_of: impl Fn(&T) -> &str,
+) -> Result<Registration<T>, StoreError> {
+    if let Some(done) = get_json::<T>(store, doc).await? {
+        return Ok(if partner_of(&done) == creds.partner_id { Registration::Done(done) } else { Registration::Taken });
+    }
+    let holder = update_json_new(store, &claim.child(&["by"]), |current: Option<&Holder>| {
+        Ok::<_, StoreError>(match current {
+            Some(h) => Step::Keep(h.partner_id.clone()),
+            None => Step::Write(Holder { v: 1, partner_id: creds.partner_id.clone() }, creds.partner_id.clone()),
+        })
+    })
+    .await?;
+    if holder != creds.partner_id {
+        return Ok(Registration::Taken);
+    }
+    crate::kv::claim_new(store, claim).await?;
+    Ok(Registration::Ours)
+}
+
+/// Rotations a partner record remembers ([`Partner::rotated_in`]).
+pub const ROTATIONS_REMEMBERED: usize = 20;
 
 /// 32 random bytes, hex.
 fn new_secret() -> Result<String, StoreError> {
@@ -252,10 +305,15 @@ pub async fn rotate_secret_to(
             partner_secret: secret.to_owned(),
             previous_secret_expires_at: expires_at,
         };
-        if partner.secret == secret {
+        // Installed already: now, or before a later rotation replaced it (a retried run must not roll that back).
+        let fingerprint = hash_key_part(secret);
+        if partner.secret == secret || partner.rotated_in.contains(&fingerprint) {
             return Ok(Step::Keep(rotated));
         }
         let mut next = partner.clone();
+        next.rotated_in.push(fingerprint);
+        let excess = next.rotated_in.len().saturating_sub(ROTATIONS_REMEMBERED);
+        next.rotated_in.drain(..excess);
         next.previous_secrets.retain(|p| p.expires_at > now);
         if overlap_secs > 0 {
             if next.previous_secrets.len() >= MAX_PREVIOUS_SECRETS {
@@ -514,5 +572,44 @@ mod tests {
         // Once they expire, rotation goes on.
         let later = now().plus_secs(MAX_OVERLAP_SECS);
         assert!(pollster::block_on(rotate_secret(&store, "util", id, 60, later)).is_ok());
+    }
+
+    #[test]
+    fn a_registration_cut_short_after_its_claim_is_resumed_by_its_own_retry_only() {
+        #[derive(Serialize, Deserialize)]
+        struct Thing {
+            partner_id: String,
+        }
+        let store = MemStore::default();
+        let (claim, doc) = (Key::new(&["util", "biller", "b1", "claim"]), Key::new(&["util", "biller", "b1"]));
+        let ours = new_credentials(now()).expect("creds");
+        let theirs = Credentials { partner_id: "p_other".into(), partner_secret: "s".into() };
+        let claimed = |creds: &Credentials| {
+            pollster::block_on(claim_registration(&store, &claim, &doc, creds, |t: &Thing| &t.partner_id))
+                .expect("claim")
+        };
+        assert!(matches!(claimed(&ours), Registration::Ours));
+        // The run stopped here (nothing else written); its retry resumes, another registration of the id cannot.
+        assert!(matches!(claimed(&ours), Registration::Ours), "the retry resumes");
+        assert!(matches!(claimed(&theirs), Registration::Taken));
+        pollster::block_on(crate::kv::put_json(&store, &doc, &Thing { partner_id: ours.partner_id.clone() }))
+            .expect("doc");
+        assert!(matches!(claimed(&ours), Registration::Done(_)), "a completed run answers its document");
+        assert!(matches!(claimed(&theirs), Registration::Taken));
+    }
+
+    #[test]
+    fn a_rotation_run_again_after_a_later_one_changes_nothing() {
+        let store = MemStore::default();
+        let creds = pollster::block_on(onboard(&store, "util", "biller", "b1", now())).expect("onboard");
+        let first = pollster::block_on(rotate_secret_to(&store, "util", &creds.partner_id, "s1", 3600, now()));
+        assert_eq!(first.map(|r| r.partner_secret), Ok("s1".to_owned()));
+        pollster::block_on(rotate_secret_to(&store, "util", &creds.partner_id, "s2", 3600, now())).expect("second");
+        // The first rotation's run again (its approval retried): the partner keeps s2.
+        pollster::block_on(rotate_secret_to(&store, "util", &creds.partner_id, "s1", 3600, now())).expect("again");
+        let partner: Partner = pollster::block_on(get_json(&store, &partner_key("util", &creds.partner_id)))
+            .expect("read")
+            .expect("partner");
+        assert_eq!(partner.secret, "s2");
     }
 }

@@ -133,11 +133,11 @@ pub async fn register_with(
     now: Timestamp,
 ) -> Result<(School, Credentials), CampusError> {
     let (school_name, city) = validate(&input)?;
-    if !kv::claim_new(store, &keys::school_claim(&input.id)).await? {
-        return match get_json::<School>(store, &keys::school(&input.id)).await? {
-            Some(done) if done.partner_id == creds.partner_id => Ok((done, creds)),
-            _ => Err(CampusError::SchoolExists(input.id)),
-        };
+    let (claim, doc) = (keys::school_claim(&input.id), keys::school(&input.id));
+    match partners::claim_registration(store, &claim, &doc, &creds, |s: &School| &s.partner_id).await? {
+        partners::Registration::Done(done) => return Ok((done, creds)),
+        partners::Registration::Taken => return Err(CampusError::SchoolExists(input.id)),
+        partners::Registration::Ours => {}
     }
     partners::onboard_with(store, OWNER, SCHOOL_PARTNER, &input.id, &creds, now).await?;
     if let Some(b) = &input.topup_bonus {

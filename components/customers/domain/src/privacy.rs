@@ -196,12 +196,24 @@ pub async fn erase(store: &impl Store, id: &str, now: Timestamp) -> Result<Erasu
 pub async fn finish_erasure(store: &impl Store, id: &str, stale: &[Key]) -> Result<usize, CustomerError> {
     let profile_key = customers::keys::customer(id);
     let Some(c) = kv::get_json::<Customer>(store, &profile_key).await? else { return Ok(0) };
+    // The access log first (it is the customer's alone); then the index entries, each only while it still names
+    // this customer (a phone entry may belong to another customer who verified the number first, an identity's
+    // entry to the customer its next login registered).
+    let access = access_key(id);
     let mut doomed: Vec<Key> = c.erasure_pending.iter().filter_map(|k| Key::try_from_stored(k)).collect();
     doomed.extend(stale.iter().cloned());
     doomed.sort();
     doomed.dedup();
-    for key in &doomed {
-        kv::delete_doc(store, key).await?;
+    if doomed.contains(&access) {
+        kv::delete_doc(store, &access).await?;
+    }
+    doomed.retain(|k| *k != access);
+    let mut deleted = 0;
+    for (key, raw) in doomed.iter().zip(kv::get_all(store, &doomed).await?) {
+        if crate::sessions::index_entry(key, raw)?.as_deref() == Some(id) {
+            kv::delete_doc(store, key).await?;
+            deleted += 1;
+        }
     }
     if !c.erasure_pending.is_empty() {
         kv::update_json(store, &profile_key, |current: Option<&Customer>| match current {
@@ -212,7 +224,7 @@ pub async fn finish_erasure(store: &impl Store, id: &str, stale: &[Key]) -> Resu
         })
         .await?;
     }
-    Ok(doomed.iter().filter(|k| !k.as_str().starts_with("cust:pii-access:")).count())
+    Ok(deleted)
 }
 
 /// Checks an unmask reason (pure): 5 to 200 characters, no control characters.

@@ -106,7 +106,7 @@ struct IndexEntry {
 }
 
 /// The customer an index entry (identity or phone) read as `raw` points at.
-fn index_entry(key: &kv::Key, raw: Option<Vec<u8>>) -> Result<Option<String>, CustomerError> {
+pub(crate) fn index_entry(key: &kv::Key, raw: Option<Vec<u8>>) -> Result<Option<String>, CustomerError> {
     Ok(kv::decode_doc::<IndexEntry>(key, raw.as_deref())?.map(|e| e.customer_id))
 }
 

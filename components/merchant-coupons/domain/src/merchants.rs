@@ -131,11 +131,11 @@ pub async fn register_with(
     now: Timestamp,
 ) -> Result<(Merchant, Credentials), CouponError> {
     validate(&input)?;
-    if !kv::claim_new(store, &keys::merchant_claim(&input.merchant_id)).await? {
-        return match get_json::<Merchant>(store, &keys::merchant(&input.merchant_id)).await? {
-            Some(done) if done.partner_id == creds.partner_id => Ok((done, creds)),
-            _ => Err(CouponError::MerchantExists(input.merchant_id)),
-        };
+    let (claim, doc) = (keys::merchant_claim(&input.merchant_id), keys::merchant(&input.merchant_id));
+    match partners::claim_registration(store, &claim, &doc, &creds, |m: &Merchant| &m.partner_id).await? {
+        partners::Registration::Done(done) => return Ok((done, creds)),
+        partners::Registration::Taken => return Err(CouponError::MerchantExists(input.merchant_id)),
+        partners::Registration::Ours => {}
     }
     partners::onboard_with(store, OWNER, MERCHANT_PARTNER, &input.merchant_id, &creds, now).await?;
     let merchant = Merchant {

@@ -165,11 +165,11 @@ pub async fn register_with(
     now: Timestamp,
 ) -> Result<(Community, Credentials), PropertyError> {
     validate(&input)?;
-    if !kv::claim_new(store, &keys::community_claim(&input.id)).await? {
-        return match get_json::<Community>(store, &keys::community(&input.id)).await? {
-            Some(done) if done.partner_id == creds.partner_id => Ok((done, creds)),
-            _ => Err(PropertyError::CommunityExists(input.id)),
-        };
+    let (claim, doc) = (keys::community_claim(&input.id), keys::community(&input.id));
+    match partners::claim_registration(store, &claim, &doc, &creds, |c: &Community| &c.partner_id).await? {
+        partners::Registration::Done(done) => return Ok((done, creds)),
+        partners::Registration::Taken => return Err(PropertyError::CommunityExists(input.id)),
+        partners::Registration::Ours => {}
     }
     partners::onboard_with(store, OWNER, "property_company", &input.id, &creds, now).await?;
     if let Some(d) = &input.owner_discount {

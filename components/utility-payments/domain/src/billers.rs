@@ -198,11 +198,11 @@ pub async fn register_with(
     now: Timestamp,
 ) -> Result<(Biller, Credentials), UtilityError> {
     validate(&input)?;
-    if !kv::claim_new(store, &keys::biller_claim(&input.id)).await? {
-        return match get_json::<Biller>(store, &keys::biller(&input.id)).await? {
-            Some(done) if done.partner_id == creds.partner_id => Ok((done, creds)),
-            _ => Err(UtilityError::BillerExists(input.id)),
-        };
+    let (claim, doc) = (keys::biller_claim(&input.id), keys::biller(&input.id));
+    match partners::claim_registration(store, &claim, &doc, &creds, |b: &Biller| &b.partner_id).await? {
+        partners::Registration::Done(done) => return Ok((done, creds)),
+        partners::Registration::Taken => return Err(UtilityError::BillerExists(input.id)),
+        partners::Registration::Ours => {}
     }
     partners::onboard_with(store, OWNER, "biller", &input.id, &creds, now).await?;
     if let Some(d) = &input.discount {

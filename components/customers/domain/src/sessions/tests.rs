@@ -327,3 +327,17 @@ fn a_stale_index_entry_left_by_a_cut_short_erasure_is_cleared_by_the_next_login(
     let c = pollster::block_on(customers::lookup(&store, &first.customer_id)).expect("read").expect("kept");
     assert!(c.erasure_pending.is_empty(), "the erasure was finished");
 }
+
+#[test]
+fn erasing_a_customer_leaves_an_index_entry_that_names_another_customer_alone() {
+    let store = MemStore::default();
+    let x = login_with(&store, assertion(Provider::Wechat, "wx_x", Some("13911112222")), None).expect("x");
+    // Y is known before it verifies the same number, so the phone's entry stays X's while Y's profile records it.
+    let y = login_with(&store, assertion(Provider::App, "app_y", None), None).expect("y");
+    let y_again = login_with(&store, assertion(Provider::App, "app_y", Some("13911112222")), None).expect("y");
+    assert_eq!(y_again.customer_id, y.customer_id);
+    let erased = pollster::block_on(crate::privacy::erase(&store, &y.customer_id, now())).expect("erase y");
+    assert_eq!(erased.index_entries_deleted, 1, "Y's identity only, not X's phone");
+    let joined = login_with(&store, assertion(Provider::Phone, "13911112222", Some("13911112222")), None).expect("sms");
+    assert_eq!(joined.customer_id, x.customer_id, "the phone still leads to X");
+}

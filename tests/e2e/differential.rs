@@ -680,7 +680,19 @@ fn generated_id(token: &str) -> Option<&str> {
 
 /// Event and posting ids made from a generated id (`{kind}:{id}`), whose hashes (`ids::hash_key_part`) are key
 /// parts: `cust:event:{hash(paid:o_…)}:…`.
-const DERIVED_ID_KINDS: &[&str] = &["paid", "refunded", "pay", "refund", "bill.paid", "bill.refunded"];
+const DERIVED_ID_KINDS: &[&str] = &[
+    "paid",
+    "refunded",
+    "pay",
+    "refund",
+    "bill.paid",
+    "bill.refunded",
+    "fee.paid",
+    "fee.refunded",
+    "topup.credited",
+    "topup.refunded",
+    "card.reissued",
+];
 
 /// Replaces what differs between two runs of the same script by design: generated ids become `{prefix}_#{n}`,
 /// numbered in order of first appearance, hashes of ids derived from them `h({kind}:{placeholder})`, and known

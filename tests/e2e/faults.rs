@@ -484,6 +484,8 @@ struct CampusFlow<'a> {
     pos: campus::Partner,
     /// Flows run (each tops one card up once and spends once).
     runs: i64,
+    /// Their top-up orders, in order.
+    orders: Vec<String>,
     counters: Counters,
     /// Writes of the spend after whose crash the day's limit stayed taken twice.
     limit_leaks: Vec<u64>,
@@ -590,6 +592,13 @@ impl CampusFlow<'_> {
             (n * TOPUP_FEN, n * BONUS_FEN, n * SPEND_FEN),
             "{ctx}: after {n} top-ups and spends"
         );
+        // The school's feed has each top-up once (a fault between crediting the card and the event's append, then
+        // the retry, yields one event), in the order the flows paid.
+        self.orders.push(order_id.clone());
+        let events = crate::partner_events::feed(app, &self.school.id, &self.school.secret, "campus", 100).await;
+        let credited: Vec<&str> =
+            events.iter().filter_map(|e| e["id"].as_str()?.strip_prefix("topup.credited:")).collect();
+        assert_eq!(credited, self.orders, "{ctx}: the school's feed");
         let stats = campus::stats(app, SCHOOL).await;
         for (counter, per_flow) in [
             ("topups", 1),
@@ -620,8 +629,15 @@ async fn a_campus_top_up_and_spend_survive_a_fault_at_every_operation() {
         json!({"percent_bp": 200, "cap_fen": BONUS_FEN, "budget_id": "fault_u_topup", "budget_fen": 10_000_000});
     let school = campus::onboard_school(&app, SCHOOL, Some(bonus)).await;
     let pos = campus::add_merchant(&app, &school, SCHOOL, POS, "canteen").await;
-    let mut flow =
-        CampusFlow { app: &app, school, pos, runs: 0, counters: Counters::default(), limit_leaks: Vec::new() };
+    let mut flow = CampusFlow {
+        app: &app,
+        school,
+        pos,
+        runs: 0,
+        orders: Vec::new(),
+        counters: Counters::default(),
+        limit_leaks: Vec::new(),
+    };
     let topup = sweep("campus top-up", async |fault| flow.run(CampusStep::TopUp, fault).await).await;
     let notify = sweep("campus notification", async |fault| flow.run(CampusStep::Notify, fault).await).await;
     let spend = sweep("campus spend", async |fault| flow.run(CampusStep::Spend, fault).await).await;

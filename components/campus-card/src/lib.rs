@@ -28,6 +28,7 @@
 //! | POST | `/api/campus/spend` | a merchant POS (signed) |
 //! | POST | `/api/campus/spend/{id}/reverse` | the same merchant (signed) |
 //! | GET | `/api/campus/merchants/{id}/settlement?date=YYYY-MM-DD` | the merchant or its school (signed), operator |
+//! | GET | `/api/campus/partners/events?after=&limit=` | the school (signed): its event feed (`topup.credited`, `topup.refunded`, `card.reissued`), in order, each event once; a merchant's POS reads its own |
 //! | POST | `/api/campus/partners/{partner_id}/rotate-secret`, `…/revoke-previous-secret` | operator: a partner's new secret (the old one accepted for `overlap_secs`, default a day), or the overlap ended early |
 
 mod dto;
@@ -87,6 +88,9 @@ async fn dispatch(req: Request, route: &Route) -> Handled {
         (&Method::POST, ["api", "campus", "spend"]) => handlers::spend(req).await,
         (&Method::POST, ["api", "campus", "spend", id, "reverse"]) => handlers::reverse(req, id).await,
         (&Method::GET, ["api", "campus", "merchants", id, "settlement"]) => handlers::settlement(req, route, id).await,
+        (&Method::GET, ["api", "campus", "partners", "events"]) => {
+            scenefin_guest::partners::events_of(req, route, OWNER, campus_card_domain::schools::feed_of).await
+        }
         (&Method::POST, ["api", "campus", "partners", id, "rotate-secret"]) => {
             scenefin_guest::partners::rotate_secret(req, OWNER, id, handlers::execute).await
         }
@@ -120,6 +124,7 @@ fn allowed(path: &[&str]) -> Option<&'static str> {
         ["api", "campus", "payments", "notify" | "refund-notify"] => "POST",
         ["api", "campus", "spend", _, "reverse"] => "POST",
         ["api", "campus", "merchants", _, "settlement"] => "GET",
+        ["api", "campus", "partners", "events"] => "GET",
         ["api", "campus", "partners", _, "rotate-secret" | "revoke-previous-secret"] => "POST",
         _ => return None,
     })

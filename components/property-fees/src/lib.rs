@@ -22,6 +22,7 @@
 //! | GET | `/api/property/refund-approvals/{id}` | finance staff: a proposed refund as it stands |
 //! | GET | `/api/property/approvals?state=pending`, `/api/property/approvals/{id}` | any staff: proposals (refunds, registrations, rotations) awaiting a checker |
 //! | POST | `/api/property/approvals/{id}/approve`, `…/reject` | staff holding the proposal's role, other than its maker: carried out once, or not at all |
+//! | GET | `/api/property/partners/events?after=&limit=` | the property company (signed): its community's event feed (`fee.paid`, `fee.refunded`), in order, each event once |
 //! | POST | `/api/property/partners/{partner_id}/rotate-secret`, `…/revoke-previous-secret` | operator: a partner's new secret (the old one accepted for `overlap_secs`, default a day), or the overlap ended early |
 
 mod handlers;
@@ -73,6 +74,9 @@ async fn dispatch(req: Request, route: &Route) -> Handled {
         (&Method::POST, ["api", "property", "payments", "refund-notify"]) => {
             scenefin_guest::orders::refund_notify(req, OWNER).await
         }
+        (&Method::GET, ["api", "property", "partners", "events"]) => {
+            scenefin_guest::partners::events(req, route, OWNER).await
+        }
         (&Method::POST, ["api", "property", "partners", id, "rotate-secret"]) => {
             scenefin_guest::partners::rotate_secret(req, OWNER, id, handlers::execute).await
         }
@@ -97,6 +101,7 @@ fn allowed(path: &[&str]) -> Option<&'static str> {
         ["api", "property", "approvals" | "refund-approvals", _, "approve" | "reject"] => "POST",
         ["api", "property", "approvals" | "refund-approvals", _] => "GET",
         ["api", "property", "payments", "notify" | "refund-notify"] => "POST",
+        ["api", "property", "partners", "events"] => "GET",
         ["api", "property", "partners", _, "rotate-secret" | "revoke-previous-secret"] => "POST",
         _ => return None,
     })

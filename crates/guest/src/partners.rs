@@ -83,6 +83,17 @@ pub async fn revoke_previous_secret(req: Request, owner: &str, partner_id: &str)
 /// absent: from the start). Each event once; a page stops before an event still being recorded
 /// (`scenefin_core::feed`).
 pub async fn events(req: Request, route: &crate::Route, owner: &str) -> Handled {
+    events_of(req, route, owner, |partner| scenefin_core::feed::key(owner, &partner.resource_id)).await
+}
+
+/// [`events`] where the partner's feed is `feed_of(partner)` (a scenario whose partners of different kinds could
+/// share a resource id keeps their feeds apart).
+pub async fn events_of(
+    req: Request,
+    route: &crate::Route,
+    owner: &str,
+    feed_of: impl Fn(&partners::Partner) -> scenefin_core::kv::Key,
+) -> Handled {
     let store = store()?;
     let now = request_time(&req).await?;
     let (head, bytes) = split(req, DEFAULT_LIMIT_BYTES).await?;
@@ -94,7 +105,7 @@ pub async fn events(req: Request, route: &crate::Route, owner: &str) -> Handled 
         })?,
     };
     let limit = route.limit(50, 200).or_problem()?;
-    let feed = scenefin_core::feed::key(owner, &partner.resource_id);
+    let feed = feed_of(&partner);
     let page = scenefin_core::feed::read(&store, &feed, after, limit, now).await.or_problem()?;
     let items: Vec<serde_json::Value> = page
         .events

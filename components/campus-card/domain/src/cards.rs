@@ -10,6 +10,7 @@ use scenefin_core::auth::{constant_time_eq, sha256_hex};
 use scenefin_core::clock::Timestamp;
 use scenefin_core::customers::{LifecycleRules, mask_name};
 use scenefin_core::events::{self, Event, EventKind};
+use scenefin_core::feed::{self, FeedEvent};
 use scenefin_core::ids::{Id, hash_key_part};
 use scenefin_core::json::text;
 use scenefin_core::kv::{self, Step, Store, get_json};
@@ -20,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::schools::{self, School, stat};
 use crate::txns::{self, Txn, TxnKind};
-use crate::{CampusError, Refusal, SCENARIO, keys};
+use crate::{CampusError, OWNER, Refusal, SCENARIO, keys};
 
 /// Most members in one upload.
 pub const MAX_BATCH: usize = 1000;
@@ -761,6 +762,19 @@ pub async fn reissue(
     .await?;
     kv::add_to_index(store, &keys::customer_cards(customer_id), &new_id).await?;
     let moved_fen = sweep(store, &old.card_id, &new_id, now).await?;
+    // Last, the school's feed: appended once by the new card's id, whichever attempt gets here (a retry, or a
+    // concurrent reissue, appends nothing more); `moved_fen` is what had moved when it was first recorded.
+    let data = serde_json::json!({
+        "school_id": old.school_id, "member_no": old.member_no, "card_id": new_id,
+        "replaced_card_id": old.card_id, "moved_fen": moved_fen, "reissued_at": card.issued_at,
+    });
+    let event = FeedEvent {
+        id: format!("card.reissued:{new_id}"),
+        kind: "card.reissued".into(),
+        occurred_at: card.issued_at,
+        data,
+    };
+    feed::append(store, &feed::key(OWNER, &old.school_id), &event).await?;
     Ok(Reissued { card, replaced_card_id: old.card_id, moved_fen })
 }
 

@@ -4,7 +4,7 @@
 use scenefin_core::clock::Timestamp;
 use scenefin_core::ids::Id;
 use scenefin_core::json::text;
-use scenefin_core::kv::{self, Store, get_json, put_json};
+use scenefin_core::kv::{self, Key, Store, get_json, put_json};
 use scenefin_core::limits;
 use scenefin_core::orders::CardDiscount;
 use scenefin_core::partners::{self, Credentials, Partner, PartnerError};
@@ -178,6 +178,17 @@ pub fn require_school(partner: &Partner, school_id: &str) -> Result<(), CampusEr
         return Err(PartnerError::Forbidden(school_id.chars().take(64).collect()).into());
     }
     Ok(partner.require(school_id)?)
+}
+
+/// The event feed a partner reads: a school's is `feed::key(OWNER, school_id)` (top-ups, refunds, reissues); a
+/// merchant's its own, apart (a merchant id may equal a school's, and `.` is in no id), so a merchant never reads
+/// its school's or another school's.
+pub fn feed_of(partner: &Partner) -> Key {
+    if partner.kind == SCHOOL_PARTNER {
+        scenefin_core::feed::key(OWNER, &partner.resource_id)
+    } else {
+        scenefin_core::feed::key(OWNER, &format!("{}.{}", partner.kind, partner.resource_id))
+    }
 }
 
 /// The merchant a signed POS request comes from.

@@ -7,6 +7,7 @@
 use scenefin_core::clock::Timestamp;
 use scenefin_core::customers::LifecycleRules;
 use scenefin_core::events::EventKind;
+use scenefin_core::feed::{self, FeedEvent};
 use scenefin_core::ids::new_id;
 use scenefin_core::kv::Store;
 use scenefin_core::ledger;
@@ -14,6 +15,7 @@ use scenefin_core::orders::{
     self, Fulfilment, GatewayEvent, Order, OrderError, PayWith, QUOTE_TTL_SECS, Quote, QuoteLine,
 };
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 use crate::cards;
 use crate::schools::{self, stat};
@@ -153,6 +155,15 @@ impl<S: Store> Fulfilment for Topups<'_, S> {
         };
         let scenario = as_order_error;
         txns::append(self.store, &p.card_id, &txn).await.map_err(scenario)?;
+        // The school's feed, as a re-driven effect: a retry after a crash appends the same id once.
+        let data = json!({
+            "school_id": p.school_id, "card_id": p.card_id, "member_no": p.member_no, "order_id": order.id,
+            "amount_fen": order.total_fen, "bonus_fen": order.funded_fen(), "credited_fen": credited,
+            "credited_at": at,
+        });
+        let id = format!("topup.credited:{}", order.id);
+        let event = FeedEvent { id, kind: "topup.credited".into(), occurred_at: at, data };
+        feed::append(self.store, &feed::key(OWNER, &p.school_id), &event).await?;
         let count = async |counter: &str, delta: i64| {
             schools::count_once(self.store, &p.school_id, counter, &order.id, delta).await.map_err(scenario)
         };
@@ -183,7 +194,14 @@ impl<S: Store> Fulfilment for Topups<'_, S> {
             merchant_id: None,
             at,
         };
-        txns::append(self.store, &p.card_id, &txn).await.map_err(as_order_error)
+        txns::append(self.store, &p.card_id, &txn).await.map_err(as_order_error)?;
+        let data = json!({
+            "school_id": p.school_id, "card_id": p.card_id, "member_no": p.member_no, "order_id": order.id,
+            "refunded_fen": order.total_fen, "debited_fen": order.total_fen + order.funded_fen(), "refunded_at": at,
+        });
+        let id = format!("topup.refunded:{}", order.id);
+        let event = FeedEvent { id, kind: "topup.refunded".into(), occurred_at: at, data };
+        Ok(feed::append(self.store, &feed::key(OWNER, &p.school_id), &event).await.map(drop)?)
     }
 }
 

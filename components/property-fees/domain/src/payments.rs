@@ -3,11 +3,13 @@
 
 use scenefin_core::clock::Timestamp;
 use scenefin_core::customers::LifecycleRules;
+use scenefin_core::feed::{self, FeedEvent};
 use scenefin_core::holds;
 use scenefin_core::kv::{self, Step, Store};
 use scenefin_core::orders::{self, Fulfilment, GatewayEvent, Order, OrderError, PartialRefund, RefundRequest};
 use scenefin_core::problem::{ErrorKind, Problem};
 use scenefin_core::settlement;
+use serde_json::json;
 
 use crate::communities::{PrepaidCredit, Room};
 use crate::fees::{BillStatus, FeeBill};
@@ -29,9 +31,16 @@ impl<S: Store> Property<'_, S> {
         Ok(kv::count_once(self.store, &keys::once(effect, order_id, "x"), &counter, delta).await?)
     }
 
-    async fn set_bill(&self, p: &Payload, bill_id: &str, order_id: &str, paid: bool) -> Result<(), OrderError> {
+    /// Marks a bill paid (or no longer) by the order; the bill as it stands after.
+    async fn set_bill(
+        &self,
+        p: &Payload,
+        bill_id: &str,
+        order_id: &str,
+        paid: bool,
+    ) -> Result<Option<FeeBill>, OrderError> {
         kv::update_json(self.store, &keys::bill(&p.community_id, bill_id), |bill: Option<&FeeBill>| {
-            let Some(bill) = bill else { return Ok::<_, OrderError>(Step::Keep(())) };
+            let Some(bill) = bill else { return Ok::<_, OrderError>(Step::Keep(None)) };
             let mut next = bill.clone();
             let mine = bill.paid_by.as_deref() == Some(order_id);
             if paid && next.hold.as_ref().is_some_and(|h| h.order_id == order_id) {
@@ -43,7 +52,7 @@ impl<S: Store> Property<'_, S> {
                     next.paid_by = Some(order_id.to_owned());
                 }
                 (true, BillStatus::Paid) if mine || bill.duplicate_payments.iter().any(|o| o == order_id) => {
-                    return Ok(Step::Keep(()));
+                    return Ok(Step::Keep(Some(bill.clone())));
                 }
                 (true, BillStatus::Paid) => next.duplicate_payments.push(order_id.to_owned()),
                 (false, _) if mine => {
@@ -57,9 +66,9 @@ impl<S: Store> Property<'_, S> {
                 (false, _) if bill.duplicate_payments.iter().any(|o| o == order_id) => {
                     next.duplicate_payments.retain(|o| o != order_id);
                 }
-                (false, _) => return Ok(Step::Keep(())),
+                (false, _) => return Ok(Step::Keep(Some(bill.clone()))),
             }
-            Ok(Step::Write(next, ()))
+            Ok(Step::Write(next.clone(), Some(next)))
         })
         .await
     }
@@ -91,11 +100,24 @@ impl<S: Store> Fulfilment for Property<'_, S> {
 
     async fn fulfil(&self, order: &Order, at: Timestamp) -> Result<(), OrderError> {
         let p = payload(order)?;
-        for bill_id in &p.bill_ids {
-            self.set_bill(&p, bill_id, &order.id, true).await?;
+        let mut settled = Vec::new();
+        for (i, bill_id) in p.bill_ids.iter().enumerate() {
+            let bill = self.set_bill(&p, bill_id, &order.id, true).await?;
+            let charged = p.amounts_fen.get(i).copied().unwrap_or_default();
+            settled.extend(bill.map(|b| bill_view(&b, &order.id, charged)));
         }
         self.set_prepaid(&p, &order.id, true).await?;
         settlement::record(self.store, OWNER, &p.community_id, &order.id, "pay", at).await?;
+        // The community's feed, as a re-driven effect: a retry after a crash appends the same id once.
+        let paid_at = order.payment.as_ref().map_or(at, |pay| pay.paid_at);
+        let data = json!({
+            "community_id": p.community_id, "room_id": p.room_id, "order_id": order.id,
+            "paid_fen": order.total_fen, "paid_at": paid_at, "bills": settled, "late_fee_fen": p.late_fee_fen,
+            "prepaid_months": p.prepay_months, "free_months": p.free_months,
+        });
+        let event =
+            FeedEvent { id: format!("fee.paid:{}", order.id), kind: "fee.paid".into(), occurred_at: paid_at, data };
+        feed::append(self.store, &feed::key(OWNER, &p.community_id), &event).await?;
         for (i, (period, amount)) in p.periods.iter().zip(&p.amounts_fen).enumerate() {
             let effect = format!("paid{i}");
             self.once(&order.id, &effect, keys::period_stat(&p.community_id, period, "paid_fen"), *amount).await?;
@@ -153,6 +175,14 @@ impl<S: Store> Fulfilment for Property<'_, S> {
         }
         self.set_prepaid(&p, &order.id, false).await?;
         settlement::record(self.store, OWNER, &p.community_id, &order.id, "refund", at).await?;
+        let data = json!({
+            "community_id": p.community_id, "room_id": p.room_id, "order_id": order.id,
+            "refunded_fen": order.total_fen - order.partially_refunded_fen(), "refunded_at": at,
+            "bill_ids": p.bill_ids, "prepaid_months": p.prepay_months, "free_months": p.free_months,
+        });
+        let id = format!("fee.refunded:{}", order.id);
+        let event = FeedEvent { id, kind: "fee.refunded".into(), occurred_at: at, data };
+        feed::append(self.store, &feed::key(OWNER, &p.community_id), &event).await?;
         for (i, (period, amount)) in p.periods.iter().zip(&p.amounts_fen).enumerate() {
             let effect = format!("unpaid{i}");
             self.once(&order.id, &effect, keys::period_stat(&p.community_id, period, "paid_fen"), -*amount).await?;
@@ -161,6 +191,16 @@ impl<S: Store> Fulfilment for Property<'_, S> {
         self.once(&order.id, "refunds", keys::stat(&p.community_id, "orders_refunded"), 1).await?;
         Ok(())
     }
+}
+
+/// A bill as the community's `fee.paid` event shows it: `paid` by this payment (write it off), or a
+/// `duplicate_payment` after another one; `charged_fen` is what this payment paid for it.
+fn bill_view(bill: &FeeBill, order_id: &str, charged_fen: i64) -> serde_json::Value {
+    let outcome = if bill.duplicate_payments.iter().any(|o| o == order_id) { "duplicate_payment" } else { "paid" };
+    json!({
+        "bill_id": bill.bill_id, "period": bill.period, "amount_fen": bill.amount_fen, "charged_fen": charged_fen,
+        "outcome": outcome,
+    })
 }
 
 /// Places the order for a quote after checking its bills are still open.

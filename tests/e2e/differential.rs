@@ -687,6 +687,8 @@ const DERIVED_ID_KINDS: &[&str] = &[
     "refund",
     "bill.paid",
     "bill.refunded",
+    "coupon.redeemed",
+    "coupon.reversed",
     "fee.paid",
     "fee.refunded",
     "topup.credited",

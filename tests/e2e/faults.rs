@@ -692,6 +692,8 @@ struct CouponFlow<'a> {
     runs: i64,
     /// Coupons redeemed.
     redeemed: i64,
+    /// Their redemptions, in order.
+    redemptions: Vec<String>,
     counters: Counters,
     /// Writes of the claim after whose crash the retry was refused (`limit_reached`), its counters left taken.
     under_issued: Vec<u64>,
@@ -793,6 +795,14 @@ impl CouponFlow<'_> {
         assert_eq!(held, [(coupon_id.as_str(), "used")], "{ctx}: {wallet:?}");
         self.redeemed += 1;
         self.check_campaign(&ctx).await;
+        // The merchant's feed has each redemption once (a fault between the redemption's writes and the event's
+        // append, then the retry, yields one event), in the order the flows redeemed.
+        self.redemptions.push(redemption_id.clone());
+        let m = &self.merchant;
+        let events = crate::partner_events::feed(app, &m.partner_id, &m.secret, "coupons", 100).await;
+        let in_feed: Vec<&str> =
+            events.iter().filter_map(|e| e["id"].as_str()?.strip_prefix("coupon.redeemed:")).collect();
+        assert_eq!(in_feed, self.redemptions, "{ctx}: the merchant's feed");
         match target {
             CouponStep::Claim => claimed,
             CouponStep::Redeem => redeemed,
@@ -812,6 +822,7 @@ async fn a_coupon_claim_and_redemption_survive_a_fault_at_every_operation() {
         merchant,
         runs: 0,
         redeemed: 0,
+        redemptions: Vec::new(),
         counters: Counters::default(),
         under_issued: Vec::new(),
     };

@@ -8,6 +8,7 @@ use scenefin_e2e::{Api, OPERATOR_TOKEN, TestApp};
 use serde_json::{Value, json};
 
 use crate::campus_card as campus;
+use crate::merchant_coupons as coupons;
 use crate::utility_payments as utility;
 
 /// Every event of the partner's feed, read to the end in pages of `page` as the partner would; a page that stops at
@@ -160,6 +161,94 @@ async fn a_biller_reads_each_payment_and_refund_of_its_bills_once_in_order() {
     assert_eq!(r.status, 401, "{:?}", r.body);
     let r = app.partner(&w.partner_id, &w.secret, "GET", "/api/utility/partners/events?after=-1", None).await;
     assert_eq!((r.status, r.body["code"].as_str()), (400, Some("validation_failed")), "{:?}", r.body);
+    app.host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merchant_reads_each_redemption_and_reversal_of_its_coupons_once_in_order() {
+    let app = TestApp::spawn().await.expect("app");
+    let cafe = coupons::onboard_merchant(&app, "ev_cafe", "futian", &["ev_1", "ev_2"]).await;
+    let other = coupons::onboard_merchant(&app, "ev_tea", "futian", &["ev_t1"]).await;
+    coupons::create_campaign(&app, &coupons::campaign("ev_camp", &["ev_cafe", "ev_tea"])).await;
+    let n = 6;
+    let mut codes = Vec::new();
+    for i in 0..n {
+        let customer = coupons::login(&app, &format!("wx_cpn_events_{i}"), None).await;
+        let r = coupons::claim(&app, &customer.token, "ev_camp", &format!("ev-claim-{i}")).await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        codes.push(coupons::str_of(&r.body, "code"));
+    }
+
+    // Six redemptions at once at two tills; every other one sent twice at once (the POS retried).
+    let mut tills = tokio::task::JoinSet::new();
+    for (i, code) in codes.iter().enumerate() {
+        let (app, cafe) = (app.api.clone(), cafe.clone());
+        let order =
+            coupons::order(code, if i % 2 == 0 { "ev_1" } else { "ev_2" }, 3000 + i as i64, &format!("ev-mo-{i}"));
+        tills.spawn(async move {
+            let (a, b) = if i % 2 == 0 {
+                tokio::join!(coupons::redeem(&app, &cafe, &order), coupons::redeem(&app, &cafe, &order))
+            } else {
+                (coupons::redeem(&app, &cafe, &order).await, coupons::redeem(&app, &cafe, &order).await)
+            };
+            assert_eq!((a.status, b.status), (201, 201), "{:?} {:?}", a.body, b.body);
+            assert_eq!(a.body["redemption_id"], b.body["redemption_id"]);
+            (i, coupons::str_of(&a.body, "redemption_id"))
+        });
+    }
+    let mut redemptions: Vec<(usize, String)> = tills.join_all().await;
+    redemptions.sort();
+    let redemptions: Vec<String> = redemptions.into_iter().map(|(_, id)| id).collect();
+
+    // Two reversals, each asked twice.
+    for id in &redemptions[..2] {
+        for _ in 0..2 {
+            let path = format!("/api/coupons/redemptions/{id}/reverse");
+            let r = app.partner(&cafe.partner_id, &cafe.secret, "POST", &path, None).await;
+            assert_eq!((r.status, r.body["state"].as_str()), (200, Some("reversed")), "{:?}", r.body);
+        }
+    }
+
+    for page in [1, 4, 50] {
+        let events = feed(&app, &cafe.partner_id, &cafe.secret, "coupons", page).await;
+        let reversed = ("coupon.reversed", &redemptions[..2]);
+        assert_each_once_in_order(&events, ("coupon.redeemed", &redemptions), reversed, 0, page);
+        // What the cashier needs to confirm the discount without a second call, and never the code itself.
+        let first = format!("coupon.redeemed:{}", redemptions[0]);
+        let redeemed = events.iter().find(|e| e["id"] == first.as_str()).expect("the first redemption");
+        let d = &redeemed["data"];
+        assert_eq!(
+            (
+                redeemed["type"].as_str(),
+                d["merchant_id"].as_str(),
+                d["store_id"].as_str(),
+                d["merchant_order_id"].as_str(),
+                d["campaign_id"].as_str()
+            ),
+            (Some("coupon.redeemed"), Some("ev_cafe"), Some("ev_1"), Some("ev-mo-0"), Some("ev_camp")),
+            "{redeemed}"
+        );
+        assert_eq!(
+            (d["order_amount_fen"].as_i64(), d["discount_fen"].as_i64(), d["pay_fen"].as_i64()),
+            (Some(3000), Some(500), Some(2500)),
+            "{redeemed}"
+        );
+        assert!(d["coupon_id"].as_str().is_some() && d.get("code").is_none(), "{redeemed}");
+        assert!(!redeemed.to_string().contains(&codes[0]), "the code is not repeated: {redeemed}");
+        let reversed = events.iter().find(|e| e["type"] == "coupon.reversed").expect("a reversal");
+        assert_eq!(
+            (reversed["data"]["discount_fen"].as_i64(), reversed["data"]["coupon_restored"].as_bool()),
+            (Some(500), Some(true)),
+            "{reversed}"
+        );
+    }
+
+    // Another merchant's feed holds none of it; an unsigned or badly signed read is refused.
+    assert!(feed(&app, &other.partner_id, &other.secret, "coupons", 10).await.is_empty());
+    let r = app.send("GET", "/api/coupons/partners/events", None, None).await;
+    assert_eq!(r.status, 401, "{:?}", r.body);
+    let r = app.partner(&cafe.partner_id, "not-the-secret", "GET", "/api/coupons/partners/events", None).await;
+    assert_eq!(r.status, 401, "{:?}", r.body);
     app.host.shutdown().await;
 }
 

@@ -15,6 +15,7 @@
 //! | POST, GET | `/api/coupons/checkin` | customer |
 //! | POST | `/api/coupons/redemptions` | the merchant (signed) |
 //! | POST | `/api/coupons/redemptions/{id}/reverse` | the same merchant (signed) |
+//! | GET | `/api/coupons/partners/events?after=&limit=` | the merchant (signed): its event feed (`coupon.redeemed`, `coupon.reversed`), in order, each event once |
 //! | POST | `/api/coupons/partners/{partner_id}/rotate-secret`, `…/revoke-previous-secret` | operator: a merchant's new secret (the old one accepted for `overlap_secs`, default a day), or the overlap ended early |
 //! | GET | `/api/coupons/approvals?state=pending`, `/api/coupons/approvals/{id}` | any staff: proposals (stock raises, merchant registrations, rotations) awaiting a checker |
 //! | POST | `/api/coupons/approvals/{id}/approve`, `…/reject` | staff holding the proposal's role, other than its maker: carried out once, or not at all |
@@ -53,6 +54,9 @@ async fn dispatch(req: Request, route: &Route) -> Handled {
         (&Method::GET, ["api", "coupons", "checkin"]) => handlers::checkin_status(&req).await,
         (&Method::POST, ["api", "coupons", "redemptions"]) => handlers::redeem(req).await,
         (&Method::POST, ["api", "coupons", "redemptions", id, "reverse"]) => handlers::reverse(req, id).await,
+        (&Method::GET, ["api", "coupons", "partners", "events"]) => {
+            scenefin_guest::partners::events(req, route, OWNER).await
+        }
         (&Method::POST, ["api", "coupons", "partners", id, "rotate-secret"]) => {
             scenefin_guest::partners::rotate_secret(req, OWNER, id, handlers::execute).await
         }
@@ -80,6 +84,7 @@ fn allowed(path: &[&str]) -> Option<&'static str> {
         ["api", "coupons", "campaigns", _, "stock"] => "PUT",
         ["api", "coupons", "campaigns", _, "stats"] => "GET",
         ["api", "coupons", "redemptions", _, "reverse"] => "POST",
+        ["api", "coupons", "partners", "events"] => "GET",
         ["api", "coupons", "partners", _, "rotate-secret" | "revoke-previous-secret"] => "POST",
         ["api", "coupons", "approvals"] | ["api", "coupons", "approvals", _] => "GET",
         ["api", "coupons", "approvals", _, "approve" | "reject"] => "POST",

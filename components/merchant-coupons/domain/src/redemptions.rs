@@ -3,24 +3,31 @@
 //!
 //! A redemption is a record first (`pending`), then the coupon's compare-and-swap to `used` by this redemption —
 //! the one step that decides, so concurrent redemptions of one code have exactly one winner — then the budget
-//! commit, the ledger posting `redeem:{id}` and `completed`; the statistics and the event follow, each idempotent.
-//! A retry with the same `merchant_order_id` resumes the record.
+//! commit, the ledger posting `redeem:{id}` and `completed`; the statistics, the customer's event and the merchant's
+//! feed event `coupon.redeemed:{id}` follow, each idempotent. A retry with the same `merchant_order_id` resumes the
+//! record and re-drives them, so a crash anywhere delays the feed event, never loses or duplicates it.
+//!
+//! A reversal appends `coupon.reversed:{id}` after its own writes, re-driven the same way by a repeated reversal;
+//! it appends `coupon.redeemed:{id}` first (a no-op when it is there), so the merchant's feed always has the
+//! redemption before its reversal, even when a crash kept the redemption's event from being appended.
 
 use scenefin_core::clock::Timestamp;
 use scenefin_core::coupons::{self, Coupon, CouponState};
 use scenefin_core::customers::LifecycleRules;
 use scenefin_core::events::{self, Event, EventKind};
+use scenefin_core::feed::{self, FeedEvent};
 use scenefin_core::ids::{Id, hash_key_part};
 use scenefin_core::kv::{self, Key, Step, Store, get_json};
 use scenefin_core::ledger::{self, Line, Posting};
 use scenefin_core::limits::{self, BudgetStatus, Reserved};
 use scenefin_core::orders::BANK_MARKETING;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 use crate::campaigns::{self, Campaign};
 use crate::claims::{self, valid_code};
 use crate::merchants::{self, Merchant};
-use crate::{CouponError, SCENARIO, keys};
+use crate::{CouponError, OWNER, SCENARIO, keys};
 
 /// Largest order amount a redemption accepts: ¥1,000,000.
 const MAX_ORDER_FEN: i64 = 100_000_000;
@@ -306,7 +313,41 @@ async fn completed_effects(
         )
     };
     events::record(store, &event, rules).await?;
+    feed::append(store, &feed::key(OWNER, &r.merchant_id), &redeemed_event(r)).await?;
     Ok(())
+}
+
+/// The merchant's `coupon.redeemed:{redemption_id}` feed event: what the cashier needs to confirm the discount
+/// (the code itself is never repeated: the coupon id names the coupon).
+fn redeemed_event(r: &Redemption) -> FeedEvent {
+    let data = json!({
+        "redemption_id": r.redemption_id, "merchant_id": r.merchant_id, "store_id": r.store_id,
+        "merchant_order_id": r.merchant_order_id, "coupon_id": r.coupon_id, "campaign_id": r.campaign_id,
+        "order_amount_fen": r.order_amount_fen, "discount_fen": r.discount_fen,
+        "pay_fen": r.order_amount_fen - r.discount_fen, "redeemed_at": r.created_at,
+    });
+    FeedEvent {
+        id: format!("coupon.redeemed:{}", r.redemption_id),
+        kind: "coupon.redeemed".into(),
+        occurred_at: r.created_at,
+        data,
+    }
+}
+
+/// The merchant's `coupon.reversed:{redemption_id}` feed event (of a reversed redemption).
+fn reversed_event(r: &Redemption, at: Timestamp) -> FeedEvent {
+    let data = json!({
+        "redemption_id": r.redemption_id, "merchant_id": r.merchant_id, "store_id": r.store_id,
+        "merchant_order_id": r.merchant_order_id, "coupon_id": r.coupon_id, "campaign_id": r.campaign_id,
+        "order_amount_fen": r.order_amount_fen, "discount_fen": r.discount_fen, "reversed_at": at,
+        "coupon_restored": r.coupon_restored,
+    });
+    FeedEvent {
+        id: format!("coupon.reversed:{}", r.redemption_id),
+        kind: "coupon.reversed".into(),
+        occurred_at: at,
+        data,
+    }
 }
 
 /// Reverses a completed redemption of this merchant: the discount posting reversed, the statistics taken back,
@@ -356,6 +397,10 @@ pub async fn reverse(
         (r.coupon_restored.is_none()).then(|| Redemption { coupon_restored: Some(restored), ..r.clone() })
     })
     .await?;
+    // The merchant's feed: the redemption (already there unless a crash kept it out), then its reversal.
+    let merchant_feed = feed::key(OWNER, &record.merchant_id);
+    feed::append(store, &merchant_feed, &redeemed_event(&record)).await?;
+    feed::append(store, &merchant_feed, &reversed_event(&record, at)).await?;
     Ok(record)
 }
 

@@ -1,9 +1,11 @@
 //! Domain tests over the in-memory store: the stock, limit and budget invariants under interleaved claims, one
-//! winner among concurrent redemptions, and claims and redemptions interrupted at every write.
+//! winner among concurrent redemptions, and claims and redemptions interrupted at every write (the merchant's feed
+//! then holding each redemption and reversal once, in order).
 
 use scenefin_core::clock::Timestamp;
 use scenefin_core::coupons::{CouponState, Discount, DiscountKind};
 use scenefin_core::customers::{self, Customer, LifecycleRules};
+use scenefin_core::feed;
 use scenefin_core::kv::{MemStore, interleave, put_json, read_counter};
 use scenefin_core::{ledger, limits};
 
@@ -234,4 +236,81 @@ fn interleaved_unknown_codes_at_one_store_answer_exactly_the_limit_and_lock_only
     assert!(matches!(again, Err(CouponError::LockedOut(until)) if until == now().plus_secs(merchants::LOCKOUT_SECS)));
     let other = run(redemptions::redeem(&store, &merchant, &guess("s2", 0), &rules, now()));
     assert_eq!(other, Err(CouponError::CouponNotFound));
+}
+
+/// The event ids of merchant `cafe`'s feed, read to the end as the merchant would (later and later, so a slot a
+/// crash left reserved but empty is given up on).
+fn feed_ids(store: &MemStore) -> Vec<String> {
+    let merchant_feed = feed::key(crate::OWNER, "cafe");
+    let (mut cursor, mut out) = (0, Vec::new());
+    for round in 0..20 {
+        let at = now().plus_secs(round * (feed::ABANDONED_AFTER_SECS + 1));
+        let page = run(feed::read(store, &merchant_feed, cursor, 50, at)).expect("read");
+        out.extend(page.events.into_iter().map(|(_, e)| e.id));
+        if page.next == page.appended && page.next == cursor {
+            break;
+        }
+        cursor = page.next;
+    }
+    out
+}
+
+/// A redemption or its reversal failing at, or crashing right after, write `n` (`crash`), then the merchant's next
+/// move: the retry, or (`reverse_first`) a reversal before it. Whatever happened, the feed holds the redemption once,
+/// then its reversal once.
+fn feed_after_a_fault(n: u64, crash: bool, in_reversal: bool, reverse_first: bool) -> bool {
+    let rules = LifecycleRules::default();
+    let store = MemStore::default();
+    let merchant = setup(&store, 1);
+    run(campaigns::create(&store, campaign("c1", 10, 1, 100_000), now())).expect("campaign");
+    let code = run(claims::claim(&store, "c1", "c_0", "k", &rules, now())).expect("claim").code;
+    let input = RedeemInput { code, store_id: "s1".into(), order_amount_fen: 3000, merchant_order_id: "o1".into() };
+    let id = redemptions::redemption_id_for("cafe", "o1");
+    let fault = |store: &MemStore| if crash { store.crash_after_write(n) } else { store.fail_write(n) };
+    // After a crash the next process comes later: a creation the crashed one left half-done has lapsed.
+    let heal = |store: &MemStore| {
+        store.heal();
+        if crash {
+            store.set_now(1_800_000_000 + scenefin_core::kv::CREATION_LEASE_SECS + 1);
+        }
+    };
+    let ctx = format!("write {n}, crash {crash}, in the reversal {in_reversal}, reversed first {reverse_first}");
+    let first_ok = if in_reversal {
+        run(redemptions::redeem(&store, &merchant, &input, &rules, now())).expect("redeem");
+        fault(&store);
+        let first = run(redemptions::reverse(&store, &merchant, &id, now().plus_secs(60)));
+        heal(&store);
+        run(redemptions::reverse(&store, &merchant, &id, now().plus_secs(90))).expect("the reversal again");
+        first.is_ok()
+    } else {
+        fault(&store);
+        let first = run(redemptions::redeem(&store, &merchant, &input, &rules, now()));
+        heal(&store);
+        if reverse_first {
+            // Reversible only once the redemption completed; its event then comes first even if the crash kept it out.
+            if run(redemptions::reverse(&store, &merchant, &id, now().plus_secs(60))).is_err() {
+                return first.is_ok();
+            }
+        }
+        run(redemptions::redeem(&store, &merchant, &input, &rules, now())).expect("the retry");
+        if !reverse_first {
+            run(redemptions::reverse(&store, &merchant, &id, now().plus_secs(60))).expect("reverse");
+        }
+        first.is_ok()
+    };
+    assert_eq!(feed_ids(&store), [format!("coupon.redeemed:{id}"), format!("coupon.reversed:{id}")], "{ctx}");
+    first_ok
+}
+
+#[test]
+fn a_redemption_or_reversal_interrupted_at_any_write_appends_each_feed_event_once_in_order() {
+    for crash in [false, true] {
+        for (in_reversal, reverse_first) in [(false, false), (false, true), (true, false)] {
+            let mut n = 1;
+            while !feed_after_a_fault(n, crash, in_reversal, reverse_first) {
+                n += 1;
+                assert!(n < 200, "never completed");
+            }
+        }
+    }
 }

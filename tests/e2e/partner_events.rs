@@ -102,10 +102,24 @@ async fn a_biller_reads_each_payment_and_refund_of_its_bills_once_in_order() {
                 app.notify("/api/utility/payments/notify", &event)
             );
             assert_eq!((a.status, b.status), (200, 200), "{:?} {:?}", a.body, b.body);
-            order_id
+            (order_id, paid_fen)
         });
     }
-    let orders: Vec<String> = payers.join_all().await;
+    let paid: Vec<(String, i64)> = payers.join_all().await;
+    let orders: Vec<String> = paid.iter().map(|(o, _)| o.clone()).collect();
+
+    // A second payment of a paid order (a duplicate capture): the gateway is told to return it and confirms it did,
+    // twice; the biller reads that once.
+    let (dup, dup_fen) = &paid[n as usize - 1];
+    let second = utility::event("evt_ev_dup", dup, "succeeded", *dup_fen, None, &app.now.to_rfc3339());
+    let r = app.notify("/api/utility/payments/notify", &second).await;
+    assert_eq!(r.body["refund_instruction"]["reason"], "duplicate_payment", "{:?}", r.body);
+    for _ in 0..2 {
+        let done = app
+            .notify("/api/utility/payments/refund-notify", &json!({"event_id": "evt_ev_dup", "order_id": dup}))
+            .await;
+        assert_eq!(done.body["refund_instruction"]["refund"], "refunded", "{:?}", done.body);
+    }
 
     // Two refunds (each asked twice).
     for order_id in &orders[..2] {
@@ -133,7 +147,13 @@ async fn a_biller_reads_each_payment_and_refund_of_its_bills_once_in_order() {
                 "paid before refunded"
             );
         }
-        assert_eq!(events.len(), n as usize + 2, "page {page}: nothing else: {events:?}");
+        let returned: Vec<&Value> = events.iter().filter(|e| e["type"] == "payment.returned").collect();
+        assert_eq!(returned.len(), 1, "page {page}: {events:?}");
+        assert_eq!(
+            (returned[0]["data"]["order_id"].as_str(), returned[0]["data"]["reason"].as_str()),
+            (Some(dup.as_str()), Some("duplicate_payment"))
+        );
+        assert_eq!(events.len(), n as usize + 3, "page {page}: nothing else: {events:?}");
         let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().expect("seq")).collect();
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
         // What the biller needs to write the bill off without a second call.

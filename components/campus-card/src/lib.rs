@@ -83,7 +83,7 @@ async fn dispatch(req: Request, route: &Route) -> Handled {
         }
         (&Method::POST, ["api", "campus", "payments", "notify"]) => handlers::notify(req).await,
         (&Method::POST, ["api", "campus", "payments", "refund-notify"]) => {
-            scenefin_guest::orders::refund_notify(req, OWNER).await
+            scenefin_guest::orders::refund_notify(req, OWNER, campus_card_domain::topups::school_of).await
         }
         (&Method::POST, ["api", "campus", "spend"]) => handlers::spend(req).await,
         (&Method::POST, ["api", "campus", "spend", id, "reverse"]) => handlers::reverse(req, id).await,

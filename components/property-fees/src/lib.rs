@@ -72,7 +72,7 @@ async fn dispatch(req: Request, route: &Route) -> Handled {
         }
         (&Method::POST, ["api", "property", "payments", "notify"]) => handlers::notify(req).await,
         (&Method::POST, ["api", "property", "payments", "refund-notify"]) => {
-            scenefin_guest::orders::refund_notify(req, OWNER).await
+            scenefin_guest::orders::refund_notify(req, OWNER, property_fees_domain::pricing::community_of).await
         }
         (&Method::GET, ["api", "property", "partners", "events"]) => {
             scenefin_guest::partners::events(req, route, OWNER).await

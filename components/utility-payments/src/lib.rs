@@ -73,7 +73,7 @@ async fn dispatch(req: Request, route: &Route) -> Handled {
         }
         (&Method::POST, ["api", "utility", "payments", "notify"]) => handlers::notify(req).await,
         (&Method::POST, ["api", "utility", "payments", "refund-notify"]) => {
-            scenefin_guest::orders::refund_notify(req, OWNER).await
+            scenefin_guest::orders::refund_notify(req, OWNER, utility_payments_domain::payments::biller_of).await
         }
         (&Method::GET, ["api", "utility", "partners", "events"]) => {
             scenefin_guest::partners::events(req, route, OWNER).await

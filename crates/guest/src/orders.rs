@@ -305,8 +305,10 @@ pub async fn execute_refund<E: Problem>(
 }
 
 /// `POST …/payments/refund-notify`: the gateway (Standard Webhooks) confirms it returned the money of a payment
-/// exception; the refund instruction becomes `refunded` and the money leaves suspense.
-pub async fn refund_notify(req: Request, owner: &str) -> Handled {
+/// exception; the refund instruction becomes `refunded`, the money leaves suspense, and the order's partner
+/// (`resource_of`) reads a `payment.returned` event (a bill or fee paid twice: the second payment went back), once:
+/// the gateway's retried confirmation repeats every step, each idempotent.
+pub async fn refund_notify(req: Request, owner: &str, resource_of: fn(&Order) -> Option<String>) -> Handled {
     let now = request_time(&req).await?;
     let (head, bytes) = split(req, 16 * 1024).await?;
     verify_gateway(&head, &bytes, now).await?;
@@ -314,6 +316,19 @@ pub async fn refund_notify(req: Request, owner: &str) -> Handled {
     let store = SpinStore::open_default().or_problem()?;
     let order = orders::confirm_refund(&store, owner, &confirmation, now).await.or_problem()?;
     let exception = order.exceptions.iter().find(|e| e.event_id == confirmation.event_id);
+    if let (Some(e), Some(resource)) = (exception, resource_of(&order)) {
+        let returned_at = e.refunded_at.unwrap_or(now);
+        let event = scenefin_core::feed::FeedEvent {
+            id: format!("payment.returned:{}:{}", order.id, scenefin_core::ids::hash_key_part(&e.event_id)),
+            kind: "payment.returned".into(),
+            occurred_at: returned_at,
+            data: json!({
+                "order_id": order.id, "payment_event_id": e.event_id, "reason": e.reason, "amount_fen": e.amount_fen,
+                "paid_at": e.paid_at, "returned_at": returned_at, "order_state": order.state,
+            }),
+        };
+        scenefin_core::feed::append(&store, &scenefin_core::feed::key(owner, &resource), &event).await.or_problem()?;
+    }
     Ok(json_response(200, &json!({ "order_id": order.id, "refund_instruction": exception })))
 }
 

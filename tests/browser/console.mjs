@@ -2,9 +2,11 @@
 // 1440×900 and at phone width (390), in Simplified Chinese and in English. Before that, a few real customer actions
 // through the APIs give the panels numbers: two channel codes (three visits), four logins (one through a code),
 // a water bill paid with the simulated gateway and then captured a second time (a duplicate payment to refund), and
-// a coupon claimed. Run after seed.mjs. Then maker-checker: a staff member's proposals approved by another in the
-// Approvals view (a stock raise at both widths and languages; a partner registration's one-time credentials and a
-// proposal withdrawn meanwhile at desktop width). Then the Customers view: a customer looked up with the phone
+// a coupon claimed. Run after seed.mjs. The Partner events view lists the seeded partners' feeds (demo_water's with
+// carol's payment unread), and at desktop width, with the answers stood in for, a failing webhook's given-up events.
+// Then maker-checker: a staff member's proposals approved by another in the Approvals view (a stock raise at both
+// widths and languages; a partner registration's one-time credentials and a proposal withdrawn meanwhile at desktop
+// width). Then the Customers view: a customer looked up with the phone
 // number masked, the full number shown only for a reason that then appears in the audit log, and a staff member
 // without the finance role seeing why the button is disabled; last, a customer who erased their data.
 // Usage: node console.mjs <base url> <operator token> <artefact dir> <staff identity secret>
@@ -111,7 +113,7 @@ const fen = (text) => {
 /// What each language must show (a few texts of each view).
 const EXPECT = {
   'zh-CN': {
-    signIn: '运营令牌', breakGlass: '应急运营令牌', staff: '王审阅（查看）', forbidden: '你的角色无权查看这部分', wrongToken: '运营令牌不正确', tabs: ['漏斗与生命周期', '渠道', '活动与预算', '异常', '账务核对', '审计日志', '待审批', '客户'], auditOk: '记录完整', breakGlassKind: '应急令牌',
+    signIn: '运营令牌', breakGlass: '应急运营令牌', staff: '王审阅（查看）', forbidden: '你的角色无权查看这部分', wrongToken: '运营令牌不正确', tabs: ['漏斗与生命周期', '渠道', '活动与预算', '异常', '账务核对', '审计日志', '待审批', '客户', '伙伴事件'], auditOk: '记录完整', breakGlassKind: '应急令牌',
     stages: ['新客', '已激活', '活跃', '高价值', '沉睡'], over: '注册数多于到访数', median: '不到 1 分钟', dormant: '60 天无活动',
     balanced: '账目平衡', addsUp: '相符', duplicate: '重复支付', refund: '原路退回', reconciled: '已对平',
     orderErr: '开始日期不能晚于结束日期', futureErr: '结束日期不能晚于明天', longErr: '最长 366 天', english: 'Operator console',
@@ -119,10 +121,12 @@ const EXPECT = {
     cuTab: '客户', cuInvalid: '客户编号只能包含', cuNotFound: '没有找到这个编号的客户', cuConsent: '客户未作选择', cuSeen: '客户下载个人数据时能看到',
     cuErased: '该客户已于', cuErasedConsent: '个人信息已删除', none: '无',
     cuReason: '退款争议回访，工单 CS-2041', cuTagInvalid: '标签只能用小写英文字母', cuNeedsFinance: '查看完整手机号需要「财务」角色',
+    scenarios: ['生活缴费', '物业费', '校园卡', '商圈优惠券'], biller: '缴费机构', unread: '未读', neverRead: '从未读取', whNone: '未登记', ago: '5 分钟前',
+    whFailing: '起推送失败', notReplayed: '尚未重新推送', feedsFailed: '物业费的合作方事件流未能读取',
     apDecided: '已被其他员工处理', apMerchant: '登记新的商户', credsOnce: '只显示这一次', apStock: '库存总量提高到', apMaker: '这是你发起的申请', withdraw: '撤回申请', marketing: '营销', apDone: '已批准并执行', apNone: '没有待审批的申请', you: '（你）',
   },
   en: {
-    signIn: 'Operator token', breakGlass: 'Break-glass operator token', staff: '王审阅 (viewer)', forbidden: 'Your roles do not cover this part', wrongToken: 'The operator token is not right', tabs: ['Funnel and lifecycle', 'Channels', 'Campaigns and budgets', 'Exceptions', 'Ledger check', 'Audit log', 'Approvals', 'Customers'], auditOk: 'entries of the day verify', breakGlassKind: 'break-glass token',
+    signIn: 'Operator token', breakGlass: 'Break-glass operator token', staff: '王审阅 (viewer)', forbidden: 'Your roles do not cover this part', wrongToken: 'The operator token is not right', tabs: ['Funnel and lifecycle', 'Channels', 'Campaigns and budgets', 'Exceptions', 'Ledger check', 'Audit log', 'Approvals', 'Customers', 'Partner events'], auditOk: 'entries of the day verify', breakGlassKind: 'break-glass token',
     stages: ['New', 'Activated', 'Engaged', 'High value', 'Dormant'], over: 'more registrations than visits', median: 'under a minute', dormant: 'no activity for 60 days',
     balanced: 'Balanced', addsUp: 'adds up', duplicate: 'Paid twice', refund: 'Refund ¥', reconciled: 'reconciled',
     orderErr: 'must not be after the last day', futureErr: 'must not be after tomorrow', longErr: 'at most 366', english: 'Operator console',
@@ -130,6 +134,8 @@ const EXPECT = {
     cuTab: 'Customers', cuInvalid: 'A customer id has only', cuNotFound: 'No customer has this id', cuConsent: 'has not chosen', cuSeen: 'the customer sees who looked',
     cuErased: 'erased their personal information on', cuErasedConsent: 'Personal information erased', none: 'none',
     cuReason: 'refund dispute call-back, ticket CS-2042', cuTagInvalid: 'A tag has only lower-case', cuNeedsFinance: 'needs the finance role',
+    scenarios: ['Utility bills', 'Property fees', 'Campus card', 'District coupons'], biller: 'Biller', unread: 'unread', neverRead: 'never read', whNone: 'None registered', ago: '5 min ago',
+    whFailing: 'Failing since', notReplayed: 'Not replayed', feedsFailed: 'The event feeds of Property fees could not be read',
     apDecided: 'already decided', apMerchant: 'Register a new merchant', credsOnce: 'shown only now', apStock: 'Raise the stock of coupon campaign', apMaker: 'You asked for this', withdraw: 'Withdraw', marketing: 'marketing', apDone: 'Approved and carried out', apNone: 'Nothing is waiting', you: ' (you)',
   },
 };
@@ -366,6 +372,8 @@ async function walk(width, height, lang) {
   check(auditContrast.bad.length === 0, `${tag}: the audit view meets WCAG AA contrast (${auditContrast.bad.join('; ')})`);
   await page.screenshot({ path: `${out}/console-${tag}-5b-audit.png`, fullPage: true });
 
+  await partnersView(page, tag, width, e);
+
   // Bad ranges: explained beside the field, no panel turns red, nothing is asked of the server.
   const panelsBefore = await page.locator('.view .bad[role=alert]').count();
   await page.fill('#from', '2026-03-10');
@@ -417,6 +425,75 @@ async function walk(width, height, lang) {
   await page.click('#sign-out');
   check(await page.locator('#login').isVisible() && await page.evaluate(() => sessionStorage.getItem('scenefin.operator')) === null, `${tag}: sign-out forgets the token`);
   await page.context().close();
+}
+
+const rowsOf = (page, sel) => page.locator(`${sel} tbody tr`).evaluateAll((trs) => trs.map((tr) => [...tr.cells].map((c) => c.innerText)));
+
+/// A webhook failing for an hour: one event given up on after 8 attempts, the last two attempts refused.
+const failingWebhook = (at) => ({
+  url: 'https://hooks.example.com/water', active: true, cursor: 0, lag: 1, attempts: 3, next_attempt_at: at(10), failing_since: at(-60),
+  last_error: 'the endpoint answered 500',
+  failed: [{ seq: 1, event_id: 'bill.paid:o_console_gave_up', attempts: 8, last_error: 'the endpoint answered 500', gave_up_at: at(-30), replayed_at: null }],
+  recent: [{ seq: 1, event_id: 'bill.paid:o_console_gave_up', at: at(-2), attempt: 2, status: 500, error: 'the endpoint answered 500', ok: false, replay: false },
+    { seq: 1, event_id: 'bill.paid:o_console_gave_up', at: at(-1), attempt: 3, status: 500, error: 'the endpoint answered 500', ok: false, replay: false }],
+});
+
+/// Partner events: every seeded partner's feed across the four scenarios, demo_water with carol's payment unread
+/// (the biller never read its feed). At desktop width the answers are stood in for: demo_water read all but one
+/// event 5 minutes ago and its webhook fails (an event given up on, listed with its attempts); the property feeds
+/// are refused, which is said without hiding the other scenarios.
+async function partnersView(page, tag, width, e) {
+  await page.click('#tab-partners');
+  check(await page.locator('#partners').isVisible() && !(await page.locator('#overview').isVisible()), `${tag}: the partner events view replaces the others`);
+  const rows = await rowsOf(page, '[data-test=feeds]');
+  check(e.scenarios.every((s) => rows.some((r) => r[0] === s)), `${tag}: partners of all four scenarios are listed (${rows.map((r) => r[0]).join(', ')})`);
+  const water = rows.find((r) => r[1].includes('demo_water')) ?? [];
+  const appended = Number(water[2]);
+  check(water[1]?.includes(e.biller) && appended >= 1 && water[3] === '0' && water[4].includes(`${appended}`) && water[4].includes(e.unread)
+    && water[4].includes(e.neverRead) && water[5].includes(e.whNone) && water[6] === '-',
+  `${tag}: the seeded biller demo_water has carol's payment among ${appended} events, all unread, never read, no webhook (${water.join(' | ').replace(/\s+/g, ' ')})`);
+  await fits(page, tag, 'partner events');
+  const contrast = await contrastFailures(page);
+  check(contrast.bad.length === 0, `${tag}: the partner events view meets WCAG AA contrast (${contrast.bad.join('; ')})`);
+  await page.screenshot({ path: `${out}/console-${tag}-5c-partners.png`, fullPage: true });
+  if (width < 1000) return;
+
+  const at = (minutes) => new Date(Date.now() + minutes * 60000).toISOString();
+  await page.route('**/api/utility/partners/feeds', async (route) => {
+    const real = await route.fetch();
+    const feeds = await real.json();
+    for (const f of feeds.items.filter((x) => x.resource_id === 'demo_water')) {
+      Object.assign(f, { acknowledged: f.appended - 1, lag: 1, acknowledged_at: at(-5), webhook: failingWebhook(at) });
+    }
+    await route.fulfill({ response: real, json: feeds });
+  });
+  await page.route('**/api/property/partners/feeds', (route) => route.fulfill({ status: 403, contentType: 'application/problem+json',
+    body: JSON.stringify({ type: '/problems/forbidden_role', title: 'Forbidden', status: 403, code: 'forbidden_role', detail: 'viewer needed' }) }));
+  allowForbidden = true;
+  const before = await page.getAttribute('body', 'data-loaded');
+  await page.click('#apply');
+  await page.waitForFunction((b) => document.body.dataset.loaded !== b, before);
+  const row = page.locator('[data-test=feeds] tbody tr[data-resource=demo_water]');
+  const cells = await row.locator('td').allInnerTexts();
+  check((await row.getAttribute('class'))?.includes('flagged') && cells[4].includes(e.ago) && cells[5].includes(e.whFailing) && cells[5].includes('the endpoint answered 500') && cells[6] === '1',
+    `${tag}: a failing webhook is flagged with its last error, the lag with the age of the last read (${cells.slice(4).join(' | ').replace(/\s+/g, ' ')})`);
+  const refused = await text(page, '#feeds .body .bad[role=alert]');
+  check(refused.includes(e.feedsFailed) && !(await rowsOf(page, '[data-test=feeds]')).some((r) => r[0] === e.scenarios[1]) && (await rowsOf(page, '[data-test=feeds]')).length >= 3,
+    `${tag}: one scenario refused is said, the others still listed ("${refused}")`);
+  const details = page.locator('[data-test=deliveries][data-resource=demo_water]');
+  check(!(await details.locator('[data-test=failed-deliveries]').isVisible()), `${tag}: the deliveries are folded away`);
+  await details.locator('summary').click();
+  const gaveUp = await rowsOf(details, '[data-test=failed-deliveries]');
+  check(gaveUp.length === 1 && gaveUp[0][0] === 'bill.paid:o_console_gave_up' && gaveUp[0][1] === '8' && gaveUp[0][4].includes(e.notReplayed),
+    `${tag}: the event given up on is listed with its attempts and not replayed (${gaveUp.map((r) => r.join(' | ')).join('; ')})`);
+  check((await rowsOf(details, '[data-test=recent-attempts]')).length === 2, `${tag}: the recent attempts are listed`);
+  await page.screenshot({ path: `${out}/console-${tag}-5d-partners-failing.png`, fullPage: true });
+  await page.unroute('**/api/utility/partners/feeds');
+  await page.unroute('**/api/property/partners/feeds');
+  allowForbidden = false;
+  const again = await page.getAttribute('body', 'data-loaded');
+  await page.click('#apply');
+  await page.waitForFunction((b) => document.body.dataset.loaded !== b, again);
 }
 
 /// A staff member's session, signed in with an assertion as the bank's staff identity provider would sign it.

@@ -1,5 +1,5 @@
 // The operator console: every number comes from the operator routes (/api/ops/..., coupon campaigns, referral
-// programmes, settlement statements, maker-checker approvals, a customer's profile) with the operator token, kept in this tab's session
+// programmes, settlement statements, maker-checker approvals, a customer's profile, partners' event feeds) with the operator token, kept in this tab's session
 // storage. Simplified Chinese first with an English switch (i18n.js); money as ¥1,234.50; days and times in
 // Asia/Shanghai.
 import { $, el, api, pct, barChart, progress, table } from './common.js';
@@ -12,7 +12,7 @@ const TOKEN_KEY = 'scenefin.operator';
 const MAX_DAYS = 366;
 const STAGES = ['new', 'activated', 'engaged', 'high_value', 'dormant'];
 const SCENARIOS = ['utility', 'property', 'campus', 'coupons', 'referrals'];
-const VIEWS = ['overview', 'channels', 'campaigns', 'exceptions', 'ledger', 'audit', 'approvals', 'customers'];
+const VIEWS = ['overview', 'channels', 'campaigns', 'exceptions', 'ledger', 'audit', 'approvals', 'customers', 'partners'];
 /// Customer ids and operator tags as the API accepts them; an unmasked phone number is hidden again after this long.
 const CUSTOMER_ID = /^[A-Za-z0-9_-]{1,64}$/;
 const OPERATOR_TAG = /^[a-z0-9_]{1,32}$/;
@@ -27,6 +27,8 @@ const APPROVAL_SCOPES = [
   { scope: 'coupons', path: '/api/coupons/approvals' },
   { scope: 'customers', path: '/api/ops/customers/approvals' },
 ];
+/// The scenarios whose partners read an event feed (`GET /api/{scenario}/partners/feeds`).
+const FEED_SCENARIOS = ['utility', 'property', 'campus', 'coupons'];
 
 /// What the last load fetched, so a language switch re-renders without asking the server again.
 const state = { token: null, data: {}, view: 'overview' };
@@ -825,6 +827,90 @@ function renderCustomer() {
     note(t('cu.how')));
 }
 
+// ---------------------------------------------------------------------------------------------- partner events
+
+/// Every scenario's partner feeds together, each knowing its scenario; the scenarios that could not be read.
+async function loadFeeds() {
+  const answers = await Promise.all(FEED_SCENARIOS.map(async (scenario) => ({ scenario, r: await call(`/api/${scenario}/partners/feeds`) })));
+  const items = answers.filter((a) => a.r.status === 200).flatMap(({ scenario, r }) => r.body.items.map((f) => ({ ...f, scenario })));
+  state.data.feeds = { items, failed: answers.filter((a) => a.r.status !== 200) };
+}
+
+/// How long ago an instant was, in words ("3 分钟前").
+const ago = (iso) => t('fd.ago', { age: duration(Math.max(0, Math.floor((Date.now() - Date.parse(iso)) / 60000))) });
+
+/// How far the partner has read: how many events behind and since when it last read (or never), or all of it.
+function lagNode(f) {
+  const read = f.acknowledged_at ? t('fd.read_at', { at: shanghaiTime(f.acknowledged_at), age: ago(f.acknowledged_at) }) : t('fd.never');
+  if (f.lag > 0) return el('span', { class: 'warn', text: t('fd.behind', { n: count(f.lag), read }) });
+  return f.acknowledged_at ? el('span', { class: 'ok', text: `${t('fd.caught_up')} · ${read}` }) : el('span', { class: 'muted', text: read });
+}
+
+/// The webhook: none, removed, failing since when (next attempt, last error) or healthy (events still to push).
+function webhookNode(w) {
+  if (!w) return el('span', { class: 'muted', text: t('fd.wh.none') });
+  if (!w.active) return el('span', { class: 'muted', text: t('fd.wh.removed') });
+  if (w.failing_since) {
+    return el('span', {}, el('span', { class: 'bad', text: t('fd.wh.failing', { since: shanghaiTime(w.failing_since) }) }), el('br'),
+      el('small', { class: 'help', text: w.next_attempt_at ? t('fd.wh.next', { at: shanghaiTime(w.next_attempt_at), attempts: count(w.attempts) }) : t('fd.wh.no_next') }),
+      w.last_error ? [el('br'), el('small', { class: 'help', text: t('fd.wh.error', { error: w.last_error }) })] : []);
+  }
+  return el('span', {}, el('span', { class: 'ok', text: w.lag > 0 ? t('fd.wh.pending', { n: count(w.lag) }) : t('fd.wh.healthy') }), el('br'),
+    el('small', { class: 'help', text: w.url }));
+}
+
+const partnerName = (f) => `${label('pk', f.kind)} ${f.resource_id}`;
+const unreplayed = (w) => (w?.failed ?? []).filter((d) => !d.replayed_at).length;
+
+/// A webhook's deliveries given up on and its latest attempts, folded away under the table.
+function deliveriesNode(f) {
+  const w = f.webhook;
+  const name = partnerName(f);
+  return el('details', { class: 'deliveries', 'data-test': 'deliveries', 'data-resource': f.resource_id },
+    el('summary', { text: t('fd.deliveries', { partner: name, failed: count(w.failed.length), recent: count(w.recent.length) }) }),
+    el('h3', { text: t('fd.failed.title') }),
+    w.failed.length ? captioned(t('fd.failed.caption', { partner: name }),
+      [t('fd.event'), num(t('fd.attempts')), t('fd.last_error'), t('fd.gave_up'), t('fd.replayed')],
+      w.failed.map((d) => [d.event_id, count(d.attempts), d.last_error ?? '-', shanghaiTime(d.gave_up_at),
+        d.replayed_at ? t('fd.replayed.at', { at: shanghaiTime(d.replayed_at) }) : el('span', { class: 'warn', text: t('fd.replayed.no') })]),
+      { 'data-test': 'failed-deliveries', class: 'wrap-last' }) : note(t('fd.failed.none')),
+    el('h3', { text: t('fd.recent.title') }),
+    w.recent.length ? captioned(t('fd.recent.caption', { partner: name }),
+      [t('fd.at'), t('fd.event'), num(t('fd.attempt')), t('fd.result')],
+      w.recent.map((a) => [shanghaiTime(a.at), `${a.event_id}${a.replay ? t('fd.replay') : ''}`, count(a.attempt),
+        a.ok ? el('span', { class: 'ok', text: t('fd.ok', { status: a.status }) })
+          : el('span', { class: 'bad', text: a.error ?? t('fd.status', { status: a.status }) })]),
+      { 'data-test': 'recent-attempts', class: 'wrap-last' }) : note(t('fd.recent.none')));
+}
+
+function renderFeeds() {
+  const f = state.data.feeds;
+  if (!f) return;
+  const failing = f.items.filter((x) => x.webhook?.failing_since || unreplayed(x.webhook) > 0);
+  const lagging = f.items.filter((x) => x.lag > 0);
+  const wrapper = f.items.length ? captioned(t('feeds.title'),
+    [t('fd.scenario'), t('fd.partner'), num(t('fd.appended')), num(t('fd.acknowledged')), t('fd.lag'), t('fd.webhook'), num(t('fd.failed'))],
+    f.items.map((x) => [label('scenario', x.scenario), el('span', {}, partnerName(x), el('br'), el('small', { class: 'help', text: x.partner_id })),
+      count(x.appended), count(x.acknowledged), lagNode(x), webhookNode(x.webhook),
+      x.webhook ? el('span', { class: unreplayed(x.webhook) ? 'bad' : '', text: count(x.webhook.failed.length) }) : '-']),
+    { 'data-test': 'feeds' }) : note(f.failed.length ? '' : t('feeds.none'));
+  if (f.items.length) {
+    const trs = wrapper.querySelectorAll('tbody tr');
+    f.items.forEach((x, i) => {
+      trs[i].dataset.resource = x.resource_id;
+      if (failing.includes(x)) trs[i].classList.add('flagged');
+    });
+  }
+  const withWebhook = f.items.filter((x) => x.webhook);
+  show('feeds',
+    note(t('feeds.how')),
+    f.failed.map(({ scenario, r }) => el('p', { class: 'bad', role: 'alert', text: t('feeds.failed', { scope: label('scenario', scenario), why: explain(r) }) })),
+    f.items.length ? el('p', { 'data-test': 'feeds-count', class: lagging.length || failing.length ? 'warn' : 'ok',
+      text: t('feeds.count', { n: f.items.length, lagging: lagging.length, failing: failing.length }) }) : [],
+    wrapper,
+    withWebhook.length ? [el('h3', { text: t('fd.deliveries.title') }), ...withWebhook.map(deliveriesNode)] : []);
+}
+
 // ---------------------------------------------------------------------------------------------- page
 
 /// Who is signed in, beside the sign-out button: a staff member's name and roles, or the break-glass warning.
@@ -839,7 +925,7 @@ function renderWho() {
 
 function renderAll() {
   renderWho();
-  renderFunnel(); renderLifecycle(); renderChannels(); renderCampaigns(); renderLeaderboard(); renderExceptions(); renderExpired(); renderSettlements(); renderLedger(); renderAudit(); renderApprovals(); renderCustomer();
+  renderFunnel(); renderLifecycle(); renderChannels(); renderCampaigns(); renderLeaderboard(); renderExceptions(); renderExpired(); renderSettlements(); renderLedger(); renderAudit(); renderApprovals(); renderCustomer(); renderFeeds();
   if (state.data.loadedAt) $('#message').textContent = t('loaded', { at: shanghaiTime(state.data.loadedAt) });
 }
 
@@ -874,7 +960,7 @@ async function loadAll() {
   const auditDay = $('#to').value || shanghaiToday();
   const [channels, lifecycle, ledger, audit] = await Promise.all([
     call(`/api/ops/channels?${q}`), call(`/api/ops/lifecycle?${q}`), call(`/api/ops/ledger/check?${q}`),
-    call(`/api/ops/audit?day=${auditDay}`), loadCampaigns(), loadApprovals()]);
+    call(`/api/ops/audit?day=${auditDay}`), loadCampaigns(), loadApprovals(), loadFeeds()]);
   Object.assign(state.data, { channels, lifecycle, ledger, audit });
   funnelOptions();
   await Promise.all([loadFunnel(), loadExceptions()]);
@@ -914,7 +1000,7 @@ function signOut() {
   hideUnmasked();
   state.data = {};
   renderWho();
-  for (const id of ['funnel', 'lifecycle', 'channels', 'campaigns', 'leaderboard', 'exceptions', 'expired', 'settlements', 'ledger', 'audit-log', 'approvals-list', 'customer']) show(id);
+  for (const id of ['funnel', 'lifecycle', 'channels', 'campaigns', 'leaderboard', 'exceptions', 'expired', 'settlements', 'ledger', 'audit-log', 'approvals-list', 'customer', 'feeds']) show(id);
   $('#customer-id').value = '';
   fieldError('customer-id');
   delete document.body.dataset.loaded;

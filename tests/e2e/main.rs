@@ -24,3 +24,4 @@ mod referral_tiers;
 mod scale;
 mod staff;
 mod utility_payments;
+mod webhooks;

@@ -51,6 +51,8 @@ pub fn test_variables() -> HashMap<String, String> {
         ("SPIN_VARIABLE_GATEWAY_SECRET".into(), GATEWAY_SECRET.into()),
         ("SPIN_VARIABLE_TEST_CLOCK_ENABLED".into(), "true".into()),
         ("SPIN_VARIABLE_BANK_CARD_BINS".into(), BANK_BIN.into()),
+        // Partners' webhook receivers in the tests listen on loopback.
+        ("SPIN_VARIABLE_WEBHOOK_ALLOWED_HOSTS".into(), "http://127.0.0.1:*".into()),
     ])
 }
 

@@ -128,6 +128,7 @@ const SPIN_SUITES: &[&str] = &[
     "privacy::",
     "approvals::",
     "partner_events::",
+    "webhooks::",
     "insights::reservations_nobody_came_back_for",
 ];
 

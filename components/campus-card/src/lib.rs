@@ -29,6 +29,9 @@
 //! | POST | `/api/campus/spend/{id}/reverse` | the same merchant (signed) |
 //! | GET | `/api/campus/merchants/{id}/settlement?date=YYYY-MM-DD` | the merchant or its school (signed), operator |
 //! | GET | `/api/campus/partners/events?after=&limit=` | the school (signed): its event feed (`topup.credited`, `topup.refunded`, `card.reissued`), in order, each event once; a merchant's POS reads its own |
+//! | GET, PUT, DELETE | `/api/campus/partners/webhook` | the school or POS merchant (signed): its webhook endpoint and delivery state; set (`{url}`), remove |
+//! | POST | `/api/campus/partners/webhook/replay` | the school or POS merchant (signed): `{event_id}` delivered again, now |
+//! | GET | `/api/campus/partners/feeds` | operator (`viewer`): per partner, the feed's lag and failed webhook deliveries |
 //! | POST | `/api/campus/partners/{partner_id}/rotate-secret`, `…/revoke-previous-secret` | operator: a partner's new secret (the old one accepted for `overlap_secs`, default a day), or the overlap ended early |
 
 mod dto;
@@ -42,9 +45,12 @@ use spin_sdk::http_service;
 
 type Handled = Result<Response, Response>;
 
+/// The daily settlement statements whose closing partners read as `statement.closed` events.
+const STATEMENTS: scenefin_guest::partners::Statements = None;
+
 #[http_service]
 async fn handle(req: Request) -> Response {
-    scenefin_guest::serve(req, dispatch).await
+    scenefin_guest::webhooks::serve(req, OWNER, STATEMENTS, dispatch).await
 }
 
 /// Routes a checked request to its handler.
@@ -88,8 +94,18 @@ async fn dispatch(req: Request, route: &Route) -> Handled {
         (&Method::POST, ["api", "campus", "spend"]) => handlers::spend(req).await,
         (&Method::POST, ["api", "campus", "spend", id, "reverse"]) => handlers::reverse(req, id).await,
         (&Method::GET, ["api", "campus", "merchants", id, "settlement"]) => handlers::settlement(req, route, id).await,
+        (&Method::GET | &Method::PUT | &Method::DELETE, ["api", "campus", "partners", "webhook"]) => {
+            scenefin_guest::webhooks::endpoint(req, OWNER, campus_card_domain::schools::feed_of).await
+        }
+        (&Method::POST, ["api", "campus", "partners", "webhook", "replay"]) => {
+            scenefin_guest::webhooks::replay(req, OWNER, campus_card_domain::schools::feed_of).await
+        }
+        (&Method::GET, ["api", "campus", "partners", "feeds"]) => {
+            scenefin_guest::webhooks::feeds(req, OWNER, campus_card_domain::schools::feed_of).await
+        }
         (&Method::GET, ["api", "campus", "partners", "events"]) => {
-            scenefin_guest::partners::events_of(req, route, OWNER, campus_card_domain::schools::feed_of).await
+            scenefin_guest::partners::events_of(req, route, OWNER, campus_card_domain::schools::feed_of, STATEMENTS)
+                .await
         }
         (&Method::POST, ["api", "campus", "partners", id, "rotate-secret"]) => {
             scenefin_guest::partners::rotate_secret(req, OWNER, id, handlers::execute).await
@@ -125,6 +141,9 @@ fn allowed(path: &[&str]) -> Option<&'static str> {
         ["api", "campus", "spend", _, "reverse"] => "POST",
         ["api", "campus", "merchants", _, "settlement"] => "GET",
         ["api", "campus", "partners", "events"] => "GET",
+        ["api", "campus", "partners", "webhook"] => "GET, PUT, DELETE",
+        ["api", "campus", "partners", "webhook", "replay"] => "POST",
+        ["api", "campus", "partners", "feeds"] => "GET",
         ["api", "campus", "partners", _, "rotate-secret" | "revoke-previous-secret"] => "POST",
         _ => return None,
     })

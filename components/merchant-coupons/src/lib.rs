@@ -16,6 +16,9 @@
 //! | POST | `/api/coupons/redemptions` | the merchant (signed) |
 //! | POST | `/api/coupons/redemptions/{id}/reverse` | the same merchant (signed) |
 //! | GET | `/api/coupons/partners/events?after=&limit=` | the merchant (signed): its event feed (`coupon.redeemed`, `coupon.reversed`), in order, each event once |
+//! | GET, PUT, DELETE | `/api/coupons/partners/webhook` | the merchant (signed): its webhook endpoint and delivery state; set (`{url}`), remove |
+//! | POST | `/api/coupons/partners/webhook/replay` | the merchant (signed): `{event_id}` delivered again, now |
+//! | GET | `/api/coupons/partners/feeds` | operator (`viewer`): per partner, the feed's lag and failed webhook deliveries |
 //! | POST | `/api/coupons/partners/{partner_id}/rotate-secret`, `…/revoke-previous-secret` | operator: a merchant's new secret (the old one accepted for `overlap_secs`, default a day), or the overlap ended early |
 //! | GET | `/api/coupons/approvals?state=pending`, `/api/coupons/approvals/{id}` | any staff: proposals (stock raises, merchant registrations, rotations) awaiting a checker |
 //! | POST | `/api/coupons/approvals/{id}/approve`, `…/reject` | staff holding the proposal's role, other than its maker: carried out once, or not at all |
@@ -31,9 +34,12 @@ use spin_sdk::http_service;
 
 type Handled = Result<Response, Response>;
 
+/// The daily settlement statements whose closing partners read as `statement.closed` events.
+const STATEMENTS: scenefin_guest::partners::Statements = None;
+
 #[http_service]
 async fn handle(req: Request) -> Response {
-    scenefin_guest::serve(req, dispatch).await
+    scenefin_guest::webhooks::serve(req, OWNER, STATEMENTS, dispatch).await
 }
 
 /// Routes a checked request to its handler.
@@ -54,8 +60,17 @@ async fn dispatch(req: Request, route: &Route) -> Handled {
         (&Method::GET, ["api", "coupons", "checkin"]) => handlers::checkin_status(&req).await,
         (&Method::POST, ["api", "coupons", "redemptions"]) => handlers::redeem(req).await,
         (&Method::POST, ["api", "coupons", "redemptions", id, "reverse"]) => handlers::reverse(req, id).await,
+        (&Method::GET | &Method::PUT | &Method::DELETE, ["api", "coupons", "partners", "webhook"]) => {
+            scenefin_guest::webhooks::endpoint(req, OWNER, scenefin_guest::partners::feed_of(OWNER)).await
+        }
+        (&Method::POST, ["api", "coupons", "partners", "webhook", "replay"]) => {
+            scenefin_guest::webhooks::replay(req, OWNER, scenefin_guest::partners::feed_of(OWNER)).await
+        }
+        (&Method::GET, ["api", "coupons", "partners", "feeds"]) => {
+            scenefin_guest::webhooks::feeds(req, OWNER, scenefin_guest::partners::feed_of(OWNER)).await
+        }
         (&Method::GET, ["api", "coupons", "partners", "events"]) => {
-            scenefin_guest::partners::events(req, route, OWNER).await
+            scenefin_guest::partners::events(req, route, OWNER, STATEMENTS).await
         }
         (&Method::POST, ["api", "coupons", "partners", id, "rotate-secret"]) => {
             scenefin_guest::partners::rotate_secret(req, OWNER, id, handlers::execute).await
@@ -85,6 +100,9 @@ fn allowed(path: &[&str]) -> Option<&'static str> {
         ["api", "coupons", "campaigns", _, "stats"] => "GET",
         ["api", "coupons", "redemptions", _, "reverse"] => "POST",
         ["api", "coupons", "partners", "events"] => "GET",
+        ["api", "coupons", "partners", "webhook"] => "GET, PUT, DELETE",
+        ["api", "coupons", "partners", "webhook", "replay"] => "POST",
+        ["api", "coupons", "partners", "feeds"] => "GET",
         ["api", "coupons", "partners", _, "rotate-secret" | "revoke-previous-secret"] => "POST",
         ["api", "coupons", "approvals"] | ["api", "coupons", "approvals", _] => "GET",
         ["api", "coupons", "approvals", _, "approve" | "reject"] => "POST",

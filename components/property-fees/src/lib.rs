@@ -23,6 +23,9 @@
 //! | GET | `/api/property/approvals?state=pending`, `/api/property/approvals/{id}` | any staff: proposals (refunds, registrations, rotations) awaiting a checker |
 //! | POST | `/api/property/approvals/{id}/approve`, `…/reject` | staff holding the proposal's role, other than its maker: carried out once, or not at all |
 //! | GET | `/api/property/partners/events?after=&limit=` | the property company (signed): its community's event feed (`fee.paid`, `fee.refunded`), in order, each event once |
+//! | GET, PUT, DELETE | `/api/property/partners/webhook` | the property company (signed): its webhook endpoint and delivery state; set (`{url}`), remove |
+//! | POST | `/api/property/partners/webhook/replay` | the property company (signed): `{event_id}` delivered again, now |
+//! | GET | `/api/property/partners/feeds` | operator (`viewer`): per partner, the feed's lag and failed webhook deliveries |
 //! | POST | `/api/property/partners/{partner_id}/rotate-secret`, `…/revoke-previous-secret` | operator: a partner's new secret (the old one accepted for `overlap_secs`, default a day), or the overlap ended early |
 
 mod handlers;
@@ -35,9 +38,12 @@ use spin_sdk::http_service;
 
 type Handled = Result<Response, Response>;
 
+/// The daily settlement statements whose closing partners read as `statement.closed` events.
+const STATEMENTS: scenefin_guest::partners::Statements = Some(property_fees_domain::reports::statement_spec);
+
 #[http_service]
 async fn handle(req: Request) -> Response {
-    scenefin_guest::serve(req, dispatch).await
+    scenefin_guest::webhooks::serve(req, OWNER, STATEMENTS, dispatch).await
 }
 
 /// Routes a checked request to its handler.
@@ -74,8 +80,17 @@ async fn dispatch(req: Request, route: &Route) -> Handled {
         (&Method::POST, ["api", "property", "payments", "refund-notify"]) => {
             scenefin_guest::orders::refund_notify(req, OWNER, property_fees_domain::pricing::community_of).await
         }
+        (&Method::GET | &Method::PUT | &Method::DELETE, ["api", "property", "partners", "webhook"]) => {
+            scenefin_guest::webhooks::endpoint(req, OWNER, scenefin_guest::partners::feed_of(OWNER)).await
+        }
+        (&Method::POST, ["api", "property", "partners", "webhook", "replay"]) => {
+            scenefin_guest::webhooks::replay(req, OWNER, scenefin_guest::partners::feed_of(OWNER)).await
+        }
+        (&Method::GET, ["api", "property", "partners", "feeds"]) => {
+            scenefin_guest::webhooks::feeds(req, OWNER, scenefin_guest::partners::feed_of(OWNER)).await
+        }
         (&Method::GET, ["api", "property", "partners", "events"]) => {
-            scenefin_guest::partners::events(req, route, OWNER).await
+            scenefin_guest::partners::events(req, route, OWNER, STATEMENTS).await
         }
         (&Method::POST, ["api", "property", "partners", id, "rotate-secret"]) => {
             scenefin_guest::partners::rotate_secret(req, OWNER, id, handlers::execute).await
@@ -102,6 +117,9 @@ fn allowed(path: &[&str]) -> Option<&'static str> {
         ["api", "property", "approvals" | "refund-approvals", _] => "GET",
         ["api", "property", "payments", "notify" | "refund-notify"] => "POST",
         ["api", "property", "partners", "events"] => "GET",
+        ["api", "property", "partners", "webhook"] => "GET, PUT, DELETE",
+        ["api", "property", "partners", "webhook", "replay"] => "POST",
+        ["api", "property", "partners", "feeds"] => "GET",
         ["api", "property", "partners", _, "rotate-secret" | "revoke-previous-secret"] => "POST",
         _ => return None,
     })

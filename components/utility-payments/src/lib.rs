@@ -23,6 +23,9 @@
 //! | GET | `/api/utility/approvals?state=pending`, `/api/utility/approvals/{id}` | any staff: proposals (refunds, registrations, rotations) awaiting a checker |
 //! | POST | `/api/utility/approvals/{id}/approve`, `…/reject` | staff holding the proposal's role, other than its maker: carried out once, or not at all |
 //! | GET | `/api/utility/partners/events?after=&limit=` | the biller (signed): its event feed (`bill.paid`, `bill.refunded`), in order, each event once |
+//! | GET, PUT, DELETE | `/api/utility/partners/webhook` | the biller (signed): its webhook endpoint and delivery state; set (`{url}`), remove |
+//! | POST | `/api/utility/partners/webhook/replay` | the biller (signed): `{event_id}` delivered again, now |
+//! | GET | `/api/utility/partners/feeds` | operator (`viewer`): per partner, the feed's lag and failed webhook deliveries |
 //! | POST | `/api/utility/partners/{partner_id}/rotate-secret`, `…/revoke-previous-secret` | operator: a partner's new secret (the old one accepted for `overlap_secs`, default a day), or the overlap ended early |
 
 mod dto;
@@ -36,9 +39,12 @@ use utility_payments_domain::OWNER;
 
 type Handled = Result<Response, Response>;
 
+/// The daily settlement statements whose closing partners read as `statement.closed` events.
+const STATEMENTS: scenefin_guest::partners::Statements = Some(utility_payments_domain::reports::statement_spec);
+
 #[http_service]
 async fn handle(req: Request) -> Response {
-    scenefin_guest::serve(req, dispatch).await
+    scenefin_guest::webhooks::serve(req, OWNER, STATEMENTS, dispatch).await
 }
 
 /// Routes a checked request to its handler.
@@ -75,8 +81,17 @@ async fn dispatch(req: Request, route: &Route) -> Handled {
         (&Method::POST, ["api", "utility", "payments", "refund-notify"]) => {
             scenefin_guest::orders::refund_notify(req, OWNER, utility_payments_domain::payments::biller_of).await
         }
+        (&Method::GET | &Method::PUT | &Method::DELETE, ["api", "utility", "partners", "webhook"]) => {
+            scenefin_guest::webhooks::endpoint(req, OWNER, scenefin_guest::partners::feed_of(OWNER)).await
+        }
+        (&Method::POST, ["api", "utility", "partners", "webhook", "replay"]) => {
+            scenefin_guest::webhooks::replay(req, OWNER, scenefin_guest::partners::feed_of(OWNER)).await
+        }
+        (&Method::GET, ["api", "utility", "partners", "feeds"]) => {
+            scenefin_guest::webhooks::feeds(req, OWNER, scenefin_guest::partners::feed_of(OWNER)).await
+        }
         (&Method::GET, ["api", "utility", "partners", "events"]) => {
-            scenefin_guest::partners::events(req, route, OWNER).await
+            scenefin_guest::partners::events(req, route, OWNER, STATEMENTS).await
         }
         (&Method::POST, ["api", "utility", "partners", id, "rotate-secret"]) => {
             scenefin_guest::partners::rotate_secret(req, OWNER, id, handlers::execute).await
@@ -104,6 +119,9 @@ fn allowed(path: &[&str]) -> Option<&'static str> {
         ["api", "utility", "approvals" | "refund-approvals", _] => "GET",
         ["api", "utility", "payments", "notify" | "refund-notify"] => "POST",
         ["api", "utility", "partners", "events"] => "GET",
+        ["api", "utility", "partners", "webhook"] => "GET, PUT, DELETE",
+        ["api", "utility", "partners", "webhook", "replay"] => "POST",
+        ["api", "utility", "partners", "feeds"] => "GET",
         ["api", "utility", "partners", _, "rotate-secret" | "revoke-previous-secret"] => "POST",
         _ => return None,
     })

@@ -76,8 +76,54 @@ pub fn key(owner: &str, resource_id: &str) -> Key {
     Key::new(&[owner, "feed", resource_id])
 }
 
-fn counter_key(feed: &Key) -> Key {
+/// `{feed}:n`, the slot counter: how many places the feed has reserved.
+pub fn counter_key(feed: &Key) -> Key {
     feed.child(&["n"])
+}
+
+/// How many places the feed at `feed` has reserved (its last event's `seq` at most).
+pub async fn appended(store: &impl Store, feed: &Key) -> Result<i64, StoreError> {
+    read_counter(store, &counter_key(feed)).await
+}
+
+/// How far a partner has confirmed reading its feed: the `after` of its latest poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// Schema version.
+    pub v: u32,
+    /// The furthest cursor the partner passed.
+    pub after: i64,
+    /// When it passed it.
+    pub at: Timestamp,
+}
+
+/// `{feed}:ack`.
+pub fn ack_key(feed: &Key) -> Key {
+    feed.child(&["ack"])
+}
+
+/// Records that the partner read the feed at `feed` from cursor `after` (so it has everything up to it): one read,
+/// and a write when the cursor moved forward.
+pub async fn acknowledge(store: &impl Store, feed: &Key, after: i64, now: Timestamp) -> Result<(), StoreError> {
+    update_json(store, &ack_key(feed), |current: Option<&Ack>| {
+        Ok::<_, StoreError>(match current {
+            Some(ack) if ack.after >= after => Step::Keep(()),
+            _ => Step::Write(Ack { v: 1, after, at: now }, ()),
+        })
+    })
+    .await
+}
+
+/// Event `event_id` of the feed at `feed` and its place, if it is there (two reads).
+pub async fn find(store: &impl Store, feed: &Key, event_id: &str) -> Result<Option<(i64, FeedEvent)>, StoreError> {
+    let Some(placed) = crate::kv::get_json::<Placed>(store, &placed_key(feed, event_id)).await? else {
+        return Ok(None);
+    };
+    let slot = crate::kv::get_json::<Slot>(store, &slot_key(feed, placed.seq)).await?;
+    Ok(match slot {
+        Some(Slot::Event { event, .. }) if event.id == event_id => Some((placed.seq, event)),
+        _ => None,
+    })
 }
 
 fn slot_key(feed: &Key, seq: i64) -> Key {

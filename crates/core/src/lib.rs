@@ -32,5 +32,6 @@ pub mod referrals;
 pub mod rollups;
 pub mod settlement;
 pub mod staff;
+pub mod webhooks;
 
 pub use problem::{ApiError, ErrorKind, Problem};

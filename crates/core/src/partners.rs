@@ -136,6 +136,12 @@ pub fn partner_key(owner: &str, partner_id: &str) -> Key {
     Key::new(&[owner, "partner", partner_id])
 }
 
+/// `{owner}:partners`: the ids of every partner of scenario `owner` onboarded since the index exists (the console's
+/// feed view lists them).
+pub fn index_key(owner: &str) -> Key {
+    Key::new(&[owner, "partners"])
+}
+
 /// `{owner}:partner:{id}:nonce:{hash}` — a used nonce (claim).
 pub fn nonce_key(owner: &str, partner_id: &str, nonce: &str) -> Key {
     partner_key(owner, partner_id).child(&["nonce", &hash_key_part(nonce)])
@@ -187,7 +193,9 @@ pub async fn onboard_with(
             None => Step::Write(partner.clone(), ()),
         })
     })
-    .await
+    .await?;
+    crate::kv::add_to_index(store, &index_key(owner), &creds.partner_id).await?;
+    Ok(())
 }
 
 /// Where the registration of a partner resource stands for the run holding `creds` ([`claim_registration`]).

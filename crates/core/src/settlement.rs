@@ -158,10 +158,156 @@ pub async fn statement(
     })
 }
 
+/// How a scenario's statements are made and announced (for [`close_due`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementSpec {
+    /// The resource's settlement account in the ledger.
+    pub ledger_account: String,
+    /// The order payload field shown per line (`account_no`, `room_id`).
+    pub reference: &'static str,
+    /// The name of the resource's id in the event (`biller_id`, `community_id`).
+    pub resource_field: &'static str,
+    /// Where the partner reads the statement, without the date (`/api/utility/billers/{id}/settlement`).
+    pub path: String,
+}
+
+/// Days looked back at when a resource's statements are closed for the first time.
+pub const CLOSE_LOOKBACK_DAYS: i64 = 31;
+
+/// `{owner}:settle:{resource}:closed`: the last Shanghai day (a day number) whose statement was closed.
+pub fn closed_key(owner: &str, resource_id: &str) -> Key {
+    Key::new(&[owner, "settle", resource_id, "closed"])
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Closed {
+    v: u32,
+    through: i64,
+}
+
+/// The last closed day (a day number) recorded at `key` ([`closed_key`]) as read raw.
+pub fn closed_through(key: &Key, raw: Option<&[u8]>) -> Result<Option<i64>, StoreError> {
+    Ok(kv::decode_doc::<Closed>(key, raw)?.map(|c| c.through))
+}
+
+/// Closes the statements of the days that have ended since the last close (Shanghai midnight ends a day; at most
+/// [`CLOSE_LOOKBACK_DAYS`] back): each day that has entries gets a `statement.closed` event in `feed` (id
+/// `statement.closed:{resource}:{date}`, so closing again, concurrently or after a crash, records it once) with the
+/// statement's totals. One read when nothing has ended since; the number of statements closed.
+pub async fn close_due(
+    store: &impl Store,
+    owner: &str,
+    resource_id: &str,
+    spec: &StatementSpec,
+    feed: &Key,
+    now: Timestamp,
+) -> Result<usize, LedgerError> {
+    let yesterday = now.shanghai_day_number() - 1;
+    let closed: Option<Closed> = kv::get_json(store, &closed_key(owner, resource_id)).await?;
+    let earliest = yesterday - CLOSE_LOOKBACK_DAYS + 1;
+    let from = match closed {
+        Some(c) if c.through >= yesterday => return Ok(0),
+        Some(c) => (c.through + 1).max(earliest),
+        None => earliest,
+    };
+    let days: Vec<u32> = (from..=yesterday).map(crate::clock::day_of_number).collect();
+    let keys: Vec<Key> = days.iter().map(|d| day_key(owner, resource_id, *d)).collect();
+    let raw = kv::get_all(store, &keys).await?;
+    let mut closed_now = 0;
+    for ((day, key), raw) in days.iter().zip(&keys).zip(raw) {
+        let entries: Option<Day> = kv::decode_doc(key, raw.as_deref())?;
+        if entries.is_none_or(|d| d.entries.is_empty()) {
+            continue;
+        }
+        let s = statement(store, owner, resource_id, &spec.ledger_account, spec.reference, *day).await?;
+        let next_day = crate::clock::number_of_day(*day).map_or(yesterday + 1, |n| n + 1);
+        let closed_at = Timestamp::parse_rfc3339(&format!(
+            "{}T00:00:00+08:00",
+            crate::clock::iso_day(crate::clock::day_of_number(next_day))
+        ))
+        .unwrap_or(now);
+        let mut data = serde_json::json!({
+            "date": s.date, "closed_at": closed_at, "lines": s.lines.len(),
+            "total_gross_fen": s.total_gross_fen, "total_discount_fen": s.total_discount_fen,
+            "total_customer_paid_fen": s.total_customer_paid_fen, "ledger_total_fen": s.ledger_total_fen,
+            "reconciled": s.reconciled, "statement_path": format!("{}?date={}", spec.path, s.date),
+        });
+        data[spec.resource_field] = serde_json::Value::from(resource_id);
+        let event = crate::feed::FeedEvent {
+            id: format!("statement.closed:{resource_id}:{}", s.date),
+            kind: "statement.closed".into(),
+            occurred_at: closed_at,
+            data,
+        };
+        crate::feed::append(store, feed, &event).await?;
+        closed_now += 1;
+    }
+    kv::update_json(store, &closed_key(owner, resource_id), |current: Option<&Closed>| {
+        Ok::<_, StoreError>(match current {
+            Some(c) if c.through >= yesterday => Step::Keep(()),
+            _ => Step::Write(Closed { v: 1, through: yesterday }, ()),
+        })
+    })
+    .await?;
+    Ok(closed_now)
+}
+
 /// Parses `YYYY-MM-DD` into `yyyymmdd` (Asia/Shanghai).
 pub fn parse_date(s: &str) -> Option<u32> {
     if s.len() != 10 {
         return None;
     }
     Timestamp::parse_rfc3339(&format!("{s}T12:00:00+08:00")).ok().map(Timestamp::shanghai_day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feed;
+    use crate::kv::MemStore;
+
+    fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+        pollster::block_on(f)
+    }
+
+    fn spec() -> StatementSpec {
+        StatementSpec {
+            ledger_account: "biller:sz_water:settlement".into(),
+            reference: "account_no",
+            resource_field: "biller_id",
+            path: "/api/utility/billers/sz_water/settlement".into(),
+        }
+    }
+
+    #[test]
+    fn each_ended_day_with_entries_is_closed_once_in_the_feed() {
+        run(async {
+            let store = MemStore::default();
+            let feed = feed::key("util", "sz_water");
+            let monday = Timestamp::parse_rfc3339("2026-11-23T23:59:00+08:00").expect("test step");
+            let wednesday = Timestamp::parse_rfc3339("2026-11-25T09:00:00+08:00").expect("test step");
+            record(&store, "util", "sz_water", "o_1", "pay", monday).await.expect("test step");
+            record(&store, "util", "sz_water", "o_2", "pay", wednesday).await.expect("test step");
+            // Monday is not over on Monday.
+            assert_eq!(close_due(&store, "util", "sz_water", &spec(), &feed, monday).await.expect("test step"), 0);
+            // On Wednesday, Monday closes (Tuesday had nothing); again, nothing more, even twice at once.
+            assert_eq!(close_due(&store, "util", "sz_water", &spec(), &feed, wednesday).await.expect("test step"), 1);
+            let spec = spec();
+            let again = crate::kv::interleave::join_all(
+                (0..2).map(|_| close_due(&store, "util", "sz_water", &spec, &feed, wednesday)).collect(),
+            )
+            .await;
+            assert!(again.into_iter().all(|n| n.expect("test step") == 0));
+            let page = feed::read(&store, &feed, 0, 10, wednesday).await.expect("test step");
+            assert_eq!(page.events.len(), 1);
+            let event = &page.events[0].1;
+            assert_eq!(event.id, "statement.closed:sz_water:2026-11-23");
+            assert_eq!(event.occurred_at, Timestamp::parse_rfc3339("2026-11-24T00:00:00+08:00").expect("test step"));
+            assert_eq!(event.data["biller_id"], "sz_water");
+            assert_eq!(event.data["statement_path"], "/api/utility/billers/sz_water/settlement?date=2026-11-23");
+            // Thursday closes Wednesday.
+            let thursday = wednesday.plus_days(1);
+            assert_eq!(close_due(&store, "util", "sz_water", &spec, &feed, thursday).await.expect("test step"), 1);
+        });
+    }
 }

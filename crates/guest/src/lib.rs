@@ -42,6 +42,7 @@ pub mod approvals;
 pub mod audit;
 pub mod orders;
 pub mod partners;
+pub mod webhooks;
 
 /// The response type every handler returns.
 pub type Response = http::Response<FullBody<Bytes>>;

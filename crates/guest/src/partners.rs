@@ -80,10 +80,19 @@ pub async fn revoke_previous_secret(req: Request, owner: &str, partner_id: &str)
 
 /// `GET /api/{scenario}/partners/events?after=&limit=` (signed as the partner): what happened to the partner's
 /// biller, community, school or merchant, in order, from the cursor (`after`: the `next` of the previous page;
-/// absent: from the start). Each event once; a page stops before an event still being recorded
-/// (`scenefin_core::feed`).
-pub async fn events(req: Request, route: &crate::Route, owner: &str) -> Handled {
-    events_of(req, route, owner, |partner| scenefin_core::feed::key(owner, &partner.resource_id)).await
+/// absent: from the start; passing it confirms the events up to it). Each event once; a page stops before an event
+/// still being recorded (`scenefin_core::feed`). Where the scenario has daily statements (`statements`), the days
+/// that ended since are closed first (`statement.closed`).
+pub async fn events(req: Request, route: &crate::Route, owner: &str, statements: Statements) -> Handled {
+    events_of(req, route, owner, feed_of(owner), statements).await
+}
+
+/// How a scenario's daily settlement statements are made, by resource id (`None`: the scenario has none).
+pub type Statements = Option<fn(&str) -> scenefin_core::settlement::StatementSpec>;
+
+/// The feed of a partner of scenario `owner` whose resource has one feed: `{owner}:feed:{resource_id}`.
+pub fn feed_of(owner: &str) -> impl Fn(&partners::Partner) -> scenefin_core::kv::Key + '_ {
+    move |partner| scenefin_core::feed::key(owner, &partner.resource_id)
 }
 
 /// [`events`] where the partner's feed is `feed_of(partner)` (a scenario whose partners of different kinds could
@@ -93,6 +102,7 @@ pub async fn events_of(
     route: &crate::Route,
     owner: &str,
     feed_of: impl Fn(&partners::Partner) -> scenefin_core::kv::Key,
+    statements: Statements,
 ) -> Handled {
     let store = store()?;
     let now = request_time(&req).await?;
@@ -106,6 +116,17 @@ pub async fn events_of(
     };
     let limit = route.limit(50, 200).or_problem()?;
     let feed = feed_of(&partner);
+    if after > 0 {
+        // Reading on from `after` confirms everything up to it (the console shows the partner's lag).
+        scenefin_core::feed::acknowledge(&store, &feed, after, now).await.or_problem()?;
+    }
+    if let Some(spec) = statements {
+        // The statements of the days that ended since the partner last looked.
+        let resource = &partner.resource_id;
+        scenefin_core::settlement::close_due(&store, owner, resource, &spec(resource), &feed, now)
+            .await
+            .or_problem()?;
+    }
     let page = scenefin_core::feed::read(&store, &feed, after, limit, now).await.or_problem()?;
     let items: Vec<serde_json::Value> = page
         .events

@@ -70,8 +70,13 @@ pub struct Community {
 impl Community {
     /// The ledger account the company's money is owed on.
     pub fn ledger_account(&self) -> String {
-        format!("community:{}:settlement", self.id)
+        ledger_account(&self.id)
     }
+}
+
+/// The ledger account community `community_id`'s company's money is owed on.
+pub fn ledger_account(community_id: &str) -> String {
+    format!("community:{community_id}:settlement")
 }
 
 /// What an operator registers.

@@ -74,6 +74,16 @@ pub async fn stats(store: &impl Store, community_id: &str) -> Result<Stats, Prop
     })
 }
 
+/// How a community's statements are made and announced (`statement.closed` in its feed).
+pub fn statement_spec(community_id: &str) -> settlement::StatementSpec {
+    settlement::StatementSpec {
+        ledger_account: communities::ledger_account(community_id),
+        reference: "room_id",
+        resource_field: "community_id",
+        path: format!("/api/property/communities/{community_id}/settlement"),
+    }
+}
+
 /// The settlement statement of a day for the property company.
 pub async fn settlement(
     store: &impl Store,

@@ -112,8 +112,13 @@ pub struct Biller {
 impl Biller {
     /// The ledger account the biller's money is owed on.
     pub fn ledger_account(&self) -> String {
-        format!("biller:{}:settlement", self.id)
+        ledger_account(&self.id)
     }
+}
+
+/// The ledger account biller `biller_id`'s money is owed on.
+pub fn ledger_account(biller_id: &str) -> String {
+    format!("biller:{biller_id}:settlement")
 }
 
 /// What an operator registers.

@@ -14,6 +14,16 @@ pub async fn settlement(store: &impl Store, biller_id: &str, day: u32) -> Result
         .map_err(|e| UtilityError::Order(e.into()))
 }
 
+/// How a biller's statements are made and announced (`statement.closed` in its feed).
+pub fn statement_spec(biller_id: &str) -> settlement::StatementSpec {
+    settlement::StatementSpec {
+        ledger_account: crate::billers::ledger_account(biller_id),
+        reference: "account_no",
+        resource_field: "biller_id",
+        path: format!("/api/utility/billers/{biller_id}/settlement"),
+    }
+}
+
 /// Acquisition stats of a biller.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Stats {

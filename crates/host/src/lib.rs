@@ -5,6 +5,7 @@ pub mod bindings;
 pub mod faults;
 pub mod kv;
 pub mod manifest;
+pub mod outbound;
 pub mod routes;
 pub mod runtime;
 pub mod runtime_config;
@@ -15,7 +16,7 @@ pub mod variables;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -156,6 +157,10 @@ pub async fn start(config: HostConfig) -> Result<RunningHost> {
     served.dedup();
 
     let app_vars = variables::resolve_application(&manifest, &config.env)?;
+    // Like Spin's loader: every component's `allowed_outbound_hosts` must be well formed (with defaults).
+    outbound::validate_manifest(&manifest)?;
+    // Self requests (`http://self.alt/...`) go to the address we listen on, known once bound.
+    let self_addr = Arc::new(OnceLock::new());
 
     let kv = match &config.kv {
         KvKind::Sqlite => Kv::new(kv::SqliteBackend::open(&config.state_dir.join("sqlite_key_value.db"))?),
@@ -204,7 +209,9 @@ pub async fn start(config: HostConfig) -> Result<RunningHost> {
                 variables: variables::resolve_component(&manifest, &id, &app_vars)?,
                 id,
             };
-            let loaded = runtime::load_component(&engine, &compiled, env, kv.clone(), limits.clone(), faults.clone())?;
+            let outbound = outbound::OutboundHttp::resolve(&manifest, &env.id, &app_vars, self_addr.clone())?;
+            let loaded =
+                runtime::load_component(&engine, &compiled, env, kv.clone(), limits.clone(), faults.clone(), outbound)?;
             components.insert(loaded.id.clone(), loaded.handler);
         }
     }
@@ -219,6 +226,7 @@ pub async fn start(config: HostConfig) -> Result<RunningHost> {
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
+    let _ = self_addr.set(addr);
     let (shutdown, rx) = watch::channel(false);
     let app = Arc::new(server::App {
         router,

@@ -9,8 +9,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreContextMut, StoreLimits,
@@ -20,12 +18,12 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::handler::{
     HandlerState, Instance, ProxyHandler, ProxyPre, ShouldAccept, ViewFn, WorkerExpiration, WorkerState, WorkerStatus,
 };
-use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::p3::{WasiHttpCtxView, WasiHttpView};
 
 use crate::bindings::{self, ComponentEnv, SpinCtx, SpinView};
 use crate::faults::Faults;
 use crate::kv::Kv;
+use crate::outbound::{OutboundHooks, OutboundHttp};
 
 /// Epoch tick: the granularity of the request time limit and of guest yields.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -44,33 +42,9 @@ pub struct Limits {
 pub struct InstanceState {
     wasi: WasiCtx,
     http: wasmtime_wasi_http::WasiHttpCtx,
-    hooks: DenyOutbound,
+    hooks: OutboundHooks,
     spin: SpinCtx,
     limits: StoreLimits,
-}
-
-/// Outbound HTTP is denied, as Spin does for components without `allowed_outbound_hosts`.
-pub struct DenyOutbound;
-
-impl wasmtime_wasi_http::p3::WasiHttpHooks for DenyOutbound {
-    fn send_request(
-        &mut self,
-        _request: http::Request<UnsyncBoxBody<Bytes, ErrorCode>>,
-        _options: Option<wasmtime_wasi_http::p3::RequestOptions>,
-        _io: Box<dyn Future<Output = Result<(), ErrorCode>> + Send>,
-    ) -> Box<
-        dyn Future<
-                Output = Result<
-                    (
-                        http::Response<UnsyncBoxBody<Bytes, ErrorCode>>,
-                        Box<dyn Future<Output = Result<(), ErrorCode>> + Send>,
-                    ),
-                    wasmtime_wasi::TrappableError<ErrorCode>,
-                >,
-            > + Send,
-    > {
-        Box::new(async { Err(ErrorCode::HttpRequestDenied.into()) })
-    }
 }
 
 impl WasiView for InstanceState {
@@ -145,7 +119,7 @@ pub fn compile(engine: &Engine, wasm: &Path) -> Result<Component> {
         .with_context(|| format!("compiling {}", wasm.display()))
 }
 
-/// Links and pre-instantiates one component.
+/// Links and pre-instantiates one component. `outbound` is its outbound HTTP policy (`allowed_outbound_hosts`).
 pub fn load_component(
     engine: &Engine,
     component: &Component,
@@ -153,6 +127,7 @@ pub fn load_component(
     kv: Kv,
     limits: Limits,
     faults: Option<Faults>,
+    outbound: OutboundHttp,
 ) -> Result<ComponentRuntime> {
     let mut linker = Linker::<InstanceState>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -167,7 +142,8 @@ pub fn load_component(
         .map_err(anyhow::Error::from)
         .with_context(|| format!("component `{}` does not export wasi:http/handler@0.3.0", env.id))?;
     let env = Arc::new(env);
-    let state = ComponentHandler { engine: engine.clone(), pre: ProxyPre::P3(pre), env, kv, limits, faults };
+    let outbound = Arc::new(outbound);
+    let state = ComponentHandler { engine: engine.clone(), pre: ProxyPre::P3(pre), env, kv, limits, faults, outbound };
     Ok(ComponentRuntime { id: state.env.id.clone(), handler: ProxyHandler::new(state) })
 }
 
@@ -179,6 +155,7 @@ pub struct ComponentHandler {
     kv: Kv,
     limits: Limits,
     faults: Option<Faults>,
+    outbound: Arc<OutboundHttp>,
 }
 
 impl HandlerState for ComponentHandler {
@@ -190,7 +167,7 @@ impl HandlerState for ComponentHandler {
         let state = InstanceState {
             wasi: WasiCtx::builder().inherit_stdout().inherit_stderr().build(),
             http: wasmtime_wasi_http::WasiHttpCtx::new(),
-            hooks: DenyOutbound,
+            hooks: OutboundHooks(self.outbound.clone()),
             spin: SpinCtx {
                 table: ResourceTable::new(),
                 env: self.env.clone(),

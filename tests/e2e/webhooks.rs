@@ -206,7 +206,7 @@ async fn a_biller_endpoint_gets_each_event_signed_in_order_and_a_failing_one_get
     assert_eq!((none.status, none.body["code"].as_str()), (404, Some("webhook_not_registered")), "{:?}", none.body);
     for bad in ["ftp://x.example/", "http://hooks.example.com/plain-http", "https://user@x.example/"] {
         let r = app.partner(&w.partner_id, &w.secret, "PUT", hook, Some(&json!({ "url": bad }))).await;
-        assert_eq!((r.status, r.body["code"].as_str()), (400, Some("validation_failed")), "{bad}: {:?}", r.body);
+        assert_eq!((r.status, r.body["code"].as_str()), (422, Some("invalid_webhook_url")), "{bad}: {:?}", r.body);
     }
     let r = app.partner(&w.partner_id, &w.secret, "PUT", hook, Some(&json!({ "url": receiver.url }))).await;
     assert_eq!(r.status, 200, "{:?}", r.body);
@@ -441,5 +441,60 @@ async fn a_polling_partner_without_a_webhook_reads_the_closed_statement_too() {
         let closed: Vec<&Value> = events.iter().filter(|e| e["type"] == "statement.closed").collect();
         assert_eq!(closed.len(), 1, "{events:?}");
         assert_eq!(closed[0]["data"]["lines"], 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merchant_cashier_endpoint_gets_each_redemption_and_reversal_once_whatever_the_till_retries() {
+    use crate::merchant_coupons as coupons;
+    let app = TestApp::spawn().await.expect("app");
+    let cafe = coupons::onboard_merchant(&app, "wh_cafe", "futian", &["wh_1"]).await;
+    coupons::create_campaign(&app, &coupons::campaign("wh_camp", &["wh_cafe"])).await;
+    let receiver = Receiver::start().await;
+    let r = app
+        .partner(
+            &cafe.partner_id,
+            &cafe.secret,
+            "PUT",
+            "/api/coupons/partners/webhook",
+            Some(&json!({ "url": receiver.url })),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+
+    // Three customers' coupons redeemed at once, each sent twice at once by the till; one reversed twice.
+    let mut tills = tokio::task::JoinSet::new();
+    for i in 0..3 {
+        let app = app.api.clone();
+        let cafe = cafe.clone();
+        tills.spawn(async move {
+            let customer = coupons::login(&app, &format!("wx_wh_cpn_{i}"), None).await;
+            let claimed = coupons::claim(&app, &customer.token, "wh_camp", &format!("wh-claim-{i}")).await;
+            assert_eq!(claimed.status, 201, "{:?}", claimed.body);
+            let order = coupons::order(&coupons::str_of(&claimed.body, "code"), "wh_1", 3000, &format!("wh-mo-{i}"));
+            let (a, b) = tokio::join!(coupons::redeem(&app, &cafe, &order), coupons::redeem(&app, &cafe, &order));
+            assert_eq!((a.status, b.status), (201, 201), "{:?} {:?}", a.body, b.body);
+            coupons::str_of(&a.body, "redemption_id")
+        });
+    }
+    let redemptions = tills.join_all().await;
+    for _ in 0..2 {
+        let path = format!("/api/coupons/redemptions/{}/reverse", redemptions[0]);
+        let r = app.partner(&cafe.partner_id, &cafe.secret, "POST", &path, None).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+
+    let got = receiver.got();
+    let ids: Vec<String> = got.iter().map(|g| g.json()["id"].as_str().expect("id").to_owned()).collect();
+    let events = feed(&app, &cafe.partner_id, &cafe.secret, "coupons", 50).await;
+    let feed_ids: Vec<&str> = events.iter().map(|e| e["id"].as_str().expect("id")).collect();
+    assert_eq!(ids, feed_ids, "each event once, in feed order");
+    for id in &redemptions {
+        assert!(ids.contains(&format!("coupon.redeemed:{id}")), "{ids:?}");
+    }
+    assert!(ids.contains(&format!("coupon.reversed:{}", redemptions[0])), "{ids:?}");
+    let verify = verifier(&cafe.secret);
+    for g in &got {
+        verify.verify(&g.body, &g.headers).expect("a valid Standard Webhooks signature");
     }
 }

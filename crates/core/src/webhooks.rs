@@ -171,7 +171,7 @@ pub enum WebhookError {
 impl Problem for WebhookError {
     fn kind(&self) -> ErrorKind {
         match self {
-            WebhookError::BadUrl(_) => ErrorKind::Invalid,
+            WebhookError::BadUrl(_) => ErrorKind::Unprocessable,
             WebhookError::NoEndpoint | WebhookError::NoEvent(_) => ErrorKind::NotFound,
             WebhookError::Secret => ErrorKind::Internal,
             WebhookError::Store(e) => e.kind(),
@@ -179,7 +179,7 @@ impl Problem for WebhookError {
     }
     fn code(&self) -> &'static str {
         match self {
-            WebhookError::BadUrl(_) => "validation_failed",
+            WebhookError::BadUrl(_) => "invalid_webhook_url",
             WebhookError::NoEndpoint => "webhook_not_registered",
             WebhookError::NoEvent(_) => "event_not_found",
             WebhookError::Secret => "internal_error",

@@ -12,6 +12,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::partner_events::feed;
+
+/// How long a delivery pass's lease lasts.
+pub(crate) const LEASE_SECS: i64 = scenefin_core::webhooks::LEASE_SECS;
 use crate::utility_payments as utility;
 
 /// One request a receiver got.
@@ -68,6 +71,15 @@ impl Receiver {
 
     pub(crate) fn got(&self) -> Vec<Got> {
         self.inbox.lock().expect("inbox").got.clone()
+    }
+
+    /// The ids of the events it accepted (answered 2xx), in the order they came.
+    pub(crate) fn delivered_ids(&self) -> Vec<String> {
+        self.got()
+            .iter()
+            .filter(|g| g.status == 200)
+            .filter_map(|g| g.json()["id"].as_str().map(str::to_owned))
+            .collect()
     }
 }
 

@@ -419,6 +419,28 @@ async fn a_property_company_reads_each_fee_payment_and_refund_of_its_community_o
     assert_eq!(r.status, 401, "{:?}", r.body);
     let r = app.partner(&pid, "not-the-secret", "GET", "/api/property/partners/events", None).await;
     assert_eq!(r.status, 401, "{:?}", r.body);
+
+    // The next day the company's first poll closes the day: one `statement.closed`, with the totals of the
+    // statement it names (five payments and two refunds: seven lines).
+    let mut tomorrow = app.api.clone();
+    tomorrow.now = tomorrow.now.plus_days(1);
+    let events = feed(&tomorrow, &pid, &secret, "property", 50).await;
+    let closed: Vec<&Value> = events.iter().filter(|e| e["type"] == "statement.closed").collect();
+    assert_eq!(closed.len(), 1, "{events:?}");
+    let d = &closed[0]["data"];
+    assert_eq!(
+        (d["community_id"].as_str(), d["lines"].as_u64(), d["reconciled"].as_bool()),
+        (Some("ev_garden"), Some(7), Some(true)),
+        "{d}"
+    );
+    let statement = tomorrow.partner(&pid, &secret, "GET", d["statement_path"].as_str().expect("path"), None).await;
+    assert_eq!(
+        (statement.status, &statement.body["total_gross_fen"]),
+        (200, &d["total_gross_fen"]),
+        "{:?}",
+        statement.body
+    );
+    assert!(feed(&tomorrow, &other_pid, &other_secret, "property", 10).await.is_empty(), "nothing to close for it");
     app.host.shutdown().await;
 }
 

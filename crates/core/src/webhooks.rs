@@ -489,7 +489,7 @@ struct Outcome {
 }
 
 /// Writes a pass's outcome and gives the lease back. When the lease was taken over meanwhile (this pass outlived
-/// it), only its log is kept: the other pass owns the cursor.
+/// it), or the cursor was moved by a new registration, only its log is kept.
 async fn finish(
     store: &impl Store,
     hook_key: &Key,
@@ -501,9 +501,12 @@ async fn finish(
     kv::update_json(store, hook_key, |current: Option<&Webhook>| {
         let Some(current) = current else { return Ok::<_, StoreError>(Step::Keep(())) };
         let mut hook = current.clone();
-        let ours = hook.lease.as_ref().is_some_and(|l| l.token == token) && hook.cursor == started_at;
-        if ours {
+        let leased = hook.lease.as_ref().is_some_and(|l| l.token == token);
+        if leased {
             hook.lease = None;
+        }
+        // The cursor is this pass's to move unless it moved meanwhile (the endpoint was removed and set again).
+        if leased && hook.cursor == started_at {
             hook.cursor = outcome.cursor;
             hook.attempts = outcome.attempts;
             hook.next_at = outcome.next_at;

@@ -275,3 +275,28 @@ fn deliver_due_runs_only_the_passes_with_something_due() {
         assert_eq!((ack.after, ack.at), (1, at(2)), "an older cursor does not move the acknowledgement back");
     });
 }
+
+#[test]
+fn a_pass_whose_endpoint_was_set_again_meanwhile_keeps_only_its_log_and_gives_the_lease_back() {
+    run(async {
+        let store = onboarded().await;
+        reg(&store, "https://h.example/", at(0)).await;
+        append(&store, &["e1"]).await;
+        // While the pass sends, the partner removes its endpoint, an event comes, and it sets one again.
+        let receiver = Receiver::new(vec![]);
+        let first = deliver(&store, &feed_key(), at(1), async |m: &Message| {
+            remove(&store, &feed_key(), at(1)).await.expect("removed");
+            append(&store, &["e2"]).await;
+            reg(&store, "https://h2.example/", at(1)).await;
+            receiver.take(m).await
+        })
+        .await
+        .expect("a pass");
+        assert_eq!(first.delivered, 1);
+        let hook = status(&store, &feed_key()).await.expect("status").0.expect("a webhook");
+        assert_eq!((hook.cursor, hook.lease.is_none(), hook.log.len()), (2, true, 1), "{hook:?}");
+        // The next pass finds nothing due (the new endpoint starts after e2) and is not blocked by a lease.
+        append(&store, &["e3"]).await;
+        assert_eq!(pass(&store, at(2), &receiver).await.delivered, 1);
+    });
+}

@@ -32,6 +32,7 @@ use wasmtime_wasi_http::p3::RequestOptions;
 use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
 
 use crate::manifest::Manifest;
+use crate::variables::Template;
 
 /// Spin's default for each of the connect, first-byte and between-bytes timeouts when the guest sets none
 /// (`DEFAULT_TIMEOUT` in `crates/factor-outbound-http/src/wasi.rs`).
@@ -413,45 +414,6 @@ fn well_known_port(scheme: &str) -> Option<u16> {
 // ---------------------------------------------------------------------------------------------------------------
 // Templates and the whole list
 
-/// A `spin_expressions::Template` part.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
-    Lit(String),
-    Expr(String),
-}
-
-/// `spin_expressions::Template::new`: `{{ expr }}` (trimmed) up to the next `}}`; an unmatched `{{` is an error.
-fn parse_template(template: &str) -> Result<Vec<Part>> {
-    let mut parts = Vec::new();
-    let mut rest = template;
-    while !rest.is_empty() {
-        if let Some(expr_rest) = rest.strip_prefix("{{") {
-            let (expr, after) = expr_rest.split_once("}}").context("unmatched '{{' in template")?;
-            parts.push(Part::Expr(expr.trim().to_owned()));
-            rest = after;
-        } else if let Some(idx) = rest.find("{{") {
-            parts.push(Part::Lit(rest[..idx].to_owned()));
-            rest = &rest[idx..];
-        } else {
-            parts.push(Part::Lit(rest.to_owned()));
-            rest = "";
-        }
-    }
-    Ok(parts)
-}
-
-/// `SyncResolver::resolve_template`: each expression is an application variable name.
-fn resolve_template(parts: &[Part], lookup: &dyn Fn(&str) -> Result<String>) -> Result<String> {
-    let mut out = String::new();
-    for part in parts {
-        match part {
-            Part::Lit(lit) => out.push_str(lit),
-            Part::Expr(name) => out.push_str(&lookup(name)?),
-        }
-    }
-    Ok(out)
-}
-
 /// `PartialAllowedHostConfig::parse_or_skip`: a templated entry that resolves to nothing (or a bare `http://` /
 /// `https://`) is dropped, so an empty variable means "no such endpoint". A literal empty entry stays an error.
 fn parse_or_skip(resolved: &str) -> Result<Option<AllowedHostConfig>> {
@@ -464,7 +426,7 @@ fn parse_or_skip(resolved: &str) -> Result<Option<AllowedHostConfig>> {
 
 enum Partial {
     Exact(AllowedHostConfig),
-    Unresolved(Vec<Part>),
+    Unresolved(Template),
 }
 
 /// `AllowedHostsConfig::parse_partial`: literal entries are parsed now, templated ones when resolved.
@@ -478,11 +440,11 @@ fn parse_partial(hosts: &[String]) -> Result<Vec<Partial>> {
     hosts
         .iter()
         .map(|host| {
-            let parts = parse_template(host)?;
-            if parts.iter().all(|p| matches!(p, Part::Lit(_))) {
+            let template = Template::parse(host)?;
+            if template.is_literal() {
                 Ok(Partial::Exact(AllowedHostConfig::parse(host)?))
             } else {
-                Ok(Partial::Unresolved(parts))
+                Ok(Partial::Unresolved(template))
             }
         })
         .collect()
@@ -502,7 +464,7 @@ impl AllowedHosts {
         for partial in parse_partial(hosts)? {
             let host = match partial {
                 Partial::Exact(h) => Some(h),
-                Partial::Unresolved(parts) => parse_or_skip(&resolve_template(&parts, lookup)?)?,
+                Partial::Unresolved(template) => parse_or_skip(&template.resolve(lookup)?)?,
             };
             let Some(host) = host else { continue };
             match &host.host {
@@ -523,12 +485,12 @@ impl AllowedHosts {
     /// checked with the variables' defaults, and skipped when one of its variables has no default.
     pub fn validate(hosts: &[String], defaults: &dyn Fn(&str) -> Result<String>) -> Result<()> {
         for partial in parse_partial(hosts)? {
-            if let Partial::Unresolved(parts) = partial {
-                let Ok(resolved) = resolve_template(&parts, defaults) else { continue };
+            if let Partial::Unresolved(template) = partial {
+                let Ok(resolved) = template.resolve(defaults) else { continue };
                 parse_or_skip(&resolved).with_context(|| {
                     format!(
                         "using default variable value(s) with template {:?} results in invalid config {resolved:?}",
-                        template_string(&parts)
+                        template.to_string()
                     )
                 })?;
             }
@@ -549,16 +511,6 @@ impl AllowedHosts {
     pub fn allows_relative_url(&self, schemes: &[&str]) -> bool {
         self.hosts.iter().any(|h| h.allows_relative(schemes))
     }
-}
-
-fn template_string(parts: &[Part]) -> String {
-    parts
-        .iter()
-        .map(|p| match p {
-            Part::Lit(l) => l.clone(),
-            Part::Expr(e) => format!("{{{{ {e} }}}}"),
-        })
-        .collect()
 }
 
 /// The destination of an outgoing request, as Spin's `OutboundUrl` sees it (the `url` crate's view: lower-case

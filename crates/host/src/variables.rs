@@ -31,20 +31,73 @@ pub fn resolve_application(manifest: &Manifest, env: &HashMap<String, String>) -
 
 /// Expands a component variable template such as `"{{ region }}.db.example.com"`.
 pub fn expand(template: &str, app: &BTreeMap<String, String>) -> Result<String> {
-    let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after.find("}}").with_context(|| format!("unclosed `{{{{` in template {template:?}"))?;
-        let name = after[..end].trim();
+    Template::parse(template)?.resolve(&|name| {
         check_variable_name(name)?;
-        let value = app.get(name).with_context(|| format!("template {template:?} uses undefined variable `{name}`"))?;
-        out.push_str(value);
-        rest = &after[end + 2..];
+        app.get(name).cloned().with_context(|| format!("template {template:?} uses undefined variable `{name}`"))
+    })
+}
+
+/// A manifest template (Spin's `spin_expressions::Template`): literal text and `{{ name }}` expressions, each
+/// trimmed and running to the next `}}`; an unclosed `{{` is an error. Component variables and
+/// `allowed_outbound_hosts` entries are templates over the application variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template(Vec<Part>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Lit(String),
+    Expr(String),
+}
+
+impl Template {
+    /// Splits `template` into its literal text and expressions.
+    pub fn parse(template: &str) -> Result<Self> {
+        let mut parts = Vec::new();
+        let mut rest = template;
+        while let Some(start) = rest.find("{{") {
+            if start > 0 {
+                parts.push(Part::Lit(rest[..start].to_owned()));
+            }
+            let (expr, after) = rest[start + 2..]
+                .split_once("}}")
+                .with_context(|| format!("unclosed `{{{{` in template {template:?}"))?;
+            parts.push(Part::Expr(expr.trim().to_owned()));
+            rest = after;
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Lit(rest.to_owned()));
+        }
+        Ok(Self(parts))
     }
-    out.push_str(rest);
-    Ok(out)
+
+    /// Whether it has no expression.
+    pub fn is_literal(&self) -> bool {
+        self.0.iter().all(|p| matches!(p, Part::Lit(_)))
+    }
+
+    /// The text with each expression replaced by `lookup(name)`.
+    pub fn resolve(&self, lookup: &dyn Fn(&str) -> Result<String>) -> Result<String> {
+        let mut out = String::new();
+        for part in &self.0 {
+            match part {
+                Part::Lit(lit) => out.push_str(lit),
+                Part::Expr(name) => out.push_str(&lookup(name)?),
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl std::fmt::Display for Template {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for part in &self.0 {
+            match part {
+                Part::Lit(lit) => f.write_str(lit)?,
+                Part::Expr(name) => write!(f, "{{{{ {name} }}}}")?,
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Resolves one component's variables.

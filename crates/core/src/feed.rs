@@ -76,6 +76,11 @@ pub fn key(owner: &str, resource_id: &str) -> Key {
     Key::new(&[owner, "feed", resource_id])
 }
 
+/// The resource of a feed of scenario `owner` made by [`key`], if it is one.
+pub fn resource_of<'a>(owner: &str, feed: &'a Key) -> Option<&'a str> {
+    feed.as_str().strip_prefix(owner)?.strip_prefix(":feed:")
+}
+
 /// `{feed}:n`, the slot counter: how many places the feed has reserved.
 pub fn counter_key(feed: &Key) -> Key {
     feed.child(&["n"])

@@ -231,10 +231,12 @@ pub async fn put_json<T: Serialize>(store: &impl Store, key: &Key, value: &T) ->
 
 /// Reads a counter written by `increment` (absent = 0).
 pub async fn read_counter(store: &impl Store, key: &Key) -> Result<i64, StoreError> {
-    match store.get(key).await? {
-        None => Ok(0),
-        Some(bytes) => decode_counter(key, &bytes),
-    }
+    counter_of(key, store.get(key).await?.as_deref())
+}
+
+/// A counter written by `increment` as read raw (absent = 0), e.g. from a batch read.
+pub fn counter_of(key: &Key, raw: Option<&[u8]>) -> Result<i64, StoreError> {
+    raw.map_or(Ok(0), |bytes| decode_counter(key, bytes))
 }
 
 /// Decodes an `increment` counter value, as either store leaves it: Spin's SQLite store writes 8 little-endian
@@ -799,10 +801,7 @@ pub async fn read_logs(store: &impl Store, bases: &[Key]) -> Result<Vec<Vec<Stri
     let mut slot_keys = Vec::new();
     let mut slots_per_log = Vec::with_capacity(bases.len());
     for ((base, key), raw) in bases.iter().zip(&counter_keys).zip(get_all(store, &counter_keys).await?) {
-        let appended = match raw {
-            Some(bytes) => decode_counter(key, &bytes)?.max(0),
-            None => 0,
-        };
+        let appended = counter_of(key, raw.as_deref())?.max(0);
         slots_per_log.push(usize::try_from(appended).unwrap_or(0));
         slot_keys.extend((1..=appended).map(|slot| log_slot_key(base, slot)));
     }

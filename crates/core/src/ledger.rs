@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::{Timestamp, day_of_number, iso_day, number_of_day};
 use crate::ids::hash_key_part;
 use crate::kv::{
-    Key, Retries, Step, Store, StoreError, Tried, decode_counter, decode_doc, get_all, get_json, log_counter_key,
+    Key, Retries, Step, Store, StoreError, Tried, counter_of, decode_doc, get_all, get_json, log_counter_key,
     log_slot_key, put_json, read_counter, try_update_json, update_json as update_doc,
 };
 use crate::problem::{ErrorKind, Problem};
@@ -1245,10 +1245,7 @@ async fn changed_since_closed(store: &impl Store, closed: &[Checkpoint]) -> Resu
     for checkpoint in closed {
         let mut changed = false;
         for (count, (key, raw)) in checkpoint.counts.iter().zip(raws.by_ref().take(SHARDS.len())) {
-            let now = match raw {
-                Some(bytes) => decode_counter(key, &bytes)?.max(0),
-                None => 0,
-            };
+            let now = counter_of(key, raw.as_deref())?.max(0);
             changed |= now != *count;
         }
         for (key, raw) in raws.by_ref().take(checkpoint.empty.len()) {
@@ -1292,10 +1289,7 @@ async fn read_days(store: &impl Store, days: &[u32]) -> Result<Vec<DayRead>, Led
     let counter_keys: Vec<Key> = bases.iter().map(log_counter_key).collect();
     let mut counts = Vec::with_capacity(bases.len());
     for (key, raw) in counter_keys.iter().zip(get_all(store, &counter_keys).await?) {
-        counts.push(match raw {
-            Some(bytes) => decode_counter(key, &bytes)?.max(0),
-            None => 0,
-        });
+        counts.push(counter_of(key, raw.as_deref())?.max(0));
     }
     let slots: Vec<(usize, i64)> =
         counts.iter().enumerate().flat_map(|(base, count)| (1..=*count).map(move |slot| (base, slot))).collect();

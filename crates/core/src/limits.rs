@@ -41,7 +41,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
-use crate::kv::{Key, MAX_KEY_BYTES, Step, Store, StoreError, claim_once, decode_counter};
+use crate::kv::{Key, MAX_KEY_BYTES, Step, Store, StoreError, claim_once, counter_of};
 use crate::kv::{decode_doc, get_all, update_json as update_doc};
 use crate::ledger::{SHARDS, shard_of, valid_name};
 use crate::problem::{ErrorKind, Problem};
@@ -699,10 +699,7 @@ impl BudgetRead {
 async fn read_budget(store: &impl Store, base: &Key) -> Result<BudgetRead, LimitError> {
     let keys = [base.clone(), reserved_key(base), committed_key(base), swept_key(base)];
     let values = get_all(store, &keys).await?;
-    let counter = |i: usize| match values.get(i).and_then(Option::as_deref) {
-        None => Ok(0),
-        Some(bytes) => decode_counter(&keys[i], bytes),
-    };
+    let counter = |i: usize| counter_of(&keys[i], values.get(i).and_then(Option::as_deref));
     let config: Option<Config> = decode_doc(base, values.first().and_then(Option::as_deref))?;
     let swept: Option<Swept> = decode_doc(&keys[3], values.get(3).and_then(Option::as_deref))?;
     Ok(BudgetRead {

@@ -185,11 +185,6 @@ struct Closed {
     through: i64,
 }
 
-/// The last closed day (a day number) recorded at `key` ([`closed_key`]) as read raw.
-pub fn closed_through(key: &Key, raw: Option<&[u8]>) -> Result<Option<i64>, StoreError> {
-    Ok(kv::decode_doc::<Closed>(key, raw)?.map(|c| c.through))
-}
-
 /// Closes the statements of the days that have ended since the last close (Shanghai midnight ends a day; at most
 /// [`CLOSE_LOOKBACK_DAYS`] back): each day that has entries gets a `statement.closed` event in `feed` (id
 /// `statement.closed:{resource}:{date}`, so closing again, concurrently or after a crash, records it once) with the
@@ -202,8 +197,41 @@ pub async fn close_due(
     feed: &Key,
     now: Timestamp,
 ) -> Result<usize, LedgerError> {
-    let yesterday = now.shanghai_day_number() - 1;
     let closed: Option<Closed> = kv::get_json(store, &closed_key(owner, resource_id)).await?;
+    close_after(store, owner, resource_id, spec, feed, closed, now).await
+}
+
+/// [`close_due`] for several resources of scenario `owner`, each `(resource id, its feed)`, with `spec_of` its
+/// statements: one batch read when none has a day to close.
+pub async fn close_due_all(
+    store: &impl Store,
+    owner: &str,
+    resources: &[(&str, &Key)],
+    spec_of: impl Fn(&str) -> StatementSpec,
+    now: Timestamp,
+) -> Result<usize, LedgerError> {
+    let keys: Vec<Key> = resources.iter().map(|(resource, _)| closed_key(owner, resource)).collect();
+    let mut closed_now = 0;
+    for (((resource, feed), key), raw) in resources.iter().zip(&keys).zip(kv::get_all(store, &keys).await?) {
+        let closed: Option<Closed> = kv::decode_doc(key, raw.as_deref())?;
+        if closed.is_none_or(|c| c.through < now.shanghai_day_number() - 1) {
+            closed_now += close_after(store, owner, resource, &spec_of(resource), feed, closed, now).await?;
+        }
+    }
+    Ok(closed_now)
+}
+
+/// Closes the days after `closed` (the marker as read) that have ended.
+async fn close_after(
+    store: &impl Store,
+    owner: &str,
+    resource_id: &str,
+    spec: &StatementSpec,
+    feed: &Key,
+    closed: Option<Closed>,
+    now: Timestamp,
+) -> Result<usize, LedgerError> {
+    let yesterday = now.shanghai_day_number() - 1;
     let earliest = yesterday - CLOSE_LOOKBACK_DAYS + 1;
     let from = match closed {
         Some(c) if c.through >= yesterday => return Ok(0),

@@ -319,14 +319,33 @@ pub async fn remove(store: &impl Store, feed: &Key, now: Timestamp) -> Result<Op
 
 /// The webhook of the feed at `feed`, if one was ever registered, and how many places the feed has reserved.
 pub async fn status(store: &impl Store, feed: &Key) -> Result<(Option<Webhook>, i64), StoreError> {
-    let keys = [key(feed), feed::counter_key(feed)];
+    let read = read_all(store, std::slice::from_ref(feed)).await?.pop().unwrap_or_default();
+    Ok((read.hook, read.appended))
+}
+
+/// A feed's webhook as read: the document's bytes (a lease is taken from exactly these), the document, and the
+/// feed's slot counter.
+#[derive(Default)]
+struct Read {
+    raw: Option<Vec<u8>>,
+    hook: Option<Webhook>,
+    appended: i64,
+}
+
+/// The webhooks of `feeds` and their feeds' counters, in one batch read.
+async fn read_all(store: &impl Store, feeds: &[Key]) -> Result<Vec<Read>, StoreError> {
+    let keys: Vec<Key> = feeds.iter().flat_map(|f| [key(f), feed::counter_key(f)]).collect();
     let mut raw = kv::get_all(store, &keys).await?.into_iter();
-    let hook = kv::decode_doc(&keys[0], raw.next().flatten().as_deref())?;
-    let appended = match raw.next().flatten() {
-        Some(bytes) => kv::decode_counter(&keys[1], &bytes)?,
-        None => 0,
-    };
-    Ok((hook, appended))
+    let mut reads = Vec::with_capacity(feeds.len());
+    for pair in keys.chunks(2) {
+        let (hook_raw, counter_raw) = (raw.next().flatten(), raw.next().flatten());
+        reads.push(Read {
+            hook: kv::decode_doc(&pair[0], hook_raw.as_deref())?,
+            appended: kv::counter_of(&pair[1], counter_raw.as_deref())?,
+            raw: hook_raw,
+        });
+    }
+    Ok(reads)
 }
 
 /// The feeds of scenario `owner` that ever had an endpoint (one read).
@@ -346,19 +365,9 @@ pub async fn deliver_due(
     if feeds.is_empty() {
         return Ok(Pass::default());
     }
-    let keys: Vec<Key> = feeds.iter().flat_map(|f| [key(f), feed::counter_key(f)]).collect();
-    let raw = kv::get_all(store, &keys).await?;
     let mut total = Pass::default();
-    for (i, feed) in feeds.iter().enumerate() {
-        let hook: Option<Webhook> = kv::decode_doc(&keys[2 * i], raw[2 * i].as_deref())?;
-        let appended = match &raw[2 * i + 1] {
-            Some(bytes) => kv::decode_counter(&keys[2 * i + 1], bytes)?,
-            None => 0,
-        };
-        if !hook.is_some_and(|h| due(&h, appended, now)) {
-            continue;
-        }
-        match deliver(store, feed, now, async |m: &Message| send(m).await).await {
+    for (feed, read) in feeds.iter().zip(read_all(store, feeds).await?) {
+        match pass(store, feed, read, now, async |m: &Message| send(m).await).await {
             Ok(pass) => {
                 total.delivered += pass.delivered;
                 total.failed += pass.failed;
@@ -389,17 +398,23 @@ pub async fn deliver(
     store: &impl Store,
     feed: &Key,
     now: Timestamp,
+    send: impl AsyncFnMut(&Message) -> Sent,
+) -> Result<Pass, WebhookError> {
+    let read = read_all(store, std::slice::from_ref(feed)).await?.pop().unwrap_or_default();
+    pass(store, feed, read, now, send).await
+}
+
+/// [`deliver`] from what was read of the webhook (`read`): nothing unless a pass is due.
+async fn pass(
+    store: &impl Store,
+    feed: &Key,
+    read: Read,
+    now: Timestamp,
     mut send: impl AsyncFnMut(&Message) -> Sent,
 ) -> Result<Pass, WebhookError> {
     let hook_key = key(feed);
-    let keys = [hook_key.clone(), feed::counter_key(feed)];
-    let mut raw = kv::get_all(store, &keys).await?.into_iter();
-    let Some(current_raw) = raw.next().flatten() else { return Ok(Pass::default()) };
-    let appended = match raw.next().flatten() {
-        Some(bytes) => kv::decode_counter(&keys[1], &bytes)?,
-        None => 0,
-    };
-    let Some(current) = kv::decode_doc::<Webhook>(&hook_key, Some(&current_raw))? else { return Ok(Pass::default()) };
+    let (Some(current_raw), Some(current)) = (read.raw, read.hook) else { return Ok(Pass::default()) };
+    let appended = read.appended;
     if !due(&current, appended, now) {
         return Ok(Pass::default());
     }

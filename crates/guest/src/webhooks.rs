@@ -59,43 +59,23 @@ async fn after_request(owner: &str, statements: Statements, now: Timestamp) {
     if feeds.is_empty() {
         return;
     }
-    if let Some(spec) = statements
-        && let Err(e) = close_statements(&store, owner, &feeds, spec, now).await
-    {
-        eprintln!("closing statements of {owner}: {e}");
+    if let Some(spec) = statements {
+        // The statements of days that ended, so partners without a poll learn of them too.
+        let resources: Vec<(&str, &Key)> =
+            feeds.iter().filter_map(|f| Some((scenefin_core::feed::resource_of(owner, f)?, f))).collect();
+        if let Err(e) = settlement::close_due_all(&store, owner, &resources, spec, now).await {
+            eprintln!("closing statements of {owner}: {e}");
+        }
     }
     if let Err(e) = webhooks::deliver_due(&store, &feeds, now, send).await {
         eprintln!("webhook deliveries of {owner}: {e}");
     }
 }
 
-/// Closes the ended days' statements of the resources behind `feeds` that are behind (one batch read when none is).
-async fn close_statements(
-    store: &crate::SpinStore,
-    owner: &str,
-    feeds: &[Key],
-    spec: fn(&str) -> settlement::StatementSpec,
-    now: Timestamp,
-) -> Result<(), scenefin_core::ledger::LedgerError> {
-    let prefix = format!("{owner}:feed:");
-    let resources: Vec<&str> = feeds.iter().filter_map(|f| f.as_str().strip_prefix(prefix.as_str())).collect();
-    let keys: Vec<Key> = resources.iter().map(|r| settlement::closed_key(owner, r)).collect();
-    let raw = kv::get_all(store, &keys).await?;
-    for ((resource, feed), raw) in resources.iter().zip(feeds).zip(raw) {
-        if settlement::closed_through(&settlement::closed_key(owner, resource), raw.as_deref())?
-            .is_some_and(|through| through >= now.shanghai_day_number() - 1)
-        {
-            continue;
-        }
-        settlement::close_due(store, owner, resource, &spec(resource), feed, now).await?;
-    }
-    Ok(())
-}
-
 /// POSTs a message to its endpoint (Spin's outbound HTTP: the deployment's `allowed_outbound_hosts` decide where it
 /// may go); the status, or why there is none.
 pub async fn send(message: &Message) -> Sent {
-    let request = http::Request::builder()
+    let mut request = http::Request::builder()
         .method(http::Method::POST)
         .uri(&message.url)
         .header("content-type", "application/json")
@@ -107,7 +87,6 @@ pub async fn send(message: &Message) -> Sent {
         .header("webhook-signature", &message.signature)
         .body(spin_sdk::http::FullBody::new(bytes::Bytes::from(message.body.clone())))
         .map_err(|e| format!("the request could not be built: {e}"))?;
-    let mut request = request;
     let options = spin_sdk::wasip3::http::types::RequestOptions::new();
     let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
     let _ = options.set_connect_timeout(Some(nanos(CONNECT_TIMEOUT)));
@@ -197,25 +176,17 @@ pub async fn replay(req: Request, owner: &str, feed_of: impl Fn(&Partner) -> Key
 pub async fn feeds(req: Request, owner: &str, feed_of: impl Fn(&Partner) -> Key) -> Handled {
     require_role(&req, Role::Viewer).await?;
     let store = store()?;
-    let ids = kv::read_index(&store, &partners::index_key(owner)).await.or_problem()?;
-    let partner_keys: Vec<Key> = ids.iter().map(|id| partners::partner_key(owner, id)).collect();
-    let raw = kv::get_all(&store, &partner_keys).await.or_problem()?;
-    let mut list: Vec<Partner> = Vec::new();
-    for (key, raw) in partner_keys.iter().zip(raw) {
-        if let Some(p) = kv::decode_doc::<Partner>(key, raw.as_deref()).or_problem()? {
-            list.push(p);
-        }
-    }
+    let list: Vec<Partner> =
+        kv::read_indexed(&store, &partners::index_key(owner), |id| partners::partner_key(owner, id))
+            .await
+            .or_problem()?;
     let feeds: Vec<Key> = list.iter().map(&feed_of).collect();
     let keys: Vec<Key> =
         feeds.iter().flat_map(|f| [feed::counter_key(f), feed::ack_key(f), webhooks::key(f)]).collect();
     let raw = kv::get_all(&store, &keys).await.or_problem()?;
     let mut items = Vec::with_capacity(list.len());
     for (i, partner) in list.iter().enumerate() {
-        let appended = match &raw[3 * i] {
-            Some(bytes) => kv::decode_counter(&keys[3 * i], bytes).or_problem()?,
-            None => 0,
-        };
+        let appended = kv::counter_of(&keys[3 * i], raw[3 * i].as_deref()).or_problem()?;
         let ack: Option<Ack> = kv::decode_doc(&keys[3 * i + 1], raw[3 * i + 1].as_deref()).or_problem()?;
         let hook: Option<Webhook> = kv::decode_doc(&keys[3 * i + 2], raw[3 * i + 2].as_deref()).or_problem()?;
         let acknowledged = ack.map_or(0, |a| a.after.min(appended));

@@ -46,6 +46,14 @@ pub struct FeedEvent {
     pub data: Value,
 }
 
+impl FeedEvent {
+    /// Event `kind` (`bill.paid`...) of `cause` (an order, a redemption...): its id is `{kind}:{cause}`, so the same
+    /// cause always yields the same id.
+    pub fn new(kind: &str, cause: &str, occurred_at: Timestamp, data: Value) -> Self {
+        FeedEvent { id: format!("{kind}:{cause}"), kind: kind.to_owned(), occurred_at, data }
+    }
+}
+
 /// A slot's content.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "slot", rename_all = "snake_case")]

@@ -261,12 +261,8 @@ async fn close_after(
             "reconciled": s.reconciled, "statement_path": format!("{}?date={}", spec.path, s.date),
         });
         data[spec.resource_field] = serde_json::Value::from(resource_id);
-        let event = crate::feed::FeedEvent {
-            id: format!("statement.closed:{resource_id}:{}", s.date),
-            kind: "statement.closed".into(),
-            occurred_at: closed_at,
-            data,
-        };
+        let cause = format!("{resource_id}:{}", s.date);
+        let event = crate::feed::FeedEvent::new("statement.closed", &cause, closed_at, data);
         crate::feed::append(store, feed, &event).await?;
         closed_now += 1;
     }

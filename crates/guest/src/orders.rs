@@ -318,15 +318,12 @@ pub async fn refund_notify(req: Request, owner: &str, resource_of: fn(&Order) ->
     let exception = order.exceptions.iter().find(|e| e.event_id == confirmation.event_id);
     if let (Some(e), Some(resource)) = (exception, resource_of(&order)) {
         let returned_at = e.refunded_at.unwrap_or(now);
-        let event = scenefin_core::feed::FeedEvent {
-            id: format!("payment.returned:{}:{}", order.id, scenefin_core::ids::hash_key_part(&e.event_id)),
-            kind: "payment.returned".into(),
-            occurred_at: returned_at,
-            data: json!({
-                "order_id": order.id, "payment_event_id": e.event_id, "reason": e.reason, "amount_fen": e.amount_fen,
-                "paid_at": e.paid_at, "returned_at": returned_at, "order_state": order.state,
-            }),
-        };
+        let cause = format!("{}:{}", order.id, scenefin_core::ids::hash_key_part(&e.event_id));
+        let data = json!({
+            "order_id": order.id, "payment_event_id": e.event_id, "reason": e.reason, "amount_fen": e.amount_fen,
+            "paid_at": e.paid_at, "returned_at": returned_at, "order_state": order.state,
+        });
+        let event = scenefin_core::feed::FeedEvent::new("payment.returned", &cause, returned_at, data);
         scenefin_core::feed::append(&store, &scenefin_core::feed::key(owner, &resource), &event).await.or_problem()?;
     }
     Ok(json_response(200, &json!({ "order_id": order.id, "refund_instruction": exception })))

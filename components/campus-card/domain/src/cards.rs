@@ -768,12 +768,7 @@ pub async fn reissue(
         "school_id": old.school_id, "member_no": old.member_no, "card_id": new_id,
         "replaced_card_id": old.card_id, "moved_fen": moved_fen, "reissued_at": card.issued_at,
     });
-    let event = FeedEvent {
-        id: format!("card.reissued:{new_id}"),
-        kind: "card.reissued".into(),
-        occurred_at: card.issued_at,
-        data,
-    };
+    let event = FeedEvent::new("card.reissued", &new_id, card.issued_at, data);
     feed::append(store, &feed::key(OWNER, &old.school_id), &event).await?;
     Ok(Reissued { card, replaced_card_id: old.card_id, moved_fen })
 }

@@ -161,8 +161,7 @@ impl<S: Store> Fulfilment for Topups<'_, S> {
             "amount_fen": order.total_fen, "bonus_fen": order.funded_fen(), "credited_fen": credited,
             "credited_at": at,
         });
-        let id = format!("topup.credited:{}", order.id);
-        let event = FeedEvent { id, kind: "topup.credited".into(), occurred_at: at, data };
+        let event = FeedEvent::new("topup.credited", &order.id, at, data);
         feed::append(self.store, &feed::key(OWNER, &p.school_id), &event).await?;
         let count = async |counter: &str, delta: i64| {
             schools::count_once(self.store, &p.school_id, counter, &order.id, delta).await.map_err(scenario)
@@ -199,8 +198,7 @@ impl<S: Store> Fulfilment for Topups<'_, S> {
             "school_id": p.school_id, "card_id": p.card_id, "member_no": p.member_no, "order_id": order.id,
             "refunded_fen": order.total_fen, "debited_fen": order.total_fen + order.funded_fen(), "refunded_at": at,
         });
-        let id = format!("topup.refunded:{}", order.id);
-        let event = FeedEvent { id, kind: "topup.refunded".into(), occurred_at: at, data };
+        let event = FeedEvent::new("topup.refunded", &order.id, at, data);
         Ok(feed::append(self.store, &feed::key(OWNER, &p.school_id), &event).await.map(drop)?)
     }
 }

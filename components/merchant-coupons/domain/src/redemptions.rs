@@ -326,12 +326,7 @@ fn redeemed_event(r: &Redemption) -> FeedEvent {
         "order_amount_fen": r.order_amount_fen, "discount_fen": r.discount_fen,
         "pay_fen": r.order_amount_fen - r.discount_fen, "redeemed_at": r.created_at,
     });
-    FeedEvent {
-        id: format!("coupon.redeemed:{}", r.redemption_id),
-        kind: "coupon.redeemed".into(),
-        occurred_at: r.created_at,
-        data,
-    }
+    FeedEvent::new("coupon.redeemed", &r.redemption_id, r.created_at, data)
 }
 
 /// The merchant's `coupon.reversed:{redemption_id}` feed event (of a reversed redemption).
@@ -342,12 +337,7 @@ fn reversed_event(r: &Redemption, at: Timestamp) -> FeedEvent {
         "order_amount_fen": r.order_amount_fen, "discount_fen": r.discount_fen, "reversed_at": at,
         "coupon_restored": r.coupon_restored,
     });
-    FeedEvent {
-        id: format!("coupon.reversed:{}", r.redemption_id),
-        kind: "coupon.reversed".into(),
-        occurred_at: at,
-        data,
-    }
+    FeedEvent::new("coupon.reversed", &r.redemption_id, at, data)
 }
 
 /// Reverses a completed redemption of this merchant: the discount posting reversed, the statistics taken back,

@@ -115,8 +115,7 @@ impl<S: Store> Fulfilment for Property<'_, S> {
             "paid_fen": order.total_fen, "paid_at": paid_at, "bills": settled, "late_fee_fen": p.late_fee_fen,
             "prepaid_months": p.prepay_months, "free_months": p.free_months,
         });
-        let event =
-            FeedEvent { id: format!("fee.paid:{}", order.id), kind: "fee.paid".into(), occurred_at: paid_at, data };
+        let event = FeedEvent::new("fee.paid", &order.id, paid_at, data);
         feed::append(self.store, &feed::key(OWNER, &p.community_id), &event).await?;
         for (i, (period, amount)) in p.periods.iter().zip(&p.amounts_fen).enumerate() {
             let effect = format!("paid{i}");
@@ -180,8 +179,7 @@ impl<S: Store> Fulfilment for Property<'_, S> {
             "refunded_fen": order.total_fen - order.partially_refunded_fen(), "refunded_at": at,
             "bill_ids": p.bill_ids, "prepaid_months": p.prepay_months, "free_months": p.free_months,
         });
-        let id = format!("fee.refunded:{}", order.id);
-        let event = FeedEvent { id, kind: "fee.refunded".into(), occurred_at: at, data };
+        let event = FeedEvent::new("fee.refunded", &order.id, at, data);
         feed::append(self.store, &feed::key(OWNER, &p.community_id), &event).await?;
         for (i, (period, amount)) in p.periods.iter().zip(&p.amounts_fen).enumerate() {
             let effect = format!("unpaid{i}");

@@ -86,8 +86,7 @@ impl<S: Store> Fulfilment for Utility<'_, S> {
             "biller_id": p.biller_id, "account_no": p.account_no, "order_id": order.id,
             "paid_fen": order.total_fen, "paid_at": paid_at, "bills": settled,
         });
-        let event =
-            FeedEvent { id: format!("bill.paid:{}", order.id), kind: "bill.paid".into(), occurred_at: paid_at, data };
+        let event = FeedEvent::new("bill.paid", &order.id, paid_at, data);
         feed::append(self.store, &feed::key(OWNER, &p.biller_id), &event).await?;
         // The biller's statistics, behind one claim for the order.
         let mut counters = vec![
@@ -137,8 +136,7 @@ impl<S: Store> Fulfilment for Utility<'_, S> {
             "biller_id": p.biller_id, "account_no": p.account_no, "order_id": order.id,
             "refunded_fen": order.total_fen - order.partially_refunded_fen(), "refunded_at": at, "bill_ids": p.bill_ids,
         });
-        let id = format!("bill.refunded:{}", order.id);
-        let event = FeedEvent { id, kind: "bill.refunded".into(), occurred_at: at, data };
+        let event = FeedEvent::new("bill.refunded", &order.id, at, data);
         feed::append(self.store, &feed::key(OWNER, &p.biller_id), &event).await?;
         self.count_once(&order.id, "refunded", &p.biller_id, "orders_refunded", 1).await?;
         Ok(())

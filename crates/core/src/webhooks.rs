@@ -419,7 +419,7 @@ async fn pass(
         return Ok(Pass::default());
     }
     // Take the lease from exactly what was read: a concurrent pass that took it first wins, this one does nothing.
-    let token = hex(&crate::ids::random_bytes::<12>().map_err(|e| StoreError::Backend(e.to_string()))?);
+    let token = crate::auth::hex(&crate::ids::random_bytes::<12>().map_err(|e| StoreError::Backend(e.to_string()))?);
     let leased = kv::try_update_json(store, &hook_key, &current_raw, |hook: &Webhook| {
         if !due(hook, appended, now) {
             return Ok::<_, StoreError>(Step::Keep(None));
@@ -607,10 +607,6 @@ fn trim<T>(items: &mut Vec<T>, keep: usize) {
     if items.len() > keep {
         items.drain(..items.len() - keep);
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
